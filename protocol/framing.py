@@ -1,0 +1,137 @@
+"""Frame codec: bytes in, messages out; messages in, bytes out. No I/O.
+
+A frame is a 4-byte big-endian length of a msgpack header map, the header, and, for DATA, exactly
+``header["len"]`` raw payload bytes that msgpack never touches. The decoder checks every length
+against its limits before it buffers what the length announces.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Any, Final
+
+import msgpack
+
+from protocol.errors import FrameTooLarge, LocalProtocolError, RemoteProtocolError
+from protocol.messages import MESSAGE_TYPES, PAYLOAD_TYPES, Data, Message
+
+MAX_HEADER: Final = 64 * 1024
+DEFAULT_MAX_PAYLOAD: Final = 4 * 1024 * 1024
+_PREFIX = struct.Struct(">I")
+
+
+class _NeedData:
+    def __repr__(self) -> str:
+        return "NEED_DATA"
+
+
+NEED_DATA: Final = _NeedData()
+
+_packer = msgpack.Packer(use_bin_type=True)
+
+
+def encode_parts(msg: Message) -> tuple[bytes, bytes]:
+    """Return (prefix+header, payload) for ``msg``; write both, in order, without joining them."""
+    header = _packer.pack(msg.to_header())
+    if len(header) > MAX_HEADER:
+        raise LocalProtocolError(f"header of {len(header)} bytes exceeds {MAX_HEADER}")
+    payload = msg.payload if isinstance(msg, Data) else b""
+    return _PREFIX.pack(len(header)) + header, payload
+
+
+def encode(msg: Message) -> bytes:
+    """Return the whole frame for ``msg`` as one bytes object."""
+    head, payload = encode_parts(msg)
+    return head + payload if payload else head
+
+
+class FrameDecoder:
+    """Turn a byte stream split anywhere into messages.
+
+    Feed bytes with ``receive_data()``, then call ``next_message()`` until it returns NEED_DATA.
+    After the first error the decoder is closed and every later call raises the same error.
+    """
+
+    def __init__(self, max_payload: int = DEFAULT_MAX_PAYLOAD) -> None:
+        self.max_payload = max_payload
+        self._buf = bytearray()
+        self._header: dict[str, Any] | None = None
+        self._error: RemoteProtocolError | None = None
+
+    @property
+    def buffered(self) -> int:
+        return len(self._buf)
+
+    def receive_data(self, data: bytes | bytearray | memoryview) -> None:
+        """Append bytes from the peer."""
+        if self._error is not None:
+            raise self._error
+        self._buf += data
+
+    def next_message(self) -> Message | _NeedData:
+        """Return the next complete message, or NEED_DATA.
+
+        Raises RemoteProtocolError (or a subclass) if the bytes break the protocol.
+        """
+        if self._error is not None:
+            raise self._error
+        try:
+            return self._next()
+        except RemoteProtocolError as e:
+            self._error = e
+            raise
+
+    def _next(self) -> Message | _NeedData:
+        buf = self._buf
+        if self._header is None:
+            if len(buf) < 4:
+                return NEED_DATA
+            (hlen,) = _PREFIX.unpack_from(buf)
+            if hlen > MAX_HEADER:
+                raise FrameTooLarge(f"header length {hlen} exceeds {MAX_HEADER}")
+            if hlen == 0:
+                raise RemoteProtocolError("empty header", code="bad-frame")
+            if len(buf) < 4 + hlen:
+                return NEED_DATA
+            raw = bytes(memoryview(buf)[4 : 4 + hlen])
+            del buf[: 4 + hlen]
+            header = _unpack_header(raw)
+            kind = header.get("t")
+            if kind in PAYLOAD_TYPES:
+                plen = header.get("len")
+                if type(plen) is not int or plen < 0:
+                    raise RemoteProtocolError("payload length must be a non-negative integer", code="bad-frame")
+                if plen > self.max_payload:
+                    raise FrameTooLarge(f"payload length {plen} exceeds {self.max_payload}")
+                # Validate the header before waiting for the payload: a bad DATA header is refused
+                # without buffering a single payload byte.
+                Data.from_header(header)
+                self._header = header
+            else:
+                factory = MESSAGE_TYPES.get(kind)  # type: ignore[arg-type]
+                if factory is None:
+                    raise RemoteProtocolError(f"unknown frame type {kind!r}", code="bad-type")
+                return factory(header)
+        header = self._header
+        plen = header["len"]
+        if len(buf) < plen:
+            return NEED_DATA
+        payload = bytes(memoryview(buf)[:plen])
+        del buf[:plen]
+        self._header = None
+        return Data.from_header(header, payload)
+
+
+def _unpack_header(raw: bytes) -> dict[str, Any]:
+    try:
+        header = msgpack.unpackb(
+            raw,
+            raw=False,
+            strict_map_key=True,
+            use_list=True,
+        )
+    except Exception as e:  # noqa: BLE001 - msgpack raises many types for bad input; all mean the same here
+        raise RemoteProtocolError(f"undecodable header: {type(e).__name__}", code="bad-frame") from None
+    if type(header) is not dict:
+        raise RemoteProtocolError("header must be a map", code="bad-frame")
+    return header

@@ -1,0 +1,405 @@
+"""Message types of the logship wire protocol.
+
+Messages are frozen, slotted dataclasses. ``to_header()`` turns one into the msgpack header map that
+goes on the wire; ``from_header()`` turns an untrusted header map back into a message and raises
+``RemoteProtocolError`` for anything that is not exactly right. Nothing outside this module sees a raw
+dict from the network.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, TypeVar
+
+from protocol.errors import RemoteProtocolError
+from protocol.names import check_segment_name, check_stream_name
+
+MAX_OFFSET = 1 << 62
+NONCE_SIZE = 32
+PROOF_SIZE = 32
+MAX_TEXT = 4096
+MAX_STREAMS_PER_HELLO = 4096
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class Position:
+    """A place in a stream's log: a segment name and a byte offset inside it.
+
+    Log order is name order, so positions order as (segment, offset) tuples. The empty segment
+    name means "before the first segment".
+    """
+
+    segment: str
+    offset: int
+
+    def __str__(self) -> str:
+        return f"{self.segment or '-'}@{self.offset}"
+
+
+START = Position("", 0)
+
+
+# -- field checks --------------------------------------------------------------------------
+
+
+def _get(h: Mapping[str, Any], key: str) -> Any:
+    try:
+        return h[key]
+    except KeyError:
+        raise RemoteProtocolError(f"missing field {key!r}", code="bad-frame") from None
+
+
+def _int(h: Mapping[str, Any], key: str, lo: int = 0, hi: int = MAX_OFFSET) -> int:
+    v = _get(h, key)
+    if type(v) is not int or not lo <= v <= hi:
+        raise RemoteProtocolError(f"field {key!r} must be an integer in [{lo}, {hi}]", code="bad-frame")
+    return v
+
+
+def _bool(h: Mapping[str, Any], key: str) -> bool:
+    v = _get(h, key)
+    if type(v) is not bool:
+        raise RemoteProtocolError(f"field {key!r} must be a boolean", code="bad-frame")
+    return v
+
+
+def _str(h: Mapping[str, Any], key: str, max_len: int = MAX_TEXT) -> str:
+    v = _get(h, key)
+    if type(v) is not str or len(v) > max_len:
+        raise RemoteProtocolError(f"field {key!r} must be a string of at most {max_len}", code="bad-frame")
+    return v
+
+
+def _bytes(h: Mapping[str, Any], key: str, size: int) -> bytes:
+    v = _get(h, key)
+    if type(v) is not bytes or len(v) != size:
+        raise RemoteProtocolError(f"field {key!r} must be {size} bytes", code="bad-frame")
+    return v
+
+
+def _list(h: Mapping[str, Any], key: str, max_len: int) -> list[Any]:
+    v = _get(h, key)
+    if type(v) not in (list, tuple) or len(v) > max_len:
+        raise RemoteProtocolError(f"field {key!r} must be a list of at most {max_len}", code="bad-frame")
+    return list(v)
+
+
+def _map(v: Any, what: str) -> Mapping[str, Any]:
+    if type(v) is not dict:
+        raise RemoteProtocolError(f"{what} must be a map", code="bad-frame")
+    return v
+
+
+def _stream(h: Mapping[str, Any]) -> str:
+    return check_stream_name(_get(h, "stream"))
+
+
+def _segment(h: Mapping[str, Any], key: str = "seg", allow_empty: bool = False) -> str:
+    v = _get(h, key)
+    if allow_empty and v == "":
+        return ""
+    return check_segment_name(v)
+
+
+def _features(h: Mapping[str, Any]) -> tuple[str, ...]:
+    items = _list(h, "features", 32)
+    if not all(type(f) is str and len(f) <= 64 for f in items):
+        raise RemoteProtocolError("features must be short strings", code="bad-frame")
+    return tuple(items)
+
+
+# -- messages ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Challenge:
+    """Receiver -> shipper, first frame on a connection: versions spoken and a fresh nonce."""
+
+    TYPE: ClassVar[str] = "CHALLENGE"
+    versions: tuple[int, ...]
+    nonce: bytes
+    node: str
+
+    def to_header(self) -> dict[str, Any]:
+        return {"t": self.TYPE, "versions": list(self.versions), "nonce": self.nonce, "node": self.node}
+
+    @classmethod
+    def from_header(cls, h: Mapping[str, Any]) -> Challenge:
+        versions = _list(h, "versions", 16)
+        if not versions or not all(type(v) is int and 0 < v < 1 << 16 for v in versions):
+            raise RemoteProtocolError("versions must be small positive integers", code="bad-frame")
+        return cls(tuple(versions), _bytes(h, "nonce", NONCE_SIZE), _str(h, "node", 255))
+
+
+@dataclass(frozen=True, slots=True)
+class StreamClaim:
+    """One stream a shipper wants to write: the epoch it believes in and its HMAC proof."""
+
+    stream: str
+    epoch: int
+    proof: bytes
+
+    def to_map(self) -> dict[str, Any]:
+        return {"stream": self.stream, "epoch": self.epoch, "proof": self.proof}
+
+    @classmethod
+    def from_map(cls, v: Any) -> StreamClaim:
+        m = _map(v, "stream claim")
+        return cls(_stream(m), _int(m, "epoch"), _bytes(m, "proof", PROOF_SIZE))
+
+
+@dataclass(frozen=True, slots=True)
+class Hello:
+    """Shipper -> receiver: the chosen version, who it is, and a proof per stream."""
+
+    TYPE: ClassVar[str] = "HELLO"
+    version: int
+    node: str
+    nonce: bytes
+    streams: tuple[StreamClaim, ...]
+    features: tuple[str, ...] = ()
+
+    def to_header(self) -> dict[str, Any]:
+        return {
+            "t": self.TYPE,
+            "version": self.version,
+            "node": self.node,
+            "nonce": self.nonce,
+            "streams": [s.to_map() for s in self.streams],
+            "features": list(self.features),
+        }
+
+    @classmethod
+    def from_header(cls, h: Mapping[str, Any]) -> Hello:
+        streams = tuple(StreamClaim.from_map(s) for s in _list(h, "streams", MAX_STREAMS_PER_HELLO))
+        return cls(
+            _int(h, "version", 1, (1 << 16) - 1),
+            _str(h, "node", 255),
+            _bytes(h, "nonce", NONCE_SIZE),
+            streams,
+            _features(h),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class StreamResume:
+    """Where a shipper resumes one stream: the receiver's durable position and its own proof.
+
+    ``sealed`` says whether ``position.segment`` is already sealed in the copy (then the shipper
+    continues with the next segment); otherwise ``position.offset`` bytes of it are durable.
+    """
+
+    stream: str
+    epoch: int
+    position: Position
+    sealed: bool
+    proof: bytes
+
+    def to_map(self) -> dict[str, Any]:
+        return {
+            "stream": self.stream,
+            "epoch": self.epoch,
+            "seg": self.position.segment,
+            "off": self.position.offset,
+            "sealed": self.sealed,
+            "proof": self.proof,
+        }
+
+    @classmethod
+    def from_map(cls, v: Any) -> StreamResume:
+        m = _map(v, "stream resume")
+        return cls(
+            _stream(m),
+            _int(m, "epoch"),
+            Position(_segment(m, allow_empty=True), _int(m, "off")),
+            _bool(m, "sealed"),
+            _bytes(m, "proof", PROOF_SIZE),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Welcome:
+    """Receiver -> shipper: authentication accepted; where each stream resumes."""
+
+    TYPE: ClassVar[str] = "WELCOME"
+    version: int
+    node: str
+    streams: tuple[StreamResume, ...]
+    features: tuple[str, ...] = ()
+
+    def to_header(self) -> dict[str, Any]:
+        return {
+            "t": self.TYPE,
+            "version": self.version,
+            "node": self.node,
+            "streams": [s.to_map() for s in self.streams],
+            "features": list(self.features),
+        }
+
+    @classmethod
+    def from_header(cls, h: Mapping[str, Any]) -> Welcome:
+        streams = tuple(StreamResume.from_map(s) for s in _list(h, "streams", MAX_STREAMS_PER_HELLO))
+        return cls(_int(h, "version", 1, (1 << 16) - 1), _str(h, "node", 255), streams, _features(h))
+
+
+@dataclass(frozen=True, slots=True)
+class Data:
+    """A chunk of a segment: ``payload`` belongs at ``offset`` of ``segment``; ``digest`` is xxh3_64."""
+
+    TYPE: ClassVar[str] = "DATA"
+    stream: str
+    segment: str
+    offset: int
+    digest: int
+    payload: bytes = field(repr=False)
+
+    def to_header(self) -> dict[str, Any]:
+        return {
+            "t": self.TYPE,
+            "stream": self.stream,
+            "seg": self.segment,
+            "off": self.offset,
+            "len": len(self.payload),
+            "xxh": self.digest,
+        }
+
+    @classmethod
+    def from_header(cls, h: Mapping[str, Any], payload: bytes = b"") -> Data:
+        return cls(_stream(h), _segment(h), _int(h, "off"), _int(h, "xxh", 0, (1 << 64) - 1), payload)
+
+    @property
+    def end(self) -> Position:
+        return Position(self.segment, self.offset + len(self.payload))
+
+
+@dataclass(frozen=True, slots=True)
+class Seal:
+    """The segment is complete at ``size`` bytes; ``digest`` is xxh3_128 of all of it."""
+
+    TYPE: ClassVar[str] = "SEAL"
+    stream: str
+    segment: str
+    size: int
+    digest: bytes
+
+    def to_header(self) -> dict[str, Any]:
+        return {"t": self.TYPE, "stream": self.stream, "seg": self.segment, "size": self.size, "xxh": self.digest}
+
+    @classmethod
+    def from_header(cls, h: Mapping[str, Any]) -> Seal:
+        return cls(_stream(h), _segment(h), _int(h, "size"), _bytes(h, "xxh", 16))
+
+
+@dataclass(frozen=True, slots=True)
+class Ack:
+    """Receiver -> shipper: everything up to ``position`` is durable (fsynced).
+
+    ``sealed`` means ``position.segment`` is sealed and verified in log/. ``replayed`` is the
+    replay position where the receiver knows it (else the empty START position).
+    """
+
+    TYPE: ClassVar[str] = "ACK"
+    stream: str
+    position: Position
+    sealed: bool
+    replayed: Position = START
+
+    def to_header(self) -> dict[str, Any]:
+        return {
+            "t": self.TYPE,
+            "stream": self.stream,
+            "seg": self.position.segment,
+            "off": self.position.offset,
+            "sealed": self.sealed,
+            "rseg": self.replayed.segment,
+            "roff": self.replayed.offset,
+        }
+
+    @classmethod
+    def from_header(cls, h: Mapping[str, Any]) -> Ack:
+        return cls(
+            _stream(h),
+            Position(_segment(h, allow_empty=True), _int(h, "off")),
+            _bool(h, "sealed"),
+            Position(_segment(h, "rseg", allow_empty=True), _int(h, "roff")),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Nack:
+    """Receiver -> shipper: discard what is in flight and resend from ``position``."""
+
+    TYPE: ClassVar[str] = "NACK"
+    stream: str
+    position: Position
+    reason: str
+
+    def to_header(self) -> dict[str, Any]:
+        return {
+            "t": self.TYPE,
+            "stream": self.stream,
+            "seg": self.position.segment,
+            "off": self.position.offset,
+            "reason": self.reason,
+        }
+
+    @classmethod
+    def from_header(cls, h: Mapping[str, Any]) -> Nack:
+        return cls(_stream(h), Position(_segment(h), _int(h, "off")), _str(h, "reason"))
+
+
+@dataclass(frozen=True, slots=True)
+class Heartbeat:
+    """Either way: the link is alive even though there is nothing to say."""
+
+    TYPE: ClassVar[str] = "HEARTBEAT"
+
+    def to_header(self) -> dict[str, Any]:
+        return {"t": self.TYPE}
+
+    @classmethod
+    def from_header(cls, h: Mapping[str, Any]) -> Heartbeat:
+        return cls()
+
+
+@dataclass(frozen=True, slots=True)
+class Error:
+    """Either way: a fatal problem; the sender closes the connection after it."""
+
+    TYPE: ClassVar[str] = "ERROR"
+    code: str
+    text: str
+
+    def to_header(self) -> dict[str, Any]:
+        return {"t": self.TYPE, "code": self.code, "text": self.text}
+
+    @classmethod
+    def from_header(cls, h: Mapping[str, Any]) -> Error:
+        return cls(_str(h, "code", 64), _str(h, "text"))
+
+
+@dataclass(frozen=True, slots=True)
+class Fenced:
+    """Receiver -> shipper: the stream was activated at ``epoch``; this shipper may not write it."""
+
+    TYPE: ClassVar[str] = "FENCED"
+    stream: str
+    epoch: int
+
+    def to_header(self) -> dict[str, Any]:
+        return {"t": self.TYPE, "stream": self.stream, "epoch": self.epoch}
+
+    @classmethod
+    def from_header(cls, h: Mapping[str, Any]) -> Fenced:
+        return cls(_stream(h), _int(h, "epoch"))
+
+
+Message = Challenge | Hello | Welcome | Data | Seal | Ack | Nack | Heartbeat | Error | Fenced
+
+M = TypeVar("M")
+MESSAGE_TYPES: dict[str, Callable[[Mapping[str, Any]], Message]] = {
+    cls.TYPE: cls.from_header  # type: ignore[attr-defined]
+    for cls in (Challenge, Hello, Welcome, Seal, Ack, Nack, Heartbeat, Error, Fenced)
+}
+PAYLOAD_TYPES = frozenset({Data.TYPE})

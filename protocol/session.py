@@ -1,0 +1,194 @@
+"""Handshake state machines for both ends, free of I/O and of the clock.
+
+The receiver speaks first with a CHALLENGE carrying a fresh nonce. The shipper answers with HELLO:
+the version it chose, its own nonce, and for each stream an HMAC-SHA256 proof over both nonces made
+with that stream's secret. The receiver checks every proof before it accepts a single DATA frame and
+answers WELCOME with, per stream, the resume position and a proof of its own, so the shipper knows
+it talks to a receiver that holds the secret too (a fake one could otherwise claim a resume
+position that makes the shipper skip data).
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import hmac
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+
+from protocol.errors import AuthenticationFailed, LocalProtocolError, RemoteProtocolError, VersionMismatch
+from protocol.messages import NONCE_SIZE, Challenge, Fenced, Hello, Position, StreamClaim, StreamResume, Welcome
+
+VERSIONS: tuple[int, ...] = (1,)
+_DOMAIN = b"logship/1"
+
+
+def make_proof(secret: bytes, role: bytes, server_nonce: bytes, client_nonce: bytes, node: str, stream: str) -> bytes:
+    """Return HMAC-SHA256 binding the role, both nonces, the shipper's node id and the stream."""
+    msg = b"|".join((_DOMAIN, role, server_nonce, client_nonce, node.encode(), stream.encode()))
+    return hmac.new(secret, msg, hashlib.sha256).digest()
+
+
+class HandshakeState(enum.Enum):
+    START = "start"
+    WAIT_HELLO = "wait-hello"
+    WAIT_WELCOME = "wait-welcome"
+    DONE = "done"
+
+
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    """One stream whose proof checked out, with the epoch the shipper claimed."""
+
+    stream: str
+    epoch: int
+
+
+class ReceiverHandshake:
+    """The receiver's side: issue a challenge, check a HELLO, build the WELCOME.
+
+    ``secret_for(stream)`` returns the stream's secret, or None if the stream is unknown here.
+    """
+
+    def __init__(self, node: str, nonce: bytes, secret_for: Callable[[str], bytes | None]) -> None:
+        if len(nonce) != NONCE_SIZE:
+            raise LocalProtocolError("nonce must be 32 bytes")
+        self.node = node
+        self.nonce = nonce
+        self._secret_for = secret_for
+        self.state = HandshakeState.START
+        self.version = 0
+        self.peer_node = ""
+        self._peer_nonce = b""
+        self.features: tuple[str, ...] = ()
+
+    def challenge(self) -> Challenge:
+        if self.state is not HandshakeState.START:
+            raise LocalProtocolError("challenge already sent")
+        self.state = HandshakeState.WAIT_HELLO
+        return Challenge(VERSIONS, self.nonce, self.node)
+
+    def receive_hello(self, hello: object) -> list[Accepted]:
+        """Check a HELLO; return the streams it proved.
+
+        Raises RemoteProtocolError if it is not a HELLO, VersionMismatch, or AuthenticationFailed if
+        any stream's proof is wrong or the stream is unknown (one bad proof refuses all: a shipper
+        that is wrong about one secret is misconfigured).
+        """
+        if self.state is not HandshakeState.WAIT_HELLO:
+            raise LocalProtocolError(f"not waiting for HELLO (state {self.state.value})")
+        if not isinstance(hello, Hello):
+            raise RemoteProtocolError(f"expected HELLO, got {type(hello).__name__}", code="bad-type")
+        if hello.version not in VERSIONS:
+            raise VersionMismatch(f"version {hello.version} not among {VERSIONS}")
+        if not hello.streams:
+            raise RemoteProtocolError("HELLO names no stream", code="bad-frame")
+        if hello.nonce == self.nonce:
+            raise AuthenticationFailed("peer echoed our nonce")
+        names = [c.stream for c in hello.streams]
+        if len(set(names)) != len(names):
+            raise RemoteProtocolError("HELLO names a stream twice", code="bad-frame")
+        accepted = []
+        for claim in hello.streams:
+            secret = self._secret_for(claim.stream)
+            if secret is None:
+                raise AuthenticationFailed(f"stream {claim.stream!r} is not served here")
+            want = make_proof(secret, b"shipper", self.nonce, hello.nonce, hello.node, claim.stream)
+            if not hmac.compare_digest(want, claim.proof):
+                raise AuthenticationFailed(f"wrong proof for stream {claim.stream!r}")
+            accepted.append(Accepted(claim.stream, claim.epoch))
+        self.version = hello.version
+        self.peer_node = hello.node
+        self._peer_nonce = hello.nonce
+        self.features = hello.features
+        self.state = HandshakeState.DONE
+        return accepted
+
+    def resume(self, stream: str, epoch: int, position: Position, sealed: bool) -> StreamResume:
+        """Build one stream's WELCOME entry, proving we hold its secret too."""
+        if self.state is not HandshakeState.DONE:
+            raise LocalProtocolError("handshake not complete")
+        secret = self._secret_for(stream)
+        if secret is None:
+            raise LocalProtocolError(f"no secret for {stream!r}")
+        proof = make_proof(secret, b"receiver", self.nonce, self._peer_nonce, self.peer_node, stream)
+        return StreamResume(stream, epoch, position, sealed, proof)
+
+    def welcome(self, resumes: Iterable[StreamResume], features: tuple[str, ...] = ()) -> Welcome:
+        if self.state is not HandshakeState.DONE:
+            raise LocalProtocolError("handshake not complete")
+        return Welcome(self.version, self.node, tuple(resumes), features)
+
+
+class ShipperHandshake:
+    """The shipper's side: answer a CHALLENGE, check the WELCOME."""
+
+    def __init__(
+        self,
+        node: str,
+        nonce: bytes,
+        secrets: Mapping[str, bytes],
+        epochs: Mapping[str, int],
+        features: tuple[str, ...] = (),
+    ) -> None:
+        if len(nonce) != NONCE_SIZE:
+            raise LocalProtocolError("nonce must be 32 bytes")
+        self.node = node
+        self.nonce = nonce
+        self._secrets = dict(secrets)
+        self._epochs = dict(epochs)
+        self.features = features
+        self.state = HandshakeState.START
+        self._server_nonce = b""
+
+    def receive_challenge(self, challenge: object) -> Hello:
+        """Return the HELLO answering ``challenge``.
+
+        Raises RemoteProtocolError if it is not a CHALLENGE, VersionMismatch if no version fits.
+        """
+        if self.state is not HandshakeState.START:
+            raise LocalProtocolError("challenge already answered")
+        if not isinstance(challenge, Challenge):
+            raise RemoteProtocolError(f"expected CHALLENGE, got {type(challenge).__name__}", code="bad-type")
+        common = set(challenge.versions) & set(VERSIONS)
+        if not common:
+            raise VersionMismatch(f"receiver speaks {challenge.versions}, we speak {VERSIONS}")
+        if challenge.nonce == self.nonce:
+            raise AuthenticationFailed("peer echoed our nonce")
+        self._server_nonce = challenge.nonce
+        claims = tuple(
+            StreamClaim(
+                stream,
+                self._epochs.get(stream, 0),
+                make_proof(secret, b"shipper", challenge.nonce, self.nonce, self.node, stream),
+            )
+            for stream, secret in self._secrets.items()
+        )
+        self.state = HandshakeState.WAIT_WELCOME
+        return Hello(max(common), self.node, self.nonce, claims, self.features)
+
+    def receive_welcome(self, msg: object) -> dict[str, StreamResume | Fenced]:
+        """Check the receiver's answer; return, per stream, where to resume or that it is fenced.
+
+        Raises AuthenticationFailed if a resume proof is wrong, RemoteProtocolError for anything
+        else that is not a WELCOME.
+        """
+        if self.state is not HandshakeState.WAIT_WELCOME:
+            raise LocalProtocolError("not waiting for WELCOME")
+        if isinstance(msg, Fenced):
+            if msg.stream not in self._secrets:
+                raise RemoteProtocolError(f"FENCED for unknown stream {msg.stream!r}", code="bad-frame")
+            return {msg.stream: msg}
+        if not isinstance(msg, Welcome):
+            raise RemoteProtocolError(f"expected WELCOME, got {type(msg).__name__}", code="bad-type")
+        result: dict[str, StreamResume | Fenced] = {}
+        for resume in msg.streams:
+            secret = self._secrets.get(resume.stream)
+            if secret is None:
+                raise RemoteProtocolError(f"WELCOME for unknown stream {resume.stream!r}", code="bad-frame")
+            want = make_proof(secret, b"receiver", self._server_nonce, self.nonce, self.node, resume.stream)
+            if not hmac.compare_digest(want, resume.proof):
+                raise AuthenticationFailed(f"receiver could not prove the secret of {resume.stream!r}")
+            result[resume.stream] = resume
+        self.state = HandshakeState.DONE
+        return result
