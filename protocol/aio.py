@@ -1,0 +1,86 @@
+"""The one asyncio adapter of the protocol: move frames between a stream socket and the codec.
+
+Everything else under protocol/ is free of I/O; this module only reads bytes into a FrameDecoder and
+writes encoded frames, with a timeout on every read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from protocol.errors import RemoteProtocolError
+from protocol.framing import DEFAULT_MAX_PAYLOAD, NEED_DATA, FrameDecoder, encode_parts
+from protocol.messages import Message
+
+READ_SIZE = 256 * 1024
+
+
+class ConnectionClosed(Exception):
+    """The peer closed the connection (cleanly or not)."""
+
+
+class FramedConnection:
+    """Send and receive protocol messages over an asyncio stream pair."""
+
+    def __init__(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        max_payload: int = DEFAULT_MAX_PAYLOAD,
+    ) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.decoder = FrameDecoder(max_payload)
+        self.bytes_in = 0
+        self.bytes_out = 0
+        peer = writer.get_extra_info("peername")
+        self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+
+    async def recv(self, timeout: float | None) -> Message:
+        """Return the next message.
+
+        Raises TimeoutError if nothing complete arrives in ``timeout`` seconds, ConnectionClosed at
+        end of stream, RemoteProtocolError for bad bytes.
+        """
+        async with asyncio.timeout(timeout):
+            while True:
+                msg = self.decoder.next_message()
+                if msg is not NEED_DATA:
+                    return msg  # type: ignore[return-value]
+                try:
+                    data = await self.reader.read(READ_SIZE)
+                except (ConnectionError, OSError) as e:
+                    raise ConnectionClosed(str(e)) from e
+                if not data:
+                    if self.decoder.buffered:
+                        raise RemoteProtocolError("connection closed mid-frame", code="truncated")
+                    raise ConnectionClosed("closed by peer")
+                self.bytes_in += len(data)
+                self.decoder.receive_data(data)
+
+    def send(self, msg: Message) -> None:
+        """Queue ``msg`` for sending; call ``drain()`` to wait for the buffer to empty."""
+        head, payload = encode_parts(msg)
+        self.writer.write(head)
+        if payload:
+            self.writer.write(payload)
+        self.bytes_out += len(head) + len(payload)
+
+    async def drain(self) -> None:
+        try:
+            await self.writer.drain()
+        except (ConnectionError, OSError) as e:
+            raise ConnectionClosed(str(e)) from e
+
+    @property
+    def closing(self) -> bool:
+        return self.writer.is_closing()
+
+    async def close(self) -> None:
+        """Close the connection; never raises."""
+        if not self.writer.is_closing():
+            self.writer.close()
+        try:
+            await asyncio.wait_for(self.writer.wait_closed(), 2)
+        except Exception:  # noqa: BLE001 - closing must not fail its caller
+            pass

@@ -1,0 +1,63 @@
+"""Parsing helpers shared by both command lines: addresses, sizes, durations, secret files. No I/O
+beyond reading the secret file the caller names."""
+
+from __future__ import annotations
+
+import os
+import re
+import stat
+from pathlib import Path
+
+
+class ConfigError(Exception):
+    """A setting is wrong; the message is one line fit for stderr."""
+
+
+def parse_address(text: str) -> tuple[str, int]:
+    """Parse ``HOST:PORT`` (``[v6]:PORT`` for IPv6).
+
+    Raises ConfigError if it is not of that form or the port is out of range.
+    """
+    m = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:(\d{1,5})|([^\s:\[\]]+):(\d{1,5})", text)
+    if not m:
+        raise ConfigError(f"bad address {text!r}: expected HOST:PORT")
+    host = m.group(1) or m.group(3)
+    port = int(m.group(2) or m.group(4))
+    if not 0 <= port <= 65535:
+        raise ConfigError(f"bad address {text!r}: port out of range")
+    return host, port
+
+
+_SIZE = {"": 1, "b": 1, "k": 1 << 10, "kib": 1 << 10, "m": 1 << 20, "mib": 1 << 20, "g": 1 << 30, "gib": 1 << 30}
+
+
+def parse_size(text: str) -> int:
+    """Parse a byte count such as ``4096``, ``64k``, ``16MiB``."""
+    m = re.fullmatch(r"\s*(\d+)\s*([A-Za-z]*)\s*", text)
+    if not m or m.group(2).lower() not in _SIZE:
+        raise ConfigError(f"bad size {text!r}: expected e.g. 4096, 64k, 16MiB")
+    return int(m.group(1)) * _SIZE[m.group(2).lower()]
+
+
+def read_secret(path: str | os.PathLike[str]) -> bytes:
+    """Read a shared secret from a file that only its owner may read.
+
+    Raises ConfigError if the file is missing, unreadable, empty, or readable by group or others.
+    """
+    p = Path(path)
+    try:
+        st = p.stat()
+        data = p.read_bytes()
+    except OSError as e:
+        raise ConfigError(f"cannot read secret file {p}: {e.strerror}") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise ConfigError(f"secret file {p} is not a regular file")
+    if st.st_mode & 0o077:
+        raise ConfigError(
+            f"secret file {p} is accessible by group or others (mode {stat.S_IMODE(st.st_mode):04o}); "
+            f"run: chmod 600 {p}"
+        )
+    secret = data.strip()
+    if len(secret) < 16:
+        raise ConfigError(f"secret file {p} holds {len(secret)} bytes; use at least 16 random bytes")
+    return secret

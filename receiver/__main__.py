@@ -1,0 +1,114 @@
+"""python -m receiver: accept shippers and keep verified, durable copies of their streams."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import fcntl
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+
+import uvloop
+
+from protocol.config_util import ConfigError, parse_address, parse_size, read_secret
+from receiver.server import ReceiverServer, ServerConfig
+
+log = logging.getLogger("receiver")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m receiver",
+        description=(
+            "Accept shippers over TCP, verify every chunk (xxh3_64) and every sealed segment (xxh3_128), "
+            "fsync before acknowledging, and keep DIR/<stream>/log/ byte-identical to the source's sealed "
+            "segments."
+        ),
+    )
+    p.add_argument("--listen", required=True, metavar="HOST:PORT", help="address to listen on (port 0 picks one)")
+    p.add_argument(
+        "--data-dir", required=True, metavar="DIR", help="where the copies live (one subdirectory per stream)"
+    )
+    p.add_argument(
+        "--secret-file",
+        required=True,
+        metavar="FILE",
+        help="shared secret every shipper must prove (HMAC-SHA256); the file must be mode 0600",
+    )
+    p.add_argument("--max-payload", default="4MiB", metavar="SIZE", help="largest DATA chunk accepted (default 4MiB)")
+    p.add_argument("--idle-timeout", type=float, default=60.0, metavar="SECONDS", help="drop silent shippers")
+    p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    return p
+
+
+def lock_data_dir(data_dir: Path) -> int:
+    """Hold an exclusive lock on DIR/.lock for the life of the process.
+
+    Raises ConfigError if another receiver holds it.
+    """
+    fd = os.open(data_dir / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise ConfigError(f"another receiver is already using {data_dir} (lock {data_dir / '.lock'} is held)") from None
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    return fd
+
+
+async def serve(config: ServerConfig, host: str, port: int) -> int:
+    server = ReceiverServer(config)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        bound_host, bound_port = await server.start(host, port)
+    except OSError as e:
+        raise ConfigError(f"cannot listen on {host}:{port}: {e.strerror}") from None
+    log.info("listening on %s:%d, data dir %s", bound_host, bound_port, config.data_dir)
+    await stop.wait()
+    log.info("stopping: finishing writes in hand")
+    await server.stop()
+    log.info("stopped")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level, format="%(asctime)s receiver[%(process)d] %(levelname)s %(message)s", stream=sys.stderr
+    )
+    try:
+        host, port = parse_address(args.listen)
+        secret = read_secret(args.secret_file)
+        max_payload = parse_size(args.max_payload)
+        data_dir = Path(args.data_dir)
+        try:
+            data_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise ConfigError(f"cannot create data dir {data_dir}: {e.strerror}") from None
+        lock_fd = lock_data_dir(data_dir)
+        config = ServerConfig(
+            data_dir=data_dir,
+            secret_for=lambda _stream: secret,
+            max_payload=max_payload,
+            idle_timeout=args.idle_timeout,
+        )
+        try:
+            return uvloop.run(serve(config, host, port))
+        finally:
+            os.close(lock_fd)
+    except ConfigError as e:
+        print(f"receiver: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,248 @@
+"""Storage verbs for one stream's copy: write chunks, install sealed segments, recover, list, read.
+
+Layout under the stream directory:
+  log/<segment>              sealed, verified segments, byte-identical to the source; nothing else
+  incoming/<segment>.partial the active segment as received so far
+  incoming/<segment>.idx     one record per durable chunk (offset, length, xxh3_64), so a restart can
+                             re-verify the partial from disk and cut a torn tail
+  quarantine/                partials that failed their whole-segment digest, kept for inspection
+  state.json                 epoch and failure state, written temp + fsync + rename + fsync dir
+
+Methods here block (they write and fsync); the server calls them from a worker thread.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import struct
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import xxhash
+
+from protocol.digest import chunk_digest, segment_hasher
+from receiver.ingest import Install, Op, Restart, Write
+
+_IDX = struct.Struct(">QIQ")
+_READ = 4 * 1024 * 1024
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Replace ``path`` with ``data`` so that a crash leaves either the old or the new file."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+@dataclass(frozen=True, slots=True)
+class Recovered:
+    """What a stream's copy holds on disk after a restart."""
+
+    last_sealed: str
+    last_sealed_size: int
+    active: str | None
+    offset: int
+    hasher: xxhash.xxh3_128
+    discarded: int
+
+
+class SegmentStore:
+    """One stream's copy on disk."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.log_dir = root / "log"
+        self.incoming = root / "incoming"
+        self.quarantine = root / "quarantine"
+        self.state_path = root / "state.json"
+        for d in (self.log_dir, self.incoming, self.quarantine):
+            d.mkdir(parents=True, exist_ok=True)
+        self._seg: str | None = None
+        self._fd = -1
+        self._idx_fd = -1
+        self._created = False
+
+    # -- state --------------------------------------------------------------------------------
+
+    def load_state(self) -> dict[str, Any]:
+        try:
+            state = json.loads(self.state_path.read_text())
+        except FileNotFoundError:
+            return {"epoch": 0, "failed": None}
+        if not isinstance(state, dict):
+            raise ValueError(f"{self.state_path} is not a JSON object")
+        return state
+
+    def save_state(self, state: dict[str, Any]) -> None:
+        write_atomic(self.state_path, json.dumps(state, sort_keys=True, indent=1).encode())
+
+    # -- reading ------------------------------------------------------------------------------
+
+    def sealed_segments(self) -> list[str]:
+        """Return the names in log/, in log order."""
+        return sorted(e.name for e in os.scandir(self.log_dir) if e.is_file() and not e.name.startswith("."))
+
+    def partial_path(self, segment: str) -> Path:
+        return self.incoming / f"{segment}.partial"
+
+    def idx_path(self, segment: str) -> Path:
+        return self.incoming / f"{segment}.idx"
+
+    # -- recovery -----------------------------------------------------------------------------
+
+    def recover(self) -> Recovered:
+        """Re-read the copy from disk: the last sealed segment and the verified part of the partial.
+
+        A partial's bytes count only as far as its chunk records verify; a torn or garbage tail is
+        cut off. Stray partials that cannot be the active one are moved to quarantine/.
+        """
+        self.close()
+        sealed = self.sealed_segments()
+        last = sealed[-1] if sealed else ""
+        last_size = (self.log_dir / last).stat().st_size if last else 0
+        partials = sorted(p.name[: -len(".partial")] for p in self.incoming.glob("*.partial"))
+        for idx in self.incoming.glob("*.idx"):
+            if idx.name[: -len(".idx")] not in partials:
+                idx.unlink()
+        active = None
+        for name in partials:
+            if name > last and active is None:
+                active = name
+            else:
+                self._quarantine(name, "stray partial at recovery")
+        if active is None:
+            return Recovered(last, last_size, None, 0, segment_hasher(), 0)
+        offset, hasher, discarded = self._verify_partial(active)
+        return Recovered(last, last_size, active, offset, hasher, discarded)
+
+    def _verify_partial(self, segment: str) -> tuple[int, xxhash.xxh3_128, int]:
+        path, idx_path = self.partial_path(segment), self.idx_path(segment)
+        hasher = segment_hasher()
+        try:
+            records = idx_path.read_bytes()
+        except FileNotFoundError:
+            records = b""
+        good = 0
+        end = 0
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            for i in range(len(records) // _IDX.size):
+                off, length, digest = _IDX.unpack_from(records, i * _IDX.size)
+                if off != end:
+                    break
+                chunk = f.read(length)
+                if len(chunk) != length or chunk_digest(chunk) != digest:
+                    break
+                hasher.update(chunk)
+                end += length
+                good = i + 1
+        if size != end or len(records) != good * _IDX.size:
+            with open(path, "r+b") as f:
+                f.truncate(end)
+                os.fsync(f.fileno())
+            with open(idx_path, "ab") as f:
+                f.truncate(good * _IDX.size)
+                os.fsync(f.fileno())
+        return end, hasher, size - end
+
+    # -- writing ------------------------------------------------------------------------------
+
+    def _open(self, segment: str) -> None:
+        self.close()
+        self._fd = os.open(self.partial_path(segment), os.O_WRONLY | os.O_CREAT, 0o644)
+        self._idx_fd = os.open(self.idx_path(segment), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        self._seg = segment
+        self._created = True
+
+    def close(self) -> None:
+        for fd in (self._fd, self._idx_fd):
+            if fd >= 0:
+                os.close(fd)
+        self._fd = self._idx_fd = -1
+        self._seg = None
+
+    def apply(self, ops: list[Op]) -> None:
+        """Carry out ``ops`` in order and make them durable before returning.
+
+        Raises OSError (disk full, I/O error); the caller must then rebuild its view with recover().
+        """
+        records: list[bytes] = []
+        dirty = False
+        for op in ops:
+            if isinstance(op, Write):
+                if self._seg != op.segment:
+                    self._flush(records, dirty)
+                    records, dirty = [], False
+                    self._open(op.segment)
+                if op.payload:
+                    written = os.pwrite(self._fd, op.payload, op.offset)
+                    if written != len(op.payload):
+                        raise OSError(f"short write of {op.segment}: {written} of {len(op.payload)} bytes")
+                    records.append(_IDX.pack(op.offset, len(op.payload), op.digest))
+                dirty = True
+            elif isinstance(op, Install):
+                self._flush(records, dirty)
+                records, dirty = [], False
+                self._install(op)
+            elif isinstance(op, Restart):
+                self._flush(records, dirty)
+                records, dirty = [], False
+                self.close()
+                self._quarantine(op.segment, op.reason)
+        self._flush(records, dirty)
+
+    def _flush(self, records: list[bytes], dirty: bool) -> None:
+        if not dirty or self._fd < 0:
+            return
+        # Data first, then the records that vouch for it: a record never survives its bytes.
+        os.fdatasync(self._fd)
+        if records:
+            os.write(self._idx_fd, b"".join(records))
+        os.fdatasync(self._idx_fd)
+        if self._created:
+            fsync_dir(self.incoming)
+            self._created = False
+
+    def _install(self, op: Install) -> None:
+        if self._seg != op.segment:
+            self._open(op.segment)
+            fsync_dir(self.incoming)
+        size = os.fstat(self._fd).st_size
+        if size != op.size:
+            raise OSError(f"{op.segment}: partial holds {size} bytes, SEAL says {op.size}")
+        os.fsync(self._fd)
+        self.close()
+        os.rename(self.partial_path(op.segment), self.log_dir / op.segment)
+        fsync_dir(self.log_dir)
+        with contextlib.suppress(FileNotFoundError):
+            self.idx_path(op.segment).unlink()
+        fsync_dir(self.incoming)
+
+    def _quarantine(self, segment: str, reason: str) -> None:
+        stamp = time.strftime("%Y%m%dT%H%M%S")
+        dest = self.quarantine / f"{segment}.{stamp}.{time.time_ns() % 1_000_000_000}"
+        with contextlib.suppress(FileNotFoundError):
+            os.rename(self.partial_path(segment), dest)
+            (dest.parent / f"{dest.name}.reason").write_text(reason + "\n")
+        with contextlib.suppress(FileNotFoundError):
+            self.idx_path(segment).unlink()
+        fsync_dir(self.quarantine)
+        fsync_dir(self.incoming)

@@ -1,0 +1,175 @@
+"""Where is new data: watch a stream's source directory and say which segments are sealed.
+
+``classify()`` is the pure decision: given the directory's segments (name order), the sealing policy
+and the time, which are sealed. ``Tailer`` polls the directory and wakes every subscriber when
+anything changed. A segment's size is frozen the moment it is first seen sealed; if the file changes
+after that, the tailer says so loudly and keeps reporting the frozen size, so that the copy is never
+overwritten with bytes the source should not have changed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import logging
+import os
+import re
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger("shipper")
+
+
+@dataclass(frozen=True, slots=True)
+class SealPolicy:
+    """When a segment counts as complete."""
+
+    mode: str = "next"
+    """``next``: when a later segment appears; ``immediate``: every file is complete on sight."""
+    seal_idle: float | None = None
+    """Also seal the newest segment once it has not changed for this many seconds."""
+    segment_size: int | None = None
+    """Also seal a segment once it reaches this many bytes."""
+
+
+@dataclass(frozen=True, slots=True)
+class SegmentInfo:
+    """One segment as the tailer sees it."""
+
+    name: str
+    size: int
+    mtime: float
+    sealed: bool
+
+
+DEFAULT_PATTERN = r"(?!\.)(?!.*\.(?:tmp|partial)$).+"
+
+
+def is_segment(name: str, pattern: re.Pattern[str]) -> bool:
+    """Return whether ``name`` is a segment of the stream: it matches the pattern and is never a temp file."""
+    return (
+        pattern.fullmatch(name) is not None
+        and not name.startswith(".")
+        and not name.endswith((".tmp", ".partial"))
+        and "/" not in name
+    )
+
+
+def classify(entries: Sequence[tuple[str, int, float]], policy: SealPolicy, now: float) -> list[SegmentInfo]:
+    """Decide which of ``entries`` (name, size, mtime; name order) are sealed under ``policy`` at ``now``."""
+    out = []
+    last = len(entries) - 1
+    for i, (name, size, mtime) in enumerate(entries):
+        sealed = (
+            policy.mode == "immediate"
+            or i < last
+            or (policy.segment_size is not None and size >= policy.segment_size)
+            or (policy.seal_idle is not None and now - mtime >= policy.seal_idle)
+        )
+        out.append(SegmentInfo(name, size, mtime, sealed))
+    return out
+
+
+class Tailer:
+    """Poll a source directory; keep the current list of segments; wake subscribers on change."""
+
+    def __init__(
+        self,
+        source: Path,
+        pattern: re.Pattern[str],
+        policy: SealPolicy,
+        poll_interval: float = 0.02,
+        recheck_interval: float = 5.0,
+    ) -> None:
+        self.source = source
+        self.pattern = pattern
+        self.policy = policy
+        self.poll_interval = poll_interval
+        self.recheck_interval = recheck_interval
+        self.segments: list[SegmentInfo] = []
+        self.names: list[str] = []
+        self.by_name: dict[str, SegmentInfo] = {}
+        self._frozen: dict[str, tuple[int, float]] = {}
+        self._reported_changed: set[str] = set()
+        self._subscribers: list[asyncio.Event] = []
+        self._last_recheck = 0.0
+        self.error: str | None = None
+
+    def subscribe(self) -> asyncio.Event:
+        event = asyncio.Event()
+        self._subscribers.append(event)
+        return event
+
+    def changed_sealed(self) -> set[str]:
+        return set(self._reported_changed)
+
+    def scan(self, now: float | None = None) -> bool:
+        """Look at the directory once; return whether anything a sender cares about changed."""
+        now = time.time() if now is None else now
+        recheck = now - self._last_recheck >= self.recheck_interval
+        if recheck:
+            self._last_recheck = now
+        try:
+            names = sorted(e.name for e in os.scandir(self.source) if is_segment(e.name, self.pattern))
+        except OSError as e:
+            if self.error is None:
+                log.error("cannot read source directory %s: %s", self.source, e.strerror)
+            self.error = str(e)
+            return False
+        self.error = None
+        entries: list[tuple[str, int, float]] = []
+        for name in names:
+            frozen = self._frozen.get(name)
+            if frozen is not None and not recheck:
+                entries.append((name, frozen[0], frozen[1]))
+                continue
+            try:
+                st = os.stat(self.source / name)
+            except FileNotFoundError:
+                continue
+            if not (st.st_mode & 0o170000) == 0o100000:
+                continue
+            if frozen is not None:
+                if (st.st_size, st.st_mtime) != frozen and name not in self._reported_changed:
+                    self._reported_changed.add(name)
+                    log.error(
+                        "sealed segment %s changed on the source after it was sealed (size %d -> %d); "
+                        "the copy keeps the sealed version and it will not be shipped again",
+                        name,
+                        frozen[0],
+                        st.st_size,
+                    )
+                entries.append((name, frozen[0], frozen[1]))
+            else:
+                entries.append((name, st.st_size, st.st_mtime))
+        segments = classify(entries, self.policy, now)
+        for seg in segments:
+            if seg.sealed and seg.name not in self._frozen:
+                self._frozen[seg.name] = (seg.size, seg.mtime)
+        present = set(names)
+        for name in [n for n in self._frozen if n not in present]:
+            del self._frozen[name]
+        changed = segments != self.segments
+        if changed:
+            self.segments = segments
+            self.names = [s.name for s in segments]
+            self.by_name = {s.name: s for s in segments}
+        return changed
+
+    def first_after(self, name: str) -> SegmentInfo | None:
+        """Return the first segment whose name sorts after ``name``."""
+        i = bisect.bisect_right(self.names, name)
+        return self.segments[i] if i < len(self.segments) else None
+
+    def notify(self) -> None:
+        for event in self._subscribers:
+            event.set()
+
+    async def run(self) -> None:
+        """Scan forever, waking subscribers when something changed."""
+        while True:
+            if self.scan():
+                self.notify()
+            await asyncio.sleep(self.poll_interval)
