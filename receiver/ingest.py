@@ -147,7 +147,10 @@ class Ingest:
         Raises RemoteProtocolError for a SEAL of the wrong segment or at the wrong size.
         """
         if self.awaiting_resend:
-            return Outcome(Verdict.DROP)
+            # An empty segment has no DATA to resend: its resent SEAL is what ends the wait.
+            if msg.size != 0 or Position(msg.segment, 0) != self._resend_pos:
+                return Outcome(Verdict.DROP)
+            self.awaiting_resend = False
         ops: list[Op] = []
         if self.active is None:
             if msg.segment <= self.last_sealed:

@@ -1,0 +1,233 @@
+"""Tailer: the sealing policy (pure), which names are segments, and scanning a real directory."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import time
+from pathlib import Path
+
+import pytest
+
+from shipper.tailer import DEFAULT_PATTERN, SealPolicy, SegmentInfo, Tailer, classify, is_segment
+
+DEFAULT = re.compile(DEFAULT_PATTERN)
+NOW = 1_000_000.0
+
+
+def entries(*sizes_and_ages: tuple[int, float]) -> list[tuple[str, int, float]]:
+    """Return classify() entries named s1, s2, ... with the given sizes and ages (seconds before NOW)."""
+    return [(f"s{i + 1}", size, NOW - age) for i, (size, age) in enumerate(sizes_and_ages)]
+
+
+def sealed(infos: list[SegmentInfo]) -> list[bool]:
+    return [s.sealed for s in infos]
+
+
+def write(directory: Path, name: str, data: bytes) -> Path:
+    path = directory / name
+    path.write_bytes(data)
+    return path
+
+
+def append(path: Path, data: bytes) -> None:
+    with open(path, "ab") as f:
+        f.write(data)
+
+
+# -- classify --------------------------------------------------------------------------------
+
+
+def test_classify_nothing() -> None:
+    assert classify([], SealPolicy(), NOW) == []
+
+
+def test_classify_next_mode_leaves_only_the_newest_open() -> None:
+    out = classify(entries((10, 100), (20, 50), (5, 0)), SealPolicy(), NOW)
+    assert out == [
+        SegmentInfo("s1", 10, NOW - 100, True),
+        SegmentInfo("s2", 20, NOW - 50, True),
+        SegmentInfo("s3", 5, NOW, False),
+    ]
+    assert sealed(classify(entries((10, 1e9)), SealPolicy(), NOW)) == [False]
+
+
+def test_classify_immediate_seals_everything() -> None:
+    assert sealed(classify(entries((10, 0), (0, 0)), SealPolicy(mode="immediate"), NOW)) == [True, True]
+
+
+@pytest.mark.parametrize(("size", "expected"), [(0, False), (99, False), (100, True), (1000, True)])
+def test_classify_segment_size(size: int, expected: bool) -> None:
+    policy = SealPolicy(segment_size=100)
+    assert sealed(classify(entries((1, 0), (size, 0)), policy, NOW)) == [True, expected]
+
+
+@pytest.mark.parametrize(("age", "expected"), [(0.0, False), (4.9, False), (5.0, True), (60.0, True)])
+def test_classify_seal_idle(age: float, expected: bool) -> None:
+    policy = SealPolicy(seal_idle=5.0)
+    assert sealed(classify(entries((1, 100), (10, age)), policy, NOW)) == [True, expected]
+
+
+# -- is_segment ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("E00000001.log", True),
+        ("000000010000000000000003", True),
+        ("a", True),
+        ("seg.tmp.log", True),
+        ("partial", True),
+        (".hidden", False),
+        (".E00000001.log", False),
+        ("E00000001.log.tmp", False),
+        ("E00000001.log.partial", False),
+        (".state.json.tmp", False),
+        ("", False),
+    ],
+)
+def test_default_pattern(name: str, expected: bool) -> None:
+    assert is_segment(name, DEFAULT) is expected
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [("E00000001.log", True), ("E1.log", True), ("E00000001.txt", False), ("xE1.log", False), ("E.log", False)],
+)
+def test_custom_pattern_must_match_whole_name(name: str, expected: bool) -> None:
+    assert is_segment(name, re.compile(r"E\d+\.log")) is expected
+
+
+@pytest.mark.parametrize("name", [".x", "a.tmp", "a.partial", "a/b"])
+def test_temp_files_never_count_even_with_a_permissive_pattern(name: str) -> None:
+    assert not is_segment(name, re.compile(r".*"))
+
+
+# -- Tailer.scan -----------------------------------------------------------------------------
+
+
+def test_scan_sees_new_segments_and_ignores_the_rest(tmp_path: Path) -> None:
+    tailer = Tailer(tmp_path, DEFAULT, SealPolicy())
+    assert tailer.scan() is False
+    assert tailer.segments == []
+
+    write(tmp_path, "E00000001.log", b"a" * 10)
+    write(tmp_path, ".E00000009.log", b"hidden")
+    write(tmp_path, "E00000009.log.tmp", b"temp")
+    write(tmp_path, "E00000009.log.partial", b"partial")
+    (tmp_path / "E00000008.log").mkdir()
+    assert tailer.scan() is True
+    assert tailer.names == ["E00000001.log"]
+    assert tailer.by_name["E00000001.log"].size == 10
+    assert tailer.by_name["E00000001.log"].sealed is False
+    assert tailer.scan() is False
+
+    write(tmp_path, "E00000002.log", b"b" * 3)
+    assert tailer.scan() is True
+    assert [(s.name, s.size, s.sealed) for s in tailer.segments] == [
+        ("E00000001.log", 10, True),
+        ("E00000002.log", 3, False),
+    ]
+
+    append(tmp_path / "E00000002.log", b"more")
+    assert tailer.scan() is True
+    assert tailer.by_name["E00000002.log"].size == 7
+    assert tailer.by_name["E00000002.log"].sealed is False
+
+
+def test_scan_seal_idle_uses_the_time_given(tmp_path: Path) -> None:
+    path = write(tmp_path, "E00000001.log", b"abc")
+    mtime = path.stat().st_mtime
+    tailer = Tailer(tmp_path, DEFAULT, SealPolicy(seal_idle=30.0))
+    tailer.scan(now=mtime + 1)
+    assert tailer.by_name["E00000001.log"].sealed is False
+    assert tailer.scan(now=mtime + 31) is True
+    assert tailer.by_name["E00000001.log"].sealed is True
+
+
+@pytest.mark.parametrize("recheck", [False, True])
+def test_sealed_size_is_frozen_and_a_change_is_reported_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, recheck: bool
+) -> None:
+    caplog.set_level(logging.ERROR, logger="shipper")
+    first = write(tmp_path, "E00000001.log", b"a" * 10)
+    write(tmp_path, "E00000002.log", b"b")
+    tailer = Tailer(tmp_path, DEFAULT, SealPolicy())
+    t0 = time.time()
+    tailer.scan(now=t0)
+    assert tailer.by_name["E00000001.log"] == SegmentInfo("E00000001.log", 10, first.stat().st_mtime, True)
+
+    append(first, b"EXTRA")
+    step = 10.0 if recheck else 0.1
+    for i in range(1, 4):
+        tailer.scan(now=t0 + i * step)
+        assert tailer.by_name["E00000001.log"].size == 10
+        assert tailer.by_name["E00000001.log"].sealed is True
+    errors = [r for r in caplog.records if r.levelno == logging.ERROR]
+    if recheck:
+        assert len(errors) == 1
+        assert "E00000001.log" in errors[0].getMessage()
+        assert "10 -> 15" in errors[0].getMessage()
+        assert tailer.changed_sealed() == {"E00000001.log"}
+    else:
+        # Between rechecks sealed segments are not even looked at.
+        assert errors == []
+        assert tailer.changed_sealed() == set()
+
+
+def test_immediate_mode_freezes_at_first_sight(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.ERROR, logger="shipper")
+    path = write(tmp_path, "E00000001.log", b"abc")
+    tailer = Tailer(tmp_path, DEFAULT, SealPolicy(mode="immediate"), recheck_interval=0.0)
+    tailer.scan()
+    append(path, b"def")
+    tailer.scan()
+    tailer.scan()
+    assert tailer.by_name["E00000001.log"].size == 3
+    assert len([r for r in caplog.records if "changed on the source" in r.getMessage()]) == 1
+
+
+def test_vanished_segment_is_forgotten(tmp_path: Path) -> None:
+    write(tmp_path, "E00000001.log", b"a")
+    write(tmp_path, "E00000002.log", b"b")
+    tailer = Tailer(tmp_path, DEFAULT, SealPolicy(), recheck_interval=0.0)
+    tailer.scan()
+    os.unlink(tmp_path / "E00000001.log")
+    assert tailer.scan() is True
+    assert tailer.names == ["E00000002.log"]
+    assert "E00000001.log" not in tailer.by_name
+
+
+def test_unreadable_source_is_logged_once(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.ERROR, logger="shipper")
+    source = tmp_path / "missing"
+    tailer = Tailer(source, DEFAULT, SealPolicy())
+    assert tailer.scan() is False
+    assert tailer.scan() is False
+    assert tailer.error is not None
+    assert len([r for r in caplog.records if "cannot read source directory" in r.getMessage()]) == 1
+
+    source.mkdir()
+    write(source, "E00000001.log", b"x")
+    assert tailer.scan() is True
+    assert tailer.error is None
+
+
+def test_first_after(tmp_path: Path) -> None:
+    for name in ("E00000001.log", "E00000002.log", "E00000004.log"):
+        write(tmp_path, name, b"x")
+    tailer = Tailer(tmp_path, DEFAULT, SealPolicy())
+    tailer.scan()
+
+    def first(name: str) -> str | None:
+        info = tailer.first_after(name)
+        return None if info is None else info.name
+
+    assert first("") == "E00000001.log"
+    assert first("E00000001.log") == "E00000002.log"
+    assert first("E00000002.log") == "E00000004.log"
+    assert first("E00000003.log") == "E00000004.log"
+    assert first("E00000004.log") is None
+    assert first("F") is None
