@@ -97,6 +97,9 @@ class FrameDecoder:
             del buf[: 4 + hlen]
             header = _unpack_header(raw)
             kind = header.get("t")
+            if type(kind) is not str:
+                # Checked first: a list or map here is unhashable and would escape as TypeError.
+                raise RemoteProtocolError(f"frame type must be a string, got {type(kind).__name__}", code="bad-type")
             if kind in PAYLOAD_TYPES:
                 plen = header.get("len")
                 if type(plen) is not int or plen < 0:
@@ -108,7 +111,7 @@ class FrameDecoder:
                 Data.from_header(header)
                 self._header = header
             else:
-                factory = MESSAGE_TYPES.get(kind)  # type: ignore[arg-type]
+                factory = MESSAGE_TYPES.get(kind)
                 if factory is None:
                     raise RemoteProtocolError(f"unknown frame type {kind!r}", code="bad-type")
                 return factory(header)

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import uvloop
 
-from protocol.config_util import ConfigError, parse_address, parse_size, read_secret
+from protocol.config_util import ConfigError
+from receiver.config import settings_from_args
 from receiver.server import ReceiverServer, ServerConfig
 
 log = logging.getLogger("receiver")
@@ -28,18 +29,16 @@ def build_parser() -> argparse.ArgumentParser:
             "segments."
         ),
     )
-    p.add_argument("--listen", required=True, metavar="HOST:PORT", help="address to listen on (port 0 picks one)")
-    p.add_argument(
-        "--data-dir", required=True, metavar="DIR", help="where the copies live (one subdirectory per stream)"
-    )
+    p.add_argument("--listen", metavar="HOST:PORT", help="address to listen on (port 0 picks one)")
+    p.add_argument("--data-dir", metavar="DIR", help="where the copies live (one subdirectory per stream)")
     p.add_argument(
         "--secret-file",
-        required=True,
         metavar="FILE",
-        help="shared secret every shipper must prove (HMAC-SHA256); the file must be mode 0600",
+        help="shared secret every shipper must prove (HMAC-SHA256) for streams without their own; mode 0600",
     )
-    p.add_argument("--max-payload", default="4MiB", metavar="SIZE", help="largest DATA chunk accepted (default 4MiB)")
-    p.add_argument("--idle-timeout", type=float, default=60.0, metavar="SECONDS", help="drop silent shippers")
+    p.add_argument("--config", metavar="FILE", help="TOML file with these settings and per-stream tables")
+    p.add_argument("--max-payload", metavar="SIZE", help="largest DATA chunk accepted (default 4MiB)")
+    p.add_argument("--idle-timeout", type=float, metavar="SECONDS", help="drop silent shippers (default 60)")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     return p
 
@@ -84,10 +83,8 @@ def main(argv: list[str] | None = None) -> int:
         level=args.log_level, format="%(asctime)s receiver[%(process)d] %(levelname)s %(message)s", stream=sys.stderr
     )
     try:
-        host, port = parse_address(args.listen)
-        secret = read_secret(args.secret_file)
-        max_payload = parse_size(args.max_payload)
-        data_dir = Path(args.data_dir)
+        settings = settings_from_args(args)
+        data_dir = settings.data_dir
         try:
             data_dir.mkdir(parents=True, exist_ok=True)
         except OSError as e:
@@ -95,10 +92,11 @@ def main(argv: list[str] | None = None) -> int:
         lock_fd = lock_data_dir(data_dir)
         config = ServerConfig(
             data_dir=data_dir,
-            secret_for=lambda _stream: secret,
-            max_payload=max_payload,
-            idle_timeout=args.idle_timeout,
+            secret_for=settings.secret_for,
+            max_payload=settings.max_payload,
+            idle_timeout=settings.idle_timeout,
         )
+        host, port = settings.listen
         try:
             return uvloop.run(serve(config, host, port))
         finally:

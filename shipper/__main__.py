@@ -5,19 +5,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import re
 import signal
-import socket
 import sys
-from pathlib import Path
 
 import uvloop
 
-from protocol.config_util import ConfigError, parse_address, parse_size, read_secret
-from protocol.names import STREAM_NAME
-from shipper.sender import SenderConfig
-from shipper.service import ShipperService, StreamConfig
-from shipper.tailer import DEFAULT_PATTERN, SealPolicy
+from protocol.config_util import ConfigError
+from shipper.config import ShipperConfig, config_from_args
+from shipper.service import ShipperService
 
 log = logging.getLogger("shipper")
 
@@ -27,15 +22,15 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m shipper",
         description=(
             "Tail a stream's log directory (new segments and bytes appended to the active one) and ship it to "
-            "receivers, each with its own cursor; resume from each receiver's durable position after any cut."
+            "receivers, each with its own cursor; resume from each receiver's durable position after any cut. "
+            "Give one stream with the flags below, or many with --config FILE."
         ),
     )
-    p.add_argument("--stream", required=True, metavar="NAME", help="stream name, [A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
-    p.add_argument("--source", required=True, metavar="DIR", help="directory holding the stream's segments")
-    p.add_argument(
-        "--target", required=True, action="append", metavar="HOST:PORT", help="a receiver; repeat for several"
-    )
-    p.add_argument("--secret-file", required=True, metavar="FILE", help="shared secret (mode 0600)")
+    p.add_argument("--config", metavar="FILE", help="TOML file with [[stream]] tables (see docs); replaces the flags")
+    p.add_argument("--stream", metavar="NAME", help="stream name, [A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+    p.add_argument("--source", metavar="DIR", help="directory holding the stream's segments")
+    p.add_argument("--target", action="append", metavar="HOST:PORT", help="a receiver; repeat for several")
+    p.add_argument("--secret-file", metavar="FILE", help="shared secret (mode 0600)")
     p.add_argument(
         "--pattern",
         metavar="REGEX",
@@ -61,59 +56,20 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def config_from_args(args: argparse.Namespace) -> tuple[StreamConfig, SenderConfig]:
-    """Turn parsed arguments into configuration.
-
-    Raises ConfigError for anything wrong, with a one-line message.
-    """
-    if not STREAM_NAME.fullmatch(args.stream):
-        raise ConfigError(f"bad stream name {args.stream!r}: expected [A-Za-z0-9][A-Za-z0-9_.-]{{0,63}}")
-    source = Path(args.source)
-    if not source.is_dir():
-        raise ConfigError(f"source directory {source} does not exist or is not a directory")
-    targets = tuple(parse_address(t) for t in args.target)
-    if len(set(targets)) != len(targets):
-        raise ConfigError("the same target is given twice")
-    try:
-        pattern = re.compile(args.pattern or DEFAULT_PATTERN)
-    except re.error as e:
-        raise ConfigError(f"bad --pattern {args.pattern!r}: {e}") from None
-    if args.seal_idle is not None and args.seal_idle < 0:
-        raise ConfigError("--seal-idle must not be negative")
-    segment_size = parse_size(args.segment_size) if args.segment_size else None
-    if segment_size == 0:
-        raise ConfigError("--segment-size must be positive")
-    chunk = parse_size(args.chunk_size)
-    window = parse_size(args.window)
-    if not 0 < chunk <= 4 << 20:
-        raise ConfigError("--chunk-size must be between 1 byte and 4MiB")
-    if window < chunk:
-        raise ConfigError("--window must be at least --chunk-size")
-    stream = StreamConfig(
-        name=args.stream,
-        source=source,
-        targets=targets,
-        secret=read_secret(args.secret_file),
-        pattern=pattern,
-        policy=SealPolicy(args.seal, args.seal_idle, segment_size),
-        epoch=args.epoch,
-        poll_interval=args.poll_interval,
-    )
-    return stream, SenderConfig(chunk_size=chunk, window=window)
-
-
-async def run(service: ShipperService) -> int:
+async def run(config: ShipperConfig) -> int:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    log.info(
-        "shipping stream %s from %s to %s",
-        service.stream.name,
-        service.stream.source,
-        ", ".join(s.name for s in service.senders),
-    )
-    await service.run(stop)
+    services = [ShipperService(stream, f"{config.node}/{stream.name}", config.sender) for stream in config.streams]
+    for service in services:
+        log.info(
+            "shipping stream %s from %s to %s",
+            service.stream.name,
+            service.stream.source,
+            ", ".join(s.name for s in service.senders),
+        )
+    await asyncio.gather(*(service.run(stop) for service in services))
     log.info("stopped")
     return 0
 
@@ -124,13 +80,12 @@ def main(argv: list[str] | None = None) -> int:
         level=args.log_level, format="%(asctime)s shipper[%(process)d] %(levelname)s %(message)s", stream=sys.stderr
     )
     try:
-        stream, sender_config = config_from_args(args)
+        config = config_from_args(args)
     except ConfigError as e:
         print(f"shipper: error: {e}", file=sys.stderr)
         return 2
-    service = ShipperService(stream, f"{socket.gethostname()}/{stream.name}", sender_config)
     try:
-        return uvloop.run(run(service))
+        return uvloop.run(run(config))
     except KeyboardInterrupt:
         return 130
 

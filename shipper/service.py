@@ -5,36 +5,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import re
-from dataclasses import dataclass
-from pathlib import Path
 
+from shipper.config import StreamConfig
 from shipper.sender import SenderConfig, TargetSender
-from shipper.tailer import SealPolicy, Tailer
+from shipper.tailer import Tailer
 
 log = logging.getLogger("shipper")
-
-
-@dataclass(frozen=True, slots=True)
-class StreamConfig:
-    """One stream a shipper ships."""
-
-    name: str
-    """Stream name, as the receivers know it."""
-    source: Path
-    """Directory holding the stream's segments."""
-    targets: tuple[tuple[str, int], ...]
-    """Receivers to ship to, each with its own connection and cursor."""
-    secret: bytes
-    """Shared secret proven to every target."""
-    pattern: re.Pattern[str]
-    """Which file names are segments."""
-    policy: SealPolicy
-    """When a segment is complete."""
-    epoch: int = 0
-    """Epoch this shipper claims; a target activated at a newer epoch fences it."""
-    poll_interval: float = 0.02
-    """Seconds between looks at the source directory."""
 
 
 class ShipperService:
@@ -44,7 +20,7 @@ class ShipperService:
         self.stream = stream
         self.tailer = Tailer(stream.source, stream.pattern, stream.policy, stream.poll_interval)
         self.senders = [
-            TargetSender(stream.name, t, stream.secret, self.tailer, node, stream.epoch, sender_config)
+            TargetSender(stream.name, t.address, t.secret, self.tailer, node, stream.epoch, sender_config)
             for t in stream.targets
         ]
 

@@ -1,0 +1,120 @@
+"""Receiver settings: command-line flags, optionally a TOML file (``--config``) with per-stream tables.
+
+Example::
+
+    listen = "0.0.0.0:7000"
+    data_dir = "/var/lib/logship"
+    secret_file = "/etc/logship/default.secret"   # streams without their own secret
+
+    [streams.db1]
+    secret_file = "/etc/logship/db1.secret"       # only this secret may write db1
+
+Flags given on the command line win over the file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from protocol.config_util import ConfigError, parse_address, parse_size, read_secret
+from protocol.framing import DEFAULT_MAX_PAYLOAD
+from protocol.names import STREAM_NAME
+
+
+@dataclass(frozen=True, slots=True)
+class StreamSettings:
+    """Settings of one stream at this receiver."""
+
+    secret: bytes | None = None
+    """The stream's own secret; None means the receiver's default secret applies."""
+
+
+@dataclass(frozen=True, slots=True)
+class ReceiverSettings:
+    """Everything a receiver process needs to start."""
+
+    listen: tuple[str, int]
+    """Address to listen on."""
+    data_dir: Path
+    """Root of the copies."""
+    default_secret: bytes | None = None
+    """Secret for streams without one of their own; None: only configured streams are served."""
+    streams: dict[str, StreamSettings] = field(default_factory=dict)
+    """Per-stream settings from the config file."""
+    max_payload: int = DEFAULT_MAX_PAYLOAD
+    """Largest DATA payload accepted."""
+    idle_timeout: float = 60.0
+    """Seconds of silence after which a shipper is dropped."""
+
+    def secret_for(self, stream: str) -> bytes | None:
+        """Return the secret a shipper must prove for ``stream``, or None if it is not served here."""
+        own = self.streams.get(stream)
+        if own is not None and own.secret is not None:
+            return own.secret
+        return self.default_secret
+
+
+def _table(value: Any, where: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where} must be a table")
+    return value
+
+
+def load_toml(path: str) -> dict[str, Any]:
+    """Read a TOML config file.
+
+    Raises ConfigError with a one-line message when it is missing or malformed.
+    """
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except OSError as e:
+        raise ConfigError(f"cannot read config file {path}: {e.strerror}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"config file {path}: {e}") from None
+
+
+def settings_from_args(args: argparse.Namespace) -> ReceiverSettings:
+    """Merge ``--config`` (if any) with the flags; flags win.
+
+    Raises ConfigError for anything wrong.
+    """
+    doc: dict[str, Any] = load_toml(args.config) if getattr(args, "config", None) else {}
+    known = {"listen", "data_dir", "secret_file", "max_payload", "idle_timeout", "streams"}
+    unknown = set(doc) - known
+    if unknown:
+        raise ConfigError(f"config file: unknown setting(s) {', '.join(sorted(unknown))}")
+    listen = args.listen or doc.get("listen")
+    if not listen:
+        raise ConfigError("no listen address: give --listen HOST:PORT or listen in the config file")
+    data_dir = args.data_dir or doc.get("data_dir")
+    if not data_dir:
+        raise ConfigError("no data directory: give --data-dir DIR or data_dir in the config file")
+    secret_file = args.secret_file or doc.get("secret_file")
+    default_secret = read_secret(secret_file) if secret_file else None
+    streams: dict[str, StreamSettings] = {}
+    for name, raw in _table(doc.get("streams", {}), "streams").items():
+        if not STREAM_NAME.fullmatch(name):
+            raise ConfigError(f"config file: bad stream name {name!r}")
+        table = _table(raw, f"streams.{name}")
+        extra = set(table) - {"secret_file"}
+        if extra:
+            raise ConfigError(f"config file: streams.{name}: unknown setting(s) {', '.join(sorted(extra))}")
+        secret = read_secret(table["secret_file"]) if "secret_file" in table else None
+        streams[name] = StreamSettings(secret=secret)
+    if default_secret is None and not any(s.secret for s in streams.values()):
+        raise ConfigError("no secret: give --secret-file FILE, or secret_file in the config file")
+    max_payload = parse_size(str(args.max_payload or doc.get("max_payload", "4MiB")))
+    idle = args.idle_timeout if args.idle_timeout is not None else float(doc.get("idle_timeout", 60.0))
+    return ReceiverSettings(
+        listen=parse_address(str(listen)),
+        data_dir=Path(data_dir),
+        default_secret=default_secret,
+        streams=streams,
+        max_payload=max_payload,
+        idle_timeout=idle,
+    )

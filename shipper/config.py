@@ -1,0 +1,225 @@
+"""Shipper settings: the one-stream command line, or a TOML file (``--config``) for many streams.
+
+Example::
+
+    node = "db-host-1"                  # optional; default: the host name
+
+    [[stream]]
+    name = "db1"
+    source = "/var/lib/db1/log"
+    secret_file = "/etc/logship/db1.secret"
+    seal = "next"                       # next | immediate
+    seal_idle = 5                       # seconds, optional
+    segment_size = "16MiB"              # optional
+    pattern = 'E00[0-9A-F]{8}\\.log'     # optional
+
+    [[stream.target]]
+    address = "standby-1:7000"
+
+    [[stream.target]]
+    address = "dr-site:7000"
+    secret_file = "/etc/logship/db1-dr.secret"   # optional, overrides the stream's
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import socket
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from protocol.config_util import ConfigError, parse_address, parse_size, read_secret
+from protocol.names import STREAM_NAME
+from shipper.sender import SenderConfig
+from shipper.tailer import DEFAULT_PATTERN, SealPolicy
+
+
+@dataclass(frozen=True, slots=True)
+class TargetConfig:
+    """One receiver a stream is shipped to."""
+
+    address: tuple[str, int]
+    """Host and port of the receiver."""
+    secret: bytes
+    """Secret proven to this target."""
+
+    @property
+    def name(self) -> str:
+        return f"{self.address[0]}:{self.address[1]}"
+
+
+@dataclass(frozen=True, slots=True)
+class StreamConfig:
+    """One stream a shipper ships."""
+
+    name: str
+    """Stream name, as the receivers know it."""
+    source: Path
+    """Directory holding the stream's segments."""
+    targets: tuple[TargetConfig, ...]
+    """Receivers to ship to, each with its own connection and cursor."""
+    pattern: re.Pattern[str]
+    """Which file names are segments."""
+    policy: SealPolicy
+    """When a segment is complete."""
+    epoch: int = 0
+    """Epoch this shipper claims; a target activated at a newer epoch fences it."""
+    poll_interval: float = 0.02
+    """Seconds between looks at the source directory."""
+
+
+@dataclass(frozen=True, slots=True)
+class ShipperConfig:
+    """Everything a shipper process runs."""
+
+    node: str
+    """Our name in handshakes and logs."""
+    streams: tuple[StreamConfig, ...]
+    """The streams to ship."""
+    sender: SenderConfig
+    """Pacing of every sender."""
+
+
+def _stream_name(name: object) -> str:
+    if not isinstance(name, str) or not STREAM_NAME.fullmatch(name):
+        raise ConfigError(f"bad stream name {name!r}: expected [A-Za-z0-9][A-Za-z0-9_.-]{{0,63}}")
+    return name
+
+
+def _source(path: object) -> Path:
+    source = Path(str(path))
+    if not source.is_dir():
+        raise ConfigError(f"source directory {source} does not exist or is not a directory")
+    return source
+
+
+def _pattern(text: object) -> re.Pattern[str]:
+    try:
+        return re.compile(str(text) if text else DEFAULT_PATTERN)
+    except re.error as e:
+        raise ConfigError(f"bad pattern {text!r}: {e}") from None
+
+
+def _policy(seal: object, seal_idle: object, segment_size: object) -> SealPolicy:
+    if seal not in ("next", "immediate"):
+        raise ConfigError(f"bad seal mode {seal!r}: expected next or immediate")
+    idle = None if seal_idle is None else float(seal_idle)  # type: ignore[arg-type]
+    if idle is not None and idle < 0:
+        raise ConfigError("seal idle time must not be negative")
+    size = parse_size(str(segment_size)) if segment_size not in (None, "") else None
+    if size == 0:
+        raise ConfigError("segment size must be positive")
+    return SealPolicy(str(seal), idle, size)
+
+
+def _sender(chunk_size: str, window: str) -> SenderConfig:
+    chunk = parse_size(chunk_size)
+    win = parse_size(window)
+    if not 0 < chunk <= 4 << 20:
+        raise ConfigError("chunk size must be between 1 byte and 4MiB")
+    if win < chunk:
+        raise ConfigError("window must be at least the chunk size")
+    return SenderConfig(chunk_size=chunk, window=win)
+
+
+def _unique(targets: tuple[TargetConfig, ...], stream: str) -> tuple[TargetConfig, ...]:
+    if len({t.address for t in targets}) != len(targets):
+        raise ConfigError(f"stream {stream}: the same target is given twice")
+    if not targets:
+        raise ConfigError(f"stream {stream}: no target")
+    return targets
+
+
+def config_from_args(args: argparse.Namespace) -> ShipperConfig:
+    """Build the configuration from ``--config`` or from the one-stream flags.
+
+    Raises ConfigError for anything wrong, with a one-line message.
+    """
+    if args.config:
+        return config_from_file(args.config, args)
+    missing = [
+        f
+        for f, v in (
+            ("--stream", args.stream),
+            ("--source", args.source),
+            ("--target", args.target),
+            ("--secret-file", args.secret_file),
+        )
+        if not v
+    ]
+    if missing:
+        raise ConfigError(f"missing {', '.join(missing)} (or give --config FILE)")
+    name = _stream_name(args.stream)
+    source = _source(args.source)
+    secret = read_secret(args.secret_file)
+    targets = _unique(tuple(TargetConfig(parse_address(t), secret) for t in args.target), name)
+    stream = StreamConfig(
+        name=name,
+        source=source,
+        targets=targets,
+        pattern=_pattern(args.pattern),
+        policy=_policy(args.seal, args.seal_idle, args.segment_size),
+        epoch=args.epoch,
+        poll_interval=args.poll_interval,
+    )
+    return ShipperConfig(socket.gethostname(), (stream,), _sender(args.chunk_size, args.window))
+
+
+_STREAM_KEYS = {"name", "source", "secret_file", "seal", "seal_idle", "segment_size", "pattern", "epoch", "target"}
+_TARGET_KEYS = {"address", "secret_file"}
+_TOP_KEYS = {"node", "stream", "chunk_size", "window", "poll_interval"}
+
+
+def _check_keys(table: dict[str, Any], allowed: set[str], where: str) -> None:
+    unknown = set(table) - allowed
+    if unknown:
+        raise ConfigError(f"{where}: unknown setting(s) {', '.join(sorted(unknown))}")
+
+
+def config_from_file(path: str, args: argparse.Namespace) -> ShipperConfig:
+    try:
+        with open(path, "rb") as f:
+            doc = tomllib.load(f)
+    except OSError as e:
+        raise ConfigError(f"cannot read config file {path}: {e.strerror}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"config file {path}: {e}") from None
+    _check_keys(doc, _TOP_KEYS, path)
+    poll = float(doc.get("poll_interval", args.poll_interval))
+    streams: list[StreamConfig] = []
+    raw_streams = doc.get("stream", [])
+    if not isinstance(raw_streams, list) or not raw_streams:
+        raise ConfigError(f"{path}: no [[stream]] table")
+    for raw in raw_streams:
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: [[stream]] must be tables")
+        name = _stream_name(raw.get("name"))
+        _check_keys(raw, _STREAM_KEYS, f"{path}: stream {name}")
+        stream_secret = read_secret(raw["secret_file"]) if "secret_file" in raw else None
+        targets = []
+        for t in raw.get("target", []):
+            if not isinstance(t, dict) or "address" not in t:
+                raise ConfigError(f"{path}: stream {name}: each [[stream.target]] needs an address")
+            _check_keys(t, _TARGET_KEYS, f"{path}: stream {name} target")
+            secret = read_secret(t["secret_file"]) if "secret_file" in t else stream_secret
+            if secret is None:
+                raise ConfigError(f"{path}: stream {name}: target {t['address']} has no secret_file")
+            targets.append(TargetConfig(parse_address(str(t["address"])), secret))
+        streams.append(
+            StreamConfig(
+                name=name,
+                source=_source(raw.get("source")),
+                targets=_unique(tuple(targets), name),
+                pattern=_pattern(raw.get("pattern")),
+                policy=_policy(raw.get("seal", "next"), raw.get("seal_idle"), raw.get("segment_size")),
+                epoch=int(raw.get("epoch", 0)),
+                poll_interval=poll,
+            )
+        )
+    if len({s.name for s in streams}) != len(streams):
+        raise ConfigError(f"{path}: a stream is named twice")
+    sender = _sender(str(doc.get("chunk_size", args.chunk_size)), str(doc.get("window", args.window)))
+    return ShipperConfig(str(doc.get("node", socket.gethostname())), tuple(streams), sender)

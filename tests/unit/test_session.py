@@ -1,0 +1,451 @@
+"""Handshake state machines wired to each other through the frame codec, with no socket."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+
+import pytest
+
+from protocol.errors import (
+    AuthenticationFailed,
+    LocalProtocolError,
+    RemoteProtocolError,
+    VersionMismatch,
+)
+from protocol.framing import NEED_DATA, FrameDecoder, encode
+from protocol.messages import (
+    START,
+    Challenge,
+    Data,
+    Fenced,
+    Heartbeat,
+    Hello,
+    Message,
+    Position,
+    StreamClaim,
+    StreamResume,
+    Welcome,
+)
+from protocol.session import (
+    VERSIONS,
+    Accepted,
+    HandshakeState,
+    ReceiverHandshake,
+    ShipperHandshake,
+    make_proof,
+)
+
+SECRETS = {"db1": b"secret-one", "db2": b"secret-two"}
+EPOCHS = {"db1": 3}
+RECEIVER_NONCE = bytes([1]) * 32
+SHIPPER_NONCE = bytes([2]) * 32
+SEG = "E00000002.log"
+
+
+class Pipe:
+    """One direction of a connection: messages go in as frames, come out through a FrameDecoder."""
+
+    def __init__(self) -> None:
+        self.decoder = FrameDecoder()
+        self.sent: list[bytes] = []
+
+    def carry(self, msg: Message) -> Message:
+        """Send ``msg`` byte by byte and return what the far end decodes."""
+        frame = encode(msg)
+        self.sent.append(frame)
+        return self.carry_bytes(frame)
+
+    def carry_bytes(self, frame: bytes) -> Message:
+        for i in range(len(frame)):
+            self.decoder.receive_data(frame[i : i + 1])
+        out = self.decoder.next_message()
+        assert out is not NEED_DATA
+        assert self.decoder.next_message() is NEED_DATA
+        return out  # type: ignore[return-value]
+
+
+class Link:
+    """A pair of pipes: receiver -> shipper and shipper -> receiver."""
+
+    def __init__(self) -> None:
+        self.to_shipper = Pipe()
+        self.to_receiver = Pipe()
+
+
+def receiver(secrets: Mapping[str, bytes] = SECRETS, nonce: bytes = RECEIVER_NONCE) -> ReceiverHandshake:
+    return ReceiverHandshake("receiver-1", nonce, dict(secrets).get)
+
+
+def shipper(
+    secrets: Mapping[str, bytes] = SECRETS,
+    nonce: bytes = SHIPPER_NONCE,
+    epochs: Mapping[str, int] = EPOCHS,
+    features: tuple[str, ...] = (),
+) -> ShipperHandshake:
+    return ShipperHandshake("shipper-1", nonce, secrets, epochs, features)
+
+
+def hello_for(r: ReceiverHandshake, s: ShipperHandshake, link: Link) -> Hello:
+    """Run CHALLENGE -> HELLO over the link; return the HELLO as the receiver decodes it."""
+    hello = s.receive_challenge(link.to_shipper.carry(r.challenge()))
+    out = link.to_receiver.carry(hello)
+    assert isinstance(out, Hello)
+    return out
+
+
+def welcome_from(r: ReceiverHandshake, positions: Mapping[str, tuple[int, Position, bool]]) -> Welcome:
+    return r.welcome([r.resume(stream, *where) for stream, where in positions.items()])
+
+
+# -- the success path ------------------------------------------------------------------------
+
+
+def test_handshake_success() -> None:
+    link, r, s = Link(), receiver(), shipper(features=("zstd",))
+    accepted = r.receive_hello(hello_for(r, s, link))
+    assert accepted == [Accepted("db1", 3), Accepted("db2", 0)]
+    assert r.state is HandshakeState.DONE
+    assert (r.version, r.peer_node, r.features) == (1, "shipper-1", ("zstd",))
+
+    welcome = welcome_from(r, {"db1": (3, Position(SEG, 8192), False), "db2": (0, START, False)})
+    result = s.receive_welcome(link.to_shipper.carry(welcome))
+    assert s.state is HandshakeState.DONE
+    assert set(result) == {"db1", "db2"}
+    db1, db2 = result["db1"], result["db2"]
+    assert isinstance(db1, StreamResume) and isinstance(db2, StreamResume)
+    assert (db1.epoch, db1.position, db1.sealed) == (3, Position(SEG, 8192), False)
+    assert (db2.epoch, db2.position, db2.sealed) == (0, START, False)
+
+
+def test_handshake_success_sealed_resume() -> None:
+    link, r, s = Link(), receiver(), shipper(secrets={"db1": SECRETS["db1"]})
+    r.receive_hello(hello_for(r, s, link))
+    welcome = welcome_from(r, {"db1": (3, Position(SEG, 1 << 20), True)})
+    result = s.receive_welcome(link.to_shipper.carry(welcome))
+    assert result == {"db1": StreamResume("db1", 3, Position(SEG, 1 << 20), True, welcome.streams[0].proof)}
+
+
+def test_challenge_offers_our_versions() -> None:
+    challenge = receiver().challenge()
+    assert challenge == Challenge(VERSIONS, RECEIVER_NONCE, "receiver-1")
+
+
+def test_shipper_picks_highest_common_version() -> None:
+    hello = shipper().receive_challenge(Challenge((*VERSIONS, 999), RECEIVER_NONCE, "r"))
+    assert hello.version == max(VERSIONS)
+
+
+def test_proof_binds_every_input() -> None:
+    base = (b"k", b"shipper", RECEIVER_NONCE, SHIPPER_NONCE, "node", "db1")
+    proof = make_proof(*base)
+    assert len(proof) == 32
+    assert make_proof(*base) == proof
+    for i, other in enumerate((b"K", b"receiver", bytes(32), bytes(32), "node2", "db2")):
+        varied = list(base)
+        varied[i] = other
+        assert make_proof(*varied) != proof, f"argument {i} does not change the proof"
+
+
+# -- authentication --------------------------------------------------------------------------
+
+
+def test_wrong_secret_fails_authentication() -> None:
+    link, r, s = Link(), receiver(), shipper(secrets={"db1": b"not-the-secret"})
+    hello = hello_for(r, s, link)
+    with pytest.raises(AuthenticationFailed) as info:
+        r.receive_hello(hello)
+    assert info.value.code == "auth"
+    assert r.state is not HandshakeState.DONE
+    with pytest.raises(LocalProtocolError):
+        r.resume("db1", 0, START, False)  # nothing may go on after a failed proof
+    with pytest.raises(LocalProtocolError):
+        r.welcome([])
+
+
+def test_one_wrong_secret_refuses_all_streams() -> None:
+    link, r, s = Link(), receiver(), shipper(secrets={"db1": SECRETS["db1"], "db2": b"wrong"})
+    with pytest.raises(AuthenticationFailed):
+        r.receive_hello(hello_for(r, s, link))
+
+
+def test_unknown_stream_fails_authentication() -> None:
+    link, r, s = Link(), receiver(), shipper(secrets={"db1": SECRETS["db1"], "db9": b"whatever"})
+    with pytest.raises(AuthenticationFailed) as info:
+        r.receive_hello(hello_for(r, s, link))
+    assert "db9" in str(info.value)
+
+
+def test_tampered_claim_proof_fails() -> None:
+    link, r, s = Link(), receiver(), shipper()
+    hello = hello_for(r, s, link)
+    claim = hello.streams[0]
+    bad = dataclasses.replace(claim, proof=bytes([claim.proof[0] ^ 1]) + claim.proof[1:])
+    with pytest.raises(AuthenticationFailed):
+        r.receive_hello(dataclasses.replace(hello, streams=(bad, *hello.streams[1:])))
+
+
+def test_renamed_node_fails() -> None:
+    # The proof binds the shipper's node id: a relay cannot claim to be another shipper.
+    link, r, s = Link(), receiver(), shipper()
+    hello = hello_for(r, s, link)
+    with pytest.raises(AuthenticationFailed):
+        r.receive_hello(dataclasses.replace(hello, node="shipper-2"))
+
+
+def test_proof_for_one_stream_does_not_fit_another() -> None:
+    same = {"db1": b"shared", "db2": b"shared"}
+    link, r, s = Link(), receiver(secrets=same), shipper(secrets=same)
+    hello = hello_for(r, s, link)
+    one, two = hello.streams
+    swapped = (dataclasses.replace(one, proof=two.proof), dataclasses.replace(two, proof=one.proof))
+    with pytest.raises(AuthenticationFailed):
+        r.receive_hello(dataclasses.replace(hello, streams=swapped))
+
+
+def fake_receiver_welcome(proof_for: dict[str, bytes]) -> tuple[ShipperHandshake, Welcome]:
+    """A receiver that never checks HELLO and answers with the given proofs."""
+    s = shipper()
+    s.receive_challenge(Challenge(VERSIONS, RECEIVER_NONCE, "fake"))
+    resumes = tuple(StreamResume(name, 9, Position(SEG, 1 << 30), True, p) for name, p in proof_for.items())
+    return s, Welcome(1, "fake", resumes)
+
+
+def test_tampered_welcome_proof_fails_on_shipper() -> None:
+    good = make_proof(SECRETS["db1"], b"receiver", RECEIVER_NONCE, SHIPPER_NONCE, "shipper-1", "db1")
+    s, welcome = fake_receiver_welcome({"db1": bytes([good[0] ^ 0x80]) + good[1:]})
+    with pytest.raises(AuthenticationFailed):
+        s.receive_welcome(Link().to_shipper.carry(welcome))
+    assert s.state is HandshakeState.WAIT_WELCOME
+
+
+def test_welcome_from_receiver_without_secret_fails() -> None:
+    proof = make_proof(b"guess", b"receiver", RECEIVER_NONCE, SHIPPER_NONCE, "shipper-1", "db1")
+    s, welcome = fake_receiver_welcome({"db1": proof})
+    with pytest.raises(AuthenticationFailed):
+        s.receive_welcome(welcome)
+
+
+def test_welcome_reflecting_shipper_proof_fails() -> None:
+    # A fake receiver that sends the shipper's own HELLO proof back: the role in the proof differs.
+    s = shipper()
+    hello = s.receive_challenge(Challenge(VERSIONS, RECEIVER_NONCE, "fake"))
+    claim = hello.streams[0]
+    welcome = Welcome(1, "fake", (StreamResume(claim.stream, 0, START, False, claim.proof),))
+    with pytest.raises(AuthenticationFailed):
+        s.receive_welcome(welcome)
+
+
+def test_welcome_for_unclaimed_stream_is_refused() -> None:
+    s, welcome = fake_receiver_welcome({"db7": bytes(32)})
+    with pytest.raises(RemoteProtocolError) as info:
+        s.receive_welcome(welcome)
+    assert info.value.code == "bad-frame"
+
+
+def test_echoed_nonce_is_refused_both_ways() -> None:
+    with pytest.raises(AuthenticationFailed):
+        shipper().receive_challenge(Challenge(VERSIONS, SHIPPER_NONCE, "r"))
+    r = receiver()
+    r.challenge()
+    with pytest.raises(AuthenticationFailed):
+        r.receive_hello(Hello(1, "s", RECEIVER_NONCE, (StreamClaim("db1", 0, bytes(32)),)))
+
+
+# -- replay protection -------------------------------------------------------------------------
+
+
+def test_replayed_hello_fails_against_new_challenge() -> None:
+    first = Link()
+    r1 = receiver()
+    r1.receive_hello(hello_for(r1, shipper(), first))
+    recorded = first.to_receiver.sent[-1]
+
+    r2 = receiver(nonce=bytes([3]) * 32)  # a new connection: a fresh nonce
+    r2.challenge()  # the attacker ignores it and replays the recorded HELLO
+    replayed = Link().to_receiver.carry_bytes(recorded)
+    with pytest.raises(AuthenticationFailed):
+        r2.receive_hello(replayed)
+
+
+def test_replayed_welcome_fails_for_new_shipper_nonce() -> None:
+    first = Link()
+    r1, s1 = receiver(), shipper()
+    r1.receive_hello(hello_for(r1, s1, first))
+    s1.receive_welcome(first.to_shipper.carry(welcome_from(r1, {"db1": (3, Position(SEG, 10), False)})))
+    recorded = first.to_shipper.sent[-1]
+
+    s2 = shipper(nonce=bytes([4]) * 32)
+    s2.receive_challenge(Challenge(VERSIONS, RECEIVER_NONCE, "receiver-1"))  # same challenge replayed too
+    with pytest.raises(AuthenticationFailed):
+        s2.receive_welcome(Link().to_shipper.carry_bytes(recorded))
+
+
+# -- versions --------------------------------------------------------------------------------
+
+
+def test_shipper_refuses_challenge_without_common_version() -> None:
+    challenge = Link().to_shipper.carry(Challenge((max(VERSIONS) + 1, 999), RECEIVER_NONCE, "r"))
+    s = shipper()
+    with pytest.raises(VersionMismatch) as info:
+        s.receive_challenge(challenge)
+    assert info.value.code == "version"
+    assert isinstance(info.value, RemoteProtocolError)
+
+
+def test_receiver_refuses_hello_with_unknown_version() -> None:
+    link, r, s = Link(), receiver(), shipper()
+    hello = hello_for(r, s, link)
+    with pytest.raises(VersionMismatch):
+        r.receive_hello(link.to_receiver.carry(dataclasses.replace(hello, version=max(VERSIONS) + 1)))
+
+
+# -- wrong state, wrong message ------------------------------------------------------------------
+
+
+def test_receiver_challenge_twice() -> None:
+    r = receiver()
+    r.challenge()
+    with pytest.raises(LocalProtocolError):
+        r.challenge()
+
+
+def test_receiver_hello_before_challenge() -> None:
+    hello = shipper().receive_challenge(Challenge(VERSIONS, RECEIVER_NONCE, "r"))
+    with pytest.raises(LocalProtocolError):
+        receiver().receive_hello(hello)
+
+
+def test_receiver_hello_after_done() -> None:
+    link, r, s = Link(), receiver(), shipper()
+    hello = hello_for(r, s, link)
+    r.receive_hello(hello)
+    with pytest.raises(LocalProtocolError):
+        r.receive_hello(hello)
+    with pytest.raises(LocalProtocolError):
+        r.challenge()
+
+
+def test_receiver_welcome_before_done() -> None:
+    r = receiver()
+    with pytest.raises(LocalProtocolError):
+        r.welcome([])
+    r.challenge()
+    with pytest.raises(LocalProtocolError):
+        r.resume("db1", 0, START, False)
+
+
+def test_receiver_resume_for_stream_without_secret() -> None:
+    link, r, s = Link(), receiver(), shipper()
+    r.receive_hello(hello_for(r, s, link))
+    with pytest.raises(LocalProtocolError):
+        r.resume("db9", 0, START, False)
+
+
+def test_shipper_challenge_twice() -> None:
+    s = shipper()
+    s.receive_challenge(Challenge(VERSIONS, RECEIVER_NONCE, "r"))
+    with pytest.raises(LocalProtocolError):
+        s.receive_challenge(Challenge(VERSIONS, RECEIVER_NONCE, "r"))
+
+
+def test_shipper_welcome_before_challenge() -> None:
+    with pytest.raises(LocalProtocolError):
+        shipper().receive_welcome(Welcome(1, "r", ()))
+
+
+def test_shipper_welcome_after_done() -> None:
+    s, welcome = fake_receiver_welcome({})
+    s.receive_welcome(welcome)
+    with pytest.raises(LocalProtocolError):
+        s.receive_welcome(welcome)
+
+
+@pytest.mark.parametrize(
+    "msg",
+    [Heartbeat(), Welcome(1, "r", ()), Fenced("db1", 1), Data("db1", SEG, 0, 0, b"x"), Challenge((1,), bytes(32), "r")],
+    ids=lambda m: type(m).__name__,
+)
+def test_receiver_wants_hello(msg: Message) -> None:
+    r = receiver()
+    r.challenge()
+    with pytest.raises(RemoteProtocolError) as info:
+        r.receive_hello(msg)
+    assert info.value.code == "bad-type"
+    assert not isinstance(info.value, LocalProtocolError)
+
+
+@pytest.mark.parametrize(
+    "msg",
+    [Heartbeat(), Welcome(1, "r", ()), Hello(1, "s", bytes(32), ()), Data("db1", SEG, 0, 0, b"x")],
+    ids=lambda m: type(m).__name__,
+)
+def test_shipper_wants_challenge(msg: Message) -> None:
+    with pytest.raises(RemoteProtocolError) as info:
+        shipper().receive_challenge(msg)
+    assert info.value.code == "bad-type"
+
+
+@pytest.mark.parametrize(
+    "msg",
+    [Heartbeat(), Challenge((1,), bytes(32), "r"), Hello(1, "s", bytes(32), ()), Data("db1", SEG, 0, 0, b"x")],
+    ids=lambda m: type(m).__name__,
+)
+def test_shipper_wants_welcome(msg: Message) -> None:
+    s = shipper()
+    s.receive_challenge(Challenge(VERSIONS, RECEIVER_NONCE, "r"))
+    with pytest.raises(RemoteProtocolError) as info:
+        s.receive_welcome(msg)
+    assert info.value.code == "bad-type"
+
+
+def test_empty_hello_is_refused() -> None:
+    link, r, s = Link(), receiver(), shipper(secrets={})
+    with pytest.raises(RemoteProtocolError) as info:
+        r.receive_hello(hello_for(r, s, link))
+    assert info.value.code == "bad-frame"
+
+
+def test_hello_naming_a_stream_twice_is_refused() -> None:
+    link, r, s = Link(), receiver(), shipper()
+    hello = hello_for(r, s, link)
+    with pytest.raises(RemoteProtocolError) as info:
+        r.receive_hello(dataclasses.replace(hello, streams=(hello.streams[0], hello.streams[0])))
+    assert info.value.code == "bad-frame"
+
+
+@pytest.mark.parametrize("size", [0, 31, 33])
+def test_nonce_size_is_checked(size: int) -> None:
+    with pytest.raises(LocalProtocolError):
+        receiver(nonce=bytes(size))
+    with pytest.raises(LocalProtocolError):
+        shipper(nonce=bytes(size))
+
+
+# -- fencing ---------------------------------------------------------------------------------
+
+
+def test_fenced_answer() -> None:
+    link, r, s = Link(), receiver(), shipper()
+    accepted = r.receive_hello(hello_for(r, s, link))
+    # The receiver's own epoch for db1 is 5; the shipper claimed 3, so db1 is fenced.
+    assert Accepted("db1", 3) in accepted
+    fenced = s.receive_welcome(link.to_shipper.carry(Fenced("db1", 5)))
+    assert fenced == {"db1": Fenced("db1", 5)}
+    # The other stream still resumes from the WELCOME that follows.
+    result = s.receive_welcome(link.to_shipper.carry(welcome_from(r, {"db2": (0, START, False)})))
+    assert set(result) == {"db2"}
+    assert s.state is HandshakeState.DONE
+
+
+def test_fenced_for_unclaimed_stream_is_refused() -> None:
+    s = shipper()
+    s.receive_challenge(Challenge(VERSIONS, RECEIVER_NONCE, "r"))
+    with pytest.raises(RemoteProtocolError) as info:
+        s.receive_welcome(Fenced("db9", 5))
+    assert info.value.code == "bad-frame"
+
+
+def test_fenced_before_challenge_is_a_local_error() -> None:
+    with pytest.raises(LocalProtocolError):
+        shipper().receive_welcome(Fenced("db1", 5))
