@@ -23,10 +23,24 @@ VERSIONS: tuple[int, ...] = (1,)
 _DOMAIN = b"logship/1"
 
 
-def make_proof(secret: bytes, role: bytes, server_nonce: bytes, client_nonce: bytes, node: str, stream: str) -> bytes:
-    """Return HMAC-SHA256 binding the role, both nonces, the shipper's node id and the stream."""
-    msg = b"|".join((_DOMAIN, role, server_nonce, client_nonce, node.encode(), stream.encode()))
+def make_proof(
+    secret: bytes, role: bytes, server_nonce: bytes, client_nonce: bytes, node: str, stream: str, bound: str = ""
+) -> bytes:
+    """Return HMAC-SHA256 binding the role, both nonces, the shipper's node id, the stream, and ``bound``.
+
+    ``bound`` carries the fields the proof vouches for (the claimed epoch; the resume position), so a
+    relay cannot rewrite them without the proof failing.
+    """
+    msg = b"|".join((_DOMAIN, role, server_nonce, client_nonce, node.encode(), stream.encode(), bound.encode()))
     return hmac.new(secret, msg, hashlib.sha256).digest()
+
+
+def _claim_fields(epoch: int) -> str:
+    return f"epoch={epoch}"
+
+
+def _resume_fields(epoch: int, position: Position, sealed: bool) -> str:
+    return f"epoch={epoch};seg={position.segment};off={position.offset};sealed={int(sealed)}"
 
 
 class HandshakeState(enum.Enum):
@@ -93,7 +107,9 @@ class ReceiverHandshake:
             secret = self._secret_for(claim.stream)
             if secret is None:
                 raise AuthenticationFailed(f"stream {claim.stream!r} is not served here")
-            want = make_proof(secret, b"shipper", self.nonce, hello.nonce, hello.node, claim.stream)
+            want = make_proof(
+                secret, b"shipper", self.nonce, hello.nonce, hello.node, claim.stream, _claim_fields(claim.epoch)
+            )
             if not hmac.compare_digest(want, claim.proof):
                 raise AuthenticationFailed(f"wrong proof for stream {claim.stream!r}")
             accepted.append(Accepted(claim.stream, claim.epoch))
@@ -111,7 +127,15 @@ class ReceiverHandshake:
         secret = self._secret_for(stream)
         if secret is None:
             raise LocalProtocolError(f"no secret for {stream!r}")
-        proof = make_proof(secret, b"receiver", self.nonce, self._peer_nonce, self.peer_node, stream)
+        proof = make_proof(
+            secret,
+            b"receiver",
+            self.nonce,
+            self._peer_nonce,
+            self.peer_node,
+            stream,
+            _resume_fields(epoch, position, sealed),
+        )
         return StreamResume(stream, epoch, position, sealed, proof)
 
     def welcome(self, resumes: Iterable[StreamResume], features: tuple[str, ...] = ()) -> Welcome:
@@ -140,6 +164,7 @@ class ShipperHandshake:
         self.features = features
         self.state = HandshakeState.START
         self._server_nonce = b""
+        self._version = 0
 
     def receive_challenge(self, challenge: object) -> Hello:
         """Return the HELLO answering ``challenge``.
@@ -160,12 +185,21 @@ class ShipperHandshake:
             StreamClaim(
                 stream,
                 self._epochs.get(stream, 0),
-                make_proof(secret, b"shipper", challenge.nonce, self.nonce, self.node, stream),
+                make_proof(
+                    secret,
+                    b"shipper",
+                    challenge.nonce,
+                    self.nonce,
+                    self.node,
+                    stream,
+                    _claim_fields(self._epochs.get(stream, 0)),
+                ),
             )
             for stream, secret in self._secrets.items()
         )
         self.state = HandshakeState.WAIT_WELCOME
-        return Hello(max(common), self.node, self.nonce, claims, self.features)
+        self._version = max(common)
+        return Hello(self._version, self.node, self.nonce, claims, self.features)
 
     def receive_welcome(self, msg: object) -> dict[str, StreamResume | Fenced]:
         """Check the receiver's answer; return, per stream, where to resume or that it is fenced.
@@ -186,9 +220,19 @@ class ShipperHandshake:
             secret = self._secrets.get(resume.stream)
             if secret is None:
                 raise RemoteProtocolError(f"WELCOME for unknown stream {resume.stream!r}", code="bad-frame")
-            want = make_proof(secret, b"receiver", self._server_nonce, self.nonce, self.node, resume.stream)
+            want = make_proof(
+                secret,
+                b"receiver",
+                self._server_nonce,
+                self.nonce,
+                self.node,
+                resume.stream,
+                _resume_fields(resume.epoch, resume.position, resume.sealed),
+            )
             if not hmac.compare_digest(want, resume.proof):
                 raise AuthenticationFailed(f"receiver could not prove the secret of {resume.stream!r}")
             result[resume.stream] = resume
+        if msg.version != self._version:
+            raise VersionMismatch(f"receiver answered with version {msg.version}, we chose {self._version}")
         self.state = HandshakeState.DONE
         return result

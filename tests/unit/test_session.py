@@ -449,3 +449,27 @@ def test_fenced_for_unclaimed_stream_is_refused() -> None:
 def test_fenced_before_challenge_is_a_local_error() -> None:
     with pytest.raises(LocalProtocolError):
         shipper().receive_welcome(Fenced("db1", 5))
+
+
+# -- fields the proofs vouch for -------------------------------------------------------------------
+
+
+def test_relay_rewriting_the_resume_position_is_caught() -> None:
+    r, s = receiver(), shipper()
+    hello = s.receive_challenge(r.challenge())
+    r.receive_hello(hello)
+    welcome = r.welcome([r.resume("db1", 3, Position(SEG, 100), False), r.resume("db2", 0, Position("", 0), True)])
+    forged = dataclasses.replace(
+        welcome,
+        streams=(dataclasses.replace(welcome.streams[0], position=Position(SEG, 1 << 20)), welcome.streams[1]),
+    )
+    with pytest.raises(AuthenticationFailed):
+        s.receive_welcome(forged)
+
+
+def test_relay_rewriting_the_claimed_epoch_is_caught() -> None:
+    r, s = receiver(), shipper()
+    hello = s.receive_challenge(r.challenge())
+    forged = dataclasses.replace(hello, streams=tuple(dataclasses.replace(c, epoch=c.epoch + 5) for c in hello.streams))
+    with pytest.raises(AuthenticationFailed):
+        r.receive_hello(forged)
