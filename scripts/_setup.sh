@@ -61,8 +61,8 @@ _setup_venv() {
     fi
     _setup_say "installing logship and its test extras into .venv"
     .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip || _setup_say "warning: pip upgrade failed"
-    .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]' \
-        || { _setup_say "error: pip install -e '.[test]' failed"; return 1; }
+    .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test,bench]' \
+        || { _setup_say "error: pip install -e '.[test,bench]' failed"; return 1; }
     touch "$stamp"
 }
 
