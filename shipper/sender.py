@@ -9,6 +9,7 @@ target fences the stream.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import collections
 import contextlib
 import enum
@@ -454,7 +455,15 @@ class TargetSender:
             return
         if ack.sealed:
             self.stats.segments_sealed += 1
-            self.stats.last_copied, self.stats.last_copied_at = ack.position.segment, time.time()
+        # The newest segment sealed in the copy: this one if sealed, else the one before it (one ACK
+        # can cover a SEAL and data of the next segment).
+        if ack.sealed:
+            copied = ack.position.segment
+        else:
+            i = bisect.bisect_left(self.tailer.names, ack.position.segment)
+            copied = self.tailer.names[i - 1] if i > 0 else ""
+        if copied > self.stats.last_copied:
+            self.stats.last_copied, self.stats.last_copied_at = copied, time.time()
         self.stats.acked, self.stats.acked_sealed = key
         self.stats.acked_at = time.time()
         while self._in_flight and self._in_flight[0][0] <= key:

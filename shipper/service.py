@@ -14,7 +14,7 @@ import time
 from typing import Any
 
 from shipper.config import StreamConfig, TargetConfig
-from shipper.retainer import Retainer, TargetView
+from shipper.retainer import Retainer, TargetView, retainable
 from shipper.sender import SenderConfig, TargetSender, TargetState
 from shipper.state import Suspension
 from shipper.status import LagTracker, copy_queue, end_key, replay_queue
@@ -124,7 +124,12 @@ class ShipperService:
         """Return one status row per target (the shape admin/ and ``status`` show)."""
         now = time.time() if now is None else now
         segments, names = self.tailer.segments, self.tailer.names
-        holders = self.retainer.last.holders if self.retainer is not None else {}
+        holders: dict[str, str] = {}
+        if self.retainer is not None:
+            # Decide afresh for the display: a target may have been fenced since the retainer last ran.
+            holders = retainable(
+                segments, self.target_views(), now, self.retainer.lag, self.retainer.last.covered_since
+            ).holders
         out = []
         for s in self.senders:
             st = s.stats
