@@ -91,3 +91,21 @@ def parse_rate(text: str) -> float:
     if rate <= 0:
         raise ConfigError(f"bad rate {text!r}: must be positive")
     return rate
+
+
+def check_key_file(path: str | os.PathLike[str]) -> Path:
+    """Return ``path`` if it is a private key file that others cannot read.
+
+    Raises ConfigError if it is missing or readable by others (group access is allowed, so that a
+    key can belong to a group such as ssl-cert).
+    """
+    p = Path(path)
+    try:
+        st = p.stat()
+    except OSError as e:
+        raise ConfigError(f"cannot read TLS key file {p}: {e.strerror}") from None
+    if st.st_mode & 0o007:
+        raise ConfigError(
+            f"TLS key file {p} is accessible by others (mode {stat.S_IMODE(st.st_mode):04o}); run: chmod 600 {p}"
+        )
+    return p

@@ -147,7 +147,7 @@ class DelayProxy:
                 ]
                 # Our protocol never half-closes: once one direction ended (its end of stream delivered,
                 # delayed like data) or failed, the connection is over; close both sides.
-                done, pending = await asyncio.wait(pipes, return_when=asyncio.FIRST_COMPLETED)
+                _, pending = await asyncio.wait(pipes, return_when=asyncio.FIRST_COMPLETED)
                 for t in pending:
                     t.cancel()
                 await asyncio.gather(*pipes, return_exceptions=True)
