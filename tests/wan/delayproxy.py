@@ -153,6 +153,8 @@ class DelayProxy:
                 await asyncio.gather(*pipes, return_exceptions=True)
             finally:
                 uw.close()
+        except asyncio.CancelledError:
+            pass  # the proxy is closing
         finally:
             cw.close()
             self._tasks.discard(task)
