@@ -155,14 +155,18 @@ def _policy(seal: object, seal_idle: object, segment_size: object) -> SealPolicy
     return SealPolicy(str(seal), idle, size)
 
 
-def _sender(chunk_size: str, window: str) -> SenderConfig:
+def _sender(chunk_size: str, window: str, ack_timeout: float = 30.0) -> SenderConfig:
     chunk = parse_size(chunk_size)
     win = parse_size(window)
     if not 0 < chunk <= 4 << 20:
         raise ConfigError("chunk size must be between 1 byte and 4MiB")
     if win < chunk:
         raise ConfigError("window must be at least the chunk size")
-    return SenderConfig(chunk_size=chunk, window=win)
+    if not 0.5 <= ack_timeout <= 3600:
+        raise ConfigError("ack timeout must be between 0.5 and 3600 seconds")
+    # Heartbeats must come often enough that a quiet but healthy link never hits the ack timeout.
+    heartbeat = min(5.0, ack_timeout / 3)
+    return SenderConfig(chunk_size=chunk, window=win, ack_timeout=ack_timeout, heartbeat=heartbeat)
 
 
 def _tls(cert: object, key: object, ca: object, where: str) -> ssl.SSLContext | None:
@@ -261,7 +265,7 @@ def config_from_args(args: argparse.Namespace) -> ShipperConfig:
         archive_dir=_archive(getattr(args, "archive_dir", None)),
         truncation_lag=_lag(getattr(args, "truncation_lag", None)),
     )
-    config = ShipperConfig(socket.gethostname(), (stream,), _sender(args.chunk_size, args.window))
+    config = ShipperConfig(socket.gethostname(), (stream,), _sender(args.chunk_size, args.window, args.ack_timeout))
     return _common(config, {}, args)
 
 
@@ -282,7 +286,7 @@ _STREAM_KEYS = {
     *_TLS_KEYS,
 }
 _TARGET_KEYS = {"address", "secret_file", "window", "chunk_size", "retain_until", *_TLS_KEYS}
-_TOP_KEYS = {"node", "stream", "chunk_size", "window", "poll_interval", "state_dir", "admin"}
+_TOP_KEYS = {"node", "stream", "chunk_size", "window", "ack_timeout", "poll_interval", "state_dir", "admin"}
 
 
 def _check_keys(table: dict[str, Any], allowed: set[str], where: str) -> None:
@@ -303,7 +307,8 @@ def config_from_file(path: str, args: argparse.Namespace) -> ShipperConfig:
     poll = float(doc.get("poll_interval", args.poll_interval))
     chunk_size = str(doc.get("chunk_size", args.chunk_size))
     window = str(doc.get("window", args.window))
-    sender = _sender(chunk_size, window)
+    ack_timeout = float(doc.get("ack_timeout", args.ack_timeout))
+    sender = _sender(chunk_size, window, ack_timeout)
     streams: list[StreamConfig] = []
     raw_streams = doc.get("stream", [])
     if not isinstance(raw_streams, list) or not raw_streams:
@@ -332,7 +337,7 @@ def config_from_file(path: str, args: argparse.Namespace) -> ShipperConfig:
             )
             where = f"{path}: stream {name} target {t['address']}"
             own_sender = (
-                _sender(str(t.get("chunk_size", chunk_size)), str(t.get("window", window)))
+                _sender(str(t.get("chunk_size", chunk_size)), str(t.get("window", window)), ack_timeout)
                 if "window" in t or "chunk_size" in t
                 else None
             )
