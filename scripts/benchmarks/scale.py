@@ -108,7 +108,11 @@ def _scenario(opts: Options, streams: int, idle_seconds: float, appends: int) ->
             for _ in range(appends):
                 t = time.monotonic()
                 os.write(fd, blob[:ACTIVE])
-                wait_until(lambda: idx.stat().st_size // IDX_RECORD > records, 30, interval=0.0005, what="append")
+                deadline = t + 30
+                while idx.stat().st_size // IDX_RECORD <= records:
+                    if time.monotonic() > deadline:
+                        raise TimeoutError(f"append to {busy} not recorded in 30 s")
+                    time.sleep(0.0002)
                 latencies.append(time.monotonic() - t)
                 records = idx.stat().st_size // IDX_RECORD
                 time.sleep(0.05)
