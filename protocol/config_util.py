@@ -61,3 +61,21 @@ def read_secret(path: str | os.PathLike[str]) -> bytes:
     if len(secret) < 16:
         raise ConfigError(f"secret file {p} holds {len(secret)} bytes; use at least 16 random bytes")
     return secret
+
+
+def check_key_file(path: str | os.PathLike[str]) -> Path:
+    """Return ``path`` if it is a private key file that others cannot read.
+
+    Raises ConfigError if it is missing or readable by others (group access is allowed, so that a
+    key can belong to a group such as ssl-cert).
+    """
+    p = Path(path)
+    try:
+        st = p.stat()
+    except OSError as e:
+        raise ConfigError(f"cannot read TLS key file {p}: {e.strerror}") from None
+    if st.st_mode & 0o007:
+        raise ConfigError(
+            f"TLS key file {p} is accessible by others (mode {stat.S_IMODE(st.st_mode):04o}); run: chmod 600 {p}"
+        )
+    return p

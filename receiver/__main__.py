@@ -39,6 +39,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", metavar="FILE", help="TOML file with these settings and per-stream tables")
     p.add_argument("--max-payload", metavar="SIZE", help="largest DATA chunk accepted (default 4MiB)")
     p.add_argument("--idle-timeout", type=float, metavar="SECONDS", help="drop silent shippers (default 60)")
+    p.add_argument(
+        "--handshake-timeout", type=float, metavar="SECONDS", help="time to finish TLS and the handshake (default 10)"
+    )
+    p.add_argument(
+        "--max-unauthenticated",
+        type=int,
+        metavar="N",
+        help="connections still in their handshake, at most; more are closed at once (default 64)",
+    )
+    p.add_argument("--tls-cert", metavar="FILE", help="serve TLS with this certificate (PEM; may hold the key too)")
+    p.add_argument("--tls-key", metavar="FILE", help="the certificate's private key (PEM, mode 0600)")
+    p.add_argument(
+        "--tls-ca",
+        metavar="FILE",
+        help="require every shipper to present a client certificate signed by this CA (needs --tls-cert)",
+    )
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     return p
 
@@ -69,7 +85,13 @@ async def serve(config: ServerConfig, host: str, port: int) -> int:
         bound_host, bound_port = await server.start(host, port)
     except OSError as e:
         raise ConfigError(f"cannot listen on {host}:{port}: {e.strerror}") from None
-    log.info("listening on %s:%d, data dir %s", bound_host, bound_port, config.data_dir)
+    log.info(
+        "listening on %s:%d%s, data dir %s",
+        bound_host,
+        bound_port,
+        " (TLS)" if config.tls is not None else "",
+        config.data_dir,
+    )
     await stop.wait()
     log.info("stopping: finishing writes in hand")
     await server.stop()
@@ -95,6 +117,9 @@ def main(argv: list[str] | None = None) -> int:
             secret_for=settings.secret_for,
             max_payload=settings.max_payload,
             idle_timeout=settings.idle_timeout,
+            handshake_timeout=settings.handshake_timeout,
+            max_unauthenticated=settings.max_unauthenticated,
+            tls=settings.tls,
         )
         host, port = settings.listen
         try:

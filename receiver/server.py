@@ -14,6 +14,7 @@ import contextlib
 import logging
 import os
 import socket
+import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +49,11 @@ class ServerConfig:
     """Seconds of silence after which a shipper is dropped (shippers heartbeat every few seconds)."""
     max_pending: int = 32 * 1024 * 1024
     """Bytes accepted but not yet durable per stream before we stop reading from its connection."""
+    max_unauthenticated: int = 64
+    """Connections still in their handshake, at most; more are closed at once, so that a flood of
+    silent or hostile peers cannot exhaust memory or file descriptors while real shippers wait."""
+    tls: ssl.SSLContext | None = None
+    """TLS for every connection (client certificates required if it has a CA); None: plain TCP."""
 
 
 class StreamCopy:
@@ -168,6 +174,8 @@ class ReceiverServer:
         self.server: asyncio.Server | None = None
         self.sessions: set[asyncio.Task[None]] = set()
         self.connections_total = 0
+        self.unauthenticated = 0
+        self.refused_busy = 0
 
     def copy(self, name: str) -> StreamCopy:
         check_stream_name(name)
@@ -178,7 +186,15 @@ class ReceiverServer:
         return copy
 
     async def start(self, host: str, port: int) -> tuple[str, int]:
-        self.server = await asyncio.start_server(self._on_connect, host, port, limit=1 << 20)
+        tls = self.config.tls
+        self.server = await asyncio.start_server(
+            self._on_connect,
+            host,
+            port,
+            limit=1 << 20,
+            ssl=tls,
+            ssl_handshake_timeout=self.config.handshake_timeout if tls is not None else None,
+        )
         sock = self.server.sockets[0].getsockname()
         return sock[0], sock[1]
 
@@ -197,8 +213,19 @@ class ReceiverServer:
     async def _on_connect(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
-        self.sessions.add(task)
         self.connections_total += 1
+        if self.unauthenticated >= self.config.max_unauthenticated:
+            # Refuse before reading a byte: the peers already in their handshake keep their slots.
+            self.refused_busy += 1
+            if self.refused_busy & (self.refused_busy - 1) == 0:
+                log.warning(
+                    "%s unauthenticated connections already; refused %d so far",
+                    self.unauthenticated,
+                    self.refused_busy,
+                )
+            writer.transport.abort()
+            return
+        self.sessions.add(task)
         conn = FramedConnection(reader, writer, self.config.max_payload)
         try:
             await self._session(conn)
@@ -211,7 +238,11 @@ class ReceiverServer:
     async def _session(self, conn: FramedConnection) -> None:
         attachments: dict[str, Attachment] = {}
         try:
-            attachments = await self._handshake(conn)
+            self.unauthenticated += 1
+            try:
+                attachments = await self._handshake(conn)
+            finally:
+                self.unauthenticated -= 1
             if attachments:
                 await self._serve(conn, attachments)
         except ProtocolError as e:

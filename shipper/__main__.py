@@ -52,6 +52,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--chunk-size", default="1MiB", metavar="SIZE", help="largest DATA chunk (default 1MiB)")
     p.add_argument("--window", default="16MiB", metavar="SIZE", help="unacknowledged bytes in flight (default 16MiB)")
     p.add_argument("--poll-interval", type=float, default=0.02, metavar="SECONDS", help="source directory poll")
+    p.add_argument(
+        "--tls-ca",
+        metavar="FILE",
+        help="use TLS and accept only a receiver whose certificate this CA signed (without it: the system CAs, "
+        "if --tls-cert is given)",
+    )
+    p.add_argument("--tls-cert", metavar="FILE", help="use TLS with this client certificate (PEM; may hold the key)")
+    p.add_argument("--tls-key", metavar="FILE", help="the client certificate's private key (PEM, mode 0600)")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     return p
 

@@ -19,6 +19,11 @@ Example::
     [[stream.target]]
     address = "dr-site:7000"
     secret_file = "/etc/logship/db1-dr.secret"   # optional, overrides the stream's
+    tls_ca = "/etc/logship/dr-ca.pem"            # TLS; the receiver's certificate must be signed by it
+    tls_cert = "/etc/logship/shipper.pem"        # optional client certificate (when the receiver asks)
+    tls_key = "/etc/logship/shipper.key"         # its key (mode 0600), if not in tls_cert
+
+TLS settings may also sit in the [[stream]] table, for every target of that stream.
 """
 
 from __future__ import annotations
@@ -26,12 +31,14 @@ from __future__ import annotations
 import argparse
 import re
 import socket
+import ssl
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from protocol.config_util import ConfigError, parse_address, parse_size, read_secret
+from protocol.aio import client_tls_context
+from protocol.config_util import ConfigError, check_key_file, parse_address, parse_size, read_secret
 from protocol.names import STREAM_NAME
 from shipper.sender import SenderConfig
 from shipper.tailer import DEFAULT_PATTERN, SealPolicy
@@ -45,6 +52,8 @@ class TargetConfig:
     """Host and port of the receiver."""
     secret: bytes
     """Secret proven to this target."""
+    tls: ssl.SSLContext | None = None
+    """TLS towards this target (verifying its certificate); None: plain TCP."""
 
     @property
     def name(self) -> str:
@@ -125,6 +134,23 @@ def _sender(chunk_size: str, window: str) -> SenderConfig:
     return SenderConfig(chunk_size=chunk, window=win)
 
 
+def _tls(cert: object, key: object, ca: object, where: str) -> ssl.SSLContext | None:
+    """Build a client TLS context, or None when no TLS setting is given.
+
+    Raises ConfigError for a key without a certificate or a file that cannot be loaded.
+    """
+    if not (cert or key or ca):
+        return None
+    if key and not cert:
+        raise ConfigError(f"{where}: a TLS key needs a TLS certificate")
+    key_path = check_key_file(str(key or cert)) if cert else None
+    return client_tls_context(
+        Path(str(cert)) if cert else None,
+        key_path,
+        Path(str(ca)) if ca else None,
+    )
+
+
 def _unique(targets: tuple[TargetConfig, ...], stream: str) -> tuple[TargetConfig, ...]:
     if len({t.address for t in targets}) != len(targets):
         raise ConfigError(f"stream {stream}: the same target is given twice")
@@ -155,7 +181,8 @@ def config_from_args(args: argparse.Namespace) -> ShipperConfig:
     name = _stream_name(args.stream)
     source = _source(args.source)
     secret = read_secret(args.secret_file)
-    targets = _unique(tuple(TargetConfig(parse_address(t), secret) for t in args.target), name)
+    tls = _tls(args.tls_cert, args.tls_key, args.tls_ca, "command line")
+    targets = _unique(tuple(TargetConfig(parse_address(t), secret, tls) for t in args.target), name)
     stream = StreamConfig(
         name=name,
         source=source,
@@ -168,8 +195,20 @@ def config_from_args(args: argparse.Namespace) -> ShipperConfig:
     return ShipperConfig(socket.gethostname(), (stream,), _sender(args.chunk_size, args.window))
 
 
-_STREAM_KEYS = {"name", "source", "secret_file", "seal", "seal_idle", "segment_size", "pattern", "epoch", "target"}
-_TARGET_KEYS = {"address", "secret_file"}
+_TLS_KEYS = {"tls_cert", "tls_key", "tls_ca"}
+_STREAM_KEYS = {
+    "name",
+    "source",
+    "secret_file",
+    "seal",
+    "seal_idle",
+    "segment_size",
+    "pattern",
+    "epoch",
+    "target",
+    *_TLS_KEYS,
+}
+_TARGET_KEYS = {"address", "secret_file", *_TLS_KEYS}
 _TOP_KEYS = {"node", "stream", "chunk_size", "window", "poll_interval"}
 
 
@@ -207,7 +246,15 @@ def config_from_file(path: str, args: argparse.Namespace) -> ShipperConfig:
             secret = read_secret(t["secret_file"]) if "secret_file" in t else stream_secret
             if secret is None:
                 raise ConfigError(f"{path}: stream {name}: target {t['address']} has no secret_file")
-            targets.append(TargetConfig(parse_address(str(t["address"])), secret))
+            # A target's TLS table replaces the stream's as a whole: mixing the two would be surprising.
+            tls_from = t if _TLS_KEYS & set(t) else raw
+            tls = _tls(
+                tls_from.get("tls_cert"),
+                tls_from.get("tls_key"),
+                tls_from.get("tls_ca"),
+                f"{path}: stream {name} target {t['address']}",
+            )
+            targets.append(TargetConfig(parse_address(str(t["address"])), secret, tls))
         streams.append(
             StreamConfig(
                 name=name,

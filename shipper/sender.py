@@ -15,6 +15,7 @@ import enum
 import logging
 import os
 import random
+import ssl
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -144,8 +145,11 @@ class TargetSender:
         node: str,
         epoch: int = 0,
         config: SenderConfig | None = None,
+        *,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self.stream = stream
+        self.tls = tls
         self.target = target
         self.name = f"{target[0]}:{target[1]}"
         self.secret = secret
@@ -197,7 +201,14 @@ class TargetSender:
         self._was_healthy = False
         cfg = self.config
         async with asyncio.timeout(cfg.connect_timeout):
-            reader, writer = await asyncio.open_connection(self.target[0], self.target[1], limit=1 << 20)
+            reader, writer = await asyncio.open_connection(
+                self.target[0],
+                self.target[1],
+                limit=1 << 20,
+                ssl=self.tls,
+                # The receiver's certificate must name the host we dialled.
+                server_hostname=self.target[0] if self.tls is not None else None,
+            )
         conn = FramedConnection(reader, writer)
         try:
             resume = await self._handshake(conn)

@@ -20,7 +20,7 @@ class ShipperService:
         self.stream = stream
         self.tailer = Tailer(stream.source, stream.pattern, stream.policy, stream.poll_interval)
         self.senders = [
-            TargetSender(stream.name, t.address, t.secret, self.tailer, node, stream.epoch, sender_config)
+            TargetSender(stream.name, t.address, t.secret, self.tailer, node, stream.epoch, sender_config, tls=t.tls)
             for t in stream.targets
         ]
 

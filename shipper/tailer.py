@@ -17,7 +17,7 @@ import logging
 import os
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Container, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,6 +59,11 @@ def is_segment(name: str, pattern: re.Pattern[str]) -> bool:
         and not name.endswith((".tmp", ".partial"))
         and "/" not in name
     )
+
+
+def late_arrivals(names: Sequence[str], known: Container[str], high: str) -> list[str]:
+    """Return the names not in ``known`` that sort before ``high``, the newest name seen in earlier scans."""
+    return [n for n in names[: bisect.bisect_left(names, high)] if n not in known]
 
 
 def classify(entries: Sequence[tuple[str, int, float]], policy: SealPolicy, now: float) -> list[SegmentInfo]:
@@ -114,6 +119,9 @@ class Tailer:
         self._reported_changed: set[str] = set()
         self._subscribers: list[asyncio.Event] = []
         self._last_recheck = 0.0
+        self._high = ""
+        self.late: list[str] = []
+        """Segments that appeared after a segment sorting after them had been seen (see ``late_arrivals``)."""
         self.error: str | None = None
 
     def subscribe(self) -> asyncio.Event:
@@ -138,6 +146,8 @@ class Tailer:
             self.error = str(e)
             return False
         self.error = None
+        if names != self.names:
+            self._note_late(names)
         entries: list[tuple[str, int, float]] = []
         for name in names:
             frozen = self._frozen.get(name)
@@ -176,6 +186,24 @@ class Tailer:
             self.names = [s.name for s in segments]
             self.by_name = {s.name: s for s in segments}
         return changed
+
+    def _note_late(self, names: list[str]) -> None:
+        """Log, once each, segments that showed up after a later-sorting one had already been seen.
+
+        Log order is name order: a sender already past such a name never ships it. PostgreSQL's archive
+        does this with every ``.backup`` file (named after the backup's start segment, archived after its
+        stop segment), so the loss must be loud, never silent.
+        """
+        for name in late_arrivals(names, self.by_name, self._high):
+            self.late.append(name)
+            log.error(
+                "segment %s appeared after %s, which sorts after it; log order is name order, so targets "
+                "already past it will not receive it (ship such files as a stream of their own)",
+                name,
+                self._high,
+            )
+        if names and names[-1] > self._high:
+            self._high = names[-1]
 
     def first_after(self, name: str) -> SegmentInfo | None:
         """Return the first segment whose name sorts after ``name``."""

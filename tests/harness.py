@@ -185,25 +185,6 @@ class SourceWriter:
             os.close(fd)
 
 
-def copy_state(source: Path, copy_root: Path) -> tuple[list[str], list[str], str]:
-    """Compare a copy with its source; return (matching sealed, mismatching, note on the partial)."""
-    log_dir = copy_root / "log"
-    good, bad = [], []
-    names = sorted(os.listdir(log_dir)) if log_dir.exists() else []
-    for name in names:
-        src = source / name
-        dst = log_dir / name
-        if (
-            src.exists()
-            and digest_file(src, dst.stat().st_size) == digest_file(dst)
-            and (src.stat().st_size == dst.stat().st_size)
-        ):
-            good.append(name)
-        else:
-            bad.append(name)
-    return good, bad, ""
-
-
 def sealed_in_source(source: Path) -> list[str]:
     """Segments the `next` policy considers sealed: every one but the newest."""
     names = sorted(n for n in os.listdir(source) if not n.startswith("."))
@@ -246,6 +227,16 @@ def wait_until(pred: Callable[[], bool], timeout: float, interval: float = 0.1, 
             return
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def wait_converged(source: Path, copy_root: Path, expect: list[str], seen: dict[str, str], timeout: float) -> None:
+    """Wait until log/ holds exactly ``expect``, checking every newly installed segment on the way."""
+
+    def converged() -> bool:
+        check_no_corrupt(source, copy_root, seen)
+        return sorted(seen) == sorted(expect)
+
+    wait_until(converged, timeout, what=f"all {len(expect)} sealed segments in log/")
 
 
 def partial_matches_prefix(source: Path, copy_root: Path) -> bool:

@@ -19,6 +19,7 @@ from tests.harness import (
     sealed_in_source,
     segment_name,
     shipper_proc,
+    wait_converged,
     wait_until,
 )
 
@@ -53,12 +54,7 @@ def test_kill9_receiver_and_shipper_at_random_moments(tmp_path: Path, secret: Pa
             proc.start()
         assert writer.done_full.wait(120)
         expect = [segment_name(i) for i in range(1, len(sizes) + 1)]
-
-        def converged() -> bool:
-            check_no_corrupt(source, copy, seen)
-            return sorted(seen) == expect
-
-        wait_until(converged, 90, what="convergence after the kills")
+        wait_converged(source, copy, expect, seen, 90)
     finally:
         writer.stop()
     total = assert_copy_converged(source, copy, sealed_in_source(source))
@@ -97,12 +93,7 @@ def test_fault_proxy_cuts_and_flips_converge_without_corruption(
                 time.sleep(rnd.uniform(0.1, 0.4))
             assert writer.done_full.wait(60)
             expect = [segment_name(i) for i in range(1, len(sizes) + 1)]
-
-            def converged() -> bool:
-                check_no_corrupt(source, copy, seen)
-                return sorted(seen) == expect
-
-            wait_until(converged, 60, what="convergence through the faulty link")
+            wait_converged(source, copy, expect, seen, 60)
         finally:
             writer.stop()
         total = assert_copy_converged(source, copy, sealed_in_source(source))

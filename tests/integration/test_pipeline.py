@@ -10,7 +10,6 @@ from tests.harness import (
     Proc,
     SourceWriter,
     assert_copy_converged,
-    check_no_corrupt,
     digest_file,
     free_port,
     partial_matches_prefix,
@@ -18,6 +17,7 @@ from tests.harness import (
     sealed_in_source,
     segment_name,
     shipper_proc,
+    wait_converged,
     wait_until,
 )
 
@@ -38,12 +38,7 @@ def test_growing_log_converges_with_active_segment_streaming(tmp_path: Path, sec
     try:
         assert writer.done_full.wait(60)
         expect = [segment_name(i) for i in range(1, len(sizes) + 1)]
-
-        def converged() -> bool:
-            check_no_corrupt(source, copy, seen)
-            return sorted(seen) == expect
-
-        wait_until(converged, 60, what="all 42 sealed segments in log/")
+        wait_converged(source, copy, expect, seen, 60)
         # The active segment streams as it grows: its partial copy trails the source by little.
         active = source / segment_name(len(sizes) + 1)
         partial = copy / "incoming" / f"{active.name}.partial"
