@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import shutil
 import statistics
 import subprocess
@@ -291,7 +292,7 @@ def test_activation_promotes_the_standby_and_fences_the_old_primary(pg: Scenario
     primary, standby = pg.primary, pg.standby_a
     # The last row the primary committed before the switch-over reaches the standby first.
     insert_and_time(primary, standby, 200, timeout=90)
-    promote = " ".join(as_pg_user([standby.bin("pg_ctl"), "-D", str(standby.data), "-w", "promote"]))
+    promote = shlex.join(as_pg_user([standby.bin("pg_ctl"), "-D", str(standby.data), "-w", "promote"]))
     started = time.monotonic()
     done = subprocess.run(
         [
@@ -312,6 +313,8 @@ def test_activation_promotes_the_standby_and_fences_the_old_primary(pg: Scenario
     wait_for(lambda: standby.try_psql("SELECT pg_is_in_recovery()") == "f", 60, what="standby A promoted")
     promoted_after = time.monotonic() - started
     standby.psql("INSERT INTO shipped (id) VALUES (300)")
+    # It writes a timeline of its own, after the primary's 2 (it looked for higher history files first).
+    assert standby.psql("SELECT substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8)") == "00000003"
     assert standby.psql("SELECT count(*) FROM shipped WHERE id IN (200, 300)") == "2"
     pg.figures["activate -> writable, s"] = [promoted_after]
     print(f"figure: activate + --on-activate promote -> standby A accepts writes: {promoted_after:.2f} s")
