@@ -51,6 +51,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epoch", type=int, default=0, help="epoch to claim (default 0; raised by activation)")
     p.add_argument("--chunk-size", default="1MiB", metavar="SIZE", help="largest DATA chunk (default 1MiB)")
     p.add_argument("--window", default="16MiB", metavar="SIZE", help="unacknowledged bytes in flight (default 16MiB)")
+    p.add_argument(
+        "--ack-timeout",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="a target silent this long counts as cut: drop the connection and reconnect (default 30)",
+    )
     p.add_argument("--poll-interval", type=float, default=0.02, metavar="SECONDS", help="source directory poll")
     p.add_argument(
         "--tls-ca",

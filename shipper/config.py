@@ -124,14 +124,18 @@ def _policy(seal: object, seal_idle: object, segment_size: object) -> SealPolicy
     return SealPolicy(str(seal), idle, size)
 
 
-def _sender(chunk_size: str, window: str) -> SenderConfig:
+def _sender(chunk_size: str, window: str, ack_timeout: float = 30.0) -> SenderConfig:
     chunk = parse_size(chunk_size)
     win = parse_size(window)
     if not 0 < chunk <= 4 << 20:
         raise ConfigError("chunk size must be between 1 byte and 4MiB")
     if win < chunk:
         raise ConfigError("window must be at least the chunk size")
-    return SenderConfig(chunk_size=chunk, window=win)
+    if not 0.5 <= ack_timeout <= 3600:
+        raise ConfigError("ack timeout must be between 0.5 and 3600 seconds")
+    # Heartbeats must come often enough that a quiet but healthy link never hits the ack timeout.
+    heartbeat = min(5.0, ack_timeout / 3)
+    return SenderConfig(chunk_size=chunk, window=win, ack_timeout=ack_timeout, heartbeat=heartbeat)
 
 
 def _tls(cert: object, key: object, ca: object, where: str) -> ssl.SSLContext | None:
@@ -192,7 +196,7 @@ def config_from_args(args: argparse.Namespace) -> ShipperConfig:
         epoch=args.epoch,
         poll_interval=args.poll_interval,
     )
-    return ShipperConfig(socket.gethostname(), (stream,), _sender(args.chunk_size, args.window))
+    return ShipperConfig(socket.gethostname(), (stream,), _sender(args.chunk_size, args.window, args.ack_timeout))
 
 
 _TLS_KEYS = {"tls_cert", "tls_key", "tls_ca"}
@@ -209,7 +213,7 @@ _STREAM_KEYS = {
     *_TLS_KEYS,
 }
 _TARGET_KEYS = {"address", "secret_file", *_TLS_KEYS}
-_TOP_KEYS = {"node", "stream", "chunk_size", "window", "poll_interval"}
+_TOP_KEYS = {"node", "stream", "chunk_size", "window", "ack_timeout", "poll_interval"}
 
 
 def _check_keys(table: dict[str, Any], allowed: set[str], where: str) -> None:
@@ -268,5 +272,9 @@ def config_from_file(path: str, args: argparse.Namespace) -> ShipperConfig:
         )
     if len({s.name for s in streams}) != len(streams):
         raise ConfigError(f"{path}: a stream is named twice")
-    sender = _sender(str(doc.get("chunk_size", args.chunk_size)), str(doc.get("window", args.window)))
+    sender = _sender(
+        str(doc.get("chunk_size", args.chunk_size)),
+        str(doc.get("window", args.window)),
+        float(doc.get("ack_timeout", args.ack_timeout)),
+    )
     return ShipperConfig(str(doc.get("node", socket.gethostname())), tuple(streams), sender)
