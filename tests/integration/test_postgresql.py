@@ -82,7 +82,7 @@ class Scenario:
 
 def shipper_config(root: Path, archive: Path, secret: Path, ports: list[int]) -> Path:
     targets = "".join(f'\n[[stream.target]]\naddress = "127.0.0.1:{p}"\n' for p in ports)
-    text = 'node = "pg-primary"\n'
+    text = f'node = "pg-primary"\nstate_dir = "{root / "shipper-state"}"\n'
     for name, pattern in (("pg", WAL_PATTERN), ("pg-backup", BACKUP_PATTERN)):
         text += (
             f'\n[[stream]]\nname = "{name}"\nsource = "{archive}"\nsecret_file = "{secret}"\n'
