@@ -38,9 +38,10 @@ from pathlib import Path
 from typing import Any
 
 from protocol.aio import client_tls_context
-from protocol.config_util import ConfigError, check_key_file, parse_address, parse_size, read_secret
+from protocol.compression import Compression, parse_compression
+from protocol.config_util import ConfigError, check_key_file, parse_address, parse_rate, parse_size, read_secret
 from protocol.names import STREAM_NAME
-from shipper.sender import SenderConfig
+from shipper.sender import DEFAULT_WINDOW, DEFAULT_WINDOW_MIN, SenderConfig
 from shipper.tailer import DEFAULT_PATTERN, SealPolicy
 
 
@@ -54,6 +55,10 @@ class TargetConfig:
     """Secret proven to this target."""
     tls: ssl.SSLContext | None = None
     """TLS towards this target (verifying its certificate); None: plain TCP."""
+    compression: Compression | None = None
+    """Compress DATA payloads towards this target (if it supports the encoding); None: never."""
+    rate_limit: float | None = None
+    """Most bytes per second on the wire towards this target; None: no limit."""
 
     @property
     def name(self) -> str:
@@ -124,18 +129,30 @@ def _policy(seal: object, seal_idle: object, segment_size: object) -> SealPolicy
     return SealPolicy(str(seal), idle, size)
 
 
-def _sender(chunk_size: str, window: str, ack_timeout: float = 30.0) -> SenderConfig:
+def _sender(chunk_size: str, window: str, ack_timeout: float = 30.0, window_max: str = "64MiB") -> SenderConfig:
     chunk = parse_size(chunk_size)
-    win = parse_size(window)
+    adaptive = window.strip().lower() == "auto"
+    win = DEFAULT_WINDOW if adaptive else parse_size(window)
+    win_max = parse_size(window_max)
     if not 0 < chunk <= 4 << 20:
         raise ConfigError("chunk size must be between 1 byte and 4MiB")
     if win < chunk:
         raise ConfigError("window must be at least the chunk size")
+    if adaptive and win_max < chunk:
+        raise ConfigError("window maximum must be at least the chunk size")
     if not 0.5 <= ack_timeout <= 3600:
         raise ConfigError("ack timeout must be between 0.5 and 3600 seconds")
     # Heartbeats must come often enough that a quiet but healthy link never hits the ack timeout.
     heartbeat = min(5.0, ack_timeout / 3)
-    return SenderConfig(chunk_size=chunk, window=win, ack_timeout=ack_timeout, heartbeat=heartbeat)
+    return SenderConfig(
+        chunk_size=chunk,
+        window=min(win, win_max) if adaptive else win,
+        adaptive=adaptive,
+        window_min=min(DEFAULT_WINDOW_MIN, win_max),
+        window_max=win_max,
+        ack_timeout=ack_timeout,
+        heartbeat=heartbeat,
+    )
 
 
 def _tls(cert: object, key: object, ca: object, where: str) -> ssl.SSLContext | None:
@@ -153,6 +170,21 @@ def _tls(cert: object, key: object, ca: object, where: str) -> ssl.SSLContext | 
         key_path,
         Path(str(ca)) if ca else None,
     )
+
+
+def _compression(text: object) -> Compression | None:
+    if text in (None, ""):
+        return None
+    try:
+        return parse_compression(str(text))
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+
+
+def _rate_limit(text: object) -> float | None:
+    if text in (None, "", "none", "off"):
+        return None
+    return parse_rate(str(text))
 
 
 def _unique(targets: tuple[TargetConfig, ...], stream: str) -> tuple[TargetConfig, ...]:
@@ -186,7 +218,11 @@ def config_from_args(args: argparse.Namespace) -> ShipperConfig:
     source = _source(args.source)
     secret = read_secret(args.secret_file)
     tls = _tls(args.tls_cert, args.tls_key, args.tls_ca, "command line")
-    targets = _unique(tuple(TargetConfig(parse_address(t), secret, tls) for t in args.target), name)
+    compression = _compression(getattr(args, "compress", None))
+    rate_limit = _rate_limit(getattr(args, "rate_limit", None))
+    targets = _unique(
+        tuple(TargetConfig(parse_address(t), secret, tls, compression, rate_limit) for t in args.target), name
+    )
     stream = StreamConfig(
         name=name,
         source=source,
@@ -196,7 +232,11 @@ def config_from_args(args: argparse.Namespace) -> ShipperConfig:
         epoch=args.epoch,
         poll_interval=args.poll_interval,
     )
-    return ShipperConfig(socket.gethostname(), (stream,), _sender(args.chunk_size, args.window, args.ack_timeout))
+    return ShipperConfig(
+        socket.gethostname(),
+        (stream,),
+        _sender(args.chunk_size, args.window, args.ack_timeout, args.window_max),
+    )
 
 
 _TLS_KEYS = {"tls_cert", "tls_key", "tls_ca"}
@@ -212,8 +252,8 @@ _STREAM_KEYS = {
     "target",
     *_TLS_KEYS,
 }
-_TARGET_KEYS = {"address", "secret_file", *_TLS_KEYS}
-_TOP_KEYS = {"node", "stream", "chunk_size", "window", "ack_timeout", "poll_interval"}
+_TARGET_KEYS = {"address", "secret_file", "compress", "rate_limit", *_TLS_KEYS}
+_TOP_KEYS = {"node", "stream", "chunk_size", "window", "window_max", "ack_timeout", "poll_interval"}
 
 
 def _check_keys(table: dict[str, Any], allowed: set[str], where: str) -> None:
@@ -258,7 +298,15 @@ def config_from_file(path: str, args: argparse.Namespace) -> ShipperConfig:
                 tls_from.get("tls_ca"),
                 f"{path}: stream {name} target {t['address']}",
             )
-            targets.append(TargetConfig(parse_address(str(t["address"])), secret, tls))
+            targets.append(
+                TargetConfig(
+                    parse_address(str(t["address"])),
+                    secret,
+                    tls,
+                    _compression(t.get("compress", getattr(args, "compress", None))),
+                    _rate_limit(t.get("rate_limit", getattr(args, "rate_limit", None))),
+                )
+            )
         streams.append(
             StreamConfig(
                 name=name,
@@ -276,5 +324,6 @@ def config_from_file(path: str, args: argparse.Namespace) -> ShipperConfig:
         str(doc.get("chunk_size", args.chunk_size)),
         str(doc.get("window", args.window)),
         float(doc.get("ack_timeout", args.ack_timeout)),
+        str(doc.get("window_max", args.window_max)),
     )
     return ShipperConfig(str(doc.get("node", socket.gethostname())), tuple(streams), sender)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 
 from shipper.config import StreamConfig
@@ -19,8 +20,19 @@ class ShipperService:
     def __init__(self, stream: StreamConfig, node: str, sender_config: SenderConfig | None = None) -> None:
         self.stream = stream
         self.tailer = Tailer(stream.source, stream.pattern, stream.policy, stream.poll_interval)
+        base = sender_config or SenderConfig()
         self.senders = [
-            TargetSender(stream.name, t.address, t.secret, self.tailer, node, stream.epoch, sender_config, tls=t.tls)
+            TargetSender(
+                stream.name,
+                t.address,
+                t.secret,
+                self.tailer,
+                node,
+                stream.epoch,
+                # Compression and the rate limit are per target.
+                dataclasses.replace(base, compression=t.compression, rate_limit=t.rate_limit),
+                tls=t.tls,
+            )
             for t in stream.targets
         ]
 
