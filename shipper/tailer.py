@@ -1,8 +1,9 @@
 """Where is new data: watch a stream's source directory and say which segments are sealed.
 
 ``classify()`` is the pure decision: given the directory's segments (name order), the sealing policy
-and the time, which are sealed. ``Tailer`` polls the directory and wakes every subscriber when
-anything changed. A segment's size is frozen the moment it is first seen sealed; if the file changes
+and the time, which are sealed. ``Tailer`` looks at the directory whenever inotify says it changed
+(``shipper.watcher``; every ``poll_interval`` where inotify is unavailable) and wakes every
+subscriber when anything changed. A segment's size is frozen the moment it is first seen sealed; if the file changes
 after that, the tailer says so loudly and keeps reporting the frozen size, so that the copy is never
 overwritten with bytes the source should not have changed.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import contextlib
 import logging
 import os
 import re
@@ -18,6 +20,8 @@ import time
 from collections.abc import Container, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from shipper.watcher import DirectoryWatcher
 
 log = logging.getLogger("shipper")
 
@@ -77,8 +81,17 @@ def classify(entries: Sequence[tuple[str, int, float]], policy: SealPolicy, now:
     return out
 
 
+def next_look(segments: Sequence[SegmentInfo], policy: SealPolicy, now: float, quiet: float) -> float:
+    """Return how many seconds a watched directory may go without a look: ``quiet``, or less when the
+    newest segment is due to seal by ``policy.seal_idle`` sooner (a timer, not a file event, seals it)."""
+    if policy.seal_idle is not None and segments and not segments[-1].sealed:
+        due = segments[-1].mtime + policy.seal_idle - now
+        return max(0.001, min(quiet, due + 0.001))
+    return quiet
+
+
 class Tailer:
-    """Poll a source directory; keep the current list of segments; wake subscribers on change."""
+    """Watch a source directory; keep the current list of segments; wake subscribers on change."""
 
     def __init__(
         self,
@@ -87,12 +100,18 @@ class Tailer:
         policy: SealPolicy,
         poll_interval: float = 0.02,
         recheck_interval: float = 5.0,
+        quiet_interval: float = 5.0,
+        watch: bool = True,
     ) -> None:
         self.source = source
         self.pattern = pattern
         self.policy = policy
         self.poll_interval = poll_interval
+        """Seconds between looks where the directory cannot be watched."""
         self.recheck_interval = recheck_interval
+        self.quiet_interval = quiet_interval
+        """Seconds between looks at a watched directory that reports no change (a safety net only)."""
+        self.watch = watch
         self.segments: list[SegmentInfo] = []
         self.names: list[str] = []
         self.by_name: dict[str, SegmentInfo] = {}
@@ -196,8 +215,26 @@ class Tailer:
             event.set()
 
     async def run(self) -> None:
-        """Scan forever, waking subscribers when something changed."""
-        while True:
-            if self.scan():
-                self.notify()
-            await asyncio.sleep(self.poll_interval)
+        """Scan whenever the directory changes (or every poll_interval unwatched), waking subscribers."""
+        watcher: DirectoryWatcher | None = None
+        wake = asyncio.Event()
+        wd: int | None = None
+        try:
+            while True:
+                if self.watch and (watcher is None or wd is None or not watcher.watching(wd)):
+                    # (Re)watch: the first time, and after the directory went away or could not be watched.
+                    watcher = DirectoryWatcher.for_loop()
+                    wd = watcher.watch(self.source, wake.set) if watcher is not None else None
+                # Cleared before the look: a change noticed while we scan wakes us again at once.
+                wake.clear()
+                if self.scan():
+                    self.notify()
+                if wd is None:
+                    await asyncio.sleep(self.poll_interval)
+                    continue
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(next_look(self.segments, self.policy, time.time(), self.quiet_interval)):
+                        await wake.wait()
+        finally:
+            if watcher is not None and wd is not None:
+                watcher.unwatch(wd, wake.set)

@@ -169,10 +169,15 @@ def atomic_archive_command(archive: Path) -> str:
     """The archive_command of the recipe: copy to a dot-temp name, fsync it, rename, fsync the directory.
 
     The shipper never takes a name starting with '.', and the rename makes each file appear whole, so
-    the shipper can run with --seal immediate. An existing name is never overwritten.
+    the shipper can run with --seal immediate. A name already archived is never overwritten: asked
+    again (after a crash between the rename and PostgreSQL noting it), the command succeeds only if
+    the archived file is identical.
     """
     a = str(archive)
-    return f"test ! -f {a}/%f && cp %p {a}/.%f.tmp && sync {a}/.%f.tmp && mv {a}/.%f.tmp {a}/%f && sync {a}"
+    return (
+        f"if test -f {a}/%f; then cmp -s %p {a}/%f; "
+        f"else cp %p {a}/.%f.tmp && sync {a}/.%f.tmp && mv {a}/.%f.tmp {a}/%f && sync {a}; fi"
+    )
 
 
 # The recipe's two streams from one archive directory. Log order is name order, and PostgreSQL archives

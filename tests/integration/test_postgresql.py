@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import shutil
 import statistics
 import subprocess
@@ -48,14 +49,16 @@ REPLAY_LAG = 20.0
 pytestmark = pytest.mark.skipif(why_unavailable() is not None, reason=why_unavailable() or "")
 
 
-def receiver_has(*words: str) -> bool:
-    """Whether `python -m receiver --help` documents all of ``words`` (replay and activation land in issue 3)."""
-    done = subprocess.run([sys.executable, "-m", "receiver", "--help"], capture_output=True, text=True, cwd=ROOT)
-    return all(w in done.stdout for w in words)
+def receiver_help_has(argv: list[str], word: str) -> bool:
+    """Whether `python -m receiver ARGV --help` succeeds and documents ``word`` (replay/activation: issue 3)."""
+    done = subprocess.run(
+        [sys.executable, "-m", "receiver", *argv, "--help"], capture_output=True, text=True, cwd=ROOT, timeout=60
+    )
+    return done.returncode == 0 and word in done.stdout
 
 
-HAS_REPLAY = receiver_has("--replay-lag")
-HAS_ACTIVATE = receiver_has("activate")
+HAS_REPLAY = receiver_help_has([], "--replay-lag")
+HAS_ACTIVATE = receiver_help_has(["activate"], "--on-activate")
 # Until the directory replayer exists the standby restores from log/ (verified, sealed segments).
 REPLICA = "replica" if HAS_REPLAY else "log"
 
@@ -289,7 +292,7 @@ def test_activation_promotes_the_standby_and_fences_the_old_primary(pg: Scenario
     primary, standby = pg.primary, pg.standby_a
     # The last row the primary committed before the switch-over reaches the standby first.
     insert_and_time(primary, standby, 200, timeout=90)
-    promote = " ".join(as_pg_user([standby.bin("pg_ctl"), "-D", str(standby.data), "-w", "promote"]))
+    promote = shlex.join(as_pg_user([standby.bin("pg_ctl"), "-D", str(standby.data), "-w", "promote"]))
     started = time.monotonic()
     done = subprocess.run(
         [
@@ -310,6 +313,8 @@ def test_activation_promotes_the_standby_and_fences_the_old_primary(pg: Scenario
     wait_for(lambda: standby.try_psql("SELECT pg_is_in_recovery()") == "f", 60, what="standby A promoted")
     promoted_after = time.monotonic() - started
     standby.psql("INSERT INTO shipped (id) VALUES (300)")
+    # It writes a timeline of its own, after the primary's 2 (it looked for higher history files first).
+    assert standby.psql("SELECT substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8)") == "00000003"
     assert standby.psql("SELECT count(*) FROM shipped WHERE id IN (200, 300)") == "2"
     pg.figures["activate -> writable, s"] = [promoted_after]
     print(f"figure: activate + --on-activate promote -> standby A accepts writes: {promoted_after:.2f} s")
