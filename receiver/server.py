@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from protocol.aio import ConnectionClosed, FramedConnection
+from protocol.aio import ConnectionClosed, FramedConnection, FrameReceiver
 from protocol.compression import ENCODINGS, agreed
 from protocol.errors import ProtocolError, RemoteProtocolError
 from protocol.framing import DEFAULT_MAX_PAYLOAD
@@ -188,11 +188,12 @@ class ReceiverServer:
 
     async def start(self, host: str, port: int) -> tuple[str, int]:
         tls = self.config.tls
-        self.server = await asyncio.start_server(
-            self._on_connect,
+        # A FrameReceiver per connection: the socket writes into the frame decoder's buffers.
+        max_payload = self.config.max_payload
+        self.server = await asyncio.get_running_loop().create_server(
+            lambda: FrameReceiver(self._on_connect, max_payload),
             host,
             port,
-            limit=1 << 20,
             ssl=tls,
             ssl_handshake_timeout=self.config.handshake_timeout if tls is not None else None,
         )
@@ -211,7 +212,8 @@ class ReceiverServer:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.server.wait_closed(), 2)
 
-    async def _on_connect(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _on_connect(self, conn: FramedConnection) -> None:
+        writer = conn.writer
         task = asyncio.current_task()
         assert task is not None
         self.connections_total += 1
@@ -227,7 +229,6 @@ class ReceiverServer:
             writer.transport.abort()
             return
         self.sessions.add(task)
-        conn = FramedConnection(reader, writer, self.config.max_payload)
         try:
             await self._session(conn)
         except asyncio.CancelledError:
