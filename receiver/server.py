@@ -119,11 +119,13 @@ class Attachment:
     async def _commit_loop(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            await self.wake.wait()
-            self.wake.clear()
             if not self.pending:
                 if self.closing:
                     return
+                # Clear only when there is nothing to do: a wake-up (from submit or detach) that
+                # arrived while a batch was being written must not be lost, or detach waits forever.
+                self.wake.clear()
+                await self.wake.wait()
                 continue
             ops, self.pending = self.pending, []
             nbytes = sum(len(op.payload) for op in ops if isinstance(op, Write))

@@ -346,7 +346,15 @@ class TargetSender:
                     await asyncio.sleep(self.tailer.poll_interval)
                     continue
                 self._hasher.update(payload)
-                conn.send(Data(self.stream, step.segment, step.offset, chunk_digest(payload), payload))
+                conn.send(
+                    Data(
+                        self.stream,
+                        step.segment,
+                        step.offset,
+                        chunk_digest(step.segment, step.offset, payload),
+                        payload,
+                    )
+                )
                 self._cursor.offset += step.length
                 self._track((Position(step.segment, self._cursor.offset), False), step.length)
                 self.stats.bytes_sent += step.length
@@ -400,6 +408,9 @@ class TargetSender:
             if isinstance(msg, Ack):
                 self._on_ack(msg)
             elif isinstance(msg, Nack):
+                if msg.position.segment not in self.tailer.by_name:
+                    # Never rewind to a place we cannot read from: start over from the target's disk.
+                    raise _Reconnect(f"resend requested from {msg.position}, which the source does not hold")
                 self.stats.resends += 1
                 log.warning(
                     "target %s (stream %s): resend from %s requested: %s (resends: %d)",
