@@ -39,6 +39,20 @@ def parse_size(text: str) -> int:
     return int(m.group(1)) * _SIZE[m.group(2).lower()]
 
 
+_DURATION = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_duration(text: str) -> float:
+    """Parse a duration such as ``0``, ``90s``, ``15m``, ``24h``, ``1.5d`` (a bare number is seconds).
+
+    Raises ConfigError if it is not of that form.
+    """
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*", str(text))
+    if not m:
+        raise ConfigError(f"bad duration {text!r}: expected e.g. 0, 90s, 15m, 24h")
+    return float(m.group(1)) * _DURATION[m.group(2)]
+
+
 def read_secret(path: str | os.PathLike[str]) -> bytes:
     """Read a shared secret from a file that only its owner may read.
 
@@ -61,6 +75,36 @@ def read_secret(path: str | os.PathLike[str]) -> bytes:
     if len(secret) < 16:
         raise ConfigError(f"secret file {p} holds {len(secret)} bytes; use at least 16 random bytes")
     return secret
+
+
+_RATE = {
+    "bit": 1 / 8,
+    "kbit": 1000 / 8,
+    "mbit": 1000**2 / 8,
+    "gbit": 1000**3 / 8,
+    "b": 1,
+    "kb": 1000,
+    "mb": 1000**2,
+    "gb": 1000**3,
+    "kib": 1 << 10,
+    "mib": 1 << 20,
+    "gib": 1 << 30,
+}
+
+
+def parse_rate(text: str) -> float:
+    """Parse a rate into bytes per second: ``50mbit``, ``1gbit``, ``800kbit`` (bits, powers of 1000,
+    as tc writes them) or ``6MB``, ``6MiB``, ``6MB/s`` (bytes); a bare number is bytes per second.
+
+    Raises ConfigError if it is not of that form or not positive.
+    """
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)(?:/s)?\s*", text)
+    if not m or m.group(2).lower() not in (*_RATE, ""):
+        raise ConfigError(f"bad rate {text!r}: expected e.g. 50mbit, 1gbit, 800kbit, 6MB, 6MiB")
+    rate = float(m.group(1)) * _RATE.get(m.group(2).lower(), 1)
+    if rate <= 0:
+        raise ConfigError(f"bad rate {text!r}: must be positive")
+    return rate
 
 
 def check_key_file(path: str | os.PathLike[str]) -> Path:
