@@ -477,6 +477,17 @@ class TargetSender:
             self.stats.last_copied, self.stats.last_copied_at = copied, time.time()
         self.stats.acked, self.stats.acked_sealed = key
         self.stats.acked_at = time.time()
+        if log.isEnabledFor(logging.DEBUG):
+            # One line per acknowledgement, so a fault test can hold the receiver's disk to every
+            # position it ever acknowledged (see tests/faults).
+            log.debug(
+                "acked stream=%s target=%s seg=%s off=%d sealed=%d",
+                self.stream,
+                self.name,
+                ack.position.segment or "-",
+                ack.position.offset,
+                int(ack.sealed),
+            )
         while self._in_flight and self._in_flight[0][0] <= key:
             _, n = self._in_flight.popleft()
             self._in_flight_bytes -= n
