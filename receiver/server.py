@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from protocol.aio import ConnectionClosed, FramedConnection
+from protocol.compression import ENCODINGS, agreed
 from protocol.errors import ProtocolError, RemoteProtocolError
 from protocol.framing import DEFAULT_MAX_PAYLOAD
 from protocol.messages import Ack, Data, Error, Fenced, Heartbeat, Message, Nack, Position, Seal, StreamResume
@@ -331,7 +332,9 @@ class ReceiverServer:
                 att.copy.owner = None
                 att.copy.lock.release()
             raise
-        conn.send(hs.welcome(resumes))
+        # Announce every payload encoding we decode; accept compressed DATA only in one both listed.
+        conn.decoder.encodings = agreed(hs.features, ENCODINGS)
+        conn.send(hs.welcome(resumes, ENCODINGS))
         await conn.drain()
         return attachments
 
