@@ -113,7 +113,7 @@ def test_plain_shipper_cannot_talk_to_a_tls_receiver(tmp_path: Path, procs: list
         "receiver",
         [
             *("--listen", f"127.0.0.1:{port}", "--data-dir", str(tmp_path / "receiver")),
-            *("--secret-file", str(secret), "--tls-cert", str(server_pem)),
+            *("--secret-file", str(secret), "--tls-cert", str(server_pem), "--handshake-timeout", "1"),
         ],
         tmp_path / "receiver.log",
     )
