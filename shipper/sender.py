@@ -226,6 +226,9 @@ class TargetSender:
                 return
             except (OSError, ConnectionClosed, ProtocolError, TimeoutError, _Reconnect) as e:
                 text = str(e) or type(e).__name__
+                if isinstance(e, TimeoutError) and not str(e):
+                    # Say what went quiet: status shows this text as the target's failure reason.
+                    text = "no answer from the target in time (connect, handshake or ACK timeout)"
                 if text != self.stats.last_error or self.state is TargetState.HEALTHY:
                     log.warning("target %s (stream %s): %s; reconnecting", self.name, self.stream, text)
                 self.stats.last_error = text
