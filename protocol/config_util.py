@@ -39,6 +39,20 @@ def parse_size(text: str) -> int:
     return int(m.group(1)) * _SIZE[m.group(2).lower()]
 
 
+_DURATION = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_duration(text: str) -> float:
+    """Parse a duration such as ``0``, ``90s``, ``15m``, ``24h``, ``1.5d`` (a bare number is seconds).
+
+    Raises ConfigError if it is not of that form.
+    """
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*", str(text))
+    if not m:
+        raise ConfigError(f"bad duration {text!r}: expected e.g. 0, 90s, 15m, 24h")
+    return float(m.group(1)) * _DURATION[m.group(2)]
+
+
 def read_secret(path: str | os.PathLike[str]) -> bytes:
     """Read a shared secret from a file that only its owner may read.
 
