@@ -7,12 +7,54 @@ writes encoded frames, with a timeout on every read.
 from __future__ import annotations
 
 import asyncio
+import ssl
+from pathlib import Path
 
+from protocol.config_util import ConfigError
 from protocol.errors import RemoteProtocolError
 from protocol.framing import DEFAULT_MAX_PAYLOAD, NEED_DATA, FrameDecoder, encode_parts
 from protocol.messages import Message
 
 READ_SIZE = 256 * 1024
+
+
+def _load(ctx: ssl.SSLContext, cert: Path | None, key: Path | None, ca: Path | None) -> ssl.SSLContext:
+    try:
+        if cert is not None:
+            ctx.load_cert_chain(cert, key)
+        if ca is not None:
+            ctx.load_verify_locations(cafile=ca)
+    except FileNotFoundError as e:
+        raise ConfigError(f"TLS: cannot read {e.filename}: {e.strerror}") from None
+    except (ssl.SSLError, OSError) as e:
+        raise ConfigError(f"TLS: cannot load certificate {cert}, key {key} or CA {ca}: {e}") from None
+    return ctx
+
+
+def server_tls_context(cert: Path, key: Path | None, ca: Path | None) -> ssl.SSLContext:
+    """Build the receiver's TLS context; with ``ca``, every shipper must present a certificate it signed.
+
+    Raises ConfigError if a file cannot be loaded.
+    """
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    _load(ctx, cert, key, ca)
+    if ca is not None:
+        ctx.verify_mode = ssl.CERT_REQUIRED
+    return ctx
+
+
+def client_tls_context(cert: Path | None, key: Path | None, ca: Path | None) -> ssl.SSLContext:
+    """Build the shipper's TLS context: verify the receiver against ``ca`` (the system store without one).
+
+    Raises ConfigError if a file cannot be loaded.
+    """
+    ctx = ssl.create_default_context(cafile=None)
+    if ca is not None:
+        # Trust only the CA given: a receiver certified by any public CA is not ours.
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    return _load(ctx, cert, key, ca)
 
 
 class ConnectionClosed(Exception):

@@ -75,3 +75,51 @@ def read_secret(path: str | os.PathLike[str]) -> bytes:
     if len(secret) < 16:
         raise ConfigError(f"secret file {p} holds {len(secret)} bytes; use at least 16 random bytes")
     return secret
+
+
+_RATE = {
+    "bit": 1 / 8,
+    "kbit": 1000 / 8,
+    "mbit": 1000**2 / 8,
+    "gbit": 1000**3 / 8,
+    "b": 1,
+    "kb": 1000,
+    "mb": 1000**2,
+    "gb": 1000**3,
+    "kib": 1 << 10,
+    "mib": 1 << 20,
+    "gib": 1 << 30,
+}
+
+
+def parse_rate(text: str) -> float:
+    """Parse a rate into bytes per second: ``50mbit``, ``1gbit``, ``800kbit`` (bits, powers of 1000,
+    as tc writes them) or ``6MB``, ``6MiB``, ``6MB/s`` (bytes); a bare number is bytes per second.
+
+    Raises ConfigError if it is not of that form or not positive.
+    """
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)(?:/s)?\s*", text)
+    if not m or m.group(2).lower() not in (*_RATE, ""):
+        raise ConfigError(f"bad rate {text!r}: expected e.g. 50mbit, 1gbit, 800kbit, 6MB, 6MiB")
+    rate = float(m.group(1)) * _RATE.get(m.group(2).lower(), 1)
+    if rate <= 0:
+        raise ConfigError(f"bad rate {text!r}: must be positive")
+    return rate
+
+
+def check_key_file(path: str | os.PathLike[str]) -> Path:
+    """Return ``path`` if it is a private key file that others cannot read.
+
+    Raises ConfigError if it is missing or readable by others (group access is allowed, so that a
+    key can belong to a group such as ssl-cert).
+    """
+    p = Path(path)
+    try:
+        st = p.stat()
+    except OSError as e:
+        raise ConfigError(f"cannot read TLS key file {p}: {e.strerror}") from None
+    if st.st_mode & 0o007:
+        raise ConfigError(
+            f"TLS key file {p} is accessible by others (mode {stat.S_IMODE(st.st_mode):04o}); run: chmod 600 {p}"
+        )
+    return p

@@ -56,6 +56,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", metavar="FILE", help="TOML file with these settings and per-stream tables")
     p.add_argument("--max-payload", metavar="SIZE", help="largest DATA chunk accepted (default 4MiB)")
     p.add_argument("--idle-timeout", type=float, metavar="SECONDS", help="drop silent shippers (default 60)")
+    p.add_argument(
+        "--handshake-timeout", type=float, metavar="SECONDS", help="time to finish TLS and the handshake (default 10)"
+    )
+    p.add_argument(
+        "--max-unauthenticated",
+        type=int,
+        metavar="N",
+        help="connections still in their handshake, at most; more are closed at once (default 64)",
+    )
+    p.add_argument("--tls-cert", metavar="FILE", help="serve TLS with this certificate (PEM; may hold the key too)")
+    p.add_argument("--tls-key", metavar="FILE", help="the certificate's private key (PEM, mode 0600)")
+    p.add_argument(
+        "--tls-ca",
+        metavar="FILE",
+        help="require every shipper to present a client certificate signed by this CA (needs --tls-cert)",
+    )
     add_replay_flags(p)
     p.add_argument(
         "--admin", metavar="HOST:PORT", help="serve /status (JSON) and /metrics (Prometheus) here; off by default"
@@ -134,7 +150,13 @@ async def serve(config: ServerConfig, host: str, port: int, admin: tuple[str, in
             await server.stop()
             raise ConfigError(f"cannot serve admin on {admin[0]}:{admin[1]}: {e.strerror}") from None
         log.info("admin endpoint on http://%s:%d/status and /metrics", ahost, aport)
-    log.info("listening on %s:%d, data dir %s", bound_host, bound_port, config.data_dir)
+    log.info(
+        "listening on %s:%d%s, data dir %s",
+        bound_host,
+        bound_port,
+        " (TLS)" if config.tls is not None else "",
+        config.data_dir,
+    )
     await stop.wait()
     log.info("stopping: finishing writes in hand")
     if http is not None:
@@ -167,6 +189,9 @@ def main(argv: list[str] | None = None) -> int:
             max_payload=settings.max_payload,
             idle_timeout=settings.idle_timeout,
             replay_for=settings.replay_for,
+            handshake_timeout=settings.handshake_timeout,
+            max_unauthenticated=settings.max_unauthenticated,
+            tls=settings.tls,
         )
         host, port = settings.listen
         try:

@@ -8,6 +8,10 @@ Example::
 
     replay = "directory"                          # directory | command (default directory)
     replay_lag = "0"                              # e.g. "90s", "24h": replay only segments installed that long ago
+    tls_cert = "/etc/logship/receiver.pem"        # optional: TLS with this certificate
+    tls_key = "/etc/logship/receiver.key"         # its key (mode 0600), if not in tls_cert
+    tls_ca = "/etc/logship/shippers-ca.pem"       # optional: shippers must present a certificate it signed
+    max_unauthenticated = 64                      # connections still in their handshake, at most
 
     [streams.db1]
     secret_file = "/etc/logship/db1.secret"       # only this secret may write db1
@@ -22,12 +26,14 @@ Flags given on the command line win over the file.
 from __future__ import annotations
 
 import argparse
+import ssl
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from protocol.config_util import ConfigError, parse_address, parse_duration, parse_size, read_secret
+from protocol.aio import server_tls_context
+from protocol.config_util import ConfigError, check_key_file, parse_address, parse_duration, parse_size, read_secret
 from protocol.framing import DEFAULT_MAX_PAYLOAD
 from protocol.names import STREAM_NAME
 from receiver.replayer import REPLAY_MODES, ReplaySettings
@@ -72,6 +78,13 @@ class ReceiverSettings:
         if own is not None and own.replay is not None:
             return own.replay
         return self.replay
+
+    handshake_timeout: float = 10.0
+    """Seconds a new connection has to finish TLS and prove a stream's secret."""
+    max_unauthenticated: int = 64
+    """Connections still in their handshake, at most; more are closed at once."""
+    tls: ssl.SSLContext | None = None
+    """TLS for every connection; None: plain TCP."""
 
     def secret_for(self, stream: str) -> bytes | None:
         """Return the secret a shipper must prove for ``stream``, or None if it is not served here."""
@@ -159,7 +172,21 @@ def settings_from_args(args: argparse.Namespace) -> ReceiverSettings:
     Raises ConfigError for anything wrong.
     """
     doc: dict[str, Any] = load_toml(args.config) if getattr(args, "config", None) else {}
-    known = {"listen", "data_dir", "secret_file", "max_payload", "idle_timeout", "streams", "admin", *REPLAY_KEYS}
+    known = {
+        "listen",
+        "data_dir",
+        "secret_file",
+        "max_payload",
+        "idle_timeout",
+        "handshake_timeout",
+        "max_unauthenticated",
+        "tls_cert",
+        "tls_key",
+        "tls_ca",
+        "streams",
+        "admin",
+        *REPLAY_KEYS,
+    }
     unknown = set(doc) - known
     if unknown:
         raise ConfigError(f"config file: unknown setting(s) {', '.join(sorted(unknown))}")
@@ -187,6 +214,12 @@ def settings_from_args(args: argparse.Namespace) -> ReceiverSettings:
     max_payload = parse_size(str(args.max_payload or doc.get("max_payload", "4MiB")))
     idle = args.idle_timeout if args.idle_timeout is not None else float(doc.get("idle_timeout", 60.0))
     admin = getattr(args, "admin", None) or doc.get("admin")
+    handshake = _flag_or(args, doc, "handshake_timeout", 10.0)
+    cap = int(_flag_or(args, doc, "max_unauthenticated", 64))
+    if idle <= 0 or handshake <= 0:
+        raise ConfigError("timeouts must be positive")
+    if cap < 1:
+        raise ConfigError("max_unauthenticated must be at least 1")
     return ReceiverSettings(
         listen=parse_address(str(listen)),
         data_dir=Path(data_dir),
@@ -196,4 +229,33 @@ def settings_from_args(args: argparse.Namespace) -> ReceiverSettings:
         idle_timeout=idle,
         replay=default_replay,
         admin=parse_address(str(admin)) if admin else None,
+        handshake_timeout=handshake,
+        max_unauthenticated=cap,
+        tls=_tls(args, doc),
     )
+
+
+def _flag_or(args: argparse.Namespace, doc: dict[str, Any], key: str, default: float) -> float:
+    value = getattr(args, key, None)
+    if value is None:
+        value = doc.get(key, default)
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{key} must be a number, not {value!r}") from None
+
+
+def _tls(args: argparse.Namespace, doc: dict[str, Any]) -> ssl.SSLContext | None:
+    """Build the TLS context from --tls-cert/--tls-key/--tls-ca (or the file); None without a certificate.
+
+    Raises ConfigError for a CA or key without a certificate, or a file that cannot be loaded.
+    """
+    cert = getattr(args, "tls_cert", None) or doc.get("tls_cert")
+    key = getattr(args, "tls_key", None) or doc.get("tls_key")
+    ca = getattr(args, "tls_ca", None) or doc.get("tls_ca")
+    if not cert:
+        if key or ca:
+            raise ConfigError("TLS: --tls-key and --tls-ca need --tls-cert (the receiver's certificate)")
+        return None
+    key_path = check_key_file(str(key)) if key else check_key_file(str(cert))
+    return server_tls_context(Path(str(cert)), key_path, Path(str(ca)) if ca else None)

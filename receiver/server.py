@@ -14,6 +14,7 @@ import contextlib
 import logging
 import os
 import socket
+import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -67,6 +68,11 @@ class ServerConfig:
     """Bytes accepted but not yet durable per stream before we stop reading from its connection."""
     replay_for: Callable[[str], ReplaySettings] = lambda stream: ReplaySettings()
     """How each stream is replayed into its standby replica."""
+    max_unauthenticated: int = 64
+    """Connections still in their handshake, at most; more are closed at once, so that a flood of
+    silent or hostile peers cannot exhaust memory or file descriptors while real shippers wait."""
+    tls: ssl.SSLContext | None = None
+    """TLS for every connection (client certificates required if it has a CA); None: plain TCP."""
 
 
 class StreamCopy:
@@ -254,6 +260,8 @@ class ReceiverServer:
         self.server: asyncio.Server | None = None
         self.sessions: set[asyncio.Task[None]] = set()
         self.connections_total = 0
+        self.unauthenticated = 0
+        self.refused_busy = 0
 
     def copy(self, name: str) -> StreamCopy:
         check_stream_name(name)
@@ -317,7 +325,15 @@ class ReceiverServer:
         # Copies already on disk replay from the start, whether or not their shipper comes back.
         for name in self.known_streams():
             self.copy(name)
-        self.server = await asyncio.start_server(self._on_connect, host, port, limit=1 << 20)
+        tls = self.config.tls
+        self.server = await asyncio.start_server(
+            self._on_connect,
+            host,
+            port,
+            limit=1 << 20,
+            ssl=tls,
+            ssl_handshake_timeout=self.config.handshake_timeout if tls is not None else None,
+        )
         sock = self.server.sockets[0].getsockname()
         return sock[0], sock[1]
 
@@ -339,8 +355,19 @@ class ReceiverServer:
     async def _on_connect(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
-        self.sessions.add(task)
         self.connections_total += 1
+        if self.unauthenticated >= self.config.max_unauthenticated:
+            # Refuse before reading a byte: the peers already in their handshake keep their slots.
+            self.refused_busy += 1
+            if self.refused_busy & (self.refused_busy - 1) == 0:
+                log.warning(
+                    "%s unauthenticated connections already; refused %d so far",
+                    self.unauthenticated,
+                    self.refused_busy,
+                )
+            writer.transport.abort()
+            return
+        self.sessions.add(task)
         conn = FramedConnection(reader, writer, self.config.max_payload)
         try:
             await self._session(conn)
@@ -353,7 +380,11 @@ class ReceiverServer:
     async def _session(self, conn: FramedConnection) -> None:
         attachments: dict[str, Attachment] = {}
         try:
-            attachments = await self._handshake(conn)
+            self.unauthenticated += 1
+            try:
+                attachments = await self._handshake(conn)
+            finally:
+                self.unauthenticated -= 1
             if attachments:
                 await self._serve(conn, attachments)
         except ProtocolError as e:

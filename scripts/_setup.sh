@@ -3,7 +3,7 @@
 # Leaves the shell in the repository root with .venv/bin first on PATH and the project installed
 # editable with its test extras. Idempotent: when .venv/.logship-installed is newer than
 # pyproject.toml it only checks, and takes well under a second.
-# As root it also installs what the tests use from the system (rsync, iproute2) when missing;
+# As root it also installs what the tests use from the system (rsync, iproute2, postgresql) when missing;
 # without root or apt-get it warns and goes on.
 
 LOGSHIP_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -70,6 +70,11 @@ _setup_tools() {
     local missing=()
     command -v rsync >/dev/null 2>&1 || missing+=(rsync)
     { command -v ip >/dev/null 2>&1 && command -v tc >/dev/null 2>&1; } || missing+=(iproute2)
+    # The PostgreSQL standby tests need a server (initdb, pg_ctl, pg_basebackup) and psql.
+    if ! compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || ! command -v psql >/dev/null 2>&1; then
+        missing+=(postgresql)
+    fi
+    command -v runuser >/dev/null 2>&1 || missing+=(util-linux)
     if [ "${#missing[@]}" -gt 0 ]; then
         _setup_apt_install "${missing[@]}"
     fi

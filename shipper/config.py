@@ -13,12 +13,24 @@ Example::
     segment_size = "16MiB"              # optional
     pattern = 'E00[0-9A-F]{8}\\.log'     # optional
 
+    retain = true                       # optional: remove source segments every target holds
+    archive_dir = "/var/lib/db1/archive" # optional: move them there instead of deleting
+    truncation_lag = "1h"               # optional: keep them that long after the last target got them
+
     [[stream.target]]
     address = "standby-1:7000"
+    window = "64MiB"                    # optional, overrides the top-level window / chunk_size
+    retain_until = "durable"            # replayed (default) | durable: what retention waits for here
 
     [[stream.target]]
     address = "dr-site:7000"
     secret_file = "/etc/logship/db1-dr.secret"   # optional, overrides the stream's
+    tls_ca = "/etc/logship/dr-ca.pem"            # TLS; the receiver's certificate must be signed by it
+    tls_cert = "/etc/logship/shipper.pem"        # optional client certificate (when the receiver asks)
+    tls_key = "/etc/logship/shipper.key"         # its key (mode 0600), if not in tls_cert
+
+TLS settings may also sit in the [[stream]] table, for every target of that stream. At the top level,
+``state_dir`` and ``admin`` ("HOST:PORT") may be given (the command-line flags win).
 """
 
 from __future__ import annotations
@@ -26,14 +38,24 @@ from __future__ import annotations
 import argparse
 import re
 import socket
+import ssl
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from protocol.config_util import ConfigError, parse_address, parse_size, read_secret
+from protocol.aio import client_tls_context
+from protocol.config_util import (
+    ConfigError,
+    check_key_file,
+    parse_address,
+    parse_duration,
+    parse_size,
+    read_secret,
+)
 from protocol.names import STREAM_NAME
 from shipper.sender import SenderConfig
+from shipper.state import default_state_dir
 from shipper.tailer import DEFAULT_PATTERN, SealPolicy
 
 
@@ -45,6 +67,12 @@ class TargetConfig:
     """Host and port of the receiver."""
     secret: bytes
     """Secret proven to this target."""
+    tls: ssl.SSLContext | None = None
+    """TLS towards this target (verifying its certificate); None: plain TCP."""
+    sender: SenderConfig | None = None
+    """This target's own pacing (window, chunk size); None: the shipper's."""
+    wait_for_replay: bool = True
+    """Whether retention waits until the target replayed a segment, not only until it holds it durably."""
 
     @property
     def name(self) -> str:
@@ -69,6 +97,12 @@ class StreamConfig:
     """Epoch this shipper claims; a target activated at a newer epoch fences it."""
     poll_interval: float = 0.02
     """Seconds between looks at the source directory."""
+    retain: bool = False
+    """Remove source segments once every target holds them (see shipper/retainer.py)."""
+    archive_dir: Path | None = None
+    """With ``retain``: move removed segments here instead of deleting them."""
+    truncation_lag: float = 0.0
+    """With ``retain``: seconds to keep a segment after the last target got it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +115,12 @@ class ShipperConfig:
     """The streams to ship."""
     sender: SenderConfig
     """Pacing of every sender."""
+    state_dir: Path = field(default_factory=default_state_dir)
+    """Suspended targets and the control socket live here."""
+    state_dir_given: bool = False
+    """Whether the operator chose ``state_dir`` (then a busy one is an error, not a warning)."""
+    admin: tuple[str, int] | None = None
+    """Where to serve /status and /metrics over HTTP; None: not at all."""
 
 
 def _stream_name(name: object) -> str:
@@ -115,14 +155,66 @@ def _policy(seal: object, seal_idle: object, segment_size: object) -> SealPolicy
     return SealPolicy(str(seal), idle, size)
 
 
-def _sender(chunk_size: str, window: str) -> SenderConfig:
+def _sender(chunk_size: str, window: str, ack_timeout: float = 30.0) -> SenderConfig:
     chunk = parse_size(chunk_size)
     win = parse_size(window)
     if not 0 < chunk <= 4 << 20:
         raise ConfigError("chunk size must be between 1 byte and 4MiB")
     if win < chunk:
         raise ConfigError("window must be at least the chunk size")
-    return SenderConfig(chunk_size=chunk, window=win)
+    if not 0.5 <= ack_timeout <= 3600:
+        raise ConfigError("ack timeout must be between 0.5 and 3600 seconds")
+    # Heartbeats must come often enough that a quiet but healthy link never hits the ack timeout.
+    heartbeat = min(5.0, ack_timeout / 3)
+    return SenderConfig(chunk_size=chunk, window=win, ack_timeout=ack_timeout, heartbeat=heartbeat)
+
+
+def _tls(cert: object, key: object, ca: object, where: str) -> ssl.SSLContext | None:
+    """Build a client TLS context, or None when no TLS setting is given.
+
+    Raises ConfigError for a key without a certificate or a file that cannot be loaded.
+    """
+    if not (cert or key or ca):
+        return None
+    if key and not cert:
+        raise ConfigError(f"{where}: a TLS key needs a TLS certificate")
+    key_path = check_key_file(str(key or cert)) if cert else None
+    return client_tls_context(
+        Path(str(cert)) if cert else None,
+        key_path,
+        Path(str(ca)) if ca else None,
+    )
+
+
+def _retain_until(value: object, where: str) -> bool:
+    if value not in ("replayed", "durable"):
+        raise ConfigError(f"{where}: retain_until must be replayed or durable, not {value!r}")
+    return value == "replayed"
+
+
+def _archive(value: object) -> Path | None:
+    if not value:
+        return None
+    path = Path(str(value))
+    if not path.is_dir():
+        raise ConfigError(f"archive directory {path} does not exist or is not a directory")
+    return path
+
+
+def _lag(value: object) -> float:
+    return parse_duration(str(value)) if value not in (None, "") else 0.0
+
+
+def _common(config: ShipperConfig, doc: dict[str, Any], args: argparse.Namespace) -> ShipperConfig:
+    """Add the settings the flags and the file share: state directory and admin address."""
+    state_dir = getattr(args, "state_dir", None) or doc.get("state_dir")
+    admin = getattr(args, "admin", None) or doc.get("admin")
+    return replace(
+        config,
+        state_dir=Path(str(state_dir)) if state_dir else default_state_dir(),
+        state_dir_given=bool(state_dir),
+        admin=parse_address(str(admin)) if admin else None,
+    )
 
 
 def _unique(targets: tuple[TargetConfig, ...], stream: str) -> tuple[TargetConfig, ...]:
@@ -155,7 +247,12 @@ def config_from_args(args: argparse.Namespace) -> ShipperConfig:
     name = _stream_name(args.stream)
     source = _source(args.source)
     secret = read_secret(args.secret_file)
-    targets = _unique(tuple(TargetConfig(parse_address(t), secret) for t in args.target), name)
+    tls = _tls(args.tls_cert, args.tls_key, args.tls_ca, "command line")
+    wait_for_replay = _retain_until(getattr(args, "retain_until", "replayed"), "--retain-until")
+    targets = _unique(
+        tuple(TargetConfig(parse_address(t), secret, tls, wait_for_replay=wait_for_replay) for t in args.target),
+        name,
+    )
     stream = StreamConfig(
         name=name,
         source=source,
@@ -164,13 +261,32 @@ def config_from_args(args: argparse.Namespace) -> ShipperConfig:
         policy=_policy(args.seal, args.seal_idle, args.segment_size),
         epoch=args.epoch,
         poll_interval=args.poll_interval,
+        retain=bool(getattr(args, "retain", False)),
+        archive_dir=_archive(getattr(args, "archive_dir", None)),
+        truncation_lag=_lag(getattr(args, "truncation_lag", None)),
     )
-    return ShipperConfig(socket.gethostname(), (stream,), _sender(args.chunk_size, args.window))
+    config = ShipperConfig(socket.gethostname(), (stream,), _sender(args.chunk_size, args.window, args.ack_timeout))
+    return _common(config, {}, args)
 
 
-_STREAM_KEYS = {"name", "source", "secret_file", "seal", "seal_idle", "segment_size", "pattern", "epoch", "target"}
-_TARGET_KEYS = {"address", "secret_file"}
-_TOP_KEYS = {"node", "stream", "chunk_size", "window", "poll_interval"}
+_TLS_KEYS = {"tls_cert", "tls_key", "tls_ca"}
+_STREAM_KEYS = {
+    "name",
+    "source",
+    "secret_file",
+    "seal",
+    "seal_idle",
+    "segment_size",
+    "pattern",
+    "epoch",
+    "target",
+    "retain",
+    "archive_dir",
+    "truncation_lag",
+    *_TLS_KEYS,
+}
+_TARGET_KEYS = {"address", "secret_file", "window", "chunk_size", "retain_until", *_TLS_KEYS}
+_TOP_KEYS = {"node", "stream", "chunk_size", "window", "ack_timeout", "poll_interval", "state_dir", "admin"}
 
 
 def _check_keys(table: dict[str, Any], allowed: set[str], where: str) -> None:
@@ -189,6 +305,10 @@ def config_from_file(path: str, args: argparse.Namespace) -> ShipperConfig:
         raise ConfigError(f"config file {path}: {e}") from None
     _check_keys(doc, _TOP_KEYS, path)
     poll = float(doc.get("poll_interval", args.poll_interval))
+    chunk_size = str(doc.get("chunk_size", args.chunk_size))
+    window = str(doc.get("window", args.window))
+    ack_timeout = float(doc.get("ack_timeout", args.ack_timeout))
+    sender = _sender(chunk_size, window, ack_timeout)
     streams: list[StreamConfig] = []
     raw_streams = doc.get("stream", [])
     if not isinstance(raw_streams, list) or not raw_streams:
@@ -207,7 +327,22 @@ def config_from_file(path: str, args: argparse.Namespace) -> ShipperConfig:
             secret = read_secret(t["secret_file"]) if "secret_file" in t else stream_secret
             if secret is None:
                 raise ConfigError(f"{path}: stream {name}: target {t['address']} has no secret_file")
-            targets.append(TargetConfig(parse_address(str(t["address"])), secret))
+            # A target's TLS table replaces the stream's as a whole: mixing the two would be surprising.
+            tls_from = t if _TLS_KEYS & set(t) else raw
+            tls = _tls(
+                tls_from.get("tls_cert"),
+                tls_from.get("tls_key"),
+                tls_from.get("tls_ca"),
+                f"{path}: stream {name} target {t['address']}",
+            )
+            where = f"{path}: stream {name} target {t['address']}"
+            own_sender = (
+                _sender(str(t.get("chunk_size", chunk_size)), str(t.get("window", window)), ack_timeout)
+                if "window" in t or "chunk_size" in t
+                else None
+            )
+            wait_for_replay = _retain_until(t.get("retain_until", getattr(args, "retain_until", "replayed")), where)
+            targets.append(TargetConfig(parse_address(str(t["address"])), secret, tls, own_sender, wait_for_replay))
         streams.append(
             StreamConfig(
                 name=name,
@@ -217,9 +352,12 @@ def config_from_file(path: str, args: argparse.Namespace) -> ShipperConfig:
                 policy=_policy(raw.get("seal", "next"), raw.get("seal_idle"), raw.get("segment_size")),
                 epoch=int(raw.get("epoch", 0)),
                 poll_interval=poll,
+                retain=bool(raw.get("retain", getattr(args, "retain", False))),
+                archive_dir=_archive(raw.get("archive_dir", getattr(args, "archive_dir", None))),
+                truncation_lag=_lag(raw.get("truncation_lag", getattr(args, "truncation_lag", None))),
             )
         )
     if len({s.name for s in streams}) != len(streams):
         raise ConfigError(f"{path}: a stream is named twice")
-    sender = _sender(str(doc.get("chunk_size", args.chunk_size)), str(doc.get("window", args.window)))
-    return ShipperConfig(str(doc.get("node", socket.gethostname())), tuple(streams), sender)
+    config = ShipperConfig(str(doc.get("node", socket.gethostname())), tuple(streams), sender)
+    return _common(config, doc, args)

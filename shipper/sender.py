@@ -9,13 +9,16 @@ target fences the stream.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import collections
 import contextlib
 import enum
 import logging
 import os
 import random
+import ssl
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,6 +38,7 @@ class TargetState(enum.Enum):
     INITIALIZING = "Initializing"
     HEALTHY = "Healthy"
     DISCONNECTED = "Disconnected"
+    SUSPENDED = "Suspended"
     FENCED = "Fenced"
     FAILED = "Failed"
 
@@ -126,6 +130,13 @@ class TargetStats:
     acked: Position = field(default_factory=lambda: Position("", 0))
     acked_sealed: bool = True
     acked_at: float = 0.0
+    known: bool = False
+    """Whether ``acked`` was learnt from this target since the shipper started."""
+    replayed: Position | None = None
+    """The target's replayed position from its last ACK on this connection; None before one."""
+    last_copied: str = ""
+    """The newest segment the target acknowledged sealed."""
+    last_copied_at: float | None = None
 
 
 class _Reconnect(Exception):
@@ -144,8 +155,11 @@ class TargetSender:
         node: str,
         epoch: int = 0,
         config: SenderConfig | None = None,
+        *,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self.stream = stream
+        self.tls = tls
         self.target = target
         self.name = f"{target[0]}:{target[1]}"
         self.secret = secret
@@ -166,6 +180,8 @@ class TargetSender:
         self._fd_name = ""
         self._stuck_reported = ""
         self._was_healthy = False
+        self.on_progress: Callable[[], None] | None = None
+        """Called whenever the target's durable or replayed position moves (retention listens)."""
 
     # -- the loop -------------------------------------------------------------------------------
 
@@ -197,7 +213,14 @@ class TargetSender:
         self._was_healthy = False
         cfg = self.config
         async with asyncio.timeout(cfg.connect_timeout):
-            reader, writer = await asyncio.open_connection(self.target[0], self.target[1], limit=1 << 20)
+            reader, writer = await asyncio.open_connection(
+                self.target[0],
+                self.target[1],
+                limit=1 << 20,
+                ssl=self.tls,
+                # The receiver's certificate must name the host we dialled.
+                server_hostname=self.target[0] if self.tls is not None else None,
+            )
         conn = FramedConnection(reader, writer)
         try:
             resume = await self._handshake(conn)
@@ -262,6 +285,12 @@ class TargetSender:
         self._rewind = None
         self.stats.acked, self.stats.acked_sealed = pos, resume.sealed
         self.stats.acked_at = time.time()
+        self.stats.known = True
+        self.stats.replayed = None
+        if resume.sealed and pos.segment and pos.segment != self.stats.last_copied:
+            self.stats.last_copied, self.stats.last_copied_at = pos.segment, None
+        if self.on_progress is not None:
+            self.on_progress()
         if resume.sealed:
             self._cursor = Cursor(pos.segment, pos.offset, True)
             if pos.segment:
@@ -417,17 +446,32 @@ class TargetSender:
     def _on_ack(self, ack: Ack) -> None:
         if ack.stream != self.stream:
             raise _Reconnect(f"ACK for unknown stream {ack.stream}")
+        replay_moved = ack.replayed != self.stats.replayed
+        self.stats.replayed = ack.replayed
         key = (ack.position, ack.sealed)
         if key <= (self.stats.acked, self.stats.acked_sealed):
+            if replay_moved and self.on_progress is not None:
+                self.on_progress()
             return
         if ack.sealed:
             self.stats.segments_sealed += 1
+        # The newest segment sealed in the copy: this one if sealed, else the one before it (one ACK
+        # can cover a SEAL and data of the next segment).
+        if ack.sealed:
+            copied = ack.position.segment
+        else:
+            i = bisect.bisect_left(self.tailer.names, ack.position.segment)
+            copied = self.tailer.names[i - 1] if i > 0 else ""
+        if copied > self.stats.last_copied:
+            self.stats.last_copied, self.stats.last_copied_at = copied, time.time()
         self.stats.acked, self.stats.acked_sealed = key
         self.stats.acked_at = time.time()
         while self._in_flight and self._in_flight[0][0] <= key:
             _, n = self._in_flight.popleft()
             self._in_flight_bytes -= n
         self._acks.set()
+        if self.on_progress is not None:
+            self.on_progress()
 
 
 class _Fenced(Exception):

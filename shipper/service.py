@@ -1,49 +1,232 @@
-"""Wire a stream's tailer to one sender per target and run them until told to stop."""
+"""Wire a stream's tailer to one sender per target (and its retainer) and run them until told to stop.
+
+Each target has its own task, connection, cursor and window, so a dead, slow or suspended target
+never holds up another. Suspending a target ends its task (and connection); resuming starts a new
+one, which continues from the target's durable position like any reconnect.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
+import time
+from typing import Any
 
-from shipper.config import StreamConfig
-from shipper.sender import SenderConfig, TargetSender
+from shipper.config import StreamConfig, TargetConfig
+from shipper.retainer import Retainer, TargetView, retainable
+from shipper.sender import SenderConfig, TargetSender, TargetState
+from shipper.state import Suspension
+from shipper.status import LagTracker, copy_queue, end_key, replay_queue
 from shipper.tailer import Tailer
 
 log = logging.getLogger("shipper")
 
 
 class ShipperService:
-    """A tailer plus its senders."""
+    """A tailer, its senders, and optionally its retainer."""
 
-    def __init__(self, stream: StreamConfig, node: str, sender_config: SenderConfig | None = None) -> None:
+    def __init__(
+        self,
+        stream: StreamConfig,
+        node: str,
+        sender_config: SenderConfig | None = None,
+        suspended: dict[str, Suspension] | None = None,
+    ) -> None:
         self.stream = stream
         self.tailer = Tailer(stream.source, stream.pattern, stream.policy, stream.poll_interval)
+        self.targets: dict[str, TargetConfig] = {t.name: t for t in stream.targets}
         self.senders = [
-            TargetSender(stream.name, t.address, t.secret, self.tailer, node, stream.epoch, sender_config)
+            TargetSender(
+                stream.name,
+                t.address,
+                t.secret,
+                self.tailer,
+                node,
+                stream.epoch,
+                t.sender or sender_config,
+                tls=t.tls,
+            )
             for t in stream.targets
         ]
+        self.by_name = {s.name: s for s in self.senders}
+        self.suspended: dict[str, Suspension] = dict(suspended or {})
+        self.lag = {s.name: LagTracker() for s in self.senders}
+        self.retainer: Retainer | None = None
+        if stream.retain:
+            self.retainer = Retainer(
+                stream.name,
+                stream.source,
+                lambda: self.tailer.segments,
+                self.target_views,
+                stream.truncation_lag,
+                stream.archive_dir,
+            )
+            for sender in self.senders:
+                sender.on_progress = self.retainer.wake.set
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._changed = self.tailer.subscribe()
+        self._wake = asyncio.Event()
+        self._fenced_reported = False
+
+    # -- control ---------------------------------------------------------------------------------
+
+    def suspend(self, target: str, suspension: Suspension) -> None:
+        """Stop shipping to ``target`` (its connection closes); the others go on."""
+        self.suspended[target] = suspension
+        task = self._tasks.pop(target, None)
+        if task is not None:
+            task.cancel()
+        self.by_name[target].state = TargetState.SUSPENDED
+        log.warning(
+            "stream %s: target %s suspended%s",
+            self.stream.name,
+            target,
+            f": {suspension.comment}" if suspension.comment else "",
+        )
+
+    def resume(self, target: str) -> None:
+        """Ship to ``target`` again, from its durable position."""
+        self.suspended.pop(target, None)
+        sender = self.by_name[target]
+        if sender.state is TargetState.SUSPENDED:
+            sender.state = TargetState.INITIALIZING
+        self._start(sender)
+        log.warning("stream %s: target %s resumed", self.stream.name, target)
+
+    def _start(self, sender: TargetSender) -> None:
+        if sender.name in self._tasks or sender.name in self.suspended:
+            return
+        self._tasks[sender.name] = asyncio.create_task(sender.run(), name=f"sender-{self.stream.name}-{sender.name}")
+        self._tasks[sender.name].add_done_callback(lambda _: self._wake.set())
+
+    # -- status ----------------------------------------------------------------------------------
+
+    def _record_source(self) -> None:
+        now = time.time()
+        end = end_key(self.tailer.segments)
+        for tracker in self.lag.values():
+            tracker.record(end, now)
+
+    def target_views(self) -> list[TargetView]:
+        return [
+            TargetView(
+                s.name,
+                s.state.value,
+                (s.stats.acked, s.stats.acked_sealed) if s.stats.known else None,
+                s.stats.replayed,
+                self.targets[s.name].wait_for_replay,
+            )
+            for s in self.senders
+        ]
+
+    def rows(self, now: float | None = None) -> list[dict[str, Any]]:
+        """Return one status row per target (the shape admin/ and ``status`` show)."""
+        now = time.time() if now is None else now
+        segments, names = self.tailer.segments, self.tailer.names
+        holders: dict[str, str] = {}
+        if self.retainer is not None:
+            # Decide afresh for the display: a target may have been fenced since the retainer last ran.
+            holders = retainable(
+                segments, self.target_views(), now, self.retainer.lag, self.retainer.last.covered_since
+            ).holders
+        out = []
+        for s in self.senders:
+            st = s.stats
+            acked = (st.acked, st.acked_sealed)
+            cq = copy_queue(segments, names, acked) if st.known else (None, None)
+            rq = (
+                replay_queue(segments, names, acked, st.replayed)
+                if st.known and st.replayed is not None
+                else (None, None)
+            )
+            suspension = self.suspended.get(s.name)
+            failure = None
+            if s.state is not TargetState.HEALTHY and s.state is not TargetState.SUSPENDED:
+                failure = st.last_error or None
+            if self.retainer is None:
+                retention = "off"
+            elif s.name in holders:
+                retention = f"holds: {holders[s.name]}"
+            else:
+                retention = "ok"
+            out.append(
+                {
+                    "stream": self.stream.name,
+                    "target": s.name,
+                    "state": s.state.value,
+                    "copy_queue_segments": cq[0],
+                    "copy_queue_bytes": cq[1],
+                    "replay_queue_segments": rq[0],
+                    "replay_queue_bytes": rq[1],
+                    "acked": f"{st.acked}{' (sealed)' if st.acked_sealed else ''}" if st.known else None,
+                    "last_copied": st.last_copied or None,
+                    "last_copied_at": st.last_copied_at,
+                    "last_replayed": (st.replayed.segment or None) if st.replayed is not None else None,
+                    "lag_seconds": round(self.lag[s.name].lag(acked if st.known else None, now), 3),
+                    "failure": failure,
+                    "suspended": suspension is not None,
+                    "comment": suspension.comment if suspension else None,
+                    "suspended_at": suspension.since if suspension else None,
+                    "retention": retention,
+                    "holds_retention": int(s.name in holders),
+                    "retention_removed": self.retainer.removed if self.retainer is not None else 0,
+                    "connects": st.connects,
+                    "resends": st.resends,
+                    "bytes_sent": st.bytes_sent,
+                }
+            )
+        return out
+
+    # -- the loop --------------------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> None:
         self.tailer.scan()
-        tasks = [asyncio.create_task(self.tailer.run(), name="tailer")]
-        tasks += [asyncio.create_task(s.run(), name=f"sender-{s.name}") for s in self.senders]
+        self._record_source()
+        helpers = [
+            asyncio.create_task(self.tailer.run(), name=f"tailer-{self.stream.name}"),
+            asyncio.create_task(self._monitor(), name=f"monitor-{self.stream.name}"),
+        ]
+        if self.retainer is not None:
+            helpers.append(asyncio.create_task(self.retainer.run(), name=f"retainer-{self.stream.name}"))
+        for sender in self.senders:
+            if sender.name in self.suspended:
+                sender.state = TargetState.SUSPENDED
+            else:
+                self._start(sender)
         stopper = asyncio.create_task(stop.wait())
         try:
-            senders = set(tasks[1:])
-            while senders:
-                done, _ = await asyncio.wait(senders | {stopper}, return_when=asyncio.FIRST_COMPLETED)
-                if stopper in done:
-                    break
-                for task in done & senders:
-                    senders.discard(task)
-                    if task.exception() is not None:
-                        raise task.exception()  # type: ignore[misc]
-            if not senders:
-                log.error("every target of stream %s is fenced; nothing left to ship to", self.stream.name)
+            while not stop.is_set():
+                self._wake.clear()
+                for name, task in list(self._tasks.items()):
+                    if task.done():
+                        del self._tasks[name]
+                        if not task.cancelled() and task.exception() is not None:
+                            raise task.exception()  # type: ignore[misc]
+                for task in helpers:
+                    if task.done():
+                        exc = None if task.cancelled() else task.exception()
+                        raise exc or RuntimeError(f"{task.get_name()} ended")
+                if all(s.state is TargetState.FENCED for s in self.senders) and not self._fenced_reported:
+                    self._fenced_reported = True
+                    log.error("every target of stream %s is fenced; nothing left to ship to", self.stream.name)
+                waker = asyncio.create_task(self._wake.wait())
+                await asyncio.wait([stopper, waker, *helpers], return_when=asyncio.FIRST_COMPLETED)
+                waker.cancel()
         finally:
-            for task in [*tasks, stopper]:
+            tasks = [*self._tasks.values(), *helpers, stopper]
+            for task in tasks:
                 task.cancel()
-            for task in [*tasks, stopper]:
+            for task in tasks:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
+            self._tasks.clear()
+
+    async def _monitor(self) -> None:
+        """Sample the source's end for the lag trackers whenever the tailer sees a change."""
+        while True:
+            await self._changed.wait()
+            self._changed.clear()
+            self._record_source()
+            if self.retainer is not None:
+                self.retainer.wake.set()

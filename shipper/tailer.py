@@ -1,8 +1,9 @@
 """Where is new data: watch a stream's source directory and say which segments are sealed.
 
 ``classify()`` is the pure decision: given the directory's segments (name order), the sealing policy
-and the time, which are sealed. ``Tailer`` polls the directory and wakes every subscriber when
-anything changed. A segment's size is frozen the moment it is first seen sealed; if the file changes
+and the time, which are sealed. ``Tailer`` looks at the directory whenever inotify says it changed
+(``shipper.watcher``; every ``poll_interval`` where inotify is unavailable) and wakes every
+subscriber when anything changed. A segment's size is frozen the moment it is first seen sealed; if the file changes
 after that, the tailer says so loudly and keeps reporting the frozen size, so that the copy is never
 overwritten with bytes the source should not have changed.
 """
@@ -11,13 +12,16 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import contextlib
 import logging
 import os
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Container, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from shipper.watcher import DirectoryWatcher
 
 log = logging.getLogger("shipper")
 
@@ -57,6 +61,11 @@ def is_segment(name: str, pattern: re.Pattern[str]) -> bool:
     )
 
 
+def late_arrivals(names: Sequence[str], known: Container[str], high: str) -> list[str]:
+    """Return the names not in ``known`` that sort before ``high``, the newest name seen in earlier scans."""
+    return [n for n in names[: bisect.bisect_left(names, high)] if n not in known]
+
+
 def classify(entries: Sequence[tuple[str, int, float]], policy: SealPolicy, now: float) -> list[SegmentInfo]:
     """Decide which of ``entries`` (name, size, mtime; name order) are sealed under ``policy`` at ``now``."""
     out = []
@@ -72,8 +81,17 @@ def classify(entries: Sequence[tuple[str, int, float]], policy: SealPolicy, now:
     return out
 
 
+def next_look(segments: Sequence[SegmentInfo], policy: SealPolicy, now: float, quiet: float) -> float:
+    """Return how many seconds a watched directory may go without a look: ``quiet``, or less when the
+    newest segment is due to seal by ``policy.seal_idle`` sooner (a timer, not a file event, seals it)."""
+    if policy.seal_idle is not None and segments and not segments[-1].sealed:
+        due = segments[-1].mtime + policy.seal_idle - now
+        return max(0.001, min(quiet, due + 0.001))
+    return quiet
+
+
 class Tailer:
-    """Poll a source directory; keep the current list of segments; wake subscribers on change."""
+    """Watch a source directory; keep the current list of segments; wake subscribers on change."""
 
     def __init__(
         self,
@@ -82,12 +100,18 @@ class Tailer:
         policy: SealPolicy,
         poll_interval: float = 0.02,
         recheck_interval: float = 5.0,
+        quiet_interval: float = 5.0,
+        watch: bool = True,
     ) -> None:
         self.source = source
         self.pattern = pattern
         self.policy = policy
         self.poll_interval = poll_interval
+        """Seconds between looks where the directory cannot be watched."""
         self.recheck_interval = recheck_interval
+        self.quiet_interval = quiet_interval
+        """Seconds between looks at a watched directory that reports no change (a safety net only)."""
+        self.watch = watch
         self.segments: list[SegmentInfo] = []
         self.names: list[str] = []
         self.by_name: dict[str, SegmentInfo] = {}
@@ -95,6 +119,9 @@ class Tailer:
         self._reported_changed: set[str] = set()
         self._subscribers: list[asyncio.Event] = []
         self._last_recheck = 0.0
+        self._high = ""
+        self.late: list[str] = []
+        """Segments that appeared after a segment sorting after them had been seen (see ``late_arrivals``)."""
         self.error: str | None = None
 
     def subscribe(self) -> asyncio.Event:
@@ -119,6 +146,8 @@ class Tailer:
             self.error = str(e)
             return False
         self.error = None
+        if names != self.names:
+            self._note_late(names)
         entries: list[tuple[str, int, float]] = []
         for name in names:
             frozen = self._frozen.get(name)
@@ -158,6 +187,24 @@ class Tailer:
             self.by_name = {s.name: s for s in segments}
         return changed
 
+    def _note_late(self, names: list[str]) -> None:
+        """Log, once each, segments that showed up after a later-sorting one had already been seen.
+
+        Log order is name order: a sender already past such a name never ships it. PostgreSQL's archive
+        does this with every ``.backup`` file (named after the backup's start segment, archived after its
+        stop segment), so the loss must be loud, never silent.
+        """
+        for name in late_arrivals(names, self.by_name, self._high):
+            self.late.append(name)
+            log.error(
+                "segment %s appeared after %s, which sorts after it; log order is name order, so targets "
+                "already past it will not receive it (ship such files as a stream of their own)",
+                name,
+                self._high,
+            )
+        if names and names[-1] > self._high:
+            self._high = names[-1]
+
     def first_after(self, name: str) -> SegmentInfo | None:
         """Return the first segment whose name sorts after ``name``."""
         i = bisect.bisect_right(self.names, name)
@@ -168,8 +215,26 @@ class Tailer:
             event.set()
 
     async def run(self) -> None:
-        """Scan forever, waking subscribers when something changed."""
-        while True:
-            if self.scan():
-                self.notify()
-            await asyncio.sleep(self.poll_interval)
+        """Scan whenever the directory changes (or every poll_interval unwatched), waking subscribers."""
+        watcher: DirectoryWatcher | None = None
+        wake = asyncio.Event()
+        wd: int | None = None
+        try:
+            while True:
+                if self.watch and (watcher is None or wd is None or not watcher.watching(wd)):
+                    # (Re)watch: the first time, and after the directory went away or could not be watched.
+                    watcher = DirectoryWatcher.for_loop()
+                    wd = watcher.watch(self.source, wake.set) if watcher is not None else None
+                # Cleared before the look: a change noticed while we scan wakes us again at once.
+                wake.clear()
+                if self.scan():
+                    self.notify()
+                if wd is None:
+                    await asyncio.sleep(self.poll_interval)
+                    continue
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(next_look(self.segments, self.policy, time.time(), self.quiet_interval)):
+                        await wake.wait()
+        finally:
+            if watcher is not None and wd is not None:
+                watcher.unwatch(wd, wake.set)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import random
 import secrets
@@ -110,10 +111,15 @@ def receiver_proc(tmp: Path, port: int, secret: Path, name: str = "receiver", ex
     return Proc("receiver", args + (extra or []), tmp / f"{name}.log")
 
 
+_STATE_DIRS = itertools.count(1)
+
+
 def shipper_proc(
     tmp: Path, stream: str, source: Path, ports: list[int], secret: Path, extra: list[str] | None = None
 ) -> Proc:
     args = ["--stream", stream, "--source", str(source), "--secret-file", str(secret)]
+    # Each shipper its own state dir: a test may run two shippers of one stream at once.
+    args += ["--state-dir", str(tmp / f"st-{stream}-{next(_STATE_DIRS)}")]
     for p in ports:
         args += ["--target", f"127.0.0.1:{p}"]
     return Proc("shipper", args + (extra or []), tmp / f"shipper-{stream}.log")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from shipper.tailer import DEFAULT_PATTERN, SealPolicy, SegmentInfo, Tailer, classify, is_segment
+from shipper.tailer import DEFAULT_PATTERN, SealPolicy, SegmentInfo, Tailer, classify, is_segment, late_arrivals
 
 DEFAULT = re.compile(DEFAULT_PATTERN)
 NOW = 1_000_000.0
@@ -231,3 +231,35 @@ def test_first_after(tmp_path: Path) -> None:
     assert first("E00000003.log") == "E00000004.log"
     assert first("E00000004.log") is None
     assert first("F") is None
+
+
+# -- late arrivals ---------------------------------------------------------------------------
+
+
+def test_late_arrivals_pure() -> None:
+    names = ["a1", "a2", "a2.backup", "a3"]
+    assert late_arrivals(names, {"a1", "a2", "a3"}, "a3") == ["a2.backup"]
+    # On the first scan nothing is late, and a new name after the newest one is simply new.
+    assert late_arrivals(names, set(), "") == []
+    assert late_arrivals([*names, "a4"], set(names), "a3") == []
+
+
+def test_postgresql_backup_file_arriving_after_its_stop_segment_is_reported_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # What a PostgreSQL archive does at every base backup: the .backup file is named after the start
+    # segment but archived after the stop segment, so it sorts before a segment already seen.
+    tailer = Tailer(tmp_path, DEFAULT, SealPolicy(mode="immediate"))
+    for name in ("000000020000000000000007", "000000020000000000000008"):
+        write(tmp_path, name, b"w" * 16)
+    tailer.scan(NOW)
+    assert tailer.late == []
+    write(tmp_path, "000000020000000000000007.00000028.backup", b"b" * 8)
+    write(tmp_path, "000000020000000000000009", b"w" * 16)
+    with caplog.at_level(logging.ERROR, logger="shipper"):
+        tailer.scan(NOW + 1)
+        tailer.scan(NOW + 2)
+    assert tailer.late == ["000000020000000000000007.00000028.backup"]
+    assert [r.getMessage().split()[1] for r in caplog.records] == ["000000020000000000000007.00000028.backup"]
+    # The tailer still lists it: a sender that has not passed it yet ships it.
+    assert "000000020000000000000007.00000028.backup" in tailer.by_name

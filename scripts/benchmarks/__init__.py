@@ -1,0 +1,1 @@
+"""logship benchmarks: run them with scripts/bench."""

@@ -1,0 +1,281 @@
+"""What every benchmark uses: real daemon processes, generated segments, timing, sampling, the machine."""
+
+from __future__ import annotations
+
+import math
+import os
+import platform
+import random
+import re
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+
+ROOT = Path(__file__).resolve().parents[2]
+MIB = 1024 * 1024
+GIB = 1024 * MIB
+
+
+def segment_name(number: int) -> str:
+    """Return the Exchange-style name of segment ``number`` (1 -> E0000000001.log), as loadgen does."""
+    return f"E00{number:08X}.log"
+
+
+@dataclass
+class Options:
+    """How the benchmarks run, from the command line."""
+
+    quick: bool
+    """Small sizes and short durations: a smoke test, not figures for the record."""
+    work: Path
+    """Scratch directory; everything the benchmarks write goes under it and is removed afterwards."""
+    repeat: int
+    """How many times a throughput measurement is repeated (the median is reported)."""
+    command: str
+    """The command line that is running, for the report."""
+    report_dir: Path
+    """Where benchmarks.md, benchmarks.json and the plots go (docs/ for the record)."""
+
+
+@dataclass
+class Result:
+    """One benchmark's outcome, as printed and written to docs/benchmarks.md."""
+
+    name: str
+    title: str
+    figures: list[tuple[str, str]] = field(default_factory=list)
+    """(what, value) rows, in the order they should be shown."""
+    targets: list[tuple[str, str, str]] = field(default_factory=list)
+    """(target, "met" | "missed" | "n/a", the figure it was judged on)."""
+    notes: list[str] = field(default_factory=list)
+    """How it was measured, and anything a reader needs to judge the figures."""
+    plots: list[str] = field(default_factory=list)
+    """PNG files (relative to docs/) that belong to this benchmark."""
+
+    def figure(self, what: str, value: str) -> None:
+        self.figures.append((what, value))
+        print(f"  {what}: {value}", flush=True)
+
+    def target(self, text: str, met: bool | None, figure: str) -> None:
+        status = "n/a" if met is None else ("met" if met else "missed")
+        self.targets.append((text, status, figure))
+        print(f"  target {text}: {status.upper()} ({figure})", flush=True)
+
+    def note(self, text: str) -> None:
+        self.notes.append(text)
+
+
+class Proc:
+    """A real ``python -m receiver|shipper`` process with its stderr in a log file."""
+
+    def __init__(self, module: str, args: list[str], log_path: Path, cwd: Path = ROOT) -> None:
+        self.module = module
+        self.args = args
+        self.log_path = log_path
+        log = open(log_path, "ab")
+        try:
+            self.popen = subprocess.Popen([sys.executable, "-m", module, *args], stdout=log, stderr=log, cwd=cwd)
+        finally:
+            log.close()
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def log_text(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def stop(self, timeout: float = 15) -> int | None:
+        """SIGTERM, wait; SIGKILL if it does not stop. Returns the exit code."""
+        if self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGTERM)
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait(10)
+        return self.popen.returncode
+
+
+def make_secret(path: Path) -> Path:
+    path.write_text(secrets.token_hex(32) + "\n")
+    path.chmod(0o600)
+    return path
+
+
+def wait_until(pred: Callable[[], bool], timeout: float, interval: float = 0.05, what: str = "condition") -> None:
+    """Poll ``pred`` until true; raise TimeoutError after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not pred():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(interval)
+
+
+def start_receiver(
+    work: Path, secret: Path, name: str = "receiver", extra: list[str] | None = None
+) -> tuple[Proc, int]:
+    """Start a receiver on 127.0.0.1 (a free port it picks itself); return it and its port."""
+    data = work / name
+    data.mkdir(parents=True, exist_ok=True)
+    args = ["--listen", "127.0.0.1:0", "--data-dir", str(data), "--secret-file", str(secret), "--log-level", "INFO"]
+    proc = Proc("receiver", args + (extra or []), work / f"{name}.log")
+    port: list[int] = []
+
+    def listening() -> bool:
+        if not proc.alive():
+            raise RuntimeError(f"receiver exited: {proc.log_text()[-2000:]}")
+        m = re.search(r"listening on [0-9.]+:(\d+)", proc.log_text())
+        if m:
+            port.append(int(m.group(1)))
+        return bool(port)
+
+    wait_until(listening, 30, what="the receiver to listen")
+    return proc, port[0]
+
+
+def start_shipper(work: Path, args: list[str], name: str = "shipper") -> Proc:
+    return Proc("shipper", [*args, "--log-level", "WARNING"], work / f"{name}.log")
+
+
+def write_random_segments(directory: Path, count: int, size: int, seed: int = 1, first: int = 1) -> list[Path]:
+    """Write ``count`` segments of ``size`` incompressible (pseudo-random) bytes; return their paths."""
+    directory.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(seed)
+    paths = []
+    for i in range(first, first + count):
+        path = directory / segment_name(i)
+        with open(path, "wb") as f:
+            left = size
+            while left:
+                n = min(left, 4 * MIB)
+                f.write(rng.randbytes(n))
+                left -= n
+        paths.append(path)
+    return paths
+
+
+def dir_bytes(directory: Path) -> int:
+    return sum(e.stat().st_size for e in os.scandir(directory) if e.is_file())
+
+
+def fresh_dir(path: Path) -> Path:
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True)
+    return path
+
+
+def timed(cmd: list[str] | str, shell: bool = False) -> float:
+    """Run ``cmd`` to completion; return its wall time in seconds. Raises CalledProcessError."""
+    start = time.perf_counter()
+    subprocess.run(cmd, shell=shell, check=True, stdout=subprocess.DEVNULL)
+    return time.perf_counter() - start
+
+
+def median(values: list[float]) -> float:
+    s = sorted(values)
+    n = len(s)
+    return s[n // 2] if n % 2 else (s[n // 2 - 1] + s[n // 2]) / 2
+
+
+def percentile(sorted_values: list[float], p: float) -> float:
+    """Nearest-rank percentile of an already sorted list."""
+    if not sorted_values:
+        return float("nan")
+    k = max(0, min(len(sorted_values) - 1, math.ceil(p / 100 * len(sorted_values)) - 1))
+    return sorted_values[k]
+
+
+class Sampler:
+    """Sample RSS and CPU time of some processes every ``interval`` seconds in a thread."""
+
+    def __init__(self, pids: dict[str, int], interval: float = 0.05) -> None:
+        self.procs = {name: psutil.Process(pid) for name, pid in pids.items()}
+        self.interval = interval
+        self.peak_rss = dict.fromkeys(pids, 0)
+        self.samples: list[tuple[float, dict[str, int]]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> Sampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+    def _run(self) -> None:
+        start = time.monotonic()
+        while not self._stop.is_set():
+            row = {}
+            for name, proc in self.procs.items():
+                try:
+                    rss = proc.memory_info().rss
+                except psutil.Error:
+                    continue
+                row[name] = rss
+                self.peak_rss[name] = max(self.peak_rss[name], rss)
+            self.samples.append((time.monotonic() - start, row))
+            self._stop.wait(self.interval)
+
+
+def cpu_seconds(pid: int) -> float:
+    t = psutil.Process(pid).cpu_times()
+    return t.user + t.system
+
+
+def machine() -> dict[str, str]:
+    """Describe the machine the figures come from."""
+    model = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = psutil.virtual_memory().total / GIB
+    fs = ""
+    try:
+        best = ""
+        for part in psutil.disk_partitions(all=True):
+            if str(ROOT).startswith(part.mountpoint) and len(part.mountpoint) > len(best):
+                best, fs = part.mountpoint, f"{part.fstype} on {part.device}"
+    except OSError:
+        pass
+    return {
+        "cpu": f"{os.cpu_count()} x {model}",
+        "memory": f"{mem:.0f} GiB",
+        "kernel": f"{platform.system()} {platform.release()}",
+        "python": platform.python_version(),
+        "filesystem": fs,
+    }
+
+
+def machine_load(seconds: float = 1.0) -> str:
+    """How busy the machine is with everything else: load average and CPU busy over ``seconds``."""
+    busy = psutil.cpu_percent(interval=seconds)
+    la = os.getloadavg()
+    return (
+        f"load average {la[0]:.2f} {la[1]:.2f} {la[2]:.2f}, CPU {busy:.0f} % busy over {seconds:.0f} s before the run"
+    )
+
+
+def gbps(nbytes: int, seconds: float) -> str:
+    return f"{nbytes / seconds / 1e9:.2f} GB/s"

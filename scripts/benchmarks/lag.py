@@ -1,0 +1,229 @@
+"""Benchmark 2: lag from append on the source to durable acknowledgement by the receiver.
+
+A writer process appends 4 KiB to the active segment at 1000/s and notes the monotonic time just
+before each write(). The shipper connects to the receiver through a tap of ours on 127.0.0.1 that
+forwards bytes both ways as they come and decodes the receiver's frames: the receiver sends an ACK
+only after the bytes it covers are fdatasynced (and their .idx records too), so the time the tap
+sees an ACK covering an append is an upper bound for when that append was durable. Lag = that time
+minus the write time. The tap's extra hop is counted against us.
+"""
+
+from __future__ import annotations
+
+import array
+import asyncio
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from benchmarks.common import (
+    ROOT,
+    Options,
+    Result,
+    fresh_dir,
+    make_secret,
+    percentile,
+    segment_name,
+    start_receiver,
+    start_shipper,
+    wait_until,
+)
+from protocol.framing import NEED_DATA, FrameDecoder
+from protocol.messages import Ack
+
+TITLE = "Lag from append to durable acknowledgement (loopback)"
+APPEND = 4096
+RATE = 1000
+
+WRITER = r"""
+import array, os, sys, time
+path, count, rate, size, out = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
+fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+data = os.urandom(size)
+stamps = array.array("d")
+start = time.monotonic()
+for i in range(count):
+    due = start + i / rate
+    now = time.monotonic()
+    if due > now:
+        time.sleep(due - now)
+    stamps.append(time.monotonic())
+    os.write(fd, data)
+os.close(fd)
+with open(out, "wb") as f:
+    stamps.tofile(f)
+"""
+
+
+class AckTap:
+    """A TCP relay on 127.0.0.1 that timestamps every ACK coming back from the receiver."""
+
+    def __init__(self, upstream: int) -> None:
+        self.upstream = upstream
+        self.acks: list[tuple[float, str, int]] = []
+        self.port = 0
+        self._loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._server: asyncio.Server | None = None
+
+    def __enter__(self) -> AckTap:
+        self._thread.start()
+        self._ready.wait(10)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        self._server = self._loop.run_until_complete(asyncio.start_server(self._on_connect, "127.0.0.1", 0))
+        self.port = self._server.sockets[0].getsockname()[1]
+        self._ready.set()
+        self._loop.run_forever()
+
+    async def _on_connect(self, cr: asyncio.StreamReader, cw: asyncio.StreamWriter) -> None:
+        ur, uw = await asyncio.open_connection("127.0.0.1", self.upstream)
+        up = asyncio.ensure_future(self._pipe(cr, uw, None))
+        down = asyncio.ensure_future(self._pipe(ur, cw, FrameDecoder(64 << 20)))
+        await asyncio.wait({up, down}, return_when=asyncio.FIRST_COMPLETED)
+        for t in (up, down):
+            t.cancel()
+        cw.close()
+        uw.close()
+
+    async def _pipe(self, r: asyncio.StreamReader, w: asyncio.StreamWriter, decoder: FrameDecoder | None) -> None:
+        while data := await r.read(1 << 20):
+            w.write(data)
+            if decoder is not None:
+                now = time.monotonic()
+                decoder.receive_data(data)
+                while (msg := decoder.next_message()) is not NEED_DATA:
+                    if isinstance(msg, Ack):
+                        self.acks.append((now, msg.position.segment, msg.position.offset))
+            await w.drain()
+
+
+def fsync_floor(directory: Path, count: int) -> list[float]:
+    """Time ``count`` 4 KiB append + fdatasync pairs on the same filesystem: the floor for any durable copy."""
+    path = directory / "floor"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    data = os.urandom(APPEND)
+    out = []
+    try:
+        for _ in range(count):
+            t = time.perf_counter()
+            os.write(fd, data)
+            os.fdatasync(fd)
+            out.append(time.perf_counter() - t)
+            time.sleep(0.001)
+    finally:
+        os.close(fd)
+        path.unlink()
+    return sorted(out)
+
+
+def run(opts: Options) -> Result:
+    result = Result("lag", TITLE)
+    seconds = 5 if opts.quick else 30
+    count = seconds * RATE
+    work = fresh_dir(opts.work / "lag")
+    src = fresh_dir(work / "src")
+    secret = make_secret(work / "secret")
+    floor = fsync_floor(work, 500 if opts.quick else 3000)
+    receiver, port = start_receiver(work, secret)
+    shipper = None
+    segment = segment_name(1)
+    stamps = array.array("d")
+    try:
+        with AckTap(port) as tap:
+            shipper = start_shipper(
+                work,
+                ["--stream", "lag", "--source", str(src), "--target", f"127.0.0.1:{tap.port}",
+                 "--secret-file", str(secret)],
+            )  # fmt: skip
+            wait_until(lambda: "attached" in receiver.log_text(), 30, what="the shipper to attach")
+            out = work / "stamps"
+            subprocess.run(
+                [sys.executable, "-c", WRITER, str(src / segment), str(count), str(RATE), str(APPEND), str(out)],
+                check=True,
+                cwd=ROOT,
+                timeout=seconds * 3 + 30,
+            )
+            with open(out, "rb") as f:
+                stamps.frombytes(f.read())
+            total = count * APPEND
+            wait_until(
+                lambda: any(seg == segment and off >= total for _, seg, off in tap.acks[-5:]),
+                60,
+                what="the last append to be acknowledged",
+            )
+            acks = [(t, off) for t, seg, off in tap.acks if seg == segment]
+    finally:
+        if shipper is not None:
+            shipper.stop()
+        receiver.stop()
+    lags = []
+    j = 0
+    for i, written_at in enumerate(stamps):
+        end = (i + 1) * APPEND
+        while acks[j][1] < end:
+            j += 1
+        lags.append(acks[j][0] - written_at)
+    s = sorted(lags)
+    p50, p99, mx = percentile(s, 50), percentile(s, 99), s[-1]
+    f50, f99 = percentile(floor, 50), percentile(floor, 99)
+    span = stamps[-1] - stamps[0]
+    result.figure("appends", f"{count} x {APPEND} B in {span:.1f} s ({count / span:.0f}/s)")
+    result.figure("ACKs seen", f"{len(acks)} ({count / max(1, len(acks)):.1f} appends per ACK)")
+    result.figure("lag p50", f"{p50 * 1e3:.2f} ms")
+    result.figure("lag p99", f"{p99 * 1e3:.2f} ms")
+    result.figure("lag p99.9", f"{percentile(s, 99.9) * 1e3:.2f} ms")
+    result.figure("lag max", f"{mx * 1e3:.2f} ms")
+    result.figure("baseline: local 4 KiB write + fdatasync, p50 / p99", f"{f50 * 1e3:.2f} ms / {f99 * 1e3:.2f} ms")
+    result.figure("lag p50 / local write+fdatasync p50", f"{p50 / f50:.1f} x")
+    result.figure("lag p99 / local write+fdatasync p99", f"{p99 / f99:.1f} x")
+    result.target("p99 <= 5 ms", p99 <= 0.005, f"{p99 * 1e3:.2f} ms")
+    result.note(
+        "Writer: a separate process appends 4 KiB with os.write() on an O_APPEND descriptor at 1000/s (absolute "
+        "schedule) and notes time.monotonic() just before each write. Durable: the time a tap between shipper "
+        "and receiver on 127.0.0.1 reads the receiver's ACK that covers the append (the receiver ACKs only "
+        "after fdatasync of the partial and of its .idx records). The tap adds one relay hop to both the DATA "
+        "and the ACK path, so the figures are upper bounds."
+    )
+    result.note(
+        "Baseline: the same 4 KiB append + fdatasync done locally on the same filesystem, one every ms: the "
+        "floor any durable copy has to pay."
+    )
+    plot = _plot(opts, stamps, lags)
+    if plot:
+        result.plots.append(plot)
+    return result
+
+
+def _plot(opts: Options, stamps: array.array, lags: list[float]) -> str | None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    t0 = stamps[0]
+    fig, ax = plt.subplots(figsize=(9, 3.5), dpi=100)
+    ax.plot([t - t0 for t in stamps], [x * 1e3 for x in lags], ".", markersize=1.5)
+    ax.axhline(5, color="red", linewidth=0.8, linestyle="--", label="target p99 5 ms")
+    ax.set_xlabel("seconds since the first append")
+    ax.set_ylabel("append to durable ACK (ms)")
+    ax.set_yscale("log")
+    ax.set_title("logship lag, 4 KiB appends at 1000/s, loopback")
+    ax.legend(loc="upper right")
+    fig.tight_layout()
+    name = "benchmarks-lag.png"
+    fig.savefig(opts.report_dir / name)
+    plt.close(fig)
+    return name

@@ -1,0 +1,144 @@
+"""What the shipper knows about each copy: copy queue, replay queue, lag; and the status table.
+
+The queues are pure functions of the tailer's view of the source and a target's acknowledged
+positions. Lag is measured like PostgreSQL's walsender does: the tailer's view of the source's end is
+sampled with the time it was first seen, and a target's lag is how long ago the oldest byte it has not
+durably acknowledged was first seen (0 when it has everything).
+"""
+
+from __future__ import annotations
+
+import bisect
+import collections
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from admin.table import human_age, human_bytes, render, since
+from protocol.messages import Position
+from shipper.tailer import SegmentInfo
+
+AckKey = tuple[Position, bool]
+"""A durable position and whether its segment is sealed in the copy; orders like the log."""
+
+
+def end_key(segments: Sequence[SegmentInfo]) -> AckKey:
+    """Return the source's end as an AckKey: the newest segment, its size, whether it is sealed."""
+    if not segments:
+        return (Position("", 0), True)
+    last = segments[-1]
+    return (Position(last.name, last.size), last.sealed)
+
+
+def covers(acked: AckKey, segment: str) -> bool:
+    """Return whether a target that acknowledged ``acked`` holds ``segment`` sealed and durable."""
+    pos, sealed = acked
+    return pos.segment > segment or (pos.segment == segment and sealed)
+
+
+def copy_queue(segments: Sequence[SegmentInfo], names: Sequence[str], acked: AckKey) -> tuple[int, int]:
+    """Return (segments, bytes) the source has that a target which acknowledged ``acked`` does not.
+
+    A segment counts until its SEAL is acknowledged; an empty, unsealed newest segment does not count.
+    """
+    pos, sealed = acked
+    i = bisect.bisect_left(names, pos.segment)
+    count = nbytes = 0
+    for seg in segments[i:]:
+        if seg.name == pos.segment:
+            if sealed:
+                continue
+            left = max(0, seg.size - pos.offset)
+            if left or seg.sealed:
+                count += 1
+                nbytes += left
+        elif seg.size or seg.sealed:
+            count += 1
+            nbytes += seg.size
+    return count, nbytes
+
+
+def replay_queue(
+    segments: Sequence[SegmentInfo], names: Sequence[str], acked: AckKey, replayed: Position
+) -> tuple[int, int]:
+    """Return (segments, bytes) sealed in a target's copy but not replayed there, as far as the source knows them."""
+    i = bisect.bisect_right(names, replayed.segment)
+    count = nbytes = 0
+    for seg in segments[i:]:
+        if not covers(acked, seg.name):
+            break
+        count += 1
+        nbytes += seg.size
+    return count, nbytes
+
+
+class LagTracker:
+    """Remember when each stretch of the source was first seen, to tell a target's lag in seconds.
+
+    Holds at most ``capacity`` samples; when full, the newest sample's position moves forward and keeps
+    its older time, so the lag can only be overstated, never understated.
+    """
+
+    def __init__(self, capacity: int = 4096) -> None:
+        self.capacity = capacity
+        self._samples: collections.deque[tuple[AckKey, float]] = collections.deque()
+
+    def record(self, end: AckKey, now: float) -> None:
+        """Note that the source reached ``end`` at ``now``."""
+        if self._samples and end <= self._samples[-1][0]:
+            return
+        if len(self._samples) >= self.capacity:
+            self._samples[-1] = (end, self._samples[-1][1])
+        else:
+            self._samples.append((end, now))
+
+    def lag(self, acked: AckKey | None, now: float) -> float:
+        """Return the seconds since the oldest byte not covered by ``acked`` (None: nothing known) was seen."""
+        if acked is not None:
+            while self._samples and self._samples[0][0] <= acked:
+                self._samples.popleft()
+        return max(0.0, now - self._samples[0][1]) if self._samples else 0.0
+
+
+# -- the table ---------------------------------------------------------------------------------
+
+COLUMNS = [
+    ("stream", "STREAM"),
+    ("target", "TARGET"),
+    ("state", "STATE"),
+    ("copy_queue_text", "COPY QUEUE"),
+    ("replay_queue_text", "REPLAY QUEUE"),
+    ("last_copied_text", "LAST COPIED"),
+    ("lag_text", "LAG"),
+    ("retention", "RETENTION"),
+    ("note", "FAILURE / COMMENT"),
+]
+
+
+def _queue(segments: Any, nbytes: Any) -> str:
+    if segments is None:
+        return "-"
+    return f"{segments} seg, {human_bytes(nbytes)}"
+
+
+def table(status: dict[str, Any], now: float | None = None) -> str:
+    """Render a shipper status snapshot as a readable table."""
+    now = time.time() if now is None else now
+    rows = []
+    for row in status.get("copies", []):
+        note = row.get("failure") or ""
+        if row.get("suspended"):
+            note = f"suspended: {row.get('comment') or '(no comment)'}"
+        last = row.get("last_copied")
+        rows.append(
+            {
+                **row,
+                "copy_queue_text": _queue(row.get("copy_queue_segments"), row.get("copy_queue_bytes")),
+                "replay_queue_text": _queue(row.get("replay_queue_segments"), row.get("replay_queue_bytes")),
+                "last_copied_text": f"{last} ({since(row.get('last_copied_at'), now)})" if last else "-",
+                "lag_text": human_age(row.get("lag_seconds")),
+                "note": note,
+            }
+        )
+    head = f"shipper {status.get('node', '?')} (pid {status.get('pid', '?')})"
+    return f"{head}\n{render(rows, COLUMNS)}"

@@ -1,0 +1,339 @@
+"""A real PostgreSQL standby fed by logship alone, and promoted on activation (docs/postgresql.md).
+
+One scenario, set up once for the module and walked through in order by the tests:
+- the primary archives WAL with an atomic archive_command into an archive directory; one shipper ships
+  that directory (--seal immediate) as two streams, ``pg`` (WAL segments and timeline history files) and
+  ``pg-backup`` (backup history files), to two receivers: A replays at once, B with --replay-lag;
+- standbys A and B are one pg_basebackup (-X none: every WAL byte they replay came through logship),
+  with standby.signal and restore_command reading the receiver's replica, and no primary_conninfo;
+- the primary was itself promoted once (timeline 2), so its archive has a 00000002.history file that the
+  standbys need and fetch through logship.
+
+Run with ``-s`` to see the figures (how long rows took to reach the standbys).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from tests.harness import ROOT, Proc, digest_file, free_port, make_secret, receiver_proc
+from tests.pgcluster import (
+    BACKUP_PATTERN,
+    WAL_PATTERN,
+    Cluster,
+    as_pg_user,
+    atomic_archive_command,
+    find_pg_bin,
+    give_to_pg_user,
+    run,
+    scratch_dir,
+    wait_for,
+    why_unavailable,
+)
+
+REPLAY_LAG = 20.0
+"""Replay lag of standby B, seconds: long enough to observe, short enough for the CI budget."""
+
+pytestmark = pytest.mark.skipif(why_unavailable() is not None, reason=why_unavailable() or "")
+
+
+def receiver_help_has(argv: list[str], word: str) -> bool:
+    """Whether `python -m receiver ARGV --help` succeeds and documents ``word`` (replay/activation: issue 3)."""
+    done = subprocess.run(
+        [sys.executable, "-m", "receiver", *argv, "--help"], capture_output=True, text=True, cwd=ROOT, timeout=60
+    )
+    return done.returncode == 0 and word in done.stdout
+
+
+HAS_REPLAY = receiver_help_has([], "--replay-lag")
+HAS_ACTIVATE = receiver_help_has(["activate"], "--on-activate")
+# Until the directory replayer exists the standby restores from log/ (verified, sealed segments).
+REPLICA = "replica" if HAS_REPLAY else "log"
+
+
+@dataclass
+class Scenario:
+    root: Path
+    archive: Path
+    primary: Cluster
+    standby_a: Cluster
+    standby_b: Cluster | None
+    receiver_a: Proc
+    receiver_b: Proc | None
+    shipper: Proc
+    procs: list[Proc] = field(default_factory=list)
+    figures: dict[str, list[float]] = field(default_factory=dict)
+
+    def copy(self, receiver: str, stream: str, sub: str) -> Path:
+        return self.root / receiver / stream / sub
+
+
+def shipper_config(root: Path, archive: Path, secret: Path, ports: list[int]) -> Path:
+    targets = "".join(f'\n[[stream.target]]\naddress = "127.0.0.1:{p}"\n' for p in ports)
+    text = 'node = "pg-primary"\n'
+    for name, pattern in (("pg", WAL_PATTERN), ("pg-backup", BACKUP_PATTERN)):
+        text += (
+            f'\n[[stream]]\nname = "{name}"\nsource = "{archive}"\nsecret_file = "{secret}"\n'
+            f"seal = \"immediate\"\npattern = '{pattern}'\n{targets}"
+        )
+    path = root / "shipper.toml"
+    path.write_text(text)
+    return path
+
+
+def make_standby(base: Path, cluster: Cluster, restore_from: Path) -> None:
+    """Turn a copy of the base backup into a hot standby that restores WAL from ``restore_from`` only."""
+    if base != cluster.data:
+        shutil.copytree(base, cluster.data, symlinks=True)
+    cluster.configure(
+        {
+            **cluster.base_settings(),
+            # The copied postgresql.conf archives into the primary's archive: a standby must not.
+            "archive_mode": "off",
+            "hot_standby": "on",
+            "restore_command": f"cp {restore_from}/%f %p",
+            # How soon recovery asks restore_command again after a segment was not there (default 5s).
+            "wal_retrieve_retry_interval": "500ms",
+            "primary_conninfo": "",
+        }
+    )
+    cluster.touch("standby.signal")
+    if os.geteuid() == 0:
+        subprocess.run(["chown", "-R", "postgres:postgres", str(cluster.data)], check=True)
+    cluster.data.chmod(0o700)
+
+
+@pytest.fixture(scope="module")
+def pg() -> Iterator[Scenario]:
+    pg_bin = find_pg_bin()
+    assert pg_bin is not None
+    root = scratch_dir("logship-pg-")
+    archive = root / "archive"
+    archive.mkdir()
+    give_to_pg_user(archive)
+    secret = make_secret(root / "secret")
+    primary = Cluster(pg_bin, root / "primary", free_port(), root)
+    standby_a = Cluster(pg_bin, root / "standby-a", free_port(), root)
+    standby_b = Cluster(pg_bin, root / "standby-b", free_port(), root) if HAS_REPLAY else None
+    clusters = [primary, standby_a] + ([standby_b] if standby_b else [])
+    procs: list[Proc] = []
+    try:
+        port_a = free_port()
+        receiver_a = receiver_proc(root, port_a, secret, name="receiver-a").start()
+        procs.append(receiver_a)
+        ports = [port_a]
+        receiver_b = None
+        if HAS_REPLAY:
+            port_b = free_port()
+            lag = ["--replay-lag", f"{REPLAY_LAG:.0f}s"]
+            receiver_b = receiver_proc(root, port_b, secret, name="receiver-b", extra=lag).start()
+            procs.append(receiver_b)
+            ports.append(port_b)
+        config = shipper_config(root, archive, secret, ports)
+        shipper = Proc("shipper", ["--config", str(config)], root / "shipper.log").start()
+        procs.append(shipper)
+
+        primary.initdb()
+        primary.configure(
+            {
+                **primary.base_settings(),
+                "archive_mode": "on",
+                "archive_command": atomic_archive_command(archive),
+                # Switch to a new segment (and so archive it) at most 1 s after a commit.
+                "archive_timeout": "1s",
+            }
+        )
+        # Promote the fresh cluster once, so that its archive gets a timeline history file, like any
+        # primary that was once a standby: 00000002.history, which the standbys must fetch.
+        primary.touch("standby.signal")
+        primary.start()
+        primary.promote()
+        wait_for(lambda: (archive / "00000002.history").exists(), 30, what="00000002.history archived")
+
+        base = root / "base"
+        run(
+            [
+                primary.bin("pg_basebackup"),
+                *("-h", str(root), "-p", str(primary.port), "-U", "postgres"),
+                *("-D", str(base), "-X", "none", "-c", "fast", "--no-sync"),
+            ],
+            timeout=120,
+        )
+        make_standby(base, standby_a, root / "receiver-a" / "pg" / REPLICA)
+        if standby_b is not None:
+            make_standby(base, standby_b, root / "receiver-b" / "pg" / REPLICA)
+        standby_a.start()
+        if standby_b is not None:
+            # pg_ctl -w would wait until B is consistent, which is REPLAY_LAG away: start it unwaited.
+            subprocess.run(
+                as_pg_user(
+                    [standby_b.bin("pg_ctl"), "-D", str(standby_b.data), "-l", str(standby_b.log), "-W", "start"]
+                ),
+                check=True,
+                capture_output=True,
+                timeout=60,
+            )
+        yield Scenario(root, archive, primary, standby_a, standby_b, receiver_a, receiver_b, shipper, procs)
+    finally:
+        for cluster in reversed(clusters):
+            cluster.stop()
+        for proc in procs:
+            proc.stop(timeout=10)
+        if os.environ.get("LOGSHIP_KEEP_PG"):
+            print(f"\nPostgreSQL scenario kept in {root}")
+        else:
+            shutil.rmtree(root, ignore_errors=True)
+
+
+def insert_and_time(primary: Cluster, standby: Cluster, row: int, timeout: float) -> float:
+    """Insert ``row`` on the primary; return the seconds from its commit until the standby shows it."""
+    primary.psql(f"INSERT INTO shipped (id) VALUES ({row})")
+    committed = time.monotonic()
+    wait_for(
+        lambda: standby.try_psql(f"SELECT count(*) FROM shipped WHERE id = {row}") == "1",
+        timeout,
+        interval=0.1,
+        what=f"row {row} on the standby",
+    )
+    return time.monotonic() - committed
+
+
+def test_rows_reach_the_hot_standby_through_logship_alone(pg: Scenario) -> None:
+    primary, standby = pg.primary, pg.standby_a
+    # No streaming replication anywhere: the standby has no primary_conninfo, no WAL receiver runs,
+    # and the primary has no replication client.
+    assert standby.psql("SHOW primary_conninfo") == ""
+    assert standby.psql("SELECT pg_is_in_recovery()") == "t"
+    primary.psql("CREATE TABLE shipped (id int PRIMARY KEY, at timestamptz DEFAULT clock_timestamp())")
+    delays = [insert_and_time(primary, standby, row, timeout=90) for row in range(1, 9)]
+    assert standby.psql("SELECT count(*) FROM pg_stat_wal_receiver") == "0"
+    assert primary.psql("SELECT count(*) FROM pg_stat_replication") == "0"
+    assert standby.psql("SELECT string_agg(id::text, ',' ORDER BY id) FROM shipped") == "1,2,3,4,5,6,7,8"
+    pg.figures["rows to standby A, s"] = delays
+    print(
+        f"\nfigure: commit on the primary -> visible on the hot standby through logship, {len(delays)} rows: "
+        f"min {min(delays):.2f} s, median {statistics.median(delays):.2f} s, max {max(delays):.2f} s "
+        f"(archive_timeout 1s, wal_retrieve_retry_interval 500ms)"
+    )
+
+
+def test_history_and_backup_files_pass_through(pg: Scenario) -> None:
+    # The timeline history file travels in the WAL stream and the standby fetched it from there.
+    history = pg.copy("receiver-a", "pg", REPLICA) / "00000002.history"
+    assert history.exists()
+    assert digest_file(history) == digest_file(pg.archive / "00000002.history")
+    assert 'restored log file "00000002.history" from archive' in pg.standby_a.log_text()
+    # The backup history file of pg_basebackup travels in its own stream, byte for byte.
+    backups = sorted(p.name for p in pg.archive.glob("*.backup"))
+    assert len(backups) == 1, backups
+    copy = wait_for(
+        lambda: (p := pg.copy("receiver-a", "pg-backup", "log") / backups[0]).exists() and p,
+        30,
+        what=f"{backups[0]} in the pg-backup copy",
+    )
+    assert digest_file(copy) == digest_file(pg.archive / backups[0])
+    # Every WAL segment and history file of the archive is in the copy, byte for byte, and the shipper
+    # never saw a file arrive out of name order in either stream.
+    wal = sorted(p.name for p in pg.archive.iterdir() if re.fullmatch(WAL_PATTERN, p.name))
+
+    def caught_up() -> bool:
+        names = {p.name for p in pg.copy("receiver-a", "pg", "log").iterdir()}
+        return set(wal) <= names
+
+    wait_for(caught_up, 30, what="every archived WAL file in receiver A's log/")
+    for name in wal:
+        assert digest_file(pg.copy("receiver-a", "pg", "log") / name) == digest_file(pg.archive / name), name
+    assert "appeared after" not in pg.shipper.log_text()
+
+
+@pytest.mark.skipif(not HAS_REPLAY, reason="needs --replay-lag (issue 3: receiver replay), not on main yet")
+def test_delayed_standby_does_not_see_rows_younger_than_the_lag(pg: Scenario) -> None:
+    primary, standby = pg.primary, pg.standby_b
+    assert standby is not None
+    # B becomes consistent only once the base backup's WAL has waited out the lag.
+    wait_for(lambda: standby.try_psql("SELECT 1") == "1", REPLAY_LAG + 120, interval=0.5, what="standby B up")
+    # Replay happens at least the lag after the segment was installed, which is after the commit, which
+    # is after ``before``: a row seen when less than the lag has passed since ``before`` is a failure.
+    before = time.monotonic()
+    primary.psql("INSERT INTO shipped (id) VALUES (100)")
+    while time.monotonic() - before < REPLAY_LAG:
+        seen = standby.try_psql("SELECT count(*) FROM shipped WHERE id = 100") == "1"
+        age = time.monotonic() - before
+        assert not (seen and age < REPLAY_LAG), f"standby B showed the row {age:.1f} s after it was inserted"
+        time.sleep(0.5)
+    # Meanwhile the undelayed standby A has it, so the row did travel.
+    wait_for(
+        lambda: pg.standby_a.try_psql("SELECT count(*) FROM shipped WHERE id = 100") == "1", 30, what="row 100 on A"
+    )
+    wait_for(
+        lambda: standby.try_psql("SELECT count(*) FROM shipped WHERE id = 100") == "1",
+        90,
+        interval=0.2,
+        what="row 100 on the delayed standby after the lag",
+    )
+    delay = time.monotonic() - before
+    pg.figures["row to delayed standby B, s"] = [delay]
+    print(
+        f"\nfigure: insert on the primary -> visible on the delayed standby "
+        f"(--replay-lag {REPLAY_LAG:.0f}s): {delay:.2f} s"
+    )
+
+
+@pytest.mark.skipif(not HAS_ACTIVATE, reason="needs `python -m receiver activate` (issue 3), not on main yet")
+def test_activation_promotes_the_standby_and_fences_the_old_primary(pg: Scenario) -> None:
+    primary, standby = pg.primary, pg.standby_a
+    # The last row the primary committed before the switch-over reaches the standby first.
+    insert_and_time(primary, standby, 200, timeout=90)
+    promote = shlex.join(as_pg_user([standby.bin("pg_ctl"), "-D", str(standby.data), "-w", "promote"]))
+    started = time.monotonic()
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "receiver",
+            "activate",
+            *("--data-dir", str(pg.root / "receiver-a"), "--stream", "pg", "--on-activate", promote),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr + done.stdout
+    print(f"\nactivate report:\n{done.stdout}")
+    # The promoted standby accepts writes, and kept everything the primary had committed before.
+    wait_for(lambda: standby.try_psql("SELECT pg_is_in_recovery()") == "f", 60, what="standby A promoted")
+    promoted_after = time.monotonic() - started
+    standby.psql("INSERT INTO shipped (id) VALUES (300)")
+    # It writes a timeline of its own, after the primary's 2 (it looked for higher history files first).
+    assert standby.psql("SELECT substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8)") == "00000003"
+    assert standby.psql("SELECT count(*) FROM shipped WHERE id IN (200, 300)") == "2"
+    pg.figures["activate -> writable, s"] = [promoted_after]
+    print(f"figure: activate + --on-activate promote -> standby A accepts writes: {promoted_after:.2f} s")
+
+    # The old primary goes on writing: its next WAL segment is archived and shipped, but target A is
+    # fenced. Target B (not activated) still receives it, which shows the segment was sent at all.
+    primary.psql("INSERT INTO shipped (id) VALUES (400)")
+    segment = primary.psql("SELECT pg_walfile_name(pg_current_wal_lsn())")
+    primary.psql("SELECT pg_switch_wal()")
+    wait_for(lambda: (pg.archive / segment).exists(), 30, what=f"{segment} archived on the old primary")
+    wait_for(lambda: "fenced" in pg.shipper.log_text().lower(), 30, what="the shipper logging FENCED")
+    if pg.receiver_b is not None:
+        wait_for(lambda: (pg.copy("receiver-b", "pg", "log") / segment).exists(), 30, what=f"{segment} at receiver B")
+    for sub in ("replica", "log", "incoming"):
+        where = pg.copy("receiver-a", "pg", sub)
+        assert not (where / segment).exists(), f"{segment} reached {where}"
+        assert not (where / f"{segment}.partial").exists(), f"{segment} reached {where}"
+    assert standby.psql("SELECT count(*) FROM shipped WHERE id = 400") == "0"

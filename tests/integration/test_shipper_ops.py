@@ -1,0 +1,301 @@
+"""The shipper as an operator runs it, with real processes: many streams and targets from one config
+file, status (table, JSON, HTTP, metrics), suspend/resume across a restart, and a dead or stopped
+target that does not slow the others."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from tests.harness import (
+    ROOT,
+    Proc,
+    SourceWriter,
+    assert_copy_converged,
+    free_port,
+    receiver_proc,
+    segment_name,
+    shipper_proc,
+    wait_until,
+)
+
+
+def shipper_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "shipper", *args], capture_output=True, text=True, timeout=30, cwd=ROOT
+    )
+
+
+def status(state_dir: Path) -> dict[str, Any]:
+    out = shipper_cli("status", "--state-dir", str(state_dir), "--json")
+    assert out.returncode == 0, out.stderr + out.stdout
+    return json.loads(out.stdout)
+
+
+def state_of(state_dir: Path, stream: str, target: str) -> str | None:
+    """The target's state, or None while no shipper answers (e.g. it is starting)."""
+    out = shipper_cli("status", "--state-dir", str(state_dir), "--json")
+    return row(json.loads(out.stdout), stream, target)["state"] if out.returncode == 0 else None
+
+
+def row(snapshot: dict[str, Any], stream: str, target: str) -> dict[str, Any]:
+    rows = [r for r in snapshot["copies"] if r["stream"] == stream and r["target"] == target]
+    assert len(rows) == 1, snapshot
+    return rows[0]
+
+
+def log_names(copy: Path) -> list[str]:
+    d = copy / "log"
+    return sorted(os.listdir(d)) if d.exists() else []
+
+
+def write_segments(source: Path, first: int, count: int, size: int = 200_000) -> list[str]:
+    names = []
+    for i in range(first, first + count):
+        (source / segment_name(i)).write_bytes(os.urandom(size))
+        names.append(segment_name(i))
+    return names
+
+
+class Blackhole:
+    """A TCP listener that accepts connections and never says a word."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.port = self.sock.getsockname()[1]
+        self.conns: list[socket.socket] = []
+        self.accepted = 0
+        self._stop = threading.Event()
+        self.sock.settimeout(0.2)
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            self.accepted += 1
+            self.conns.append(conn)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        for c in self.conns:
+            c.close()
+        self.sock.close()
+
+
+def test_two_streams_two_targets_from_config_with_status_and_metrics(
+    tmp_path: Path, secret: Path, procs: list[Proc]
+) -> None:
+    ports = [free_port(), free_port()]
+    receivers = [receiver_proc(tmp_path, p, secret, name=f"r{i}").start() for i, p in enumerate(ports)]
+    procs += receivers
+    sources = {}
+    for stream in ("alpha", "beta"):
+        sources[stream] = tmp_path / f"src-{stream}"
+        sources[stream].mkdir()
+        write_segments(sources[stream], 1, 4)
+    state_dir = tmp_path / "state"
+    admin_port = free_port()
+    conf = tmp_path / "shipper.toml"
+    text = f'node = "primary-1"\nstate_dir = "{state_dir}"\nadmin = "127.0.0.1:{admin_port}"\n'
+    for stream in ("alpha", "beta"):
+        text += f'[[stream]]\nname = "{stream}"\nsource = "{sources[stream]}"\nsecret_file = "{secret}"\n'
+        for p in ports:
+            text += f'[[stream.target]]\naddress = "127.0.0.1:{p}"\n'
+    # Per-target settings: the last target (beta's second) gets its own window and chunk size.
+    text += 'window = "2MiB"\nchunk_size = "256KiB"\n'
+    conf.write_text(text)
+    shipper = Proc("shipper", ["--config", str(conf)], tmp_path / "shipper.log")
+    procs.append(shipper.start())
+    expect = [segment_name(i) for i in range(1, 4)]  # the 4th is the active one
+    for stream in ("alpha", "beta"):
+        for i in range(2):
+            copy = tmp_path / f"r{i}" / stream
+            wait_until(lambda c=copy: log_names(c) == expect, 30, what=f"{stream} on r{i}")  # type: ignore[misc]
+            assert_copy_converged(sources[stream], copy, expect)
+    # Status: every stream x target, Healthy, nothing left in the copy queue once the active
+    # segment's bytes are durable too.
+    targets = [f"127.0.0.1:{p}" for p in ports]
+
+    def all_caught_up() -> bool:
+        snap = status(state_dir)
+        return all(
+            row(snap, s, t)["state"] == "Healthy" and row(snap, s, t)["copy_queue_bytes"] == 0
+            for s in ("alpha", "beta")
+            for t in targets
+        )
+
+    wait_until(all_caught_up, 30, interval=0.3, what="every copy caught up in status")
+    snap = status(state_dir)
+    assert snap["role"] == "shipper" and snap["node"] == "primary-1" and snap["pid"] == shipper.pid
+    assert len(snap["copies"]) == 4
+    for s in ("alpha", "beta"):
+        for t in targets:
+            r = row(snap, s, t)
+            assert r["copy_queue_segments"] == 0 and r["last_copied"] == segment_name(3)
+            assert r["lag_seconds"] < 5 and r["failure"] is None and r["suspended"] is False
+    # New data on one stream shows in the copy queue of nobody for long: it ships.
+    write_segments(sources["beta"], 5, 2)
+    wait_until(
+        lambda: all(log_names(tmp_path / f"r{i}" / "beta")[-1:] == [segment_name(5)] for i in range(2)),
+        30,
+        what="beta's new segments",
+    )
+    # The readable table.
+    out = shipper_cli("status", "--state-dir", str(state_dir))
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert "STREAM" in lines[1] and "COPY QUEUE" in lines[1] and "LAG" in lines[1]
+    assert sum(1 for line in lines if "Healthy" in line) == 4
+    # HTTP: /status is the same snapshot, /metrics has a gauge per stream and target.
+    with urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/status", timeout=10) as resp:
+        http_snap = json.load(resp)
+    assert {(r["stream"], r["target"]) for r in http_snap["copies"]} == {
+        (s, t) for s in ("alpha", "beta") for t in targets
+    }
+    with urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/metrics", timeout=10) as resp:
+        metrics = resp.read().decode()
+    for s in ("alpha", "beta"):
+        for t in targets:
+            assert f'logship_shipper_copy_queue_bytes{{stream="{s}",target="{t}"}}' in metrics
+            assert f'logship_shipper_state{{state="Healthy",stream="{s}",target="{t}"}} 1.0' in metrics
+    assert shipper.stop() == 0
+    # With no shipper running, status says so and fails.
+    out = shipper_cli("status", "--state-dir", str(state_dir))
+    assert out.returncode == 1 and "no shipper answers" in out.stdout
+
+
+def test_suspend_survives_restart_and_resume_continues(tmp_path: Path, secret: Path, procs: list[Proc]) -> None:
+    ports = [free_port(), free_port()]
+    procs += [receiver_proc(tmp_path, p, secret, name=f"r{i}").start() for i, p in enumerate(ports)]
+    source = tmp_path / "src"
+    source.mkdir()
+    write_segments(source, 1, 3)
+    state_dir = tmp_path / "state"
+    args = ["--state-dir", str(state_dir)]
+    shipper = shipper_proc(tmp_path, "db1", source, ports, secret, args)
+    procs.append(shipper.start())
+    keep, stop = f"127.0.0.1:{ports[0]}", f"127.0.0.1:{ports[1]}"
+    copies = [tmp_path / "r0" / "db1", tmp_path / "r1" / "db1"]
+    for c in copies:
+        wait_until(lambda c=c: log_names(c) == [segment_name(1), segment_name(2)], 30, what="first segments")  # type: ignore[misc]
+    wait_until(lambda: state_of(state_dir, "db1", keep) == "Healthy", 20, what="status")
+    out = shipper_cli(
+        "suspend", "--state-dir", str(state_dir), "--stream", "db1", "--target", stop, "--comment", "disk swap"
+    )
+    assert out.returncode == 0 and "suspended by the running shipper" in out.stdout, out.stderr
+    r = row(status(state_dir), "db1", stop)
+    assert r["state"] == "Suspended" and r["comment"] == "disk swap" and r["suspended"] is True
+    assert json.loads((state_dir / "suspended.json").read_text())["suspended"][0]["comment"] == "disk swap"
+    # The other target keeps shipping; the suspended one gets nothing.
+    write_segments(source, 4, 2)
+    wait_until(lambda: log_names(copies[0])[-1] == segment_name(4), 30, what="the kept target to go on")
+    assert log_names(copies[1])[-1] == segment_name(2)
+    r = row(status(state_dir), "db1", stop)
+    assert r["copy_queue_segments"] >= 3 and r["copy_queue_bytes"] >= 2 * 200_000
+    assert "suspended: disk swap" in shipper_cli("status", "--state-dir", str(state_dir)).stdout
+    # A restart keeps the suspension.
+    assert shipper.stop() == 0
+    shipper = shipper_proc(tmp_path, "db1", source, ports, secret, args)
+    procs.append(shipper.start())
+    write_segments(source, 6, 1)
+    wait_until(lambda: log_names(copies[0])[-1] == segment_name(5), 30, what="the kept target after restart")
+    wait_until(lambda: state_of(state_dir, "db1", keep) == "Healthy", 20, what="status after restart")
+    assert row(status(state_dir), "db1", stop)["state"] == "Suspended"
+    assert row(status(state_dir), "db1", stop)["comment"] == "disk swap"
+    assert log_names(copies[1])[-1] == segment_name(2)
+    # Resume: it continues from its own durable position, every byte the same as the source.
+    out = shipper_cli("resume", "--state-dir", str(state_dir), "--stream", "db1", "--target", stop)
+    assert out.returncode == 0, out.stderr
+    expect = [segment_name(i) for i in range(1, 6)]
+    wait_until(lambda: log_names(copies[1]) == expect, 30, what="the resumed target to catch up")
+    assert_copy_converged(source, copies[1], expect)
+    resumed = [line for line in shipper.log_text().splitlines() if f"target {stop} (stream db1): connected" in line]
+    assert resumed and "resuming at -@0" not in resumed[-1], resumed
+    assert json.loads((state_dir / "suspended.json").read_text())["suspended"] == []
+    # Suspending a target the shipper does not have is refused with one clear line.
+    out = shipper_cli("suspend", "--state-dir", str(state_dir), "--stream", "db1", "--target", "127.0.0.1:1")
+    assert out.returncode == 1 and "has no target 127.0.0.1:1" in out.stderr
+    # With no shipper running, a suspension is recorded for the next start.
+    assert shipper.stop() == 0
+    out = shipper_cli("suspend", "--state-dir", str(state_dir), "--stream", "db1", "--target", stop)
+    assert out.returncode == 0 and "no shipper running" in out.stdout, out.stderr
+    shipper = shipper_proc(tmp_path, "db1", source, ports, secret, args)
+    procs.append(shipper.start())
+    wait_until(lambda: state_of(state_dir, "db1", stop) == "Suspended", 20, what="offline suspension")
+
+
+def test_dead_and_stopped_targets_do_not_slow_a_healthy_one(tmp_path: Path, secret: Path, procs: list[Proc]) -> None:
+    healthy_port, frozen_port = free_port(), free_port()
+    healthy = receiver_proc(tmp_path, healthy_port, secret, name="healthy").start()
+    frozen = receiver_proc(tmp_path, frozen_port, secret, name="frozen").start()
+    procs += [healthy, frozen]
+    hole = Blackhole()
+    source = tmp_path / "src"
+    source.mkdir()
+    state_dir = tmp_path / "state"
+    ports = [healthy_port, frozen_port, hole.port]
+    admin_port = free_port()
+    extra = ["--state-dir", str(state_dir), "--window", "1MiB", "--admin", f"127.0.0.1:{admin_port}"]
+    shipper = shipper_proc(tmp_path, "db1", source, ports, secret, extra)
+    procs.append(shipper.start())
+    targets = {name: f"127.0.0.1:{p}" for name, p in zip(("healthy", "frozen", "hole"), ports, strict=True)}
+    # 40 segments of 256 KiB at 2 MB/s: about 5 s of writing.
+    sizes = [256 * 1024] * 40
+    writer = SourceWriter(source, sizes, rate=2e6, seed=3)
+    try:
+        wait_until(lambda: state_of(state_dir, "db1", targets["frozen"]) == "Healthy", 20, what="frozen up")
+        # The frozen receiver stops dead (SIGSTOP): TCP still accepts and buffers, nothing is acknowledged.
+        os.kill(frozen.pid, signal.SIGSTOP)
+        writer.start()
+        lags, frozen_lags = [], []
+        deadline = time.monotonic() + 30
+        while not writer.done_full.is_set() and time.monotonic() < deadline:
+            with urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/status", timeout=10) as resp:
+                snap = json.load(resp)
+            lags.append(row(snap, "db1", targets["healthy"])["lag_seconds"])
+            frozen_lags.append(row(snap, "db1", targets["frozen"])["lag_seconds"])
+            time.sleep(0.1)
+        assert writer.done_full.is_set()
+        expect = [segment_name(i) for i in range(1, len(sizes) + 1)]
+        # The healthy copy holds every sealed segment soon after the writer finished them.
+        wait_until(lambda: log_names(tmp_path / "healthy" / "db1") == expect, 10, what="healthy copy complete")
+        snap = status(state_dir)
+        hole_row = row(snap, "db1", targets["hole"])
+        frozen_row = row(snap, "db1", targets["frozen"])
+    finally:
+        writer.stop()
+        os.kill(frozen.pid, signal.SIGCONT)
+        hole.close()
+    print(
+        f"\nfigures: healthy lag max={max(lags):.2f}s median={sorted(lags)[len(lags) // 2]:.2f}s "
+        f"samples={len(lags)}; frozen lag max={max(frozen_lags):.2f}s; frozen copy queue "
+        f"{frozen_row['copy_queue_segments']} seg; blackhole accepted {hole.accepted}"
+    )
+    # Generous bounds: 2 cores shared with other work. The stopped target's lag grows meanwhile.
+    assert max(lags) < 3.0, lags
+    assert max(frozen_lags) > max(lags)
+    assert frozen_row["copy_queue_segments"] > 10
+    assert hole_row["state"] in ("Initializing", "Disconnected") and hole_row["copy_queue_segments"] is None
+    assert hole.accepted >= 1
+    assert_copy_converged(source, tmp_path / "healthy" / "db1", expect)
+    # The frozen receiver, thawed, catches up.
+    wait_until(lambda: log_names(tmp_path / "frozen" / "db1") == expect, 60, what="thawed copy complete")
+    assert_copy_converged(source, tmp_path / "frozen" / "db1", expect)
