@@ -10,6 +10,7 @@ import asyncio
 import ssl
 from pathlib import Path
 
+from protocol.compression import PayloadCompressor
 from protocol.config_util import ConfigError
 from protocol.errors import RemoteProtocolError
 from protocol.framing import DEFAULT_MAX_PAYLOAD, NEED_DATA, FrameDecoder, encode_parts
@@ -73,6 +74,8 @@ class FramedConnection:
         self.reader = reader
         self.writer = writer
         self.decoder = FrameDecoder(max_payload)
+        self.compressor: PayloadCompressor | None = None
+        """Set once both ends agreed on a payload encoding: DATA goes out compressed from then on."""
         self.bytes_in = 0
         self.bytes_out = 0
         peer = writer.get_extra_info("peername")
@@ -100,13 +103,17 @@ class FramedConnection:
                 self.bytes_in += len(data)
                 self.decoder.receive_data(data)
 
-    def send(self, msg: Message) -> None:
-        """Queue ``msg`` for sending; call ``drain()`` to wait for the buffer to empty."""
-        head, payload = encode_parts(msg)
+    def send(self, msg: Message) -> int:
+        """Queue ``msg`` for sending; return the bytes it takes on the wire.
+
+        Call ``drain()`` to wait for the buffer to empty.
+        """
+        head, payload = encode_parts(msg, self.compressor)
         self.writer.write(head)
         if payload:
             self.writer.write(payload)
         self.bytes_out += len(head) + len(payload)
+        return len(head) + len(payload)
 
     async def drain(self) -> None:
         try:

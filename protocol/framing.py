@@ -12,6 +12,7 @@ from typing import Any, Final
 
 import msgpack
 
+from protocol.compression import PayloadCompressor, check_lengths, decompress
 from protocol.errors import FrameTooLarge, LocalProtocolError, RemoteProtocolError
 from protocol.messages import MESSAGE_TYPES, PAYLOAD_TYPES, Data, Message
 
@@ -30,18 +31,28 @@ NEED_DATA: Final = _NeedData()
 _packer = msgpack.Packer(use_bin_type=True)
 
 
-def encode_parts(msg: Message) -> tuple[bytes, bytes]:
-    """Return (prefix+header, payload) for ``msg``; write both, in order, without joining them."""
-    header = _packer.pack(msg.to_header())
+def encode_parts(msg: Message, compressor: PayloadCompressor | None = None) -> tuple[bytes, bytes]:
+    """Return (prefix+header, payload) for ``msg``; write both, in order, without joining them.
+
+    With a ``compressor`` (only once both ends agreed on its encoding), a DATA payload goes out
+    compressed when that makes it smaller: the header then says ``enc`` and ``ulen``.
+    """
+    fields = msg.to_header()
+    payload = msg.payload if isinstance(msg, Data) else b""
+    if compressor is not None and payload:
+        packed = compressor.compress(payload)
+        if packed is not None:
+            fields["enc"], fields["ulen"], fields["len"] = compressor.encoding, len(payload), len(packed)
+            payload = packed
+    header = _packer.pack(fields)
     if len(header) > MAX_HEADER:
         raise LocalProtocolError(f"header of {len(header)} bytes exceeds {MAX_HEADER}")
-    payload = msg.payload if isinstance(msg, Data) else b""
     return _PREFIX.pack(len(header)) + header, payload
 
 
-def encode(msg: Message) -> bytes:
+def encode(msg: Message, compressor: PayloadCompressor | None = None) -> bytes:
     """Return the whole frame for ``msg`` as one bytes object."""
-    head, payload = encode_parts(msg)
+    head, payload = encode_parts(msg, compressor)
     return head + payload if payload else head
 
 
@@ -50,10 +61,12 @@ class FrameDecoder:
 
     Feed bytes with ``receive_data()``, then call ``next_message()`` until it returns NEED_DATA.
     After the first error the decoder is closed and every later call raises the same error.
+    ``encodings`` are the compressed payload encodings agreed in the handshake (none until then).
     """
 
-    def __init__(self, max_payload: int = DEFAULT_MAX_PAYLOAD) -> None:
+    def __init__(self, max_payload: int = DEFAULT_MAX_PAYLOAD, encodings: frozenset[str] = frozenset()) -> None:
         self.max_payload = max_payload
+        self.encodings = encodings
         self._buf = bytearray()
         self._header: dict[str, Any] | None = None
         self._error: RemoteProtocolError | None = None
@@ -106,6 +119,8 @@ class FrameDecoder:
                     raise RemoteProtocolError("payload length must be a non-negative integer", code="bad-frame")
                 if plen > self.max_payload:
                     raise FrameTooLarge(f"payload length {plen} exceeds {self.max_payload}")
+                if "enc" in header:
+                    check_lengths(header["enc"], plen, header.get("ulen"), self.max_payload, self.encodings)
                 # Validate the header before waiting for the payload: a bad DATA header is refused
                 # without buffering a single payload byte.
                 Data.from_header(header)
@@ -122,6 +137,8 @@ class FrameDecoder:
         payload = bytes(memoryview(buf)[:plen])
         del buf[:plen]
         self._header = None
+        if "enc" in header:
+            payload = decompress(header["enc"], payload, header["ulen"])
         return Data.from_header(header, payload)
 
 

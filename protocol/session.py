@@ -165,6 +165,8 @@ class ShipperHandshake:
         self.state = HandshakeState.START
         self._server_nonce = b""
         self._version = 0
+        self.peer_features: tuple[str, ...] = ()
+        """What the receiver listed in WELCOME (e.g. the payload encodings it decodes)."""
 
     def receive_challenge(self, challenge: object) -> Hello:
         """Return the HELLO answering ``challenge``.
@@ -234,5 +236,6 @@ class ShipperHandshake:
             result[resume.stream] = resume
         if msg.version != self._version:
             raise VersionMismatch(f"receiver answered with version {msg.version}, we chose {self._version}")
+        self.peer_features = msg.features
         self.state = HandshakeState.DONE
         return result

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from protocol.aio import ConnectionClosed, FramedConnection
+from protocol.compression import ENCODINGS, agreed
 from protocol.errors import ProtocolError, RemoteProtocolError
 from protocol.framing import DEFAULT_MAX_PAYLOAD
 from protocol.messages import (
@@ -488,7 +489,9 @@ class ReceiverServer:
                 att.copy.owner = None
                 att.copy.lock.release()
             raise
-        conn.send(hs.welcome(resumes))
+        # Announce every payload encoding we decode; accept compressed DATA only in one both listed.
+        conn.decoder.encodings = agreed(hs.features, ENCODINGS)
+        conn.send(hs.welcome(resumes, ENCODINGS))
         await conn.drain()
         return attachments
 

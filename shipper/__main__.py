@@ -66,13 +66,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--segment-size", metavar="BYTES", help="also seal a segment when it reaches this size")
     p.add_argument("--epoch", type=int, default=0, help="epoch to claim (default 0; raised by activation)")
     p.add_argument("--chunk-size", default="1MiB", metavar="SIZE", help="largest DATA chunk (default 1MiB)")
-    p.add_argument("--window", default="16MiB", metavar="SIZE", help="unacknowledged bytes in flight (default 16MiB)")
+    p.add_argument(
+        "--window",
+        default="auto",
+        metavar="SIZE|auto",
+        help="unacknowledged bytes in flight: auto (default) adapts to the link, starting at 16MiB and growing "
+        "toward 2 x bandwidth x round trip up to --window-max; a size fixes it",
+    )
+    p.add_argument("--window-max", default="64MiB", metavar="SIZE", help="largest adaptive window (default 64MiB)")
     p.add_argument(
         "--ack-timeout",
         type=float,
         default=30.0,
         metavar="SECONDS",
         help="a target silent this long counts as cut: drop the connection and reconnect (default 30)",
+    )
+    p.add_argument(
+        "--compress",
+        metavar="zstd[:LEVEL]",
+        help="compress DATA payloads (zstd, level 1-19, default 3) to every target that supports it; "
+        "digests stay over the uncompressed bytes",
+    )
+    p.add_argument(
+        "--rate-limit",
+        metavar="RATE",
+        help="most bytes per second on the wire to each target: e.g. 50mbit, 1gbit, 800kbit (bits) or 6MB, 6MiB "
+        "(bytes); default: no limit",
     )
     p.add_argument("--poll-interval", type=float, default=0.02, metavar="SECONDS", help="source directory poll")
     p.add_argument(

@@ -45,16 +45,18 @@ from pathlib import Path
 from typing import Any
 
 from protocol.aio import client_tls_context
+from protocol.compression import Compression, parse_compression
 from protocol.config_util import (
     ConfigError,
     check_key_file,
     parse_address,
     parse_duration,
+    parse_rate,
     parse_size,
     read_secret,
 )
 from protocol.names import STREAM_NAME
-from shipper.sender import SenderConfig
+from shipper.sender import DEFAULT_WINDOW, DEFAULT_WINDOW_MIN, SenderConfig
 from shipper.state import default_state_dir
 from shipper.tailer import DEFAULT_PATTERN, SealPolicy
 
@@ -73,6 +75,10 @@ class TargetConfig:
     """This target's own pacing (window, chunk size); None: the shipper's."""
     wait_for_replay: bool = True
     """Whether retention waits until the target replayed a segment, not only until it holds it durably."""
+    compression: Compression | None = None
+    """Compress DATA payloads towards this target (if it supports the encoding); None: never."""
+    rate_limit: float | None = None
+    """Most bytes per second on the wire towards this target; None: no limit."""
 
     @property
     def name(self) -> str:
@@ -155,18 +161,30 @@ def _policy(seal: object, seal_idle: object, segment_size: object) -> SealPolicy
     return SealPolicy(str(seal), idle, size)
 
 
-def _sender(chunk_size: str, window: str, ack_timeout: float = 30.0) -> SenderConfig:
+def _sender(chunk_size: str, window: str, ack_timeout: float = 30.0, window_max: str = "64MiB") -> SenderConfig:
     chunk = parse_size(chunk_size)
-    win = parse_size(window)
+    adaptive = window.strip().lower() == "auto"
+    win = DEFAULT_WINDOW if adaptive else parse_size(window)
+    win_max = parse_size(window_max)
     if not 0 < chunk <= 4 << 20:
         raise ConfigError("chunk size must be between 1 byte and 4MiB")
     if win < chunk:
         raise ConfigError("window must be at least the chunk size")
+    if adaptive and win_max < chunk:
+        raise ConfigError("window maximum must be at least the chunk size")
     if not 0.5 <= ack_timeout <= 3600:
         raise ConfigError("ack timeout must be between 0.5 and 3600 seconds")
     # Heartbeats must come often enough that a quiet but healthy link never hits the ack timeout.
     heartbeat = min(5.0, ack_timeout / 3)
-    return SenderConfig(chunk_size=chunk, window=win, ack_timeout=ack_timeout, heartbeat=heartbeat)
+    return SenderConfig(
+        chunk_size=chunk,
+        window=min(win, win_max) if adaptive else win,
+        adaptive=adaptive,
+        window_min=min(DEFAULT_WINDOW_MIN, win_max),
+        window_max=win_max,
+        ack_timeout=ack_timeout,
+        heartbeat=heartbeat,
+    )
 
 
 def _tls(cert: object, key: object, ca: object, where: str) -> ssl.SSLContext | None:
@@ -217,6 +235,21 @@ def _common(config: ShipperConfig, doc: dict[str, Any], args: argparse.Namespace
     )
 
 
+def _compression(text: object) -> Compression | None:
+    if text in (None, ""):
+        return None
+    try:
+        return parse_compression(str(text))
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+
+
+def _rate_limit(text: object) -> float | None:
+    if text in (None, "", "none", "off"):
+        return None
+    return parse_rate(str(text))
+
+
 def _unique(targets: tuple[TargetConfig, ...], stream: str) -> tuple[TargetConfig, ...]:
     if len({t.address for t in targets}) != len(targets):
         raise ConfigError(f"stream {stream}: the same target is given twice")
@@ -249,8 +282,20 @@ def config_from_args(args: argparse.Namespace) -> ShipperConfig:
     secret = read_secret(args.secret_file)
     tls = _tls(args.tls_cert, args.tls_key, args.tls_ca, "command line")
     wait_for_replay = _retain_until(getattr(args, "retain_until", "replayed"), "--retain-until")
+    compression = _compression(getattr(args, "compress", None))
+    rate_limit = _rate_limit(getattr(args, "rate_limit", None))
     targets = _unique(
-        tuple(TargetConfig(parse_address(t), secret, tls, wait_for_replay=wait_for_replay) for t in args.target),
+        tuple(
+            TargetConfig(
+                parse_address(t),
+                secret,
+                tls,
+                wait_for_replay=wait_for_replay,
+                compression=compression,
+                rate_limit=rate_limit,
+            )
+            for t in args.target
+        ),
         name,
     )
     stream = StreamConfig(
@@ -265,7 +310,8 @@ def config_from_args(args: argparse.Namespace) -> ShipperConfig:
         archive_dir=_archive(getattr(args, "archive_dir", None)),
         truncation_lag=_lag(getattr(args, "truncation_lag", None)),
     )
-    config = ShipperConfig(socket.gethostname(), (stream,), _sender(args.chunk_size, args.window, args.ack_timeout))
+    sender = _sender(args.chunk_size, args.window, args.ack_timeout, getattr(args, "window_max", "64MiB"))
+    config = ShipperConfig(socket.gethostname(), (stream,), sender)
     return _common(config, {}, args)
 
 
@@ -285,8 +331,30 @@ _STREAM_KEYS = {
     "truncation_lag",
     *_TLS_KEYS,
 }
-_TARGET_KEYS = {"address", "secret_file", "window", "chunk_size", "retain_until", *_TLS_KEYS}
-_TOP_KEYS = {"node", "stream", "chunk_size", "window", "ack_timeout", "poll_interval", "state_dir", "admin"}
+_TARGET_KEYS = {
+    "address",
+    "secret_file",
+    "window",
+    "window_max",
+    "chunk_size",
+    "retain_until",
+    "compress",
+    "rate_limit",
+    *_TLS_KEYS,
+}
+_TOP_KEYS = {
+    "node",
+    "stream",
+    "chunk_size",
+    "window",
+    "window_max",
+    "ack_timeout",
+    "poll_interval",
+    "state_dir",
+    "admin",
+    "compress",
+    "rate_limit",
+}
 
 
 def _check_keys(table: dict[str, Any], allowed: set[str], where: str) -> None:
@@ -308,7 +376,10 @@ def config_from_file(path: str, args: argparse.Namespace) -> ShipperConfig:
     chunk_size = str(doc.get("chunk_size", args.chunk_size))
     window = str(doc.get("window", args.window))
     ack_timeout = float(doc.get("ack_timeout", args.ack_timeout))
-    sender = _sender(chunk_size, window, ack_timeout)
+    window_max = str(doc.get("window_max", getattr(args, "window_max", "64MiB")))
+    sender = _sender(chunk_size, window, ack_timeout, window_max)
+    compress = doc.get("compress", getattr(args, "compress", None))
+    rate_limit = doc.get("rate_limit", getattr(args, "rate_limit", None))
     streams: list[StreamConfig] = []
     raw_streams = doc.get("stream", [])
     if not isinstance(raw_streams, list) or not raw_streams:
@@ -337,12 +408,27 @@ def config_from_file(path: str, args: argparse.Namespace) -> ShipperConfig:
             )
             where = f"{path}: stream {name} target {t['address']}"
             own_sender = (
-                _sender(str(t.get("chunk_size", chunk_size)), str(t.get("window", window)), ack_timeout)
-                if "window" in t or "chunk_size" in t
+                _sender(
+                    str(t.get("chunk_size", chunk_size)),
+                    str(t.get("window", window)),
+                    ack_timeout,
+                    str(t.get("window_max", window_max)),
+                )
+                if "window" in t or "chunk_size" in t or "window_max" in t
                 else None
             )
             wait_for_replay = _retain_until(t.get("retain_until", getattr(args, "retain_until", "replayed")), where)
-            targets.append(TargetConfig(parse_address(str(t["address"])), secret, tls, own_sender, wait_for_replay))
+            targets.append(
+                TargetConfig(
+                    parse_address(str(t["address"])),
+                    secret,
+                    tls,
+                    own_sender,
+                    wait_for_replay,
+                    _compression(t.get("compress", compress)),
+                    _rate_limit(t.get("rate_limit", rate_limit)),
+                )
+            )
         streams.append(
             StreamConfig(
                 name=name,

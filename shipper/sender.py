@@ -25,10 +25,12 @@ from pathlib import Path
 import xxhash
 
 from protocol.aio import ConnectionClosed, FramedConnection
+from protocol.compression import Compression, PayloadCompressor, agreed
 from protocol.digest import chunk_digest, segment_hasher
 from protocol.errors import ProtocolError
 from protocol.messages import Ack, Data, Error, Fenced, Heartbeat, Nack, Position, Seal, StreamResume
 from protocol.session import ShipperHandshake
+from shipper.pacing import AdaptiveWindow, TokenBucket, rate_limited_chunk
 from shipper.tailer import SegmentInfo, Tailer
 
 log = logging.getLogger("shipper")
@@ -43,14 +45,24 @@ class TargetState(enum.Enum):
     FAILED = "Failed"
 
 
+DEFAULT_WINDOW = 16 * 1024 * 1024
+DEFAULT_WINDOW_MIN = 4 * 1024 * 1024
+
+
 @dataclass(frozen=True, slots=True)
 class SenderConfig:
     """How a sender paces itself."""
 
     chunk_size: int = 1024 * 1024
     """Largest DATA payload, in bytes (the receiver accepts up to its --max-payload, 4 MiB by default)."""
-    window: int = 16 * 1024 * 1024
-    """Bytes sent but not yet acknowledged, at most; size it for the link's bandwidth x round trip."""
+    window: int = DEFAULT_WINDOW
+    """Bytes sent but not yet acknowledged, at most: the starting window when ``adaptive``."""
+    adaptive: bool = True
+    """Grow or shrink the window toward 2 x the link's bandwidth x round trip (see shipper/pacing.py)."""
+    window_min: int = DEFAULT_WINDOW_MIN
+    """Smallest adaptive window."""
+    window_max: int = 64 * 1024 * 1024
+    """Largest adaptive window."""
     heartbeat: float = 5.0
     """Seconds of quiet after which we send a HEARTBEAT."""
     ack_timeout: float = 30.0
@@ -59,6 +71,10 @@ class SenderConfig:
     """Seconds to connect and finish the handshake."""
     backoff_max: float = 2.0
     """Longest pause between reconnection attempts, in seconds."""
+    compression: Compression | None = None
+    """Compress DATA payloads towards this target if it supports the encoding (None: never)."""
+    rate_limit: float | None = None
+    """Most bytes per second on the wire towards this target (None: no limit)."""
 
 
 @dataclass(slots=True)
@@ -125,6 +141,9 @@ class TargetStats:
     connects: int = 0
     resends: int = 0
     bytes_sent: int = 0
+    """Payload bytes sent (uncompressed)."""
+    bytes_wire: int = 0
+    """Bytes those DATA frames took on the wire (headers included, after compression)."""
     segments_sealed: int = 0
     last_error: str = ""
     acked: Position = field(default_factory=lambda: Position("", 0))
@@ -173,6 +192,16 @@ class TargetSender:
         self._acks = asyncio.Event()
         self._in_flight: collections.deque[tuple[tuple[Position, bool], int]] = collections.deque()
         self._in_flight_bytes = 0
+        cfg = self.config
+        if cfg.adaptive:
+            lo = min(cfg.window_min, cfg.window)
+            self.window = AdaptiveWindow(cfg.window, lo, max(cfg.window_max, cfg.window))
+        else:
+            self.window = AdaptiveWindow(cfg.window, cfg.window, cfg.window)
+        self._bucket = (
+            TokenBucket(cfg.rate_limit, max(64 * 1024, cfg.rate_limit * 0.02)) if cfg.rate_limit is not None else None
+        )
+        self._chunk_size = rate_limited_chunk(cfg.chunk_size, cfg.rate_limit)
         self._rewind: Position | None = None
         self._cursor = Cursor("", 0, True)
         self._hasher: xxhash.xxh3_128 = segment_hasher()
@@ -197,6 +226,9 @@ class TargetSender:
                 return
             except (OSError, ConnectionClosed, ProtocolError, TimeoutError, _Reconnect) as e:
                 text = str(e) or type(e).__name__
+                if isinstance(e, TimeoutError) and not str(e):
+                    # Say what went quiet: status shows this text as the target's failure reason.
+                    text = "no answer from the target in time (connect, handshake or ACK timeout)"
                 if text != self.stats.last_error or self.state is TargetState.HEALTHY:
                     log.warning("target %s (stream %s): %s; reconnecting", self.name, self.stream, text)
                 self.stats.last_error = text
@@ -253,7 +285,10 @@ class TargetSender:
 
     async def _handshake(self, conn: FramedConnection) -> StreamResume:
         cfg = self.config
-        hs = ShipperHandshake(self.node, os.urandom(32), {self.stream: self.secret}, {self.stream: self.epoch})
+        wanted = (cfg.compression.encoding,) if cfg.compression else ()
+        hs = ShipperHandshake(
+            self.node, os.urandom(32), {self.stream: self.secret}, {self.stream: self.epoch}, features=wanted
+        )
         challenge = await conn.recv(cfg.connect_timeout)
         if isinstance(challenge, Error):
             raise _Reconnect(f"refused: {challenge.code}: {challenge.text}")
@@ -265,6 +300,14 @@ class TargetSender:
                 self.state = TargetState.FAILED
             raise _Reconnect(f"refused: {answer.code}: {answer.text}")
         result = hs.receive_welcome(answer)[self.stream]
+        conn.compressor = None
+        if cfg.compression is not None:
+            if agreed(wanted, hs.peer_features):
+                conn.compressor = PayloadCompressor(cfg.compression)
+            elif self.stats.connects == 0:
+                log.warning(
+                    "target %s does not decode %s payloads; shipping uncompressed", self.name, cfg.compression.encoding
+                )
         if isinstance(result, Fenced):
             self.state = TargetState.FENCED
             log.error(
@@ -282,6 +325,7 @@ class TargetSender:
         pos = resume.position
         self._in_flight.clear()
         self._in_flight_bytes = 0
+        self.window.restart()
         self._rewind = None
         self.stats.acked, self.stats.acked_sealed = pos, resume.sealed
         self.stats.acked_at = time.time()
@@ -348,14 +392,14 @@ class TargetSender:
                 pos, self._rewind = self._rewind, None
                 self._drop_in_flight_after(pos)
                 self._position_at(pos)
-            if self._in_flight_bytes >= cfg.window:
+            if self._in_flight_bytes >= self.window.window:
                 self._acks.clear()
                 await conn.drain()
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(cfg.heartbeat):
                         await self._acks.wait()
                 continue
-            step = next_step(self.tailer, self._cursor, cfg.chunk_size)
+            step = next_step(self.tailer, self._cursor, self._chunk_size)
             if isinstance(step, SendData):
                 fd = self._open_file(step.segment)
                 payload = os.pread(fd, step.length, step.offset)
@@ -364,13 +408,20 @@ class TargetSender:
                     await asyncio.sleep(self.tailer.poll_interval)
                     continue
                 self._hasher.update(payload)
-                conn.send(Data(self.stream, step.segment, step.offset, chunk_digest(payload), payload))
+                wire = conn.send(Data(self.stream, step.segment, step.offset, chunk_digest(payload), payload))
+                self.stats.bytes_wire += wire
                 self._cursor.offset += step.length
                 self._track((Position(step.segment, self._cursor.offset), False), step.length)
                 self.stats.bytes_sent += step.length
                 last_sent = time.monotonic()
                 if conn.writer.transport.get_write_buffer_size() > cfg.chunk_size * 2:
                     await conn.drain()
+                if self._bucket is not None:
+                    # Sent first, then paid for: the average never exceeds the limit, and a chunk is
+                    # never held back once read and hashed.
+                    pause = self._bucket.reserve(wire, time.monotonic())
+                    if pause > 0:
+                        await asyncio.sleep(pause)
             elif isinstance(step, SendSeal):
                 conn.send(Seal(self.stream, step.segment, step.size, self._hasher.digest()))
                 self._cursor.sealed = True
@@ -403,12 +454,15 @@ class TargetSender:
     def _track(self, key: tuple[Position, bool], nbytes: int) -> None:
         self._in_flight.append((key, nbytes))
         self._in_flight_bytes += nbytes
+        if nbytes:
+            self.window.on_send(nbytes, time.monotonic())
 
     def _drop_in_flight_after(self, pos: Position) -> None:
         key = (pos, False)
         kept = collections.deque(item for item in self._in_flight if item[0] <= key)
         self._in_flight = kept
         self._in_flight_bytes = sum(n for _, n in kept)
+        self.window.restart(in_flight=self._in_flight_bytes)
 
     # -- receiving ------------------------------------------------------------------------------
 
@@ -466,9 +520,12 @@ class TargetSender:
             self.stats.last_copied, self.stats.last_copied_at = copied, time.time()
         self.stats.acked, self.stats.acked_sealed = key
         self.stats.acked_at = time.time()
+        acked = 0
         while self._in_flight and self._in_flight[0][0] <= key:
             _, n = self._in_flight.popleft()
-            self._in_flight_bytes -= n
+            acked += n
+        self._in_flight_bytes -= acked
+        self.window.on_ack(acked, time.monotonic())
         self._acks.set()
         if self.on_progress is not None:
             self.on_progress()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from typing import Any
@@ -44,7 +45,10 @@ class ShipperService:
                 self.tailer,
                 node,
                 stream.epoch,
-                t.sender or sender_config,
+                # Compression and the rate limit are per target.
+                dataclasses.replace(
+                    t.sender or sender_config or SenderConfig(), compression=t.compression, rate_limit=t.rate_limit
+                ),
                 tls=t.tls,
             )
             for t in stream.targets

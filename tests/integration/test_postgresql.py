@@ -82,7 +82,7 @@ class Scenario:
 
 def shipper_config(root: Path, archive: Path, secret: Path, ports: list[int]) -> Path:
     targets = "".join(f'\n[[stream.target]]\naddress = "127.0.0.1:{p}"\n' for p in ports)
-    text = 'node = "pg-primary"\n'
+    text = f'node = "pg-primary"\nstate_dir = "{root / "shipper-state"}"\n'
     for name, pattern in (("pg", WAL_PATTERN), ("pg-backup", BACKUP_PATTERN)):
         text += (
             f'\n[[stream]]\nname = "{name}"\nsource = "{archive}"\nsecret_file = "{secret}"\n'
@@ -222,10 +222,21 @@ def test_rows_reach_the_hot_standby_through_logship_alone(pg: Scenario) -> None:
     assert primary.psql("SELECT count(*) FROM pg_stat_replication") == "0"
     assert standby.psql("SELECT string_agg(id::text, ',' ORDER BY id) FROM shipped") == "1,2,3,4,5,6,7,8"
     pg.figures["rows to standby A, s"] = delays
+    # logship's own part: from the archive_command's copy to the file in the standby's restore directory
+    # (each file's mtime is its last write: the copy before its fsync and rename, at both ends).
+    replica = pg.copy("receiver-a", "pg", REPLICA)
+    hops = [
+        (replica / name).stat().st_mtime - (pg.archive / name).stat().st_mtime
+        for name in sorted(os.listdir(replica))
+        if re.fullmatch(WAL_PATTERN, name)
+    ]
+    assert hops and min(hops) > -0.5
     print(
         f"\nfigure: commit on the primary -> visible on the hot standby through logship, {len(delays)} rows: "
         f"min {min(delays):.2f} s, median {statistics.median(delays):.2f} s, max {max(delays):.2f} s "
-        f"(archive_timeout 1s, wal_retrieve_retry_interval 500ms)"
+        f"(archive_timeout 1s, wal_retrieve_retry_interval 500ms)\n"
+        f"figure: archived file -> verified, fsynced, in {REPLICA}/ at the receiver, {len(hops)} files: "
+        f"median {statistics.median(hops) * 1000:.0f} ms, max {max(hops) * 1000:.0f} ms"
     )
 
 

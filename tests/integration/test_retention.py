@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import threading
+import time
 from pathlib import Path
 
 import xxhash
@@ -125,3 +126,49 @@ def test_a_fenced_target_holds_retention(tmp_path: Path, secret: Path, procs: li
     r = row(json.loads(shipper_cli("status", "--state-dir", str(state_dir), "--json").stdout), "db1", fenced)
     assert r["retention"] == "holds: Fenced: its log is kept", r
     assert sorted(os.listdir(source)) == [segment_name(i) for i in range(1, 4)]
+
+
+def test_a_failed_target_holds_retention(tmp_path: Path, secret: Path, procs: list[Proc]) -> None:
+    ports = [free_port(), free_port()]
+    # The second target's copy of db1 is Failed (as after a segment failed its digest three times).
+    bad_state = tmp_path / "bad" / "db1"
+    bad_state.mkdir(parents=True)
+    (bad_state / "state.json").write_text(json.dumps({"epoch": 0, "failed": "E0000000001.log failed 3 times"}))
+    procs += [
+        receiver_proc(tmp_path, ports[0], secret, name="good").start(),
+        receiver_proc(tmp_path, ports[1], secret, name="bad").start(),
+    ]
+    source, state_dir = tmp_path / "src", tmp_path / "state"
+    source.mkdir()
+    digests: dict[str, str] = {}
+    write(source, digests, 1, 3)
+    extra = ["--state-dir", str(state_dir), "--retain", "--retain-until", "durable"]
+    procs.append(shipper_proc(tmp_path, "db1", source, ports, secret, extra).start())
+    bad = f"127.0.0.1:{ports[1]}"
+    wait_until(lambda: state_of(state_dir, "db1", bad) == "Failed", 30, what="failed")
+    wait_until(lambda: log_names(tmp_path / "good" / "db1") == [segment_name(1), segment_name(2)], 30, what="good")
+    r = row(json.loads(shipper_cli("status", "--state-dir", str(state_dir), "--json").stdout), "db1", bad)
+    assert r["retention"] == "holds: Failed: its log is kept", r
+    assert "failed 3 times" in (r["failure"] or ""), r
+    assert sorted(os.listdir(source)) == [segment_name(i) for i in range(1, 4)]
+
+
+def test_truncation_lag_keeps_segments_a_while_after_every_target_got_them(
+    tmp_path: Path, secret: Path, procs: list[Proc]
+) -> None:
+    port = free_port()
+    procs.append(receiver_proc(tmp_path, port, secret, name="r").start())
+    source, state_dir = tmp_path / "src", tmp_path / "state"
+    source.mkdir()
+    digests: dict[str, str] = {}
+    write(source, digests, 1, 3)
+    extra = ["--state-dir", str(state_dir), "--retain", "--retain-until", "durable", "--truncation-lag", "2s"]
+    procs.append(shipper_proc(tmp_path, "db1", source, [port], secret, extra).start())
+    copy_first = tmp_path / "r" / "db1" / "log" / segment_name(1)
+    wait_until(copy_first.exists, 30, interval=0.02, what="the copy of the first segment")
+    copied = time.monotonic()
+    wait_until(lambda: not (source / segment_name(1)).exists(), 30, interval=0.02, what="the first segment to go")
+    held = time.monotonic() - copied
+    print(f"\nfigures: truncation lag 2s, segment left the source {held:.2f}s after the copy had it")
+    assert held >= 1.9
+    wait_until(lambda: sorted(os.listdir(source)) == [segment_name(3)], 30, what="the second segment to go")

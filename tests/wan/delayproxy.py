@@ -44,6 +44,7 @@ class DelayedPipe:
         self.room = asyncio.Event()
         self.room.set()
         self.bytes = 0
+        """Bytes delivered so far."""
 
     async def run(self) -> None:
         """Copy until end of stream or an error on either side."""
@@ -114,6 +115,8 @@ class DelayProxy:
         self.max_queued = max_queued
         self.server: asyncio.Server | None = None
         self.connections = 0
+        self.pipes: list[DelayedPipe] = []
+        """Every direction of every connection, client->upstream first; ``bytes_up`` sums those."""
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def start(self) -> tuple[str, int]:
@@ -141,10 +144,10 @@ class DelayProxy:
                 log.warning("%s: cannot reach %s:%d: %s", peer, *self.upstream, e)
                 return
             try:
-                pipes = [
-                    asyncio.create_task(DelayedPipe(cr, uw, self.delay, self.max_queued).run()),
-                    asyncio.create_task(DelayedPipe(ur, cw, self.delay, self.max_queued).run()),
-                ]
+                up = DelayedPipe(cr, uw, self.delay, self.max_queued)
+                down = DelayedPipe(ur, cw, self.delay, self.max_queued)
+                self.pipes += [up, down]
+                pipes = [asyncio.create_task(up.run()), asyncio.create_task(down.run())]
                 # Our protocol never half-closes: once one direction ended (its end of stream delivered,
                 # delayed like data) or failed, the connection is over; close both sides.
                 _, pending = await asyncio.wait(pipes, return_when=asyncio.FIRST_COMPLETED)
@@ -158,6 +161,11 @@ class DelayProxy:
         finally:
             cw.close()
             self._tasks.discard(task)
+
+
+def bytes_up(proxy: DelayProxy) -> int:
+    """Bytes the proxy delivered from clients to the upstream, over all connections."""
+    return sum(p.bytes for p in proxy.pipes[0::2])
 
 
 def _address(text: str) -> tuple[str, int]:

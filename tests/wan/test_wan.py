@@ -17,6 +17,7 @@ from tests.harness import (
     sealed_in_source,
     segment_name,
     wait_converged,
+    wait_until,
 )
 from tests.wan.conftest import wan_receiver, wan_shipper
 from tests.wan.lab import DEV, Wan
@@ -106,14 +107,17 @@ def test_link_cut_and_restored(wan: Wan, tmp_path: Path, secret: Path, procs: li
     seen: dict[str, str] = {}
     cuts = 2
     try:
-        for _ in range(cuts):
-            time.sleep(rnd.uniform(0.8, 1.5))
+        for n in range(cuts):
+            # Cut only a live connection (not one still being set up), and only while data flows.
+            wait_until(lambda n=n: shipper.count("connected, resuming at") >= n + 1, 60, what="shipper connected")
+            time.sleep(rnd.uniform(0.3, 1.0))
             wan.set_link(False)
             try:
                 time.sleep(3.5)
                 check_no_corrupt(source, copy, seen)
             finally:
                 wan.set_link(True)
+        wait_until(lambda: shipper.count("connected, resuming at") >= 1 + cuts, 60, what="reconnect after the cut")
         assert writer.done_full.wait(60)
         wait_converged(source, copy, [segment_name(i) for i in range(1, len(sizes) + 1)], seen, 90)
     finally:

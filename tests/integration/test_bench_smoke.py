@@ -1,0 +1,32 @@
+"""scripts/bench keeps working: one benchmark, --quick, end to end (figures are not judged here)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+from tests.harness import ROOT
+
+
+def test_bench_quick_throughput_writes_its_report(tmp_path: Path) -> None:
+    report = tmp_path / "report"
+    proc = subprocess.run(
+        [str(ROOT / "scripts" / "bench"), "--quick", "throughput", "--report-dir", str(report),
+         "--work-dir", str(tmp_path / "work")],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "logship / cp+sync" in proc.stdout
+    data = json.loads((report / "benchmarks.json").read_text())
+    figures = dict(data["throughput"]["figures"])
+    assert figures["logship / cp+sync"].endswith(" x")
+    assert {t[0] for t in data["throughput"]["targets"]} == {">= 0.8 x cp -r + sync", ">= 2 x rsync -a"}
+    md = (report / "benchmarks.md").read_text()
+    assert "scripts/bench --quick throughput" in md
+    assert "## throughput" in md
+    # The scratch directory is the bench's own: nothing of the run is left in it.
+    assert not any((tmp_path / "work").rglob("*.log"))
