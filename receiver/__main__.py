@@ -45,6 +45,10 @@ def build_parser() -> argparse.ArgumentParser:
             "fsync before acknowledging, and keep DIR/<stream>/log/ byte-identical to the source's sealed "
             "segments."
         ),
+        epilog=(
+            "Operator commands: python -m receiver status|suspend|resume|activate --data-dir DIR ... "
+            "(see python -m receiver status --help)."
+        ),
     )
     p.add_argument("--listen", metavar="HOST:PORT", help="address to listen on (port 0 picks one)")
     p.add_argument("--data-dir", metavar="DIR", help="where the copies live (one subdirectory per stream)")
@@ -131,12 +135,18 @@ async def serve(config: ServerConfig, host: str, port: int, admin: tuple[str, in
         bound_host, bound_port = await server.start(host, port)
     except OSError as e:
         raise ConfigError(f"cannot listen on {host}:{port}: {e.strerror}") from None
-    channel = control.ControlServer(control_path(config.data_dir), server.control)
+    channel: control.ControlServer | None = None
     try:
+        channel = control.ControlServer(control_path(config.data_dir), server.control)
         await channel.start()
     except OSError as e:
-        await server.stop()
-        raise ConfigError(f"cannot open the control socket {control_path(config.data_dir)}: {e}") from None
+        # Replication matters more than the operator commands: go on, but say it loudly.
+        log.error(
+            "cannot open the control socket %s: %s; status/suspend/resume/activate cannot reach this receiver",
+            control_path(config.data_dir),
+            e,
+        )
+        channel = None
     http = None
     if admin is not None:
         # Imported only when asked for: aiohttp and prometheus_client take most of a second to load.
@@ -146,7 +156,8 @@ async def serve(config: ServerConfig, host: str, port: int, admin: tuple[str, in
         try:
             ahost, aport = await http.start(*admin)
         except OSError as e:
-            await channel.stop()
+            if channel is not None:
+                await channel.stop()
             await server.stop()
             raise ConfigError(f"cannot serve admin on {admin[0]}:{admin[1]}: {e.strerror}") from None
         log.info("admin endpoint on http://%s:%d/status and /metrics", ahost, aport)
@@ -161,7 +172,8 @@ async def serve(config: ServerConfig, host: str, port: int, admin: tuple[str, in
     log.info("stopping: finishing writes in hand")
     if http is not None:
         await http.stop()
-    await channel.stop()
+    if channel is not None:
+        await channel.stop()
     await server.stop()
     log.info("stopped")
     return 0
