@@ -90,6 +90,11 @@ def test_directory_replay_inspection_failure_resume_suspend_restart_quarantine(
     assert json.loads((copy / "state.json").read_text())["replay_failed"] == row["failure"]
     assert replica_names(copy)[-1] == segment_name(6)
     assert order.read_text().split().count(segment_name(7)) == 3
+    table = cli("status", "--data-dir", str(data)).stdout
+    assert "from the running receiver" in table and "replay queue" in table
+    assert any(
+        line.startswith("db1") and "Failed" in line and "inspector vetoed" in line for line in table.splitlines()
+    )
     assert segment_name(8) not in order.read_text()
 
     # 3. The operator fixes the cause and resumes: replay continues where it stopped.
