@@ -18,7 +18,7 @@ def frames() -> tuple[list[Message], bytes]:
     offset = 0
     for size in (0, 1, 4096, DIRECT_PAYLOAD - 1, DIRECT_PAYLOAD, 1 << 20, 300_001, 4 << 20):
         payload = rnd.randbytes(size)
-        msgs.append(Data("s", "E1.log", offset, chunk_digest(payload), payload))
+        msgs.append(Data("s", "E1.log", offset, chunk_digest("E1.log", offset, payload), payload))
         offset += size
         msgs.append(Heartbeat())
     msgs.append(Ack("s", Position("E1.log", offset), False))
@@ -78,7 +78,7 @@ def test_mixing_receive_data_and_buffers() -> None:
 def test_a_payload_buffer_is_not_allocated_for_a_header_alone() -> None:
     # A peer that announces a 4 MiB payload and sends a few bytes of it must not make us hold 4 MiB.
     payload = os.urandom(4 << 20)
-    wire = encode(Data("s", "E1.log", 0, chunk_digest(payload), payload))
+    wire = encode(Data("s", "E1.log", 0, chunk_digest("E1.log", 0, payload), payload))
     decoder = FrameDecoder(max_payload=4 << 20)
     decoder.receive_data(wire[:1000])
     assert decoder.next_message() is NEED_DATA
