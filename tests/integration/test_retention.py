@@ -36,7 +36,9 @@ class SourceWatch:
         self._thread.join(10)
 
     def _run(self) -> None:
-        while not self._stop.wait(0.01):
+        while True:
+            # One last look after the stop: a removal the test already saw must be checked here too.
+            stopping = self._stop.wait(0.01)
             present = set(os.listdir(self.source))
             for name in sorted(self.digests):
                 if name in present or name in self.gone:
@@ -46,6 +48,8 @@ class SourceWatch:
                     path = copy / "log" / name
                     if not path.exists() or xxhash.xxh3_128(path.read_bytes()).hexdigest() != self.digests[name]:
                         self.violations.append(f"{name} left the source before {copy} held it")
+            if stopping:
+                return
 
 
 def write(source: Path, digests: dict[str, str], first: int, count: int, size: int = 150_000) -> None:
