@@ -31,10 +31,16 @@ class Write:
 
 @dataclass(frozen=True, slots=True)
 class Install:
-    """The partial ``segment`` is complete and verified at ``size``: move it into log/."""
+    """The partial ``segment`` is complete and verified at ``size``: move it into log/.
+
+    ``digest`` (xxh3_128) and ``prev`` (the sealed segment before it, "" for none) go into the
+    manifest, so replay can re-verify the segment and check that the log has no gap.
+    """
 
     segment: str
     size: int
+    digest: bytes = b""
+    prev: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,7 +183,7 @@ class Ingest:
                 self.offset = 0
                 self.hasher = segment_hasher()
             return outcome
-        ops.append(Install(msg.segment, msg.size))
+        ops.append(Install(msg.segment, msg.size, msg.digest, self.last_sealed))
         self.last_sealed = msg.segment
         self.active = None
         self.offset = 0

@@ -411,7 +411,14 @@ class TargetSender:
                     await asyncio.sleep(self.tailer.poll_interval)
                     continue
                 self._hasher.update(payload)
-                wire = conn.send(Data(self.stream, step.segment, step.offset, chunk_digest(payload), payload))
+                msg = Data(self.stream, step.segment, step.offset, chunk_digest(payload), payload)
+                if conn.compressor is not None:
+                    # zstd releases the GIL: compressing in a worker thread keeps this loop (and every
+                    # other stream and target in the process) responsive even at slow, high levels.
+                    packed = await asyncio.get_running_loop().run_in_executor(None, conn.compressor.compress, payload)
+                    wire = conn.send_packed(msg, packed)
+                else:
+                    wire = conn.send(msg)
                 self.stats.bytes_wire += wire
                 self._cursor.offset += step.length
                 self._track((Position(step.segment, self._cursor.offset), False), step.length)

@@ -180,6 +180,12 @@ class ShipperService:
                     "connects": st.connects,
                     "resends": st.resends,
                     "bytes_sent": st.bytes_sent,
+                    "bytes_wire": st.bytes_wire,
+                    "window_bytes": s.window.window,
+                    "rtt_ms": round(s.window.rtt * 1000, 1),
+                    "delivery_rate_bytes": int(s.window.rate),
+                    "compression": str(s.config.compression) if s.config.compression else None,
+                    "rate_limit_bytes": int(s.config.rate_limit) if s.config.rate_limit else None,
                 }
             )
         return out

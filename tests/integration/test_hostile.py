@@ -8,6 +8,7 @@ byte before and after).
 
 from __future__ import annotations
 
+import asyncio
 import os
 import struct
 from collections.abc import AsyncIterator, Callable
@@ -116,9 +117,18 @@ async def _prepare(port: int) -> None:
 
 
 async def test_every_bad_field_gets_error_and_close(server: tuple[ReceiverServer, int], tmp_path: Path) -> None:
-    _, port = server
+    srv, port = server
     data = tmp_path / "data"
     await _prepare(port)
+    # S1 is replayed in the background: let that finish, so that only the hostile frames could change files.
+    copy = srv.copies["s"]
+    for _ in range(500):
+        # step() waits for a step in hand (and its state.json write) to end, or replays S1 itself.
+        await copy.replayer.step()
+        if copy.replayed_position.segment == S1:
+            break
+        await asyncio.sleep(0.02)
+    assert copy.replayed_position.segment == S1
     before = snapshot(data / "s")
     assert before["log/" + S1] == SEALED
     assert before[f"incoming/{S2}.partial"] == PARTIAL

@@ -21,7 +21,7 @@ from protocol.compression import (
 )
 from protocol.digest import chunk_digest
 from protocol.errors import FrameTooLarge, RemoteProtocolError
-from protocol.framing import NEED_DATA, FrameDecoder, encode, encode_parts
+from protocol.framing import NEED_DATA, FrameDecoder, encode, encode_packed, encode_parts
 from protocol.messages import Data, Heartbeat
 
 SEG = "E0000000001.log"
@@ -219,3 +219,12 @@ def test_decoder_stays_closed_after_a_bad_compressed_frame() -> None:
         _decode_all(_raw_frame(_compressed_header(8, 100), b"\x00" * 8), decoder)
     with pytest.raises(RemoteProtocolError):
         decoder.next_message()
+
+
+def test_precompressed_encoding_matches() -> None:
+    """The sender compresses in a worker thread and encodes afterwards: the frame is the same."""
+    compressor = PayloadCompressor(Compression())
+    msg = _data(TEXT, 8192)
+    assert encode_packed(msg, ZSTD, compressor.compress(TEXT)) == encode_parts(msg, compressor)
+    noise = _data(os.urandom(4096))
+    assert encode_packed(noise, ZSTD, None) == encode_parts(noise, compressor) == encode_parts(noise)

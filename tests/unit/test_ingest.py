@@ -71,7 +71,7 @@ def test_in_order_data_produces_writes_and_seal_installs() -> None:
 
     out = ingest.on_seal(seal(S1, a + b))
     assert out.verdict is Verdict.ACCEPT
-    assert out.ops == [Install(S1, 11)]
+    assert out.ops == [Install(S1, 11, segment_digest(a + b), "")]
     assert ingest.last_sealed == S1
     assert ingest.active is None
     assert ingest.expected == Position(S1, 0)
@@ -88,14 +88,14 @@ def test_resumes_from_recovered_partial() -> None:
     ingest = Ingest(S1, S2, len(head), hasher)
     assert ingest.expected == Position(S2, 100)
     feed(ingest, S2, [tail], start=100)
-    assert ingest.on_seal(seal(S2, head + tail)).ops == [Install(S2, 150)]
+    assert ingest.on_seal(seal(S2, head + tail)).ops == [Install(S2, 150, segment_digest(head + tail), S1)]
 
 
 def test_empty_segment_sealed_at_size_zero() -> None:
     ingest = Ingest(S1, None, 0)
     out = ingest.on_seal(seal(S2, b""))
     assert out.verdict is Verdict.ACCEPT
-    assert out.ops == [Write(S2, 0, b"", chunk_digest(b"")), Install(S2, 0)]
+    assert out.ops == [Write(S2, 0, b"", chunk_digest(b"")), Install(S2, 0, segment_digest(b""), S1)]
     assert ingest.last_sealed == S2
     assert ingest.active is None
 
@@ -195,7 +195,7 @@ def test_corrupt_chunk_asks_for_resend_and_drops_until_it_arrives() -> None:
 
     ops = feed(ingest, S1, [b"bbbb", b"cccc"], start=4)
     assert [op.offset for op in ops if isinstance(op, Write)] == [4, 8]
-    assert ingest.on_seal(seal(S1, b"aaaabbbbcccc")).ops == [Install(S1, 12)]
+    assert ingest.on_seal(seal(S1, b"aaaabbbbcccc")).ops == [Install(S1, 12, segment_digest(b"aaaabbbbcccc"), "")]
 
 
 def test_resend_position_is_checked_like_any_other_frame() -> None:
@@ -218,7 +218,7 @@ def test_corrupt_first_chunk_of_new_segment_then_resend_at_zero() -> None:
 
     ops = feed(ingest, S2, [b"first", b"second"])
     assert ops[0] == Write(S2, 0, b"first", chunk_digest(b"first"))
-    assert ingest.on_seal(seal(S2, b"firstsecond")).ops == [Install(S2, 11)]
+    assert ingest.on_seal(seal(S2, b"firstsecond")).ops == [Install(S2, 11, segment_digest(b"firstsecond"), S1)]
 
 
 def test_three_failures_of_one_segment_fail_the_copy() -> None:
@@ -271,7 +271,7 @@ def test_seal_with_wrong_digest_restarts_the_segment() -> None:
     assert ops[0].offset == 0
     out = ingest.on_seal(seal(S1, content))
     assert out.verdict is Verdict.ACCEPT
-    assert out.ops == [Install(S1, 8)]
+    assert out.ops == [Install(S1, 8, segment_digest(content), "")]
     assert ingest.last_sealed == S1
 
 
