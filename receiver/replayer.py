@@ -212,10 +212,16 @@ class Replayer:
         """Replay for ever, sleeping until an install, the lag, a retry or an operator wakes us."""
         while True:
             self.wake.clear()
-            result = await self.step()
+            timeout: float | None = None
+            try:
+                result: StepResult = await self.step()
+            except Exception:
+                # Not a replay failure (that is ReplicaError, handled in step()) but e.g. state.json
+                # that cannot be written: keep the loop alive and try again later.
+                log.exception("stream %s: replay step failed; trying again in 5s", self.copy.name)
+                result = Retry(5.0, "internal error")
             if isinstance(result, Replay):
                 continue
-            timeout: float | None = None
             if isinstance(result, Hold):
                 timeout = max(0.0, result.until - self.clock()) + 0.01
             elif isinstance(result, Retry):

@@ -180,3 +180,35 @@ def test_activate_offline_after_kill9(tmp_path: Path, secret: Path, procs: list[
     assert snapshot(copy) == before
     row = json.loads(cli("status", "--data-dir", str(data), "--json").stdout)["copies"][0]
     assert (row["state"], row["epoch"]) == ("Activated", 1)
+
+
+def test_activation_reports_missing_acknowledged_data_and_skips_the_hook(
+    tmp_path: Path, secret: Path, procs: list[Proc]
+) -> None:
+    source = tmp_path / "primary"
+    source.mkdir()
+    port = free_port()
+    receiver = receiver_proc(tmp_path, port, secret, name="standby", extra=["--replay-lag", "1h"])
+    procs.append(receiver.start())
+    procs.append(shipper_proc(tmp_path, "db3", source, [port], secret).start())
+    for i in range(1, 5):
+        write_segment(source / segment_name(i), os.urandom(100_000))
+    copy = tmp_path / "standby" / "db3"
+    wait_until(lambda: (copy / "log" / segment_name(3)).exists(), 30, what="3 segments copied")
+    assert receiver.stop() == 0
+    # A segment the primary had acknowledged goes bad on the standby's disk before the activation.
+    bad = bytearray((copy / "log" / segment_name(2)).read_bytes())
+    bad[10] ^= 1
+    (copy / "log" / segment_name(2)).write_bytes(bytes(bad))
+    hook = tmp_path / "hook-ran"
+    rc, report = activate(tmp_path / "standby", "db3", "--on-activate", f"touch {hook}", "--replay-retries", "0")
+    assert rc == 1
+    assert report["last_replayed"] == segment_name(1)
+    missing = " ".join(report["missing_acknowledged"])
+    assert segment_name(2) in missing and segment_name(3) in missing
+    assert "xxh3_128" in report["replay_result"]
+    assert not hook.exists() and "not run" in report["hook_output"]
+    assert not (copy / "replica" / segment_name(2)).exists()
+    assert any(p.name.startswith(segment_name(2)) for p in (copy / "quarantine").iterdir())
+    text = cli("activate", "--data-dir", str(tmp_path / "standby"), "--stream", "db3", "--replay-retries", "0").stdout
+    assert "acknowledged data missing: YES" in text

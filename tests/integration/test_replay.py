@@ -11,6 +11,7 @@ import random
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 from protocol.aio import FramedConnection
@@ -132,9 +133,10 @@ def test_command_replayer_from_config_and_replay_lag(tmp_path: Path, secret: Pat
     applied = tmp_path / "applied"
     applied.mkdir()
     config = tmp_path / "receiver.toml"
-    port = free_port()
+    port, admin = free_port(), free_port()
     config.write_text(
         f'listen = "127.0.0.1:{port}"\n'
+        f'admin = "127.0.0.1:{admin}"\n'
         f'data_dir = "{tmp_path / "data"}"\n'
         f'secret_file = "{secret}"\n'
         'replay_lag = "3s"\n'
@@ -161,6 +163,15 @@ def test_command_replayer_from_config_and_replay_lag(tmp_path: Path, secret: Pat
     expect = b"".join((source / segment_name(i)).read_bytes() for i in range(1, 4))
     assert (applied / "cmd.bytes").read_bytes() == expect
     assert not (copy / "replica").exists() or not os.listdir(copy / "replica")
+    # The admin endpoint serves the same rows as JSON and as Prometheus gauges.
+    with urllib.request.urlopen(f"http://127.0.0.1:{admin}/status", timeout=10) as r:
+        row = json.load(r)["copies"][0]
+    assert (row["stream"], row["state"], row["last_replayed"]) == ("cmd", "Healthy", segment_name(3))
+    assert row["replay_lag_seconds"] == 3.0
+    with urllib.request.urlopen(f"http://127.0.0.1:{admin}/metrics", timeout=10) as r:
+        metrics = r.read().decode()
+    assert 'logship_receiver_replay_queue_segments{stream="cmd"} 0.0' in metrics
+    assert 'logship_receiver_state{state="Healthy",stream="cmd"} 1.0' in metrics
     print(f"\nfigures: lag=3s first replay {state['replayed_at'] - manifest[-1]['at']:.2f}s after install")
 
 

@@ -4,6 +4,7 @@ activation's missing-data check, and the replay settings."""
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -250,3 +251,44 @@ async def test_inspector_veto_and_command_replayer(store: SegmentStore, tmp_path
     assert "replay command failed on " + S2 in copy.state["replay_failed"]
     assert copy.state["replayed"] == S1
     assert (store.log_dir / S2).exists()  # a failing command is not bad data: nothing quarantined
+
+
+def test_manifest_skips_torn_lines_and_the_newest_record_of_a_name_wins(store: SegmentStore) -> None:
+    first = Installed(S1, 3, b"\1" * 16, "", 1.0)
+    again = Installed(S1, 4, b"\2" * 16, "", 2.0)
+    second = Installed(S2, 5, b"\3" * 16, S1, 3.0)
+    store.manifest_path.write_bytes(first.to_line() + second.to_line() + again.to_line() + b'{"seg": "E000')
+    assert store.read_manifest() == [again, second]
+    assert Installed.from_line(b"not json") is None
+
+
+async def test_segment_missing_from_log_is_retried_then_failed(store: SegmentStore) -> None:
+    copy = StreamCopy("db1", store, ReplaySettings(retries=1, backoff=0.1))
+    install(store, copy, S1, b"a" * 100, "")
+    (store.log_dir / S1).unlink()
+    r1 = await copy.replayer.step()
+    assert isinstance(r1, Retry) and "missing from log/" in r1.reason
+    assert await copy.replayer.step() == Stopped("failed")
+    assert "missing from log/" in copy.state["replay_failed"]
+    assert copy.replayed_position == Position("", 0)
+
+
+async def test_run_wakes_on_install_and_on_resume(store: SegmentStore) -> None:
+    copy = StreamCopy("db1", store, ReplaySettings())
+    replayed = asyncio.Event()
+    copy.replayer.on_replayed = replayed.set
+    copy.replayer.start()
+    try:
+        install(store, copy, S1, b"x" * 10, "")
+        await asyncio.wait_for(replayed.wait(), 5)
+        assert copy.replayed_position == Position(S1, 10)
+        await copy.suspend(None)
+        replayed.clear()
+        install(store, copy, S2, b"y" * 10, S1)
+        await asyncio.sleep(0.3)
+        assert not replayed.is_set()
+        await copy.resume(None)
+        await asyncio.wait_for(replayed.wait(), 5)
+        assert copy.replayed_position == Position(S2, 10)
+    finally:
+        await copy.replayer.stop()
