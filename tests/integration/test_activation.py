@@ -34,6 +34,21 @@ def snapshot(directory: Path) -> dict[str, str]:
     return {str(p.relative_to(directory)): digest_file(p) for p in sorted(directory.rglob("*")) if p.is_file()}
 
 
+def shipper_row(shipper: Proc) -> dict:
+    """The one status row of a one-target shipper, from `python -m shipper status`."""
+    state_dir = shipper.args[shipper.args.index("--state-dir") + 1]
+    done = subprocess.run(
+        [sys.executable, "-m", "shipper", "status", "--state-dir", state_dir, "--json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    )
+    assert done.returncode == 0, done.stderr
+    (row,) = json.loads(done.stdout)["copies"]
+    return row
+
+
 def activate(data: Path, stream: str, *extra: str) -> tuple[int, dict]:
     done = cli("activate", "--data-dir", str(data), "--stream", stream, "--json", *extra)
     assert done.stdout, done.stderr
@@ -63,6 +78,8 @@ def test_activate_running_receiver_fences_old_shipper_then_reverse(
     wait_until(lambda: len(os.listdir(copy / "log")) == 5 if (copy / "log").exists() else False, 30)
     wait_until(lambda: partial.exists() and partial.stat().st_size == active.stat().st_size, 30, what="tail")
     assert not (copy / "replica").exists() or not os.listdir(copy / "replica")
+    # The shipper learns the replay position from the ACKs: its replay queue for this target is 5.
+    wait_until(lambda: shipper_row(shipper)["replay_queue_segments"] == 5, 20, what="replay queue at the shipper")
 
     hook_out = tmp_path / "hook.out"
     t0 = time.monotonic()
@@ -93,6 +110,7 @@ def test_activate_running_receiver_fences_old_shipper_then_reverse(
     fenced_lines = [line for line in shipper.log_text().splitlines() if "was activated there" in line]
     assert len(fenced_lines) == 1 and "ERROR" in fenced_lines[0], fenced_lines
     assert receiver.count("refused stream db1: activated") == 1
+    assert shipper_row(shipper)["state"] == "Fenced"
     assert snapshot(copy) == before, "bytes of the fenced primary reached the activated copy"
     # A restarted old shipper (the old primary coming back) is fenced at once, too.
     shipper.stop()

@@ -90,6 +90,11 @@ def test_directory_replay_inspection_failure_resume_suspend_restart_quarantine(
     assert json.loads((copy / "state.json").read_text())["replay_failed"] == row["failure"]
     assert replica_names(copy)[-1] == segment_name(6)
     assert order.read_text().split().count(segment_name(7)) == 3
+    table = cli("status", "--data-dir", str(data)).stdout
+    assert "from the running receiver" in table and "replay queue" in table
+    assert any(
+        line.startswith("db1") and "Failed" in line and "inspector vetoed" in line for line in table.splitlines()
+    )
     assert segment_name(8) not in order.read_text()
 
     # 3. The operator fixes the cause and resumes: replay continues where it stopped.
@@ -201,7 +206,7 @@ async def ship_one_segment(port: int, key: bytes, seg: str, payload: bytes) -> l
             conn.send(hs.receive_challenge(await conn.recv(10)))
             resume = hs.receive_welcome(await conn.recv(10))["acks"]
             assert isinstance(resume, StreamResume) and resume.position == Position("", 0)
-            conn.send(Data("acks", seg, 0, chunk_digest(payload), payload))
+            conn.send(Data("acks", seg, 0, chunk_digest(seg, 0, payload), payload))
             conn.send(Seal("acks", seg, len(payload), segment_digest(payload)))
             await conn.drain()
             acks: list[Ack] = []
