@@ -195,7 +195,7 @@ class SegmentStore:
                 if off != end:
                     break
                 chunk = f.read(length)
-                if len(chunk) != length or chunk_digest(chunk) != digest:
+                if len(chunk) != length or chunk_digest(segment, off, chunk) != digest:
                     break
                 hasher.update(chunk)
                 end += length

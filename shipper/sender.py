@@ -408,7 +408,8 @@ class TargetSender:
                     await asyncio.sleep(self.tailer.poll_interval)
                     continue
                 self._hasher.update(payload)
-                msg = Data(self.stream, step.segment, step.offset, chunk_digest(payload), payload)
+                digest = chunk_digest(step.segment, step.offset, payload)
+                msg = Data(self.stream, step.segment, step.offset, digest, payload)
                 if conn.compressor is not None:
                     # zstd releases the GIL: compressing in a worker thread keeps this loop (and every
                     # other stream and target in the process) responsive even at slow, high levels.
@@ -479,6 +480,9 @@ class TargetSender:
             if isinstance(msg, Ack):
                 self._on_ack(msg)
             elif isinstance(msg, Nack):
+                if msg.position.segment not in self.tailer.by_name:
+                    # Never rewind to a place we cannot read from: start over from the target's disk.
+                    raise _Reconnect(f"resend requested from {msg.position}, which the source does not hold")
                 self.stats.resends += 1
                 log.warning(
                     "target %s (stream %s): resend from %s requested: %s (resends: %d)",
@@ -527,6 +531,17 @@ class TargetSender:
             self.stats.last_copied, self.stats.last_copied_at = copied, time.time()
         self.stats.acked, self.stats.acked_sealed = key
         self.stats.acked_at = time.time()
+        if log.isEnabledFor(logging.DEBUG):
+            # One line per acknowledgement, so a fault test can hold the receiver's disk to every
+            # position it ever acknowledged (see tests/faults).
+            log.debug(
+                "acked stream=%s target=%s seg=%s off=%d sealed=%d",
+                self.stream,
+                self.name,
+                ack.position.segment or "-",
+                ack.position.offset,
+                int(ack.sealed),
+            )
         acked = 0
         while self._in_flight and self._in_flight[0][0] <= key:
             _, n = self._in_flight.popleft()

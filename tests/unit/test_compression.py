@@ -34,7 +34,7 @@ ZSTD_ONLY = frozenset({ZSTD})
 
 
 def _data(payload: bytes, offset: int = 0) -> Data:
-    return Data("db1", SEG, offset, chunk_digest(payload), payload)
+    return Data("db1", SEG, offset, chunk_digest(SEG, offset, payload), payload)
 
 
 def _decode_all(frame: bytes, decoder: FrameDecoder) -> list[Any]:
@@ -126,7 +126,7 @@ def test_incompressible_and_empty_payloads_go_raw() -> None:
 def test_digest_is_over_the_uncompressed_bytes() -> None:
     frame = encode(_data(TEXT), PayloadCompressor(Compression()))
     (msg,) = _decode_all(frame, FrameDecoder(encodings=ZSTD_ONLY))
-    assert msg.payload == TEXT and msg.digest == chunk_digest(TEXT)
+    assert msg.payload == TEXT and msg.digest == chunk_digest(SEG, 0, TEXT)
 
 
 # -- a peer that lies ----------------------------------------------------------------------------

@@ -168,7 +168,7 @@ def store(tmp_path: Path) -> Iterator[SegmentStore]:
 
 def install(store: SegmentStore, copy: StreamCopy, name: str, data: bytes, prev: str) -> None:
     records = store.apply(
-        [Write(name, 0, data, chunk_digest(data)), Install(name, len(data), segment_digest(data), prev)]
+        [Write(name, 0, data, chunk_digest(name, 0, data)), Install(name, len(data), segment_digest(data), prev)]
     )
     copy.on_installed(records)
 
