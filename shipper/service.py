@@ -148,6 +148,8 @@ class ShipperService:
             failure = None
             if s.state is not TargetState.HEALTHY and s.state is not TargetState.SUSPENDED:
                 failure = st.last_error or None
+            if st.stuck:
+                failure = f"stuck: {st.stuck}"
             if self.retainer is None:
                 retention = "off"
             elif s.name in holders:
