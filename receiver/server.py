@@ -504,6 +504,11 @@ class ReceiverServer:
         # Announce every payload encoding we decode; accept compressed DATA only in one both listed.
         conn.decoder.encodings = agreed(hs.features, ENCODINGS)
         conn.send(hs.welcome(resumes, ENCODINGS))
+        for att in attachments.values():
+            # Tell the shipper at once what is already replayed: its retention waits for that, and an
+            # idle stream would otherwise send no ACK to carry it (e.g. replay caught up while detached).
+            if att.copy.replayed_position != START:
+                conn.send(Ack(att.copy.name, att.acked, att.acked_sealed, att.copy.replayed_position))
         await conn.drain()
         return attachments
 

@@ -156,6 +156,8 @@ class TargetStats:
     last_copied: str = ""
     """The newest segment the target acknowledged sealed."""
     last_copied_at: float | None = None
+    stuck: str = ""
+    """Why shipping to this target cannot go on (e.g. the segment it needs is gone); empty if it can."""
 
 
 class _Reconnect(Exception):
@@ -323,6 +325,7 @@ class TargetSender:
 
     def _start_at(self, resume: StreamResume) -> None:
         pos = resume.position
+        self.stats.stuck = ""
         self._in_flight.clear()
         self._in_flight_bytes = 0
         self.window.restart()
@@ -441,6 +444,7 @@ class TargetSender:
                 self._cursor = Cursor(step.segment, 0, False)
                 self._hasher = segment_hasher()
             else:
+                self.stats.stuck = step.reason if isinstance(step, Stuck) else ""
                 if isinstance(step, Stuck) and step.reason != self._stuck_reported:
                     self._stuck_reported = step.reason
                     log.error("target %s (stream %s): stuck: %s", self.name, self.stream, step.reason)

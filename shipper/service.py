@@ -148,10 +148,14 @@ class ShipperService:
             failure = None
             if s.state is not TargetState.HEALTHY and s.state is not TargetState.SUSPENDED:
                 failure = st.last_error or None
+            if st.stuck:
+                failure = f"stuck: {st.stuck}"
             if self.retainer is None:
                 retention = "off"
             elif s.name in holders:
                 retention = f"holds: {holders[s.name]}"
+            elif self.retainer.error:
+                retention = f"error: {self.retainer.error}"
             else:
                 retention = "ok"
             out.append(

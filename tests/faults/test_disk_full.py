@@ -104,7 +104,10 @@ def _run(tmp_path: Path, small: Path, secret: Path, procs: list[Proc], t0: float
                 0,
                 0,
                 seconds,
-                {"acked_checks_while_full": full_checks, "acked_while_full": str(acked_while_full)},
+                {
+                    "acked_checks_while_full": full_checks,
+                    "acked_while_full": f"{acked_while_full.segment}@{acked_while_full.offset}",
+                },
             )
         ],
     )
