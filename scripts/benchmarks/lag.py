@@ -71,6 +71,7 @@ class AckTap:
         self._ready = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
 
     def __enter__(self) -> AckTap:
         self._thread.start()
@@ -78,8 +79,16 @@ class AckTap:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        asyncio.run_coroutine_threadsafe(self._close(), self._loop).result(10)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(10)
+
+    async def _close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
 
     def _run(self) -> None:
         asyncio.set_event_loop(self._loop)
@@ -89,14 +98,21 @@ class AckTap:
         self._loop.run_forever()
 
     async def _on_connect(self, cr: asyncio.StreamReader, cw: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
         ur, uw = await asyncio.open_connection("127.0.0.1", self.upstream)
         up = asyncio.ensure_future(self._pipe(cr, uw, FrameDecoder(64 << 20)))
         down = asyncio.ensure_future(self._pipe(ur, cw, FrameDecoder(64 << 20)))
-        await asyncio.wait({up, down}, return_when=asyncio.FIRST_COMPLETED)
-        for t in (up, down):
-            t.cancel()
-        cw.close()
-        uw.close()
+        try:
+            await asyncio.wait({up, down}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for t in (up, down):
+                t.cancel()
+            await asyncio.gather(up, down, return_exceptions=True)
+            cw.close()
+            uw.close()
+            self._tasks.discard(task)
 
     async def _pipe(self, r: asyncio.StreamReader, w: asyncio.StreamWriter, decoder: FrameDecoder) -> None:
         while data := await r.read(1 << 20):

@@ -64,4 +64,7 @@ def render(data: dict[str, Any], order: list[str]) -> str:
             out += [note, ""]
         for plot in r["plots"]:
             out += [f"![{name}]({plot})", ""]
+    fixes = Path(__file__).with_name("fixes.md")
+    if fixes.exists():
+        out += [fixes.read_text()]
     return "\n".join(out).rstrip() + "\n"
