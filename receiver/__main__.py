@@ -27,6 +27,7 @@ from admin import control
 from protocol.config_util import ConfigError
 from receiver.activation import activate, render_report
 from receiver.config import load_toml, replay_from_doc, settings_from_args
+from receiver.memory import map_large_buffers
 from receiver.replayer import REPLAY_MODES
 from receiver.server import ReceiverServer, ServerConfig, StreamCopy, existing_streams
 from receiver.status import copy_row, render_rows
@@ -185,6 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] in SUBCOMMANDS:
         return operator_main(argv)
     args = build_parser().parse_args(argv)
+    map_large_buffers()
     logging.basicConfig(
         level=args.log_level, format="%(asctime)s receiver[%(process)d] %(levelname)s %(message)s", stream=sys.stderr
     )
