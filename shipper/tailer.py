@@ -100,7 +100,7 @@ class Tailer:
         policy: SealPolicy,
         poll_interval: float = 0.02,
         recheck_interval: float = 5.0,
-        quiet_interval: float = 5.0,
+        quiet_interval: float = 15.0,
         watch: bool = True,
     ) -> None:
         self.source = source
