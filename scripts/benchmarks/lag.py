@@ -106,6 +106,8 @@ class AckTap:
         down = asyncio.ensure_future(self._pipe(ur, cw, FrameDecoder(64 << 20)))
         try:
             await asyncio.wait({up, down}, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            pass  # closing the tap: end quietly (asyncio's server callback would log the cancellation)
         finally:
             for t in (up, down):
                 t.cancel()
