@@ -51,7 +51,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     names = args.names or list(BENCHES)
-    command = "scripts/bench " + shlex.join(sys.argv[1:] if argv is None else argv)
+    command = " ".join(["scripts/bench", shlex.join(sys.argv[1:] if argv is None else argv)]).rstrip()
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="logship-bench.", dir="/var/tmp"))
     work.mkdir(parents=True, exist_ok=True)
     report_dir = args.report_dir or (
