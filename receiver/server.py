@@ -120,11 +120,13 @@ class Attachment:
     async def _commit_loop(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            await self.wake.wait()
-            self.wake.clear()
             if not self.pending:
+                # Checked before every wait, not only after a wake-up: detach() may have set `closing`
+                # (and its wake-up been consumed) while the previous batch was being written.
                 if self.closing:
                     return
+                await self.wake.wait()
+                self.wake.clear()
                 continue
             ops, self.pending = self.pending, []
             nbytes = sum(len(op.payload) for op in ops if isinstance(op, Write))
