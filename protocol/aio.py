@@ -13,7 +13,7 @@ from pathlib import Path
 from protocol.compression import PayloadCompressor
 from protocol.config_util import ConfigError
 from protocol.errors import RemoteProtocolError
-from protocol.framing import DEFAULT_MAX_PAYLOAD, NEED_DATA, FrameDecoder, encode_parts
+from protocol.framing import DEFAULT_MAX_PAYLOAD, NEED_DATA, FrameDecoder, encode_packed, encode_parts
 from protocol.messages import Message
 
 READ_SIZE = 256 * 1024
@@ -108,7 +108,15 @@ class FramedConnection:
 
         Call ``drain()`` to wait for the buffer to empty.
         """
-        head, payload = encode_parts(msg, self.compressor)
+        return self._write(*encode_parts(msg, self.compressor))
+
+    def send_packed(self, msg: Message, packed: bytes | None) -> int:
+        """Like ``send``, with the DATA payload compressed beforehand by ``self.compressor``
+        (``packed``; None: it did not shrink, send it raw)."""
+        encoding = self.compressor.encoding if self.compressor is not None else ""
+        return self._write(*encode_packed(msg, encoding, packed))
+
+    def _write(self, head: bytes, payload: bytes) -> int:
         self.writer.write(head)
         if payload:
             self.writer.write(payload)

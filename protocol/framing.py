@@ -37,13 +37,21 @@ def encode_parts(msg: Message, compressor: PayloadCompressor | None = None) -> t
     With a ``compressor`` (only once both ends agreed on its encoding), a DATA payload goes out
     compressed when that makes it smaller: the header then says ``enc`` and ``ulen``.
     """
+    if compressor is not None and isinstance(msg, Data) and msg.payload:
+        packed = compressor.compress(msg.payload)
+        if packed is not None:
+            return encode_packed(msg, compressor.encoding, packed)
+    return encode_packed(msg, "", None)
+
+
+def encode_packed(msg: Message, encoding: str, packed: bytes | None) -> tuple[bytes, bytes]:
+    """Like ``encode_parts``, for a DATA payload compressed beforehand (``packed`` in ``encoding``;
+    None: send the payload raw), e.g. in a worker thread."""
     fields = msg.to_header()
     payload = msg.payload if isinstance(msg, Data) else b""
-    if compressor is not None and payload:
-        packed = compressor.compress(payload)
-        if packed is not None:
-            fields["enc"], fields["ulen"], fields["len"] = compressor.encoding, len(payload), len(packed)
-            payload = packed
+    if packed is not None:
+        fields["enc"], fields["ulen"], fields["len"] = encoding, len(payload), len(packed)
+        payload = packed
     header = _packer.pack(fields)
     if len(header) > MAX_HEADER:
         raise LocalProtocolError(f"header of {len(header)} bytes exceeds {MAX_HEADER}")

@@ -6,6 +6,8 @@ Example::
     data_dir = "/var/lib/logship"
     secret_file = "/etc/logship/default.secret"   # streams without their own secret
 
+    replay = "directory"                          # directory | command (default directory)
+    replay_lag = "0"                              # e.g. "90s", "24h": replay only segments installed that long ago
     tls_cert = "/etc/logship/receiver.pem"        # optional: TLS with this certificate
     tls_key = "/etc/logship/receiver.key"         # its key (mode 0600), if not in tls_cert
     tls_ca = "/etc/logship/shippers-ca.pem"       # optional: shippers must present a certificate it signed
@@ -13,6 +15,10 @@ Example::
 
     [streams.db1]
     secret_file = "/etc/logship/db1.secret"       # only this secret may write db1
+    replay = "command"                            # per-stream replay settings override the ones above
+    replay_command = "my-apply {path}"            # {path}, {name}, {stream} placeholders
+    inspect_cmd = "my-check"                      # gets the segment path; non-zero exit vetoes
+    replay_lag = "24h"
 
 Flags given on the command line win over the file.
 """
@@ -27,9 +33,12 @@ from pathlib import Path
 from typing import Any
 
 from protocol.aio import server_tls_context
-from protocol.config_util import ConfigError, check_key_file, parse_address, parse_size, read_secret
+from protocol.config_util import ConfigError, check_key_file, parse_address, parse_duration, parse_size, read_secret
 from protocol.framing import DEFAULT_MAX_PAYLOAD
 from protocol.names import STREAM_NAME
+from receiver.replayer import REPLAY_MODES, ReplaySettings
+
+REPLAY_KEYS = ("replay", "replay_command", "inspect_cmd", "replay_lag", "replay_retries", "replay_backoff")
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +47,8 @@ class StreamSettings:
 
     secret: bytes | None = None
     """The stream's own secret; None means the receiver's default secret applies."""
+    replay: ReplaySettings | None = None
+    """The stream's own replay settings; None means the receiver's defaults apply."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +67,18 @@ class ReceiverSettings:
     """Largest DATA payload accepted."""
     idle_timeout: float = 60.0
     """Seconds of silence after which a shipper is dropped."""
+    replay: ReplaySettings = field(default_factory=ReplaySettings)
+    """Replay settings of streams without their own."""
+    admin: tuple[str, int] | None = None
+    """Address of the admin HTTP endpoint (/status, /metrics); None: off."""
+
+    def replay_for(self, stream: str) -> ReplaySettings:
+        """Return how ``stream`` is replayed."""
+        own = self.streams.get(stream)
+        if own is not None and own.replay is not None:
+            return own.replay
+        return self.replay
+
     handshake_timeout: float = 10.0
     """Seconds a new connection has to finish TLS and prove a stream's secret."""
     max_unauthenticated: int = 64
@@ -91,6 +114,58 @@ def load_toml(path: str) -> dict[str, Any]:
         raise ConfigError(f"config file {path}: {e}") from None
 
 
+def replay_settings(values: dict[str, Any], base: ReplaySettings, where: str) -> ReplaySettings:
+    """Build replay settings from ``values`` (config keys; None or missing keep ``base``).
+
+    Raises ConfigError for a bad mode, duration or count, or command mode without a command.
+    """
+    mode = values.get("replay") or base.mode
+    if mode not in REPLAY_MODES:
+        raise ConfigError(f"{where}: replay must be one of {', '.join(REPLAY_MODES)}, not {mode!r}")
+    command = values.get("replay_command") or base.command
+    if mode == "command" and not command:
+        raise ConfigError(f"{where}: replay = command needs a replay command (--replay-command / replay_command)")
+    lag = base.lag if values.get("replay_lag") is None else parse_duration(str(values["replay_lag"]))
+    retries = base.retries if values.get("replay_retries") is None else int(values["replay_retries"])
+    if retries < 0:
+        raise ConfigError(f"{where}: replay_retries must be 0 or more")
+    backoff = base.backoff if values.get("replay_backoff") is None else parse_duration(str(values["replay_backoff"]))
+    return ReplaySettings(
+        mode=mode,
+        command=command,
+        inspect_cmd=values.get("inspect_cmd") or base.inspect_cmd,
+        lag=lag,
+        retries=retries,
+        backoff=backoff,
+        command_timeout=base.command_timeout,
+    )
+
+
+def replay_flags(args: argparse.Namespace) -> dict[str, Any]:
+    """Return the replay settings given as flags, under their config-file names."""
+    return {
+        "replay": getattr(args, "replay", None),
+        "replay_command": getattr(args, "replay_command", None),
+        "inspect_cmd": getattr(args, "inspect_cmd", None),
+        "replay_lag": getattr(args, "replay_lag", None),
+        "replay_retries": getattr(args, "replay_retries", None),
+        "replay_backoff": getattr(args, "replay_backoff", None),
+    }
+
+
+def replay_from_doc(doc: dict[str, Any], args: argparse.Namespace) -> tuple[ReplaySettings, dict[str, ReplaySettings]]:
+    """Return the default replay settings (file, then flags) and each configured stream's own."""
+    flags = {k: v for k, v in replay_flags(args).items() if v is not None}
+    default = replay_settings({**{k: doc.get(k) for k in REPLAY_KEYS}, **flags}, ReplaySettings(), "replay")
+    per_stream: dict[str, ReplaySettings] = {}
+    for name, raw in _table(doc.get("streams", {}), "streams").items():
+        table = _table(raw, f"streams.{name}")
+        own = {k: table.get(k) for k in REPLAY_KEYS if k in table}
+        if own:
+            per_stream[name] = replay_settings(own, default, f"config file: streams.{name}")
+    return default, per_stream
+
+
 def settings_from_args(args: argparse.Namespace) -> ReceiverSettings:
     """Merge ``--config`` (if any) with the flags; flags win.
 
@@ -109,6 +184,8 @@ def settings_from_args(args: argparse.Namespace) -> ReceiverSettings:
         "tls_key",
         "tls_ca",
         "streams",
+        "admin",
+        *REPLAY_KEYS,
     }
     unknown = set(doc) - known
     if unknown:
@@ -121,20 +198,22 @@ def settings_from_args(args: argparse.Namespace) -> ReceiverSettings:
         raise ConfigError("no data directory: give --data-dir DIR or data_dir in the config file")
     secret_file = args.secret_file or doc.get("secret_file")
     default_secret = read_secret(secret_file) if secret_file else None
+    default_replay, own_replay = replay_from_doc(doc, args)
     streams: dict[str, StreamSettings] = {}
     for name, raw in _table(doc.get("streams", {}), "streams").items():
         if not STREAM_NAME.fullmatch(name):
             raise ConfigError(f"config file: bad stream name {name!r}")
         table = _table(raw, f"streams.{name}")
-        extra = set(table) - {"secret_file"}
+        extra = set(table) - {"secret_file", *REPLAY_KEYS}
         if extra:
             raise ConfigError(f"config file: streams.{name}: unknown setting(s) {', '.join(sorted(extra))}")
         secret = read_secret(table["secret_file"]) if "secret_file" in table else None
-        streams[name] = StreamSettings(secret=secret)
+        streams[name] = StreamSettings(secret=secret, replay=own_replay.get(name))
     if default_secret is None and not any(s.secret for s in streams.values()):
         raise ConfigError("no secret: give --secret-file FILE, or secret_file in the config file")
     max_payload = parse_size(str(args.max_payload or doc.get("max_payload", "4MiB")))
     idle = args.idle_timeout if args.idle_timeout is not None else float(doc.get("idle_timeout", 60.0))
+    admin = getattr(args, "admin", None) or doc.get("admin")
     handshake = _flag_or(args, doc, "handshake_timeout", 10.0)
     cap = int(_flag_or(args, doc, "max_unauthenticated", 64))
     if idle <= 0 or handshake <= 0:
@@ -148,6 +227,8 @@ def settings_from_args(args: argparse.Namespace) -> ReceiverSettings:
         streams=streams,
         max_payload=max_payload,
         idle_timeout=idle,
+        replay=default_replay,
+        admin=parse_address(str(admin)) if admin else None,
         handshake_timeout=handshake,
         max_unauthenticated=cap,
         tls=_tls(args, doc),

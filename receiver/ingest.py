@@ -31,10 +31,16 @@ class Write:
 
 @dataclass(frozen=True, slots=True)
 class Install:
-    """The partial ``segment`` is complete and verified at ``size``: move it into log/."""
+    """The partial ``segment`` is complete and verified at ``size``: move it into log/.
+
+    ``digest`` (xxh3_128) and ``prev`` (the sealed segment before it, "" for none) go into the
+    manifest, so replay can re-verify the segment and check that the log has no gap.
+    """
 
     segment: str
     size: int
+    digest: bytes = b""
+    prev: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,7 +137,13 @@ class Ingest:
             raise RemoteProtocolError(
                 f"DATA for {msg.segment} at offset {msg.offset}, expected {self.offset}", code="bad-position"
             )
-        if chunk_digest(msg.payload) != msg.digest:
+        if chunk_digest(msg.segment, msg.offset, msg.payload) != msg.digest:
+            if self.active is None:
+                # The frame's own segment name may be the damaged part: a resend request naming it
+                # could point the shipper at a segment it does not have. Start over from disk instead.
+                raise RemoteProtocolError(
+                    f"chunk digest mismatch at the start of {msg.segment!r}; reconnect", code="bad-digest"
+                )
             return self._resend(msg.segment, msg.offset, "chunk digest mismatch")
         if self.active is None:
             self.active = msg.segment
@@ -163,7 +175,7 @@ class Ingest:
                     f"SEAL of {msg.segment} at {msg.size} bytes but none were received", code="bad-size"
                 )
             self.active, self.offset, self.hasher = msg.segment, 0, segment_hasher()
-            ops.append(Write(msg.segment, 0, b"", chunk_digest(b"")))
+            ops.append(Write(msg.segment, 0, b"", chunk_digest(msg.segment, 0, b"")))
         elif msg.segment != self.active:
             raise RemoteProtocolError(f"SEAL for {msg.segment} while {self.active} is open", code="bad-position")
         elif msg.size != self.offset:
@@ -177,7 +189,7 @@ class Ingest:
                 self.offset = 0
                 self.hasher = segment_hasher()
             return outcome
-        ops.append(Install(msg.segment, msg.size))
+        ops.append(Install(msg.segment, msg.size, msg.digest, self.last_sealed))
         self.last_sealed = msg.segment
         self.active = None
         self.offset = 0

@@ -15,19 +15,36 @@ import logging
 import os
 import socket
 import ssl
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from protocol.aio import ConnectionClosed, FramedConnection
 from protocol.compression import ENCODINGS, agreed
 from protocol.errors import ProtocolError, RemoteProtocolError
 from protocol.framing import DEFAULT_MAX_PAYLOAD
-from protocol.messages import Ack, Data, Error, Fenced, Heartbeat, Message, Nack, Position, Seal, StreamResume
-from protocol.names import check_stream_name
+from protocol.messages import (
+    START,
+    Ack,
+    Data,
+    Error,
+    Fenced,
+    Heartbeat,
+    Message,
+    Nack,
+    Position,
+    Seal,
+    StreamResume,
+)
+from protocol.names import STREAM_NAME, check_stream_name
 from protocol.session import ReceiverHandshake
+from receiver.activation import activate
 from receiver.ingest import Ingest, Install, Op, Restart, Verdict, Write
-from receiver.store import SegmentStore
+from receiver.replayer import Replayer, ReplaySettings
+from receiver.status import copy_row
+from receiver.store import Installed, SegmentStore
 
 log = logging.getLogger("receiver")
 
@@ -50,6 +67,8 @@ class ServerConfig:
     """Seconds of silence after which a shipper is dropped (shippers heartbeat every few seconds)."""
     max_pending: int = 32 * 1024 * 1024
     """Bytes accepted but not yet durable per stream before we stop reading from its connection."""
+    replay_for: Callable[[str], ReplaySettings] = lambda stream: ReplaySettings()
+    """How each stream is replayed into its standby replica."""
     max_unauthenticated: int = 64
     """Connections still in their handshake, at most; more are closed at once, so that a flood of
     silent or hostile peers cannot exhaust memory or file descriptors while real shippers wait."""
@@ -58,16 +77,23 @@ class ServerConfig:
 
 
 class StreamCopy:
-    """One stream's copy at this receiver: its store, persisted state, and current writer."""
+    """One stream's copy at this receiver: its store, persisted state, replayer, and current writer."""
 
-    def __init__(self, name: str, store: SegmentStore) -> None:
+    def __init__(self, name: str, store: SegmentStore, replay: ReplaySettings | None = None) -> None:
         self.name = name
         self.store = store
         self.state = store.load_state()
+        self.installed: list[Installed] = store.read_manifest()
+        self.installed_at = time.time()
         self.lock = asyncio.Lock()
         self.owner: Attachment | None = None
         self.resends = 0
         self.bytes_received = 0
+        self.attached_once = False
+        self.activating = False
+        """Set while an activation runs: new shippers are fenced from that moment on."""
+        self._save_lock = asyncio.Lock()
+        self.replayer = Replayer(self, replay or ReplaySettings(), on_replayed=self._on_replayed)
 
     @property
     def epoch(self) -> int:
@@ -77,8 +103,64 @@ class StreamCopy:
     def failed(self) -> str | None:
         return self.state.get("failed")
 
+    @property
+    def activated(self) -> bool:
+        return self.activating or bool(self.state.get("activated"))
+
+    @property
+    def replayed_position(self) -> Position:
+        name = self.state.get("replayed") or ""
+        return Position(name, int(self.state.get("replayed_size") or 0)) if name else START
+
     async def save_state(self) -> None:
-        await asyncio.get_running_loop().run_in_executor(None, self.store.save_state, dict(self.state))
+        # The replayer and the sessions both write state.json: one write at a time, newest state last.
+        async with self._save_lock:
+            await asyncio.get_running_loop().run_in_executor(None, self.store.save_state, dict(self.state))
+
+    def on_installed(self, records: list[Installed]) -> None:
+        """Take the manifest records of fresh installs and wake the replayer."""
+        if not records:
+            return
+        for record in records:
+            if self.installed and record.name <= self.installed[-1].name:
+                # A segment installed again (after a quarantine): the newest record wins.
+                self.installed = [r for r in self.installed if r.name != record.name]
+                self.installed.append(record)
+                self.installed.sort(key=lambda r: r.name)
+            else:
+                self.installed.append(record)
+        self.replayer.wake.set()
+
+    async def suspend(self, comment: str | None) -> None:
+        """Stop replaying this stream (persisted); copying goes on."""
+        self.state.update(suspended=True, suspended_at=time.time(), comment=comment)
+        await self.save_state()
+        log.warning("stream %s: replay suspended%s", self.name, f": {comment}" if comment else "")
+
+    async def resume(self, comment: str | None) -> None:
+        """Replay again from where it stopped; clears a replay failure (persisted)."""
+        self.state.update(suspended=False, replay_failed=None, replay_failed_at=None, comment=comment)
+        self.replayer.failures = 0
+        await self.save_state()
+        self.replayer.wake.set()
+        log.warning("stream %s: replay resumed%s", self.name, f": {comment}" if comment else "")
+
+    def row(self, now: float, running: bool = True) -> dict[str, Any]:
+        return copy_row(
+            self.name,
+            self.state,
+            self.installed,
+            now,
+            (self.owner is not None) if running else None,
+            self.attached_once,
+            self.replayer.settings.lag,
+        )
+
+    def _on_replayed(self) -> None:
+        # Tell the attached shipper at once, so its retention need not wait for the next data ACK.
+        att = self.owner
+        if att is not None and not att.conn.closing:
+            att.conn.send(Ack(self.name, att.acked, att.acked_sealed, self.replayed_position))
 
 
 class Attachment:
@@ -120,18 +202,19 @@ class Attachment:
     async def _commit_loop(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
+            # Once closing, never wait again: a detach() that came while a batch was being written set
+            # the event only once, and the batch that follows must not leave us waiting for ever.
+            if not self.closing:
+                await self.wake.wait()
+            self.wake.clear()
             if not self.pending:
-                # Checked before every wait, not only after a wake-up: detach() may have set `closing`
-                # (and its wake-up been consumed) while the previous batch was being written.
                 if self.closing:
                     return
-                await self.wake.wait()
-                self.wake.clear()
                 continue
             ops, self.pending = self.pending, []
             nbytes = sum(len(op.payload) for op in ops if isinstance(op, Write))
             try:
-                await loop.run_in_executor(None, self.copy.store.apply, ops)
+                installed = await loop.run_in_executor(None, self.copy.store.apply, ops)
             except OSError as e:
                 self.error = e
                 log.error("stream %s: storage failed, acknowledging nothing more: %s", self.copy.name, e)
@@ -142,6 +225,7 @@ class Attachment:
             self.pending_bytes -= nbytes
             if self.pending_bytes < self.max_pending:
                 self.room.set()
+            self.copy.on_installed(installed)
             self._ack_after(ops)
 
     def _ack_after(self, ops: list[Op]) -> None:
@@ -157,7 +241,7 @@ class Attachment:
         if (position, sealed) > (self.acked, self.acked_sealed):
             self.acked, self.acked_sealed = position, sealed
             if not self.conn.closing:
-                self.conn.send(Ack(self.copy.name, position, sealed))
+                self.conn.send(Ack(self.copy.name, position, sealed, self.copy.replayed_position))
 
     async def detach(self) -> None:
         """Finish the writes in hand, make them durable, and stop."""
@@ -184,20 +268,67 @@ class ReceiverServer:
         check_stream_name(name)
         copy = self.copies.get(name)
         if copy is None:
-            copy = StreamCopy(name, SegmentStore(self.config.data_dir / name))
+            copy = StreamCopy(name, SegmentStore(self.config.data_dir / name), self.config.replay_for(name))
             self.copies[name] = copy
+            copy.replayer.start()
         return copy
 
+    def status(self) -> dict[str, Any]:
+        """Return the status snapshot: one row per stream copy."""
+        now = time.time()
+        return {
+            "role": "receiver",
+            "node": self.config.node,
+            "pid": os.getpid(),
+            "copies": [self.copies[name].row(now) for name in sorted(self.copies)],
+        }
+
+    async def control(self, request: dict[str, Any]) -> dict[str, Any]:
+        """Answer one control-channel request: status, suspend, resume, activate."""
+        op = request.get("op")
+        if op == "status":
+            return {"ok": True, **self.status()}
+        stream = request.get("stream")
+        if not isinstance(stream, str) or (stream not in self.known_streams() and stream not in self.copies):
+            return {"ok": False, "error": f"no copy of stream {stream!r} in {self.config.data_dir}"}
+        copy = self.copy(stream)
+        comment = request.get("comment")
+        if op == "suspend":
+            await copy.suspend(comment)
+            return {"ok": True, "row": copy.row(time.time())}
+        if op == "resume":
+            await copy.resume(comment)
+            return {"ok": True, "row": copy.row(time.time())}
+        if op == "activate":
+            return {"ok": True, "report": await self.activate(copy, request.get("on_activate"))}
+        return {"ok": False, "error": f"unknown op {op!r}"}
+
+    async def activate(self, copy: StreamCopy, on_activate: str | None) -> dict[str, Any]:
+        """Stop accepting the stream, wait for its writer to finish the writes in hand, and activate it."""
+        copy.activating = True
+        owner = copy.owner
+        if owner is not None:
+            log.warning("stream %s: activation: closing the connection from %s", copy.name, owner.conn.peer)
+            owner.conn.writer.close()
+        async with copy.lock:
+            # The session let go only after its writes in hand were durable: its last ACK is final now.
+            acked, acked_sealed = (owner.acked, owner.acked_sealed) if owner is not None else (None, False)
+            try:
+                return await activate(copy, on_activate, acked, acked_sealed)
+            finally:
+                copy.activating = False
+
+    def known_streams(self) -> list[str]:
+        """Return the streams that have a copy in the data dir, in name order."""
+        return existing_streams(self.config.data_dir)
+
     async def start(self, host: str, port: int) -> tuple[str, int]:
-        tls = self.config.tls
-        self.server = await asyncio.start_server(
-            self._on_connect,
-            host,
-            port,
-            limit=1 << 20,
-            ssl=tls,
-            ssl_handshake_timeout=self.config.handshake_timeout if tls is not None else None,
-        )
+        # Copies already on disk replay from the start, whether or not their shipper comes back.
+        for name in self.known_streams():
+            self.copy(name)
+        # TLS starts inside each session (start_tls), after the cap on unauthenticated connections:
+        # a peer stuck in its TLS handshake holds a slot like one stuck in ours.
+        self.server = await asyncio.start_server(self._on_connect, host, port, limit=1 << 20)
         sock = self.server.sockets[0].getsockname()
         return sock[0], sock[1]
 
@@ -212,6 +343,9 @@ class ReceiverServer:
         if self.server is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.server.wait_closed(), 2)
+        for copy in self.copies.values():
+            await copy.replayer.stop()
+            copy.store.close_manifest()
 
     async def _on_connect(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
@@ -243,6 +377,8 @@ class ReceiverServer:
         try:
             self.unauthenticated += 1
             try:
+                if self.config.tls is not None:
+                    await self._start_tls(conn)
                 attachments = await self._handshake(conn)
             finally:
                 self.unauthenticated -= 1
@@ -265,6 +401,18 @@ class ReceiverServer:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(conn.drain(), 1)
 
+    async def _start_tls(self, conn: FramedConnection) -> None:
+        """Upgrade the connection to TLS; a peer that fails the TLS handshake ends as a closed connection.
+
+        Raises ConnectionClosed (bad certificate, not TLS at all, reset) or TimeoutError.
+        """
+        assert self.config.tls is not None
+        try:
+            await conn.writer.start_tls(self.config.tls, ssl_handshake_timeout=self.config.handshake_timeout)
+        except (ssl.SSLError, ConnectionError, OSError) as e:
+            log.warning("%s: TLS handshake failed: %r", conn.peer, e)
+            raise ConnectionClosed(f"TLS handshake failed: {e}") from None
+
     async def _handshake(self, conn: FramedConnection) -> dict[str, Attachment]:
         hs = ReceiverHandshake(self.config.node, os.urandom(32), self.config.secret_for)
         conn.send(hs.challenge())
@@ -278,6 +426,17 @@ class ReceiverServer:
                 copy = self.copy(claim.stream)
                 if copy.failed:
                     raise RemoteProtocolError(f"stream {copy.name} is Failed: {copy.failed}", code="failed")
+                if copy.activated:
+                    # The copy is a primary now: no shipper writes into it any more, whatever epoch it claims.
+                    log.error(
+                        "%s: refused stream %s: activated at epoch %d (fenced; epoch claimed %d)",
+                        conn.peer,
+                        copy.name,
+                        copy.epoch,
+                        claim.epoch,
+                    )
+                    conn.send(Fenced(copy.name, copy.epoch))
+                    return attachments
                 if claim.epoch < copy.epoch:
                     log.error(
                         "%s: refused stream %s: epoch %d is older than %d (fenced)",
@@ -299,6 +458,11 @@ class ReceiverServer:
                 async with asyncio.timeout(self.config.handshake_timeout):
                     await copy.lock.acquire()
                 try:
+                    if copy.activated:
+                        # Activated while we waited for the lock.
+                        copy.lock.release()
+                        conn.send(Fenced(copy.name, copy.epoch))
+                        return attachments
                     if claim.epoch > copy.epoch:
                         copy.state["epoch"] = claim.epoch
                         await copy.save_state()
@@ -317,6 +481,7 @@ class ReceiverServer:
                 ingest = Ingest(rec.last_sealed, rec.active, rec.offset, rec.hasher)
                 att = Attachment(copy, conn, ingest, durable, sealed, self.config.max_pending)
                 copy.owner = att
+                copy.attached_once = True
                 attachments[copy.name] = att
                 resumes.append(hs.resume(copy.name, copy.epoch, durable, sealed))
                 log.info(
@@ -335,6 +500,11 @@ class ReceiverServer:
         # Announce every payload encoding we decode; accept compressed DATA only in one both listed.
         conn.decoder.encodings = agreed(hs.features, ENCODINGS)
         conn.send(hs.welcome(resumes, ENCODINGS))
+        for att in attachments.values():
+            # Tell the shipper at once what is already replayed: its retention waits for that, and an
+            # idle stream would otherwise send no ACK to carry it (e.g. replay caught up while detached).
+            if att.copy.replayed_position != START:
+                conn.send(Ack(att.copy.name, att.acked, att.acked_sealed, att.copy.replayed_position))
         await conn.drain()
         return attachments
 
@@ -392,3 +562,14 @@ class ReceiverServer:
             conn.send(Error("failed", f"stream {copy.name} Failed: {outcome.reason}"))
             return False
         return True
+
+
+def existing_streams(data_dir: Path) -> list[str]:
+    """Return the names of the stream copies under ``data_dir`` (directories with a log/), in name order."""
+    try:
+        entries = list(os.scandir(data_dir))
+    except FileNotFoundError:
+        return []
+    return sorted(
+        e.name for e in entries if e.is_dir() and STREAM_NAME.fullmatch(e.name) and os.path.isdir(Path(e.path) / "log")
+    )

@@ -5,8 +5,14 @@ Layout under the stream directory:
   incoming/<segment>.partial the active segment as received so far
   incoming/<segment>.idx     one record per durable chunk (offset, length, xxh3_64), so a restart can
                              re-verify the partial from disk and cut a torn tail
-  quarantine/                partials that failed their whole-segment digest, kept for inspection
-  state.json                 epoch and failure state, written temp + fsync + rename + fsync dir
+  quarantine/                partials that failed their whole-segment digest, and sealed segments that
+                             failed inspection before replay, each with a .reason file, kept for inspection
+  manifest                   one JSON line per installed segment: name, size, xxh3_128, the sealed
+                             segment before it, install time (appended and fsynced before the rename
+                             into log/), so replay can re-verify, check continuity and apply its lag
+  replica/                   the replayed log (directory replayer), plus <segment>.partial after activation
+  state.json                 epoch, failure, replay and suspension state, written temp + fsync + rename
+                             + fsync dir
 
 Methods here block (they write and fsync); the server calls them from a worker thread.
 """
@@ -53,6 +59,41 @@ def write_atomic(path: Path, data: bytes) -> None:
 
 
 @dataclass(frozen=True, slots=True)
+class Installed:
+    """A manifest record: a segment that entered log/, verified."""
+
+    name: str
+    size: int
+    digest: bytes
+    """xxh3_128 of the whole segment, as the shipper sent it and the receiver checked it."""
+    prev: str
+    """The sealed segment before it when it was installed ("" if none): the chain replay checks."""
+    at: float
+    """Wall-clock time of the install (the replay lag counts from it)."""
+
+    def to_line(self) -> bytes:
+        record = {"seg": self.name, "size": self.size, "xxh": self.digest.hex(), "prev": self.prev, "at": self.at}
+        return json.dumps(record, sort_keys=True).encode() + b"\n"
+
+    @classmethod
+    def from_line(cls, line: bytes) -> Installed | None:
+        """Parse one manifest line; None for a torn or unreadable one."""
+        try:
+            r = json.loads(line)
+            return cls(str(r["seg"]), int(r["size"]), bytes.fromhex(r["xxh"]), str(r["prev"]), float(r["at"]))
+        except (ValueError, KeyError, TypeError):
+            return None
+
+
+class ReplicaError(Exception):
+    """A segment could not be read, verified or installed into the replica; ``corrupt`` if its bytes are bad."""
+
+    def __init__(self, text: str, corrupt: bool = False) -> None:
+        super().__init__(text)
+        self.corrupt = corrupt
+
+
+@dataclass(frozen=True, slots=True)
 class Recovered:
     """What a stream's copy holds on disk after a restart."""
 
@@ -73,12 +114,17 @@ class SegmentStore:
         self.incoming = root / "incoming"
         self.quarantine = root / "quarantine"
         self.state_path = root / "state.json"
+        self.manifest_path = root / "manifest"
+        self.replica = root / "replica"
         for d in (self.log_dir, self.incoming, self.quarantine):
             d.mkdir(parents=True, exist_ok=True)
         self._seg: str | None = None
         self._fd = -1
         self._idx_fd = -1
         self._created = False
+        self._manifest_fd = -1
+        self.installed: list[Installed] = []
+        """Manifest records of installs made by apply() since the caller last took them."""
 
     # -- state --------------------------------------------------------------------------------
 
@@ -149,7 +195,7 @@ class SegmentStore:
                 if off != end:
                     break
                 chunk = f.read(length)
-                if len(chunk) != length or chunk_digest(chunk) != digest:
+                if len(chunk) != length or chunk_digest(segment, off, chunk) != digest:
                     break
                 hasher.update(chunk)
                 end += length
@@ -179,11 +225,12 @@ class SegmentStore:
         self._fd = self._idx_fd = -1
         self._seg = None
 
-    def apply(self, ops: list[Op]) -> None:
-        """Carry out ``ops`` in order and make them durable before returning.
+    def apply(self, ops: list[Op]) -> list[Installed]:
+        """Carry out ``ops`` in order and make them durable before returning; return what was installed.
 
         Raises OSError (disk full, I/O error); the caller must then rebuild its view with recover().
         """
+        self.installed = []
         records: list[bytes] = []
         dirty = False
         for op in ops:
@@ -208,6 +255,7 @@ class SegmentStore:
                 self.close()
                 self._quarantine(op.segment, op.reason)
         self._flush(records, dirty)
+        return self.installed
 
     def _flush(self, records: list[bytes], dirty: bool) -> None:
         if not dirty or self._fd < 0:
@@ -230,11 +278,129 @@ class SegmentStore:
             raise OSError(f"{op.segment}: partial holds {size} bytes, SEAL says {op.size}")
         os.fsync(self._fd)
         self.close()
+        # The record goes first: a segment in log/ always has one. A record whose rename never happened
+        # is harmless, the segment is installed again (and recorded again) when the shipper resends it.
+        record = Installed(op.segment, op.size, op.digest, op.prev, time.time())
+        self._append_manifest(record)
         os.rename(self.partial_path(op.segment), self.log_dir / op.segment)
+        self.installed.append(record)
         fsync_dir(self.log_dir)
         with contextlib.suppress(FileNotFoundError):
             self.idx_path(op.segment).unlink()
         fsync_dir(self.incoming)
+
+    # -- manifest -----------------------------------------------------------------------------
+
+    def _append_manifest(self, record: Installed) -> None:
+        if self._manifest_fd < 0:
+            created = not self.manifest_path.exists()
+            self._manifest_fd = os.open(self.manifest_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+            if created:
+                fsync_dir(self.root)
+        os.write(self._manifest_fd, record.to_line())
+        os.fdatasync(self._manifest_fd)
+
+    def read_manifest(self) -> list[Installed]:
+        """Return the install records in log order, the newest record of a name winning; torn lines skipped."""
+        try:
+            data = self.manifest_path.read_bytes()
+        except FileNotFoundError:
+            return []
+        by_name: dict[str, Installed] = {}
+        for line in data.splitlines():
+            record = Installed.from_line(line)
+            if record is not None:
+                by_name[record.name] = record
+        return [by_name[name] for name in sorted(by_name)]
+
+    def close_manifest(self) -> None:
+        if self._manifest_fd >= 0:
+            os.close(self._manifest_fd)
+            self._manifest_fd = -1
+
+    # -- replay verbs -------------------------------------------------------------------------
+
+    def verify_sealed(self, record: Installed) -> None:
+        """Read log/<segment> again and check its size and xxh3_128 against the manifest.
+
+        Raises ReplicaError (corrupt=True for a wrong size or digest).
+        """
+        path = self.log_dir / record.name
+        hasher = segment_hasher()
+        size = 0
+        try:
+            with open(path, "rb") as f:
+                while block := f.read(_READ):
+                    hasher.update(block)
+                    size += len(block)
+        except FileNotFoundError:
+            raise ReplicaError(f"{record.name} is missing from log/") from None
+        except OSError as e:
+            raise ReplicaError(f"{record.name}: cannot read: {e.strerror}") from None
+        if size != record.size:
+            raise ReplicaError(f"{record.name}: {size} bytes in log/, {record.size} recorded at install", corrupt=True)
+        if hasher.digest() != record.digest:
+            raise ReplicaError(f"{record.name}: xxh3_128 differs from the one recorded at install", corrupt=True)
+
+    def install_replica(self, record: Installed) -> None:
+        """Copy log/<segment> into replica/ atomically: temp, fsync, digest check, rename, fsync dir.
+
+        Raises ReplicaError.
+        """
+        self.replica.mkdir(exist_ok=True)
+        src = self.log_dir / record.name
+        tmp = self.replica / f".{record.name}.tmp"
+        hasher = segment_hasher()
+        try:
+            with open(src, "rb") as f, open(tmp, "wb") as out:
+                while block := f.read(_READ):
+                    hasher.update(block)
+                    out.write(block)
+                out.flush()
+                os.fsync(out.fileno())
+            if hasher.digest() != record.digest:
+                tmp.unlink()
+                raise ReplicaError(f"{record.name}: changed in log/ while it was replayed", corrupt=True)
+            os.replace(tmp, self.replica / record.name)
+            fsync_dir(self.replica)
+        except FileNotFoundError:
+            raise ReplicaError(f"{record.name} is missing from log/") from None
+        except OSError as e:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise ReplicaError(f"{record.name}: cannot install into replica/: {e.strerror}") from None
+
+    def write_replica_partial(self, segment: str, size: int) -> Path:
+        """Copy the first ``size`` verified bytes of the partial ``segment`` to replica/<segment>.partial."""
+        self.replica.mkdir(exist_ok=True)
+        dest = self.replica / f"{segment}.partial"
+        tmp = self.replica / f".{segment}.partial.tmp"
+        with open(self.partial_path(segment), "rb") as f, open(tmp, "wb") as out:
+            left = size
+            while left:
+                block = f.read(min(_READ, left))
+                if not block:
+                    raise OSError(f"{segment}.partial is shorter than its {size} verified bytes")
+                out.write(block)
+                left -= len(block)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, dest)
+        fsync_dir(self.replica)
+        return dest
+
+    def quarantine_sealed(self, segment: str, reason: str) -> Path | None:
+        """Move log/<segment> to quarantine/ with a .reason file beside it (bad data is kept, never deleted)."""
+        stamp = time.strftime("%Y%m%dT%H%M%S")
+        dest = self.quarantine / f"{segment}.{stamp}.{time.time_ns() % 1_000_000_000}"
+        try:
+            os.rename(self.log_dir / segment, dest)
+        except FileNotFoundError:
+            return None
+        (dest.parent / f"{dest.name}.reason").write_text(reason + "\n")
+        fsync_dir(self.quarantine)
+        fsync_dir(self.log_dir)
+        return dest
 
     def _quarantine(self, segment: str, reason: str) -> None:
         stamp = time.strftime("%Y%m%dT%H%M%S")

@@ -21,7 +21,6 @@ from typing import Any
 import uvloop
 
 from admin import control
-from admin.http import AdminServer
 from protocol.config_util import ConfigError, parse_address
 from shipper.config import ShipperConfig, config_from_args
 from shipper.service import ShipperService
@@ -233,8 +232,11 @@ async def run(config: ShipperConfig, state: StateDir | None = None) -> int:
             await channel.start()
         except OSError as e:
             raise ConfigError(f"cannot open the control socket {state.control_socket}: {e}") from None
-    http: AdminServer | None = None
+    http = None
     if config.admin is not None:
+        # Imported here: aiohttp takes half a second to load, which the status command need not pay.
+        from admin.http import AdminServer
+
         http = AdminServer(shipper.status, "shipper")
         try:
             ahost, aport = await http.start(*config.admin)

@@ -156,6 +156,8 @@ class TargetStats:
     last_copied: str = ""
     """The newest segment the target acknowledged sealed."""
     last_copied_at: float | None = None
+    stuck: str = ""
+    """Why shipping to this target cannot go on (e.g. the segment it needs is gone); empty if it can."""
 
 
 class _Reconnect(Exception):
@@ -323,6 +325,7 @@ class TargetSender:
 
     def _start_at(self, resume: StreamResume) -> None:
         pos = resume.position
+        self.stats.stuck = ""
         self._in_flight.clear()
         self._in_flight_bytes = 0
         self.window.restart()
@@ -408,7 +411,15 @@ class TargetSender:
                     await asyncio.sleep(self.tailer.poll_interval)
                     continue
                 self._hasher.update(payload)
-                wire = conn.send(Data(self.stream, step.segment, step.offset, chunk_digest(payload), payload))
+                digest = chunk_digest(step.segment, step.offset, payload)
+                msg = Data(self.stream, step.segment, step.offset, digest, payload)
+                if conn.compressor is not None:
+                    # zstd releases the GIL: compressing in a worker thread keeps this loop (and every
+                    # other stream and target in the process) responsive even at slow, high levels.
+                    packed = await asyncio.get_running_loop().run_in_executor(None, conn.compressor.compress, payload)
+                    wire = conn.send_packed(msg, packed)
+                else:
+                    wire = conn.send(msg)
                 self.stats.bytes_wire += wire
                 self._cursor.offset += step.length
                 self._track((Position(step.segment, self._cursor.offset), False), step.length)
@@ -433,6 +444,7 @@ class TargetSender:
                 self._cursor = Cursor(step.segment, 0, False)
                 self._hasher = segment_hasher()
             else:
+                self.stats.stuck = step.reason if isinstance(step, Stuck) else ""
                 if isinstance(step, Stuck) and step.reason != self._stuck_reported:
                     self._stuck_reported = step.reason
                     log.error("target %s (stream %s): stuck: %s", self.name, self.stream, step.reason)
@@ -472,6 +484,9 @@ class TargetSender:
             if isinstance(msg, Ack):
                 self._on_ack(msg)
             elif isinstance(msg, Nack):
+                if msg.position.segment not in self.tailer.by_name:
+                    # Never rewind to a place we cannot read from: start over from the target's disk.
+                    raise _Reconnect(f"resend requested from {msg.position}, which the source does not hold")
                 self.stats.resends += 1
                 log.warning(
                     "target %s (stream %s): resend from %s requested: %s (resends: %d)",
@@ -520,6 +535,17 @@ class TargetSender:
             self.stats.last_copied, self.stats.last_copied_at = copied, time.time()
         self.stats.acked, self.stats.acked_sealed = key
         self.stats.acked_at = time.time()
+        if log.isEnabledFor(logging.DEBUG):
+            # One line per acknowledgement, so a fault test can hold the receiver's disk to every
+            # position it ever acknowledged (see tests/faults).
+            log.debug(
+                "acked stream=%s target=%s seg=%s off=%d sealed=%d",
+                self.stream,
+                self.name,
+                ack.position.segment or "-",
+                ack.position.offset,
+                int(ack.sealed),
+            )
         acked = 0
         while self._in_flight and self._in_flight[0][0] <= key:
             _, n = self._in_flight.popleft()

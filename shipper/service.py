@@ -148,10 +148,14 @@ class ShipperService:
             failure = None
             if s.state is not TargetState.HEALTHY and s.state is not TargetState.SUSPENDED:
                 failure = st.last_error or None
+            if st.stuck:
+                failure = f"stuck: {st.stuck}"
             if self.retainer is None:
                 retention = "off"
             elif s.name in holders:
                 retention = f"holds: {holders[s.name]}"
+            elif self.retainer.error:
+                retention = f"error: {self.retainer.error}"
             else:
                 retention = "ok"
             out.append(
@@ -178,6 +182,12 @@ class ShipperService:
                     "connects": st.connects,
                     "resends": st.resends,
                     "bytes_sent": st.bytes_sent,
+                    "bytes_wire": st.bytes_wire,
+                    "window_bytes": s.window.window,
+                    "rtt_ms": round(s.window.rtt * 1000, 1),
+                    "delivery_rate_bytes": int(s.window.rate),
+                    "compression": str(s.config.compression) if s.config.compression else None,
+                    "rate_limit_bytes": int(s.config.rate_limit) if s.config.rate_limit else None,
                 }
             )
         return out

@@ -40,7 +40,7 @@ def data_header(stream: str, segment: str, offset: int, payload: bytes, **overri
         "seg": segment,
         "off": offset,
         "len": len(payload),
-        "xxh": chunk_digest(payload),
+        "xxh": chunk_digest(segment, offset, payload),
     }
     header.update(override)
     return header
@@ -108,7 +108,7 @@ class RawClient:
 
     async def ship(self, stream: str, segment: str, offset: int, payload: bytes) -> Ack:
         """Send one correct DATA frame and wait for the ACK that covers it."""
-        self.writer.write(encode(Data(stream, segment, offset, chunk_digest(payload), payload)))
+        self.writer.write(encode(Data(stream, segment, offset, chunk_digest(segment, offset, payload), payload)))
         want = Position(segment, offset + len(payload))
         while True:
             msg = await self.recv()

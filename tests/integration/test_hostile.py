@@ -8,6 +8,7 @@ byte before and after).
 
 from __future__ import annotations
 
+import asyncio
 import os
 import struct
 from collections.abc import AsyncIterator, Callable
@@ -116,9 +117,18 @@ async def _prepare(port: int) -> None:
 
 
 async def test_every_bad_field_gets_error_and_close(server: tuple[ReceiverServer, int], tmp_path: Path) -> None:
-    _, port = server
+    srv, port = server
     data = tmp_path / "data"
     await _prepare(port)
+    # S1 is replayed in the background: let that finish, so that only the hostile frames could change files.
+    copy = srv.copies["s"]
+    for _ in range(500):
+        # step() waits for a step in hand (and its state.json write) to end, or replays S1 itself.
+        await copy.replayer.step()
+        if copy.replayed_position.segment == S1:
+            break
+        await asyncio.sleep(0.02)
+    assert copy.replayed_position.segment == S1
     before = snapshot(data / "s")
     assert before["log/" + S1] == SEALED
     assert before[f"incoming/{S2}.partial"] == PARTIAL
@@ -174,10 +184,29 @@ async def test_a_stream_secret_writes_only_that_stream(server: tuple[ReceiverSer
     assert not (data / "o").exists() or not any((data / "o").rglob("*.partial"))
 
 
+async def test_error_with_writes_in_hand_still_closes(server: tuple[ReceiverServer, int]) -> None:
+    """A bad frame right behind a pipelined burst: the writes finish, the ERROR goes out, the
+    connection closes and the stream is free for the next connection (no lost wake-up)."""
+    _, port = server
+    offset = 0
+    for i in range(10):
+        c = await RawClient.connect(port, {"s": SECRET_S})
+        # Every chunk accepted before the bad frame was made durable and counts.
+        assert c.resumes["s"].position == (Position(S1, offset) if i else Position("", 0))
+        for _ in range(8):
+            chunk = os.urandom(32 * 1024)
+            c.send_raw(raw_frame(data_header("s", S1, offset, chunk), chunk))
+            offset += len(chunk)
+        c.send_raw(raw_frame(data_header("s", S1, 0, P), P))
+        err = await c.expect_error_and_close(timeout=10)
+        assert err.code == "bad-position", (i, err)
+        await c.close()
+
+
 def encode_data(stream: str, payload: bytes) -> bytes:
     from protocol.messages import Data
 
-    return encode(Data(stream, S1, 0, chunk_digest(payload), payload))
+    return encode(Data(stream, S1, 0, chunk_digest(S1, 0, payload), payload))
 
 
 async def test_handshake_timeout_and_cap_on_unauthenticated(tmp_path: Path) -> None:

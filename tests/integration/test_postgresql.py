@@ -49,29 +49,15 @@ REPLAY_LAG = 20.0
 pytestmark = pytest.mark.skipif(why_unavailable() is not None, reason=why_unavailable() or "")
 
 
-def receiver_help_has(argv: list[str], word: str) -> bool:
-    """Whether `python -m receiver ARGV --help` succeeds and documents ``word`` (replay/activation: issue 3)."""
-    done = subprocess.run(
-        [sys.executable, "-m", "receiver", *argv, "--help"], capture_output=True, text=True, cwd=ROOT, timeout=60
-    )
-    return done.returncode == 0 and word in done.stdout
-
-
-HAS_REPLAY = receiver_help_has([], "--replay-lag")
-HAS_ACTIVATE = receiver_help_has(["activate"], "--on-activate")
-# Until the directory replayer exists the standby restores from log/ (verified, sealed segments).
-REPLICA = "replica" if HAS_REPLAY else "log"
-
-
 @dataclass
 class Scenario:
     root: Path
     archive: Path
     primary: Cluster
     standby_a: Cluster
-    standby_b: Cluster | None
+    standby_b: Cluster
     receiver_a: Proc
-    receiver_b: Proc | None
+    receiver_b: Proc
     shipper: Proc
     procs: list[Proc] = field(default_factory=list)
     figures: dict[str, list[float]] = field(default_factory=dict)
@@ -126,22 +112,18 @@ def pg() -> Iterator[Scenario]:
     secret = make_secret(root / "secret")
     primary = Cluster(pg_bin, root / "primary", free_port(), root)
     standby_a = Cluster(pg_bin, root / "standby-a", free_port(), root)
-    standby_b = Cluster(pg_bin, root / "standby-b", free_port(), root) if HAS_REPLAY else None
-    clusters = [primary, standby_a] + ([standby_b] if standby_b else [])
+    standby_b = Cluster(pg_bin, root / "standby-b", free_port(), root)
+    clusters = [primary, standby_a, standby_b]
     procs: list[Proc] = []
     try:
         port_a = free_port()
         receiver_a = receiver_proc(root, port_a, secret, name="receiver-a").start()
         procs.append(receiver_a)
-        ports = [port_a]
-        receiver_b = None
-        if HAS_REPLAY:
-            port_b = free_port()
-            lag = ["--replay-lag", f"{REPLAY_LAG:.0f}s"]
-            receiver_b = receiver_proc(root, port_b, secret, name="receiver-b", extra=lag).start()
-            procs.append(receiver_b)
-            ports.append(port_b)
-        config = shipper_config(root, archive, secret, ports)
+        port_b = free_port()
+        lag = ["--replay-lag", f"{REPLAY_LAG:.0f}s"]
+        receiver_b = receiver_proc(root, port_b, secret, name="receiver-b", extra=lag).start()
+        procs.append(receiver_b)
+        config = shipper_config(root, archive, secret, [port_a, port_b])
         shipper = Proc("shipper", ["--config", str(config)], root / "shipper.log").start()
         procs.append(shipper)
 
@@ -171,20 +153,16 @@ def pg() -> Iterator[Scenario]:
             ],
             timeout=120,
         )
-        make_standby(base, standby_a, root / "receiver-a" / "pg" / REPLICA)
-        if standby_b is not None:
-            make_standby(base, standby_b, root / "receiver-b" / "pg" / REPLICA)
+        make_standby(base, standby_a, root / "receiver-a" / "pg" / "replica")
+        make_standby(base, standby_b, root / "receiver-b" / "pg" / "replica")
         standby_a.start()
-        if standby_b is not None:
-            # pg_ctl -w would wait until B is consistent, which is REPLAY_LAG away: start it unwaited.
-            subprocess.run(
-                as_pg_user(
-                    [standby_b.bin("pg_ctl"), "-D", str(standby_b.data), "-l", str(standby_b.log), "-W", "start"]
-                ),
-                check=True,
-                capture_output=True,
-                timeout=60,
-            )
+        # pg_ctl -w would wait until B is consistent, which is REPLAY_LAG away: start it unwaited.
+        subprocess.run(
+            as_pg_user([standby_b.bin("pg_ctl"), "-D", str(standby_b.data), "-l", str(standby_b.log), "-W", "start"]),
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
         yield Scenario(root, archive, primary, standby_a, standby_b, receiver_a, receiver_b, shipper, procs)
     finally:
         for cluster in reversed(clusters):
@@ -224,7 +202,7 @@ def test_rows_reach_the_hot_standby_through_logship_alone(pg: Scenario) -> None:
     pg.figures["rows to standby A, s"] = delays
     # logship's own part: from the archive_command's copy to the file in the standby's restore directory
     # (each file's mtime is its last write: the copy before its fsync and rename, at both ends).
-    replica = pg.copy("receiver-a", "pg", REPLICA)
+    replica = pg.copy("receiver-a", "pg", "replica")
     hops = [
         (replica / name).stat().st_mtime - (pg.archive / name).stat().st_mtime
         for name in sorted(os.listdir(replica))
@@ -235,14 +213,14 @@ def test_rows_reach_the_hot_standby_through_logship_alone(pg: Scenario) -> None:
         f"\nfigure: commit on the primary -> visible on the hot standby through logship, {len(delays)} rows: "
         f"min {min(delays):.2f} s, median {statistics.median(delays):.2f} s, max {max(delays):.2f} s "
         f"(archive_timeout 1s, wal_retrieve_retry_interval 500ms)\n"
-        f"figure: archived file -> verified, fsynced, in {REPLICA}/ at the receiver, {len(hops)} files: "
+        f"figure: archived file -> verified, fsynced, in replica/ at the receiver, {len(hops)} files: "
         f"median {statistics.median(hops) * 1000:.0f} ms, max {max(hops) * 1000:.0f} ms"
     )
 
 
 def test_history_and_backup_files_pass_through(pg: Scenario) -> None:
     # The timeline history file travels in the WAL stream and the standby fetched it from there.
-    history = pg.copy("receiver-a", "pg", REPLICA) / "00000002.history"
+    history = pg.copy("receiver-a", "pg", "replica") / "00000002.history"
     assert history.exists()
     assert digest_file(history) == digest_file(pg.archive / "00000002.history")
     assert 'restored log file "00000002.history" from archive' in pg.standby_a.log_text()
@@ -269,10 +247,8 @@ def test_history_and_backup_files_pass_through(pg: Scenario) -> None:
     assert "appeared after" not in pg.shipper.log_text()
 
 
-@pytest.mark.skipif(not HAS_REPLAY, reason="needs --replay-lag (issue 3: receiver replay), not on main yet")
 def test_delayed_standby_does_not_see_rows_younger_than_the_lag(pg: Scenario) -> None:
     primary, standby = pg.primary, pg.standby_b
-    assert standby is not None
     # B becomes consistent only once the base backup's WAL has waited out the lag.
     wait_for(lambda: standby.try_psql("SELECT 1") == "1", REPLAY_LAG + 120, interval=0.5, what="standby B up")
     # Replay happens at least the lag after the segment was installed, which is after the commit, which
@@ -302,7 +278,6 @@ def test_delayed_standby_does_not_see_rows_younger_than_the_lag(pg: Scenario) ->
     )
 
 
-@pytest.mark.skipif(not HAS_ACTIVATE, reason="needs `python -m receiver activate` (issue 3), not on main yet")
 def test_activation_promotes_the_standby_and_fences_the_old_primary(pg: Scenario) -> None:
     primary, standby = pg.primary, pg.standby_a
     # The last row the primary committed before the switch-over reaches the standby first.
@@ -341,8 +316,7 @@ def test_activation_promotes_the_standby_and_fences_the_old_primary(pg: Scenario
     primary.psql("SELECT pg_switch_wal()")
     wait_for(lambda: (pg.archive / segment).exists(), 30, what=f"{segment} archived on the old primary")
     wait_for(lambda: "fenced" in pg.shipper.log_text().lower(), 30, what="the shipper logging FENCED")
-    if pg.receiver_b is not None:
-        wait_for(lambda: (pg.copy("receiver-b", "pg", "log") / segment).exists(), 30, what=f"{segment} at receiver B")
+    wait_for(lambda: (pg.copy("receiver-b", "pg", "log") / segment).exists(), 30, what=f"{segment} at receiver B")
     for sub in ("replica", "log", "incoming"):
         where = pg.copy("receiver-a", "pg", sub)
         assert not (where / segment).exists(), f"{segment} reached {where}"

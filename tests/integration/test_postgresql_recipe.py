@@ -22,13 +22,7 @@ from tests.pgcluster import Cluster, find_pg_bin, scratch_dir, wait_for, why_una
 
 DOC = ROOT / "docs" / "postgresql.md"
 
-pytestmark = [
-    pytest.mark.skipif(why_unavailable() is not None, reason=why_unavailable() or ""),
-    pytest.mark.skipif(
-        not (ROOT / "receiver" / "activation.py").exists(),
-        reason="needs replay and activation (issue 3), not on main yet",
-    ),
-]
+pytestmark = pytest.mark.skipif(why_unavailable() is not None, reason=why_unavailable() or "")
 
 
 def sh_blocks(heading: str) -> list[str]:

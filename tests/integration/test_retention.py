@@ -34,18 +34,22 @@ class SourceWatch:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join(10)
+        self._check()  # what went after the thread's last look
 
     def _run(self) -> None:
         while not self._stop.wait(0.01):
-            present = set(os.listdir(self.source))
-            for name in sorted(self.digests):
-                if name in present or name in self.gone:
-                    continue
-                self.gone.append(name)
-                for copy in self.copies:
-                    path = copy / "log" / name
-                    if not path.exists() or xxhash.xxh3_128(path.read_bytes()).hexdigest() != self.digests[name]:
-                        self.violations.append(f"{name} left the source before {copy} held it")
+            self._check()
+
+    def _check(self) -> None:
+        present = set(os.listdir(self.source))
+        for name in sorted(self.digests):
+            if name in present or name in self.gone:
+                continue
+            self.gone.append(name)
+            for copy in self.copies:
+                path = copy / "log" / name
+                if not path.exists() or xxhash.xxh3_128(path.read_bytes()).hexdigest() != self.digests[name]:
+                    self.violations.append(f"{name} left the source before {copy} held it")
 
 
 def write(source: Path, digests: dict[str, str], first: int, count: int, size: int = 150_000) -> None:

@@ -113,7 +113,7 @@ def test_plain_shipper_cannot_talk_to_a_tls_receiver(tmp_path: Path, procs: list
         "receiver",
         [
             *("--listen", f"127.0.0.1:{port}", "--data-dir", str(tmp_path / "receiver")),
-            *("--secret-file", str(secret), "--tls-cert", str(server_pem)),
+            *("--secret-file", str(secret), "--tls-cert", str(server_pem), "--handshake-timeout", "1"),
         ],
         tmp_path / "receiver.log",
     )
@@ -151,3 +151,53 @@ def test_tls_setting_errors(tmp_path: Path) -> None:
         settings_from_args(_receiver_args(tmp_path, secret, "--tls-cert", str(ca_pem), "--tls-key", str(secret)))
     ok = settings_from_args(_receiver_args(tmp_path, secret, "--tls-cert", str(pem), "--tls-ca", str(ca_pem)))
     assert ok.tls is not None
+
+
+async def test_tls_handshakes_count_against_the_unauthenticated_cap(tmp_path: Path) -> None:
+    """Peers stuck in their TLS handshake hold a slot each; beyond the cap, new ones are closed at once."""
+    import asyncio
+    import ssl
+
+    from protocol.aio import server_tls_context
+    from receiver.server import ReceiverServer, ServerConfig
+
+    ca = trustme.CA()
+    pem = write_pem(ca.issue_cert("127.0.0.1"), tmp_path / "receiver.pem")
+    config = ServerConfig(
+        data_dir=tmp_path / "data",
+        secret_for={"s": b"s" * 32}.get,
+        handshake_timeout=1.5,
+        max_unauthenticated=2,
+        tls=server_tls_context(pem, pem, None),
+    )
+    srv = ReceiverServer(config)
+    _, port = await srv.start("127.0.0.1", 0)
+    silent = []
+    try:
+        for _ in range(2):
+            silent.append(await asyncio.open_connection("127.0.0.1", port))
+        async with asyncio.timeout(10):
+            while srv.unauthenticated < 2:  # noqa: ASYNC110 - the server's counter has no event
+                await asyncio.sleep(0.02)
+        r, w = await asyncio.open_connection("127.0.0.1", port)
+        async with asyncio.timeout(5):
+            try:
+                assert await r.read(100) == b""
+            except ConnectionResetError:
+                pass
+        w.close()
+        assert srv.refused_busy >= 1
+        # Once the silent ones time out, a real TLS client completes TLS and gets the CHALLENGE.
+        async with asyncio.timeout(10):
+            while srv.unauthenticated > 0:  # noqa: ASYNC110
+                await asyncio.sleep(0.05)
+        client = ssl.create_default_context()
+        ca.configure_trust(client)
+        r, w = await asyncio.open_connection("127.0.0.1", port, ssl=client)
+        async with asyncio.timeout(5):
+            assert len(await r.read(4)) == 4  # the CHALLENGE's length prefix, over TLS
+        w.close()
+    finally:
+        for _, w in silent:
+            w.close()
+        await srv.stop()

@@ -42,7 +42,7 @@ class _GatedStore(SegmentStore):
 
 
 def _write(offset: int, payload: bytes) -> Write:
-    return Write("E0000000001.log", offset, payload, chunk_digest(payload))
+    return Write("E0000000001.log", offset, payload, chunk_digest("E0000000001.log", offset, payload))
 
 
 async def test_detach_while_a_batch_is_in_hand_writes_the_rest_and_returns(tmp_path: Path) -> None:

@@ -21,7 +21,7 @@ from protocol.compression import (
 )
 from protocol.digest import chunk_digest
 from protocol.errors import FrameTooLarge, RemoteProtocolError
-from protocol.framing import NEED_DATA, FrameDecoder, encode, encode_parts
+from protocol.framing import NEED_DATA, FrameDecoder, encode, encode_packed, encode_parts
 from protocol.messages import Data, Heartbeat
 
 SEG = "E0000000001.log"
@@ -34,7 +34,7 @@ ZSTD_ONLY = frozenset({ZSTD})
 
 
 def _data(payload: bytes, offset: int = 0) -> Data:
-    return Data("db1", SEG, offset, chunk_digest(payload), payload)
+    return Data("db1", SEG, offset, chunk_digest(SEG, offset, payload), payload)
 
 
 def _decode_all(frame: bytes, decoder: FrameDecoder) -> list[Any]:
@@ -126,7 +126,7 @@ def test_incompressible_and_empty_payloads_go_raw() -> None:
 def test_digest_is_over_the_uncompressed_bytes() -> None:
     frame = encode(_data(TEXT), PayloadCompressor(Compression()))
     (msg,) = _decode_all(frame, FrameDecoder(encodings=ZSTD_ONLY))
-    assert msg.payload == TEXT and msg.digest == chunk_digest(TEXT)
+    assert msg.payload == TEXT and msg.digest == chunk_digest(SEG, 0, TEXT)
 
 
 # -- a peer that lies ----------------------------------------------------------------------------
@@ -219,3 +219,12 @@ def test_decoder_stays_closed_after_a_bad_compressed_frame() -> None:
         _decode_all(_raw_frame(_compressed_header(8, 100), b"\x00" * 8), decoder)
     with pytest.raises(RemoteProtocolError):
         decoder.next_message()
+
+
+def test_precompressed_encoding_matches() -> None:
+    """The sender compresses in a worker thread and encodes afterwards: the frame is the same."""
+    compressor = PayloadCompressor(Compression())
+    msg = _data(TEXT, 8192)
+    assert encode_packed(msg, ZSTD, compressor.compress(TEXT)) == encode_parts(msg, compressor)
+    noise = _data(os.urandom(4096))
+    assert encode_packed(noise, ZSTD, None) == encode_parts(noise, compressor) == encode_parts(noise)

@@ -50,8 +50,8 @@ SAMPLES: list[Message] = [
         ("zstd",),
     ),
     Welcome(1, "receiver-1", ()),
-    Data("db1", SEG, 4096, chunk_digest(PAYLOAD), PAYLOAD),
-    Data("db1", SEG, 0, chunk_digest(b""), b""),
+    Data("db1", SEG, 4096, chunk_digest(SEG, 4096, PAYLOAD), PAYLOAD),
+    Data("db1", SEG, 0, chunk_digest(SEG, 0, b""), b""),
     Data("db1", "000000010000000000000003", MAX_OFFSET, (1 << 64) - 1, b"\x00"),
     Seal("db1", SEG, 1 << 20, segment_digest(PAYLOAD)),
     Ack("db1", Position(SEG, 10), False),
@@ -156,7 +156,7 @@ def test_concatenated_frames_in_chunks(chunk: int) -> None:
 
 @pytest.mark.parametrize("msg", SAMPLES, ids=IDS)
 def test_trailing_partial_frame_needs_data_until_complete(msg: Message) -> None:
-    nxt = encode(Data("db1", SEG, 8, chunk_digest(b"tail"), b"tail"))
+    nxt = encode(Data("db1", SEG, 8, chunk_digest(SEG, 8, b"tail"), b"tail"))
     for cut in (1, 3, 4, 5, len(nxt) - 4, len(nxt) - 1):
         decoder = FrameDecoder()
         decoder.receive_data(encode(msg) + nxt[:cut])
@@ -164,7 +164,7 @@ def test_trailing_partial_frame_needs_data_until_complete(msg: Message) -> None:
         assert decoder.next_message() is NEED_DATA
         assert decoder.next_message() is NEED_DATA
         decoder.receive_data(nxt[cut:])
-        assert decoder.next_message() == Data("db1", SEG, 8, chunk_digest(b"tail"), b"tail")
+        assert decoder.next_message() == Data("db1", SEG, 8, chunk_digest(SEG, 8, b"tail"), b"tail")
         assert decoder.next_message() is NEED_DATA
 
 
@@ -179,7 +179,7 @@ def test_empty_input_needs_data() -> None:
 def test_data_payload_is_not_parsed_as_frames() -> None:
     # A payload that is itself a valid frame must come back as payload, not as a message.
     inner = encode(Heartbeat())
-    msg = Data("db1", SEG, 0, chunk_digest(inner), inner)
+    msg = Data("db1", SEG, 0, chunk_digest(SEG, 0, inner), inner)
     assert decode(encode(msg) + encode(Heartbeat())) == [msg, Heartbeat()]
 
 
@@ -192,7 +192,7 @@ def test_data_end_position() -> None:
 
 def test_encode_parts_keeps_payload_out_of_msgpack() -> None:
     payload = bytes(range(256)) * 4096  # 1 MiB
-    msg = Data("db1", SEG, 0, chunk_digest(payload), payload)
+    msg = Data("db1", SEG, 0, chunk_digest(SEG, 0, payload), payload)
     head, body = encode_parts(msg)
     assert body is payload  # handed through, not copied
     assert len(head) < 200
@@ -253,7 +253,7 @@ def test_data_payload_over_default_limit() -> None:
 
 def test_data_payload_at_limit_is_accepted() -> None:
     payload = b"p" * 16
-    msg = Data("db1", SEG, 0, chunk_digest(payload), payload)
+    msg = Data("db1", SEG, 0, chunk_digest(SEG, 0, payload), payload)
     assert decode(encode(msg), max_payload=16) == [msg]
 
 
@@ -264,7 +264,7 @@ def test_data_header_checked_before_payload_arrives() -> None:
 
 
 def test_data_waits_for_whole_payload() -> None:
-    msg = Data("db1", SEG, 0, chunk_digest(PAYLOAD), PAYLOAD)
+    msg = Data("db1", SEG, 0, chunk_digest(SEG, 0, PAYLOAD), PAYLOAD)
     frame = encode(msg)
     decoder = FrameDecoder()
     decoder.receive_data(frame[:-1])

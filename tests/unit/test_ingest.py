@@ -23,7 +23,7 @@ S3 = "E00000003.log"
 
 def data(segment: str, offset: int, payload: bytes, corrupt: bool = False) -> Data:
     """Return a DATA frame; ``corrupt`` flips one payload bit after the digest was taken."""
-    digest = chunk_digest(payload)
+    digest = chunk_digest(segment, offset, payload)
     if corrupt:
         payload = bytes([payload[0] ^ 0x01]) + payload[1:] if payload else payload
         if not payload:
@@ -63,7 +63,7 @@ def test_in_order_data_produces_writes_and_seal_installs() -> None:
     assert ingest.expected == Position("", 0)
     a, b = b"hello ", b"world"
     ops = feed(ingest, S1, [a, b])
-    assert ops == [Write(S1, 0, a, chunk_digest(a)), Write(S1, 6, b, chunk_digest(b))]
+    assert ops == [Write(S1, 0, a, chunk_digest(S1, 0, a)), Write(S1, 6, b, chunk_digest(S1, 6, b))]
     assert [w.payload for w in ops if isinstance(w, Write)] == [a, b]
     assert ingest.active == S1
     assert ingest.expected == Position(S1, 11)
@@ -71,13 +71,13 @@ def test_in_order_data_produces_writes_and_seal_installs() -> None:
 
     out = ingest.on_seal(seal(S1, a + b))
     assert out.verdict is Verdict.ACCEPT
-    assert out.ops == [Install(S1, 11)]
+    assert out.ops == [Install(S1, 11, segment_digest(a + b), "")]
     assert ingest.last_sealed == S1
     assert ingest.active is None
     assert ingest.expected == Position(S1, 0)
 
     ops = feed(ingest, S2, [b"next"])
-    assert ops == [Write(S2, 0, b"next", chunk_digest(b"next"))]
+    assert ops == [Write(S2, 0, b"next", chunk_digest(S2, 0, b"next"))]
     assert ingest.expected == Position(S2, 4)
 
 
@@ -88,14 +88,14 @@ def test_resumes_from_recovered_partial() -> None:
     ingest = Ingest(S1, S2, len(head), hasher)
     assert ingest.expected == Position(S2, 100)
     feed(ingest, S2, [tail], start=100)
-    assert ingest.on_seal(seal(S2, head + tail)).ops == [Install(S2, 150)]
+    assert ingest.on_seal(seal(S2, head + tail)).ops == [Install(S2, 150, segment_digest(head + tail), S1)]
 
 
 def test_empty_segment_sealed_at_size_zero() -> None:
     ingest = Ingest(S1, None, 0)
     out = ingest.on_seal(seal(S2, b""))
     assert out.verdict is Verdict.ACCEPT
-    assert out.ops == [Write(S2, 0, b"", chunk_digest(b"")), Install(S2, 0)]
+    assert out.ops == [Write(S2, 0, b"", chunk_digest(S2, 0, b"")), Install(S2, 0, segment_digest(b""), S1)]
     assert ingest.last_sealed == S2
     assert ingest.active is None
 
@@ -123,7 +123,7 @@ def test_first_chunk_of_new_segment_must_be_at_offset_zero() -> None:
 def test_new_segment_must_come_after_last_sealed(segment: str) -> None:
     ingest = Ingest(S2, None, 0)
     with pytest.raises(RemoteProtocolError) as e:
-        ingest.on_data(Data(STREAM, segment, 0, chunk_digest(b"abc"), b"abc"))
+        ingest.on_data(Data(STREAM, segment, 0, chunk_digest(segment, 0, b"abc"), b"abc"))
     assert e.value.code == "bad-position"
 
 
@@ -195,7 +195,7 @@ def test_corrupt_chunk_asks_for_resend_and_drops_until_it_arrives() -> None:
 
     ops = feed(ingest, S1, [b"bbbb", b"cccc"], start=4)
     assert [op.offset for op in ops if isinstance(op, Write)] == [4, 8]
-    assert ingest.on_seal(seal(S1, b"aaaabbbbcccc")).ops == [Install(S1, 12)]
+    assert ingest.on_seal(seal(S1, b"aaaabbbbcccc")).ops == [Install(S1, 12, segment_digest(b"aaaabbbbcccc"), "")]
 
 
 def test_resend_position_is_checked_like_any_other_frame() -> None:
@@ -208,17 +208,30 @@ def test_resend_position_is_checked_like_any_other_frame() -> None:
     assert ingest.failures[S1] == 2
 
 
-def test_corrupt_first_chunk_of_new_segment_then_resend_at_zero() -> None:
+def test_corrupt_first_chunk_of_new_segment_closes_instead_of_naming_it() -> None:
+    # The digest binds segment and offset: a first chunk that fails it may carry a damaged segment
+    # name, so the receiver must not ask for a resend "from" that name; it drops the connection and
+    # the shipper resumes from what is on disk.
     ingest = Ingest(S1, None, 0)
-    out = ingest.on_data(data(S2, 0, b"first", corrupt=True))
-    assert out.verdict is Verdict.RESEND
-    assert out.resend_from == Position(S2, 0)
+    with pytest.raises(RemoteProtocolError) as err:
+        ingest.on_data(data(S2, 0, b"first", corrupt=True))
+    assert err.value.code == "bad-digest"
     assert ingest.active is None
-    assert ingest.on_data(data(S2, 5, b"second")).verdict is Verdict.DROP
+    renamed = Data(STREAM, "E00000009.log", 0, chunk_digest(S2, 0, b"first"), b"first")
+    with pytest.raises(RemoteProtocolError):
+        Ingest(S1, None, 0).on_data(renamed)
 
     ops = feed(ingest, S2, [b"first", b"second"])
-    assert ops[0] == Write(S2, 0, b"first", chunk_digest(b"first"))
-    assert ingest.on_seal(seal(S2, b"firstsecond")).ops == [Install(S2, 11)]
+    assert ops[0] == Write(S2, 0, b"first", chunk_digest(S2, 0, b"first"))
+    assert ingest.on_seal(seal(S2, b"firstsecond")).ops == [Install(S2, 11, segment_digest(b"firstsecond"), S1)]
+
+
+def test_digest_binds_segment_and_offset() -> None:
+    ingest = fresh()
+    feed(ingest, S1, [b"aaaa"])
+    # The right bytes at the right place, but with the digest of another place, are refused.
+    moved = Data(STREAM, S1, 4, chunk_digest(S1, 0, b"bbbb"), b"bbbb")
+    assert ingest.on_data(moved).verdict is Verdict.RESEND
 
 
 def test_three_failures_of_one_segment_fail_the_copy() -> None:
@@ -235,22 +248,25 @@ def test_three_failures_of_one_segment_fail_the_copy() -> None:
 
 def test_chunk_and_seal_failures_count_together() -> None:
     ingest = fresh()
-    assert ingest.on_data(data(S1, 0, b"abc", corrupt=True)).verdict is Verdict.RESEND
-    feed(ingest, S1, [b"abc"])
-    assert ingest.on_seal(seal(S1, b"abc", corrupt=True)).verdict is Verdict.RESEND
-    feed(ingest, S1, [b"abc"])
-    assert ingest.on_seal(seal(S1, b"abc", corrupt=True)).verdict is Verdict.FAIL
+    feed(ingest, S1, [b"x"])
+    assert ingest.on_data(data(S1, 1, b"abc", corrupt=True)).verdict is Verdict.RESEND
+    feed(ingest, S1, [b"abc"], start=1)
+    assert ingest.on_seal(seal(S1, b"xabc", corrupt=True)).verdict is Verdict.RESEND
+    feed(ingest, S1, [b"xabc"])
+    assert ingest.on_seal(seal(S1, b"xabc", corrupt=True)).verdict is Verdict.FAIL
 
 
 def test_failures_are_forgotten_once_the_segment_installs() -> None:
     ingest = fresh()
+    feed(ingest, S1, [b"x"])
     for _ in range(MAX_TRIES - 1):
-        ingest.on_data(data(S1, 0, b"abc", corrupt=True))
-    feed(ingest, S1, [b"abc"])
-    ingest.on_seal(seal(S1, b"abc"))
+        ingest.on_data(data(S1, 1, b"abc", corrupt=True))
+    feed(ingest, S1, [b"abc"], start=1)
+    ingest.on_seal(seal(S1, b"xabc"))
     assert S1 not in ingest.failures
+    feed(ingest, S2, [b"y"])
     for _ in range(MAX_TRIES - 1):
-        assert ingest.on_data(data(S2, 0, b"def", corrupt=True)).verdict is Verdict.RESEND
+        assert ingest.on_data(data(S2, 1, b"def", corrupt=True)).verdict is Verdict.RESEND
     assert ingest.resends == 2 * (MAX_TRIES - 1)
 
 
@@ -271,7 +287,7 @@ def test_seal_with_wrong_digest_restarts_the_segment() -> None:
     assert ops[0].offset == 0
     out = ingest.on_seal(seal(S1, content))
     assert out.verdict is Verdict.ACCEPT
-    assert out.ops == [Install(S1, 8)]
+    assert out.ops == [Install(S1, 8, segment_digest(content), "")]
     assert ingest.last_sealed == S1
 
 
@@ -301,7 +317,7 @@ class Model:
             if isinstance(op, Write):
                 buf = self.partial.setdefault(op.segment, bytearray())
                 assert op.offset == len(buf), f"write at {op.offset} but the partial holds {len(buf)}"
-                assert chunk_digest(op.payload) == op.digest
+                assert chunk_digest(op.segment, op.offset, op.payload) == op.digest
                 buf += op.payload
             elif isinstance(op, Restart):
                 self.partial.pop(op.segment, None)
@@ -373,7 +389,15 @@ def test_shipper_rewinding_on_resend_delivers_every_segment_intact(
             break
         rewind: Position | None = None
         for pos, is_seal in in_flight:
-            out = send(pos, is_seal)
+            try:
+                out = send(pos, is_seal)
+            except RemoteProtocolError as e:
+                # A bad first chunk of a new segment drops the connection: the shipper reconnects
+                # and resumes from what the store holds (the previous segment, sealed).
+                assert e.code == "bad-digest" and pos.offset == 0 and not is_seal and rewind is None
+                ingest = Ingest(ingest.last_sealed, None, 0)
+                rewind = pos
+                break
             if rewind is not None:
                 # Everything pipelined behind a resend request is dropped.
                 assert out.verdict is Verdict.DROP

@@ -194,3 +194,48 @@ def test_config_file_per_target_settings(tmp_path: Path) -> None:
     conf.write_text(conf.read_text().replace('retain_until = "durable"', 'retain_until = "never"'))
     with pytest.raises(ConfigError, match="retain_until"):
         config_from_args(_args(["--config", str(conf)]))
+
+
+def test_control_handler_suspends_persistently_and_refuses_unknown_targets(tmp_path: Path) -> None:
+    import asyncio
+
+    from shipper.__main__ import Shipper
+
+    secret = tmp_path / "s"
+    secret.write_text("k" * 40)
+    os.chmod(secret, 0o600)
+    argv = ["--stream", "db1", "--source", str(tmp_path), "--secret-file", str(secret)]
+    cfg = config_from_args(
+        _args([*argv, "--target", "127.0.0.1:1", "--target", "127.0.0.1:2", "--state-dir", str(tmp_path / "st")])
+    )
+    state = StateDir(cfg.state_dir)
+    state.create()
+
+    async def scenario() -> None:
+        shipper = Shipper(cfg, state)
+        snap = await shipper.control({"op": "status"})
+        assert [(r["target"], r["state"]) for r in snap["copies"]] == [
+            ("127.0.0.1:1", "Initializing"),
+            ("127.0.0.1:2", "Initializing"),
+        ]
+        assert (await shipper.control({"op": "suspend", "stream": "db1", "target": "127.0.0.1:2", "comment": "c"}))[
+            "ok"
+        ]
+        rows = {r["target"]: r for r in shipper.status()["copies"]}
+        assert (
+            rows["127.0.0.1:2"]["state"] == "Suspended"
+            and rows["127.0.0.1:2"]["comment"] == "c"
+            and rows["127.0.0.1:1"]["suspended"] is False
+        )
+        assert (await shipper.control({"op": "suspend", "stream": "db1", "target": "127.0.0.1:9"}))["ok"] is False
+        assert (await shipper.control({"op": "suspend", "stream": "nope", "target": "127.0.0.1:1"}))["ok"] is False
+        assert (await shipper.control({"op": "explode"}))["ok"] is False
+        # A new shipper on the same state dir starts with the suspension.
+        again = Shipper(cfg, state)
+        assert again.services["db1"].suspended.keys() == {"127.0.0.1:2"}
+        assert (await shipper.control({"op": "resume", "stream": "db1", "target": "127.0.0.1:2"}))["ok"]
+        assert Shipper(cfg, state).services["db1"].suspended == {}
+        for task in asyncio.all_tasks() - {asyncio.current_task()}:
+            task.cancel()
+
+    asyncio.run(scenario())

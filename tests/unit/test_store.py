@@ -28,7 +28,7 @@ def writes(segment: str, chunks: list[bytes], start: int = 0) -> list[Op]:
     ops: list[Op] = []
     offset = start
     for chunk in chunks:
-        ops.append(Write(segment, offset, chunk, chunk_digest(chunk)))
+        ops.append(Write(segment, offset, chunk, chunk_digest(segment, offset, chunk)))
         offset += len(chunk)
     return ops
 
@@ -79,7 +79,7 @@ def test_ops_spread_over_several_batches_and_segments(store: SegmentStore) -> No
 
 
 def test_empty_segment_installs_as_empty_file(store: SegmentStore) -> None:
-    store.apply([Write(S1, 0, b"", chunk_digest(b"")), Install(S1, 0)])
+    store.apply([Write(S1, 0, b"", chunk_digest(S1, 0, b"")), Install(S1, 0)])
     assert (store.log_dir / S1).read_bytes() == b""
     assert list(store.incoming.iterdir()) == []
 
@@ -100,7 +100,7 @@ def test_sealed_segments_ignores_dotfiles(store: SegmentStore) -> None:
 def test_ingest_and_store_together(store: SegmentStore) -> None:
     ingest = Ingest("", None, 0)
     for i, chunk in enumerate(chunks_of(BLOB, 999)):
-        out = ingest.on_data(Data("db1", S1, i * 999, chunk_digest(chunk), chunk))
+        out = ingest.on_data(Data("db1", S1, i * 999, chunk_digest(S1, i * 999, chunk), chunk))
         assert out.verdict is Verdict.ACCEPT
         store.apply(out.ops)
     out = ingest.on_seal(Seal("db1", S1, len(BLOB), segment_digest(BLOB)))
@@ -133,7 +133,7 @@ def test_recover_then_continue_writing(store: SegmentStore) -> None:
     rec = store.recover()
     ingest = Ingest(rec.last_sealed, rec.active, rec.offset, rec.hasher)
     for i, chunk in enumerate(chunks_of(tail, 1500)):
-        out = ingest.on_data(Data("db1", S1, 6000 + i * 1500, chunk_digest(chunk), chunk))
+        out = ingest.on_data(Data("db1", S1, 6000 + i * 1500, chunk_digest(S1, 6000 + i * 1500, chunk), chunk))
         assert out.verdict is Verdict.ACCEPT
         store.apply(out.ops)
     out = ingest.on_seal(Seal("db1", S1, len(BLOB), segment_digest(BLOB)))

@@ -58,7 +58,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "up":
             wan = Wan(args.name, parse_rate(args.rate) * 8, parse_duration(args.rtt))
-            wan.up()
+            was_up = wan.is_up()
+            try:
+                wan.up()
+            except WanUnavailable:
+                if not was_up:
+                    wan.down()  # leave nothing half made
+                raise
             print(wan.describe())
         elif args.command == "down":
             Wan(args.name).down()

@@ -107,7 +107,7 @@ class DelayProxy:
         listen: tuple[str, int],
         upstream: tuple[str, int],
         delay: float,
-        max_queued: int = 64 * 1024 * 1024,
+        max_queued: int = 256 * 1024 * 1024,
     ) -> None:
         self.listen = listen
         self.upstream = upstream

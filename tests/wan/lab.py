@@ -332,12 +332,13 @@ class Wan:
 
 
 def remove_stale_test_namespaces() -> list[str]:
-    """Delete namespaces of test runs (``t<pid>-dc1``) whose pytest process is gone; return them."""
+    """Delete per-run pairs (``t<pid>-dc1`` of a test run, ``b<pid>-dc1`` of a benchmark) whose
+    process is gone, e.g. after kill -9 of pytest; return their prefixes."""
     if unavailable_reason():
         return []
     removed = []
     for ns in sorted(_namespaces()):
-        m = re.fullmatch(r"(t(\d+)-)dc1", ns)
+        m = re.fullmatch(r"([a-z](\d+)-)dc1", ns)
         if m and not _pid_alive(int(m.group(2))):
             Wan(m.group(1)).down()
             removed.append(m.group(1))

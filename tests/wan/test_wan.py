@@ -3,12 +3,15 @@ delayed link. Every sealed segment in the copy is compared with the source by di
 
 from __future__ import annotations
 
+import os
 import random
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 from tests.harness import (
+    ROOT,
     Proc,
     SourceWriter,
     assert_copy_converged,
@@ -129,3 +132,36 @@ def test_link_cut_and_restored(wan: Wan, tmp_path: Path, secret: Path, procs: li
     print(f"\nfigures: segments={len(sizes)} bytes={total} cuts={cuts} shipper_connections={connects}")
     # Each cut outlasted the ack timeout: the shipper noticed and reconnected after each.
     assert connects >= 1 + cuts
+
+
+def test_compressed_log_crosses_the_link_in_fewer_bytes(
+    wan: Wan, tmp_path: Path, secret: Path, procs: list[Proc]
+) -> None:
+    source = tmp_path / "src"
+    subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "scripts" / "loadgen"),
+            "--dir",
+            str(source),
+            "--segments",
+            "8",
+            "--segment-size",
+            str(1 << 20),
+            "--seed",
+            "9",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    names = sorted(os.listdir(source))
+    receiver = wan_receiver(wan, tmp_path, secret)
+    shipper = wan_shipper(wan, tmp_path, "zs", source, secret, ["--seal", "immediate", "--compress", "zstd"])
+    tx_before = _tx_bytes(wan, "dc1")
+    procs += [receiver.start(), shipper.start()]
+    copy = tmp_path / "receiver" / "zs"
+    wait_converged(source, copy, names, {}, 60)
+    total = assert_copy_converged(source, copy, names)
+    crossed = _tx_bytes(wan, "dc1") - tx_before
+    print(f"\nfigures: log-like bytes={total} veth_tx_bytes={crossed} ratio={total / crossed:.2f}")
+    assert crossed < total / 2

@@ -1,0 +1,148 @@
+"""Activation: make a stream's standby copy the new primary.
+
+The caller has already stopped the stream from accepting shippers and holds its lock (a running
+receiver: its session for the stream is gone; no receiver: the data-dir lock). Then, in order:
+raise and persist the epoch (from this moment any shipper of an older epoch is FENCED, even if we
+crash half-way), replay everything already verified ignoring the lag, leave the received but unsealed
+tail beside the replica as ``<segment>.partial``, check that nothing the old primary had acknowledged
+is missing, run the ``--on-activate`` hook, and report.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from protocol.messages import Position
+from receiver.replayer import Idle, run_command
+from receiver.store import Installed
+
+if TYPE_CHECKING:
+    from receiver.server import StreamCopy
+
+log = logging.getLogger("receiver")
+
+HOOK_TIMEOUT = 600.0
+
+
+def missing_after_activation(
+    installed: Sequence[Installed],
+    replayed: str,
+    replica_names: set[str] | None,
+    acked: Position | None,
+    acked_sealed: bool,
+    tail: Position | None,
+) -> list[str]:
+    """List what the old primary had acknowledged that the activated replica does not hold.
+
+    Acknowledged are every installed segment (a segment is installed before its SEAL is acked) and,
+    where the receiver still knows it, the last ACKed position. ``replica_names`` (directory replay)
+    are the files actually in replica/; ``tail`` is the unsealed tail left beside it.
+    """
+    missing = [f"{r.name}: installed but not replayed" for r in installed if r.name > replayed]
+    if replica_names is not None:
+        missing += [
+            f"{r.name}: replayed but not in replica/"
+            for r in installed
+            if r.name <= replayed and r.name not in replica_names
+        ]
+    if acked is not None and acked.segment:
+        if acked_sealed:
+            if acked.segment > replayed:
+                missing.append(f"{acked}: acknowledged sealed but not replayed")
+        elif acked.segment > replayed and (tail is None or tail.segment != acked.segment or tail.offset < acked.offset):
+            missing.append(f"{acked}: acknowledged but beyond the tail left beside the replica ({tail})")
+    return sorted(set(missing))
+
+
+async def activate(
+    copy: StreamCopy,
+    on_activate: str | None,
+    acked: Position | None = None,
+    acked_sealed: bool = False,
+) -> dict[str, Any]:
+    """Activate ``copy``; return the report (see the module docstring). The caller holds the stream."""
+    loop = asyncio.get_running_loop()
+    state = copy.state
+    previous = copy.epoch
+    already = bool(state.get("activated"))
+    if not already:
+        state["epoch"] = previous + 1
+        state["activated"] = {"at": time.time(), "epoch": previous + 1, "previous_epoch": previous}
+        await copy.save_state()
+        log.warning("stream %s: ACTIVATED at epoch %d; shippers of older epochs are fenced", copy.name, copy.epoch)
+    # An operator's activation is a fresh attempt: a replay Failed earlier is tried once more.
+    state["replay_failed"] = None
+    copy.replayer.failures = 0
+    result = await copy.replayer.catch_up()
+    store = copy.store
+    rec = await loop.run_in_executor(None, store.recover)
+    tail: Position | None = None
+    tail_path = None
+    if rec.active is not None:
+        tail = Position(rec.active, rec.offset)
+        tail_path = str(await loop.run_in_executor(None, store.write_replica_partial, rec.active, rec.offset))
+    replica_names: set[str] | None = None
+    if copy.replayer.settings.mode == "directory":
+        replica_names = set(os.listdir(store.replica)) if store.replica.exists() else set()
+    missing = missing_after_activation(copy.installed, copy.replayer.replayed, replica_names, acked, acked_sealed, tail)
+    report: dict[str, Any] = {
+        "stream": copy.name,
+        "epoch": copy.epoch,
+        "previous_epoch": state["activated"].get("previous_epoch"),
+        "already_activated": already,
+        "replay_mode": copy.replayer.settings.mode,
+        "replica": str(store.replica),
+        "last_replayed": copy.replayed_position.segment or None,
+        "last_replayed_position": str(copy.replayed_position),
+        "replay_result": "complete" if isinstance(result, Idle) else (state.get("replay_failed") or repr(result)),
+        "unsealed_tail_segment": tail.segment if tail else None,
+        "unsealed_tail_bytes": tail.offset if tail else 0,
+        "unsealed_tail_path": tail_path,
+        "acknowledged_position": str(acked) if acked is not None else None,
+        "missing_acknowledged": missing,
+        "hook": on_activate,
+        "hook_exit": None,
+        "hook_output": None,
+    }
+    if on_activate:
+        if missing:
+            report["hook_output"] = "not run: acknowledged data is missing from the replica"
+        else:
+            command = (
+                on_activate.replace("{stream}", copy.name)
+                .replace("{epoch}", str(copy.epoch))
+                .replace("{replica}", str(store.replica))
+            )
+            env = {
+                "LOGSHIP_STREAM": copy.name,
+                "LOGSHIP_EPOCH": str(copy.epoch),
+                "LOGSHIP_REPLICA": str(store.replica),
+                "LOGSHIP_TAIL": tail_path or "",
+            }
+            rc, out = await loop.run_in_executor(None, run_command, command, HOOK_TIMEOUT, env)
+            report["hook_exit"], report["hook_output"] = rc, out
+            log.info("stream %s: on-activate hook exited %d", copy.name, rc)
+    report["ok"] = not missing and report["hook_exit"] in (None, 0)
+    return report
+
+
+def render_report(report: dict[str, Any]) -> str:
+    """Return the activation report as the lines ``python -m receiver activate`` prints."""
+    lines = [
+        f"stream {report['stream']}: activated at epoch {report['epoch']}"
+        + (" (it was already activated)" if report["already_activated"] else ""),
+        f"  last replayed position:   {report['last_replayed_position']} ({report['replay_result']})",
+        f"  replica:                  {report['replica']}",
+        f"  unsealed tail:            {report['unsealed_tail_bytes']} bytes"
+        + (f" in {report['unsealed_tail_path']}" if report["unsealed_tail_path"] else ""),
+        "  acknowledged data missing: "
+        + ("NO" if not report["missing_acknowledged"] else "YES: " + "; ".join(report["missing_acknowledged"])),
+    ]
+    if report["hook"]:
+        lines.append(f"  on-activate hook:         exit {report['hook_exit']}: {report['hook_output'] or ''}".rstrip())
+    return "\n".join(lines)

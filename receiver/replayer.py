@@ -1,0 +1,346 @@
+"""Replay one stream's sealed, verified segments, in log order, into its standby replica.
+
+Before a segment is replayed it is inspected: its bytes are read again from log/ and checked against
+the size and xxh3_128 recorded in the manifest at install time, its place in the log is checked (the
+manifest records, for each segment, the sealed segment before it: replay only ever moves along that
+chain, so a missing segment stops it), and an optional inspector command may veto it. A failure is
+retried a bounded number of times with back-off; then the replay is marked Failed with the reason,
+persisted in state.json, and stays stopped at that segment until an operator resumes it. Nothing is
+ever skipped; a segment whose bytes went bad is moved to quarantine/, not deleted.
+
+``next_to_replay()``, ``retry_delay()``, ``replay_queue()`` and ``expand_command()`` are the pure
+decisions; ``Replayer.step()`` does one unit of work (tests drive it directly) and ``Replayer.run()``
+loops over it, woken through an ``asyncio.Event`` when a segment is installed or an operator acts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import logging
+import os
+import shlex
+import subprocess
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from receiver.store import Installed, ReplicaError
+
+if TYPE_CHECKING:
+    from receiver.server import StreamCopy
+
+log = logging.getLogger("receiver")
+
+REPLAY_MODES = ("directory", "command")
+
+
+@dataclass(frozen=True, slots=True)
+class ReplaySettings:
+    """How one stream is replayed."""
+
+    mode: str = "directory"
+    """``directory``: copy each segment into DIR/<stream>/replica/; ``command``: run ``command`` per segment."""
+    command: str | None = None
+    """For ``command`` mode: a shell command with {path}, {name}, {stream} placeholders; non-zero exit fails."""
+    inspect_cmd: str | None = None
+    """Optional inspector run before replay with the segment's path (or the same placeholders); non-zero vetoes."""
+    lag: float = 0.0
+    """Seconds a segment must have been installed before it is replayed (activation ignores it)."""
+    retries: int = 3
+    """Retries of a failing segment before the replay is marked Failed."""
+    backoff: float = 1.0
+    """Seconds before the first retry; doubled for each further one."""
+    command_timeout: float = 600.0
+    """Seconds an inspector or replay command may run before it counts as failed."""
+
+
+# -- decisions (pure) ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Replay:
+    """Replay ``record`` now."""
+
+    record: Installed
+
+
+@dataclass(frozen=True, slots=True)
+class Hold:
+    """The next segment is not due before ``until`` (the replay lag)."""
+
+    until: float
+
+
+@dataclass(frozen=True, slots=True)
+class Idle:
+    """Everything installed is replayed."""
+
+
+@dataclass(frozen=True, slots=True)
+class Gap:
+    """The next installed segment does not follow the replayed one: replay must stop here."""
+
+    reason: str
+
+
+Decision = Replay | Hold | Idle | Gap
+
+
+def next_to_replay(log: Sequence[Installed], replayed: str, now: float, lag: float) -> Decision:
+    """Decide what to replay after ``replayed`` ("" for nothing yet) given the install records in log order."""
+    i = bisect.bisect_right(log, replayed, key=lambda r: r.name)
+    if i == len(log):
+        return Idle()
+    record = log[i]
+    if record.prev != replayed:
+        return Gap(
+            f"{record.name} follows {record.prev or 'nothing'} in the log, but replay stopped at "
+            f"{replayed or 'the start'}: segment(s) in between are missing"
+        )
+    due = record.at + lag
+    if now < due:
+        return Hold(due)
+    return Replay(record)
+
+
+def retry_delay(failures: int, retries: int, backoff: float) -> float | None:
+    """Return the pause before the next attempt after ``failures`` failures in a row, or None to give up."""
+    if failures > retries:
+        return None
+    return backoff * (2 ** (failures - 1))
+
+
+def replay_queue(log: Sequence[Installed], replayed: str) -> tuple[int, int, float | None]:
+    """Return (segments, bytes, install time of the oldest) installed but not yet replayed."""
+    i = bisect.bisect_right(log, replayed, key=lambda r: r.name)
+    waiting = log[i:]
+    return len(waiting), sum(r.size for r in waiting), (waiting[0].at if waiting else None)
+
+
+def expand_command(template: str, path: str, name: str, stream: str, append_path: bool = False) -> str:
+    """Fill {path}, {name}, {stream} with shell-quoted values; with ``append_path`` and no placeholder, add the path.
+
+    Other braces are left alone, so shell syntax such as ``${VAR}`` survives.
+    """
+    values = {"{path}": path, "{name}": name, "{stream}": stream}
+    if append_path and not any(key in template for key in values):
+        return f"{template} {shlex.quote(path)}"
+    for key, value in values.items():
+        template = template.replace(key, shlex.quote(value))
+    return template
+
+
+def run_command(command: str, timeout: float, env: dict[str, str]) -> tuple[int, str]:
+    """Run ``command`` with /bin/sh; return its exit status and the tail of its output (-1 on timeout)."""
+    try:
+        done = subprocess.run(
+            ["/bin/sh", "-c", command],
+            capture_output=True,
+            timeout=timeout,
+            env={**os.environ, **env},
+            stdin=subprocess.DEVNULL,
+        )
+    except subprocess.TimeoutExpired:
+        return -1, f"timed out after {timeout:g}s"
+    except OSError as e:
+        return 127, str(e)
+    text = (done.stdout + done.stderr).decode(errors="replace").strip()
+    return done.returncode, text[-500:]
+
+
+# -- the loop -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Retry:
+    """The last attempt failed; try again after ``delay`` seconds."""
+
+    delay: float
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Stopped:
+    """Replay does not move: the stream is suspended or Failed."""
+
+    why: str
+
+
+StepResult = Decision | Retry | Stopped
+
+
+class Replayer:
+    """Replay one stream's copy into its replica, one segment at a time."""
+
+    def __init__(
+        self,
+        copy: StreamCopy,
+        settings: ReplaySettings,
+        on_replayed: Callable[[], None] | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.copy = copy
+        self.settings = settings
+        self.on_replayed = on_replayed
+        self.clock = clock
+        self.wake = asyncio.Event()
+        self.failures = 0
+        self.override = False
+        """Set during activation: replay everything verified, ignoring the lag and a suspension."""
+        self._step_lock = asyncio.Lock()
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def replayed(self) -> str:
+        return str(self.copy.state.get("replayed") or "")
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self.run(), name=f"replay-{self.copy.name}")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+
+    async def run(self) -> None:
+        """Replay for ever, sleeping until an install, the lag, a retry or an operator wakes us."""
+        while True:
+            self.wake.clear()
+            timeout: float | None = None
+            try:
+                result: StepResult = await self.step()
+            except Exception:
+                # Not a replay failure (that is ReplicaError, handled in step()) but e.g. state.json
+                # that cannot be written: keep the loop alive and try again later.
+                log.exception("stream %s: replay step failed; trying again in 5s", self.copy.name)
+                result = Retry(5.0, "internal error")
+            if isinstance(result, Replay):
+                continue
+            if isinstance(result, Hold):
+                timeout = max(0.0, result.until - self.clock()) + 0.01
+            elif isinstance(result, Retry):
+                timeout = result.delay
+            try:
+                async with asyncio.timeout(timeout):
+                    await self.wake.wait()
+            except TimeoutError:
+                pass
+
+    async def step(self) -> StepResult:
+        """Inspect and replay the next due segment, if any; return what happened."""
+        async with self._step_lock:
+            return await self._step()
+
+    async def catch_up(self) -> StepResult:
+        """Replay everything already verified, ignoring the lag and a suspension (activation)."""
+        self.override = True
+        try:
+            while True:
+                result = await self.step()
+                if isinstance(result, Replay):
+                    continue
+                if isinstance(result, Retry):
+                    await asyncio.sleep(result.delay)
+                    continue
+                return result
+        finally:
+            self.override = False
+
+    async def _step(self) -> StepResult:
+        state = self.copy.state
+        if state.get("replay_failed"):
+            return Stopped("failed")
+        if state.get("suspended") and not self.override:
+            return Stopped("suspended")
+        lag = 0.0 if self.override else self.settings.lag
+        decision = next_to_replay(self.copy.installed, self.replayed, self.clock(), lag)
+        if isinstance(decision, Gap):
+            await self._fail(decision.reason)
+            return decision
+        if not isinstance(decision, Replay):
+            return decision
+        record = decision.record
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.run_in_executor(None, self._inspect, record)
+            state["inspected"], state["inspected_at"] = record.name, self.clock()
+            await loop.run_in_executor(None, self._apply, record)
+        except ReplicaError as e:
+            self.failures += 1
+            state["last_error"] = str(e)
+            delay = retry_delay(self.failures, self.settings.retries, self.settings.backoff)
+            if delay is None:
+                quarantined = None
+                if e.corrupt:
+                    quarantined = await loop.run_in_executor(
+                        None, self.copy.store.quarantine_sealed, record.name, str(e)
+                    )
+                reason = f"{e} ({self.failures} attempts)"
+                if quarantined is not None:
+                    reason += f"; moved to {quarantined}"
+                await self._fail(reason)
+                return Stopped("failed")
+            log.warning(
+                "stream %s: replay of %s failed (attempt %d of %d): %s; retrying in %.1fs",
+                self.copy.name,
+                record.name,
+                self.failures,
+                self.settings.retries + 1,
+                e,
+                delay,
+            )
+            return Retry(delay, str(e))
+        self.failures = 0
+        state.update(replayed=record.name, replayed_size=record.size, replayed_at=self.clock(), last_error=None)
+        await self.copy.save_state()
+        log.info("stream %s: replayed %s (%d bytes)", self.copy.name, record.name, record.size)
+        if self.on_replayed is not None:
+            self.on_replayed()
+        return decision
+
+    async def _fail(self, reason: str) -> None:
+        self.failures = 0
+        self.copy.state["replay_failed"] = reason
+        self.copy.state["replay_failed_at"] = self.clock()
+        await self.copy.save_state()
+        log.error("stream %s: replay Failed and stopped: %s", self.copy.name, reason)
+
+    def _env(self, record: Installed, path: str) -> dict[str, str]:
+        return {"LOGSHIP_STREAM": self.copy.name, "LOGSHIP_SEGMENT": record.name, "LOGSHIP_PATH": path}
+
+    def _inspect(self, record: Installed) -> None:
+        """Re-verify the segment from log/ and run the inspector (blocking; worker thread)."""
+        store = self.copy.store
+        store.verify_sealed(record)
+        cmd = self.settings.inspect_cmd
+        if cmd:
+            path = str(store.log_dir / record.name)
+            rc, out = run_command(
+                expand_command(cmd, path, record.name, self.copy.name, append_path=True),
+                self.settings.command_timeout,
+                self._env(record, path),
+            )
+            if rc != 0:
+                raise ReplicaError(f"inspector vetoed {record.name} (exit {rc}): {out or 'no output'}")
+
+    def _apply(self, record: Installed) -> None:
+        """Replay one inspected segment (blocking; worker thread)."""
+        store = self.copy.store
+        if self.settings.mode == "directory":
+            store.install_replica(record)
+            return
+        assert self.settings.command, "command mode needs a replay command"
+        path = str(store.log_dir / record.name)
+        rc, out = run_command(
+            expand_command(self.settings.command, path, record.name, self.copy.name),
+            self.settings.command_timeout,
+            self._env(record, path),
+        )
+        if rc != 0:
+            raise ReplicaError(f"replay command failed on {record.name} (exit {rc}): {out or 'no output'}")

@@ -1,0 +1,109 @@
+"""The receiver's status rows: one per stream copy, from its state, manifest and replay position. No I/O.
+
+The same rows come from a running receiver (through its control channel or ``/status``) and, when none
+runs, from the data dir on disk, so ``python -m receiver status`` reads alike either way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from receiver.replayer import replay_queue
+from receiver.store import Installed
+
+COLUMNS = [
+    ("stream", "stream"),
+    ("state", "state"),
+    ("epoch", "epoch"),
+    ("replay_queue", "replay queue"),
+    ("last_copied_text", "last copied"),
+    ("last_replayed_text", "last replayed"),
+    ("lag_text", "lag"),
+    ("note", "failure / comment"),
+]
+
+
+def copy_state(state: dict[str, Any], attached: bool | None, attached_once: bool = False) -> str:
+    """Name the state of a copy; ``attached`` None means no receiver runs (read from disk)."""
+    if state.get("activated"):
+        return "Activated"
+    if state.get("failed") or state.get("replay_failed"):
+        return "Failed"
+    if state.get("suspended"):
+        return "Suspended"
+    if attached:
+        return "Healthy"
+    if attached is None or attached_once:
+        return "Disconnected"
+    return "Initializing"
+
+
+def copy_row(
+    stream: str,
+    state: dict[str, Any],
+    installed: Sequence[Installed],
+    now: float,
+    attached: bool | None,
+    attached_once: bool = False,
+    replay_lag: float | None = None,
+) -> dict[str, Any]:
+    """Build one status row in the shape admin/ expects (see COORD: status shape)."""
+    replayed = str(state.get("replayed") or "")
+    segments, nbytes, oldest = replay_queue(installed, replayed)
+    last = installed[-1] if installed else None
+    failure = state.get("failed") or state.get("replay_failed")
+    row: dict[str, Any] = {
+        "stream": stream,
+        "state": copy_state(state, attached, attached_once),
+        "epoch": int(state.get("epoch", 0)),
+        "copy_queue_segments": None,
+        "copy_queue_bytes": None,
+        "replay_queue_segments": segments,
+        "replay_queue_bytes": nbytes,
+        "last_copied": last.name if last else None,
+        "last_copied_at": last.at if last else None,
+        "last_inspected": state.get("inspected"),
+        "last_inspected_at": state.get("inspected_at"),
+        "last_replayed": replayed or None,
+        "last_replayed_at": state.get("replayed_at"),
+        "lag_seconds": round(now - oldest, 3) if oldest is not None else 0.0,
+        "failure": failure,
+        "suspended": bool(state.get("suspended")),
+        "comment": state.get("comment"),
+        "retrying": state.get("last_error"),
+    }
+    if replay_lag is not None:
+        row["replay_lag_seconds"] = replay_lag
+    if state.get("activated"):
+        row["activated_at"] = state["activated"].get("at")
+    return row
+
+
+def render_rows(rows: Sequence[dict[str, Any]], now: float) -> str:
+    """Return the rows as the readable table of ``python -m receiver status``."""
+    # Imported here: tabulate is only needed by the command line, not by the daemon's start-up.
+    from admin.table import human_age, human_bytes, render
+
+    shown = []
+    for row in rows:
+        note = row.get("failure") or row.get("comment") or row.get("retrying") or ""
+        shown.append(
+            {
+                **row,
+                "replay_queue": f"{row['replay_queue_segments']} / {human_bytes(row['replay_queue_bytes'])}",
+                "last_copied_text": _at(row.get("last_copied"), row.get("last_copied_at"), now),
+                "last_replayed_text": _at(row.get("last_replayed"), row.get("last_replayed_at"), now),
+                "lag_text": human_age(row.get("lag_seconds")),
+                "note": note,
+            }
+        )
+    return render(shown, COLUMNS)
+
+
+def _at(name: str | None, at: float | None, now: float) -> str:
+    from admin.table import since
+
+    if not name:
+        return "-"
+    return f"{name} ({since(at, now)})"

@@ -1,0 +1,186 @@
+"""What every fault test shares: the shipper's acknowledged positions, checks against the receiver's
+disk, and the figures each test records for docs/reliability.md.
+
+The shipper, run at ``--log-level DEBUG``, logs one ``acked stream=.. seg=.. off=.. sealed=..`` line per
+acknowledgement. ``check_acked_on_disk`` holds the receiver's disk to the highest of them: every
+segment before it sealed and byte-identical to the source, and the acknowledged segment holding at
+least the acknowledged bytes, verified by its chunk records exactly as a restarted receiver would.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import struct
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from protocol.digest import chunk_digest
+from tests.harness import ROOT, digest_file
+
+_IDX = struct.Struct(">QIQ")
+_ACKED = re.compile(r"acked stream=(\S+) target=(\S+) seg=(\S+) off=(\d+) sealed=([01])\n")
+
+
+def report_dir() -> Path:
+    """Where fault tests write their figures: $LOGSHIP_FAULTS_REPORT or tests/faults/.last-run."""
+    return Path(os.environ.get("LOGSHIP_FAULTS_REPORT") or ROOT / "tests" / "faults" / ".last-run")
+
+
+@dataclass
+class FaultFigures:
+    """One row of the reliability table."""
+
+    fault: str
+    """What was done to the system."""
+    injected: int = 0
+    """How many times it was done in this run."""
+    bytes_verified: int = 0
+    """Bytes of the converged copy compared with the source (plus acknowledged bytes checked)."""
+    corrupt_installed: int = 0
+    """Segments in log/ that differ from the source (must be 0)."""
+    acked_lost: int = 0
+    """Acknowledged bytes missing from the receiver's disk after a fault (must be 0)."""
+    seconds: float = 0.0
+    """Wall time of the test."""
+    notes: dict[str, int | str] = field(default_factory=dict)
+    """Other counters (resends, reconnects, ...)."""
+
+
+def record(test: str, rows: list[FaultFigures]) -> None:
+    """Write this test's rows to the report directory (one JSON file per test)."""
+    out = report_dir()
+    out.mkdir(parents=True, exist_ok=True)
+    doc = {"test": test, "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "rows": []}
+    doc["rows"] = [asdict(r) for r in rows]
+    tmp = out / f".{test}.json.tmp"
+    tmp.write_text(json.dumps(doc, indent=1, sort_keys=True))
+    tmp.replace(out / f"{test}.json")
+
+
+@dataclass(frozen=True, order=True)
+class Acked:
+    segment: str
+    offset: int
+    sealed: bool
+
+
+def highest_acked(log_text: str) -> Acked | None:
+    """The highest position the shipper logged as acknowledged, or None."""
+    best: Acked | None = None
+    for m in _ACKED.finditer(log_text):
+        seg = "" if m.group(3) == "-" else m.group(3)
+        a = Acked(seg, int(m.group(4)), m.group(5) == "1")
+        if best is None or a > best:
+            best = a
+    return best
+
+
+def verified_partial_size(copy_root: Path, segment: str) -> int:
+    """Bytes of ``segment``'s partial that its chunk records verify (read-only; what recovery keeps)."""
+    inc = copy_root / "incoming"
+    try:
+        records = (inc / f"{segment}.idx").read_bytes()
+        data = (inc / f"{segment}.partial").read_bytes()
+    except FileNotFoundError:
+        return 0
+    end = 0
+    for i in range(len(records) // _IDX.size):
+        off, length, digest = _IDX.unpack_from(records, i * _IDX.size)
+        chunk = data[off : off + length]
+        if off != end or len(chunk) != length or chunk_digest(segment, off, chunk) != digest:
+            break
+        end += length
+    return end
+
+
+class DiskChecker:
+    """Checks a receiver's copy of one stream against the source and the shipper's acknowledgements."""
+
+    def __init__(self, source: Path, copy_root: Path) -> None:
+        self.source = source
+        self.copy_root = copy_root
+        self.verified: dict[str, int] = {}
+        self.acked_checks = 0
+        self.acked_bytes_checked = 0
+
+    def check_log(self) -> None:
+        """Every segment in log/ is byte-identical to the source; raise AssertionError otherwise."""
+        log_dir = self.copy_root / "log"
+        if not log_dir.exists():
+            return
+        for name in sorted(os.listdir(log_dir)):
+            if name in self.verified or name.startswith("."):
+                continue
+            dst, src = log_dir / name, self.source / name
+            size = dst.stat().st_size
+            assert src.exists() and size == src.stat().st_size, f"corrupt segment installed: {name} (size)"
+            assert digest_file(dst) == digest_file(src), f"corrupt segment installed: {name}"
+            self.verified[name] = size
+
+    def lost_bytes(self, acked: Acked) -> int:
+        """Acknowledged bytes that the receiver's disk does not hold (0 when all is well)."""
+        self.check_log()
+        lost = 0
+        names = sorted(n for n in os.listdir(self.source) if not n.startswith("."))
+        for name in names:
+            if name >= acked.segment:
+                break
+            if name not in self.verified:
+                lost += (self.source / name).stat().st_size
+        if not acked.segment:
+            return lost
+        if acked.segment in self.verified:
+            return lost + max(0, acked.offset - self.verified[acked.segment])
+        if acked.sealed:
+            return lost + acked.offset
+        have = verified_partial_size(self.copy_root, acked.segment)
+        if have >= acked.offset:
+            part = self.copy_root / "incoming" / f"{acked.segment}.partial"
+            with open(part, "rb") as f:
+                copied = f.read(acked.offset)
+            with open(self.source / acked.segment, "rb") as f:
+                original = f.read(acked.offset)
+            if copied != original:
+                return lost + acked.offset
+            return lost
+        return lost + acked.offset - have
+
+    def check_acked(self, shipper_log: str, tries: int = 5) -> int:
+        """Assert the highest acknowledged position is on disk; return the bytes it covers.
+
+        Retries a few times, since a live receiver may be renaming a partial into log/ meanwhile.
+        """
+        acked = highest_acked(shipper_log)
+        if acked is None:
+            return 0
+        lost = 0
+        for _ in range(tries):
+            try:
+                lost = self.lost_bytes(acked)
+            except FileNotFoundError:
+                lost = -1
+            if lost == 0:
+                break
+            time.sleep(0.1)
+        assert lost == 0, f"acknowledged bytes lost: {lost} bytes up to {acked}"
+        self.acked_checks += 1
+        covered = sum(v for k, v in self.verified.items() if k < acked.segment) + acked.offset
+        self.acked_bytes_checked += covered
+        return covered
+
+
+def converged_bytes(source: Path, copy_root: Path, expect: list[str]) -> int:
+    """Assert log/ holds exactly ``expect``, byte-identical to the source; return the bytes compared."""
+    log_dir = copy_root / "log"
+    have = sorted(n for n in os.listdir(log_dir) if not n.startswith("."))
+    assert have == sorted(expect), f"log/ holds {len(have)} segments, expected {len(expect)}"
+    total = 0
+    for name in have:
+        src, dst = source / name, log_dir / name
+        assert src.stat().st_size == dst.stat().st_size, f"{name}: size differs"
+        assert digest_file(src) == digest_file(dst), f"{name}: digest differs"
+        total += dst.stat().st_size
+    return total

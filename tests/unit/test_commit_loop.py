@@ -1,0 +1,75 @@
+"""The receiver's committer: detaching while a batch is being written still writes what was queued
+and then ends (it once waited forever for a wake-up that had already been used, holding the stream's
+lock, so that every reconnection timed out)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from typing import Any
+
+from protocol.messages import Position
+from receiver.ingest import Op, Write
+from receiver.server import Attachment
+
+
+class _SlowStore:
+    def __init__(self) -> None:
+        self.gate = threading.Event()
+        self.applied: list[list[Op]] = []
+        self.closed = False
+
+    def apply(self, ops: list[Op]) -> list[Any]:
+        self.gate.wait(10)
+        self.applied.append(ops)
+        return []
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class _Copy:
+    name = "db1"
+    replayed_position = Position("", 0)
+
+    def __init__(self) -> None:
+        self.store = _SlowStore()
+
+    def on_installed(self, installed: list[Any]) -> None:
+        pass
+
+
+class _Conn:
+    closing = False
+
+    def __init__(self) -> None:
+        self.sent: list[Any] = []
+
+    def send(self, msg: Any) -> int:
+        self.sent.append(msg)
+        return 0
+
+
+def _write(offset: int) -> Write:
+    return Write("E0000000001.log", offset, b"x" * 10, 0)
+
+
+async def _detach_during_a_batch() -> tuple[_Copy, _Conn]:
+    copy, conn = _Copy(), _Conn()
+    att = Attachment(copy, conn, None, Position("", 0), True, 1 << 20)  # type: ignore[arg-type]
+    att.submit([_write(0)])
+    await asyncio.sleep(0.05)  # the first batch is now being applied (held at the gate)
+    att.submit([_write(10)])  # queued behind it
+    detaching = asyncio.create_task(att.detach())
+    await asyncio.sleep(0.05)
+    copy.store.gate.set()
+    async with asyncio.timeout(5):
+        await detaching
+    return copy, conn
+
+
+def test_detach_writes_the_queued_batch_and_ends() -> None:
+    copy, conn = asyncio.run(_detach_during_a_batch())
+    assert [op.offset for batch in copy.store.applied for op in batch] == [0, 10]  # type: ignore[union-attr]
+    assert copy.store.closed
+    assert conn.sent[-1].position == Position("E0000000001.log", 20)
