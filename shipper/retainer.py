@@ -166,10 +166,10 @@ class Retainer:
         decision = retainable(self.segments(), self.targets(), now, self.lag, self.last.covered_since)
         self.last = decision
         for name in decision.remove:
+            if not (self.source / name).exists():
+                continue  # already gone; the tailer has not looked since
             try:
                 await asyncio.to_thread(remove_segment, self.source, name, self.archive)
-            except FileNotFoundError:
-                continue
             except OSError as e:
                 if self.error != str(e):
                     log.error("stream %s: cannot remove %s from the source: %s", self.stream, name, e)

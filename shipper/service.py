@@ -154,6 +154,8 @@ class ShipperService:
                 retention = "off"
             elif s.name in holders:
                 retention = f"holds: {holders[s.name]}"
+            elif self.retainer.error:
+                retention = f"error: {self.retainer.error}"
             else:
                 retention = "ok"
             out.append(

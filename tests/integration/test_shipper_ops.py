@@ -16,6 +16,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests.harness import (
     ROOT,
     Proc,
@@ -302,3 +304,54 @@ def test_dead_and_stopped_targets_do_not_slow_a_healthy_one(tmp_path: Path, secr
     # The frozen receiver, thawed, catches up.
     wait_until(lambda: log_names(tmp_path / "frozen" / "db1") == expect, 60, what="thawed copy complete")
     assert_copy_converged(source, tmp_path / "frozen" / "db1", expect)
+
+
+@pytest.mark.skipif(
+    os.environ.get("LOGSHIP_HEAVY") != "1", reason="heavy: set LOGSHIP_HEAVY=1 (12 streams x 3 targets)"
+)
+def test_many_streams_many_targets_one_blackholed_heavy(tmp_path: Path, secret: Path, procs: list[Proc]) -> None:
+    streams = [f"s{i:02d}" for i in range(12)]
+    ports = [free_port(), free_port()]
+    procs += [receiver_proc(tmp_path, p, secret, name=f"r{i}").start() for i, p in enumerate(ports)]
+    hole = Blackhole()
+    state_dir, admin_port = tmp_path / "state", free_port()
+    text = f'state_dir = "{state_dir}"\nadmin = "127.0.0.1:{admin_port}"\n'
+    writers = []
+    for n, stream in enumerate(streams):
+        source = tmp_path / f"src-{stream}"
+        source.mkdir()
+        text += f'[[stream]]\nname = "{stream}"\nsource = "{source}"\nsecret_file = "{secret}"\n'
+        for p in [*ports, hole.port]:
+            text += f'[[stream.target]]\naddress = "127.0.0.1:{p}"\n'
+        writers.append(SourceWriter(source, [128 * 1024] * 30, rate=0.5e6, seed=n))
+    conf = tmp_path / "shipper.toml"
+    conf.write_text(text)
+    procs.append(Proc("shipper", ["--config", str(conf)], tmp_path / "shipper.log").start())
+    healthy = {f"127.0.0.1:{p}" for p in ports}
+    lags: list[float] = []
+    try:
+        wait_until(lambda: state_of(state_dir, streams[-1], f"127.0.0.1:{ports[1]}") == "Healthy", 30, what="up")
+        for w in writers:
+            w.start()
+        deadline = time.monotonic() + 60
+        while not all(w.done_full.is_set() for w in writers) and time.monotonic() < deadline:
+            with urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/status", timeout=10) as resp:
+                snap = json.load(resp)
+            lags += [r["lag_seconds"] for r in snap["copies"] if r["target"] in healthy]
+            time.sleep(0.2)
+        expect = [segment_name(i) for i in range(1, 31)]
+        for stream in streams:
+            for i in range(2):
+                copy = tmp_path / f"r{i}" / stream
+                wait_until(lambda c=copy: log_names(c) == expect, 30, what=f"{stream} on r{i}")  # type: ignore[misc]
+                assert_copy_converged(tmp_path / f"src-{stream}", copy, expect)
+    finally:
+        for w in writers:
+            w.stop()
+        hole.close()
+    lags.sort()
+    print(
+        f"\nfigures: 12 streams x 3 targets (1 blackholed): healthy lag p50={lags[len(lags) // 2]:.2f}s "
+        f"p99={lags[int(len(lags) * 0.99)]:.2f}s max={lags[-1]:.2f}s samples={len(lags)}"
+    )
+    assert lags[-1] < 5.0

@@ -133,3 +133,17 @@ def test_one_step_deletes_without_an_archive(tmp_path: Path) -> None:
     retainer = Retainer("db1", tmp_path, lambda: SEGS, lambda: [target()], 0.0)
     asyncio.run(retainer.step(now=1.0))
     assert sorted(p.name for p in tmp_path.iterdir()) == [S4]
+
+
+def test_a_failing_archive_stops_retention_and_says_why(tmp_path: Path) -> None:
+    source = tmp_path / "src"
+    source.mkdir()
+    for seg in SEGS:
+        (source / seg.name).write_bytes(b"z" * seg.size)
+    retainer = Retainer("db1", source, lambda: SEGS, lambda: [target()], 0.0, tmp_path / "no-such-archive")
+    asyncio.run(retainer.step(now=1.0))
+    assert sorted(p.name for p in source.iterdir()) == [s.name for s in SEGS]
+    assert retainer.error is not None and "no-such-archive" in retainer.error and retainer.removed == 0
+    (tmp_path / "no-such-archive").mkdir()
+    asyncio.run(retainer.step(now=2.0))
+    assert retainer.error is None and retainer.removed == 3
