@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from protocol.aio import ConnectionClosed, FramedConnection
+from protocol.aio import ConnectionClosed, FramedConnection, FrameReceiver
 from protocol.compression import ENCODINGS, agreed
 from protocol.errors import ProtocolError, RemoteProtocolError
 from protocol.framing import DEFAULT_MAX_PAYLOAD
@@ -329,13 +329,14 @@ class ReceiverServer:
         # TLS is done by asyncio before a session starts: a peer stuck in its TLS handshake is dropped
         # after the handshake timeout, but is not counted against max_unauthenticated. (Upgrading
         # inside the session with start_tls would count it, but loses a ClientHello that arrives
-        # before the upgrade.)
+        # before the upgrade: the bytes are already in our buffers.)
+        # A FrameReceiver per connection: the socket writes into the frame decoder's buffers.
         tls = self.config.tls
-        self.server = await asyncio.start_server(
-            self._on_connect,
+        max_payload = self.config.max_payload
+        self.server = await asyncio.get_running_loop().create_server(
+            lambda: FrameReceiver(self._on_connect, max_payload),
             host,
             port,
-            limit=1 << 20,
             ssl=tls,
             ssl_handshake_timeout=self.config.handshake_timeout if tls is not None else None,
         )
@@ -357,7 +358,8 @@ class ReceiverServer:
             await copy.replayer.stop()
             copy.store.close_manifest()
 
-    async def _on_connect(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _on_connect(self, conn: FramedConnection) -> None:
+        writer = conn.writer
         task = asyncio.current_task()
         assert task is not None
         self.connections_total += 1
@@ -373,7 +375,6 @@ class ReceiverServer:
             writer.transport.abort()
             return
         self.sessions.add(task)
-        conn = FramedConnection(reader, writer, self.config.max_payload)
         try:
             await self._session(conn)
         except asyncio.CancelledError:
