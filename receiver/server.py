@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from protocol.aio import ConnectionClosed, FramedConnection
+from protocol.aio import ConnectionClosed, FramedConnection, FrameReceiver
 from protocol.compression import ENCODINGS, agreed
 from protocol.errors import ProtocolError, RemoteProtocolError
 from protocol.framing import DEFAULT_MAX_PAYLOAD
@@ -328,7 +328,11 @@ class ReceiverServer:
             self.copy(name)
         # TLS starts inside each session (start_tls), after the cap on unauthenticated connections:
         # a peer stuck in its TLS handshake holds a slot like one stuck in ours.
-        self.server = await asyncio.start_server(self._on_connect, host, port, limit=1 << 20)
+        # A FrameReceiver per connection: the socket writes into the frame decoder's buffers.
+        max_payload = self.config.max_payload
+        self.server = await asyncio.get_running_loop().create_server(
+            lambda: FrameReceiver(self._on_connect, max_payload), host, port
+        )
         sock = self.server.sockets[0].getsockname()
         return sock[0], sock[1]
 
@@ -347,7 +351,8 @@ class ReceiverServer:
             await copy.replayer.stop()
             copy.store.close_manifest()
 
-    async def _on_connect(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _on_connect(self, conn: FramedConnection) -> None:
+        writer = conn.writer
         task = asyncio.current_task()
         assert task is not None
         self.connections_total += 1
@@ -363,7 +368,6 @@ class ReceiverServer:
             writer.transport.abort()
             return
         self.sessions.add(task)
-        conn = FramedConnection(reader, writer, self.config.max_payload)
         try:
             await self._session(conn)
         except asyncio.CancelledError:
