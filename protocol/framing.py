@@ -18,6 +18,10 @@ from protocol.messages import MESSAGE_TYPES, PAYLOAD_TYPES, Data, Message
 
 MAX_HEADER: Final = 64 * 1024
 DEFAULT_MAX_PAYLOAD: Final = 4 * 1024 * 1024
+SCRATCH: Final = 256 * 1024
+"""Bytes get_buffer() offers between payloads."""
+DIRECT_PAYLOAD: Final = 64 * 1024
+"""Payloads of at least this size are received in place into their own buffer."""
 _PREFIX = struct.Struct(">I")
 
 
@@ -78,16 +82,53 @@ class FrameDecoder:
         self._buf = bytearray()
         self._header: dict[str, Any] | None = None
         self._error: RemoteProtocolError | None = None
+        self._payload: bytearray | None = None
+        """The pending DATA payload, filled in place (see get_buffer); None while bytes go to _buf."""
+        self._filled = 0
+        self._scratch: bytearray | None = None
+        self._into_payload = False
 
     @property
     def buffered(self) -> int:
-        return len(self._buf)
+        return len(self._buf) + self._filled
 
     def receive_data(self, data: bytes | bytearray | memoryview) -> None:
         """Append bytes from the peer."""
         if self._error is not None:
             raise self._error
+        if self._payload is not None:
+            take = min(len(data), len(self._payload) - self._filled)
+            self._payload[self._filled : self._filled + take] = memoryview(data)[:take]
+            self._filled += take
+            if take == len(data):
+                return
+            data = memoryview(data)[take:]
         self._buf += data
+
+    def get_buffer(self) -> memoryview:
+        """Return a buffer the next bytes from the peer may be written into; then call buffer_updated().
+
+        The zero-copy twin of receive_data() for asyncio.BufferedProtocol: while a large DATA payload
+        is pending, the socket writes straight into the payload's own buffer.
+        """
+        if self._error is not None:
+            raise self._error
+        if self._payload is not None and self._filled < len(self._payload):
+            self._into_payload = True
+            return memoryview(self._payload)[self._filled :]
+        # Between payloads, or a payload complete but not yet taken by next_message().
+        self._into_payload = False
+        if self._scratch is None:
+            self._scratch = bytearray(SCRATCH)
+        return memoryview(self._scratch)
+
+    def buffer_updated(self, nbytes: int) -> None:
+        """Take ``nbytes`` written into the buffer of the last get_buffer()."""
+        if self._into_payload:
+            self._filled += nbytes
+        else:
+            assert self._scratch is not None
+            self.receive_data(memoryview(self._scratch)[:nbytes])
 
     def next_message(self) -> Message | _NeedData:
         """Return the next complete message, or NEED_DATA.
@@ -140,10 +181,24 @@ class FrameDecoder:
                 return factory(header)
         header = self._header
         plen = header["len"]
-        if len(buf) < plen:
+        payload: bytes | bytearray
+        if self._payload is not None:
+            if self._filled < plen:
+                return NEED_DATA
+            payload, self._payload, self._filled = self._payload, None, 0
+        elif len(buf) < plen:
+            # A large payload gets its own buffer that the rest of it is received into in place (no
+            # second copy). Only once a quarter of it arrived: a peer that sends headers alone must
+            # not make us allocate more than a few times what it actually sent.
+            if plen >= DIRECT_PAYLOAD and len(buf) >= plen // 4:
+                self._payload = bytearray(plen)
+                self._payload[: len(buf)] = buf
+                self._filled = len(buf)
+                buf.clear()
             return NEED_DATA
-        payload = bytes(memoryview(buf)[:plen])
-        del buf[:plen]
+        else:
+            payload = bytes(memoryview(buf)[:plen])
+            del buf[:plen]
         self._header = None
         if "enc" in header:
             payload = decompress(header["enc"], payload, header["ulen"])

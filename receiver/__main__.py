@@ -17,6 +17,7 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -288,7 +289,7 @@ def _call(data_dir: Path, request: dict[str, Any], timeout: float = 30.0) -> dic
 
 
 @contextlib.contextmanager
-def _offline(data_dir: Path):  # type: ignore[no-untyped-def]
+def _offline(data_dir: Path) -> Iterator[None]:
     """Hold the data-dir lock while working on the copies with no receiver running."""
     try:
         fd = lock_data_dir(data_dir)

@@ -251,7 +251,8 @@ def partial_matches_prefix(source: Path, copy_root: Path) -> bool:
     for p in inc.glob("*.partial"):
         name = p.name[: -len(".partial")]
         size = p.stat().st_size
-        if digest_file(source / name, size) != digest_file(p):
+        # Both digests over the same ``size`` bytes: the partial may grow while we read it.
+        if digest_file(source / name, size) != digest_file(p, size):
             return False
     return True
 

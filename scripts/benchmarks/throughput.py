@@ -7,6 +7,7 @@ import shutil
 import time
 from pathlib import Path
 
+import psutil
 import xxhash
 
 from benchmarks.common import (
@@ -37,9 +38,12 @@ def _digest(path: os.PathLike[str] | str) -> str:
     return h.hexdigest()
 
 
-def _logship_once(opts: Options, stage: Path, names: list[str], run: int) -> float:
+def _logship_once(
+    opts: Options, stage: Path, names: list[str], run: int
+) -> tuple[float, tuple[float, float], tuple[float, float]]:
     """Ship every segment of ``stage`` once; return seconds from the first rename into the source
-    directory to the last segment sealed in the copy's log/."""
+    directory to the last segment sealed in the copy's log/, and the CPU seconds the shipper and the
+    receiver used meanwhile."""
     work = fresh_dir(opts.work / f"logship-{run}")
     src = fresh_dir(work / "src")
     secret = make_secret(work / "secret")
@@ -51,17 +55,21 @@ def _logship_once(opts: Options, stage: Path, names: list[str], run: int) -> flo
             [
                 "--stream", "tp", "--source", str(src), "--target", f"127.0.0.1:{port}",
                 "--secret-file", str(secret), "--segment-size", str(SEGMENT),
+                *os.environ.get("BENCH_SHIPPER_ARGS", "").split(),
             ],
         )  # fmt: skip
         wait_until(lambda: "tp: " in receiver.log_text() and "attached" in receiver.log_text(), 30, what="attach")
         log_dir = work / "receiver" / "tp" / "log"
         last = log_dir / names[-1]
+        cpu0 = psutil.Process(shipper.pid).cpu_times(), psutil.Process(receiver.pid).cpu_times()
         start = time.perf_counter()
         # The segments appear in the source directory the way an archiver fills it: by rename, whole.
         for name in names:
             os.rename(stage / name, src / name)
         wait_until(last.exists, 600, interval=0.002, what="the last segment to be sealed in log/")
         elapsed = time.perf_counter() - start
+        s1, r1 = psutil.Process(shipper.pid).cpu_times(), psutil.Process(receiver.pid).cpu_times()
+        cpu = (s1.user - cpu0[0].user, s1.system - cpu0[0].system), (r1.user - cpu0[1].user, r1.system - cpu0[1].system)
     finally:
         if shipper is not None:
             shipper.stop()
@@ -75,7 +83,7 @@ def _logship_once(opts: Options, stage: Path, names: list[str], run: int) -> flo
     if sorted(os.listdir(log_dir)) != sorted(names):
         raise AssertionError("log/ does not hold exactly the source segments")
     shutil.rmtree(work)
-    return elapsed
+    return elapsed, cpu[0], cpu[1]
 
 
 def run(opts: Options) -> Result:
@@ -88,7 +96,7 @@ def run(opts: Options) -> Result:
     names = [segment_name(i) for i in range(1, count + 1)]
     dst = opts.work / "dst"
     files = [str(dst / n) for n in names]
-    cp_times, rsync_times, ls_times = [], [], []
+    cp_times, rsync_times, ls_times, ship_cpu, recv_cpu = [], [], [], [], []
     for i in range(opts.repeat):
         shutil.rmtree(dst, ignore_errors=True)
         # sync with file arguments fsyncs exactly those files (and the directory), so other writers on
@@ -97,10 +105,14 @@ def run(opts: Options) -> Result:
         shutil.rmtree(dst, ignore_errors=True)
         rsync_times.append(timed(["rsync", "-a", f"{stage}/", f"{dst}/"]))
         shutil.rmtree(dst, ignore_errors=True)
-        ls_times.append(_logship_once(opts, stage, names, i))
+        elapsed, s_cpu, r_cpu = _logship_once(opts, stage, names, i)
+        ls_times.append(elapsed)
+        ship_cpu.append(s_cpu)
+        recv_cpu.append(r_cpu)
         print(
             f"  run {i + 1}: cp+sync {gbps(total, cp_times[-1])}, rsync -a {gbps(total, rsync_times[-1])}, "
-            f"logship {gbps(total, ls_times[-1])}",
+            f"logship {gbps(total, ls_times[-1])} (CPU user+sys s: shipper {s_cpu[0]:.2f}+{s_cpu[1]:.2f}, "
+            f"receiver {r_cpu[0]:.2f}+{r_cpu[1]:.2f})",
             flush=True,
         )
     shutil.rmtree(dst, ignore_errors=True)
@@ -111,6 +123,12 @@ def run(opts: Options) -> Result:
         "runs", f"{opts.repeat} (median shown; every run: logship {', '.join(gbps(total, t) for t in ls_times)})"
     )
     result.figure("logship, source to sealed copy in log/", f"{gbps(total, ls)} ({ls:.2f} s)")
+    gib = total / (1 << 30)
+    for proc, cpu in (("shipper", ship_cpu), ("receiver", recv_cpu)):
+        user, system = median([c[0] for c in cpu]) / gib, median([c[1] for c in cpu]) / gib
+        result.figure(
+            f"CPU of the {proc} per GiB (median)", f"{user + system:.2f} s (user {user:.2f}, system {system:.2f})"
+        )
     result.figure("cp -r + sync (baseline)", f"{gbps(total, cp)} ({cp:.2f} s)")
     result.figure("rsync -a (baseline)", f"{gbps(total, rs)} ({rs:.2f} s)")
     r_cp, r_rs = cp / ls, rs / ls
