@@ -51,9 +51,11 @@ def client_tls_context(cert: Path | None, key: Path | None, ca: Path | None) -> 
 
     Raises ConfigError if a file cannot be loaded.
     """
-    ctx = ssl.create_default_context(cafile=None)
-    if ca is not None:
-        # Trust only the CA given: a receiver certified by any public CA is not ours.
+    if ca is None:
+        ctx = ssl.create_default_context()
+    else:
+        # Trust only the CA given (not the system store): a receiver certified by a public CA is not
+        # ours. PROTOCOL_TLS_CLIENT checks the host name and requires a certificate by default.
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     return _load(ctx, cert, key, ca)

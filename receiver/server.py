@@ -326,12 +326,19 @@ class ReceiverServer:
         # Copies already on disk replay from the start, whether or not their shipper comes back.
         for name in self.known_streams():
             self.copy(name)
-        # TLS starts inside each session (start_tls), after the cap on unauthenticated connections:
-        # a peer stuck in its TLS handshake holds a slot like one stuck in ours.
+        # TLS is done by asyncio before a session starts: a peer stuck in its TLS handshake is dropped
+        # after the handshake timeout, but is not counted against max_unauthenticated. (Upgrading
+        # inside the session with start_tls would count it, but loses a ClientHello that arrives
+        # before the upgrade: the bytes are already in our buffers.)
         # A FrameReceiver per connection: the socket writes into the frame decoder's buffers.
+        tls = self.config.tls
         max_payload = self.config.max_payload
         self.server = await asyncio.get_running_loop().create_server(
-            lambda: FrameReceiver(self._on_connect, max_payload), host, port
+            lambda: FrameReceiver(self._on_connect, max_payload),
+            host,
+            port,
+            ssl=tls,
+            ssl_handshake_timeout=self.config.handshake_timeout if tls is not None else None,
         )
         sock = self.server.sockets[0].getsockname()
         return sock[0], sock[1]
@@ -381,8 +388,6 @@ class ReceiverServer:
         try:
             self.unauthenticated += 1
             try:
-                if self.config.tls is not None:
-                    await self._start_tls(conn)
                 attachments = await self._handshake(conn)
             finally:
                 self.unauthenticated -= 1
@@ -404,18 +409,6 @@ class ReceiverServer:
                 att.copy.lock.release()
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(conn.drain(), 1)
-
-    async def _start_tls(self, conn: FramedConnection) -> None:
-        """Upgrade the connection to TLS; a peer that fails the TLS handshake ends as a closed connection.
-
-        Raises ConnectionClosed (bad certificate, not TLS at all, reset) or TimeoutError.
-        """
-        assert self.config.tls is not None
-        try:
-            await conn.writer.start_tls(self.config.tls, ssl_handshake_timeout=self.config.handshake_timeout)
-        except (ssl.SSLError, ConnectionError, OSError) as e:
-            log.warning("%s: TLS handshake failed: %r", conn.peer, e)
-            raise ConnectionClosed(f"TLS handshake failed: {e}") from None
 
     async def _handshake(self, conn: FramedConnection) -> dict[str, Attachment]:
         hs = ReceiverHandshake(self.config.node, os.urandom(32), self.config.secret_for)

@@ -53,7 +53,11 @@ def record(test: str, rows: list[FaultFigures]) -> None:
     """Write this test's rows to the report directory (one JSON file per test)."""
     out = report_dir()
     out.mkdir(parents=True, exist_ok=True)
-    doc = {"test": test, "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "rows": []}
+    doc: dict[str, object] = {
+        "test": test,
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "heavy": os.environ.get("LOGSHIP_HEAVY") == "1",
+    }
     doc["rows"] = [asdict(r) for r in rows]
     tmp = out / f".{test}.json.tmp"
     tmp.write_text(json.dumps(doc, indent=1, sort_keys=True))

@@ -42,6 +42,13 @@ def write_segments(source: Path, first: int, last: int, rnd: random.Random) -> N
         tmp.rename(source / segment_name(i))
 
 
+def replayed_of(copy: Path) -> str | None:
+    try:
+        return json.loads((copy / "state.json").read_text()).get("replayed")
+    except (FileNotFoundError, ValueError):
+        return None
+
+
 def replica_names(copy: Path) -> list[str]:
     replica = copy / "replica"
     return sorted(n for n in os.listdir(replica) if not n.startswith(".")) if replica.exists() else []
@@ -72,7 +79,8 @@ def test_directory_replay_inspection_failure_resume_suspend_restart_quarantine(
 
     # 1. Sealed segments are replayed in log order, byte-identical; the active one is not.
     write_segments(source, 1, 6, rnd)
-    wait_until(lambda: len(replica_names(copy)) == 5, 30, what="5 segments replayed")
+    # A segment is in replica/ a moment before its replay is recorded: wait for the record.
+    wait_until(lambda: replayed_of(copy) == segment_name(5), 30, what="5 segments replayed")
     assert_replica_matches(source, copy, 5)
     assert order.read_text().split() == [segment_name(i) for i in range(1, 6)]
     row = status(data)["db1"]
@@ -160,9 +168,9 @@ def test_command_replayer_from_config_and_replay_lag(tmp_path: Path, secret: Pat
     assert [m["seg"] for m in manifest] == [segment_name(i) for i in range(1, 4)]
     if time.time() < manifest[0]["at"] + 2.5:  # only meaningful while the lag has surely not passed
         assert not (applied / "order").exists()
-    wait_until(lambda: (applied / "order").exists() and len((applied / "order").read_text().split()) == 3, 30)
+    # The command runs first, then the replay position is recorded: wait for the record.
+    wait_until(lambda: replayed_of(copy) == segment_name(3), 30, what="3 segments replayed")
     state = json.loads((copy / "state.json").read_text())
-    assert state["replayed"] == segment_name(3)
     assert state["replayed_at"] - manifest[-1]["at"] >= 3.0
     assert (applied / "order").read_text().split() == [m["seg"] for m in manifest]
     expect = b"".join((source / segment_name(i)).read_bytes() for i in range(1, 4))
