@@ -112,7 +112,12 @@ class FrameDecoder:
         is pending, the socket writes straight into the payload's own buffer.
         """
         if self._error is not None:
-            raise self._error
+            # Closed by an error: whatever else arrives is read and dropped (raising here would be a
+            # fatal transport error instead of the ERROR frame and close the caller sends).
+            self._into_payload = False
+            if self._scratch is None:
+                self._scratch = bytearray(SCRATCH)
+            return memoryview(self._scratch)
         if self._payload is not None and self._filled < len(self._payload):
             self._into_payload = True
             return memoryview(self._payload)[self._filled :]
@@ -124,6 +129,8 @@ class FrameDecoder:
 
     def buffer_updated(self, nbytes: int) -> None:
         """Take ``nbytes`` written into the buffer of the last get_buffer()."""
+        if self._error is not None:
+            return
         if self._into_payload:
             self._filled += nbytes
         else:

@@ -83,3 +83,16 @@ def test_a_payload_buffer_is_not_allocated_for_a_header_alone() -> None:
     decoder.receive_data(wire[:1000])
     assert decoder.next_message() is NEED_DATA
     assert len(decoder.get_buffer()) < 1 << 20
+
+
+def test_after_an_error_get_buffer_still_gives_a_buffer_and_drops_what_comes() -> None:
+    decoder = FrameDecoder()
+    decoder.receive_data(b"\x00\x00\x00\x00")
+    with pytest.raises(Exception, match="empty header"):
+        decoder.next_message()
+    buf = decoder.get_buffer()
+    assert len(buf) > 0
+    buf[:3] = b"abc"
+    decoder.buffer_updated(3)
+    with pytest.raises(Exception, match="empty header"):
+        decoder.next_message()
