@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import fcntl
 import json
 import logging
 import os
@@ -24,6 +23,7 @@ from typing import Any
 import uvloop
 
 from admin import control
+from admin.files import lock_exclusive
 from protocol.config_util import ConfigError
 from receiver.activation import activate, render_report
 from receiver.config import load_toml, replay_from_doc, settings_from_args
@@ -116,14 +116,9 @@ def lock_data_dir(data_dir: Path) -> int:
 
     Raises ConfigError if another receiver holds it.
     """
-    fd = os.open(data_dir / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        raise ConfigError(f"another receiver is already using {data_dir} (lock {data_dir / '.lock'} is held)") from None
-    os.ftruncate(fd, 0)
-    os.write(fd, f"{os.getpid()}\n".encode())
+    fd = lock_exclusive(data_dir / ".lock")
+    if fd is None:
+        raise ConfigError(f"another receiver is already using {data_dir} (lock {data_dir / '.lock'} is held)")
     return fd
 
 

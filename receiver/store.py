@@ -31,6 +31,7 @@ from typing import Any
 
 import xxhash
 
+from admin.files import fsync_dir, write_atomic
 from protocol.digest import chunk_digest, segment_hasher
 from receiver.ingest import Install, Op, Restart, Write
 
@@ -47,27 +48,6 @@ def _fsync_helper() -> ThreadPoolExecutor:
     if _helper is None:
         _helper = ThreadPoolExecutor(max_workers=4, thread_name_prefix="fsync")
     return _helper
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Replace ``path`` with ``data`` so that a crash leaves either the old or the new file."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,8 +20,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from admin.files import fsync_dir
 from protocol.messages import Position
-from shipper.state import fsync_dir
 from shipper.status import AckKey, covers
 from shipper.tailer import SegmentInfo
 

@@ -12,13 +12,14 @@ shipper learns it again at every handshake.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from admin.files import lock_exclusive, write_atomic
 
 SUSPENDED_FILE = "suspended.json"
 CONTROL_SOCKET = "control.sock"
@@ -40,27 +41,6 @@ def default_state_dir() -> Path:
         return Path("/var/lib/logship/shipper")
     xdg = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
     return Path(xdg) / "logship" / "shipper"
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Replace ``path`` with ``data`` so that a crash leaves either the old or the new file."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,14 +84,9 @@ class StateDir:
 
         Raises StateBusy if another process holds it, OSError if the lock file cannot be opened.
         """
-        fd = os.open(self.path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise StateBusy(f"another shipper uses the state directory {self.path}") from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
+        fd = lock_exclusive(self.path / LOCK_FILE, 0o600)
+        if fd is None:
+            raise StateBusy(f"another shipper uses the state directory {self.path}")
         self._lock_fd = fd
 
     def unlock(self) -> None:
@@ -142,7 +117,7 @@ class StateDir:
             {"stream": stream, "target": target, "comment": s.comment, "since": s.since}
             for (stream, target), s in sorted(suspensions.items())
         ]
-        write_atomic(self.path / SUSPENDED_FILE, json.dumps({"suspended": items}, indent=1).encode() + b"\n")
+        write_atomic(self.path / SUSPENDED_FILE, json.dumps({"suspended": items}, indent=1).encode() + b"\n", 0o600)
 
     def set_suspended(self, stream: str, target: str, suspended: bool, comment: str | None) -> bool:
         """Record a suspension or its end, straight in the file (when no shipper runs); return if it changed."""

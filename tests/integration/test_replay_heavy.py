@@ -11,11 +11,12 @@ from pathlib import Path
 
 import pytest
 
+from admin.files import fsync_dir
 from protocol.digest import chunk_digest, segment_digest
 from receiver.ingest import Install, Write
 from receiver.replayer import Idle, ReplaySettings
 from receiver.server import StreamCopy
-from receiver.store import SegmentStore, fsync_dir
+from receiver.store import SegmentStore
 
 pytestmark = pytest.mark.skipif(os.environ.get("LOGSHIP_HEAVY") != "1", reason="heavy: set LOGSHIP_HEAVY=1")
 

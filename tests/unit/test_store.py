@@ -11,10 +11,11 @@ from pathlib import Path
 
 import pytest
 
+from admin.files import write_atomic
 from protocol.digest import chunk_digest, segment_digest
 from protocol.messages import Data, Seal
 from receiver.ingest import Ingest, Install, Op, Restart, Verdict, Write
-from receiver.store import SegmentStore, write_atomic
+from receiver.store import SegmentStore
 
 S1 = "E00000001.log"
 S2 = "E00000002.log"

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import ROOT, Proc, make_secret
+from tests.harness import ROOT, Proc
 from tests.wan.lab import RECEIVER_LISTEN, TARGET, Wan, WanUnavailable, remove_stale_test_namespaces, unavailable_reason
 
 # Small and quick on purpose (the whole of tests/wan runs in about two minutes on 2 shared cores).
@@ -34,20 +34,6 @@ def wan() -> Iterator[Wan]:
         yield lab
     finally:
         lab.down()
-
-
-@pytest.fixture
-def secret(tmp_path: Path) -> Path:
-    return make_secret(tmp_path / "secret")
-
-
-@pytest.fixture
-def procs() -> Iterator[list[Proc]]:
-    """Processes a test starts; every one is stopped by pid at the end, whatever happened."""
-    started: list[Proc] = []
-    yield started
-    for p in started:
-        p.stop(timeout=5)
 
 
 class NsProc(Proc):

@@ -1,3 +1,5 @@
+"""Fixtures every test layer shares."""
+
 from __future__ import annotations
 
 from collections.abc import Iterator
