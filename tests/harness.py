@@ -262,22 +262,19 @@ def partial_matches_prefix(source: Path, copy_root: Path) -> bool:
 _PREFIX = struct.Struct(">I")
 
 
-class FaultProxy:
-    """A TCP proxy between shipper and receiver that understands frames well enough to damage them.
-
-    Shipper->receiver bytes are parsed into frames so that a fault lands exactly where a test wants it:
-    ``flip_data`` flips one payload byte of the next DATA frame, ``flip_seal`` one byte of the next SEAL's
-    digest, ``cut_mid_frame`` forwards half of the next DATA frame and then drops both sides.
-    """
+class FrameProxy:
+    """A TCP proxy on 127.0.0.1 between shipper and receiver; subclasses decide what ``_forward`` does
+    to the shipper->receiver frames. The receiver->shipper direction is copied as it is, held while
+    ``_open`` is cleared (a stall)."""
 
     def __init__(self, upstream_port: int) -> None:
         self.upstream_port = upstream_port
         self.port = 0
         self.server: asyncio.Server | None = None
-        self.pending: list[str] = []
-        self.done: list[str] = []
         self.connections = 0
         self._writers: list[asyncio.StreamWriter] = []
+        self._open = asyncio.Event()
+        self._open.set()
 
     async def start(self) -> None:
         self.server = await asyncio.start_server(self._on_connect, "127.0.0.1", 0)
@@ -299,8 +296,8 @@ class FaultProxy:
         self._writers += [cw, uw]
         back = asyncio.create_task(self._pipe(ur, cw))
         try:
-            await self._forward_frames(cr, uw)
-        except (OSError, asyncio.IncompleteReadError):
+            await self._forward(cr, uw)
+        except (OSError, asyncio.IncompleteReadError, ValueError):
             pass
         finally:
             uw.close()
@@ -310,6 +307,7 @@ class FaultProxy:
     async def _pipe(self, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
         try:
             while data := await r.read(65536):
+                await self._open.wait()
                 w.write(data)
                 await w.drain()
         except OSError:
@@ -317,7 +315,23 @@ class FaultProxy:
         finally:
             w.close()
 
-    async def _forward_frames(self, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+    async def _forward(self, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        raise NotImplementedError
+
+
+class FaultProxy(FrameProxy):
+    """A proxy that understands frames well enough to damage them where a test wants it.
+
+    ``flip_data`` flips one payload byte of the next DATA frame, ``flip_seal`` one byte of the next SEAL's
+    digest, ``cut_mid_frame`` forwards half of the next DATA frame and then drops both sides.
+    """
+
+    def __init__(self, upstream_port: int) -> None:
+        super().__init__(upstream_port)
+        self.pending: list[str] = []
+        self.done: list[str] = []
+
+    async def _forward(self, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
         while True:
             prefix = await r.readexactly(4)
             (hlen,) = _PREFIX.unpack(prefix)

@@ -23,63 +23,20 @@ import threading
 
 import msgpack
 
+from tests.harness import FrameProxy
+
 KINDS = ("cut", "truncate", "stall", "flip_header", "flip_payload", "duplicate")
 _PREFIX = struct.Struct(">I")
 
 
-class DamagingProxy:
+class DamagingProxy(FrameProxy):
     def __init__(self, upstream_port: int, seed: int = 1, stall_seconds: tuple[float, float] = (0.5, 4.0)) -> None:
-        self.upstream_port = upstream_port
-        self.port = 0
+        super().__init__(upstream_port)
         self.rnd = random.Random(seed)
         self.stall_seconds = stall_seconds
         self.armed: collections.deque[str] = collections.deque()
         self.fired: collections.Counter[str] = collections.Counter()
-        self.connections = 0
         self.damaged_segments: collections.Counter[str] = collections.Counter()
-        self._server: asyncio.Server | None = None
-        self._writers: list[asyncio.StreamWriter] = []
-        self._open = asyncio.Event()
-        self._open.set()
-
-    async def start(self) -> None:
-        self._server = await asyncio.start_server(self._on_connect, "127.0.0.1", 0)
-        self.port = self._server.sockets[0].getsockname()[1]
-
-    async def close(self) -> None:
-        if self._server is not None:
-            self._server.close()
-        for w in self._writers:
-            w.close()
-
-    async def _on_connect(self, cr: asyncio.StreamReader, cw: asyncio.StreamWriter) -> None:
-        self.connections += 1
-        try:
-            ur, uw = await asyncio.open_connection("127.0.0.1", self.upstream_port)
-        except OSError:
-            cw.close()
-            return
-        self._writers += [cw, uw]
-        back = asyncio.create_task(self._pipe(ur, cw))
-        try:
-            await self._forward(cr, uw)
-        except (OSError, asyncio.IncompleteReadError, ValueError):
-            pass
-        finally:
-            uw.close()
-            cw.close()
-            back.cancel()
-
-    async def _pipe(self, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
-        try:
-            while data := await r.read(65536):
-                await self._open.wait()
-                w.write(data)
-                await w.drain()
-        except OSError:
-            pass
-        finally:
-            w.close()
 
     def _take(self, kind: str) -> None:
         self.armed.popleft()
