@@ -7,11 +7,8 @@ import os
 import platform
 import random
 import re
-import secrets
 import shutil
-import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -20,14 +17,13 @@ from pathlib import Path
 
 import psutil
 
+from tests.harness import Proc as HarnessProc
+from tests.harness import make_secret as make_secret
+from tests.harness import segment_name as segment_name
+
 ROOT = Path(__file__).resolve().parents[2]
 MIB = 1024 * 1024
 GIB = 1024 * MIB
-
-
-def segment_name(number: int) -> str:
-    """Return the Exchange-style name of segment ``number`` (1 -> E0000000001.log), as loadgen does."""
-    return f"E00{number:08X}.log"
 
 
 @dataclass
@@ -74,48 +70,15 @@ class Result:
         self.notes.append(text)
 
 
-class Proc:
-    """A real ``python -m receiver|shipper`` process with its stderr in a log file."""
+class Proc(HarnessProc):
+    """A real ``python -m receiver|shipper`` process, started at once (the tests' wrapper)."""
 
-    def __init__(self, module: str, args: list[str], log_path: Path, cwd: Path = ROOT) -> None:
-        self.module = module
-        self.args = args
-        self.log_path = log_path
-        log = open(log_path, "ab")
-        try:
-            self.popen = subprocess.Popen([sys.executable, "-m", module, *args], stdout=log, stderr=log, cwd=cwd)
-        finally:
-            log.close()
-
-    @property
-    def pid(self) -> int:
-        return self.popen.pid
-
-    def alive(self) -> bool:
-        return self.popen.poll() is None
-
-    def log_text(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")
-        except FileNotFoundError:
-            return ""
+    def __init__(self, module: str, args: list[str], log_path: Path) -> None:
+        super().__init__(module, args, log_path)
+        self.start()
 
     def stop(self, timeout: float = 15) -> int | None:
-        """SIGTERM, wait; SIGKILL if it does not stop. Returns the exit code."""
-        if self.popen.poll() is None:
-            self.popen.send_signal(signal.SIGTERM)
-            try:
-                self.popen.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-                self.popen.wait(10)
-        return self.popen.returncode
-
-
-def make_secret(path: Path) -> Path:
-    path.write_text(secrets.token_hex(32) + "\n")
-    path.chmod(0o600)
-    return path
+        return super().stop(timeout)
 
 
 def wait_until(pred: Callable[[], bool], timeout: float, interval: float = 0.05, what: str = "condition") -> None:
