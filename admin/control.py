@@ -58,14 +58,16 @@ class ControlServer:
         if self._server is not None:
             self._server.close()
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._server.wait_closed(), 2)
+                async with asyncio.timeout(2):  # not wait_for: see protocol.aio.FramedConnection.close
+                    await self._server.wait_closed()
             self._server = None
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            line = await asyncio.wait_for(reader.readline(), 10)
+            async with asyncio.timeout(10):
+                line = await reader.readline()
             try:
                 request = json.loads(line)
                 if not isinstance(request, dict):

@@ -61,6 +61,23 @@ def client_tls_context(cert: Path | None, key: Path | None, ca: Path | None) -> 
     return _load(ctx, cert, key, ca)
 
 
+async def cancel_and_wait(*tasks: asyncio.Task[object]) -> None:
+    """Cancel ``tasks`` and wait until each has finished, ignoring how they ended.
+
+    Unlike ``await task`` under ``suppress(CancelledError)``, a cancellation of the caller itself is
+    not swallowed: that swallowed a SIGTERM that came while a connection was being torn down, and the
+    shipper kept reconnecting for ever instead of exiting.
+    """
+    for task in tasks:
+        task.cancel()
+    pending = {t for t in tasks if not t.done()}
+    if pending:
+        await asyncio.wait(pending)
+    for task in tasks:
+        if not task.cancelled():
+            task.exception()  # retrieved: no "exception was never retrieved" at exit
+
+
 class ConnectionClosed(Exception):
     """The peer closed the connection (cleanly or not)."""
 
@@ -276,7 +293,11 @@ class FramedConnection:
         """Close the connection; never raises."""
         if not self.writer.is_closing():
             self.writer.close()
+        # asyncio.timeout, not wait_for: on Python 3.11 wait_for returns normally when it is cancelled
+        # just as the awaited thing completes (CPython gh-86296), and a shipper stopped by SIGTERM
+        # at that moment went on reconnecting for ever.
         try:
-            await asyncio.wait_for(self.writer.wait_closed(), 2)
+            async with asyncio.timeout(2):
+                await self.writer.wait_closed()
         except Exception:  # noqa: BLE001 - closing must not fail its caller
             pass

@@ -24,7 +24,7 @@ from typing import Any
 from protocol.aio import ConnectionClosed, FramedConnection, FrameReceiver
 from protocol.compression import ENCODINGS, agreed
 from protocol.errors import ProtocolError, RemoteProtocolError
-from protocol.framing import DEFAULT_MAX_PAYLOAD
+from protocol.framing import DEFAULT_MAX_PAYLOAD, BufferPool
 from protocol.messages import (
     START,
     Ack,
@@ -174,8 +174,10 @@ class Attachment:
         durable: Position,
         sealed: bool,
         max_pending: int,
+        pool: BufferPool | None = None,
     ) -> None:
         self.copy = copy
+        self.pool = pool
         self.conn = conn
         self.ingest = ingest
         self.acked = durable
@@ -227,6 +229,16 @@ class Attachment:
                 self.room.set()
             self.copy.on_installed(installed)
             self._ack_after(ops)
+            self._recycle(ops)
+
+    def _recycle(self, ops: list[Op]) -> None:
+        # The payloads are on disk and the ops were their last holders (the frames that carried them
+        # were consumed by the ingest): their buffers can take the next payloads.
+        if self.pool is None:
+            return
+        for op in ops:
+            if isinstance(op, Write) and isinstance(op.payload, bytearray):
+                self.pool.give(op.payload)
 
     def _ack_after(self, ops: list[Op]) -> None:
         position, sealed = self.acked, self.acked_sealed
@@ -263,6 +275,9 @@ class ReceiverServer:
         self.connections_total = 0
         self.unauthenticated = 0
         self.refused_busy = 0
+        # One pool for all connections: it runs on the event loop alone (taken by the decoders, given
+        # back by the committers once apply() returned), and bounds the free memory once.
+        self.payload_pool = BufferPool()
 
     def copy(self, name: str) -> StreamCopy:
         check_stream_name(name)
@@ -353,7 +368,8 @@ class ReceiverServer:
             await asyncio.gather(*self.sessions, return_exceptions=True)
         if self.server is not None:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(self.server.wait_closed(), 2)
+                async with asyncio.timeout(2):  # not wait_for: see FramedConnection.close
+                    await self.server.wait_closed()
         for copy in self.copies.values():
             await copy.replayer.stop()
             copy.store.close_manifest()
@@ -408,7 +424,8 @@ class ReceiverServer:
                     att.copy.owner = None
                 att.copy.lock.release()
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(conn.drain(), 1)
+                async with asyncio.timeout(1):  # not wait_for: see FramedConnection.close
+                    await conn.drain()
 
     async def _handshake(self, conn: FramedConnection) -> dict[str, Attachment]:
         hs = ReceiverHandshake(self.config.node, os.urandom(32), self.config.secret_for)
@@ -496,6 +513,7 @@ class ReceiverServer:
             raise
         # Announce every payload encoding we decode; accept compressed DATA only in one both listed.
         conn.decoder.encodings = agreed(hs.features, ENCODINGS)
+        conn.decoder.pool = self.payload_pool
         conn.send(hs.welcome(resumes, ENCODINGS))
         for att in attachments.values():
             # Tell the shipper at once what is already replayed: its retention waits for that, and an

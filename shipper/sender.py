@@ -24,7 +24,7 @@ from pathlib import Path
 
 import xxhash
 
-from protocol.aio import ConnectionClosed, FramedConnection
+from protocol.aio import ConnectionClosed, FramedConnection, cancel_and_wait
 from protocol.compression import Compression, PayloadCompressor, agreed
 from protocol.digest import chunk_digest, segment_hasher
 from protocol.errors import ProtocolError
@@ -273,11 +273,7 @@ class TargetSender:
             try:
                 send_task = asyncio.create_task(self._send_loop(conn), name=f"send-{self.name}")
                 done, _ = await asyncio.wait({reader_task, send_task}, return_when=asyncio.FIRST_COMPLETED)
-                for t in (reader_task, send_task):
-                    if t not in done:
-                        t.cancel()
-                        with contextlib.suppress(asyncio.CancelledError, Exception):
-                            await t
+                await cancel_and_wait(*(t for t in (reader_task, send_task) if t not in done))
                 for t in done:
                     t.result()
             finally:

@@ -8,12 +8,12 @@ one, which continues from the target's durable position like any reconnect.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import logging
 import time
 from typing import Any
 
+from protocol.aio import cancel_and_wait
 from shipper.config import StreamConfig, TargetConfig
 from shipper.retainer import Retainer, TargetView, retainable
 from shipper.sender import SenderConfig, TargetSender, TargetState
@@ -228,12 +228,7 @@ class ShipperService:
                 await asyncio.wait([stopper, waker, *helpers], return_when=asyncio.FIRST_COMPLETED)
                 waker.cancel()
         finally:
-            tasks = [*self._tasks.values(), *helpers, stopper]
-            for task in tasks:
-                task.cancel()
-            for task in tasks:
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
+            await cancel_and_wait(*self._tasks.values(), *helpers, stopper)
             self._tasks.clear()
 
     async def _monitor(self) -> None:

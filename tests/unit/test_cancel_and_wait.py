@@ -1,0 +1,84 @@
+"""cancel_and_wait never swallows a cancellation of its caller."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from protocol.aio import FramedConnection, cancel_and_wait
+
+
+async def _slow_to_cancel(hold: float) -> None:
+    try:
+        await asyncio.sleep(3600)
+    except asyncio.CancelledError:
+        # A task that needs a moment to wind down (e.g. closing its connection) after cancel().
+        await asyncio.sleep(hold)
+        raise
+
+
+async def _failing() -> None:
+    raise ValueError("boom")
+
+
+async def test_the_caller_cancelled_meanwhile_stays_cancelled() -> None:
+    child = asyncio.create_task(_slow_to_cancel(0.3))
+    await asyncio.sleep(0)
+    finished_normally = False
+
+    async def caller() -> None:
+        nonlocal finished_normally
+        await cancel_and_wait(child)
+        finished_normally = True
+
+    outer = asyncio.create_task(caller())
+    await asyncio.sleep(0.05)  # the caller is now waiting for the child to wind down
+    outer.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await outer
+    assert outer.cancelled()
+    assert not finished_normally
+    await asyncio.wait({child}, timeout=2)
+    assert child.cancelled()
+
+
+async def test_waits_for_every_task_and_ignores_how_they_ended() -> None:
+    slow = asyncio.create_task(_slow_to_cancel(0.1))
+    failed = asyncio.create_task(_failing())
+    finished = asyncio.create_task(asyncio.sleep(0))
+    await asyncio.sleep(0.01)
+    await cancel_and_wait(slow, failed, finished)
+    assert slow.done() and failed.done() and finished.done()
+    assert slow.cancelled()
+    assert isinstance(failed.exception(), ValueError)
+
+
+class _ClosingWriter:
+    """Just enough of a StreamWriter for FramedConnection.close: wait_closed() ends when told."""
+
+    def __init__(self) -> None:
+        self.closed = asyncio.get_running_loop().create_future()
+
+    def get_extra_info(self, name: str) -> None:
+        return None
+
+    def is_closing(self) -> bool:
+        return True
+
+    async def wait_closed(self) -> None:
+        await self.closed
+
+
+async def test_close_cancelled_as_the_socket_finishes_closing_stays_cancelled() -> None:
+    # The cancel and the end of wait_closed() land in the same loop turn. asyncio.wait_for on Python
+    # 3.11 then returned normally (CPython gh-86296), and the shipper's loop reconnected instead of
+    # stopping on SIGTERM.
+    writer = _ClosingWriter()
+    conn = FramedConnection(None, writer)  # type: ignore[arg-type]
+    task = asyncio.create_task(conn.close())
+    await asyncio.sleep(0.01)
+    writer.closed.set_result(None)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
