@@ -275,7 +275,8 @@ class Data:
 
 @dataclass(frozen=True, slots=True)
 class Seal:
-    """The segment is complete at ``size`` bytes; ``digest`` is xxh3_128 of all of it."""
+    """The segment is complete at ``size`` bytes; ``digest`` is its seal digest (protocol.digest.seal_digest:
+    xxh3_128 over its name, size and the xxh3_128 of all its bytes)."""
 
     TYPE: ClassVar[str] = "SEAL"
     stream: str

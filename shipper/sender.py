@@ -26,7 +26,7 @@ import xxhash
 
 from protocol.aio import ConnectionClosed, FramedConnection
 from protocol.compression import Compression, PayloadCompressor, agreed
-from protocol.digest import chunk_digest, segment_hasher
+from protocol.digest import chunk_digest, seal_digest, segment_hasher
 from protocol.errors import ProtocolError
 from protocol.messages import Ack, Data, Error, Fenced, Heartbeat, Nack, Position, Seal, StreamResume
 from protocol.session import ShipperHandshake
@@ -434,7 +434,14 @@ class TargetSender:
                     if pause > 0:
                         await asyncio.sleep(pause)
             elif isinstance(step, SendSeal):
-                conn.send(Seal(self.stream, step.segment, step.size, self._hasher.digest()))
+                conn.send(
+                    Seal(
+                        self.stream,
+                        step.segment,
+                        step.size,
+                        seal_digest(step.segment, step.size, self._hasher.digest()),
+                    )
+                )
                 self._cursor.sealed = True
                 self._track((Position(step.segment, step.size), True), 0)
                 self._close_file()
