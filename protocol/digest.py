@@ -22,6 +22,16 @@ def chunk_digest(segment: str, offset: int, data: bytes | bytearray | memoryview
     return h.intdigest()
 
 
+def fields_digest(*fields: str | int) -> int:
+    """Return the xxh3_64 digest of a control frame's fields (each as text, NUL between them).
+
+    ACK and NACK carry no payload, but their fields decide what the shipper believes is durable (and
+    may drop from its window, or let retention delete): a damaged offset must not pass as a real one.
+    """
+    text = "\0".join(str(f) for f in fields)
+    return xxhash.xxh3_64_intdigest(text.encode("utf-8", "surrogatepass"))
+
+
 def segment_hasher() -> xxhash.xxh3_128:
     """Return an incremental hasher for a whole segment; ``.digest()`` gives 16 bytes."""
     return xxhash.xxh3_128()

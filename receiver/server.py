@@ -612,21 +612,24 @@ class ReceiverServer:
                     durable,
                     " (sealed)" if sealed else "",
                 )
+            # Announce every payload encoding we decode; accept compressed DATA only in one both listed.
+            conn.decoder.encodings = agreed(hs.features, ENCODINGS)
+            conn.send(hs.welcome(resumes, ENCODINGS))
+            for att in attachments.values():
+                # Tell the shipper at once what is already replayed: its retention waits for that, and
+                # an idle stream would otherwise send no ACK to carry it (e.g. replay caught up while
+                # detached).
+                if att.copy.replayed_position != START:
+                    conn.send(Ack(att.copy.name, att.acked, att.acked_sealed, att.copy.replayed_position))
+            await conn.drain()
         except BaseException:
+            # Also when the peer vanished while we answered: the streams must not stay locked to a
+            # connection that is gone (every later shipper would time out waiting for the lock).
             for att in attachments.values():
                 await att.detach()
                 att.copy.owner = None
                 att.copy.lock.release()
             raise
-        # Announce every payload encoding we decode; accept compressed DATA only in one both listed.
-        conn.decoder.encodings = agreed(hs.features, ENCODINGS)
-        conn.send(hs.welcome(resumes, ENCODINGS))
-        for att in attachments.values():
-            # Tell the shipper at once what is already replayed: its retention waits for that, and an
-            # idle stream would otherwise send no ACK to carry it (e.g. replay caught up while detached).
-            if att.copy.replayed_position != START:
-                conn.send(Ack(att.copy.name, att.acked, att.acked_sealed, att.copy.replayed_position))
-        await conn.drain()
         return attachments
 
     async def _serve(self, conn: FramedConnection, attachments: dict[str, Attachment]) -> None:
