@@ -59,8 +59,12 @@ def half_client_hello(ca: trustme.CA) -> bytes:
 
 
 def write_segments(source: Path, first: int, count: int, rnd: random.Random) -> None:
+    # Written beside the source and renamed in: the shipper (--seal immediate) must never see a
+    # segment half-written.
     for i in range(first, first + count):
-        (source / segment_name(i)).write_bytes(rnd.randbytes(rnd.randint(1, 200_000)))
+        tmp = source.parent / f"{segment_name(i)}.tmp"
+        tmp.write_bytes(rnd.randbytes(rnd.randint(1, 200_000)))
+        tmp.rename(source / segment_name(i))
 
 
 def test_peers_in_their_tls_handshake_hold_slots_of_the_cap(tmp_path: Path, procs: list[Proc]) -> None:
