@@ -262,7 +262,8 @@ class FramedConnection:
     def send(self, msg: Message) -> int:
         """Queue ``msg`` for sending; return the bytes it takes on the wire.
 
-        Call ``drain()`` to wait for the buffer to empty.
+        Call ``drain()`` to wait for the buffer to empty. Raises ConnectionClosed if the connection
+        is closed (or closing).
         """
         return self._write(*encode_parts(msg, self.compressor))
 
@@ -273,9 +274,16 @@ class FramedConnection:
         return self._write(*encode_packed(msg, encoding, packed))
 
     def _write(self, head: bytes, payload: bytes) -> int:
-        self.writer.write(head)
-        if payload:
-            self.writer.write(payload)
+        # asyncio drops writes to a closed transport, uvloop raises RuntimeError: either way the peer
+        # is gone, which callers handle as ConnectionClosed (an uncaught RuntimeError ended a shipper).
+        if self.writer.is_closing():
+            raise ConnectionClosed("connection closed")
+        try:
+            self.writer.write(head)
+            if payload:
+                self.writer.write(payload)
+        except RuntimeError as e:
+            raise ConnectionClosed(str(e)) from e
         self.bytes_out += len(head) + len(payload)
         return len(head) + len(payload)
 

@@ -12,6 +12,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar
 
+from protocol.digest import fields_digest
 from protocol.errors import RemoteProtocolError
 from protocol.names import check_segment_name, check_stream_name
 
@@ -275,7 +276,8 @@ class Data:
 
 @dataclass(frozen=True, slots=True)
 class Seal:
-    """The segment is complete at ``size`` bytes; ``digest`` is xxh3_128 of all of it."""
+    """The segment is complete at ``size`` bytes; ``digest`` is its seal digest (protocol.digest.seal_digest:
+    xxh3_128 over its name, size and the xxh3_128 of all its bytes)."""
 
     TYPE: ClassVar[str] = "SEAL"
     stream: str
@@ -296,7 +298,9 @@ class Ack:
     """Receiver -> shipper: everything up to ``position`` is durable (fsynced).
 
     ``sealed`` means ``position.segment`` is sealed and verified in log/. ``replayed`` is the
-    replay position where the receiver knows it (else the empty START position).
+    replay position where the receiver knows it (else the empty START position). On the wire an
+    ``xxh`` field (``fields_digest`` of all the others) goes with it; a header whose fields do not
+    match it is refused, so a damaged ACK never moves what the shipper counts as acknowledged.
     """
 
     TYPE: ClassVar[str] = "ACK"
@@ -314,21 +318,32 @@ class Ack:
             "sealed": self.sealed,
             "rseg": self.replayed.segment,
             "roff": self.replayed.offset,
+            "xxh": self._digest(),
         }
+
+    def _digest(self) -> int:
+        p, r = self.position, self.replayed
+        return fields_digest(self.TYPE, self.stream, p.segment, p.offset, int(self.sealed), r.segment, r.offset)
 
     @classmethod
     def from_header(cls, h: Mapping[str, Any]) -> Ack:
-        return cls(
+        ack = cls(
             _stream(h),
             Position(_segment(h, allow_empty=True), _int(h, "off")),
             _bool(h, "sealed"),
             Position(_segment(h, "rseg", allow_empty=True), _int(h, "roff")),
         )
+        if _int(h, "xxh", hi=(1 << 64) - 1) != ack._digest():
+            raise RemoteProtocolError("ACK digest mismatch", code="bad-digest")
+        return ack
 
 
 @dataclass(frozen=True, slots=True)
 class Nack:
-    """Receiver -> shipper: discard what is in flight and resend from ``position``."""
+    """Receiver -> shipper: discard what is in flight and resend from ``position``.
+
+    Carries an ``xxh`` like ACK: a damaged NACK could send the shipper back to the wrong place.
+    """
 
     TYPE: ClassVar[str] = "NACK"
     stream: str
@@ -342,11 +357,18 @@ class Nack:
             "seg": self.position.segment,
             "off": self.position.offset,
             "reason": self.reason,
+            "xxh": self._digest(),
         }
+
+    def _digest(self) -> int:
+        return fields_digest(self.TYPE, self.stream, self.position.segment, self.position.offset, self.reason)
 
     @classmethod
     def from_header(cls, h: Mapping[str, Any]) -> Nack:
-        return cls(_stream(h), Position(_segment(h), _int(h, "off")), _str(h, "reason"))
+        nack = cls(_stream(h), Position(_segment(h), _int(h, "off")), _str(h, "reason"))
+        if _int(h, "xxh", hi=(1 << 64) - 1) != nack._digest():
+            raise RemoteProtocolError("NACK digest mismatch", code="bad-digest")
+        return nack
 
 
 @dataclass(frozen=True, slots=True)

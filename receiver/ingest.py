@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import xxhash
 
-from protocol.digest import chunk_digest, segment_hasher
+from protocol.digest import EMPTY_DIGEST, chunk_digest, seal_digest, segment_hasher
 from protocol.errors import RemoteProtocolError
 from protocol.messages import Data, Position, Seal
 
@@ -163,8 +163,8 @@ class Ingest:
             if msg.size != 0 or Position(msg.segment, 0) != self._resend_pos:
                 return Outcome(Verdict.DROP)
             self.awaiting_resend = False
-        ops: list[Op] = []
-        if self.active is None:
+        fresh = self.active is None
+        if fresh:
             if msg.segment <= self.last_sealed:
                 raise RemoteProtocolError(
                     f"SEAL for {msg.segment}, which is not after the last sealed segment {self.last_sealed}",
@@ -174,22 +174,31 @@ class Ingest:
                 raise RemoteProtocolError(
                     f"SEAL of {msg.segment} at {msg.size} bytes but none were received", code="bad-size"
                 )
-            self.active, self.offset, self.hasher = msg.segment, 0, segment_hasher()
-            ops.append(Write(msg.segment, 0, b"", chunk_digest(msg.segment, 0, b"")))
         elif msg.segment != self.active:
             raise RemoteProtocolError(f"SEAL for {msg.segment} while {self.active} is open", code="bad-position")
         elif msg.size != self.offset:
             raise RemoteProtocolError(
                 f"SEAL of {msg.segment} at {msg.size} bytes but {self.offset} were received", code="bad-size"
             )
-        if self.hasher.digest() != msg.digest:
+        content = EMPTY_DIGEST if fresh else self.hasher.digest()
+        if seal_digest(msg.segment, msg.size, content) != msg.digest:
+            if fresh:
+                # Nothing but this frame names the segment, and the name may be the damaged part: a
+                # resend request naming it could point the shipper at a segment it does not have.
+                raise RemoteProtocolError(
+                    f"seal digest mismatch for empty segment {msg.segment!r}; reconnect", code="bad-digest"
+                )
             outcome = self._resend(msg.segment, 0, "segment digest mismatch")
             if outcome.verdict is Verdict.RESEND:
                 outcome.ops = [Restart(msg.segment, outcome.reason)]
                 self.offset = 0
                 self.hasher = segment_hasher()
             return outcome
-        ops.append(Install(msg.segment, msg.size, msg.digest, self.last_sealed))
+        ops: list[Op] = []
+        if fresh:
+            ops.append(Write(msg.segment, 0, b"", chunk_digest(msg.segment, 0, b"")))
+        # The manifest keeps the content digest (what replay re-checks from disk), not the seal digest.
+        ops.append(Install(msg.segment, msg.size, content, self.last_sealed))
         self.last_sealed = msg.segment
         self.active = None
         self.offset = 0

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import socket
@@ -264,6 +265,27 @@ class Attachment:
         self.copy.store.close()
 
 
+# Connections taken from a listening socket per wake-up, and its listen() backlog.
+LISTEN_BACKLOG = 128
+
+
+class Slot:
+    """One connection's place among the max_unauthenticated: taken at accept, given back exactly once
+    (authenticated, failed, or closed), whichever of the TLS step or the session gets there first."""
+
+    __slots__ = ("held", "server")
+
+    def __init__(self, server: ReceiverServer) -> None:
+        self.server = server
+        self.held = True
+        server.unauthenticated += 1
+
+    def release(self) -> None:
+        if self.held:
+            self.held = False
+            self.server.unauthenticated -= 1
+
+
 class ReceiverServer:
     """The receiver: a TCP server plus the copies of every stream it has seen."""
 
@@ -274,7 +296,10 @@ class ReceiverServer:
         self.sessions: set[asyncio.Task[None]] = set()
         self.connections_total = 0
         self.unauthenticated = 0
+        """Connections holding a Slot: accepted, not yet authenticated (nor closed)."""
         self.refused_busy = 0
+        self.listeners: list[socket.socket] = []
+        """The listening sockets we accept from ourselves (with TLS)."""
         # One pool for all connections: it runs on the event loop alone (taken by the decoders, given
         # back by the committers once apply() returned), and bounds the free memory once.
         self.payload_pool = BufferPool()
@@ -296,6 +321,13 @@ class ReceiverServer:
             "node": self.config.node,
             "pid": os.getpid(),
             "copies": [self.copies[name].row(now) for name in sorted(self.copies)],
+            # How close the receiver is to refusing new connections (the --max-unauthenticated cap).
+            "connections": {
+                "total": self.connections_total,
+                "unauthenticated": self.unauthenticated,
+                "max_unauthenticated": self.config.max_unauthenticated,
+                "refused_busy": self.refused_busy,
+            },
         }
 
     async def control(self, request: dict[str, Any]) -> dict[str, Any]:
@@ -341,27 +373,125 @@ class ReceiverServer:
         # Copies already on disk replay from the start, whether or not their shipper comes back.
         for name in self.known_streams():
             self.copy(name)
-        # TLS is done by asyncio before a session starts: a peer stuck in its TLS handshake is dropped
-        # after the handshake timeout, but is not counted against max_unauthenticated. (Upgrading
-        # inside the session with start_tls would count it, but loses a ClientHello that arrives
-        # before the upgrade: the bytes are already in our buffers.)
-        # A FrameReceiver per connection: the socket writes into the frame decoder's buffers.
-        tls = self.config.tls
+        loop = asyncio.get_running_loop()
         max_payload = self.config.max_payload
-        self.server = await asyncio.get_running_loop().create_server(
-            lambda: FrameReceiver(self._on_connect, max_payload),
-            host,
-            port,
-            ssl=tls,
-            ssl_handshake_timeout=self.config.handshake_timeout if tls is not None else None,
-        )
-        sock = self.server.sockets[0].getsockname()
+        if self.config.tls is None:
+            # A FrameReceiver per connection: the socket writes into the frame decoder's buffers. Its
+            # session counts against max_unauthenticated before the first byte is read.
+            self.server = await loop.create_server(lambda: FrameReceiver(self._on_connect, max_payload), host, port)
+            sock = self.server.sockets[0].getsockname()
+            return sock[0], sock[1]
+        # With TLS we accept the sockets ourselves, so that a peer holds a slot of max_unauthenticated
+        # from accept() on, through its TLS handshake, until it proved a stream secret. Given to
+        # create_server(ssl=...), the loop would do TLS before any code of ours hears of the
+        # connection (and tell us nothing of one that fails or stalls in it). Upgrading a plain
+        # connection with start_tls instead loses a ClientHello that arrives first: uvloop starts
+        # reading right after connection_made, whatever the protocol paused. connect_accepted_socket
+        # hands over a socket nobody has read from.
+        infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        seen: set[tuple[int, Any]] = set()
+        for family, _, proto, _, addr in infos:
+            if (family, addr) in seen:
+                continue
+            seen.add((family, addr))
+            lsock = socket.socket(family, socket.SOCK_STREAM, proto)
+            try:
+                lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                if family == socket.AF_INET6:
+                    lsock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                lsock.bind(addr)
+                lsock.listen(LISTEN_BACKLOG)
+                lsock.setblocking(False)
+            except OSError:
+                lsock.close()
+                self._close_listeners()
+                raise
+            self.listeners.append(lsock)
+            loop.add_reader(lsock.fileno(), self._accept_ready, lsock)
+        if not self.listeners:
+            raise OSError(f"no address to listen on for {host!r}")
+        sock = self.listeners[0].getsockname()
         return sock[0], sock[1]
+
+    def _accept_ready(self, lsock: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        for _ in range(LISTEN_BACKLOG):
+            try:
+                sock, _addr = lsock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as e:
+                # Out of file descriptors (or the like): stop accepting for a second instead of
+                # spinning on a listening socket that stays readable.
+                log.error("accept failed: %s; pausing accepts for a second", e)
+                loop.remove_reader(lsock.fileno())
+                loop.call_later(1.0, self._resume_accepting, lsock)
+                return
+            self.connections_total += 1
+            if self.unauthenticated >= self.config.max_unauthenticated:
+                self._refuse(sock.close)
+                continue
+            slot = Slot(self)
+            sock.setblocking(False)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            task = loop.create_task(self._tls_accept(sock, slot), name="tls-accept")
+            self.sessions.add(task)
+            task.add_done_callback(self.sessions.discard)
+
+    def _resume_accepting(self, lsock: socket.socket) -> None:
+        if lsock in self.listeners:
+            asyncio.get_running_loop().add_reader(lsock.fileno(), self._accept_ready, lsock)
+
+    async def _tls_accept(self, sock: socket.socket, slot: Slot) -> None:
+        """Do the TLS handshake of an accepted socket; the session starts when it succeeds."""
+        tls = self.config.tls
+        assert tls is not None
+        max_payload = self.config.max_payload
+        try:
+            host, port = sock.getpeername()[:2]
+            peer = f"{host}:{port}"
+        except OSError:
+            peer = "?"
+        admitted = False
+        try:
+            # connection_made of the FrameReceiver, once TLS is up, starts the session: the slot goes
+            # with it and is freed when the peer authenticated (or failed to).
+            await asyncio.get_running_loop().connect_accepted_socket(
+                lambda: FrameReceiver(functools.partial(self._on_connect, slot=slot), max_payload),
+                sock,
+                ssl=tls,
+                ssl_handshake_timeout=self.config.handshake_timeout,
+            )
+            admitted = True
+        except (OSError, ssl.SSLError, TimeoutError) as e:
+            log.info("%s: TLS handshake failed: %s", peer, e or type(e).__name__)
+        finally:
+            if not admitted:
+                slot.release()
+
+    def _refuse(self, close: Callable[[], object]) -> None:
+        # Refuse before reading a byte: the peers already in their handshake keep their slots.
+        self.refused_busy += 1
+        if self.refused_busy & (self.refused_busy - 1) == 0:
+            log.warning(
+                "%s unauthenticated connections already; refused %d so far",
+                self.unauthenticated,
+                self.refused_busy,
+            )
+        close()
+
+    def _close_listeners(self) -> None:
+        loop = asyncio.get_running_loop()
+        for lsock in self.listeners:
+            loop.remove_reader(lsock.fileno())
+            lsock.close()
+        self.listeners.clear()
 
     async def stop(self) -> None:
         """Stop accepting, then let every connection finish its write in hand."""
         if self.server is not None:
             self.server.close()
+        self._close_listeners()
         for task in list(self.sessions):
             task.cancel()
         if self.sessions:
@@ -374,39 +504,33 @@ class ReceiverServer:
             await copy.replayer.stop()
             copy.store.close_manifest()
 
-    async def _on_connect(self, conn: FramedConnection) -> None:
-        writer = conn.writer
+    async def _on_connect(self, conn: FramedConnection, slot: Slot | None = None) -> None:
         task = asyncio.current_task()
         assert task is not None
-        self.connections_total += 1
-        if self.unauthenticated >= self.config.max_unauthenticated:
-            # Refuse before reading a byte: the peers already in their handshake keep their slots.
-            self.refused_busy += 1
-            if self.refused_busy & (self.refused_busy - 1) == 0:
-                log.warning(
-                    "%s unauthenticated connections already; refused %d so far",
-                    self.unauthenticated,
-                    self.refused_busy,
-                )
-            writer.transport.abort()
-            return
+        if slot is None:
+            # A plain TCP connection: it takes its slot now, before a byte is read.
+            self.connections_total += 1
+            if self.unauthenticated >= self.config.max_unauthenticated:
+                self._refuse(conn.writer.transport.abort)
+                return
+            slot = Slot(self)
         self.sessions.add(task)
         try:
-            await self._session(conn)
+            await self._session(conn, slot)
         except asyncio.CancelledError:
             pass
         finally:
+            slot.release()
             self.sessions.discard(task)
             await conn.close()
 
-    async def _session(self, conn: FramedConnection) -> None:
+    async def _session(self, conn: FramedConnection, slot: Slot) -> None:
         attachments: dict[str, Attachment] = {}
         try:
-            self.unauthenticated += 1
             try:
                 attachments = await self._handshake(conn)
             finally:
-                self.unauthenticated -= 1
+                slot.release()
             if attachments:
                 await self._serve(conn, attachments)
         except ProtocolError as e:
@@ -493,7 +617,7 @@ class ReceiverServer:
                 else:
                     durable, sealed = Position(rec.last_sealed, rec.last_sealed_size), True
                 ingest = Ingest(rec.last_sealed, rec.active, rec.offset, rec.hasher)
-                att = Attachment(copy, conn, ingest, durable, sealed, self.config.max_pending)
+                att = Attachment(copy, conn, ingest, durable, sealed, self.config.max_pending, self.payload_pool)
                 copy.owner = att
                 copy.attached_once = True
                 attachments[copy.name] = att
@@ -505,22 +629,25 @@ class ReceiverServer:
                     durable,
                     " (sealed)" if sealed else "",
                 )
+            # Announce every payload encoding we decode; accept compressed DATA only in one both listed.
+            conn.decoder.encodings = agreed(hs.features, ENCODINGS)
+            conn.decoder.pool = self.payload_pool
+            conn.send(hs.welcome(resumes, ENCODINGS))
+            for att in attachments.values():
+                # Tell the shipper at once what is already replayed: its retention waits for that, and
+                # an idle stream would otherwise send no ACK to carry it (e.g. replay caught up while
+                # detached).
+                if att.copy.replayed_position != START:
+                    conn.send(Ack(att.copy.name, att.acked, att.acked_sealed, att.copy.replayed_position))
+            await conn.drain()
         except BaseException:
+            # Also when the peer vanished while we answered: the streams must not stay locked to a
+            # connection that is gone (every later shipper would time out waiting for the lock).
             for att in attachments.values():
                 await att.detach()
                 att.copy.owner = None
                 att.copy.lock.release()
             raise
-        # Announce every payload encoding we decode; accept compressed DATA only in one both listed.
-        conn.decoder.encodings = agreed(hs.features, ENCODINGS)
-        conn.decoder.pool = self.payload_pool
-        conn.send(hs.welcome(resumes, ENCODINGS))
-        for att in attachments.values():
-            # Tell the shipper at once what is already replayed: its retention waits for that, and an
-            # idle stream would otherwise send no ACK to carry it (e.g. replay caught up while detached).
-            if att.copy.replayed_position != START:
-                conn.send(Ack(att.copy.name, att.acked, att.acked_sealed, att.copy.replayed_position))
-        await conn.drain()
         return attachments
 
     async def _serve(self, conn: FramedConnection, attachments: dict[str, Attachment]) -> None:

@@ -26,7 +26,7 @@ import xxhash
 
 from protocol.aio import ConnectionClosed, FramedConnection, cancel_and_wait
 from protocol.compression import Compression, PayloadCompressor, agreed
-from protocol.digest import chunk_digest, segment_hasher
+from protocol.digest import chunk_digest, seal_digest, segment_hasher
 from protocol.errors import ProtocolError
 from protocol.messages import Ack, Data, Error, Fenced, Heartbeat, Nack, Position, Seal, StreamResume
 from protocol.session import ShipperHandshake
@@ -193,6 +193,8 @@ class TargetSender:
         self.changed = tailer.subscribe()
         self._acks = asyncio.Event()
         self._in_flight: collections.deque[tuple[tuple[Position, bool], int]] = collections.deque()
+        self._sent_max: tuple[Position, bool] = (Position("", 0), True)
+        """The furthest position sent on this connection (or resumed at): no honest ACK goes beyond it."""
         self._in_flight_bytes = 0
         cfg = self.config
         if cfg.adaptive:
@@ -323,6 +325,7 @@ class TargetSender:
         pos = resume.position
         self.stats.stuck = ""
         self._in_flight.clear()
+        self._sent_max = (pos, resume.sealed)
         self._in_flight_bytes = 0
         self.window.restart()
         self._rewind = None
@@ -430,7 +433,14 @@ class TargetSender:
                     if pause > 0:
                         await asyncio.sleep(pause)
             elif isinstance(step, SendSeal):
-                conn.send(Seal(self.stream, step.segment, step.size, self._hasher.digest()))
+                conn.send(
+                    Seal(
+                        self.stream,
+                        step.segment,
+                        step.size,
+                        seal_digest(step.segment, step.size, self._hasher.digest()),
+                    )
+                )
                 self._cursor.sealed = True
                 self._track((Position(step.segment, step.size), True), 0)
                 self._close_file()
@@ -461,6 +471,8 @@ class TargetSender:
 
     def _track(self, key: tuple[Position, bool], nbytes: int) -> None:
         self._in_flight.append((key, nbytes))
+        if key > self._sent_max:
+            self._sent_max = key
         self._in_flight_bytes += nbytes
         if nbytes:
             self.window.on_send(nbytes, time.monotonic())
@@ -514,6 +526,10 @@ class TargetSender:
         replay_moved = ack.replayed != self.stats.replayed
         self.stats.replayed = ack.replayed
         key = (ack.position, ack.sealed)
+        if key > self._sent_max:
+            # The ACK frame's digest matched, so this is no line noise: still, never count as durable
+            # what we did not send. Start over from what the receiver says in its WELCOME.
+            raise _Reconnect(f"ACK at {ack.position} is beyond what was sent ({self._sent_max[0]})")
         if key <= (self.stats.acked, self.stats.acked_sealed):
             if replay_moved and self.on_progress is not None:
                 self.on_progress()

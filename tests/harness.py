@@ -264,8 +264,9 @@ _PREFIX = struct.Struct(">I")
 
 class FrameProxy:
     """A TCP proxy on 127.0.0.1 between shipper and receiver; subclasses decide what ``_forward`` does
-    to the shipper->receiver frames. The receiver->shipper direction is copied as it is, held while
-    ``_open`` is cleared (a stall)."""
+    to the shipper->receiver frames and what ``_backward`` does to the receiver->shipper ones (by
+    default: copied as they are, held while ``_open`` is cleared, a stall). Either direction ending
+    closes the connection on both sides."""
 
     def __init__(self, upstream_port: int) -> None:
         self.upstream_port = upstream_port
@@ -294,7 +295,7 @@ class FrameProxy:
             cw.close()
             return
         self._writers += [cw, uw]
-        back = asyncio.create_task(self._pipe(ur, cw))
+        back = asyncio.create_task(self._back(ur, cw))
         try:
             await self._forward(cr, uw)
         except (OSError, asyncio.IncompleteReadError, ValueError):
@@ -304,16 +305,21 @@ class FrameProxy:
             cw.close()
             back.cancel()
 
-    async def _pipe(self, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+    async def _back(self, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
         try:
-            while data := await r.read(65536):
-                await self._open.wait()
-                w.write(data)
-                await w.drain()
-        except OSError:
+            await self._backward(r, w)
+        except (OSError, asyncio.IncompleteReadError, ValueError):
             pass
         finally:
+            # Closing the shipper's side ends the connection: the shipper drops it, and _forward then
+            # sees its end of stream and closes the receiver's side.
             w.close()
+
+    async def _backward(self, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        while data := await r.read(65536):
+            await self._open.wait()
+            w.write(data)
+            await w.drain()
 
     async def _forward(self, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
         raise NotImplementedError

@@ -15,7 +15,7 @@ from typing import Any
 
 import msgpack
 
-from protocol.digest import chunk_digest, segment_hasher
+from protocol.digest import chunk_digest, seal_digest, segment_hasher
 from protocol.framing import NEED_DATA, FrameDecoder, encode
 from protocol.messages import Ack, Data, Error, Message, Position, Seal, StreamResume
 from protocol.session import ShipperHandshake
@@ -120,7 +120,7 @@ class RawClient:
     async def seal(self, stream: str, segment: str, content: bytes) -> Ack:
         h = segment_hasher()
         h.update(content)
-        self.writer.write(encode(Seal(stream, segment, len(content), h.digest())))
+        self.writer.write(encode(Seal(stream, segment, len(content), seal_digest(segment, len(content), h.digest()))))
         while True:
             msg = await self.recv()
             if isinstance(msg, Ack) and msg.sealed and msg.position.segment == segment:

@@ -82,6 +82,14 @@ def highest_acked(log_text: str) -> Acked | None:
     return best
 
 
+def acked_lines(log_text: str) -> list[Acked]:
+    """Every position the shipper logged as acknowledged, in log order."""
+    return [
+        Acked("" if m.group(3) == "-" else m.group(3), int(m.group(4)), m.group(5) == "1")
+        for m in _ACKED.finditer(log_text)
+    ]
+
+
 def verified_partial_size(copy_root: Path, segment: str) -> int:
     """Bytes of ``segment``'s partial that its chunk records verify (read-only; what recovery keeps)."""
     inc = copy_root / "incoming"

@@ -1,7 +1,8 @@
 """A damaging link between shipper and receiver: cuts, stalls, bit flips in headers and payloads,
-truncated and duplicated frames. No corrupt segment is ever installed; the copy converges.
+truncated and duplicated frames, in both directions. No corrupt segment is ever installed; the copy
+converges; the shipper counts as acknowledged only positions the receiver really acknowledged.
 
-LOGSHIP_FAULT_LINK sets faults per kind (default 8; LOGSHIP_HEAVY=1: 40).
+LOGSHIP_FAULT_LINK sets faults per kind and direction (default 8; LOGSHIP_HEAVY=1: 40).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import random
 import time
 from pathlib import Path
 
-from tests.faults.common import DiskChecker, FaultFigures, converged_bytes, record
+from tests.faults.common import Acked, DiskChecker, FaultFigures, acked_lines, converged_bytes, record
 from tests.faults.proxy import KINDS, ProxyInThread
 from tests.harness import (
     Proc,
@@ -26,6 +27,14 @@ from tests.harness import (
 
 HEAVY = os.environ.get("LOGSHIP_HEAVY") == "1"
 EACH = int(os.environ.get("LOGSHIP_FAULT_LINK") or (40 if HEAVY else 8))
+BACK_NAMES = {
+    "cut": "cut",
+    "truncate": "truncate",
+    "stall": "stall",
+    "flip_header": "flip header",
+    "flip_payload": "flip ACK position",
+    "duplicate": "duplicate",
+}
 
 
 def test_damaging_link_never_installs_corruption(tmp_path: Path, secret: Path, procs: list[Proc]) -> None:
@@ -47,11 +56,11 @@ def test_damaging_link_never_installs_corruption(tmp_path: Path, secret: Path, p
             tmp_path, "link", source, [link.proxy.port], secret, ["--log-level", "DEBUG", "--chunk-size", "64k"]
         )
         procs.append(shipper.start())
-        plan = [kind for kind in KINDS for _ in range(EACH)]
+        plan = [(kind, back) for kind in KINDS for back in (False, True) for _ in range(EACH)]
         rnd.shuffle(plan)
-        for kind in plan:
-            link.arm(kind)
-            wait_until(lambda: not link.proxy.armed, 60, interval=0.02, what=f"fault {kind} to fire")
+        for kind, back in plan:
+            link.arm(kind, back)
+            wait_until(lambda: not link.armed(), 60, interval=0.02, what=f"fault {kind} (back={back}) to fire")
             disk.check_log()
             time.sleep(rnd.uniform(0.05, 0.3))
         writer.stop()
@@ -61,13 +70,22 @@ def test_damaging_link_never_installs_corruption(tmp_path: Path, secret: Path, p
             what="convergence through the damaging link",
         )
         total = converged_bytes(source, copy, sealed_in_source(source))
-        disk.check_acked(shipper.log_text())
+        shipper_log = shipper.log_text()
+        disk.check_acked(shipper_log)
+        # Damaged ACKs (and WELCOMEs) must never count: every position the shipper took as
+        # acknowledged is one the receiver sent, as it left the receiver.
+        sent = {Acked(seg, off, sealed) for seg, off, sealed in link.receiver_acked()}
+        taken = acked_lines(shipper_log)
+        invented = sorted({a for a in taken if a not in sent})
+        assert not invented, f"the shipper counted positions the receiver never acknowledged: {invented[:5]}"
+        assert taken
         assert partial_matches_prefix(source, copy)
     finally:
         writer.stop()
         link.close()
-    fired = dict(link.proxy.fired)
+    fired, fired_back = dict(link.proxy.fired), dict(link.proxy.fired_back)
     assert all(fired.get(k, 0) >= EACH for k in KINDS), fired
+    assert all(fired_back.get(k, 0) >= EACH for k in KINDS), fired_back
     assert receiver.count("Failed") == 0
     quarantine = copy / "quarantine"
     quarantined = len([p for p in quarantine.iterdir() if not p.name.endswith(".reason")]) if quarantine.exists() else 0
@@ -80,5 +98,17 @@ def test_damaging_link_never_installs_corruption(tmp_path: Path, secret: Path, p
     seconds = round(time.monotonic() - t0, 1)
     rows = [FaultFigures(f"link: {kind.replace('_', ' ')}", fired.get(kind, 0), total, 0, 0, seconds) for kind in KINDS]
     rows[0].notes = notes
-    record("link", rows)
-    print(f"\nfigures: fired={fired} bytes={total} segments={len(disk.verified)} {notes} s={seconds}")
+    back_rows = [
+        FaultFigures(f"link, receiver to shipper: {BACK_NAMES[kind]}", fired_back.get(kind, 0), total, 0, 0, seconds)
+        for kind in KINDS
+    ]
+    back_rows[0].notes = {
+        "acked_positions_checked": len(taken),
+        "refused_by_digest": shipper_log.count("digest mismatch"),
+        **{f"hit_{t.lower()}": n for t, n in sorted(link.proxy.hit_back.items())},
+    }
+    record("link", rows + back_rows)
+    print(
+        f"\nfigures: fired={fired} back={fired_back} hit={dict(link.proxy.hit_back)} bytes={total} "
+        f"segments={len(disk.verified)} {notes} {back_rows[0].notes} s={seconds}"
+    )

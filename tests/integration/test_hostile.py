@@ -261,3 +261,53 @@ async def _wait(pred: Callable[[], bool], timeout: float = 10) -> None:
     async with asyncio.timeout(timeout):
         while not pred():  # noqa: ASYNC110 - the server's counters have no event to wait on
             await asyncio.sleep(0.02)
+
+
+async def test_shipper_never_counts_an_ack_beyond_what_it_sent(tmp_path: Path) -> None:
+    """A receiver (here a fake one that knows the secret) acknowledges far more than was sent, with a
+    correct ACK digest: the shipper must not take it as durable, and starts over instead."""
+    from protocol.aio import ConnectionClosed, FramedConnection
+    from protocol.messages import START, Data
+    from protocol.session import ReceiverHandshake
+    from tests.harness import Proc, make_secret, segment_name, shipper_proc
+
+    secret = make_secret(tmp_path / "secret")
+    key = secret.read_text().strip().encode()
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / segment_name(1)).write_bytes(os.urandom(100_000))
+    connections: list[str] = []
+    beyond = Position(segment_name(1), 1 << 40)
+
+    async def fake_receiver(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        conn = FramedConnection(reader, writer)
+        connections.append("open")
+        try:
+            hs = ReceiverHandshake("fake", os.urandom(32), {"s": key}.get)
+            conn.send(hs.challenge())
+            for claim in hs.receive_hello(await conn.recv(10)):
+                conn.send(hs.welcome([hs.resume(claim.stream, 0, START, True)]))
+            while not isinstance(await conn.recv(10), Data):
+                pass
+            conn.send(Ack("s", beyond, False))
+            await conn.drain()
+            await conn.recv(10)  # the shipper hangs up; anything else it sends is ignored
+            while True:
+                await conn.recv(10)
+        except (ConnectionClosed, TimeoutError):
+            connections.append("closed")
+        finally:
+            await conn.close()
+
+    server = await asyncio.start_server(fake_receiver, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    shipper: Proc = shipper_proc(tmp_path, "s", source, [port], secret, ["--seal", "immediate", "--log-level", "DEBUG"])
+    shipper.start()
+    try:
+        await _wait(lambda: connections.count("closed") >= 2, timeout=30)
+    finally:
+        shipper.stop()
+        server.close()
+    log = shipper.log_text()
+    assert "beyond what was sent" in log
+    assert f"off={beyond.offset}" not in log, "the shipper counted an ACK for bytes it never sent"

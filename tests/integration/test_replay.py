@@ -15,7 +15,7 @@ import urllib.request
 from pathlib import Path
 
 from protocol.aio import FramedConnection
-from protocol.digest import chunk_digest, segment_digest
+from protocol.digest import chunk_digest, seal_digest, segment_digest
 from protocol.messages import Ack, Data, Position, Seal, StreamResume
 from protocol.session import ShipperHandshake
 from tests.harness import ROOT, Proc, digest_file, free_port, receiver_proc, segment_name, shipper_proc, wait_until
@@ -215,7 +215,7 @@ async def ship_one_segment(port: int, key: bytes, seg: str, payload: bytes) -> l
             resume = hs.receive_welcome(await conn.recv(10))["acks"]
             assert isinstance(resume, StreamResume) and resume.position == Position("", 0)
             conn.send(Data("acks", seg, 0, chunk_digest(seg, 0, payload), payload))
-            conn.send(Seal("acks", seg, len(payload), segment_digest(payload)))
+            conn.send(Seal("acks", seg, len(payload), seal_digest(seg, len(payload), segment_digest(payload))))
             await conn.drain()
             acks: list[Ack] = []
             while not acks or acks[-1].replayed.segment != seg:

@@ -176,6 +176,11 @@ async def test_silent_peers_of_a_tls_receiver_are_dropped_and_others_served(tmp_
     try:
         for _ in range(20):
             silent.append(await asyncio.open_connection("127.0.0.1", port))
+        # Counted against --max-unauthenticated from accept on, though none of them began TLS (the
+        # same holds on uvloop: tests/integration/test_tls_cap.py).
+        async with asyncio.timeout(10):
+            while srv.unauthenticated != 20:  # noqa: ASYNC110 - a counter, no event to wait on
+                await asyncio.sleep(0.02)
         client = ssl.create_default_context()
         ca.configure_trust(client)
         r, w = await asyncio.open_connection("127.0.0.1", port, ssl=client)
@@ -188,6 +193,8 @@ async def test_silent_peers_of_a_tls_receiver_are_dropped_and_others_served(tmp_
                     assert await sr.read(100) == b""
                 except ConnectionResetError:
                     pass
+            while srv.unauthenticated != 0:  # noqa: ASYNC110
+                await asyncio.sleep(0.02)
     finally:
         for _, sw in silent:
             sw.close()

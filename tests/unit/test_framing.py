@@ -292,8 +292,8 @@ HELLO = {"t": "HELLO", "version": 1, "node": "s", "nonce": NONCE, "streams": [CL
 WELCOME = {"t": "WELCOME", "version": 1, "node": "r", "streams": [RESUME], "features": []}
 CHALLENGE = {"t": "CHALLENGE", "versions": [1], "nonce": NONCE, "node": "r"}
 SEAL = {"t": "SEAL", "stream": "db1", "seg": SEG, "size": 10, "xxh": bytes(16)}
-ACK = {"t": "ACK", "stream": "db1", "seg": SEG, "off": 0, "sealed": False, "rseg": "", "roff": 0}
-NACK = {"t": "NACK", "stream": "db1", "seg": SEG, "off": 0, "reason": "r"}
+ACK = Ack("db1", Position(SEG, 0), False, START).to_header()
+NACK = Nack("db1", Position(SEG, 0), "r").to_header()
 ERROR = {"t": "ERROR", "code": "c", "text": "t"}
 FENCED = {"t": "FENCED", "stream": "db1", "epoch": 1}
 VALID_HEADERS = [HELLO, WELCOME, CHALLENGE, SEAL, ACK, NACK, ERROR, FENCED, {"t": "HEARTBEAT"}]
@@ -578,3 +578,46 @@ def test_good_stream_name(name: str) -> None:
     assert check_stream_name(name) == name
     msg = Fenced(name, 1)
     assert decode(encode(msg)) == [msg]
+
+
+# -- receiver -> shipper frames carry a digest of their fields --------------------------------
+
+
+@pytest.mark.parametrize("field", ["seg", "off", "sealed", "rseg", "roff", "stream"])
+def test_ack_with_a_changed_field_is_refused(field: str) -> None:
+    ack = Ack("db1", Position(SEG, 4096), False, Position("E00000000.log", 7)).to_header()
+    other = {"seg": "E00000002.log", "off": 4097, "sealed": True, "rseg": "E00000001.log", "roff": 8, "stream": "db2"}
+    expect_remote_error(raw_frame(changed(ack, **{field: other[field]})), "bad-digest")
+
+
+def test_nack_with_a_changed_position_is_refused() -> None:
+    nack = Nack("db1", Position(SEG, 4096), "r").to_header()
+    expect_remote_error(raw_frame(changed(nack, off=0)), "bad-digest")
+    expect_remote_error(raw_frame(changed(nack, xxh=...)), "bad-frame")
+
+
+@pytest.mark.parametrize(
+    "msg",
+    [
+        Ack("db1", Position(SEG, 1 << 20), False, Position("E00000000.log", 77)),
+        Ack("db1", Position(SEG, 300), True),
+        Nack("db1", Position(SEG, 65536), "chunk digest mismatch"),
+    ],
+    ids=["ack", "ack-sealed", "nack"],
+)
+def test_no_single_bit_flip_turns_an_ack_or_nack_into_another(msg: Ack | Nack) -> None:
+    """Bytes in, messages out: each bit of the encoded frame flipped in turn. The decoder refuses the
+    frame, waits for more bytes (a larger length prefix), or gives back the very message sent; never
+    a different position, which the shipper would count as acknowledged (or rewind to)."""
+    frame = encode(msg)
+    for at in range(len(frame)):
+        for bit in range(8):
+            damaged = bytearray(frame)
+            damaged[at] ^= 1 << bit
+            decoder = FrameDecoder()
+            decoder.receive_data(bytes(damaged))
+            try:
+                got = decoder.next_message()
+            except ProtocolError:
+                continue
+            assert got is NEED_DATA or got == msg, (at, bit, got)

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from protocol.digest import chunk_digest, segment_digest
+from protocol.digest import chunk_digest, seal_digest, segment_digest
 from protocol.errors import RemoteProtocolError
 from protocol.messages import Data, Position, Seal
 from receiver.ingest import MAX_TRIES, Ingest, Install, Op, Outcome, Restart, Verdict, Write
@@ -32,8 +32,8 @@ def data(segment: str, offset: int, payload: bytes, corrupt: bool = False) -> Da
 
 
 def seal(segment: str, content: bytes, corrupt: bool = False, size: int | None = None) -> Seal:
-    """Return a SEAL frame for ``content``; ``corrupt`` flips one bit of the whole-segment digest."""
-    digest = segment_digest(content)
+    """Return a SEAL frame for ``content``; ``corrupt`` flips one bit of its seal digest."""
+    digest = seal_digest(segment, len(content) if size is None else size, segment_digest(content))
     if corrupt:
         digest = bytes([digest[0] ^ 0x80]) + digest[1:]
     return Seal(STREAM, segment, len(content) if size is None else size, digest)
@@ -291,15 +291,56 @@ def test_seal_with_wrong_digest_restarts_the_segment() -> None:
     assert ingest.last_sealed == S1
 
 
-def test_bad_seal_digest_of_empty_segment_recovers_when_seal_is_resent() -> None:
+def test_bad_seal_digest_of_empty_segment_closes_and_a_new_session_takes_it() -> None:
+    # The SEAL is the only frame naming an empty segment: no resend request may name what could be a
+    # damaged name. The session ends (ERROR, the shipper reconnects) and nothing was written.
     ingest = Ingest(S1, None, 0)
-    out = ingest.on_seal(seal(S2, b"", corrupt=True))
-    assert out.verdict is Verdict.RESEND
-    assert out.resend_from == Position(S2, 0)
-    # The shipper rewinds to S2@0; the segment is empty, so next_step() says SendSeal right away.
-    out = ingest.on_seal(seal(S2, b""))
+    with pytest.raises(RemoteProtocolError) as e:
+        ingest.on_seal(seal(S2, b"", corrupt=True))
+    assert e.value.code == "bad-digest"
+    assert (ingest.last_sealed, ingest.active) == (S1, None)
+    again = Ingest(S1, None, 0)  # what the next session recovers from disk
+    out = again.on_seal(seal(S2, b""))
     assert out.verdict is Verdict.ACCEPT
-    assert ingest.last_sealed == S2
+    assert again.last_sealed == S2
+
+
+def flip_bit(frame: bytes, at: int, bit: int) -> bytes:
+    return frame[:at] + bytes([frame[at] ^ (1 << bit)]) + frame[at + 1 :]
+
+
+def test_every_bit_flip_in_an_empty_segments_seal_frame_is_caught() -> None:
+    """Bytes in, messages out: an empty segment's SEAL as the shipper encodes it, with each single bit
+    flipped in turn. No flip may install a segment under another name or size: either the decoder
+    refuses the frame, or Ingest does, or the flip only hit the stream name (which the server checks
+    against the HELLO: no Ingest sees it)."""
+    from protocol.errors import ProtocolError
+    from protocol.framing import NEED_DATA, FrameDecoder, encode
+
+    frame = encode(seal(S2, b""))
+    name_at = frame.index(S2.encode())
+    installed_elsewhere: list[tuple[int, int, str]] = []
+    for at in range(len(frame)):
+        for bit in range(8):
+            decoder = FrameDecoder()
+            decoder.receive_data(flip_bit(frame, at, bit))
+            try:
+                msg = decoder.next_message()
+            except ProtocolError:
+                continue
+            if msg is NEED_DATA or not isinstance(msg, Seal) or msg.stream != STREAM:
+                continue
+            try:
+                out = Ingest(S1, None, 0).on_seal(msg)
+            except RemoteProtocolError:
+                continue
+            for op in out.ops:
+                if isinstance(op, Install) and (op.segment, op.size) != (S2, 0):
+                    installed_elsewhere.append((at, bit, op.segment))
+    # The name's own bytes include flips that keep it a valid later name (e.g. "2" -> "3"): the seal
+    # digest is what catches them.
+    assert name_at > 0
+    assert installed_elsewhere == []
 
 
 # -- a shipper that rewinds on RESEND, over random chunks and corruption -----------------------

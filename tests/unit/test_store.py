@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from admin.files import write_atomic
-from protocol.digest import chunk_digest, segment_digest
+from protocol.digest import chunk_digest, seal_digest, segment_digest
 from protocol.messages import Data, Seal
 from receiver.ingest import Ingest, Install, Op, Restart, Verdict, Write
 from receiver.store import SegmentStore
@@ -104,7 +104,7 @@ def test_ingest_and_store_together(store: SegmentStore) -> None:
         out = ingest.on_data(Data("db1", S1, i * 999, chunk_digest(S1, i * 999, chunk), chunk))
         assert out.verdict is Verdict.ACCEPT
         store.apply(out.ops)
-    out = ingest.on_seal(Seal("db1", S1, len(BLOB), segment_digest(BLOB)))
+    out = ingest.on_seal(Seal("db1", S1, len(BLOB), seal_digest(S1, len(BLOB), segment_digest(BLOB))))
     store.apply(out.ops)
     assert (store.log_dir / S1).read_bytes() == BLOB
 
@@ -137,7 +137,7 @@ def test_recover_then_continue_writing(store: SegmentStore) -> None:
         out = ingest.on_data(Data("db1", S1, 6000 + i * 1500, chunk_digest(S1, 6000 + i * 1500, chunk), chunk))
         assert out.verdict is Verdict.ACCEPT
         store.apply(out.ops)
-    out = ingest.on_seal(Seal("db1", S1, len(BLOB), segment_digest(BLOB)))
+    out = ingest.on_seal(Seal("db1", S1, len(BLOB), seal_digest(S1, len(BLOB), segment_digest(BLOB))))
     assert out.verdict is Verdict.ACCEPT
     store.apply(out.ops)
     assert (store.log_dir / S1).read_bytes() == BLOB
