@@ -8,6 +8,7 @@ against its limits before it buffers what the length announces.
 from __future__ import annotations
 
 import struct
+from collections import deque
 from typing import Any, Final
 
 import msgpack
@@ -127,10 +128,14 @@ class FrameDecoder:
         self._scratch: bytearray | None = None
         self._into_payload = False
         self.pool: BufferPool | None = None
+        self._ready: deque[Message] = deque()
+        """Messages decoded ahead by buffer_updated(), handed out by next_message() first."""
+        self._ready_bytes = 0
 
     @property
     def buffered(self) -> int:
-        return len(self._buf) + self._filled
+        """Bytes received and not yet taken by next_message() (what a reader's flow control watches)."""
+        return len(self._buf) + self._filled + self._ready_bytes
 
     def receive_data(self, data: bytes | bytearray | memoryview) -> None:
         """Append bytes from the peer."""
@@ -176,12 +181,26 @@ class FrameDecoder:
         else:
             assert self._scratch is not None
             self.receive_data(memoryview(self._scratch)[:nbytes])
+        # Decode ahead, as the bytes come: a DATA header is seen (and, with a pool, its payload buffer
+        # offered to the socket) at once, not only when the consumer asks for the next message. Left
+        # to the consumer, whole payloads piled up in _buf meanwhile, to be copied a second time.
+        try:
+            while (msg := self._next()) is not NEED_DATA:
+                self._ready.append(msg)  # type: ignore[arg-type]
+                self._ready_bytes += _cost(msg)  # type: ignore[arg-type]
+        except RemoteProtocolError as e:
+            # Raised by next_message() once the messages before the bad frame are taken.
+            self._error = e
 
     def next_message(self) -> Message | _NeedData:
         """Return the next complete message, or NEED_DATA.
 
         Raises RemoteProtocolError (or a subclass) if the bytes break the protocol.
         """
+        if self._ready:
+            msg = self._ready.popleft()
+            self._ready_bytes -= _cost(msg)
+            return msg
         if self._error is not None:
             raise self._error
         try:
@@ -262,6 +281,12 @@ class FrameDecoder:
         del buf[:take]
         self._payload = payload
         self._filled = take
+
+
+def _cost(msg: Message) -> int:
+    # What a decoded message counts toward ``buffered``: its payload, and for every message something
+    # for the object itself, so that a flood of tiny frames is bounded too.
+    return 256 + (len(msg.payload) if isinstance(msg, Data) else 0)
 
 
 def _unpack_header(raw: bytes) -> dict[str, Any]:

@@ -8,7 +8,7 @@ import random
 import pytest
 
 from protocol.digest import chunk_digest
-from protocol.framing import DIRECT_PAYLOAD, NEED_DATA, FrameDecoder, encode
+from protocol.framing import DIRECT_PAYLOAD, NEED_DATA, BufferPool, FrameDecoder, encode
 from protocol.messages import Ack, Data, Heartbeat, Message, Position
 
 
@@ -96,3 +96,82 @@ def test_after_an_error_get_buffer_still_gives_a_buffer_and_drops_what_comes() -
     decoder.buffer_updated(3)
     with pytest.raises(Exception, match="empty header"):
         decoder.next_message()
+
+
+def _data_frame(payload: bytes, offset: int = 0) -> bytes:
+    return encode(Data("s", "E1.log", offset, chunk_digest("E1.log", offset, payload), payload))
+
+
+def _feed(decoder: FrameDecoder, wire: bytes, step: int) -> None:
+    pos = 0
+    while pos < len(wire):
+        buf = decoder.get_buffer()
+        n = min(len(buf), step, len(wire) - pos)
+        buf[:n] = wire[pos : pos + n]
+        decoder.buffer_updated(n)
+        pos += n
+
+
+def test_with_a_pool_the_payload_is_received_in_place_from_its_header_on() -> None:
+    payload = os.urandom(1 << 20)
+    wire = _data_frame(payload)
+    decoder = FrameDecoder(max_payload=4 << 20)
+    decoder.pool = BufferPool()
+    head = len(wire) - len(payload)
+    _feed(decoder, wire[: head + 100], 1 << 20)
+    # The header is decoded as it arrives: the next read goes straight into the payload's buffer,
+    # not into scratch space to be copied later.
+    assert len(decoder.get_buffer()) == len(payload) - 100
+    _feed(decoder, wire[head + 100 :], 1 << 20)
+    msg = decoder.next_message()
+    assert isinstance(msg, Data) and msg.payload == payload
+
+
+def test_a_buffer_given_back_carries_the_next_payload_with_no_stale_bytes() -> None:
+    pool = BufferPool()
+    decoder = FrameDecoder(max_payload=4 << 20)
+    decoder.pool = pool
+    first, second = os.urandom(1 << 20), os.urandom(1 << 20)
+    _feed(decoder, _data_frame(first), 65536)
+    msg1 = decoder.next_message()
+    assert isinstance(msg1, Data) and msg1.payload == first
+    buf = msg1.payload
+    assert isinstance(buf, bytearray)
+    pool.give(buf)
+    _feed(decoder, _data_frame(second, 1 << 20), 7777)
+    msg2 = decoder.next_message()
+    assert isinstance(msg2, Data)
+    assert msg2.payload is buf  # reused, not a fresh mapping
+    assert msg2.payload == second
+    assert chunk_digest("E1.log", 1 << 20, msg2.payload) == msg2.digest
+    assert (pool.hits, pool.misses) == (1, 1)
+
+
+def test_the_pool_keeps_no_more_than_its_limit() -> None:
+    pool = BufferPool(max_bytes=3 << 20)
+    for _ in range(5):
+        pool.give(bytearray(1 << 20))
+    assert pool.free_bytes == 3 << 20
+    assert [len(pool.take(1 << 20)) for _ in range(4)] == [1 << 20] * 4
+    assert (pool.hits, pool.misses) == (3, 1)
+
+
+def test_frames_before_a_bad_one_come_out_first_then_the_error() -> None:
+    good = [Heartbeat(), Ack("s", Position("E1.log", 5), False)]
+    wire = b"".join(encode(m) for m in good) + b"\x00\x00\x00\x00" + encode(Heartbeat())
+    decoder = FrameDecoder()
+    _feed(decoder, wire, 1 << 20)  # all in one read: decoded ahead, the error found meanwhile
+    assert [decoder.next_message(), decoder.next_message()] == good
+    with pytest.raises(Exception, match="empty header"):
+        decoder.next_message()
+    with pytest.raises(Exception, match="empty header"):
+        decoder.next_message()
+
+
+def test_buffered_counts_messages_decoded_ahead() -> None:
+    payload = os.urandom(300_000)
+    decoder = FrameDecoder()
+    _feed(decoder, _data_frame(payload), 1 << 20)
+    assert decoder.buffered >= len(payload)
+    assert isinstance(decoder.next_message(), Data)
+    assert decoder.buffered == 0
