@@ -164,6 +164,27 @@ class StreamCopy:
             att.conn.send(Ack(self.name, att.acked, att.acked_sealed, self.replayed_position))
 
 
+class _Batch:
+    """One batch of storage ops between write() and the ACK once its sync returned. Holds no payload:
+    their buffers go back to the pool as soon as write() copied them."""
+
+    def __init__(self, synced: asyncio.Future[None], ops: list[Op], installed: list[Installed]) -> None:
+        self.synced = synced
+        self.installed = installed
+        self.nbytes = 0
+        self.events: list[Install | Restart] = []
+        ack: tuple[Position, bool] | None = None
+        for op in ops:
+            if isinstance(op, Write):
+                self.nbytes += len(op.payload)
+                ack = Position(op.segment, op.offset + len(op.payload)), False
+            else:
+                self.events.append(op)
+                if isinstance(op, Install):
+                    ack = Position(op.segment, op.size), True
+        self.ack = ack if ack is not None else (START, False)
+
+
 class Attachment:
     """A stream attached to one connection: its ingest state and its committer task."""
 
@@ -203,58 +224,74 @@ class Attachment:
         self.wake.set()
 
     async def _commit_loop(self) -> None:
+        # Two batches in the pipe: while one is being fdatasynced the next is already written (the
+        # sync makes durable at least what was written before it began). A batch is acknowledged only
+        # once its own sync and every earlier one returned.
         loop = asyncio.get_running_loop()
-        while True:
-            # Once closing, never wait again: a detach() that came while a batch was being written set
-            # the event only once, and the batch that follows must not leave us waiting for ever.
-            if not self.closing:
-                await self.wake.wait()
-            self.wake.clear()
-            if not self.pending:
-                if self.closing:
+        store = self.copy.store
+        syncing: _Batch | None = None
+        try:
+            while True:
+                self.wake.clear()
+                if self.pending:
+                    ops, self.pending = self.pending, []
+                    written, installed = await loop.run_in_executor(None, store.write, ops)
+                    batch = _Batch(loop.run_in_executor(None, store.sync, written), ops, installed)
+                    self._recycle(ops)
+                    if syncing is not None:
+                        await self._finish(syncing)
+                    syncing = batch
+                elif syncing is not None:
+                    if not syncing.synced.done():
+                        waker = asyncio.ensure_future(self.wake.wait())
+                        try:
+                            await asyncio.wait({syncing.synced, waker}, return_when=asyncio.FIRST_COMPLETED)
+                        finally:
+                            waker.cancel()
+                    if syncing.synced.done():
+                        batch, syncing = syncing, None
+                        await self._finish(batch)
+                elif self.closing:
+                    # Once closing, never wait again: a detach() that came while a batch was being
+                    # written set the event only once.
                     return
-                continue
-            ops, self.pending = self.pending, []
-            nbytes = sum(len(op.payload) for op in ops if isinstance(op, Write))
-            try:
-                installed = await loop.run_in_executor(None, self.copy.store.apply, ops)
-            except OSError as e:
-                self.error = e
-                log.error("stream %s: storage failed, acknowledging nothing more: %s", self.copy.name, e)
-                self.copy.store.close()
-                self.conn.writer.close()
-                self.room.set()
-                return
-            self.pending_bytes -= nbytes
-            if self.pending_bytes < self.max_pending:
-                self.room.set()
-            self.copy.on_installed(installed)
-            self._ack_after(ops)
-            self._recycle(ops)
+                else:
+                    await self.wake.wait()
+        except OSError as e:
+            self.error = e
+            log.error("stream %s: storage failed, acknowledging nothing more: %s", self.copy.name, e)
+            if syncing is not None:
+                # Let its descriptors be closed before anyone recovers the copy from disk.
+                await asyncio.wait({syncing.synced})
+            self.copy.store.close()
+            self.conn.writer.close()
+            self.room.set()
+
+    async def _finish(self, batch: _Batch) -> None:
+        await batch.synced
+        self.pending_bytes -= batch.nbytes
+        if self.pending_bytes < self.max_pending:
+            self.room.set()
+        self.copy.on_installed(batch.installed)
+        for op in batch.events:
+            if isinstance(op, Install):
+                log.info("stream %s: sealed %s (%d bytes)", self.copy.name, op.segment, op.size)
+            else:
+                log.warning("stream %s: %s quarantined: %s", self.copy.name, op.segment, op.reason)
+        position, sealed = batch.ack
+        if (position, sealed) > (self.acked, self.acked_sealed):
+            self.acked, self.acked_sealed = position, sealed
+            if not self.conn.closing:
+                self.conn.send(Ack(self.copy.name, position, sealed, self.copy.replayed_position))
 
     def _recycle(self, ops: list[Op]) -> None:
-        # The payloads are on disk and the ops were their last holders (the frames that carried them
-        # were consumed by the ingest): their buffers can take the next payloads.
+        # The payloads are in the page cache (write() copied them) and the ops were their last holders
+        # (the frames that carried them were consumed by the ingest): the buffers can take new payloads.
         if self.pool is None:
             return
         for op in ops:
             if isinstance(op, Write) and isinstance(op.payload, bytearray):
                 self.pool.give(op.payload)
-
-    def _ack_after(self, ops: list[Op]) -> None:
-        position, sealed = self.acked, self.acked_sealed
-        for op in ops:
-            if isinstance(op, Write):
-                position, sealed = Position(op.segment, op.offset + len(op.payload)), False
-            elif isinstance(op, Install):
-                position, sealed = Position(op.segment, op.size), True
-                log.info("stream %s: sealed %s (%d bytes)", self.copy.name, op.segment, op.size)
-            elif isinstance(op, Restart):
-                log.warning("stream %s: %s quarantined: %s", self.copy.name, op.segment, op.reason)
-        if (position, sealed) > (self.acked, self.acked_sealed):
-            self.acked, self.acked_sealed = position, sealed
-            if not self.conn.closing:
-                self.conn.send(Ack(self.copy.name, position, sealed, self.copy.replayed_position))
 
     async def detach(self) -> None:
         """Finish the writes in hand, make them durable, and stop."""

@@ -85,6 +85,22 @@ class ReplicaError(Exception):
         self.corrupt = corrupt
 
 
+@dataclass(slots=True)
+class PendingSync:
+    """What a write() left to make durable: the files its chunks went to (their own descriptors, so
+    the store may close or rename the originals meanwhile), and the directory entries it created."""
+
+    files: list[tuple[int, int]]
+    """(partial fd, idx fd) pairs, duplicated for this sync and closed by it."""
+    sync_incoming: bool = False
+
+    def close(self) -> None:
+        for fd, idx_fd in self.files:
+            os.close(fd)
+            os.close(idx_fd)
+        self.files = []
+
+
 @dataclass(frozen=True, slots=True)
 class Recovered:
     """What a stream's copy holds on disk after a restart."""
@@ -115,6 +131,7 @@ class SegmentStore:
         self._idx_fd = -1
         self._created = False
         self._manifest_fd = -1
+        self._pending = PendingSync([])
         self.installed: list[Installed] = []
         """Manifest records of installs made by apply() since the caller last took them."""
 
@@ -222,7 +239,28 @@ class SegmentStore:
 
         Raises OSError (disk full, I/O error); the caller must then rebuild its view with recover().
         """
+        pending, installed = self.write(ops)
+        self.sync(pending)
+        return installed
+
+    def write(self, ops: list[Op]) -> tuple[PendingSync, list[Installed]]:
+        """Carry out ``ops`` in order; installs and quarantines are durable on return, the chunks only
+        once ``sync()`` of the returned PendingSync returned. Returns it and what was installed.
+
+        The two halves let the server write the next batch while the last one is being synced (an
+        fdatasync does not stop writes to the file meanwhile; it makes durable at least what was
+        written before it began). Raises OSError, as apply().
+        """
         self.installed = []
+        self._pending = PendingSync([])
+        try:
+            self._write(ops)
+        except BaseException:
+            self._pending.close()
+            raise
+        return self._pending, self.installed
+
+    def _write(self, ops: list[Op]) -> None:
         records: list[bytes] = []
         dirty = False
         for op in ops:
@@ -247,30 +285,46 @@ class SegmentStore:
                 self.close()
                 self._quarantine(op.segment, op.reason)
         self._flush(records, dirty)
-        return self.installed
 
     def _flush(self, records: list[bytes], dirty: bool) -> None:
+        """Write the chunk records and leave the partial and its records to the next sync()."""
         if not dirty or self._fd < 0:
             return
-        # The records and the bytes they vouch for are made durable at the same time (two fdatasyncs
-        # in parallel cost about one on this kind of disk, they can share a journal commit). Their
-        # order does not matter: recovery checks every record against the bytes of the partial and
-        # cuts at the first that does not match, so a record that reached the disk without its bytes
-        # is dropped there. The ACK waits for both.
         if records:
             os.write(self._idx_fd, b"".join(records))
-        idx_synced = _fsync_helper().submit(os.fdatasync, self._idx_fd)
+        fd = os.dup(self._fd)
         try:
-            os.fdatasync(self._fd)
-        finally:
-            idx_synced.result()
-        # The bytes are on disk and nothing here reads them again (the segment digest is computed as
-        # they arrive): drop them from the page cache, so a long catch-up does not push everything
-        # else out of memory and make the kernel reclaim under our writes.
-        os.posix_fadvise(self._fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            self._pending.files.append((fd, os.dup(self._idx_fd)))
+        except OSError:
+            os.close(fd)
+            raise
         if self._created:
-            fsync_dir(self.incoming)
+            self._pending.sync_incoming = True
             self._created = False
+
+    def sync(self, pending: PendingSync) -> None:
+        """Make the chunks of one write() durable. Safe to run beside the next write() (another
+        thread): it touches only its own descriptors. Raises OSError."""
+        try:
+            for fd, idx_fd in pending.files:
+                # The records and the bytes they vouch for are made durable at the same time (two
+                # fdatasyncs in parallel cost about one on this kind of disk, they can share a journal
+                # commit). Their order does not matter: recovery checks every record against the bytes
+                # of the partial and cuts at the first that does not match, so a record that reached
+                # the disk without its bytes is dropped there. The ACK waits for both.
+                idx_synced = _fsync_helper().submit(os.fdatasync, idx_fd)
+                try:
+                    os.fdatasync(fd)
+                finally:
+                    idx_synced.result()
+                # The bytes are on disk and nothing here reads them again (the segment digest is
+                # computed as they arrive): drop them from the page cache, so a long catch-up does not
+                # push everything else out of memory and make the kernel reclaim under our writes.
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            if pending.sync_incoming:
+                fsync_dir(self.incoming)
+        finally:
+            pending.close()
 
     def _install(self, op: Install) -> None:
         if self._seg != op.segment:

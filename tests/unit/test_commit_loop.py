@@ -19,10 +19,13 @@ class _SlowStore:
         self.applied: list[list[Op]] = []
         self.closed = False
 
-    def apply(self, ops: list[Op]) -> list[Any]:
+    def write(self, ops: list[Op]) -> tuple[None, list[Any]]:
         self.gate.wait(10)
         self.applied.append(ops)
-        return []
+        return None, []
+
+    def sync(self, pending: None) -> None:
+        pass
 
     def close(self) -> None:
         self.closed = True

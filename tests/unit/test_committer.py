@@ -11,7 +11,7 @@ from protocol.digest import chunk_digest
 from protocol.messages import Ack, Position
 from receiver.ingest import Ingest, Op, Write
 from receiver.server import Attachment, StreamCopy
-from receiver.store import SegmentStore
+from receiver.store import Installed, PendingSync, SegmentStore
 
 
 class _Conn:
@@ -34,11 +34,11 @@ class _GatedStore(SegmentStore):
         self.entered = threading.Event()
         self.batches: list[list[Op]] = []
 
-    def apply(self, ops: list[Op]) -> None:
+    def write(self, ops: list[Op]) -> tuple[PendingSync, list[Installed]]:
         self.entered.set()
         assert self.gate.wait(10)
         self.batches.append(list(ops))
-        super().apply(ops)
+        return super().write(ops)
 
 
 def _write(offset: int, payload: bytes) -> Write:
