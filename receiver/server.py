@@ -164,6 +164,10 @@ class StreamCopy:
             att.conn.send(Ack(self.name, att.acked, att.acked_sealed, self.replayed_position))
 
 
+SMALL_BATCH = 256 * 1024
+"""Below this many bytes an idle committer writes and syncs a batch in one worker-thread trip."""
+
+
 class _Batch:
     """One batch of storage ops between write() and the ACK once its sync returned. Holds no payload:
     their buffers go back to the pool as soon as write() copied them."""
@@ -233,7 +237,17 @@ class Attachment:
         try:
             while True:
                 self.wake.clear()
-                if self.pending:
+                if self.pending and syncing is None and self._pending_write_bytes() < SMALL_BATCH:
+                    # A small batch with nothing in the pipe (a trickle of appends): write and sync it
+                    # in one trip to a worker thread, for the shortest way to its ACK.
+                    ops, self.pending = self.pending, []
+                    installed = await loop.run_in_executor(None, store.apply, ops)
+                    done: asyncio.Future[None] = loop.create_future()
+                    done.set_result(None)
+                    batch = _Batch(done, ops, installed)
+                    self._recycle(ops)
+                    await self._finish(batch)
+                elif self.pending:
                     ops, self.pending = self.pending, []
                     written, installed = await loop.run_in_executor(None, store.write, ops)
                     batch = _Batch(loop.run_in_executor(None, store.sync, written), ops, installed)
@@ -283,6 +297,9 @@ class Attachment:
             self.acked, self.acked_sealed = position, sealed
             if not self.conn.closing:
                 self.conn.send(Ack(self.copy.name, position, sealed, self.copy.replayed_position))
+
+    def _pending_write_bytes(self) -> int:
+        return sum(len(op.payload) for op in self.pending if isinstance(op, Write))
 
     def _recycle(self, ops: list[Op]) -> None:
         # The payloads are in the page cache (write() copied them) and the ops were their last holders
