@@ -342,9 +342,9 @@ class SegmentStore:
         os.rename(self.partial_path(op.segment), self.log_dir / op.segment)
         self.installed.append(record)
         fsync_dir(self.log_dir)
+        # Not flushed: an .idx left behind by a crash has no partial any more, and recover() removes it.
         with contextlib.suppress(FileNotFoundError):
             self.idx_path(op.segment).unlink()
-        fsync_dir(self.incoming)
 
     # -- manifest -----------------------------------------------------------------------------
 

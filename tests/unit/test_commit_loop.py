@@ -27,6 +27,9 @@ class _SlowStore:
     def sync(self, pending: None) -> None:
         pass
 
+    def apply(self, ops: list[Op]) -> list[Any]:
+        return self.write(ops)[1]
+
     def close(self) -> None:
         self.closed = True
 
