@@ -19,7 +19,9 @@ from dataclasses import dataclass
 from protocol.errors import AuthenticationFailed, LocalProtocolError, RemoteProtocolError, VersionMismatch
 from protocol.messages import NONCE_SIZE, Challenge, Fenced, Hello, Position, StreamClaim, StreamResume, Welcome
 
-VERSIONS: tuple[int, ...] = (1,)
+VERSIONS: tuple[int, ...] = (2,)
+"""2: SEAL carries the seal digest (name, size and content), ACK and NACK carry ``xxh``. A version-1 peer
+would have every SEAL and ACK refused and reconnect for ever; now it is told at the handshake."""
 _DOMAIN = b"logship/1"
 
 

@@ -40,6 +40,8 @@ SECRETS = {"db1": b"secret-one", "db2": b"secret-two"}
 EPOCHS = {"db1": 3}
 RECEIVER_NONCE = bytes([1]) * 32
 SHIPPER_NONCE = bytes([2]) * 32
+V = max(VERSIONS)
+"""The protocol version this build speaks."""
 SEG = "E00000002.log"
 
 
@@ -106,7 +108,7 @@ def test_handshake_success() -> None:
     accepted = r.receive_hello(hello_for(r, s, link))
     assert accepted == [Accepted("db1", 3), Accepted("db2", 0)]
     assert r.state is HandshakeState.DONE
-    assert (r.version, r.peer_node, r.features) == (1, "shipper-1", ("zstd",))
+    assert (r.version, r.peer_node, r.features) == (V, "shipper-1", ("zstd",))
 
     welcome = welcome_from(r, {"db1": (3, Position(SEG, 8192), False), "db2": (0, START, False)})
     result = s.receive_welcome(link.to_shipper.carry(welcome))
@@ -208,7 +210,7 @@ def fake_receiver_welcome(proof_for: dict[str, bytes]) -> tuple[ShipperHandshake
     s = shipper()
     s.receive_challenge(Challenge(VERSIONS, RECEIVER_NONCE, "fake"))
     resumes = tuple(StreamResume(name, 9, Position(SEG, 1 << 30), True, p) for name, p in proof_for.items())
-    return s, Welcome(1, "fake", resumes)
+    return s, Welcome(V, "fake", resumes)
 
 
 def test_tampered_welcome_proof_fails_on_shipper() -> None:
@@ -231,7 +233,7 @@ def test_welcome_reflecting_shipper_proof_fails() -> None:
     s = shipper()
     hello = s.receive_challenge(Challenge(VERSIONS, RECEIVER_NONCE, "fake"))
     claim = hello.streams[0]
-    welcome = Welcome(1, "fake", (StreamResume(claim.stream, 0, START, False, claim.proof),))
+    welcome = Welcome(V, "fake", (StreamResume(claim.stream, 0, START, False, claim.proof),))
     with pytest.raises(AuthenticationFailed):
         s.receive_welcome(welcome)
 
@@ -249,7 +251,7 @@ def test_echoed_nonce_is_refused_both_ways() -> None:
     r = receiver()
     r.challenge()
     with pytest.raises(AuthenticationFailed):
-        r.receive_hello(Hello(1, "s", RECEIVER_NONCE, (StreamClaim("db1", 0, bytes(32)),)))
+        r.receive_hello(Hello(V, "s", RECEIVER_NONCE, (StreamClaim("db1", 0, bytes(32)),)))
 
 
 # -- replay protection -------------------------------------------------------------------------
@@ -351,7 +353,7 @@ def test_shipper_challenge_twice() -> None:
 
 def test_shipper_welcome_before_challenge() -> None:
     with pytest.raises(LocalProtocolError):
-        shipper().receive_welcome(Welcome(1, "r", ()))
+        shipper().receive_welcome(Welcome(V, "r", ()))
 
 
 def test_shipper_welcome_after_done() -> None:
@@ -363,7 +365,7 @@ def test_shipper_welcome_after_done() -> None:
 
 @pytest.mark.parametrize(
     "msg",
-    [Heartbeat(), Welcome(1, "r", ()), Fenced("db1", 1), Data("db1", SEG, 0, 0, b"x"), Challenge((1,), bytes(32), "r")],
+    [Heartbeat(), Welcome(V, "r", ()), Fenced("db1", 1), Data("db1", SEG, 0, 0, b"x"), Challenge((V,), bytes(32), "r")],
     ids=lambda m: type(m).__name__,
 )
 def test_receiver_wants_hello(msg: Message) -> None:
@@ -377,7 +379,7 @@ def test_receiver_wants_hello(msg: Message) -> None:
 
 @pytest.mark.parametrize(
     "msg",
-    [Heartbeat(), Welcome(1, "r", ()), Hello(1, "s", bytes(32), ()), Data("db1", SEG, 0, 0, b"x")],
+    [Heartbeat(), Welcome(V, "r", ()), Hello(V, "s", bytes(32), ()), Data("db1", SEG, 0, 0, b"x")],
     ids=lambda m: type(m).__name__,
 )
 def test_shipper_wants_challenge(msg: Message) -> None:
@@ -388,7 +390,7 @@ def test_shipper_wants_challenge(msg: Message) -> None:
 
 @pytest.mark.parametrize(
     "msg",
-    [Heartbeat(), Challenge((1,), bytes(32), "r"), Hello(1, "s", bytes(32), ()), Data("db1", SEG, 0, 0, b"x")],
+    [Heartbeat(), Challenge((V,), bytes(32), "r"), Hello(V, "s", bytes(32), ()), Data("db1", SEG, 0, 0, b"x")],
     ids=lambda m: type(m).__name__,
 )
 def test_shipper_wants_welcome(msg: Message) -> None:
