@@ -164,17 +164,12 @@ class StreamCopy:
             att.conn.send(Ack(self.name, att.acked, att.acked_sealed, self.replayed_position))
 
 
-SMALL_BATCH = 256 * 1024
-"""Below this many bytes an idle committer writes and syncs a batch in one worker-thread trip."""
-
-
 class _Batch:
-    """One batch of storage ops between write() and the ACK once its sync returned. Holds no payload:
-    their buffers go back to the pool as soon as write() copied them."""
+    """One batch of storage ops from its write to its ACK. A single trip to a worker thread writes it
+    (``written`` resolves then, with what was installed) and then syncs it (``synced``). Holds no
+    payload: the buffers go back to the pool as soon as the write copied them."""
 
-    def __init__(self, synced: asyncio.Future[None], ops: list[Op], installed: list[Installed]) -> None:
-        self.synced = synced
-        self.installed = installed
+    def __init__(self, loop: asyncio.AbstractEventLoop, store: SegmentStore, ops: list[Op]) -> None:
         self.nbytes = 0
         self.events: list[Install | Restart] = []
         ack: tuple[Position, bool] | None = None
@@ -187,6 +182,29 @@ class _Batch:
                 if isinstance(op, Install):
                     ack = Position(op.segment, op.size), True
         self.ack = ack if ack is not None else (START, False)
+        self.written: asyncio.Future[list[Installed]] = loop.create_future()
+        self.synced = loop.run_in_executor(None, self._run, loop, store, ops)
+        # Its failure is the written future's, reported there; do not warn about it a second time.
+        self.synced.add_done_callback(lambda f: f.cancelled() or f.exception())
+
+    def _run(self, loop: asyncio.AbstractEventLoop, store: SegmentStore, ops: list[Op]) -> None:
+        try:
+            pending, installed = store.write(ops)
+        except BaseException as e:
+            loop.call_soon_threadsafe(_settle, self.written, None, e)
+            raise
+        loop.call_soon_threadsafe(_settle, self.written, installed, None)
+        store.sync(pending)
+
+
+def _settle(fut: asyncio.Future[list[Installed]], result: list[Installed] | None, exc: BaseException | None) -> None:
+    if fut.done():
+        return
+    if exc is not None:
+        fut.set_exception(exc)
+    else:
+        assert result is not None
+        fut.set_result(result)
 
 
 class Attachment:
@@ -230,27 +248,24 @@ class Attachment:
     async def _commit_loop(self) -> None:
         # Two batches in the pipe: while one is being fdatasynced the next is already written (the
         # sync makes durable at least what was written before it began). A batch is acknowledged only
-        # once its own sync and every earlier one returned.
+        # once its own sync and every earlier one returned. Each batch is one trip to a worker thread
+        # (write, then sync): a trickle of appends pays one thread hand-off each way, no more.
         loop = asyncio.get_running_loop()
         store = self.copy.store
         syncing: _Batch | None = None
         try:
             while True:
                 self.wake.clear()
-                if self.pending and syncing is None and self._pending_write_bytes() < SMALL_BATCH:
-                    # A small batch with nothing in the pipe (a trickle of appends): write and sync it
-                    # in one trip to a worker thread, for the shortest way to its ACK.
+                if self.pending:
                     ops, self.pending = self.pending, []
-                    installed = await loop.run_in_executor(None, store.apply, ops)
-                    done: asyncio.Future[None] = loop.create_future()
-                    done.set_result(None)
-                    batch = _Batch(done, ops, installed)
-                    self._recycle(ops)
-                    await self._finish(batch)
-                elif self.pending:
-                    ops, self.pending = self.pending, []
-                    written, installed = await loop.run_in_executor(None, store.write, ops)
-                    batch = _Batch(loop.run_in_executor(None, store.sync, written), ops, installed)
+                    batch = _Batch(loop, store, ops)
+                    try:
+                        installed = await batch.written
+                    except Exception:
+                        await asyncio.wait({batch.synced})
+                        raise
+                    # Only one write at a time: the store's open segment is the writer's state.
+                    self.copy.on_installed(installed)
                     self._recycle(ops)
                     if syncing is not None:
                         await self._finish(syncing)
@@ -271,9 +286,16 @@ class Attachment:
                     return
                 else:
                     await self.wake.wait()
-        except OSError as e:
+        except Exception as e:
+            # Storage failed (or, never seen, a bug here): acknowledge nothing more and close, so the
+            # shipper reconnects and the copy is recovered from disk, instead of a silent stall.
             self.error = e
-            log.error("stream %s: storage failed, acknowledging nothing more: %s", self.copy.name, e)
+            log.error(
+                "stream %s: storage failed, acknowledging nothing more: %s",
+                self.copy.name,
+                e,
+                exc_info=not isinstance(e, OSError),
+            )
             if syncing is not None:
                 # Let its descriptors be closed before anyone recovers the copy from disk.
                 await asyncio.wait({syncing.synced})
@@ -286,7 +308,6 @@ class Attachment:
         self.pending_bytes -= batch.nbytes
         if self.pending_bytes < self.max_pending:
             self.room.set()
-        self.copy.on_installed(batch.installed)
         for op in batch.events:
             if isinstance(op, Install):
                 log.info("stream %s: sealed %s (%d bytes)", self.copy.name, op.segment, op.size)
@@ -297,9 +318,6 @@ class Attachment:
             self.acked, self.acked_sealed = position, sealed
             if not self.conn.closing:
                 self.conn.send(Ack(self.copy.name, position, sealed, self.copy.replayed_position))
-
-    def _pending_write_bytes(self) -> int:
-        return sum(len(op.payload) for op in self.pending if isinstance(op, Write))
 
     def _recycle(self, ops: list[Op]) -> None:
         # The payloads are in the page cache (write() copied them) and the ops were their last holders

@@ -79,3 +79,37 @@ def test_detach_writes_the_queued_batch_and_ends() -> None:
     assert [op.offset for batch in copy.store.applied for op in batch] == [0, 10]  # type: ignore[union-attr]
     assert copy.store.closed
     assert conn.sent[-1].position == Position("E0000000001.log", 20)
+
+
+class _BrokenStore(_SlowStore):
+    def write(self, ops: list[Op]) -> tuple[None, list[Any]]:
+        raise RuntimeError("a bug in the store")
+
+
+class _ClosableConn(_Conn):
+    def __init__(self) -> None:
+        super().__init__()
+        self.writer = self
+        self.closed = False
+
+    def close(self) -> None:
+        self.closed = True
+
+
+async def _commit_with_a_broken_store() -> tuple[Attachment, _ClosableConn]:
+    copy, conn = _Copy(), _ClosableConn()
+    copy.store = _BrokenStore()
+    att = Attachment(copy, conn, None, Position("", 0), True, 1 << 20)  # type: ignore[arg-type]
+    att.submit([_write(0)])
+    async with asyncio.timeout(5):
+        await att.task
+    return att, conn
+
+
+def test_an_unexpected_error_in_the_committer_closes_the_connection_and_acks_nothing() -> None:
+    # Not only OSError: any failure must end the connection (the shipper reconnects and the copy is
+    # recovered from disk) rather than leave the stream attached with a dead committer.
+    att, conn = asyncio.run(_commit_with_a_broken_store())
+    assert isinstance(att.error, RuntimeError)
+    assert conn.closed
+    assert conn.sent == []
