@@ -259,6 +259,8 @@ class Attachment:
                 if self.pending:
                     ops, self.pending = self.pending, []
                     batch = _Batch(loop, store, ops)
+                    # Its sync ending wakes us like new work does: one event to wait on, no helper task.
+                    batch.synced.add_done_callback(lambda _: self.wake.set())
                     try:
                         installed = await batch.written
                     except Exception:
@@ -271,15 +273,11 @@ class Attachment:
                         await self._finish(syncing)
                     syncing = batch
                 elif syncing is not None:
-                    if not syncing.synced.done():
-                        waker = asyncio.ensure_future(self.wake.wait())
-                        try:
-                            await asyncio.wait({syncing.synced, waker}, return_when=asyncio.FIRST_COMPLETED)
-                        finally:
-                            waker.cancel()
                     if syncing.synced.done():
                         batch, syncing = syncing, None
                         await self._finish(batch)
+                    else:
+                        await self.wake.wait()
                 elif self.closing:
                     # Once closing, never wait again: a detach() that came while a batch was being
                     # written set the event only once.
