@@ -41,8 +41,13 @@ class SourceWatch:
             self._check()
 
     def _check(self) -> None:
+        # Names first, then the listing: a name is recorded only after its rename into the source
+        # (write() below), so every name taken here was in the source before the listing was made and
+        # is missing from it only if it really left. (The other order saw a segment written between the
+        # two as gone, a false violation.)
+        names = sorted(self.digests)
         present = set(os.listdir(self.source))
-        for name in sorted(self.digests):
+        for name in names:
             if name in present or name in self.gone:
                 continue
             self.gone.append(name)
@@ -57,8 +62,8 @@ def write(source: Path, digests: dict[str, str], first: int, count: int, size: i
         data = os.urandom(size)
         tmp = source / f".{segment_name(i)}.tmp"
         tmp.write_bytes(data)
-        digests[segment_name(i)] = xxhash.xxh3_128(data).hexdigest()
         tmp.rename(source / segment_name(i))
+        digests[segment_name(i)] = xxhash.xxh3_128(data).hexdigest()
 
 
 def test_segments_leave_the_source_only_when_every_target_holds_them(
