@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import msgpack
 import xxhash
@@ -262,6 +263,18 @@ def partial_matches_prefix(source: Path, copy_root: Path) -> bool:
 _PREFIX = struct.Struct(">I")
 
 
+async def read_frame(r: asyncio.StreamReader) -> tuple[bytes, bytes, Any, bytes]:
+    """Read one whole frame as the wire carries it: (length prefix, raw header, decoded header, the
+    DATA payload or b"")."""
+    prefix = await r.readexactly(4)
+    (hlen,) = _PREFIX.unpack(prefix)
+    header_raw = await r.readexactly(hlen)
+    header = msgpack.unpackb(header_raw, raw=False)
+    is_data = isinstance(header, dict) and header.get("t") == "DATA"
+    payload = await r.readexactly(header["len"]) if is_data else b""
+    return prefix, header_raw, header, payload
+
+
 class FrameProxy:
     """A TCP proxy on 127.0.0.1 between shipper and receiver; subclasses decide what ``_forward`` does
     to the shipper->receiver frames and what ``_backward`` does to the receiver->shipper ones (by
@@ -339,11 +352,7 @@ class FaultProxy(FrameProxy):
 
     async def _forward(self, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
         while True:
-            prefix = await r.readexactly(4)
-            (hlen,) = _PREFIX.unpack(prefix)
-            header_raw = await r.readexactly(hlen)
-            header = msgpack.unpackb(header_raw, raw=False)
-            payload = await r.readexactly(header["len"]) if header.get("t") == "DATA" else b""
+            prefix, header_raw, header, payload = await read_frame(r)
             fault = self.pending[0] if self.pending else None
             if fault == "flip_data" and header.get("t") == "DATA" and len(payload) > 16:
                 self.pending.pop(0)

@@ -20,6 +20,9 @@ from pathlib import Path
 from protocol.digest import chunk_digest
 from tests.harness import ROOT, digest_file
 
+HEAVY = os.environ.get("LOGSHIP_HEAVY") == "1"
+"""The long variants of the fault tests (LOGSHIP_HEAVY=1): several times every count."""
+
 _IDX = struct.Struct(">QIQ")
 _ACKED = re.compile(r"acked stream=(\S+) target=(\S+) seg=(\S+) off=(\d+) sealed=([01])\n")
 
@@ -56,7 +59,7 @@ def record(test: str, rows: list[FaultFigures]) -> None:
     doc: dict[str, object] = {
         "test": test,
         "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "heavy": os.environ.get("LOGSHIP_HEAVY") == "1",
+        "heavy": HEAVY,
     }
     doc["rows"] = [asdict(r) for r in rows]
     tmp = out / f".{test}.json.tmp"
@@ -182,17 +185,3 @@ class DiskChecker:
         covered = sum(v for k, v in self.verified.items() if k < acked.segment) + acked.offset
         self.acked_bytes_checked += covered
         return covered
-
-
-def converged_bytes(source: Path, copy_root: Path, expect: list[str]) -> int:
-    """Assert log/ holds exactly ``expect``, byte-identical to the source; return the bytes compared."""
-    log_dir = copy_root / "log"
-    have = sorted(n for n in os.listdir(log_dir) if not n.startswith("."))
-    assert have == sorted(expect), f"log/ holds {len(have)} segments, expected {len(expect)}"
-    total = 0
-    for name in have:
-        src, dst = source / name, log_dir / name
-        assert src.stat().st_size == dst.stat().st_size, f"{name}: size differs"
-        assert digest_file(src) == digest_file(dst), f"{name}: digest differs"
-        total += dst.stat().st_size
-    return total

@@ -26,15 +26,13 @@ from __future__ import annotations
 import asyncio
 import collections
 import random
-import struct
 import threading
 
 import msgpack
 
-from tests.harness import FrameProxy
+from tests.harness import FrameProxy, read_frame
 
 KINDS = ("cut", "truncate", "stall", "flip_header", "flip_payload", "duplicate")
-_PREFIX = struct.Struct(">I")
 _ACK_VALUES = ("seg", "off", "sealed", "rseg", "roff")
 
 
@@ -64,12 +62,8 @@ class DamagingProxy(FrameProxy):
 
     async def _forward(self, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
         while True:
-            prefix = await r.readexactly(4)
-            (hlen,) = _PREFIX.unpack(prefix)
-            header_raw = await r.readexactly(hlen)
-            header = msgpack.unpackb(header_raw, raw=False)
+            prefix, header_raw, header, payload = await read_frame(r)
             kind_of = header.get("t") if isinstance(header, dict) else None
-            payload = await r.readexactly(header["len"]) if kind_of == "DATA" else b""
             frame = prefix + header_raw + payload
             seg = str(header.get("seg", "")) if isinstance(header, dict) else ""
             fault = self.armed[0] if self.armed else None
@@ -124,10 +118,7 @@ class DamagingProxy(FrameProxy):
 
     async def _backward(self, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
         while True:
-            prefix = await r.readexactly(4)
-            (hlen,) = _PREFIX.unpack(prefix)
-            header_raw = await r.readexactly(hlen)
-            header = msgpack.unpackb(header_raw, raw=False)  # from our receiver: no payloads, valid
+            prefix, header_raw, header, _ = await read_frame(r)  # from our receiver: no payloads, valid
             kind_of = str(header.get("t"))
             self._note_receiver_positions(header)
             frame = prefix + header_raw

@@ -15,10 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.faults.common import DiskChecker, FaultFigures, converged_bytes, highest_acked, record
+from tests.faults.common import DiskChecker, FaultFigures, highest_acked, record
 from tests.harness import (
     Proc,
     SourceWriter,
+    assert_copy_converged,
     free_port,
     partial_matches_prefix,
     sealed_in_source,
@@ -88,7 +89,7 @@ def _run(tmp_path: Path, small: Path, secret: Path, procs: list[Proc], t0: float
             90,
             what="convergence once space returned",
         )
-        total = converged_bytes(source, copy, sealed_in_source(source))
+        total = assert_copy_converged(source, copy, sealed_in_source(source))
         disk.check_acked(shipper.log_text())
     finally:
         writer.stop()

@@ -13,10 +13,11 @@ import random
 import time
 from pathlib import Path
 
-from tests.faults.common import DiskChecker, FaultFigures, converged_bytes, highest_acked, record
+from tests.faults.common import HEAVY, DiskChecker, FaultFigures, highest_acked, record
 from tests.harness import (
     Proc,
     SourceWriter,
+    assert_copy_converged,
     free_port,
     partial_matches_prefix,
     receiver_proc,
@@ -25,7 +26,6 @@ from tests.harness import (
     wait_until,
 )
 
-HEAVY = os.environ.get("LOGSHIP_HEAVY") == "1"
 KILLS_EACH = int(os.environ.get("LOGSHIP_FAULT_KILLS") or (200 if HEAVY else 50))
 
 
@@ -66,7 +66,7 @@ def test_kill9_both_sides_no_acknowledged_byte_lost(tmp_path: Path, secret: Path
         120,
         what="convergence after the kills",
     )
-    total = converged_bytes(source, copy, sealed_in_source(source))
+    total = assert_copy_converged(source, copy, sealed_in_source(source))
     disk.check_acked(shipper.log_text())
     assert partial_matches_prefix(source, copy)
     kills = {"receiver": receiver.starts - 1, "shipper": shipper.starts - 1}

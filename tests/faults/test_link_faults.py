@@ -12,11 +12,12 @@ import random
 import time
 from pathlib import Path
 
-from tests.faults.common import Acked, DiskChecker, FaultFigures, acked_lines, converged_bytes, record
+from tests.faults.common import HEAVY, Acked, DiskChecker, FaultFigures, acked_lines, record
 from tests.faults.proxy import KINDS, ProxyInThread
 from tests.harness import (
     Proc,
     SourceWriter,
+    assert_copy_converged,
     free_port,
     partial_matches_prefix,
     receiver_proc,
@@ -25,7 +26,6 @@ from tests.harness import (
     wait_until,
 )
 
-HEAVY = os.environ.get("LOGSHIP_HEAVY") == "1"
 EACH = int(os.environ.get("LOGSHIP_FAULT_LINK") or (40 if HEAVY else 8))
 BACK_NAMES = {
     "cut": "cut",
@@ -69,7 +69,7 @@ def test_damaging_link_never_installs_corruption(tmp_path: Path, secret: Path, p
             120,
             what="convergence through the damaging link",
         )
-        total = converged_bytes(source, copy, sealed_in_source(source))
+        total = assert_copy_converged(source, copy, sealed_in_source(source))
         shipper_log = shipper.log_text()
         disk.check_acked(shipper_log)
         # Damaged ACKs (and WELCOMEs) must never count: every position the shipper took as

@@ -20,10 +20,19 @@ from pathlib import Path
 
 import psutil
 
-from tests.faults.common import DiskChecker, FaultFigures, converged_bytes, highest_acked, record
-from tests.harness import Proc, SourceWriter, free_port, receiver_proc, sealed_in_source, shipper_proc, wait_until
+from tests.faults.common import HEAVY, DiskChecker, FaultFigures, highest_acked, record
+from tests.harness import (
+    Proc,
+    SourceWriter,
+    assert_copy_converged,
+    free_port,
+    receiver_proc,
+    sealed_in_source,
+    shipper_proc,
+    wait_until,
+)
 
-SCALE = int(os.environ.get("LOGSHIP_FAULT_STORM") or (5 if os.environ.get("LOGSHIP_HEAVY") == "1" else 1))
+SCALE = int(os.environ.get("LOGSHIP_FAULT_STORM") or (5 if HEAVY else 1))
 CAP = 16
 MiB = 1 << 20
 
@@ -165,7 +174,7 @@ def test_storm_of_hostile_connections(tmp_path: Path, secret: Path, procs: list[
             90,
             what="convergence after the storm",
         )
-        total = converged_bytes(source, copy, sealed_in_source(source))
+        total = assert_copy_converged(source, copy, sealed_in_source(source))
     finally:
         writer.stop()
     storm_seconds = time.monotonic() - t0

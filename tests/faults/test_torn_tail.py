@@ -16,10 +16,19 @@ import random
 import time
 from pathlib import Path
 
-from tests.faults.common import DiskChecker, FaultFigures, converged_bytes, highest_acked, record
-from tests.harness import Proc, free_port, partial_matches_prefix, receiver_proc, segment_name, shipper_proc, wait_until
+from tests.faults.common import HEAVY, DiskChecker, FaultFigures, highest_acked, record
+from tests.harness import (
+    Proc,
+    assert_copy_converged,
+    free_port,
+    partial_matches_prefix,
+    receiver_proc,
+    segment_name,
+    shipper_proc,
+    wait_until,
+)
 
-ROUNDS = int(os.environ.get("LOGSHIP_FAULT_TORN") or (30 if os.environ.get("LOGSHIP_HEAVY") == "1" else 6))
+ROUNDS = int(os.environ.get("LOGSHIP_FAULT_TORN") or (30 if HEAVY else 6))
 KINDS = ("garbage-after-records", "garbage-and-half-record", "garbage-over-recorded-chunk")
 
 
@@ -85,7 +94,7 @@ def test_torn_tail_is_cut_and_the_copy_resumes(tmp_path: Path, secret: Path, pro
     wait_until(
         lambda: (disk.check_log() or True) and len(disk.verified) == ROUNDS, 60, what="every torn segment sealed"
     )
-    total = converged_bytes(source, copy, [segment_name(i) for i in range(1, ROUNDS + 1)])
+    total = assert_copy_converged(source, copy, [segment_name(i) for i in range(1, ROUNDS + 1)])
     for line in receiver.log_text().splitlines():
         if "unverified bytes from the tail" in line:
             cut_bytes += int(line.split("cut ", 1)[1].split(" ", 1)[0])
