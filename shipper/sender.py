@@ -190,8 +190,10 @@ class TargetSender:
         self.config = config or SenderConfig()
         self.state = TargetState.INITIALIZING
         self.stats = TargetStats()
-        self.changed = tailer.subscribe()
-        self._acks = asyncio.Event()
+        # One event wakes the send loop: the tailer sets it when the source changed, ACKs and NACKs when
+        # the window opened or a resend is due. (Waiting on two events took two tasks per wake-up, at
+        # every append of a trickle.) Whatever woke it, the loop looks at the tailer and the window again.
+        self._wake = tailer.subscribe()
         self._in_flight: collections.deque[tuple[tuple[Position, bool], int]] = collections.deque()
         self._sent_max: tuple[Position, bool] = (Position("", 0), True)
         """The furthest position sent on this connection (or resumed at): no honest ACK goes beyond it."""
@@ -395,11 +397,11 @@ class TargetSender:
                 self._drop_in_flight_after(pos)
                 self._position_at(pos)
             if self._in_flight_bytes >= self.window.window:
-                self._acks.clear()
+                self._wake.clear()
                 await conn.drain()
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(cfg.heartbeat):
-                        await self._acks.wait()
+                        await self._wake.wait()
                 continue
             step = next_step(self.tailer, self._cursor, self._chunk_size)
             if isinstance(step, SendData):
@@ -454,20 +456,18 @@ class TargetSender:
                 if isinstance(step, Stuck) and step.reason != self._stuck_reported:
                     self._stuck_reported = step.reason
                     log.error("target %s (stream %s): stuck: %s", self.name, self.stream, step.reason)
+                # Cleared before the drain, the only await since next_step() looked: a change or an ACK
+                # that comes while the drain waits is not lost.
+                self._wake.clear()
                 await conn.drain()
-                self.changed.clear()
-                self._acks.clear()
                 idle = cfg.heartbeat - (time.monotonic() - last_sent)
                 if idle <= 0:
                     conn.send(Heartbeat())
                     last_sent = time.monotonic()
                     continue
-                waiters = [asyncio.ensure_future(self.changed.wait()), asyncio.ensure_future(self._acks.wait())]
-                try:
-                    await asyncio.wait(waiters, timeout=idle, return_when=asyncio.FIRST_COMPLETED)
-                finally:
-                    for w in waiters:
-                        w.cancel()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(idle):
+                        await self._wake.wait()
 
     def _track(self, key: tuple[Position, bool], nbytes: int) -> None:
         self._in_flight.append((key, nbytes))
@@ -505,7 +505,7 @@ class TargetSender:
                     self.stats.resends,
                 )
                 self._rewind = msg.position
-                self._acks.set()
+                self._wake.set()
             elif isinstance(msg, Heartbeat):
                 pass
             elif isinstance(msg, Error):
@@ -564,7 +564,7 @@ class TargetSender:
             acked += n
         self._in_flight_bytes -= acked
         self.window.on_ack(acked, time.monotonic())
-        self._acks.set()
+        self._wake.set()
         if self.on_progress is not None:
             self.on_progress()
 
