@@ -39,6 +39,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="small sizes and short runs (a smoke test); the report then goes to a temp dir unless --report-dir",
     )
     p.add_argument("--repeat", type=int, help="repetitions of throughput measurements (default 3, quick 1)")
+    p.add_argument(
+        "--lag-observer",
+        choices=("auto", "capture", "tap"),
+        default="auto",
+        help="lag: see the frames with a packet socket on lo (capture: root only, no hop in their path), "
+        "through a relay in their path (tap: one extra hop each way, counted against logship), or capture "
+        "where it can (auto, the default)",
+    )
     p.add_argument("--work-dir", type=Path, help="scratch directory (default: a new one under /var/tmp)")
     p.add_argument("--report-dir", type=Path, help="where benchmarks.md/.json and plots go (default docs/)")
     args = p.parse_args(argv)
@@ -64,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         for name in names:
             print(f"== {name}: {BENCHES[name]}", flush=True)
             load = machine_load()
-            opts = Options(args.quick, work / name, repeat, command, report_dir.resolve())
+            opts = Options(args.quick, work / name, repeat, command, report_dir.resolve(), args.lag_observer)
             opts.work.mkdir(parents=True, exist_ok=True)
             report_dir.mkdir(parents=True, exist_ok=True)
             start = time.monotonic()

@@ -40,6 +40,9 @@ class Options:
     """The command line that is running, for the report."""
     report_dir: Path
     """Where benchmarks.md, benchmarks.json and the plots go (docs/ for the record)."""
+    lag_observer: str = "auto"
+    """How the lag benchmark sees DATA and ACK frames: ``capture`` (a packet socket on lo, root only),
+    ``tap`` (a relay in their path), ``auto`` (capture where it can)."""
 
 
 @dataclass

@@ -12,7 +12,10 @@ from __future__ import annotations
 
 import array
 import asyncio
+import contextlib
 import os
+import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -53,7 +56,7 @@ for i in range(count):
     now = time.monotonic()
     if due > now:
         time.sleep(due - now)
-    stamps.append(time.monotonic())
+    stamps.append(time.time())
     os.write(fd, data)
 os.close(fd)
 with open(out, "wb") as f:
@@ -122,7 +125,7 @@ class AckTap:
     async def _pipe(self, r: asyncio.StreamReader, w: asyncio.StreamWriter, decoder: FrameDecoder) -> None:
         while data := await r.read(1 << 20):
             w.write(data)
-            now = time.monotonic()
+            now = time.time()
             decoder.receive_data(data)
             while (msg := decoder.next_message()) is not NEED_DATA:
                 if isinstance(msg, Ack):
@@ -130,6 +133,105 @@ class AckTap:
                 elif isinstance(msg, Data):
                     self.data.append((now, msg.segment, msg.offset + len(msg.payload)))
             await w.drain()
+
+
+class LoopbackCapture:
+    """Timestamps DATA frames leaving the shipper and ACKs leaving the receiver, without a hop in their path.
+
+    A raw packet socket on ``lo`` (root only) sees a copy of every TCP segment to or from the receiver's
+    port as the sending side's kernel passes it down; the kernel stamps it then (SO_TIMESTAMPNS, on the
+    wall clock, which the writer stamps with too). The byte streams are put back together by TCP sequence
+    number and decoded with the protocol's own frame decoder. Nothing the shipper and receiver send waits
+    for this thread: its own scheduling delays shift no stamp.
+    """
+
+    _PACKET_OUTGOING = 4
+    _SO_TIMESTAMPNS = 35
+    _TIMESPEC = struct.Struct("qq")
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.acks: list[tuple[float, str, int]] = []
+        self.data: list[tuple[float, str, int]] = []
+        self.gaps = 0
+        """Segments that did not follow the one before (lost by the capture); the figures are void if any."""
+        self._stop = threading.Event()
+        self._sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0003))
+        self._sock.bind(("lo", 0))
+        self._sock.setsockopt(socket.SOL_SOCKET, self._SO_TIMESTAMPNS, 1)
+        with contextlib.suppress(OSError):
+            self._sock.setsockopt(socket.SOL_SOCKET, 33, 64 << 20)  # SO_RCVBUFFORCE: no drops at 1000 frames/s
+        self._sock.settimeout(0.2)
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    @classmethod
+    def available(cls) -> str | None:
+        """None if a capture can run here, else why not."""
+        if os.geteuid() != 0:
+            return "not root"
+        try:
+            socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0003)).close()
+        except OSError as e:
+            return f"no packet socket: {e.strerror}"
+        return None
+
+    def __enter__(self) -> LoopbackCapture:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(10)
+        self._sock.close()
+
+    def _run(self) -> None:
+        streams: dict[tuple[int, int], tuple[int, FrameDecoder]] = {}
+        cmsg_space = socket.CMSG_SPACE(self._TIMESPEC.size)
+        while not self._stop.is_set():
+            try:
+                pkt, ancdata, _flags, addr = self._sock.recvmsg(1 << 17, cmsg_space)
+            except TimeoutError:
+                continue
+            if addr[2] != self._PACKET_OUTGOING or len(pkt) < 14 + 20 or pkt[12:14] != b"\x08\x00":
+                continue
+            ip = 14
+            ihl = (pkt[ip] & 0x0F) * 4
+            if pkt[ip + 9] != 6:
+                continue
+            total = int.from_bytes(pkt[ip + 2 : ip + 4], "big")
+            tcp = ip + ihl
+            sport, dport, seq = struct.unpack_from(">HHI", pkt, tcp)
+            if self.port not in (sport, dport):
+                continue
+            flags = pkt[tcp + 13]
+            payload = pkt[tcp + (pkt[tcp + 12] >> 4) * 4 : ip + total]
+            key = (sport, dport)
+            if flags & 0x02:  # SYN: the stream starts at seq + 1
+                streams[key] = ((seq + 1) & 0xFFFFFFFF, FrameDecoder(64 << 20))
+                continue
+            if not payload or key not in streams:
+                continue
+            expected, decoder = streams[key]
+            skip = (expected - seq) & 0xFFFFFFFF
+            if skip >= 1 << 31:  # a hole before this segment: frames after it cannot be trusted
+                self.gaps += 1
+                del streams[key]
+                continue
+            if skip >= len(payload):
+                continue  # a retransmission of bytes already seen
+            payload = payload[skip:]
+            streams[key] = ((expected + len(payload)) & 0xFFFFFFFF, decoder)
+            stamp = time.time()
+            for level, kind, value in ancdata:
+                if level == socket.SOL_SOCKET and kind == self._SO_TIMESTAMPNS:
+                    sec, nsec = self._TIMESPEC.unpack_from(value)
+                    stamp = sec + nsec * 1e-9
+            decoder.receive_data(payload)
+            while (msg := decoder.next_message()) is not NEED_DATA:
+                if isinstance(msg, Ack):
+                    self.acks.append((stamp, msg.position.segment, msg.position.offset))
+                elif isinstance(msg, Data):
+                    self.data.append((stamp, msg.segment, msg.offset + len(msg.payload)))
 
 
 def fsync_floor(directory: Path, count: int, beside_writer: bool = False, index: str = "") -> list[float]:
@@ -203,10 +305,15 @@ def run(opts: Options) -> Result:
     segment = segment_name(1)
     stamps = array.array("d")
     try:
-        with AckTap(port) as tap:
+        no_capture = LoopbackCapture.available() if opts.lag_observer != "tap" else "--lag-observer tap"
+        if no_capture is not None and opts.lag_observer == "capture":
+            raise RuntimeError(f"--lag-observer capture: cannot capture on lo here ({no_capture})")
+        observer: LoopbackCapture | AckTap = LoopbackCapture(port) if no_capture is None else AckTap(port)
+        with observer as tap:
+            target = port if isinstance(tap, LoopbackCapture) else tap.port
             shipper = start_shipper(
                 work,
-                ["--stream", "lag", "--source", str(src), "--target", f"127.0.0.1:{tap.port}",
+                ["--stream", "lag", "--source", str(src), "--target", f"127.0.0.1:{target}",
                  "--secret-file", str(secret)],
             )  # fmt: skip
             wait_until(lambda: "attached" in receiver.log_text(), 30, what="the shipper to attach")
@@ -225,6 +332,10 @@ def run(opts: Options) -> Result:
                 60,
                 what="the last append to be acknowledged",
             )
+            if isinstance(tap, LoopbackCapture) and tap.gaps:
+                raise RuntimeError(
+                    f"the capture on lo missed {tap.gaps} TCP segment(s); run again or use --lag-observer tap"
+                )
             acks = [(t, off) for t, seg, off in tap.acks if seg == segment]
             sent = [(t, off) for t, seg, off in tap.data if seg == segment]
     finally:
@@ -247,6 +358,12 @@ def run(opts: Options) -> Result:
     f50, f99 = percentile(floor, 50), percentile(floor, 99)
     span = stamps[-1] - stamps[0]
     result.figure("appends", f"{count} x {APPEND} B in {span:.1f} s ({count / span:.0f}/s)")
+    result.figure(
+        "frames seen by",
+        "a packet capture on lo (no hop in their path)"
+        if no_capture is None
+        else f"a relay in their path (one extra hop each way; no capture: {no_capture})",
+    )
     result.figure("ACKs seen", f"{len(acks)} ({count / max(1, len(acks)):.1f} appends per ACK)")
     result.figure("lag p50", f"{p50 * 1e3:.2f} ms")
     result.figure("lag p99", f"{p99 * 1e3:.2f} ms")
@@ -274,10 +391,13 @@ def run(opts: Options) -> Result:
     result.target("p99 <= 5 ms", p99 <= 0.005, f"{p99 * 1e3:.2f} ms")
     result.note(
         "Writer: a separate process appends 4 KiB with os.write() on an O_APPEND descriptor at 1000/s (absolute "
-        "schedule) and notes time.monotonic() just before each write. Durable: the time a tap between shipper "
-        "and receiver on 127.0.0.1 reads the receiver's ACK that covers the append (the receiver ACKs only "
-        "after fdatasync of the partial and of its .idx records). The tap adds one relay hop to both the DATA "
-        "and the ACK path, so the figures are upper bounds."
+        "schedule) and notes the wall-clock time just before each write. Durable: the time the receiver's ACK "
+        "that covers the append left the receiver (it ACKs only after fdatasync of the partial and of its .idx "
+        "records). As root the frames are seen by a raw packet socket on lo, stamped by the kernel as the "
+        "sending side passes them down (SO_TIMESTAMPNS; TCP streams reassembled by sequence number and decoded "
+        "with the protocol's own frame decoder): nothing waits for the observer. Otherwise (or with "
+        "--lag-observer tap) a relay on 127.0.0.1 between shipper and receiver reads them, which adds a hop to "
+        "both the DATA and the ACK path: the figures are then upper bounds."
     )
     result.note(
         "Baseline: the same 4 KiB append + fdatasync done locally on the same filesystem, one every ms: the "
