@@ -294,64 +294,24 @@ def run(opts: Options) -> Result:
     seconds = 5 if opts.quick else 30
     count = seconds * RATE
     work = fresh_dir(opts.work / "lag")
-    src = fresh_dir(work / "src")
     secret = make_secret(work / "secret")
     floor = fsync_floor(work, 500 if opts.quick else 3000)
     busy_floor = fsync_floor(work, 500 if opts.quick else 3000, beside_writer=True)
     serial_floor = fsync_floor(work, 500 if opts.quick else 3000, beside_writer=True, index="serial")
     parallel_floor = fsync_floor(work, 500 if opts.quick else 3000, beside_writer=True, index="parallel")
-    receiver, port = start_receiver(work, secret)
-    shipper = None
-    segment = segment_name(1)
-    stamps = array.array("d")
-    try:
-        no_capture = LoopbackCapture.available() if opts.lag_observer != "tap" else "--lag-observer tap"
-        if no_capture is not None and opts.lag_observer == "capture":
-            raise RuntimeError(f"--lag-observer capture: cannot capture on lo here ({no_capture})")
-        observer: LoopbackCapture | AckTap = LoopbackCapture(port) if no_capture is None else AckTap(port)
-        with observer as tap:
-            target = port if isinstance(tap, LoopbackCapture) else tap.port
-            shipper = start_shipper(
-                work,
-                ["--stream", "lag", "--source", str(src), "--target", f"127.0.0.1:{target}",
-                 "--secret-file", str(secret)],
-            )  # fmt: skip
-            wait_until(lambda: "attached" in receiver.log_text(), 30, what="the shipper to attach")
-            out = work / "stamps"
-            subprocess.run(
-                [sys.executable, "-c", WRITER, str(src / segment), str(count), str(RATE), str(APPEND), str(out)],
-                check=True,
-                cwd=ROOT,
-                timeout=seconds * 3 + 30,
-            )
-            with open(out, "rb") as f:
-                stamps.frombytes(f.read())
-            total = count * APPEND
-            wait_until(
-                lambda: any(seg == segment and off >= total for _, seg, off in tap.acks[-5:]),
-                60,
-                what="the last append to be acknowledged",
-            )
-            if isinstance(tap, LoopbackCapture) and tap.gaps:
-                raise RuntimeError(
-                    f"the capture on lo missed {tap.gaps} TCP segment(s); run again or use --lag-observer tap"
-                )
-            acks = [(t, off) for t, seg, off in tap.acks if seg == segment]
-            sent = [(t, off) for t, seg, off in tap.data if seg == segment]
-    finally:
-        if shipper is not None:
-            shipper.stop()
-        receiver.stop()
-    lags, ship = [], []
-    j = k = 0
-    for i, written_at in enumerate(stamps):
-        end = (i + 1) * APPEND
-        while acks[j][1] < end:
-            j += 1
-        while sent[k][1] < end:
-            k += 1
-        lags.append(acks[j][0] - written_at)
-        ship.append(sent[k][0] - written_at)
+    runs = 1 if opts.quick else opts.repeat
+    no_capture = LoopbackCapture.available() if opts.lag_observer != "tap" else "--lag-observer tap"
+    if no_capture is not None and opts.lag_observer == "capture":
+        raise RuntimeError(f"--lag-observer capture: cannot capture on lo here ({no_capture})")
+    # Every run starts from scratch (its own receiver, shipper and source), so that none pays for the
+    # one before (a later segment would seal and replay the last run's 120 MB at its start).
+    measured = [_measure(work / f"run{r + 1}", secret, seconds, no_capture is None) for r in range(runs)]
+    per_run = [_lags(*m) for m in measured]
+    # The run with the median p99 is the one shown (figures and plot); every run's p99 is listed.
+    order = sorted(range(runs), key=lambda r: percentile(sorted(per_run[r][0]), 99))
+    shown = order[runs // 2]
+    stamps, acks, _sent = measured[shown]
+    lags, ship = per_run[shown]
     s = sorted(lags)
     ship.sort()
     p50, p99, mx = percentile(s, 50), percentile(s, 99), s[-1]
@@ -364,6 +324,13 @@ def run(opts: Options) -> Result:
         if no_capture is None
         else f"a relay in their path (one extra hop each way; no capture: {no_capture})",
     )
+    if runs > 1:
+        result.figure(
+            "runs",
+            f"{runs} of {seconds} s (the one with the median p99 shown; p99 of every run: "
+            + ", ".join(f"{percentile(sorted(per_run[r][0]), 99) * 1e3:.2f} ms" for r in range(runs))
+            + ")",
+        )
     result.figure("ACKs seen", f"{len(acks)} ({count / max(1, len(acks)):.1f} appends per ACK)")
     result.figure("lag p50", f"{p50 * 1e3:.2f} ms")
     result.figure("lag p99", f"{p99 * 1e3:.2f} ms")
@@ -397,7 +364,9 @@ def run(opts: Options) -> Result:
         "sending side passes them down (SO_TIMESTAMPNS; TCP streams reassembled by sequence number and decoded "
         "with the protocol's own frame decoder): nothing waits for the observer. Otherwise (or with "
         "--lag-observer tap) a relay on 127.0.0.1 between shipper and receiver reads them, which adds a hop to "
-        "both the DATA and the ACK path: the figures are then upper bounds."
+        "both the DATA and the ACK path: the figures are then upper bounds. Runs: --repeat of them (3 by "
+        "default, 1 with --quick), each with its own receiver, shipper and source; the figures and the plot are "
+        "those of the run with the median p99, and the target is judged on it."
     )
     result.note(
         "Baseline: the same 4 KiB append + fdatasync done locally on the same filesystem, one every ms: the "
@@ -411,6 +380,72 @@ def run(opts: Options) -> Result:
     if plot:
         result.plots.append(plot)
     return result
+
+
+def _measure(
+    work: Path, secret: Path, seconds: int, capture: bool
+) -> tuple[array.array, list[tuple[float, int]], list[tuple[float, int]]]:
+    """One run: the writer's stamps, and the (time, end offset) of every ACK and DATA frame of its segment."""
+    count = seconds * RATE
+    work = fresh_dir(work)
+    src = fresh_dir(work / "src")
+    receiver, port = start_receiver(work, secret)
+    shipper = None
+    segment = segment_name(1)
+    stamps = array.array("d")
+    try:
+        observer: LoopbackCapture | AckTap = LoopbackCapture(port) if capture else AckTap(port)
+        with observer as tap:
+            target = port if isinstance(tap, LoopbackCapture) else tap.port
+            shipper = start_shipper(
+                work,
+                ["--stream", "lag", "--source", str(src), "--target", f"127.0.0.1:{target}",
+                 "--secret-file", str(secret)],
+            )  # fmt: skip
+            wait_until(lambda: "attached" in receiver.log_text(), 30, what="the shipper to attach")
+            out = work / "stamps"
+            subprocess.run(
+                [sys.executable, "-c", WRITER, str(src / segment), str(count), str(RATE), str(APPEND), str(out)],
+                check=True,
+                cwd=ROOT,
+                timeout=seconds * 3 + 30,
+            )
+            with open(out, "rb") as f:
+                stamps.frombytes(f.read())
+            total = count * APPEND
+            wait_until(
+                lambda: any(seg == segment and off >= total for _, seg, off in tap.acks[-5:]),
+                60,
+                what="the last append to be acknowledged",
+            )
+            if isinstance(tap, LoopbackCapture) and tap.gaps:
+                raise RuntimeError(
+                    f"the capture on lo missed {tap.gaps} TCP segment(s); run again or use --lag-observer tap"
+                )
+            acks = [(t, off) for t, seg, off in tap.acks if seg == segment]
+            sent = [(t, off) for t, seg, off in tap.data if seg == segment]
+    finally:
+        if shipper is not None:
+            shipper.stop()
+        receiver.stop()
+    return stamps, acks, sent
+
+
+def _lags(
+    stamps: array.array, acks: list[tuple[float, int]], sent: list[tuple[float, int]]
+) -> tuple[list[float], list[float]]:
+    """Each append's lag to the first ACK covering it, and to the first DATA frame carrying it."""
+    lags, ship = [], []
+    j = k = 0
+    for i, written_at in enumerate(stamps):
+        end = (i + 1) * APPEND
+        while acks[j][1] < end:
+            j += 1
+        while sent[k][1] < end:
+            k += 1
+        lags.append(acks[j][0] - written_at)
+        ship.append(sent[k][0] - written_at)
+    return lags, ship
 
 
 def _plot(opts: Options, stamps: array.array, lags: list[float]) -> str | None:
