@@ -20,6 +20,10 @@ from typing import Any
 log = logging.getLogger("admin")
 
 MAX_LINE = 1 << 20
+"""The longest request a daemon reads: anyone who can reach the socket can send one."""
+MAX_REPLY = 256 << 20
+"""The longest reply call() reads. It comes from our own daemon, and a status of thousands of streams
+and targets is several MiB; the cap only stops a runaway."""
 
 Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
 
@@ -109,8 +113,8 @@ def call(path: Path, request: dict[str, Any], timeout: float = 10.0) -> dict[str
             if not block:
                 break
             buf += block
-            if len(buf) > MAX_LINE:
-                raise ControlError("reply too long")
+            if len(buf) > MAX_REPLY:
+                raise ControlError(f"reply longer than {MAX_REPLY >> 20} MiB")
     if not buf:
         raise ControlUnavailable(f"the daemon on {path} closed without answering")
     reply = json.loads(buf)

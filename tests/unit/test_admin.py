@@ -12,7 +12,7 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from admin.control import ControlError, ControlServer, ControlUnavailable, call
+from admin.control import MAX_LINE, ControlError, ControlServer, ControlUnavailable, call
 from admin.http import AdminServer
 from admin.table import human_age, human_bytes, render
 
@@ -32,6 +32,9 @@ async def _echo(request: dict[str, Any]) -> dict[str, Any]:
         raise RuntimeError("it broke")
     if request.get("op") == "refuse":
         return {"ok": False, "error": "not allowed"}
+    if request.get("op") == "big":
+        # A status of thousands of streams: more than the request cap, well under the reply cap.
+        return {"ok": True, "streams": [{"name": f"s{i:05d}", "pad": "x" * 500} for i in range(8000)]}
     return {"ok": True, "echo": request}
 
 
@@ -54,6 +57,9 @@ async def test_control_round_trip_errors_and_socket_mode(tmp_path: Path) -> None
         writer.close()
         assert answer["ok"] is False and "bad request" in answer["error"]
         assert (await asyncio.to_thread(call, path, {"op": "again"}))["echo"] == {"op": "again"}
+        big = await asyncio.to_thread(call, path, {"op": "big"})
+        assert len(json.dumps(big)) > MAX_LINE
+        assert [s["name"] for s in big["streams"]] == [f"s{i:05d}" for i in range(8000)]
     finally:
         await server.stop()
     assert not path.exists()
