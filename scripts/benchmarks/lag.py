@@ -64,14 +64,27 @@ with open(out, "wb") as f:
 """
 
 
+Frames = list[tuple[float, str, int]]
+"""(time seen, segment, end offset) of every ACK, or of every DATA frame."""
+
+
+def note_frames(decoder: FrameDecoder, data: bytes, stamp: float, acks: Frames, sent: Frames) -> None:
+    """Feed ``data`` to ``decoder`` and note, at ``stamp``, every ACK and DATA frame it completes."""
+    decoder.receive_data(data)
+    while (msg := decoder.next_message()) is not NEED_DATA:
+        if isinstance(msg, Ack):
+            acks.append((stamp, msg.position.segment, msg.position.offset))
+        elif isinstance(msg, Data):
+            sent.append((stamp, msg.segment, msg.offset + len(msg.payload)))
+
+
 class AckTap:
     """A TCP relay on 127.0.0.1 that timestamps every ACK coming back from the receiver."""
 
     def __init__(self, upstream: int) -> None:
         self.upstream = upstream
-        self.acks: list[tuple[float, str, int]] = []
-        self.data: list[tuple[float, str, int]] = []
-        """(time seen, segment, end offset) of every DATA frame on its way to the receiver."""
+        self.acks: Frames = []
+        self.data: Frames = []
         self.port = 0
         self._loop = uvloop.new_event_loop()  # the relay hop costs as little as our own processes'
         self._ready = threading.Event()
@@ -126,13 +139,12 @@ class AckTap:
         while data := await r.read(1 << 20):
             w.write(data)
             now = time.time()
-            decoder.receive_data(data)
-            while (msg := decoder.next_message()) is not NEED_DATA:
-                if isinstance(msg, Ack):
-                    self.acks.append((now, msg.position.segment, msg.position.offset))
-                elif isinstance(msg, Data):
-                    self.data.append((now, msg.segment, msg.offset + len(msg.payload)))
+            note_frames(decoder, data, now, self.acks, self.data)
             await w.drain()
+
+
+_ETH_P_ALL = 0x0003
+"""Every protocol: the packet socket sees all of lo's traffic."""
 
 
 class LoopbackCapture:
@@ -151,12 +163,12 @@ class LoopbackCapture:
 
     def __init__(self, port: int) -> None:
         self.port = port
-        self.acks: list[tuple[float, str, int]] = []
-        self.data: list[tuple[float, str, int]] = []
+        self.acks: Frames = []
+        self.data: Frames = []
         self.gaps = 0
         """Segments that did not follow the one before (lost by the capture); the figures are void if any."""
         self._stop = threading.Event()
-        self._sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0003))
+        self._sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(_ETH_P_ALL))
         self._sock.bind(("lo", 0))
         self._sock.setsockopt(socket.SOL_SOCKET, self._SO_TIMESTAMPNS, 1)
         with contextlib.suppress(OSError):
@@ -170,7 +182,7 @@ class LoopbackCapture:
         if os.geteuid() != 0:
             return "not root"
         try:
-            socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0003)).close()
+            socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(_ETH_P_ALL)).close()
         except OSError as e:
             return f"no packet socket: {e.strerror}"
         return None
@@ -226,12 +238,7 @@ class LoopbackCapture:
                 if level == socket.SOL_SOCKET and kind == self._SO_TIMESTAMPNS:
                     sec, nsec = self._TIMESPEC.unpack_from(value)
                     stamp = sec + nsec * 1e-9
-            decoder.receive_data(payload)
-            while (msg := decoder.next_message()) is not NEED_DATA:
-                if isinstance(msg, Ack):
-                    self.acks.append((stamp, msg.position.segment, msg.position.offset))
-                elif isinstance(msg, Data):
-                    self.data.append((stamp, msg.segment, msg.offset + len(msg.payload)))
+            note_frames(decoder, payload, stamp, self.acks, self.data)
 
 
 def fsync_floor(directory: Path, count: int, beside_writer: bool = False, index: str = "") -> list[float]:
@@ -307,8 +314,9 @@ def run(opts: Options) -> Result:
     # one before (a later segment would seal and replay the last run's 120 MB at its start).
     measured = [_measure(work / f"run{r + 1}", secret, seconds, no_capture is None) for r in range(runs)]
     per_run = [_lags(*m) for m in measured]
+    p99s = [percentile(sorted(run_lags), 99) for run_lags, _ in per_run]
     # The run with the median p99 is the one shown (figures and plot); every run's p99 is listed.
-    order = sorted(range(runs), key=lambda r: percentile(sorted(per_run[r][0]), 99))
+    order = sorted(range(runs), key=lambda r: p99s[r])
     shown = order[runs // 2]
     stamps, acks, _sent = measured[shown]
     lags, ship = per_run[shown]
@@ -328,7 +336,7 @@ def run(opts: Options) -> Result:
         result.figure(
             "runs",
             f"{runs} of {seconds} s (the one with the median p99 shown; p99 of every run: "
-            + ", ".join(f"{percentile(sorted(per_run[r][0]), 99) * 1e3:.2f} ms" for r in range(runs))
+            + ", ".join(f"{p * 1e3:.2f} ms" for p in p99s)
             + ")",
         )
     result.figure("ACKs seen", f"{len(acks)} ({count / max(1, len(acks)):.1f} appends per ACK)")
