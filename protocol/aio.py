@@ -7,75 +7,14 @@ writes encoded frames, with a timeout on every read.
 from __future__ import annotations
 
 import asyncio
-import ssl
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 
 from protocol.compression import PayloadCompressor
-from protocol.config_util import ConfigError
-from protocol.errors import RemoteProtocolError
+from protocol.errors import ErrorCode, RemoteProtocolError
 from protocol.framing import DEFAULT_MAX_PAYLOAD, NEED_DATA, FrameDecoder, encode_packed, encode_parts
 from protocol.messages import Message
 
 READ_SIZE = 256 * 1024
-
-
-def _load(ctx: ssl.SSLContext, cert: Path | None, key: Path | None, ca: Path | None) -> ssl.SSLContext:
-    try:
-        if cert is not None:
-            ctx.load_cert_chain(cert, key)
-        if ca is not None:
-            ctx.load_verify_locations(cafile=ca)
-    except FileNotFoundError as e:
-        raise ConfigError(f"TLS: cannot read {e.filename}: {e.strerror}") from None
-    except (ssl.SSLError, OSError) as e:
-        raise ConfigError(f"TLS: cannot load certificate {cert}, key {key} or CA {ca}: {e}") from None
-    return ctx
-
-
-def server_tls_context(cert: Path, key: Path | None, ca: Path | None) -> ssl.SSLContext:
-    """Build the receiver's TLS context; with ``ca``, every shipper must present a certificate it signed.
-
-    Raises ConfigError if a file cannot be loaded.
-    """
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    _load(ctx, cert, key, ca)
-    if ca is not None:
-        ctx.verify_mode = ssl.CERT_REQUIRED
-    return ctx
-
-
-def client_tls_context(cert: Path | None, key: Path | None, ca: Path | None) -> ssl.SSLContext:
-    """Build the shipper's TLS context: verify the receiver against ``ca`` (the system store without one).
-
-    Raises ConfigError if a file cannot be loaded.
-    """
-    if ca is None:
-        ctx = ssl.create_default_context()
-    else:
-        # Trust only the CA given (not the system store): a receiver certified by a public CA is not
-        # ours. PROTOCOL_TLS_CLIENT checks the host name and requires a certificate by default.
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    return _load(ctx, cert, key, ca)
-
-
-async def cancel_and_wait(*tasks: asyncio.Task[object]) -> None:
-    """Cancel ``tasks`` and wait until each has finished, ignoring how they ended.
-
-    Unlike ``await task`` under ``suppress(CancelledError)``, a cancellation of the caller itself is
-    not swallowed: that swallowed a SIGTERM that came while a connection was being torn down, and the
-    shipper kept reconnecting for ever instead of exiting.
-    """
-    for task in tasks:
-        task.cancel()
-    pending = {t for t in tasks if not t.done()}
-    if pending:
-        await asyncio.wait(pending)
-    for task in tasks:
-        if not task.cancelled():
-            task.exception()  # retrieved: no "exception was never retrieved" at exit
 
 
 class ConnectionClosed(Exception):
@@ -243,7 +182,7 @@ class FramedConnection:
                     raise ConnectionClosed(str(e)) from e
                 if not data:
                     if self.decoder.buffered:
-                        raise RemoteProtocolError("connection closed mid-frame", code="truncated")
+                        raise RemoteProtocolError("connection closed mid-frame", code=ErrorCode.TRUNCATED)
                     raise ConnectionClosed("closed by peer")
                 self.bytes_in += len(data)
                 self.decoder.receive_data(data)
@@ -253,7 +192,7 @@ class FramedConnection:
             if receiver.lost is not None:
                 raise ConnectionClosed(str(receiver.lost) or type(receiver.lost).__name__)
             if self.decoder.buffered:
-                raise RemoteProtocolError("connection closed mid-frame", code="truncated")
+                raise RemoteProtocolError("connection closed mid-frame", code=ErrorCode.TRUNCATED)
             raise ConnectionClosed("closed by peer")
         before = receiver.received
         await receiver.wait_data()

@@ -23,7 +23,7 @@ from typing import Final
 
 import zstandard
 
-from protocol.errors import FrameTooLarge, RemoteProtocolError
+from protocol.errors import ErrorCode, FrameTooLarge, RemoteProtocolError
 
 ZSTD: Final = "zstd"
 ENCODINGS: Final = (ZSTD,)
@@ -97,14 +97,14 @@ def check_lengths(encoding: object, wire_len: int, ulen: object, max_payload: in
     FrameTooLarge if the uncompressed length exceeds ``max_payload``.
     """
     if type(encoding) is not str or encoding not in allowed:
-        raise RemoteProtocolError(f"DATA payload encoding {encoding!r} was not agreed", code="bad-encoding")
+        raise RemoteProtocolError(f"DATA payload encoding {encoding!r} was not agreed", code=ErrorCode.BAD_ENCODING)
     if type(ulen) is not int or ulen <= 0:
-        raise RemoteProtocolError("field 'ulen' must be a positive integer", code="bad-frame")
+        raise RemoteProtocolError("field 'ulen' must be a positive integer", code=ErrorCode.BAD_FRAME)
     if ulen > max_payload:
         raise FrameTooLarge(f"uncompressed payload length {ulen} exceeds {max_payload}")
     if wire_len >= ulen:
         raise RemoteProtocolError(
-            f"compressed payload of {wire_len} bytes is not smaller than its {ulen} bytes", code="bad-encoding"
+            f"compressed payload of {wire_len} bytes is not smaller than its {ulen} bytes", code=ErrorCode.BAD_ENCODING
         )
     return ulen
 
@@ -116,21 +116,23 @@ def decompress(encoding: str, data: bytes, ulen: int) -> bytes:
     length.
     """
     if encoding != ZSTD:
-        raise RemoteProtocolError(f"unknown payload encoding {encoding!r}", code="bad-encoding")
+        raise RemoteProtocolError(f"unknown payload encoding {encoding!r}", code=ErrorCode.BAD_ENCODING)
     try:
         declared = zstandard.frame_content_size(data)
     except zstandard.ZstdError:
-        raise RemoteProtocolError("compressed payload is not a zstd frame", code="bad-encoding") from None
+        raise RemoteProtocolError("compressed payload is not a zstd frame", code=ErrorCode.BAD_ENCODING) from None
     # A frame that states its size is decoded into a buffer of that size: refuse any other size
     # before zstd allocates it. One that states none is cut off at ulen by max_output_size.
     if declared not in (-1, ulen):
-        raise RemoteProtocolError(f"compressed payload claims {declared} bytes, the header {ulen}", code="bad-encoding")
+        raise RemoteProtocolError(
+            f"compressed payload claims {declared} bytes, the header {ulen}", code=ErrorCode.BAD_ENCODING
+        )
     try:
         out = _decompressor.decompress(data, max_output_size=ulen, allow_extra_data=False)
     except zstandard.ZstdError as e:
-        raise RemoteProtocolError(f"undecodable compressed payload: {e}", code="bad-encoding") from None
+        raise RemoteProtocolError(f"undecodable compressed payload: {e}", code=ErrorCode.BAD_ENCODING) from None
     if len(out) != ulen:
         raise RemoteProtocolError(
-            f"compressed payload holds {len(out)} bytes, the header says {ulen}", code="bad-encoding"
+            f"compressed payload holds {len(out)} bytes, the header says {ulen}", code=ErrorCode.BAD_ENCODING
         )
     return out

@@ -7,11 +7,46 @@ protocol forbids. Each error carries a stable ``code`` that travels in ERROR fra
 
 from __future__ import annotations
 
+import enum
+
+
+class ErrorCode(enum.StrEnum):
+    """Every code an ERROR frame can carry; the value is what travels on the wire."""
+
+    PROTOCOL = "protocol"
+    """Some other rule of the protocol was broken."""
+    BAD_FRAME = "bad-frame"
+    """A frame or a field is malformed: missing, of the wrong type, out of range."""
+    BAD_TYPE = "bad-type"
+    """A frame type that is unknown, or not allowed at this point of the session."""
+    TOO_LARGE = "too-large"
+    """A header or payload length over the decoder's limits."""
+    TRUNCATED = "truncated"
+    """The connection closed in the middle of a frame."""
+    BAD_NAME = "bad-name"
+    """A stream or segment name that breaks the naming rules."""
+    BAD_STREAM = "bad-stream"
+    """A frame for a stream this session did not name in HELLO."""
+    BAD_POSITION = "bad-position"
+    """DATA or SEAL not at the next expected position."""
+    BAD_SIZE = "bad-size"
+    """A SEAL whose size disagrees with what was received."""
+    BAD_DIGEST = "bad-digest"
+    """A chunk, segment, ACK or NACK digest did not match."""
+    BAD_ENCODING = "bad-encoding"
+    """A compressed payload that was not agreed, or does not decode to what its header says."""
+    AUTH = "auth"
+    """The peer could not prove it holds the stream's secret."""
+    VERSION = "version"
+    """No protocol version both ends speak."""
+    FAILED = "failed"
+    """The stream's copy is Failed at the receiver: it accepts nothing until an operator acts."""
+
 
 class ProtocolError(Exception):
     """Base of every protocol error; ``code`` is a short machine-readable tag."""
 
-    code: str = "protocol"
+    code: str = ErrorCode.PROTOCOL
 
     def __init__(self, message: str, code: str | None = None) -> None:
         super().__init__(message)
@@ -30,16 +65,16 @@ class LocalProtocolError(ProtocolError):
 class FrameTooLarge(RemoteProtocolError):
     """A length prefix or payload length exceeds the configured limit."""
 
-    code = "too-large"
+    code = ErrorCode.TOO_LARGE
 
 
 class AuthenticationFailed(RemoteProtocolError):
     """The peer could not prove it holds the shared secret."""
 
-    code = "auth"
+    code = ErrorCode.AUTH
 
 
 class VersionMismatch(RemoteProtocolError):
     """No protocol version is supported by both ends."""
 
-    code = "version"
+    code = ErrorCode.VERSION

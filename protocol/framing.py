@@ -13,8 +13,9 @@ from typing import Any, Final
 
 import msgpack
 
+from protocol.buffers import BufferPool
 from protocol.compression import PayloadCompressor, check_lengths, decompress
-from protocol.errors import FrameTooLarge, LocalProtocolError, RemoteProtocolError
+from protocol.errors import ErrorCode, FrameTooLarge, LocalProtocolError, RemoteProtocolError
 from protocol.messages import MESSAGE_TYPES, PAYLOAD_TYPES, Data, Message
 
 MAX_HEADER: Final = 64 * 1024
@@ -68,42 +69,6 @@ def encode(msg: Message, compressor: PayloadCompressor | None = None) -> bytes:
     """Return the whole frame for ``msg`` as one bytes object."""
     head, payload = encode_parts(msg, compressor)
     return head + payload if payload else head
-
-
-class BufferPool:
-    """Payload buffers given back once their bytes are written, to receive later payloads of the
-    same size into.
-
-    A fresh 1 MiB bytearray is a fresh mmap whose every page faults in zeroed and is unmapped when
-    freed: that cost the receiver more CPU than the copies and digests together (perf, scripts/bench
-    throughput). Only whoever owns a buffer alone may give it back; the pool keeps at most
-    ``max_bytes`` of free buffers and lets the rest go.
-    """
-
-    def __init__(self, max_bytes: int = 16 * 1024 * 1024) -> None:
-        self.max_bytes = max_bytes
-        self._free: dict[int, list[bytearray]] = {}
-        self.free_bytes = 0
-        self.hits = 0
-        self.misses = 0
-
-    def take(self, size: int) -> bytearray:
-        """Return a bytearray of ``size`` bytes (reused when one is free; its content is stale)."""
-        free = self._free.get(size)
-        if free:
-            self.hits += 1
-            self.free_bytes -= size
-            return free.pop()
-        self.misses += 1
-        return bytearray(size)
-
-    def give(self, buf: bytearray) -> None:
-        """Take back ``buf``, which no one else references any more."""
-        size = len(buf)
-        if size == 0 or self.free_bytes + size > self.max_bytes:
-            return
-        self._free.setdefault(size, []).append(buf)
-        self.free_bytes += size
 
 
 class FrameDecoder:
@@ -218,7 +183,7 @@ class FrameDecoder:
             if hlen > MAX_HEADER:
                 raise FrameTooLarge(f"header length {hlen} exceeds {MAX_HEADER}")
             if hlen == 0:
-                raise RemoteProtocolError("empty header", code="bad-frame")
+                raise RemoteProtocolError("empty header", code=ErrorCode.BAD_FRAME)
             if len(buf) < 4 + hlen:
                 return NEED_DATA
             raw = bytes(memoryview(buf)[4 : 4 + hlen])
@@ -227,11 +192,13 @@ class FrameDecoder:
             kind = header.get("t")
             if type(kind) is not str:
                 # Checked first: a list or map here is unhashable and would escape as TypeError.
-                raise RemoteProtocolError(f"frame type must be a string, got {type(kind).__name__}", code="bad-type")
+                raise RemoteProtocolError(
+                    f"frame type must be a string, got {type(kind).__name__}", code=ErrorCode.BAD_TYPE
+                )
             if kind in PAYLOAD_TYPES:
                 plen = header.get("len")
                 if type(plen) is not int or plen < 0:
-                    raise RemoteProtocolError("payload length must be a non-negative integer", code="bad-frame")
+                    raise RemoteProtocolError("payload length must be a non-negative integer", code=ErrorCode.BAD_FRAME)
                 if plen > self.max_payload:
                     raise FrameTooLarge(f"payload length {plen} exceeds {self.max_payload}")
                 if "enc" in header:
@@ -246,7 +213,7 @@ class FrameDecoder:
             else:
                 factory = MESSAGE_TYPES.get(kind)
                 if factory is None:
-                    raise RemoteProtocolError(f"unknown frame type {kind!r}", code="bad-type")
+                    raise RemoteProtocolError(f"unknown frame type {kind!r}", code=ErrorCode.BAD_TYPE)
                 return factory(header)
         header = self._header
         plen = header["len"]
@@ -298,7 +265,7 @@ def _unpack_header(raw: bytes) -> dict[str, Any]:
             use_list=True,
         )
     except Exception as e:  # noqa: BLE001 - msgpack raises many types for bad input; all mean the same here
-        raise RemoteProtocolError(f"undecodable header: {type(e).__name__}", code="bad-frame") from None
+        raise RemoteProtocolError(f"undecodable header: {type(e).__name__}", code=ErrorCode.BAD_FRAME) from None
     if type(header) is not dict:
-        raise RemoteProtocolError("header must be a map", code="bad-frame")
+        raise RemoteProtocolError("header must be a map", code=ErrorCode.BAD_FRAME)
     return header

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar
 
 from protocol.digest import fields_digest
-from protocol.errors import RemoteProtocolError
+from protocol.errors import ErrorCode, RemoteProtocolError
 from protocol.names import check_segment_name, check_stream_name
 
 MAX_OFFSET = 1 << 62
@@ -48,47 +48,47 @@ def _get(h: Mapping[str, Any], key: str) -> Any:
     try:
         return h[key]
     except KeyError:
-        raise RemoteProtocolError(f"missing field {key!r}", code="bad-frame") from None
+        raise RemoteProtocolError(f"missing field {key!r}", code=ErrorCode.BAD_FRAME) from None
 
 
 def _int(h: Mapping[str, Any], key: str, lo: int = 0, hi: int = MAX_OFFSET) -> int:
     v = _get(h, key)
     if type(v) is not int or not lo <= v <= hi:
-        raise RemoteProtocolError(f"field {key!r} must be an integer in [{lo}, {hi}]", code="bad-frame")
+        raise RemoteProtocolError(f"field {key!r} must be an integer in [{lo}, {hi}]", code=ErrorCode.BAD_FRAME)
     return v
 
 
 def _bool(h: Mapping[str, Any], key: str) -> bool:
     v = _get(h, key)
     if type(v) is not bool:
-        raise RemoteProtocolError(f"field {key!r} must be a boolean", code="bad-frame")
+        raise RemoteProtocolError(f"field {key!r} must be a boolean", code=ErrorCode.BAD_FRAME)
     return v
 
 
 def _str(h: Mapping[str, Any], key: str, max_len: int = MAX_TEXT) -> str:
     v = _get(h, key)
     if type(v) is not str or len(v) > max_len:
-        raise RemoteProtocolError(f"field {key!r} must be a string of at most {max_len}", code="bad-frame")
+        raise RemoteProtocolError(f"field {key!r} must be a string of at most {max_len}", code=ErrorCode.BAD_FRAME)
     return v
 
 
 def _bytes(h: Mapping[str, Any], key: str, size: int) -> bytes:
     v = _get(h, key)
     if type(v) is not bytes or len(v) != size:
-        raise RemoteProtocolError(f"field {key!r} must be {size} bytes", code="bad-frame")
+        raise RemoteProtocolError(f"field {key!r} must be {size} bytes", code=ErrorCode.BAD_FRAME)
     return v
 
 
 def _list(h: Mapping[str, Any], key: str, max_len: int) -> list[Any]:
     v = _get(h, key)
     if type(v) not in (list, tuple) or len(v) > max_len:
-        raise RemoteProtocolError(f"field {key!r} must be a list of at most {max_len}", code="bad-frame")
+        raise RemoteProtocolError(f"field {key!r} must be a list of at most {max_len}", code=ErrorCode.BAD_FRAME)
     return list(v)
 
 
 def _map(v: Any, what: str) -> Mapping[str, Any]:
     if type(v) is not dict:
-        raise RemoteProtocolError(f"{what} must be a map", code="bad-frame")
+        raise RemoteProtocolError(f"{what} must be a map", code=ErrorCode.BAD_FRAME)
     return v
 
 
@@ -106,7 +106,7 @@ def _segment(h: Mapping[str, Any], key: str = "seg", allow_empty: bool = False) 
 def _features(h: Mapping[str, Any]) -> tuple[str, ...]:
     items = _list(h, "features", 32)
     if not all(type(f) is str and len(f) <= 64 for f in items):
-        raise RemoteProtocolError("features must be short strings", code="bad-frame")
+        raise RemoteProtocolError("features must be short strings", code=ErrorCode.BAD_FRAME)
     return tuple(items)
 
 
@@ -129,7 +129,7 @@ class Challenge:
     def from_header(cls, h: Mapping[str, Any]) -> Challenge:
         versions = _list(h, "versions", 16)
         if not versions or not all(type(v) is int and 0 < v < 1 << 16 for v in versions):
-            raise RemoteProtocolError("versions must be small positive integers", code="bad-frame")
+            raise RemoteProtocolError("versions must be small positive integers", code=ErrorCode.BAD_FRAME)
         return cls(tuple(versions), _bytes(h, "nonce", NONCE_SIZE), _str(h, "node", 255))
 
 
@@ -334,7 +334,7 @@ class Ack:
             Position(_segment(h, "rseg", allow_empty=True), _int(h, "roff")),
         )
         if _int(h, "xxh", hi=(1 << 64) - 1) != ack._digest():
-            raise RemoteProtocolError("ACK digest mismatch", code="bad-digest")
+            raise RemoteProtocolError("ACK digest mismatch", code=ErrorCode.BAD_DIGEST)
         return ack
 
 
@@ -367,7 +367,7 @@ class Nack:
     def from_header(cls, h: Mapping[str, Any]) -> Nack:
         nack = cls(_stream(h), Position(_segment(h), _int(h, "off")), _str(h, "reason"))
         if _int(h, "xxh", hi=(1 << 64) - 1) != nack._digest():
-            raise RemoteProtocolError("NACK digest mismatch", code="bad-digest")
+            raise RemoteProtocolError("NACK digest mismatch", code=ErrorCode.BAD_DIGEST)
         return nack
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from protocol.errors import RemoteProtocolError
+from protocol.errors import ErrorCode, RemoteProtocolError
 
 STREAM_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 MAX_SEGMENT_NAME = 255
@@ -16,7 +16,7 @@ def check_stream_name(name: object) -> str:
     Raises RemoteProtocolError otherwise.
     """
     if not isinstance(name, str) or not STREAM_NAME.fullmatch(name) or ".." in name:
-        raise RemoteProtocolError(f"invalid stream name {name!r}", code="bad-name")
+        raise RemoteProtocolError(f"invalid stream name {name!r}", code=ErrorCode.BAD_NAME)
     return name
 
 
@@ -37,5 +37,5 @@ def check_segment_name(name: object) -> str:
         or name.endswith((".tmp", ".partial"))
         or any(ord(c) < 0x20 for c in name)
     ):
-        raise RemoteProtocolError(f"invalid segment name {name!r}", code="bad-name")
+        raise RemoteProtocolError(f"invalid segment name {name!r}", code=ErrorCode.BAD_NAME)
     return name

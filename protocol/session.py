@@ -16,7 +16,7 @@ import hmac
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
-from protocol.errors import AuthenticationFailed, LocalProtocolError, RemoteProtocolError, VersionMismatch
+from protocol.errors import AuthenticationFailed, ErrorCode, LocalProtocolError, RemoteProtocolError, VersionMismatch
 from protocol.messages import NONCE_SIZE, Challenge, Fenced, Hello, Position, StreamClaim, StreamResume, Welcome
 
 VERSIONS: tuple[int, ...] = (2,)
@@ -94,16 +94,16 @@ class ReceiverHandshake:
         if self.state is not HandshakeState.WAIT_HELLO:
             raise LocalProtocolError(f"not waiting for HELLO (state {self.state.value})")
         if not isinstance(hello, Hello):
-            raise RemoteProtocolError(f"expected HELLO, got {type(hello).__name__}", code="bad-type")
+            raise RemoteProtocolError(f"expected HELLO, got {type(hello).__name__}", code=ErrorCode.BAD_TYPE)
         if hello.version not in VERSIONS:
             raise VersionMismatch(f"version {hello.version} not among {VERSIONS}")
         if not hello.streams:
-            raise RemoteProtocolError("HELLO names no stream", code="bad-frame")
+            raise RemoteProtocolError("HELLO names no stream", code=ErrorCode.BAD_FRAME)
         if hello.nonce == self.nonce:
             raise AuthenticationFailed("peer echoed our nonce")
         names = [c.stream for c in hello.streams]
         if len(set(names)) != len(names):
-            raise RemoteProtocolError("HELLO names a stream twice", code="bad-frame")
+            raise RemoteProtocolError("HELLO names a stream twice", code=ErrorCode.BAD_FRAME)
         accepted = []
         for claim in hello.streams:
             secret = self._secret_for(claim.stream)
@@ -178,7 +178,7 @@ class ShipperHandshake:
         if self.state is not HandshakeState.START:
             raise LocalProtocolError("challenge already answered")
         if not isinstance(challenge, Challenge):
-            raise RemoteProtocolError(f"expected CHALLENGE, got {type(challenge).__name__}", code="bad-type")
+            raise RemoteProtocolError(f"expected CHALLENGE, got {type(challenge).__name__}", code=ErrorCode.BAD_TYPE)
         common = set(challenge.versions) & set(VERSIONS)
         if not common:
             raise VersionMismatch(f"receiver speaks {challenge.versions}, we speak {VERSIONS}")
@@ -215,15 +215,15 @@ class ShipperHandshake:
             raise LocalProtocolError("not waiting for WELCOME")
         if isinstance(msg, Fenced):
             if msg.stream not in self._secrets:
-                raise RemoteProtocolError(f"FENCED for unknown stream {msg.stream!r}", code="bad-frame")
+                raise RemoteProtocolError(f"FENCED for unknown stream {msg.stream!r}", code=ErrorCode.BAD_FRAME)
             return {msg.stream: msg}
         if not isinstance(msg, Welcome):
-            raise RemoteProtocolError(f"expected WELCOME, got {type(msg).__name__}", code="bad-type")
+            raise RemoteProtocolError(f"expected WELCOME, got {type(msg).__name__}", code=ErrorCode.BAD_TYPE)
         result: dict[str, StreamResume | Fenced] = {}
         for resume in msg.streams:
             secret = self._secrets.get(resume.stream)
             if secret is None:
-                raise RemoteProtocolError(f"WELCOME for unknown stream {resume.stream!r}", code="bad-frame")
+                raise RemoteProtocolError(f"WELCOME for unknown stream {resume.stream!r}", code=ErrorCode.BAD_FRAME)
             want = make_proof(
                 secret,
                 b"receiver",

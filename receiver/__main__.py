@@ -13,7 +13,6 @@ import contextlib
 import json
 import logging
 import os
-import signal
 import sys
 import time
 from collections.abc import Iterator
@@ -22,9 +21,11 @@ from typing import Any
 
 import uvloop
 
-from admin import control
-from admin.files import lock_exclusive
-from protocol.config_util import ConfigError
+from logship.admin import control
+from logship.cli import LOG_LEVELS, daemon_logging, dispatch, guarded, operator_logging
+from logship.config import ConfigError
+from logship.daemon import Surfaces, stop_event
+from logship.files import lock_exclusive
 from receiver.activation import activate, render_report
 from receiver.config import load_toml, replay_from_doc, settings_from_args
 from receiver.memory import map_large_buffers
@@ -82,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--admin", metavar="HOST:PORT", help="serve /status (JSON) and /metrics (Prometheus) here; off by default"
     )
-    p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    p.add_argument("--log-level", default="INFO", choices=LOG_LEVELS)
     return p
 
 
@@ -124,40 +125,20 @@ def lock_data_dir(data_dir: Path) -> int:
 
 async def serve(config: ServerConfig, host: str, port: int, admin: tuple[str, int] | None = None) -> int:
     server = ReceiverServer(config)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    stop = stop_event()
     try:
         bound_host, bound_port = await server.start(host, port)
     except OSError as e:
         raise ConfigError(f"cannot listen on {host}:{port}: {e.strerror}") from None
-    channel: control.ControlServer | None = None
+    surfaces = Surfaces("receiver")
     try:
-        channel = control.ControlServer(control_path(config.data_dir), server.control)
-        await channel.start()
-    except OSError as e:
-        # Replication matters more than the operator commands: go on, but say it loudly.
-        log.error(
-            "cannot open the control socket %s: %s; status/suspend/resume/activate cannot reach this receiver",
-            control_path(config.data_dir),
-            e,
-        )
-        channel = None
-    http = None
-    if admin is not None:
-        # Imported only when asked for: aiohttp and prometheus_client take most of a second to load.
-        from admin.http import AdminServer
-
-        http = AdminServer(server.status, "receiver")
-        try:
-            ahost, aport = await http.start(*admin)
-        except OSError as e:
-            if channel is not None:
-                await channel.stop()
-            await server.stop()
-            raise ConfigError(f"cannot serve admin on {admin[0]}:{admin[1]}: {e.strerror}") from None
-        log.info("admin endpoint on http://%s:%d/status and /metrics", ahost, aport)
+        await surfaces.open_control(control_path(config.data_dir), server.control, required=False)
+        if admin is not None:
+            await surfaces.open_http(server.status, admin)
+    except BaseException:
+        await surfaces.close()
+        await server.stop()
+        raise
     log.info(
         "listening on %s:%d%s, data dir %s",
         bound_host,
@@ -167,25 +148,22 @@ async def serve(config: ServerConfig, host: str, port: int, admin: tuple[str, in
     )
     await stop.wait()
     log.info("stopping: finishing writes in hand")
-    if http is not None:
-        await http.stop()
-    if channel is not None:
-        await channel.stop()
+    await surfaces.close()
     await server.stop()
     log.info("stopped")
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if argv and argv[0] in SUBCOMMANDS:
-        return operator_main(argv)
+    return dispatch(argv, SUBCOMMANDS, daemon_main, operator_main)
+
+
+def daemon_main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     map_large_buffers()
-    logging.basicConfig(
-        level=args.log_level, format="%(asctime)s receiver[%(process)d] %(levelname)s %(message)s", stream=sys.stderr
-    )
-    try:
+    daemon_logging("receiver", args.log_level)
+
+    def body() -> int:
         settings = settings_from_args(args)
         data_dir = settings.data_dir
         try:
@@ -208,11 +186,8 @@ def main(argv: list[str] | None = None) -> int:
             return uvloop.run(serve(config, host, port, settings.admin))
         finally:
             os.close(lock_fd)
-    except ConfigError as e:
-        print(f"receiver: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 130
+
+    return guarded("receiver", body)
 
 
 # -- operator subcommands ---------------------------------------------------------------------------
@@ -253,8 +228,9 @@ def operator_parser() -> argparse.ArgumentParser:
 
 def operator_main(argv: list[str]) -> int:
     args = operator_parser().parse_args(argv)
-    logging.basicConfig(level="WARNING", format="receiver %(levelname)s %(message)s", stream=sys.stderr)
-    try:
+    operator_logging("receiver")
+
+    def body() -> int:
         doc = load_toml(args.config) if args.config else {}
         data_dir_text = args.data_dir or doc.get("data_dir")
         if not data_dir_text:
@@ -269,12 +245,8 @@ def operator_main(argv: list[str]) -> int:
         if args.command in ("suspend", "resume"):
             return cmd_suspend_resume(data_dir, args.command, args.stream, args.comment)
         return cmd_activate(data_dir, args, doc)
-    except ConfigError as e:
-        print(f"receiver: error: {e}", file=sys.stderr)
-        return 2
-    except control.ControlError as e:
-        print(f"receiver: error: the running receiver says: {e}", file=sys.stderr)
-        return 1
+
+    return guarded("receiver", body)
 
 
 def _call(data_dir: Path, request: dict[str, Any], timeout: float = 30.0) -> dict[str, Any] | None:

@@ -32,8 +32,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from protocol.aio import server_tls_context
-from protocol.config_util import ConfigError, check_key_file, parse_address, parse_duration, parse_size, read_secret
+from logship.config import ConfigError, check_key_file, parse_address, parse_duration, parse_size, read_secret
+from logship.tls import server_tls_context
 from protocol.framing import DEFAULT_MAX_PAYLOAD
 from protocol.names import STREAM_NAME
 from receiver.replayer import REPLAY_MODES, ReplaySettings

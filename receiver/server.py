@@ -23,9 +23,10 @@ from pathlib import Path
 from typing import Any
 
 from protocol.aio import ConnectionClosed, FramedConnection, FrameReceiver
+from protocol.buffers import BufferPool
 from protocol.compression import ENCODINGS, agreed
 from protocol.errors import ProtocolError, RemoteProtocolError
-from protocol.framing import DEFAULT_MAX_PAYLOAD, BufferPool
+from protocol.framing import DEFAULT_MAX_PAYLOAD
 from protocol.messages import (
     START,
     Ack,

@@ -83,7 +83,7 @@ def copy_row(
 def render_rows(rows: Sequence[dict[str, Any]], now: float) -> str:
     """Return the rows as the readable table of ``python -m receiver status``."""
     # Imported here: tabulate is only needed by the command line, not by the daemon's start-up.
-    from admin.table import human_age, human_bytes, render
+    from logship.admin.table import human_age, human_bytes, render
 
     shown = []
     for row in rows:
@@ -102,7 +102,7 @@ def render_rows(rows: Sequence[dict[str, Any]], now: float) -> str:
 
 
 def _at(name: str | None, at: float | None, now: float) -> str:
-    from admin.table import since
+    from logship.admin.table import since
 
     if not name:
         return "-"

@@ -30,7 +30,7 @@ from typing import Any
 
 import xxhash
 
-from admin.files import fsync_dir, write_atomic
+from logship.files import fsync_dir, write_atomic
 from protocol.digest import chunk_digest, segment_hasher
 from receiver.ingest import Install, Op, Restart, Write
 

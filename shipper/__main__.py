@@ -11,7 +11,6 @@ import asyncio
 import json
 import logging
 import os
-import signal
 import sys
 import time
 import tomllib
@@ -20,8 +19,10 @@ from typing import Any
 
 import uvloop
 
-from admin import control
-from protocol.config_util import ConfigError, parse_address
+from logship.admin import control
+from logship.cli import LOG_LEVELS, daemon_logging, dispatch, guarded, operator_logging
+from logship.config import ConfigError, parse_address
+from logship.daemon import Surfaces, stop_event
 from shipper.config import ShipperConfig, config_from_args
 from shipper.service import ShipperService
 from shipper.state import StateBusy, StateDir, Suspension, check_socket_path, default_state_dir
@@ -127,7 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="replayed",
         help="with --retain: wait until each target replayed a segment (default), or only until it holds it durably",
     )
-    p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    p.add_argument("--log-level", default="INFO", choices=LOG_LEVELS)
     return p
 
 
@@ -220,59 +221,38 @@ def open_state(config: ShipperConfig) -> StateDir | None:
 
 
 async def run(config: ShipperConfig, state: StateDir | None = None) -> int:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    stop = stop_event()
     shipper = Shipper(config, state)
-    channel: control.ControlServer | None = None
-    if state is not None:
-        channel = control.ControlServer(state.control_socket, shipper.control)
-        try:
-            await channel.start()
-        except OSError as e:
-            raise ConfigError(f"cannot open the control socket {state.control_socket}: {e}") from None
-    http = None
-    if config.admin is not None:
-        # Imported here: aiohttp takes half a second to load, which the status command need not pay.
-        from admin.http import AdminServer
-
-        http = AdminServer(shipper.status, "shipper")
-        try:
-            ahost, aport = await http.start(*config.admin)
-        except OSError as e:
-            if channel is not None:
-                await channel.stop()
-            raise ConfigError(f"cannot serve admin on {config.admin[0]}:{config.admin[1]}: {e.strerror}") from None
-        log.info("admin endpoint on http://%s:%d/status and /metrics", ahost, aport)
-    for service in shipper.services.values():
-        log.info(
-            "shipping stream %s from %s to %s%s",
-            service.stream.name,
-            service.stream.source,
-            ", ".join(s.name for s in service.senders),
-            f"; retention on (truncation lag {service.stream.truncation_lag:g}s)" if service.stream.retain else "",
-        )
+    surfaces = Surfaces("shipper")
     try:
+        if state is not None:
+            await surfaces.open_control(state.control_socket, shipper.control, required=True)
+        if config.admin is not None:
+            await surfaces.open_http(shipper.status, config.admin)
+        for service in shipper.services.values():
+            log.info(
+                "shipping stream %s from %s to %s%s",
+                service.stream.name,
+                service.stream.source,
+                ", ".join(s.name for s in service.senders),
+                f"; retention on (truncation lag {service.stream.truncation_lag:g}s)" if service.stream.retain else "",
+            )
         await asyncio.gather(*(service.run(stop) for service in shipper.services.values()))
     finally:
-        if http is not None:
-            await http.stop()
-        if channel is not None:
-            await channel.stop()
+        await surfaces.close()
     log.info("stopped")
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if argv and argv[0] in SUBCOMMANDS:
-        return operator_main(argv)
+    return dispatch(argv, SUBCOMMANDS, daemon_main, operator_main)
+
+
+def daemon_main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level, format="%(asctime)s shipper[%(process)d] %(levelname)s %(message)s", stream=sys.stderr
-    )
-    try:
+    daemon_logging("shipper", args.log_level)
+
+    def body() -> int:
         config = config_from_args(args)
         state = open_state(config)
         try:
@@ -280,11 +260,8 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             if state is not None:
                 state.unlock()
-    except ConfigError as e:
-        print(f"shipper: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 130
+
+    return guarded("shipper", body)
 
 
 # -- operator subcommands ---------------------------------------------------------------------------
@@ -329,19 +306,16 @@ def _state_dir(args: argparse.Namespace) -> Path:
 
 def operator_main(argv: list[str]) -> int:
     args = operator_parser().parse_args(argv)
-    logging.basicConfig(level="WARNING", format="shipper %(levelname)s %(message)s", stream=sys.stderr)
-    try:
+    operator_logging("shipper")
+
+    def body() -> int:
         state = StateDir(_state_dir(args))
         if args.command == "status":
             return cmd_status(state, args.json)
         host, port = parse_address(args.target)
         return cmd_suspend_resume(state, args.command, args.stream, f"{host}:{port}", args.comment)
-    except ConfigError as e:
-        print(f"shipper: error: {e}", file=sys.stderr)
-        return 2
-    except control.ControlError as e:
-        print(f"shipper: error: the running shipper says: {e}", file=sys.stderr)
-        return 1
+
+    return guarded("shipper", body)
 
 
 def cmd_status(state: StateDir, as_json: bool) -> int:

@@ -44,9 +44,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from protocol.aio import client_tls_context
-from protocol.compression import Compression, parse_compression
-from protocol.config_util import (
+from logship.config import (
     ConfigError,
     check_key_file,
     parse_address,
@@ -55,6 +53,8 @@ from protocol.config_util import (
     parse_size,
     read_secret,
 )
+from logship.tls import client_tls_context
+from protocol.compression import Compression, parse_compression
 from protocol.names import STREAM_NAME
 from shipper.sender import DEFAULT_WINDOW, DEFAULT_WINDOW_MIN, SenderConfig
 from shipper.state import default_state_dir

@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from admin.files import fsync_dir
+from logship.files import fsync_dir
 from protocol.messages import Position
 from shipper.status import AckKey, covers
 from shipper.tailer import SegmentInfo

@@ -24,7 +24,8 @@ from pathlib import Path
 
 import xxhash
 
-from protocol.aio import ConnectionClosed, FramedConnection, cancel_and_wait
+from logship.tasks import cancel_and_wait
+from protocol.aio import ConnectionClosed, FramedConnection
 from protocol.compression import Compression, PayloadCompressor, agreed
 from protocol.digest import chunk_digest, seal_digest, segment_hasher
 from protocol.errors import ProtocolError

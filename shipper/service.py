@@ -13,7 +13,7 @@ import logging
 import time
 from typing import Any
 
-from protocol.aio import cancel_and_wait
+from logship.tasks import cancel_and_wait
 from shipper.config import StreamConfig, TargetConfig
 from shipper.retainer import Retainer, TargetView, retainable
 from shipper.sender import SenderConfig, TargetSender, TargetState

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from admin.files import lock_exclusive, write_atomic
+from logship.files import lock_exclusive, write_atomic
 
 SUSPENDED_FILE = "suspended.json"
 CONTROL_SOCKET = "control.sock"

@@ -14,7 +14,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from admin.table import human_age, human_bytes, render, since
+from logship.admin.table import human_age, human_bytes, render, since
 from protocol.messages import Position
 from shipper.tailer import SegmentInfo
 

@@ -91,7 +91,7 @@ def _compression_available() -> bool:
 def run(opts: Options) -> Result:
     result = Result("wan", TITLE)
     try:
-        from protocol.config_util import parse_rate
+        from logship.config import parse_rate
         from tests.wan.lab import Wan, parse_duration, unavailable_reason
         from tests.wan.ship import ship
     except ImportError as e:

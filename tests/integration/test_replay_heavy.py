@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from admin.files import fsync_dir
+from logship.files import fsync_dir
 from protocol.digest import chunk_digest, segment_digest
 from receiver.ingest import Install, Write
 from receiver.replayer import Idle, ReplaySettings

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import trustme
 
-from protocol.config_util import ConfigError
+from logship.config import ConfigError
 from receiver.config import settings_from_args
 from tests.harness import (
     Proc,
@@ -159,7 +159,7 @@ async def test_silent_peers_of_a_tls_receiver_are_dropped_and_others_served(tmp_
     import asyncio
     import ssl
 
-    from protocol.aio import server_tls_context
+    from logship.tls import server_tls_context
     from receiver.server import ReceiverServer, ServerConfig
 
     ca = trustme.CA()

@@ -18,7 +18,7 @@ from typing import Any
 
 import trustme
 
-from admin.control import call
+from logship.admin.control import call
 from receiver.__main__ import control_path
 from tests.harness import Proc, assert_copy_converged, free_port, make_secret, segment_name, shipper_proc, wait_until
 from tests.integration.test_tls import write_pem

@@ -12,9 +12,9 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from admin.control import MAX_LINE, ControlError, ControlServer, ControlUnavailable, call
-from admin.http import AdminServer
-from admin.table import human_age, human_bytes, render
+from logship.admin.control import MAX_LINE, ControlError, ControlServer, ControlUnavailable, call
+from logship.admin.http import AdminServer
+from logship.admin.table import human_age, human_bytes, render
 
 STATUS: dict[str, Any] = {
     "role": "shipper",

@@ -6,7 +6,8 @@ import asyncio
 
 import pytest
 
-from protocol.aio import FramedConnection, cancel_and_wait
+from logship.tasks import cancel_and_wait
+from protocol.aio import FramedConnection
 
 
 async def _slow_to_cancel(hold: float) -> None:

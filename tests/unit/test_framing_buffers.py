@@ -7,8 +7,9 @@ import random
 
 import pytest
 
+from protocol.buffers import BufferPool
 from protocol.digest import chunk_digest
-from protocol.framing import DIRECT_PAYLOAD, NEED_DATA, BufferPool, FrameDecoder, encode
+from protocol.framing import DIRECT_PAYLOAD, NEED_DATA, FrameDecoder, encode
 from protocol.messages import Ack, Data, Heartbeat, Message, Position
 
 

@@ -18,7 +18,7 @@ PROTOCOL = ROOT / "protocol"
 ADAPTER = PROTOCOL / "aio.py"
 FORBIDDEN = frozenset({"asyncio", "uvloop", "aiofiles", "socket", "selectors", "ssl"})
 CORE_FILES = sorted(p for p in PROTOCOL.rglob("*.py") if p != ADAPTER)
-LINTED_DIRS = [d for d in ("protocol", "shipper", "receiver", "tests", "scripts") if (ROOT / d).is_dir()]
+LINTED_DIRS = [d for d in ("logship", "protocol", "shipper", "receiver", "tests", "scripts") if (ROOT / d).is_dir()]
 
 
 def imported_modules(source: str, filename: str = "<string>") -> list[tuple[int, str]]:

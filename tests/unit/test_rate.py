@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from protocol.config_util import ConfigError, parse_rate
+from logship.config import ConfigError, parse_rate
 
 
 @pytest.mark.parametrize(

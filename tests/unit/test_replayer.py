@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from protocol.config_util import ConfigError, parse_duration
+from logship.config import ConfigError, parse_duration
 from protocol.digest import chunk_digest, segment_digest
 from protocol.messages import Position
 from receiver.activation import missing_after_activation

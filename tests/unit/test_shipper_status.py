@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from protocol.config_util import ConfigError
+from logship.config import ConfigError
 from protocol.messages import Position
 from shipper.__main__ import build_parser
 from shipper.config import config_from_args

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from logship.config import ConfigError
 from protocol.compression import Compression
-from protocol.config_util import ConfigError
 from shipper.__main__ import build_parser
 from shipper.config import ShipperConfig, config_from_args
 from tests.harness import make_secret

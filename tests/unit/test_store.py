@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from admin.files import write_atomic
+from logship.files import write_atomic
 from protocol.digest import chunk_digest, seal_digest, segment_digest
 from protocol.messages import Data, Seal
 from receiver.ingest import Ingest, Install, Op, Restart, Verdict, Write

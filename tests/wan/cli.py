@@ -18,7 +18,7 @@ import argparse
 import subprocess
 import sys
 
-from protocol.config_util import ConfigError, parse_rate
+from logship.config import ConfigError, parse_rate
 from tests.wan.lab import RECEIVER_LISTEN, TARGET, Wan, WanUnavailable, parse_duration, unavailable_reason
 
 

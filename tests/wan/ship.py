@@ -19,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from protocol.config_util import parse_size
+from logship.config import parse_size
 from tests.harness import digest_file, make_secret, segment_name
 from tests.wan.lab import RECEIVER_LISTEN, ROOT, TARGET, Wan, parse_duration
 
@@ -186,7 +186,7 @@ def ship(wan: Wan, work: Path, args: argparse.Namespace) -> dict[str, float | in
 
 
 def run_ship(args: argparse.Namespace) -> int:
-    from protocol.config_util import parse_rate
+    from logship.config import parse_rate
 
     wan = Wan(args.name, parse_rate(args.rate) * 8, parse_duration(args.rtt))
     was_up = wan.is_up()

@@ -1,5 +1,5 @@
-"""Parsing helpers shared by both command lines: addresses, sizes, durations, secret files. No I/O
-beyond reading the secret file the caller names."""
+"""Parsing helpers shared by both command lines: addresses, sizes, durations, rates, secret and key
+files. No I/O beyond reading the file the caller names."""
 
 from __future__ import annotations
 
