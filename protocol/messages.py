@@ -12,14 +12,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar
 
+from protocol import fields
 from protocol.digest import fields_digest
 from protocol.errors import ErrorCode, RemoteProtocolError
-from protocol.names import check_segment_name, check_stream_name
 
-MAX_OFFSET = 1 << 62
 NONCE_SIZE = 32
 PROOF_SIZE = 32
-MAX_TEXT = 4096
 MAX_STREAMS_PER_HELLO = 4096
 
 
@@ -41,75 +39,6 @@ class Position:
 START = Position("", 0)
 
 
-# -- field checks --------------------------------------------------------------------------
-
-
-def _get(h: Mapping[str, Any], key: str) -> Any:
-    try:
-        return h[key]
-    except KeyError:
-        raise RemoteProtocolError(f"missing field {key!r}", code=ErrorCode.BAD_FRAME) from None
-
-
-def _int(h: Mapping[str, Any], key: str, lo: int = 0, hi: int = MAX_OFFSET) -> int:
-    v = _get(h, key)
-    if type(v) is not int or not lo <= v <= hi:
-        raise RemoteProtocolError(f"field {key!r} must be an integer in [{lo}, {hi}]", code=ErrorCode.BAD_FRAME)
-    return v
-
-
-def _bool(h: Mapping[str, Any], key: str) -> bool:
-    v = _get(h, key)
-    if type(v) is not bool:
-        raise RemoteProtocolError(f"field {key!r} must be a boolean", code=ErrorCode.BAD_FRAME)
-    return v
-
-
-def _str(h: Mapping[str, Any], key: str, max_len: int = MAX_TEXT) -> str:
-    v = _get(h, key)
-    if type(v) is not str or len(v) > max_len:
-        raise RemoteProtocolError(f"field {key!r} must be a string of at most {max_len}", code=ErrorCode.BAD_FRAME)
-    return v
-
-
-def _bytes(h: Mapping[str, Any], key: str, size: int) -> bytes:
-    v = _get(h, key)
-    if type(v) is not bytes or len(v) != size:
-        raise RemoteProtocolError(f"field {key!r} must be {size} bytes", code=ErrorCode.BAD_FRAME)
-    return v
-
-
-def _list(h: Mapping[str, Any], key: str, max_len: int) -> list[Any]:
-    v = _get(h, key)
-    if type(v) not in (list, tuple) or len(v) > max_len:
-        raise RemoteProtocolError(f"field {key!r} must be a list of at most {max_len}", code=ErrorCode.BAD_FRAME)
-    return list(v)
-
-
-def _map(v: Any, what: str) -> Mapping[str, Any]:
-    if type(v) is not dict:
-        raise RemoteProtocolError(f"{what} must be a map", code=ErrorCode.BAD_FRAME)
-    return v
-
-
-def _stream(h: Mapping[str, Any]) -> str:
-    return check_stream_name(_get(h, "stream"))
-
-
-def _segment(h: Mapping[str, Any], key: str = "seg", allow_empty: bool = False) -> str:
-    v = _get(h, key)
-    if allow_empty and v == "":
-        return ""
-    return check_segment_name(v)
-
-
-def _features(h: Mapping[str, Any]) -> tuple[str, ...]:
-    items = _list(h, "features", 32)
-    if not all(type(f) is str and len(f) <= 64 for f in items):
-        raise RemoteProtocolError("features must be short strings", code=ErrorCode.BAD_FRAME)
-    return tuple(items)
-
-
 # -- messages ------------------------------------------------------------------------------
 
 
@@ -127,10 +56,10 @@ class Challenge:
 
     @classmethod
     def from_header(cls, h: Mapping[str, Any]) -> Challenge:
-        versions = _list(h, "versions", 16)
+        versions = fields.items(h, "versions", 16)
         if not versions or not all(type(v) is int and 0 < v < 1 << 16 for v in versions):
             raise RemoteProtocolError("versions must be small positive integers", code=ErrorCode.BAD_FRAME)
-        return cls(tuple(versions), _bytes(h, "nonce", NONCE_SIZE), _str(h, "node", 255))
+        return cls(tuple(versions), fields.octets(h, "nonce", NONCE_SIZE), fields.text(h, "node", 255))
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,8 +75,8 @@ class StreamClaim:
 
     @classmethod
     def from_map(cls, v: Any) -> StreamClaim:
-        m = _map(v, "stream claim")
-        return cls(_stream(m), _int(m, "epoch"), _bytes(m, "proof", PROOF_SIZE))
+        m = fields.mapping(v, "stream claim")
+        return cls(fields.stream(m), fields.integer(m, "epoch"), fields.octets(m, "proof", PROOF_SIZE))
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,13 +102,13 @@ class Hello:
 
     @classmethod
     def from_header(cls, h: Mapping[str, Any]) -> Hello:
-        streams = tuple(StreamClaim.from_map(s) for s in _list(h, "streams", MAX_STREAMS_PER_HELLO))
+        streams = tuple(StreamClaim.from_map(s) for s in fields.items(h, "streams", MAX_STREAMS_PER_HELLO))
         return cls(
-            _int(h, "version", 1, (1 << 16) - 1),
-            _str(h, "node", 255),
-            _bytes(h, "nonce", NONCE_SIZE),
+            fields.integer(h, "version", 1, (1 << 16) - 1),
+            fields.text(h, "node", 255),
+            fields.octets(h, "nonce", NONCE_SIZE),
             streams,
-            _features(h),
+            fields.features(h),
         )
 
 
@@ -209,13 +138,13 @@ class StreamResume:
 
     @classmethod
     def from_map(cls, v: Any) -> StreamResume:
-        m = _map(v, "stream resume")
+        m = fields.mapping(v, "stream resume")
         return cls(
-            _stream(m),
-            _int(m, "epoch"),
-            Position(_segment(m, allow_empty=True), _int(m, "off")),
-            _bool(m, "sealed"),
-            _bytes(m, "proof", PROOF_SIZE),
+            fields.stream(m),
+            fields.integer(m, "epoch"),
+            Position(fields.segment(m, allow_empty=True), fields.integer(m, "off")),
+            fields.boolean(m, "sealed"),
+            fields.octets(m, "proof", PROOF_SIZE),
         )
 
 
@@ -240,8 +169,10 @@ class Welcome:
 
     @classmethod
     def from_header(cls, h: Mapping[str, Any]) -> Welcome:
-        streams = tuple(StreamResume.from_map(s) for s in _list(h, "streams", MAX_STREAMS_PER_HELLO))
-        return cls(_int(h, "version", 1, (1 << 16) - 1), _str(h, "node", 255), streams, _features(h))
+        streams = tuple(StreamResume.from_map(s) for s in fields.items(h, "streams", MAX_STREAMS_PER_HELLO))
+        return cls(
+            fields.integer(h, "version", 1, (1 << 16) - 1), fields.text(h, "node", 255), streams, fields.features(h)
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -267,7 +198,13 @@ class Data:
 
     @classmethod
     def from_header(cls, h: Mapping[str, Any], payload: bytes = b"") -> Data:
-        return cls(_stream(h), _segment(h), _int(h, "off"), _int(h, "xxh", 0, (1 << 64) - 1), payload)
+        return cls(
+            fields.stream(h),
+            fields.segment(h),
+            fields.integer(h, "off"),
+            fields.integer(h, "xxh", 0, (1 << 64) - 1),
+            payload,
+        )
 
     @property
     def end(self) -> Position:
@@ -290,7 +227,7 @@ class Seal:
 
     @classmethod
     def from_header(cls, h: Mapping[str, Any]) -> Seal:
-        return cls(_stream(h), _segment(h), _int(h, "size"), _bytes(h, "xxh", 16))
+        return cls(fields.stream(h), fields.segment(h), fields.integer(h, "size"), fields.octets(h, "xxh", 16))
 
 
 @dataclass(frozen=True, slots=True)
@@ -328,12 +265,12 @@ class Ack:
     @classmethod
     def from_header(cls, h: Mapping[str, Any]) -> Ack:
         ack = cls(
-            _stream(h),
-            Position(_segment(h, allow_empty=True), _int(h, "off")),
-            _bool(h, "sealed"),
-            Position(_segment(h, "rseg", allow_empty=True), _int(h, "roff")),
+            fields.stream(h),
+            Position(fields.segment(h, allow_empty=True), fields.integer(h, "off")),
+            fields.boolean(h, "sealed"),
+            Position(fields.segment(h, "rseg", allow_empty=True), fields.integer(h, "roff")),
         )
-        if _int(h, "xxh", hi=(1 << 64) - 1) != ack._digest():
+        if fields.integer(h, "xxh", hi=(1 << 64) - 1) != ack._digest():
             raise RemoteProtocolError("ACK digest mismatch", code=ErrorCode.BAD_DIGEST)
         return ack
 
@@ -365,8 +302,8 @@ class Nack:
 
     @classmethod
     def from_header(cls, h: Mapping[str, Any]) -> Nack:
-        nack = cls(_stream(h), Position(_segment(h), _int(h, "off")), _str(h, "reason"))
-        if _int(h, "xxh", hi=(1 << 64) - 1) != nack._digest():
+        nack = cls(fields.stream(h), Position(fields.segment(h), fields.integer(h, "off")), fields.text(h, "reason"))
+        if fields.integer(h, "xxh", hi=(1 << 64) - 1) != nack._digest():
             raise RemoteProtocolError("NACK digest mismatch", code=ErrorCode.BAD_DIGEST)
         return nack
 
@@ -398,7 +335,7 @@ class Error:
 
     @classmethod
     def from_header(cls, h: Mapping[str, Any]) -> Error:
-        return cls(_str(h, "code", 64), _str(h, "text"))
+        return cls(fields.text(h, "code", 64), fields.text(h, "text"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -414,7 +351,7 @@ class Fenced:
 
     @classmethod
     def from_header(cls, h: Mapping[str, Any]) -> Fenced:
-        return cls(_stream(h), _int(h, "epoch"))
+        return cls(fields.stream(h), fields.integer(h, "epoch"))
 
 
 Message = Challenge | Hello | Welcome | Data | Seal | Ack | Nack | Heartbeat | Error | Fenced

@@ -6,6 +6,11 @@ with that stream's secret. The receiver checks every proof before it accepts a s
 answers WELCOME with, per stream, the resume position and a proof of its own, so the shipper knows
 it talks to a receiver that holds the secret too (a fake one could otherwise claim a resume
 position that makes the shipper skip data).
+
+Rule 1: everything that moves a handshake from one state to the next is in this file, in the two
+tables ``RECEIVER_MOVES`` and ``SHIPPER_MOVES``; a method whose event the table does not allow in the
+current state raises LocalProtocolError before it looks at its input. A peer's bad message raises a
+RemoteProtocolError and leaves the state where it was: the caller closes the connection.
 """
 
 from __future__ import annotations
@@ -52,6 +57,46 @@ class HandshakeState(enum.Enum):
     DONE = "done"
 
 
+class Event(enum.Enum):
+    """What a handshake can be asked to do."""
+
+    SEND_CHALLENGE = "send CHALLENGE"
+    ACCEPT_HELLO = "accept HELLO"
+    SEND_WELCOME = "send WELCOME"
+    ANSWER_CHALLENGE = "answer CHALLENGE"
+    ACCEPT_WELCOME = "accept WELCOME"
+    ACCEPT_FENCED = "accept FENCED"
+
+
+Moves = dict[tuple[HandshakeState, Event], HandshakeState]
+
+RECEIVER_MOVES: Moves = {
+    (HandshakeState.START, Event.SEND_CHALLENGE): HandshakeState.WAIT_HELLO,
+    (HandshakeState.WAIT_HELLO, Event.ACCEPT_HELLO): HandshakeState.DONE,
+    (HandshakeState.DONE, Event.SEND_WELCOME): HandshakeState.DONE,
+}
+"""The receiver's legal moves: (state, event) -> next state."""
+
+SHIPPER_MOVES: Moves = {
+    (HandshakeState.START, Event.ANSWER_CHALLENGE): HandshakeState.WAIT_WELCOME,
+    (HandshakeState.WAIT_WELCOME, Event.ACCEPT_WELCOME): HandshakeState.DONE,
+    # A FENCED for one stream comes before the WELCOME for the others.
+    (HandshakeState.WAIT_WELCOME, Event.ACCEPT_FENCED): HandshakeState.WAIT_WELCOME,
+}
+"""The shipper's legal moves: (state, event) -> next state."""
+
+
+def next_state(moves: Moves, state: HandshakeState, event: Event, refusal: str) -> HandshakeState:
+    """Return the state ``event`` leads to from ``state``.
+
+    Raises LocalProtocolError with ``refusal`` if the table does not allow it.
+    """
+    try:
+        return moves[(state, event)]
+    except KeyError:
+        raise LocalProtocolError(refusal) from None
+
+
 @dataclass(frozen=True, slots=True)
 class Accepted:
     """One stream whose proof checked out, with the epoch the shipper claimed."""
@@ -79,9 +124,7 @@ class ReceiverHandshake:
         self.features: tuple[str, ...] = ()
 
     def challenge(self) -> Challenge:
-        if self.state is not HandshakeState.START:
-            raise LocalProtocolError("challenge already sent")
-        self.state = HandshakeState.WAIT_HELLO
+        self.state = next_state(RECEIVER_MOVES, self.state, Event.SEND_CHALLENGE, "challenge already sent")
         return Challenge(VERSIONS, self.nonce, self.node)
 
     def receive_hello(self, hello: object) -> list[Accepted]:
@@ -91,8 +134,9 @@ class ReceiverHandshake:
         any stream's proof is wrong or the stream is unknown (one bad proof refuses all: a shipper
         that is wrong about one secret is misconfigured).
         """
-        if self.state is not HandshakeState.WAIT_HELLO:
-            raise LocalProtocolError(f"not waiting for HELLO (state {self.state.value})")
+        done = next_state(
+            RECEIVER_MOVES, self.state, Event.ACCEPT_HELLO, f"not waiting for HELLO (state {self.state.value})"
+        )
         if not isinstance(hello, Hello):
             raise RemoteProtocolError(f"expected HELLO, got {type(hello).__name__}", code=ErrorCode.BAD_TYPE)
         if hello.version not in VERSIONS:
@@ -119,13 +163,12 @@ class ReceiverHandshake:
         self.peer_node = hello.node
         self._peer_nonce = hello.nonce
         self.features = hello.features
-        self.state = HandshakeState.DONE
+        self.state = done
         return accepted
 
     def resume(self, stream: str, epoch: int, position: Position, sealed: bool) -> StreamResume:
         """Build one stream's WELCOME entry, proving we hold its secret too."""
-        if self.state is not HandshakeState.DONE:
-            raise LocalProtocolError("handshake not complete")
+        next_state(RECEIVER_MOVES, self.state, Event.SEND_WELCOME, "handshake not complete")
         secret = self._secret_for(stream)
         if secret is None:
             raise LocalProtocolError(f"no secret for {stream!r}")
@@ -141,8 +184,7 @@ class ReceiverHandshake:
         return StreamResume(stream, epoch, position, sealed, proof)
 
     def welcome(self, resumes: Iterable[StreamResume], features: tuple[str, ...] = ()) -> Welcome:
-        if self.state is not HandshakeState.DONE:
-            raise LocalProtocolError("handshake not complete")
+        self.state = next_state(RECEIVER_MOVES, self.state, Event.SEND_WELCOME, "handshake not complete")
         return Welcome(self.version, self.node, tuple(resumes), features)
 
 
@@ -175,8 +217,7 @@ class ShipperHandshake:
 
         Raises RemoteProtocolError if it is not a CHALLENGE, VersionMismatch if no version fits.
         """
-        if self.state is not HandshakeState.START:
-            raise LocalProtocolError("challenge already answered")
+        waiting = next_state(SHIPPER_MOVES, self.state, Event.ANSWER_CHALLENGE, "challenge already answered")
         if not isinstance(challenge, Challenge):
             raise RemoteProtocolError(f"expected CHALLENGE, got {type(challenge).__name__}", code=ErrorCode.BAD_TYPE)
         common = set(challenge.versions) & set(VERSIONS)
@@ -201,7 +242,7 @@ class ShipperHandshake:
             )
             for stream, secret in self._secrets.items()
         )
-        self.state = HandshakeState.WAIT_WELCOME
+        self.state = waiting
         self._version = max(common)
         return Hello(self._version, self.node, self.nonce, claims, self.features)
 
@@ -211,11 +252,11 @@ class ShipperHandshake:
         Raises AuthenticationFailed if a resume proof is wrong, RemoteProtocolError for anything
         else that is not a WELCOME.
         """
-        if self.state is not HandshakeState.WAIT_WELCOME:
-            raise LocalProtocolError("not waiting for WELCOME")
+        done = next_state(SHIPPER_MOVES, self.state, Event.ACCEPT_WELCOME, "not waiting for WELCOME")
         if isinstance(msg, Fenced):
             if msg.stream not in self._secrets:
                 raise RemoteProtocolError(f"FENCED for unknown stream {msg.stream!r}", code=ErrorCode.BAD_FRAME)
+            self.state = next_state(SHIPPER_MOVES, self.state, Event.ACCEPT_FENCED, "not waiting for WELCOME")
             return {msg.stream: msg}
         if not isinstance(msg, Welcome):
             raise RemoteProtocolError(f"expected WELCOME, got {type(msg).__name__}", code=ErrorCode.BAD_TYPE)
@@ -239,5 +280,5 @@ class ShipperHandshake:
         if msg.version != self._version:
             raise VersionMismatch(f"receiver answered with version {msg.version}, we chose {self._version}")
         self.peer_features = msg.features
-        self.state = HandshakeState.DONE
+        self.state = done
         return result

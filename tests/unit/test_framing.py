@@ -10,9 +10,9 @@ import pytest
 
 from protocol.digest import chunk_digest, segment_digest
 from protocol.errors import FrameTooLarge, LocalProtocolError, ProtocolError, RemoteProtocolError
+from protocol.fields import MAX_OFFSET
 from protocol.framing import MAX_HEADER, NEED_DATA, FrameDecoder, encode, encode_parts
 from protocol.messages import (
-    MAX_OFFSET,
     START,
     Ack,
     Challenge,

@@ -19,9 +19,9 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from protocol.errors import ProtocolError
+from protocol.fields import MAX_OFFSET
 from protocol.framing import NEED_DATA, FrameDecoder, encode, encode_parts
 from protocol.messages import (
-    MAX_OFFSET,
     MESSAGE_TYPES,
     NONCE_SIZE,
     PAYLOAD_TYPES,

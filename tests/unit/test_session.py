@@ -28,12 +28,17 @@ from protocol.messages import (
     Welcome,
 )
 from protocol.session import (
+    RECEIVER_MOVES,
+    SHIPPER_MOVES,
     VERSIONS,
     Accepted,
+    Event,
     HandshakeState,
+    Moves,
     ReceiverHandshake,
     ShipperHandshake,
     make_proof,
+    next_state,
 )
 
 SECRETS = {"db1": b"secret-one", "db2": b"secret-two"}
@@ -475,3 +480,29 @@ def test_relay_rewriting_the_claimed_epoch_is_caught() -> None:
     forged = dataclasses.replace(hello, streams=tuple(dataclasses.replace(c, epoch=c.epoch + 5) for c in hello.streams))
     with pytest.raises(AuthenticationFailed):
         r.receive_hello(forged)
+
+
+# -- the transition tables ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("moves", "role"), [(RECEIVER_MOVES, "receiver"), (SHIPPER_MOVES, "shipper")])
+def test_every_illegal_move_raises_a_local_error(moves: Moves, role: str) -> None:
+    for state in HandshakeState:
+        for event in Event:
+            if (state, event) in moves:
+                assert next_state(moves, state, event, "no") in HandshakeState
+            else:
+                with pytest.raises(LocalProtocolError, match=r"^no$"):
+                    next_state(moves, state, event, "no")
+
+
+def test_the_tables_reach_done_from_start() -> None:
+    for moves in (RECEIVER_MOVES, SHIPPER_MOVES):
+        reached, frontier = {HandshakeState.START}, [HandshakeState.START]
+        while frontier:
+            state = frontier.pop()
+            for (frm, _), to in moves.items():
+                if frm is state and to not in reached:
+                    reached.add(to)
+                    frontier.append(to)
+        assert HandshakeState.DONE in reached
