@@ -11,10 +11,10 @@ import asyncio
 import json
 import logging
 import os
+import ssl
 import sys
 import time
-import tomllib
-from pathlib import Path
+from collections.abc import Mapping
 from typing import Any
 
 import uvloop
@@ -23,9 +23,10 @@ from logship.admin import control
 from logship.cli import LOG_LEVELS, daemon_logging, dispatch, guarded, operator_logging
 from logship.config import ConfigError, parse_address
 from logship.daemon import Surfaces, stop_event
-from shipper.config import ShipperConfig, config_from_args
-from shipper.service import ShipperService
-from shipper.state import StateBusy, StateDir, Suspension, check_socket_path, default_state_dir
+from shipper.config import ShipperConfig, config_from_args, state_dir_from
+from shipper.service import ShipperService, tls_contexts
+from shipper.settings import TlsFiles
+from shipper.state import StateBusy, StateDir, Suspension, check_socket_path
 from shipper.status import table
 
 SUBCOMMANDS = ("status", "suspend", "resume")
@@ -56,7 +57,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--seal",
         choices=["next", "immediate"],
-        default="next",
         help="next (default): a segment is complete when a later one appears; immediate: every file is complete "
         "on sight (an archive directory filled by rename)",
     )
@@ -64,20 +64,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--seal-idle", type=float, metavar="SECONDS", help="also seal the newest segment after this idle time"
     )
     p.add_argument("--segment-size", metavar="BYTES", help="also seal a segment when it reaches this size")
-    p.add_argument("--epoch", type=int, default=0, help="epoch to claim (default 0; raised by activation)")
-    p.add_argument("--chunk-size", default="1MiB", metavar="SIZE", help="largest DATA chunk (default 1MiB)")
+    p.add_argument("--epoch", type=int, help="epoch to claim (default 0; raised by activation)")
+    p.add_argument("--chunk-size", metavar="SIZE", help="largest DATA chunk (default 1MiB)")
     p.add_argument(
         "--window",
-        default="auto",
         metavar="SIZE|auto",
         help="unacknowledged bytes in flight: auto (default) adapts to the link, starting at 16MiB and growing "
         "toward 2 x bandwidth x round trip up to --window-max; a size fixes it",
     )
-    p.add_argument("--window-max", default="64MiB", metavar="SIZE", help="largest adaptive window (default 64MiB)")
+    p.add_argument("--window-max", metavar="SIZE", help="largest adaptive window (default 64MiB)")
     p.add_argument(
         "--ack-timeout",
         type=float,
-        default=30.0,
         metavar="SECONDS",
         help="a target silent this long counts as cut: drop the connection and reconnect (default 30)",
     )
@@ -93,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="most bytes per second on the wire to each target: e.g. 50mbit, 1gbit, 800kbit (bits) or 6MB, 6MiB "
         "(bytes); default: no limit",
     )
-    p.add_argument("--poll-interval", type=float, default=0.02, metavar="SECONDS", help="source directory poll")
+    p.add_argument("--poll-interval", type=float, metavar="SECONDS", help="source directory poll")
     p.add_argument(
         "--tls-ca",
         metavar="FILE",
@@ -114,6 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--retain",
         action="store_true",
+        default=None,
         help="remove source segments once every target holds them durably (and replayed); off by default",
     )
     p.add_argument("--archive-dir", metavar="DIR", help="with --retain: move segments here instead of deleting them")
@@ -125,7 +124,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--retain-until",
         choices=["replayed", "durable"],
-        default="replayed",
         help="with --retain: wait until each target replayed a segment (default), or only until it holds it durably",
     )
     p.add_argument("--log-level", default="INFO", choices=LOG_LEVELS)
@@ -135,16 +133,21 @@ def build_parser() -> argparse.ArgumentParser:
 class Shipper:
     """The running shipper: its services, the suspensions it persists, and its control handler."""
 
-    def __init__(self, config: ShipperConfig, state: StateDir | None) -> None:
+    def __init__(
+        self, config: ShipperConfig, state: StateDir | None, tls: Mapping[TlsFiles, ssl.SSLContext] | None = None
+    ) -> None:
+        """Wire every stream of ``config``; ``tls``: its TLS contexts (built here if None)."""
         self.config = config
         self.state = state
         self.suspensions = state.load_suspensions() if state is not None else {}
+        contexts = tls_contexts(config.streams) if tls is None else tls
         self.services = {
             stream.name: ShipperService(
                 stream,
                 f"{config.node}/{stream.name}",
                 config.sender,
                 {t: s for (st, t), s in self.suspensions.items() if st == stream.name},
+                contexts,
             )
             for stream in config.streams
         }
@@ -220,9 +223,11 @@ def open_state(config: ShipperConfig) -> StateDir | None:
     return state
 
 
-async def run(config: ShipperConfig, state: StateDir | None = None) -> int:
+async def run(
+    config: ShipperConfig, state: StateDir | None = None, tls: Mapping[TlsFiles, ssl.SSLContext] | None = None
+) -> int:
     stop = stop_event()
-    shipper = Shipper(config, state)
+    shipper = Shipper(config, state, tls)
     surfaces = Surfaces("shipper")
     try:
         if state is not None:
@@ -254,9 +259,11 @@ def daemon_main(argv: list[str]) -> int:
 
     def body() -> int:
         config = config_from_args(args)
+        # Every file is loaded before anything starts: a bad certificate is a startup error.
+        tls = tls_contexts(config.streams)
         state = open_state(config)
         try:
-            return uvloop.run(run(config, state))
+            return uvloop.run(run(config, state, tls))
         finally:
             if state is not None:
                 state.unlock()
@@ -290,26 +297,12 @@ def operator_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _state_dir(args: argparse.Namespace) -> Path:
-    if args.state_dir:
-        return Path(args.state_dir)
-    if args.config:
-        try:
-            with open(args.config, "rb") as f:
-                doc = tomllib.load(f)
-        except (OSError, tomllib.TOMLDecodeError) as e:
-            raise ConfigError(f"cannot read config file {args.config}: {e}") from None
-        if doc.get("state_dir"):
-            return Path(str(doc["state_dir"]))
-    return default_state_dir()
-
-
 def operator_main(argv: list[str]) -> int:
     args = operator_parser().parse_args(argv)
     operator_logging("shipper")
 
     def body() -> int:
-        state = StateDir(_state_dir(args))
+        state = StateDir(state_dir_from(args.state_dir, args.config))
         if args.command == "status":
             return cmd_status(state, args.json)
         host, port = parse_address(args.target)

@@ -26,12 +26,13 @@ import xxhash
 
 from logship.tasks import cancel_and_wait
 from protocol.aio import ConnectionClosed, FramedConnection
-from protocol.compression import Compression, PayloadCompressor, agreed
+from protocol.compression import PayloadCompressor, agreed
 from protocol.digest import chunk_digest, seal_digest, segment_hasher
 from protocol.errors import ProtocolError
 from protocol.messages import Ack, Data, Error, Fenced, Heartbeat, Nack, Position, Seal, StreamResume
 from protocol.session import ShipperHandshake
 from shipper.pacing import AdaptiveWindow, TokenBucket, rate_limited_chunk
+from shipper.settings import SenderConfig
 from shipper.tailer import SegmentInfo, Tailer
 
 log = logging.getLogger("shipper")
@@ -44,38 +45,6 @@ class TargetState(enum.Enum):
     SUSPENDED = "Suspended"
     FENCED = "Fenced"
     FAILED = "Failed"
-
-
-DEFAULT_WINDOW = 16 * 1024 * 1024
-DEFAULT_WINDOW_MIN = 4 * 1024 * 1024
-
-
-@dataclass(frozen=True, slots=True)
-class SenderConfig:
-    """How a sender paces itself."""
-
-    chunk_size: int = 1024 * 1024
-    """Largest DATA payload, in bytes (the receiver accepts up to its --max-payload, 4 MiB by default)."""
-    window: int = DEFAULT_WINDOW
-    """Bytes sent but not yet acknowledged, at most: the starting window when ``adaptive``."""
-    adaptive: bool = True
-    """Grow or shrink the window toward 2 x the link's bandwidth x round trip (see shipper/pacing.py)."""
-    window_min: int = DEFAULT_WINDOW_MIN
-    """Smallest adaptive window."""
-    window_max: int = 64 * 1024 * 1024
-    """Largest adaptive window."""
-    heartbeat: float = 5.0
-    """Seconds of quiet after which we send a HEARTBEAT."""
-    ack_timeout: float = 30.0
-    """Seconds without any frame from the target after which the connection counts as dead."""
-    connect_timeout: float = 10.0
-    """Seconds to connect and finish the handshake."""
-    backoff_max: float = 2.0
-    """Longest pause between reconnection attempts, in seconds."""
-    compression: Compression | None = None
-    """Compress DATA payloads towards this target if it supports the encoding (None: never)."""
-    rate_limit: float | None = None
-    """Most bytes per second on the wire towards this target (None: no limit)."""
 
 
 @dataclass(slots=True)
