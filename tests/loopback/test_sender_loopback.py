@@ -88,23 +88,28 @@ def assert_copy(data_dir: Path, expect: dict[str, bytes]) -> None:
         assert (log / name).read_bytes() == data, f"{name} differs from the source"
 
 
+async def ship_sealed(source: Path, data_dir: Path, sender_config: SenderConfig, last: str) -> TargetSender:
+    """Ship ``source``, every segment sealed on sight, until the SEAL of ``last`` is acknowledged."""
+    server = receiver(data_dir)
+    _, port = await server.start("127.0.0.1", 0)
+    try:
+        async with shipping(stream_config(source, port, SealPolicy("immediate")), sender_config) as sender:
+            end = (Position(last, (source / last).stat().st_size), True)
+            await until(lambda: acked(sender) == end, f"the SEAL of {last} to be acknowledged")
+            return sender
+    finally:
+        await server.stop()
+
+
 async def test_sealed_segments_arrive_byte_for_byte(tmp_path: Path) -> None:
     source, data_dir = tmp_path / "src", tmp_path / "copy"
     source.mkdir()
     expect = {segment(i): write_segment(source, i, size) for i, size in enumerate((300_000, 0, 70_001, 2_500_000), 1)}
-    server = receiver(data_dir)
-    _, port = await server.start("127.0.0.1", 0)
-    try:
-        async with shipping(stream_config(source, port, SealPolicy("immediate")), FAST) as sender:
-            end = (Position(segment(4), len(expect[segment(4)])), True)
-            await until(lambda: acked(sender) == end, "the last SEAL to be acknowledged")
-            assert sender.state is TargetState.HEALTHY
-            assert sender.stats.connects == 1 and sender.stats.resends == 0
-            assert sender.stats.bytes_sent == sum(map(len, expect.values()))
-            assert sender.stats.last_copied == segment(4)
-            assert sender.send_window.in_flight_bytes == 0
-    finally:
-        await server.stop()
+    sender = await ship_sealed(source, data_dir, FAST, segment(4))
+    assert sender.state is TargetState.HEALTHY
+    assert sender.stats.connects == 1 and sender.stats.resends == 0
+    assert sender.stats.bytes_sent == sum(map(len, expect.values()))
+    assert sender.stats.last_copied == segment(4) and sender.send_window.in_flight_bytes == 0
     assert_copy(data_dir, expect)
 
 
@@ -113,16 +118,9 @@ async def test_a_small_fixed_window_still_ships_everything_in_order(tmp_path: Pa
     source.mkdir()
     expect = {segment(i): write_segment(source, i, 200_000 + i) for i in (1, 2, 3)}
     small = SenderConfig(chunk_size=4096, window=16384, adaptive=False, backoff_max=0.2)
-    server = receiver(data_dir)
-    _, port = await server.start("127.0.0.1", 0)
-    try:
-        async with shipping(stream_config(source, port, SealPolicy("immediate")), small) as sender:
-            end = (Position(segment(3), len(expect[segment(3)])), True)
-            await until(lambda: acked(sender) == end, "the last SEAL to be acknowledged")
-            assert sender.window.window == 16384
-            assert sender.stats.bytes_sent == sum(map(len, expect.values())) and sender.stats.resends == 0
-    finally:
-        await server.stop()
+    sender = await ship_sealed(source, data_dir, small, segment(3))
+    assert sender.window.window == 16384
+    assert sender.stats.bytes_sent == sum(map(len, expect.values())) and sender.stats.resends == 0
     assert_copy(data_dir, expect)
 
 
