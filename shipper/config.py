@@ -1,4 +1,5 @@
-"""Shipper settings: the one-stream command line, or a TOML file (``--config``) for many streams.
+"""Shipper configuration: the one path from the command line and the TOML file (``--config``) to the
+settings in shipper/settings.py. It imports no runtime code.
 
 Example::
 
@@ -30,7 +31,14 @@ Example::
     tls_key = "/etc/logship/shipper.key"         # its key (mode 0600), if not in tls_cert
 
 TLS settings may also sit in the [[stream]] table, for every target of that stream. At the top level,
-``state_dir`` and ``admin`` ("HOST:PORT") may be given (the command-line flags win).
+``state_dir`` and ``admin`` ("HOST:PORT") may be given, and defaults for every stream or target:
+``retain``, ``archive_dir``, ``truncation_lag``, ``retain_until``, ``compress``, ``rate_limit``,
+``window``, ``window_max``, ``chunk_size``. A stream's or target's own table wins over the top level.
+
+The command line is the same document: ``flags_doc()`` writes the flags given in its shape (without
+``--config``, one [[stream]] table from --stream, --source, --target ...) and lays them over the
+file's top level, so a flag wins over the file's top-level setting. ``from_doc()`` is the one path
+from such a document to a ``ShipperConfig``; ``DEFAULTS`` holds every default it fills in.
 """
 
 from __future__ import annotations
@@ -38,9 +46,7 @@ from __future__ import annotations
 import argparse
 import re
 import socket
-import ssl
 import tomllib
-from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -53,80 +59,183 @@ from logship.config import (
     parse_size,
     read_secret,
 )
-from logship.tls import client_tls_context
 from protocol.compression import Compression, parse_compression
 from protocol.names import STREAM_NAME
-from shipper.sender import DEFAULT_WINDOW, DEFAULT_WINDOW_MIN, SenderConfig
-from shipper.state import default_state_dir
-from shipper.tailer import DEFAULT_PATTERN, SealPolicy
+from shipper.settings import (
+    DEFAULT_ACK_TIMEOUT,
+    DEFAULT_CHUNK_SIZE,
+    DEFAULT_PATTERN,
+    DEFAULT_POLL_INTERVAL,
+    DEFAULT_WINDOW,
+    DEFAULT_WINDOW_MAX,
+    DEFAULT_WINDOW_MIN,
+    SealPolicy,
+    SenderConfig,
+    ShipperConfig,
+    StreamConfig,
+    TargetConfig,
+    TlsFiles,
+    default_state_dir,
+)
+
+Doc = dict[str, Any]
+"""A config document: what tomllib reads from the file, or what ``flags_doc()`` makes of the flags."""
+
+DEFAULTS: Doc = {
+    "chunk_size": DEFAULT_CHUNK_SIZE,
+    "window": "auto",
+    "window_max": DEFAULT_WINDOW_MAX,
+    "ack_timeout": DEFAULT_ACK_TIMEOUT,
+    "poll_interval": DEFAULT_POLL_INTERVAL,
+    "seal": "next",
+    "epoch": 0,
+    "retain": False,
+    "retain_until": "replayed",
+}
+"""The default of every setting that has one besides "not set"; flags and file both fall back on it."""
+
+_TLS_KEYS = {"tls_cert", "tls_key", "tls_ca"}
+_PACING_KEYS = {"chunk_size", "window", "window_max"}
+# Top-level settings a stream (or its targets) inherits unless its own table gives them.
+_INHERITED_KEYS = {"retain", "archive_dir", "truncation_lag", "retain_until"}
+_STREAM_KEYS = {"name", "source", "secret_file", "seal", "seal_idle", "segment_size", "pattern", "epoch", "target"}
+_STREAM_KEYS |= {"retain", "archive_dir", "truncation_lag", *_TLS_KEYS}
+_TARGET_KEYS = {"address", "secret_file", "retain_until", "compress", "rate_limit", *_PACING_KEYS, *_TLS_KEYS}
+_TOP_KEYS = {"node", "stream", "ack_timeout", "poll_interval", "state_dir", "admin", "compress", "rate_limit"}
+_TOP_KEYS |= {*_PACING_KEYS, *_INHERITED_KEYS}
+# Flags that name a top-level setting (the flag's dest is the setting's key); they apply with --config too.
+_TOP_FLAGS = ("ack_timeout", "poll_interval", "state_dir", "admin", "compress", "rate_limit", *sorted(_PACING_KEYS))
+# The flags that describe the one stream of a command line without --config, by setting key.
+_STREAM_FLAGS = {"name": "stream", **{k: k for k in ("source", "secret_file", "pattern", "seal", "seal_idle")}}
+_STREAM_FLAGS |= {k: k for k in ("segment_size", "epoch", *sorted(_TLS_KEYS))}
 
 
-@dataclass(frozen=True, slots=True)
-class TargetConfig:
-    """One receiver a stream is shipped to."""
+def load_toml(path: str) -> Doc:
+    """Read a TOML config file.
 
-    address: tuple[str, int]
-    """Host and port of the receiver."""
-    secret: bytes
-    """Secret proven to this target."""
-    tls: ssl.SSLContext | None = None
-    """TLS towards this target (verifying its certificate); None: plain TCP."""
-    sender: SenderConfig | None = None
-    """This target's own pacing (window, chunk size); None: the shipper's."""
-    wait_for_replay: bool = True
-    """Whether retention waits until the target replayed a segment, not only until it holds it durably."""
-    compression: Compression | None = None
-    """Compress DATA payloads towards this target (if it supports the encoding); None: never."""
-    rate_limit: float | None = None
-    """Most bytes per second on the wire towards this target; None: no limit."""
-
-    @property
-    def name(self) -> str:
-        return f"{self.address[0]}:{self.address[1]}"
+    Raises ConfigError if it cannot be read or parsed.
+    """
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except OSError as e:
+        raise ConfigError(f"cannot read config file {path}: {e.strerror}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"config file {path}: {e}") from None
 
 
-@dataclass(frozen=True, slots=True)
-class StreamConfig:
-    """One stream a shipper ships."""
-
-    name: str
-    """Stream name, as the receivers know it."""
-    source: Path
-    """Directory holding the stream's segments."""
-    targets: tuple[TargetConfig, ...]
-    """Receivers to ship to, each with its own connection and cursor."""
-    pattern: re.Pattern[str]
-    """Which file names are segments."""
-    policy: SealPolicy
-    """When a segment is complete."""
-    epoch: int = 0
-    """Epoch this shipper claims; a target activated at a newer epoch fences it."""
-    poll_interval: float = 0.02
-    """Seconds between looks at the source directory."""
-    retain: bool = False
-    """Remove source segments once every target holds them (see shipper/retainer.py)."""
-    archive_dir: Path | None = None
-    """With ``retain``: move removed segments here instead of deleting them."""
-    truncation_lag: float = 0.0
-    """With ``retain``: seconds to keep a segment after the last target got it."""
+def flags_doc(args: argparse.Namespace) -> Doc:
+    """Return the flags given on the command line as a config document (flags left out are absent)."""
+    doc = {key: value for key in (*_TOP_FLAGS, *sorted(_INHERITED_KEYS)) if (value := getattr(args, key)) is not None}
+    if not args.config:
+        stream = {key: value for key, flag in _STREAM_FLAGS.items() if (value := getattr(args, flag)) is not None}
+        stream["target"] = [{"address": address} for address in args.target or ()]
+        doc["stream"] = [stream]
+    return doc
 
 
-@dataclass(frozen=True, slots=True)
-class ShipperConfig:
-    """Everything a shipper process runs."""
+def config_from_args(args: argparse.Namespace) -> ShipperConfig:
+    """Build the configuration from ``--config`` (with the flags laid over it) or from the flags alone.
 
-    node: str
-    """Our name in handshakes and logs."""
-    streams: tuple[StreamConfig, ...]
-    """The streams to ship."""
-    sender: SenderConfig
-    """Pacing of every sender."""
-    state_dir: Path = field(default_factory=default_state_dir)
-    """Suspended targets and the control socket live here."""
-    state_dir_given: bool = False
-    """Whether the operator chose ``state_dir`` (then a busy one is an error, not a warning)."""
-    admin: tuple[str, int] | None = None
-    """Where to serve /status and /metrics over HTTP; None: not at all."""
+    Raises ConfigError for anything wrong, with a one-line message.
+    """
+    flags = flags_doc(args)
+    if args.config:
+        return from_doc({**load_toml(args.config), **flags}, args.config)
+    required = (("--stream", args.stream), ("--source", args.source), ("--target", args.target))
+    missing = [flag for flag, value in (*required, ("--secret-file", args.secret_file)) if not value]
+    if missing:
+        raise ConfigError(f"missing {', '.join(missing)} (or give --config FILE)")
+    return from_doc(flags)
+
+
+def state_dir_from(flag: str | None, config_path: str | None) -> Path:
+    """Return the state directory a command names: the flag, else the config file's, else the default.
+
+    Raises ConfigError if the config file cannot be read.
+    """
+    value = flag or (load_toml(config_path).get("state_dir") if config_path else None)
+    return Path(str(value)) if value else default_state_dir()
+
+
+def from_doc(doc: Doc, origin: str | None = None) -> ShipperConfig:
+    """Build the configuration from a config document; ``origin`` names its file (None: the command line).
+
+    Raises ConfigError for anything wrong, with a one-line message.
+    """
+    where = origin or "command line"
+    _check_keys(doc, _TOP_KEYS, where)
+    top = {**DEFAULTS, **doc}
+    sender = _sender(top)
+    raw_streams = doc.get("stream", [])
+    if not isinstance(raw_streams, list) or not raw_streams:
+        raise ConfigError(f"{where}: no [[stream]] table")
+    streams = tuple(_stream(raw, top, origin) for raw in raw_streams)
+    if len({s.name for s in streams}) != len(streams):
+        raise ConfigError(f"{where}: a stream is named twice")
+    state_dir, admin = doc.get("state_dir"), doc.get("admin")
+    return ShipperConfig(
+        str(doc.get("node", socket.gethostname())),
+        streams,
+        sender,
+        state_dir=Path(str(state_dir)) if state_dir else default_state_dir(),
+        state_dir_given=bool(state_dir),
+        admin=parse_address(str(admin)) if admin else None,
+    )
+
+
+def _stream(raw: object, top: Doc, origin: str | None) -> StreamConfig:
+    where = origin or "command line"
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: [[stream]] must be tables")
+    name = _stream_name(raw.get("name"))
+    _check_keys(raw, _STREAM_KEYS, f"{where}: stream {name}")
+    stream_secret = read_secret(raw["secret_file"]) if "secret_file" in raw else None
+    targets = []
+    for t in raw.get("target", []):
+        if not isinstance(t, dict) or "address" not in t:
+            raise ConfigError(f"{where}: stream {name}: each [[stream.target]] needs an address")
+        _check_keys(t, _TARGET_KEYS, f"{where}: stream {name} target")
+        targets.append(_target(t, raw, top, stream_secret, f"{where}: stream {name}", origin))
+    return StreamConfig(
+        name=name,
+        source=_source(raw.get("source")),
+        targets=_unique(tuple(targets), name),
+        pattern=_pattern(raw.get("pattern")),
+        policy=_policy(raw.get("seal", top["seal"]), raw.get("seal_idle"), raw.get("segment_size")),
+        epoch=int(raw.get("epoch", top["epoch"])),
+        poll_interval=float(top["poll_interval"]),
+        retain=bool(raw.get("retain", top["retain"])),
+        archive_dir=_archive(raw.get("archive_dir", top.get("archive_dir"))),
+        truncation_lag=_lag(raw.get("truncation_lag", top.get("truncation_lag"))),
+    )
+
+
+def _target(t: Doc, stream: Doc, top: Doc, stream_secret: bytes | None, place: str, origin: str | None) -> TargetConfig:
+    """Build one target from its table, inheriting what it leaves out from its stream and the top level."""
+    secret = read_secret(t["secret_file"]) if "secret_file" in t else stream_secret
+    if secret is None:
+        raise ConfigError(f"{place}: target {t['address']} has no secret_file")
+    # The command line's one TLS setting is for every target: its errors name the command line.
+    where = f"{place} target {t['address']}" if origin else "command line"
+    # A target's TLS table replaces the stream's as a whole: mixing the two would be surprising.
+    tls_from = t if _TLS_KEYS & set(t) else stream
+    own_pacing = {key: t[key] for key in _PACING_KEYS if key in t}
+    return TargetConfig(
+        parse_address(str(t["address"])),
+        secret,
+        _tls(tls_from.get("tls_cert"), tls_from.get("tls_key"), tls_from.get("tls_ca"), where),
+        _sender({**top, **own_pacing}) if own_pacing else None,
+        _retain_until(t.get("retain_until", top["retain_until"]), where),
+        _compression(t.get("compress", top.get("compress"))),
+        _rate_limit(t.get("rate_limit", top.get("rate_limit"))),
+    )
+
+
+def _check_keys(table: Doc, allowed: set[str], where: str) -> None:
+    unknown = set(table) - allowed
+    if unknown:
+        raise ConfigError(f"{where}: unknown setting(s) {', '.join(sorted(unknown))}")
 
 
 def _stream_name(name: object) -> str:
@@ -161,11 +270,14 @@ def _policy(seal: object, seal_idle: object, segment_size: object) -> SealPolicy
     return SealPolicy(str(seal), idle, size)
 
 
-def _sender(chunk_size: str, window: str, ack_timeout: float = 30.0, window_max: str = "64MiB") -> SenderConfig:
-    chunk = parse_size(chunk_size)
+def _sender(table: Doc) -> SenderConfig:
+    """Build the pacing from a table holding chunk_size, window, window_max and ack_timeout."""
+    chunk = parse_size(str(table["chunk_size"]))
+    window = str(table["window"])
     adaptive = window.strip().lower() == "auto"
     win = DEFAULT_WINDOW if adaptive else parse_size(window)
-    win_max = parse_size(window_max)
+    win_max = parse_size(str(table["window_max"]))
+    ack_timeout = float(table["ack_timeout"])
     if not 0 < chunk <= 4 << 20:
         raise ConfigError("chunk size must be between 1 byte and 4MiB")
     if win < chunk:
@@ -189,21 +301,17 @@ def _sender(chunk_size: str, window: str, ack_timeout: float = 30.0, window_max:
     )
 
 
-def _tls(cert: object, key: object, ca: object, where: str) -> ssl.SSLContext | None:
-    """Build a client TLS context, or None when no TLS setting is given.
+def _tls(cert: object, key: object, ca: object, where: str) -> TlsFiles | None:
+    """Return the TLS files of a setting, or None when no TLS setting is given.
 
-    Raises ConfigError for a key without a certificate or a file that cannot be loaded.
+    Raises ConfigError for a key without a certificate, or a key file others can read.
     """
     if not (cert or key or ca):
         return None
     if key and not cert:
         raise ConfigError(f"{where}: a TLS key needs a TLS certificate")
     key_path = check_key_file(str(key or cert)) if cert else None
-    return client_tls_context(
-        Path(str(cert)) if cert else None,
-        key_path,
-        Path(str(ca)) if ca else None,
-    )
+    return TlsFiles(Path(str(cert)) if cert else None, key_path, Path(str(ca)) if ca else None)
 
 
 def _retain_until(value: object, where: str) -> bool:
@@ -223,18 +331,6 @@ def _archive(value: object) -> Path | None:
 
 def _lag(value: object) -> float:
     return parse_duration(str(value)) if value not in (None, "") else 0.0
-
-
-def _common(config: ShipperConfig, doc: dict[str, Any], args: argparse.Namespace) -> ShipperConfig:
-    """Add the settings the flags and the file share: state directory and admin address."""
-    state_dir = getattr(args, "state_dir", None) or doc.get("state_dir")
-    admin = getattr(args, "admin", None) or doc.get("admin")
-    return replace(
-        config,
-        state_dir=Path(str(state_dir)) if state_dir else default_state_dir(),
-        state_dir_given=bool(state_dir),
-        admin=parse_address(str(admin)) if admin else None,
-    )
 
 
 def _compression(text: object) -> Compression | None:
@@ -258,194 +354,3 @@ def _unique(targets: tuple[TargetConfig, ...], stream: str) -> tuple[TargetConfi
     if not targets:
         raise ConfigError(f"stream {stream}: no target")
     return targets
-
-
-def config_from_args(args: argparse.Namespace) -> ShipperConfig:
-    """Build the configuration from ``--config`` or from the one-stream flags.
-
-    Raises ConfigError for anything wrong, with a one-line message.
-    """
-    if args.config:
-        return config_from_file(args.config, args)
-    missing = [
-        f
-        for f, v in (
-            ("--stream", args.stream),
-            ("--source", args.source),
-            ("--target", args.target),
-            ("--secret-file", args.secret_file),
-        )
-        if not v
-    ]
-    if missing:
-        raise ConfigError(f"missing {', '.join(missing)} (or give --config FILE)")
-    name = _stream_name(args.stream)
-    source = _source(args.source)
-    secret = read_secret(args.secret_file)
-    tls = _tls(args.tls_cert, args.tls_key, args.tls_ca, "command line")
-    wait_for_replay = _retain_until(getattr(args, "retain_until", "replayed"), "--retain-until")
-    compression = _compression(getattr(args, "compress", None))
-    rate_limit = _rate_limit(getattr(args, "rate_limit", None))
-    targets = _unique(
-        tuple(
-            TargetConfig(
-                parse_address(t),
-                secret,
-                tls,
-                wait_for_replay=wait_for_replay,
-                compression=compression,
-                rate_limit=rate_limit,
-            )
-            for t in args.target
-        ),
-        name,
-    )
-    stream = StreamConfig(
-        name=name,
-        source=source,
-        targets=targets,
-        pattern=_pattern(args.pattern),
-        policy=_policy(args.seal, args.seal_idle, args.segment_size),
-        epoch=args.epoch,
-        poll_interval=args.poll_interval,
-        retain=bool(getattr(args, "retain", False)),
-        archive_dir=_archive(getattr(args, "archive_dir", None)),
-        truncation_lag=_lag(getattr(args, "truncation_lag", None)),
-    )
-    sender = _sender(args.chunk_size, args.window, args.ack_timeout, getattr(args, "window_max", "64MiB"))
-    config = ShipperConfig(socket.gethostname(), (stream,), sender)
-    return _common(config, {}, args)
-
-
-_TLS_KEYS = {"tls_cert", "tls_key", "tls_ca"}
-_STREAM_KEYS = {
-    "name",
-    "source",
-    "secret_file",
-    "seal",
-    "seal_idle",
-    "segment_size",
-    "pattern",
-    "epoch",
-    "target",
-    "retain",
-    "archive_dir",
-    "truncation_lag",
-    *_TLS_KEYS,
-}
-_TARGET_KEYS = {
-    "address",
-    "secret_file",
-    "window",
-    "window_max",
-    "chunk_size",
-    "retain_until",
-    "compress",
-    "rate_limit",
-    *_TLS_KEYS,
-}
-_TOP_KEYS = {
-    "node",
-    "stream",
-    "chunk_size",
-    "window",
-    "window_max",
-    "ack_timeout",
-    "poll_interval",
-    "state_dir",
-    "admin",
-    "compress",
-    "rate_limit",
-}
-
-
-def _check_keys(table: dict[str, Any], allowed: set[str], where: str) -> None:
-    unknown = set(table) - allowed
-    if unknown:
-        raise ConfigError(f"{where}: unknown setting(s) {', '.join(sorted(unknown))}")
-
-
-def config_from_file(path: str, args: argparse.Namespace) -> ShipperConfig:
-    try:
-        with open(path, "rb") as f:
-            doc = tomllib.load(f)
-    except OSError as e:
-        raise ConfigError(f"cannot read config file {path}: {e.strerror}") from None
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"config file {path}: {e}") from None
-    _check_keys(doc, _TOP_KEYS, path)
-    poll = float(doc.get("poll_interval", args.poll_interval))
-    chunk_size = str(doc.get("chunk_size", args.chunk_size))
-    window = str(doc.get("window", args.window))
-    ack_timeout = float(doc.get("ack_timeout", args.ack_timeout))
-    window_max = str(doc.get("window_max", getattr(args, "window_max", "64MiB")))
-    sender = _sender(chunk_size, window, ack_timeout, window_max)
-    compress = doc.get("compress", getattr(args, "compress", None))
-    rate_limit = doc.get("rate_limit", getattr(args, "rate_limit", None))
-    streams: list[StreamConfig] = []
-    raw_streams = doc.get("stream", [])
-    if not isinstance(raw_streams, list) or not raw_streams:
-        raise ConfigError(f"{path}: no [[stream]] table")
-    for raw in raw_streams:
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{path}: [[stream]] must be tables")
-        name = _stream_name(raw.get("name"))
-        _check_keys(raw, _STREAM_KEYS, f"{path}: stream {name}")
-        stream_secret = read_secret(raw["secret_file"]) if "secret_file" in raw else None
-        targets = []
-        for t in raw.get("target", []):
-            if not isinstance(t, dict) or "address" not in t:
-                raise ConfigError(f"{path}: stream {name}: each [[stream.target]] needs an address")
-            _check_keys(t, _TARGET_KEYS, f"{path}: stream {name} target")
-            secret = read_secret(t["secret_file"]) if "secret_file" in t else stream_secret
-            if secret is None:
-                raise ConfigError(f"{path}: stream {name}: target {t['address']} has no secret_file")
-            # A target's TLS table replaces the stream's as a whole: mixing the two would be surprising.
-            tls_from = t if _TLS_KEYS & set(t) else raw
-            tls = _tls(
-                tls_from.get("tls_cert"),
-                tls_from.get("tls_key"),
-                tls_from.get("tls_ca"),
-                f"{path}: stream {name} target {t['address']}",
-            )
-            where = f"{path}: stream {name} target {t['address']}"
-            own_sender = (
-                _sender(
-                    str(t.get("chunk_size", chunk_size)),
-                    str(t.get("window", window)),
-                    ack_timeout,
-                    str(t.get("window_max", window_max)),
-                )
-                if "window" in t or "chunk_size" in t or "window_max" in t
-                else None
-            )
-            wait_for_replay = _retain_until(t.get("retain_until", getattr(args, "retain_until", "replayed")), where)
-            targets.append(
-                TargetConfig(
-                    parse_address(str(t["address"])),
-                    secret,
-                    tls,
-                    own_sender,
-                    wait_for_replay,
-                    _compression(t.get("compress", compress)),
-                    _rate_limit(t.get("rate_limit", rate_limit)),
-                )
-            )
-        streams.append(
-            StreamConfig(
-                name=name,
-                source=_source(raw.get("source")),
-                targets=_unique(tuple(targets), name),
-                pattern=_pattern(raw.get("pattern")),
-                policy=_policy(raw.get("seal", "next"), raw.get("seal_idle"), raw.get("segment_size")),
-                epoch=int(raw.get("epoch", 0)),
-                poll_interval=poll,
-                retain=bool(raw.get("retain", getattr(args, "retain", False))),
-                archive_dir=_archive(raw.get("archive_dir", getattr(args, "archive_dir", None))),
-                truncation_lag=_lag(raw.get("truncation_lag", getattr(args, "truncation_lag", None))),
-            )
-        )
-    if len({s.name for s in streams}) != len(streams):
-        raise ConfigError(f"{path}: a stream is named twice")
-    config = ShipperConfig(str(doc.get("node", socket.gethostname())), tuple(streams), sender)
-    return _common(config, doc, args)

@@ -1,16 +1,16 @@
 """One sender per target: connect, authenticate, resume at the target's durable position, and keep a
 window of unacknowledged bytes in flight.
 
-``next_step()`` is the pure decision of what to send next. ``TargetSender.run()`` is the loop around
-it: it reconnects with back-off after any cut, rewinds on a NACK, and stops for good only when the
-target fences the stream.
+``TargetSender.run()`` is the loop: it reconnects with back-off after any cut and stops for good only
+when the target fences the stream. Each connection runs two loops: the send loop asks
+``shipper.source.next_step()`` what comes next at the window's cursor and reads it with a
+``SegmentReader``; the read loop hands ACKs and NACKs to the pure ``SendWindow`` (shipper/window.py),
+which checks them and says when the window opened or where to rewind.
 """
 
 from __future__ import annotations
 
 import asyncio
-import bisect
-import collections
 import contextlib
 import enum
 import logging
@@ -19,20 +19,21 @@ import random
 import ssl
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
-
-import xxhash
 
 from logship.tasks import cancel_and_wait
 from protocol.aio import ConnectionClosed, FramedConnection
-from protocol.compression import Compression, PayloadCompressor, agreed
-from protocol.digest import chunk_digest, seal_digest, segment_hasher
+from protocol.compression import PayloadCompressor, agreed
+from protocol.digest import chunk_digest, seal_digest
 from protocol.errors import ProtocolError
 from protocol.messages import Ack, Data, Error, Fenced, Heartbeat, Nack, Position, Seal, StreamResume
 from protocol.session import ShipperHandshake
 from shipper.pacing import AdaptiveWindow, TokenBucket, rate_limited_chunk
-from shipper.tailer import SegmentInfo, Tailer
+from shipper.settings import SenderConfig
+from shipper.source import Open, SegmentReader, SendData, SendSeal, SourceError, Stuck, next_step
+from shipper.status import TargetStats, newest_copied
+from shipper.tailer import Tailer
+from shipper.window import SendWindow, adaptive_window
 
 log = logging.getLogger("shipper")
 
@@ -44,121 +45,6 @@ class TargetState(enum.Enum):
     SUSPENDED = "Suspended"
     FENCED = "Fenced"
     FAILED = "Failed"
-
-
-DEFAULT_WINDOW = 16 * 1024 * 1024
-DEFAULT_WINDOW_MIN = 4 * 1024 * 1024
-
-
-@dataclass(frozen=True, slots=True)
-class SenderConfig:
-    """How a sender paces itself."""
-
-    chunk_size: int = 1024 * 1024
-    """Largest DATA payload, in bytes (the receiver accepts up to its --max-payload, 4 MiB by default)."""
-    window: int = DEFAULT_WINDOW
-    """Bytes sent but not yet acknowledged, at most: the starting window when ``adaptive``."""
-    adaptive: bool = True
-    """Grow or shrink the window toward 2 x the link's bandwidth x round trip (see shipper/pacing.py)."""
-    window_min: int = DEFAULT_WINDOW_MIN
-    """Smallest adaptive window."""
-    window_max: int = 64 * 1024 * 1024
-    """Largest adaptive window."""
-    heartbeat: float = 5.0
-    """Seconds of quiet after which we send a HEARTBEAT."""
-    ack_timeout: float = 30.0
-    """Seconds without any frame from the target after which the connection counts as dead."""
-    connect_timeout: float = 10.0
-    """Seconds to connect and finish the handshake."""
-    backoff_max: float = 2.0
-    """Longest pause between reconnection attempts, in seconds."""
-    compression: Compression | None = None
-    """Compress DATA payloads towards this target if it supports the encoding (None: never)."""
-    rate_limit: float | None = None
-    """Most bytes per second on the wire towards this target (None: no limit)."""
-
-
-@dataclass(slots=True)
-class Cursor:
-    """The next byte to send: ``segment`` at ``offset``; ``sealed`` once its SEAL went out."""
-
-    segment: str
-    offset: int
-    sealed: bool
-
-
-@dataclass(frozen=True, slots=True)
-class SendData:
-    segment: str
-    offset: int
-    length: int
-
-
-@dataclass(frozen=True, slots=True)
-class SendSeal:
-    segment: str
-    size: int
-
-
-@dataclass(frozen=True, slots=True)
-class Open:
-    segment: str
-
-
-@dataclass(frozen=True, slots=True)
-class Wait:
-    pass
-
-
-@dataclass(frozen=True, slots=True)
-class Stuck:
-    reason: str
-
-
-Step = SendData | SendSeal | Open | Wait | Stuck
-
-
-def next_step(tailer: Tailer, cursor: Cursor, chunk_size: int) -> Step:
-    """Decide what to send next from ``cursor`` given the tailer's view of the source."""
-    if cursor.sealed:
-        nxt: SegmentInfo | None = tailer.first_after(cursor.segment)
-        return Wait() if nxt is None else Open(nxt.name)
-    info = tailer.by_name.get(cursor.segment)
-    if info is None:
-        return Stuck(f"segment {cursor.segment} is gone from the source before it was fully shipped")
-    if cursor.offset < info.size:
-        return SendData(cursor.segment, cursor.offset, min(chunk_size, info.size - cursor.offset))
-    if cursor.offset > info.size:
-        return Stuck(f"segment {cursor.segment} shrank on the source to {info.size} bytes below {cursor.offset} sent")
-    if info.sealed:
-        return SendSeal(cursor.segment, info.size)
-    return Wait()
-
-
-@dataclass(slots=True)
-class TargetStats:
-    """Counters a sender keeps for status and tests."""
-
-    connects: int = 0
-    resends: int = 0
-    bytes_sent: int = 0
-    """Payload bytes sent (uncompressed)."""
-    bytes_wire: int = 0
-    """Bytes those DATA frames took on the wire (headers included, after compression)."""
-    segments_sealed: int = 0
-    last_error: str = ""
-    acked: Position = field(default_factory=lambda: Position("", 0))
-    acked_sealed: bool = True
-    acked_at: float = 0.0
-    known: bool = False
-    """Whether ``acked`` was learnt from this target since the shipper started."""
-    replayed: Position | None = None
-    """The target's replayed position from its last ACK on this connection; None before one."""
-    last_copied: str = ""
-    """The newest segment the target acknowledged sealed."""
-    last_copied_at: float | None = None
-    stuck: str = ""
-    """Why shipping to this target cannot go on (e.g. the segment it needs is gone); empty if it can."""
 
 
 class _Reconnect(Exception):
@@ -195,29 +81,22 @@ class TargetSender:
         # the window opened or a resend is due. (Waiting on two events took two tasks per wake-up, at
         # every append of a trickle.) Whatever woke it, the loop looks at the tailer and the window again.
         self._wake = tailer.subscribe()
-        self._in_flight: collections.deque[tuple[tuple[Position, bool], int]] = collections.deque()
-        self._sent_max: tuple[Position, bool] = (Position("", 0), True)
-        """The furthest position sent on this connection (or resumed at): no honest ACK goes beyond it."""
-        self._in_flight_bytes = 0
+        self.send_window = SendWindow(adaptive_window(self.config))
         cfg = self.config
-        if cfg.adaptive:
-            lo = min(cfg.window_min, cfg.window)
-            self.window = AdaptiveWindow(cfg.window, lo, max(cfg.window_max, cfg.window))
-        else:
-            self.window = AdaptiveWindow(cfg.window, cfg.window, cfg.window)
         self._bucket = (
             TokenBucket(cfg.rate_limit, max(64 * 1024, cfg.rate_limit * 0.02)) if cfg.rate_limit is not None else None
         )
         self._chunk_size = rate_limited_chunk(cfg.chunk_size, cfg.rate_limit)
-        self._rewind: Position | None = None
-        self._cursor = Cursor("", 0, True)
-        self._hasher: xxhash.xxh3_128 = segment_hasher()
-        self._fd = -1
-        self._fd_name = ""
+        self._reader = SegmentReader(Path(tailer.source))
         self._stuck_reported = ""
         self._was_healthy = False
         self.on_progress: Callable[[], None] | None = None
         """Called whenever the target's durable or replayed position moves (retention listens)."""
+
+    @property
+    def window(self) -> AdaptiveWindow:
+        """The window's size, as it follows the link."""
+        return self.send_window.size
 
     # -- the loop -------------------------------------------------------------------------------
 
@@ -231,7 +110,7 @@ class TargetSender:
                 raise
             except _Fenced:
                 return
-            except (OSError, ConnectionClosed, ProtocolError, TimeoutError, _Reconnect) as e:
+            except (OSError, ConnectionClosed, ProtocolError, TimeoutError, SourceError, _Reconnect) as e:
                 text = str(e) or type(e).__name__
                 if isinstance(e, TimeoutError) and not str(e):
                     # Say what went quiet: status shows this text as the target's failure reason.
@@ -240,7 +119,7 @@ class TargetSender:
                     log.warning("target %s (stream %s): %s; reconnecting", self.name, self.stream, text)
                 self.stats.last_error = text
             finally:
-                self._close_file()
+                self._reader.close()
             if self.state is not TargetState.FAILED:
                 self.state = TargetState.DISCONNECTED
             if self._was_healthy:
@@ -327,11 +206,7 @@ class TargetSender:
     def _start_at(self, resume: StreamResume) -> None:
         pos = resume.position
         self.stats.stuck = ""
-        self._in_flight.clear()
-        self._sent_max = (pos, resume.sealed)
-        self._in_flight_bytes = 0
-        self.window.restart()
-        self._rewind = None
+        self.send_window.start_at((pos, resume.sealed))
         self.stats.acked, self.stats.acked_sealed = pos, resume.sealed
         self.stats.acked_at = time.time()
         self.stats.known = True
@@ -340,118 +215,51 @@ class TargetSender:
             self.stats.last_copied, self.stats.last_copied_at = pos.segment, None
         if self.on_progress is not None:
             self.on_progress()
-        if resume.sealed:
-            self._cursor = Cursor(pos.segment, pos.offset, True)
-            if pos.segment:
-                info = self.tailer.by_name.get(pos.segment)
-                if info is not None and info.sealed and info.size != pos.offset:
-                    log.error(
-                        "target %s: sealed segment %s has %d bytes in the copy but %d on the source; the "
-                        "source changed after it was shipped; the copy keeps its version",
-                        self.name,
-                        pos.segment,
-                        pos.offset,
-                        info.size,
-                    )
-        else:
-            self._position_at(pos)
-
-    def _position_at(self, pos: Position) -> None:
-        """Put the cursor at ``pos`` inside an unsealed segment, hashing the bytes before it."""
-        self._cursor = Cursor(pos.segment, pos.offset, False)
-        self._hasher = segment_hasher()
-        if pos.offset:
-            fd = self._open_file(pos.segment)
-            done = 0
-            while done < pos.offset:
-                block = os.pread(fd, min(4 << 20, pos.offset - done), done)
-                if not block:
-                    raise _Reconnect(f"segment {pos.segment} on the source is shorter than the copy ({pos.offset})")
-                self._hasher.update(block)
-                done += len(block)
-
-    # -- files ----------------------------------------------------------------------------------
-
-    def _open_file(self, segment: str) -> int:
-        if self._fd_name != segment:
-            self._close_file()
-            try:
-                self._fd = os.open(Path(self.tailer.source) / segment, os.O_RDONLY)
-            except FileNotFoundError:
-                raise _Reconnect(f"segment {segment} is missing from the source") from None
-            self._fd_name = segment
-        return self._fd
-
-    def _close_file(self) -> None:
-        if self._fd >= 0:
-            os.close(self._fd)
-        self._fd, self._fd_name = -1, ""
+        if not resume.sealed:
+            self._reader.seek(pos)
+            return
+        info = self.tailer.by_name.get(pos.segment) if pos.segment else None
+        if info is not None and info.sealed and info.size != pos.offset:
+            log.error(
+                "target %s: sealed segment %s has %d bytes in the copy but %d on the source; the "
+                "source changed after it was shipped; the copy keeps its version",
+                self.name,
+                pos.segment,
+                pos.offset,
+                info.size,
+            )
 
     # -- sending --------------------------------------------------------------------------------
 
     async def _send_loop(self, conn: FramedConnection) -> None:
         cfg = self.config
+        window = self.send_window
         last_sent = time.monotonic()
         while True:
-            if self._rewind is not None:
-                pos, self._rewind = self._rewind, None
-                self._drop_in_flight_after(pos)
-                self._position_at(pos)
-            if self._in_flight_bytes >= self.window.window:
+            rewound = window.take_rewind()
+            if rewound is not None:
+                self._reader.seek(rewound)
+            if window.full:
                 self._wake.clear()
                 await conn.drain()
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(cfg.heartbeat):
                         await self._wake.wait()
                 continue
-            step = next_step(self.tailer, self._cursor, self._chunk_size)
+            step = next_step(self.tailer, window.cursor, self._chunk_size)
             if isinstance(step, SendData):
-                fd = self._open_file(step.segment)
-                payload = os.pread(fd, step.length, step.offset)
-                if len(payload) != step.length:
-                    # The file got shorter than the tailer saw; look again.
-                    await asyncio.sleep(self.tailer.poll_interval)
-                    continue
-                self._hasher.update(payload)
-                digest = chunk_digest(step.segment, step.offset, payload)
-                msg = Data(self.stream, step.segment, step.offset, digest, payload)
-                if conn.compressor is not None:
-                    # zstd releases the GIL: compressing in a worker thread keeps this loop (and every
-                    # other stream and target in the process) responsive even at slow, high levels.
-                    packed = await asyncio.get_running_loop().run_in_executor(None, conn.compressor.compress, payload)
-                    wire = conn.send_packed(msg, packed)
-                else:
-                    wire = conn.send(msg)
-                self.stats.bytes_wire += wire
-                self._cursor.offset += step.length
-                self._track((Position(step.segment, self._cursor.offset), False), step.length)
-                self.stats.bytes_sent += step.length
-                last_sent = time.monotonic()
-                if conn.writer.transport.get_write_buffer_size() > cfg.chunk_size * 2:
-                    await conn.drain()
-                if self._bucket is not None:
-                    # Sent first, then paid for: the average never exceeds the limit, and a chunk is
-                    # never held back once read and hashed.
-                    pause = self._bucket.reserve(wire, time.monotonic())
-                    if pause > 0:
-                        await asyncio.sleep(pause)
+                if await self._send_data(conn, step):
+                    last_sent = time.monotonic()
             elif isinstance(step, SendSeal):
-                conn.send(
-                    Seal(
-                        self.stream,
-                        step.segment,
-                        step.size,
-                        seal_digest(step.segment, step.size, self._hasher.digest()),
-                    )
-                )
-                self._cursor.sealed = True
-                self._track((Position(step.segment, step.size), True), 0)
-                self._close_file()
+                digest = seal_digest(step.segment, step.size, self._reader.digest())
+                conn.send(Seal(self.stream, step.segment, step.size, digest))
+                window.on_seal_sent()
+                self._reader.close()
                 last_sent = time.monotonic()
                 await conn.drain()
             elif isinstance(step, Open):
-                self._cursor = Cursor(step.segment, 0, False)
-                self._hasher = segment_hasher()
+                window.open(step.segment)
+                self._reader.seek(Position(step.segment, 0))
             else:
                 self.stats.stuck = step.reason if isinstance(step, Stuck) else ""
                 if isinstance(step, Stuck) and step.reason != self._stuck_reported:
@@ -470,20 +278,33 @@ class TargetSender:
                     async with asyncio.timeout(idle):
                         await self._wake.wait()
 
-    def _track(self, key: tuple[Position, bool], nbytes: int) -> None:
-        self._in_flight.append((key, nbytes))
-        if key > self._sent_max:
-            self._sent_max = key
-        self._in_flight_bytes += nbytes
-        if nbytes:
-            self.window.on_send(nbytes, time.monotonic())
-
-    def _drop_in_flight_after(self, pos: Position) -> None:
-        key = (pos, False)
-        kept = collections.deque(item for item in self._in_flight if item[0] <= key)
-        self._in_flight = kept
-        self._in_flight_bytes = sum(n for _, n in kept)
-        self.window.restart(in_flight=self._in_flight_bytes)
+    async def _send_data(self, conn: FramedConnection, step: SendData) -> bool:
+        """Send one DATA frame; return False if the source had fewer bytes than the tailer saw."""
+        payload = self._reader.read(step.segment, step.offset, step.length)
+        if len(payload) != step.length:
+            # The file got shorter than the tailer saw; look again.
+            await asyncio.sleep(self.tailer.poll_interval)
+            return False
+        msg = Data(self.stream, step.segment, step.offset, chunk_digest(step.segment, step.offset, payload), payload)
+        if conn.compressor is not None:
+            # zstd releases the GIL: compressing in a worker thread keeps this loop (and every
+            # other stream and target in the process) responsive even at slow, high levels.
+            packed = await asyncio.get_running_loop().run_in_executor(None, conn.compressor.compress, payload)
+            wire = conn.send_packed(msg, packed)
+        else:
+            wire = conn.send(msg)
+        self.stats.bytes_wire += wire
+        self.send_window.on_data_sent(step.length, time.monotonic())
+        self.stats.bytes_sent += step.length
+        if conn.writer.transport.get_write_buffer_size() > self.config.chunk_size * 2:
+            await conn.drain()
+        if self._bucket is not None:
+            # Sent first, then paid for: the average never exceeds the limit, and a chunk is
+            # never held back once read and hashed.
+            pause = self._bucket.reserve(wire, time.monotonic())
+            if pause > 0:
+                await asyncio.sleep(pause)
+        return True
 
     # -- receiving ------------------------------------------------------------------------------
 
@@ -496,6 +317,7 @@ class TargetSender:
                 if msg.position.segment not in self.tailer.by_name:
                     # Never rewind to a place we cannot read from: start over from the target's disk.
                     raise _Reconnect(f"resend requested from {msg.position}, which the source does not hold")
+                self.send_window.on_nack(msg.position)
                 self.stats.resends += 1
                 log.warning(
                     "target %s (stream %s): resend from %s requested: %s (resends: %d)",
@@ -505,7 +327,6 @@ class TargetSender:
                     msg.reason,
                     self.stats.resends,
                 )
-                self._rewind = msg.position
                 self._wake.set()
             elif isinstance(msg, Heartbeat):
                 pass
@@ -527,23 +348,15 @@ class TargetSender:
         replay_moved = ack.replayed != self.stats.replayed
         self.stats.replayed = ack.replayed
         key = (ack.position, ack.sealed)
-        if key > self._sent_max:
-            # The ACK frame's digest matched, so this is no line noise: still, never count as durable
-            # what we did not send. Start over from what the receiver says in its WELCOME.
-            raise _Reconnect(f"ACK at {ack.position} is beyond what was sent ({self._sent_max[0]})")
-        if key <= (self.stats.acked, self.stats.acked_sealed):
+        # An ACK the window refuses (beyond what was sent, or going back) raises ProtocolError: the
+        # connection ends and the next one starts over from what the receiver says in its WELCOME.
+        if not self.send_window.on_ack(key, time.monotonic()):
             if replay_moved and self.on_progress is not None:
                 self.on_progress()
             return
         if ack.sealed:
             self.stats.segments_sealed += 1
-        # The newest segment sealed in the copy: this one if sealed, else the one before it (one ACK
-        # can cover a SEAL and data of the next segment).
-        if ack.sealed:
-            copied = ack.position.segment
-        else:
-            i = bisect.bisect_left(self.tailer.names, ack.position.segment)
-            copied = self.tailer.names[i - 1] if i > 0 else ""
+        copied = newest_copied(self.tailer.names, key)
         if copied > self.stats.last_copied:
             self.stats.last_copied, self.stats.last_copied_at = copied, time.time()
         self.stats.acked, self.stats.acked_sealed = key
@@ -559,12 +372,6 @@ class TargetSender:
                 ack.position.offset,
                 int(ack.sealed),
             )
-        acked = 0
-        while self._in_flight and self._in_flight[0][0] <= key:
-            _, n = self._in_flight.popleft()
-            acked += n
-        self._in_flight_bytes -= acked
-        self.window.on_ack(acked, time.monotonic())
         self._wake.set()
         if self.on_progress is not None:
             self.on_progress()

@@ -10,18 +10,34 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import ssl
 import time
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from logship.tasks import cancel_and_wait
-from shipper.config import StreamConfig, TargetConfig
+from logship.tls import client_tls_context
 from shipper.retainer import Retainer, TargetView, retainable
-from shipper.sender import SenderConfig, TargetSender, TargetState
+from shipper.sender import TargetSender, TargetState
+from shipper.settings import SenderConfig, StreamConfig, TargetConfig, TlsFiles
 from shipper.state import Suspension
 from shipper.status import LagTracker, copy_queue, end_key, replay_queue
 from shipper.tailer import Tailer
 
 log = logging.getLogger("shipper")
+
+
+def tls_contexts(streams: Iterable[StreamConfig]) -> dict[TlsFiles, ssl.SSLContext]:
+    """Build one client TLS context per distinct TLS setting of the streams' targets.
+
+    Raises ConfigError if a certificate, key or CA cannot be loaded.
+    """
+    contexts: dict[TlsFiles, ssl.SSLContext] = {}
+    for stream in streams:
+        for files in (t.tls for t in stream.targets):
+            if files is not None and files not in contexts:
+                contexts[files] = client_tls_context(files.cert, files.key, files.ca)
+    return contexts
 
 
 class ShipperService:
@@ -33,8 +49,14 @@ class ShipperService:
         node: str,
         sender_config: SenderConfig | None = None,
         suspended: dict[str, Suspension] | None = None,
+        tls: Mapping[TlsFiles, ssl.SSLContext] | None = None,
     ) -> None:
+        """Wire ``stream``; ``tls`` holds the contexts its targets' TLS files name (built here if None).
+
+        Raises ConfigError if ``tls`` is None and a TLS file cannot be loaded.
+        """
         self.stream = stream
+        contexts = tls_contexts([stream]) if tls is None else tls
         self.tailer = Tailer(stream.source, stream.pattern, stream.policy, stream.poll_interval)
         self.targets: dict[str, TargetConfig] = {t.name: t for t in stream.targets}
         self.senders = [
@@ -49,7 +71,7 @@ class ShipperService:
                 dataclasses.replace(
                     t.sender or sender_config or SenderConfig(), compression=t.compression, rate_limit=t.rate_limit
                 ),
-                tls=t.tls,
+                tls=contexts[t.tls] if t.tls is not None else None,
             )
             for t in stream.targets
         ]

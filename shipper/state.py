@@ -28,21 +28,6 @@ LOCK_FILE = "lock"
 MAX_SOCKET_PATH = 107
 
 
-def default_state_dir() -> Path:
-    """Return the state directory used without ``--state-dir``.
-
-    ``$LOGSHIP_SHIPPER_STATE_DIR`` if set; else ``/var/lib/logship/shipper`` for root; else
-    ``$XDG_STATE_HOME/logship/shipper`` (``~/.local/state/logship/shipper``).
-    """
-    env = os.environ.get("LOGSHIP_SHIPPER_STATE_DIR")
-    if env:
-        return Path(env)
-    if os.geteuid() == 0:
-        return Path("/var/lib/logship/shipper")
-    xdg = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
-    return Path(xdg) / "logship" / "shipper"
-
-
 @dataclass(frozen=True, slots=True)
 class Suspension:
     """One suspended target of one stream."""

@@ -1,4 +1,5 @@
-"""What the shipper knows about each copy: copy queue, replay queue, lag; and the status table.
+"""What the shipper knows about each copy: a sender's counters, copy queue, replay queue, lag; and the
+status table.
 
 The queues are pure functions of the tailer's view of the source and a target's acknowledged
 positions. Lag is measured like PostgreSQL's walsender does: the tailer's view of the source's end is
@@ -12,14 +13,49 @@ import bisect
 import collections
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from logship.admin.table import human_age, human_bytes, render, since
 from protocol.messages import Position
 from shipper.tailer import SegmentInfo
+from shipper.window import AckKey
 
-AckKey = tuple[Position, bool]
-"""A durable position and whether its segment is sealed in the copy; orders like the log."""
+
+@dataclass(slots=True)
+class TargetStats:
+    """Counters a sender keeps for status and tests."""
+
+    connects: int = 0
+    resends: int = 0
+    bytes_sent: int = 0
+    """Payload bytes sent (uncompressed)."""
+    bytes_wire: int = 0
+    """Bytes those DATA frames took on the wire (headers included, after compression)."""
+    segments_sealed: int = 0
+    last_error: str = ""
+    acked: Position = field(default_factory=lambda: Position("", 0))
+    acked_sealed: bool = True
+    acked_at: float = 0.0
+    known: bool = False
+    """Whether ``acked`` was learnt from this target since the shipper started."""
+    replayed: Position | None = None
+    """The target's replayed position from its last ACK on this connection; None before one."""
+    last_copied: str = ""
+    """The newest segment the target acknowledged sealed."""
+    last_copied_at: float | None = None
+    stuck: str = ""
+    """Why shipping to this target cannot go on (e.g. the segment it needs is gone); empty if it can."""
+
+
+def newest_copied(names: Sequence[str], acked: AckKey) -> str:
+    """Return the newest segment of ``names`` sealed in a copy that acknowledged ``acked``."""
+    # Its own segment if sealed, else the one before it: one ACK can cover a SEAL and data of the next.
+    pos, sealed = acked
+    if sealed:
+        return pos.segment
+    i = bisect.bisect_left(names, pos.segment)
+    return names[i - 1] if i > 0 else ""
 
 
 def end_key(segments: Sequence[SegmentInfo]) -> AckKey:

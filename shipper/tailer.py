@@ -21,21 +21,10 @@ from collections.abc import Container, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from shipper.settings import SealPolicy
 from shipper.watcher import DirectoryWatcher
 
 log = logging.getLogger("shipper")
-
-
-@dataclass(frozen=True, slots=True)
-class SealPolicy:
-    """When a segment counts as complete."""
-
-    mode: str = "next"
-    """``next``: when a later segment appears; ``immediate``: every file is complete on sight."""
-    seal_idle: float | None = None
-    """Also seal the newest segment once it has not changed for this many seconds."""
-    segment_size: int | None = None
-    """Also seal a segment once it reaches this many bytes."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,9 +35,6 @@ class SegmentInfo:
     size: int
     mtime: float
     sealed: bool
-
-
-DEFAULT_PATTERN = r"(?!\.)(?!.*\.(?:tmp|partial)$).+"
 
 
 def is_segment(name: str, pattern: re.Pattern[str]) -> bool:

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import re
 
-from shipper.tailer import DEFAULT_PATTERN, is_segment, late_arrivals
+from shipper.settings import DEFAULT_PATTERN
+from shipper.tailer import is_segment, late_arrivals
 from tests.pgcluster import BACKUP_PATTERN, WAL_PATTERN
 
 ARCHIVED_IN_ORDER = [

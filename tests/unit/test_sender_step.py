@@ -9,8 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from shipper.sender import Cursor, Open, SendData, SendSeal, Stuck, Wait, next_step
-from shipper.tailer import DEFAULT_PATTERN, SealPolicy, Tailer
+from shipper.settings import DEFAULT_PATTERN, SealPolicy
+from shipper.source import Open, SendData, SendSeal, Stuck, Wait, next_step
+from shipper.tailer import Tailer
+from shipper.window import Cursor
 
 S1 = "E00000001.log"
 S2 = "E00000002.log"

@@ -199,7 +199,7 @@ def test_config_file_per_target_settings(tmp_path: Path) -> None:
 def test_control_handler_suspends_persistently_and_refuses_unknown_targets(tmp_path: Path) -> None:
     import asyncio
 
-    from shipper.__main__ import Shipper
+    from shipper.daemon import Shipper
 
     secret = tmp_path / "s"
     secret.write_text("k" * 40)

@@ -12,7 +12,15 @@ ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("logship", "protocol", "shipper", "receiver")
 MAX_LINES = 400
 # Modules a config module may import: settings, parsing and names, nothing that runs.
-CONFIG_MAY_IMPORT = ("logship.config", "logship.duration", "protocol.names", "protocol.compression", "protocol.limits")
+CONFIG_MAY_IMPORT = (
+    "logship.config",
+    "logship.duration",
+    "protocol.names",
+    "protocol.compression",
+    "protocol.limits",
+    # The shipper's frozen settings dataclasses, which config builds and the runtime reads.
+    "shipper.settings",
+)
 
 
 def module_name(path: Path) -> str:

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from shipper.tailer import DEFAULT_PATTERN, SealPolicy, SegmentInfo, Tailer, classify, is_segment, late_arrivals
+from shipper.settings import DEFAULT_PATTERN, SealPolicy
+from shipper.tailer import SegmentInfo, Tailer, classify, is_segment, late_arrivals
 
 DEFAULT = re.compile(DEFAULT_PATTERN)
 NOW = 1_000_000.0

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from shipper.tailer import DEFAULT_PATTERN, SealPolicy, SegmentInfo, Tailer, next_look
+from shipper.settings import DEFAULT_PATTERN, SealPolicy
+from shipper.tailer import SegmentInfo, Tailer, next_look
 from shipper.watcher import IN_CREATE, IN_MODIFY, DirectoryWatcher, parse_events
 
 DEFAULT = re.compile(DEFAULT_PATTERN)

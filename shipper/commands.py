@@ -1,0 +1,104 @@
+"""The operator's subcommands of ``python -m shipper``: ``status``, ``suspend`` and ``resume``.
+
+They talk to the running shipper through the control socket in its state directory; with no shipper
+running, ``suspend`` and ``resume`` record the change in the state directory for the next start.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from logship.admin import control
+from logship.cli import guarded, operator_logging
+from logship.config import ConfigError, parse_address
+from shipper.config import state_dir_from
+from shipper.state import StateBusy, StateDir
+from shipper.status import table
+
+SUBCOMMANDS = ("status", "suspend", "resume")
+
+
+def operator_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m shipper", description="Operate a running shipper.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def common(q: argparse.ArgumentParser) -> None:
+        q.add_argument("--state-dir", metavar="DIR", help="the shipper's state dir (default as for the daemon)")
+        q.add_argument("--config", metavar="FILE", help="the shipper's TOML config file (for its state_dir)")
+
+    q = sub.add_parser("status", help="per stream and target: state, copy/replay queue, last copied, lag, retention")
+    common(q)
+    q.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    for name, text in (
+        ("suspend", "stop shipping a stream to one target (kept across restarts); the others go on"),
+        ("resume", "ship to it again, from where it stopped"),
+    ):
+        q = sub.add_parser(name, help=text)
+        common(q)
+        q.add_argument("--stream", required=True, metavar="S")
+        q.add_argument("--target", required=True, metavar="HOST:PORT")
+        q.add_argument("--comment", metavar="TEXT", help="why; shown by status")
+    return p
+
+
+def operator_main(argv: list[str]) -> int:
+    args = operator_parser().parse_args(argv)
+    operator_logging("shipper")
+
+    def body() -> int:
+        state = StateDir(state_dir_from(args.state_dir, args.config))
+        if args.command == "status":
+            return cmd_status(state, args.json)
+        host, port = parse_address(args.target)
+        return cmd_suspend_resume(state, args.command, args.stream, f"{host}:{port}", args.comment)
+
+    return guarded("shipper", body)
+
+
+def cmd_status(state: StateDir, as_json: bool) -> int:
+    try:
+        snapshot = control.call(state.control_socket, {"op": "status"})
+    except control.ControlUnavailable:
+        suspended = state.load_suspensions() if state.path.is_dir() else {}
+        if as_json:
+            rows = [
+                {"stream": st, "target": t, "state": "Suspended", "suspended": True, "comment": s.comment}
+                for (st, t), s in sorted(suspended.items())
+            ]
+            print(json.dumps({"role": "shipper", "running": False, "state_dir": str(state.path), "copies": rows}))
+        else:
+            print(f"no shipper answers on {state.control_socket}")
+            for (st, t), s in sorted(suspended.items()):
+                print(f"  suspended: stream {st} target {t}: {s.comment or '(no comment)'}")
+        return 1
+    snapshot.pop("ok", None)
+    if as_json:
+        print(json.dumps({**snapshot, "running": True}, indent=1, sort_keys=True))
+    else:
+        print(table(snapshot))
+    return 0
+
+
+def cmd_suspend_resume(state: StateDir, command: str, stream: str, target: str, comment: str | None) -> int:
+    try:
+        control.call(state.control_socket, {"op": command, "stream": stream, "target": target, "comment": comment})
+        where = "by the running shipper"
+    except control.ControlUnavailable:
+        # No shipper runs: record it in the state dir, under its lock, for the next start.
+        try:
+            state.create()
+            state.lock()
+        except StateBusy:
+            raise ConfigError(
+                f"a shipper holds {state.path} but does not answer on {state.control_socket}; try again"
+            ) from None
+        except OSError as e:
+            raise ConfigError(f"state dir {state.path}: {e}") from None
+        try:
+            state.set_suspended(stream, target, command == "suspend", comment)
+        finally:
+            state.unlock()
+        where = f"in {state.path} (no shipper running; it takes effect at the next start)"
+    print(f"stream {stream} target {target}: {'suspended' if command == 'suspend' else 'resumed'} {where}")
+    return 0

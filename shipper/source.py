@@ -1,0 +1,127 @@
+"""Reading a stream's segments from its source directory for one target.
+
+``next_step()`` is the pure decision of what to send at a cursor, given the tailer's view of the
+source. ``SegmentReader`` reads the bytes and keeps the running digest of the segment being sent,
+which its SEAL carries.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import xxhash
+
+from protocol.digest import segment_hasher
+from protocol.messages import Position
+from shipper.tailer import SegmentInfo, Tailer
+from shipper.window import Cursor
+
+
+class SourceError(Exception):
+    """The source cannot give the bytes a target needs now; start over from the target's position."""
+
+
+@dataclass(frozen=True, slots=True)
+class SendData:
+    segment: str
+    offset: int
+    length: int
+
+
+@dataclass(frozen=True, slots=True)
+class SendSeal:
+    segment: str
+    size: int
+
+
+@dataclass(frozen=True, slots=True)
+class Open:
+    segment: str
+
+
+@dataclass(frozen=True, slots=True)
+class Wait:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Stuck:
+    reason: str
+
+
+Step = SendData | SendSeal | Open | Wait | Stuck
+
+
+def next_step(tailer: Tailer, cursor: Cursor, chunk_size: int) -> Step:
+    """Decide what to send next from ``cursor`` given the tailer's view of the source."""
+    if cursor.sealed:
+        nxt: SegmentInfo | None = tailer.first_after(cursor.segment)
+        return Wait() if nxt is None else Open(nxt.name)
+    info = tailer.by_name.get(cursor.segment)
+    if info is None:
+        return Stuck(f"segment {cursor.segment} is gone from the source before it was fully shipped")
+    if cursor.offset < info.size:
+        return SendData(cursor.segment, cursor.offset, min(chunk_size, info.size - cursor.offset))
+    if cursor.offset > info.size:
+        return Stuck(f"segment {cursor.segment} shrank on the source to {info.size} bytes below {cursor.offset} sent")
+    if info.sealed:
+        return SendSeal(cursor.segment, info.size)
+    return Wait()
+
+
+class SegmentReader:
+    """Read one segment at a time from ``source``, hashing its bytes in order for the SEAL."""
+
+    def __init__(self, source: Path) -> None:
+        self.source = source
+        self._hasher: xxhash.xxh3_128 = segment_hasher()
+        self._fd = -1
+        self._fd_name = ""
+
+    def seek(self, pos: Position) -> None:
+        """Go to ``pos`` inside an unsealed segment, hashing the bytes before it.
+
+        Raises SourceError if the segment is missing or shorter than ``pos``.
+        """
+        self._hasher = segment_hasher()
+        if pos.offset:
+            fd = self._open(pos.segment)
+            done = 0
+            while done < pos.offset:
+                block = os.pread(fd, min(4 << 20, pos.offset - done), done)
+                if not block:
+                    raise SourceError(f"segment {pos.segment} on the source is shorter than the copy ({pos.offset})")
+                self._hasher.update(block)
+                done += len(block)
+
+    def read(self, segment: str, offset: int, length: int) -> bytes:
+        """Return up to ``length`` bytes at ``offset``; only a whole read counts towards the digest.
+
+        Raises SourceError if the segment is missing.
+        """
+        payload = os.pread(self._open(segment), length, offset)
+        if len(payload) == length:
+            self._hasher.update(payload)
+        return payload
+
+    def digest(self) -> bytes:
+        """Return the digest of the segment's bytes read so far (its whole content once all are read)."""
+        return self._hasher.digest()
+
+    def _open(self, segment: str) -> int:
+        if self._fd_name != segment:
+            self.close()
+            try:
+                self._fd = os.open(self.source / segment, os.O_RDONLY)
+            except FileNotFoundError:
+                raise SourceError(f"segment {segment} is missing from the source") from None
+            self._fd_name = segment
+        return self._fd
+
+    def close(self) -> None:
+        """Close the segment's file, if open."""
+        if self._fd >= 0:
+            os.close(self._fd)
+        self._fd, self._fd_name = -1, ""
