@@ -16,10 +16,9 @@ import msgpack
 from protocol.buffers import BufferPool
 from protocol.compression import PayloadCompressor, check_lengths, decompress
 from protocol.errors import ErrorCode, FrameTooLarge, LocalProtocolError, RemoteProtocolError
+from protocol.limits import DEFAULT_MAX_PAYLOAD, MAX_HEADER
 from protocol.messages import MESSAGE_TYPES, PAYLOAD_TYPES, Data, Message
 
-MAX_HEADER: Final = 64 * 1024
-DEFAULT_MAX_PAYLOAD: Final = 4 * 1024 * 1024
 SCRATCH: Final = 64 * 1024
 """Bytes get_buffer() offers between payloads. Small: whatever of a large payload lands here is copied
 once more, and a buffer below glibc's mmap threshold is not mapped and unmapped with every read."""
