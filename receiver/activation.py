@@ -15,14 +15,16 @@ import logging
 import os
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import Any
 
+from logship.files import fsync_dir
 from protocol.messages import Position
-from receiver.replayer import Idle, run_command
-from receiver.store import Installed
-
-if TYPE_CHECKING:
-    from receiver.server import StreamCopy
+from receiver.copy import StreamCopy
+from receiver.manifest import Installed
+from receiver.replayer import Idle
+from receiver.store import READ_BLOCK, SegmentStore
+from receiver.targets import run_command
 
 log = logging.getLogger("receiver")
 
@@ -68,15 +70,12 @@ async def activate(
     """Activate ``copy``; return the report (see the module docstring). The caller holds the stream."""
     loop = asyncio.get_running_loop()
     state = copy.state
-    previous = copy.epoch
-    already = bool(state.get("activated"))
+    already = not state.activate(time.time())
     if not already:
-        state["epoch"] = previous + 1
-        state["activated"] = {"at": time.time(), "epoch": previous + 1, "previous_epoch": previous}
         await copy.save_state()
         log.warning("stream %s: ACTIVATED at epoch %d; shippers of older epochs are fenced", copy.name, copy.epoch)
     # An operator's activation is a fresh attempt: a replay Failed earlier is tried once more.
-    state["replay_failed"] = None
+    state.retry_replay()
     copy.replayer.failures = 0
     result = await copy.replayer.catch_up()
     store = copy.store
@@ -85,21 +84,19 @@ async def activate(
     tail_path = None
     if rec.active is not None:
         tail = Position(rec.active, rec.offset)
-        tail_path = str(await loop.run_in_executor(None, store.write_replica_partial, rec.active, rec.offset))
-    replica_names: set[str] | None = None
-    if copy.replayer.settings.mode == "directory":
-        replica_names = set(os.listdir(store.replica)) if store.replica.exists() else set()
+        tail_path = str(await loop.run_in_executor(None, leave_tail, store, rec.active, rec.offset))
+    replica_names = copy.replayer.target.replica_names()
     missing = missing_after_activation(copy.installed, copy.replayer.replayed, replica_names, acked, acked_sealed, tail)
     report: dict[str, Any] = {
         "stream": copy.name,
         "epoch": copy.epoch,
-        "previous_epoch": state["activated"].get("previous_epoch"),
+        "previous_epoch": state.activated.previous_epoch if state.activated is not None else None,
         "already_activated": already,
         "replay_mode": copy.replayer.settings.mode,
         "replica": str(store.replica),
         "last_replayed": copy.replayed_position.segment or None,
         "last_replayed_position": str(copy.replayed_position),
-        "replay_result": "complete" if isinstance(result, Idle) else (state.get("replay_failed") or repr(result)),
+        "replay_result": "complete" if isinstance(result, Idle) else (state.replay_failed or repr(result)),
         "unsealed_tail_segment": tail.segment if tail else None,
         "unsealed_tail_bytes": tail.offset if tail else 0,
         "unsealed_tail_path": tail_path,
@@ -129,6 +126,26 @@ async def activate(
             log.info("stream %s: on-activate hook exited %d", copy.name, rc)
     report["ok"] = not missing and report["hook_exit"] in (None, 0)
     return report
+
+
+def leave_tail(store: SegmentStore, segment: str, size: int) -> Path:
+    """Copy the first ``size`` verified bytes of the partial ``segment`` to replica/<segment>.partial."""
+    store.replica.mkdir(exist_ok=True)
+    dest = store.replica / f"{segment}.partial"
+    tmp = store.replica / f".{segment}.partial.tmp"
+    with open(store.partial_path(segment), "rb") as f, open(tmp, "wb") as out:
+        left = size
+        while left:
+            block = f.read(min(READ_BLOCK, left))
+            if not block:
+                raise OSError(f"{segment}.partial is shorter than its {size} verified bytes")
+            out.write(block)
+            left -= len(block)
+        out.flush()
+        os.fsync(out.fileno())
+    os.replace(tmp, dest)
+    fsync_dir(store.replica)
+    return dest
 
 
 def render_report(report: dict[str, Any]) -> str:

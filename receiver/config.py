@@ -26,19 +26,52 @@ Flags given on the command line win over the file.
 from __future__ import annotations
 
 import argparse
+import socket
 import ssl
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from logship.config import ConfigError, check_key_file, parse_address, parse_duration, parse_size, read_secret
-from logship.tls import server_tls_context
-from protocol.framing import DEFAULT_MAX_PAYLOAD
+from protocol.limits import DEFAULT_MAX_PAYLOAD
 from protocol.names import STREAM_NAME
-from receiver.replayer import REPLAY_MODES, ReplaySettings
 
+REPLAY_MODES = ("directory", "command")
 REPLAY_KEYS = ("replay", "replay_command", "inspect_cmd", "replay_lag", "replay_retries", "replay_backoff")
+
+
+@dataclass(frozen=True, slots=True)
+class ReplaySettings:
+    """How one stream is replayed."""
+
+    mode: str = "directory"
+    """``directory``: copy each segment into DIR/<stream>/replica/; ``command``: run ``command`` per segment."""
+    command: str | None = None
+    """For ``command`` mode: a shell command with {path}, {name}, {stream} placeholders; non-zero exit fails."""
+    inspect_cmd: str | None = None
+    """Optional inspector run before replay with the segment's path (or the same placeholders); non-zero vetoes."""
+    lag: float = 0.0
+    """Seconds a segment must have been installed before it is replayed (activation ignores it)."""
+    retries: int = 3
+    """Retries of a failing segment before the replay is marked Failed."""
+    backoff: float = 1.0
+    """Seconds before the first retry; doubled for each further one."""
+    command_timeout: float = 600.0
+    """Seconds an inspector or replay command may run before it counts as failed."""
+
+
+@dataclass(frozen=True, slots=True)
+class TlsFiles:
+    """The receiver's TLS material, checked but not loaded (the daemon builds its context from it)."""
+
+    cert: Path
+    """The receiver's certificate (PEM; may hold the key too)."""
+    key: Path
+    """Its private key (the certificate file itself when the key is in it)."""
+    ca: Path | None = None
+    """With a CA, every shipper must present a client certificate it signed."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,7 +116,7 @@ class ReceiverSettings:
     """Seconds a new connection has to finish TLS and prove a stream's secret."""
     max_unauthenticated: int = 64
     """Connections still in their handshake, at most; more are closed at once."""
-    tls: ssl.SSLContext | None = None
+    tls: TlsFiles | None = None
     """TLS for every connection; None: plain TCP."""
 
     def secret_for(self, stream: str) -> bytes | None:
@@ -92,6 +125,33 @@ class ReceiverSettings:
         if own is not None and own.secret is not None:
             return own.secret
         return self.default_secret
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    """Settings of one running receiver server, as the daemon wires them."""
+
+    data_dir: Path
+    """Root of the copies: DIR/<stream>/log, incoming, quarantine, state.json."""
+    secret_for: Callable[[str], bytes | None]
+    """The shared secret of a stream, or None if this receiver does not serve it."""
+    node: str = socket.gethostname()
+    """Our name in the handshake and in logs."""
+    max_payload: int = DEFAULT_MAX_PAYLOAD
+    """Largest DATA payload accepted, in bytes."""
+    handshake_timeout: float = 10.0
+    """Seconds a new connection has to prove itself."""
+    idle_timeout: float = 60.0
+    """Seconds of silence after which a shipper is dropped (shippers heartbeat every few seconds)."""
+    max_pending: int = 32 * 1024 * 1024
+    """Bytes accepted but not yet durable per stream before we stop reading from its connection."""
+    replay_for: Callable[[str], ReplaySettings] = lambda stream: ReplaySettings()
+    """How each stream is replayed into its standby replica."""
+    max_unauthenticated: int = 64
+    """Connections still in their handshake, at most; more are closed at once, so that a flood of
+    silent or hostile peers cannot exhaust memory or file descriptors while real shippers wait."""
+    tls: ssl.SSLContext | None = None
+    """TLS for every connection (client certificates required if it has a CA); None: plain TCP."""
 
 
 def _table(value: Any, where: str) -> dict[str, Any]:
@@ -139,6 +199,28 @@ def replay_settings(values: dict[str, Any], base: ReplaySettings, where: str) ->
         backoff=backoff,
         command_timeout=base.command_timeout,
     )
+
+
+def add_replay_flags(p: argparse.ArgumentParser) -> None:
+    """Add the replay flags (of the daemon, and of ``activate`` when no receiver runs) to ``p``."""
+    g = p.add_argument_group("replay (defaults for every stream; per-stream tables in --config override them)")
+    g.add_argument(
+        "--replay",
+        choices=REPLAY_MODES,
+        help="directory (default): install replayed segments into DIR/<stream>/replica/; command: run "
+        "--replay-command per segment",
+    )
+    g.add_argument(
+        "--replay-command", metavar="CMD", help="shell command run per segment in log order; {path} {name} {stream}"
+    )
+    g.add_argument(
+        "--inspect-cmd", metavar="CMD", help="inspector run before replay with the segment's path; non-zero vetoes"
+    )
+    g.add_argument(
+        "--replay-lag", metavar="DURATION", help="replay only segments installed this long ago: 0 (default), 90s, 24h"
+    )
+    g.add_argument("--replay-retries", type=int, metavar="N", help="retries of a failing segment (default 3)")
+    g.add_argument("--replay-backoff", metavar="DURATION", help="pause before the first retry, doubled after (1s)")
 
 
 def replay_flags(args: argparse.Namespace) -> dict[str, Any]:
@@ -245,10 +327,10 @@ def _flag_or(args: argparse.Namespace, doc: dict[str, Any], key: str, default: f
         raise ConfigError(f"{key} must be a number, not {value!r}") from None
 
 
-def _tls(args: argparse.Namespace, doc: dict[str, Any]) -> ssl.SSLContext | None:
-    """Build the TLS context from --tls-cert/--tls-key/--tls-ca (or the file); None without a certificate.
+def _tls(args: argparse.Namespace, doc: dict[str, Any]) -> TlsFiles | None:
+    """Return the TLS files of --tls-cert/--tls-key/--tls-ca (or the file); None without a certificate.
 
-    Raises ConfigError for a CA or key without a certificate, or a file that cannot be loaded.
+    Raises ConfigError for a CA or key without a certificate, or a key file others may read.
     """
     cert = getattr(args, "tls_cert", None) or doc.get("tls_cert")
     key = getattr(args, "tls_key", None) or doc.get("tls_key")
@@ -258,4 +340,4 @@ def _tls(args: argparse.Namespace, doc: dict[str, Any]) -> ssl.SSLContext | None
             raise ConfigError("TLS: --tls-key and --tls-ca need --tls-cert (the receiver's certificate)")
         return None
     key_path = check_key_file(str(key)) if key else check_key_file(str(cert))
-    return server_tls_context(Path(str(cert)), key_path, Path(str(ca)) if ca else None)
+    return TlsFiles(Path(str(cert)), key_path, Path(str(ca)) if ca else None)

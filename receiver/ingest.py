@@ -15,43 +15,9 @@ import xxhash
 from protocol.digest import EMPTY_DIGEST, chunk_digest, seal_digest, segment_hasher
 from protocol.errors import RemoteProtocolError
 from protocol.messages import Data, Position, Seal
+from receiver.ops import Install, Op, Restart, Write
 
 MAX_TRIES = 3
-
-
-@dataclass(frozen=True, slots=True)
-class Write:
-    """Append ``payload`` at ``offset`` of the partial ``segment`` (creating it at offset 0)."""
-
-    segment: str
-    offset: int
-    payload: bytes = field(repr=False)
-    digest: int
-
-
-@dataclass(frozen=True, slots=True)
-class Install:
-    """The partial ``segment`` is complete and verified at ``size``: move it into log/.
-
-    ``digest`` (xxh3_128) and ``prev`` (the sealed segment before it, "" for none) go into the
-    manifest, so replay can re-verify the segment and check that the log has no gap.
-    """
-
-    segment: str
-    size: int
-    digest: bytes = b""
-    prev: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class Restart:
-    """The partial ``segment`` failed its whole-segment digest: quarantine it, start it again empty."""
-
-    segment: str
-    reason: str
-
-
-Op = Write | Install | Restart
 
 
 class Verdict(enum.Enum):

@@ -8,9 +8,10 @@ retried a bounded number of times with back-off; then the replay is marked Faile
 persisted in state.json, and stays stopped at that segment until an operator resumes it. Nothing is
 ever skipped; a segment whose bytes went bad is moved to quarantine/, not deleted.
 
-``next_to_replay()``, ``retry_delay()``, ``replay_queue()`` and ``expand_command()`` are the pure
-decisions; ``Replayer.step()`` does one unit of work (tests drive it directly) and ``Replayer.run()``
-loops over it, woken through an ``asyncio.Event`` when a segment is installed or an operator acts.
+``next_to_replay()``, ``retry_delay()`` and ``replay_queue()`` are the pure decisions; where a segment
+goes is its ``ReplayTarget`` (receiver/targets.py). ``Replayer.step()`` does one unit of work (tests
+drive it directly) and ``Replayer.run()`` loops over it, woken through an ``asyncio.Event`` when a
+segment is installed or an operator acts.
 """
 
 from __future__ import annotations
@@ -18,42 +19,29 @@ from __future__ import annotations
 import asyncio
 import bisect
 import logging
-import os
-import shlex
-import subprocess
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-from receiver.store import Installed, ReplicaError
-
-if TYPE_CHECKING:
-    from receiver.server import StreamCopy
+from receiver.config import ReplaySettings
+from receiver.manifest import Installed
+from receiver.state import CopyState
+from receiver.store import ReplicaError, SegmentStore
+from receiver.targets import expand_command, replay_target, run_command, segment_env
 
 log = logging.getLogger("receiver")
 
-REPLAY_MODES = ("directory", "command")
 
+class ReplayedCopy(Protocol):
+    """What a replayer needs of its stream's copy (receiver/copy.py's ``StreamCopy``)."""
 
-@dataclass(frozen=True, slots=True)
-class ReplaySettings:
-    """How one stream is replayed."""
+    name: str
+    store: SegmentStore
+    state: CopyState
+    installed: list[Installed]
 
-    mode: str = "directory"
-    """``directory``: copy each segment into DIR/<stream>/replica/; ``command``: run ``command`` per segment."""
-    command: str | None = None
-    """For ``command`` mode: a shell command with {path}, {name}, {stream} placeholders; non-zero exit fails."""
-    inspect_cmd: str | None = None
-    """Optional inspector run before replay with the segment's path (or the same placeholders); non-zero vetoes."""
-    lag: float = 0.0
-    """Seconds a segment must have been installed before it is replayed (activation ignores it)."""
-    retries: int = 3
-    """Retries of a failing segment before the replay is marked Failed."""
-    backoff: float = 1.0
-    """Seconds before the first retry; doubled for each further one."""
-    command_timeout: float = 600.0
-    """Seconds an inspector or replay command may run before it counts as failed."""
+    async def save_state(self) -> None: ...
 
 
 # -- decisions (pure) ---------------------------------------------------------------------------
@@ -119,37 +107,6 @@ def replay_queue(log: Sequence[Installed], replayed: str) -> tuple[int, int, flo
     return len(waiting), sum(r.size for r in waiting), (waiting[0].at if waiting else None)
 
 
-def expand_command(template: str, path: str, name: str, stream: str, append_path: bool = False) -> str:
-    """Fill {path}, {name}, {stream} with shell-quoted values; with ``append_path`` and no placeholder, add the path.
-
-    Other braces are left alone, so shell syntax such as ``${VAR}`` survives.
-    """
-    values = {"{path}": path, "{name}": name, "{stream}": stream}
-    if append_path and not any(key in template for key in values):
-        return f"{template} {shlex.quote(path)}"
-    for key, value in values.items():
-        template = template.replace(key, shlex.quote(value))
-    return template
-
-
-def run_command(command: str, timeout: float, env: dict[str, str]) -> tuple[int, str]:
-    """Run ``command`` with /bin/sh; return its exit status and the tail of its output (-1 on timeout)."""
-    try:
-        done = subprocess.run(
-            ["/bin/sh", "-c", command],
-            capture_output=True,
-            timeout=timeout,
-            env={**os.environ, **env},
-            stdin=subprocess.DEVNULL,
-        )
-    except subprocess.TimeoutExpired:
-        return -1, f"timed out after {timeout:g}s"
-    except OSError as e:
-        return 127, str(e)
-    text = (done.stdout + done.stderr).decode(errors="replace").strip()
-    return done.returncode, text[-500:]
-
-
 # -- the loop -----------------------------------------------------------------------------------
 
 
@@ -176,13 +133,14 @@ class Replayer:
 
     def __init__(
         self,
-        copy: StreamCopy,
+        copy: ReplayedCopy,
         settings: ReplaySettings,
         on_replayed: Callable[[], None] | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.copy = copy
         self.settings = settings
+        self.target = replay_target(settings, copy.store, copy.name)
         self.on_replayed = on_replayed
         self.clock = clock
         self.wake = asyncio.Event()
@@ -194,7 +152,7 @@ class Replayer:
 
     @property
     def replayed(self) -> str:
-        return str(self.copy.state.get("replayed") or "")
+        return self.copy.state.replayed or ""
 
     def start(self) -> None:
         self._task = asyncio.create_task(self.run(), name=f"replay-{self.copy.name}")
@@ -254,9 +212,9 @@ class Replayer:
 
     async def _step(self) -> StepResult:
         state = self.copy.state
-        if state.get("replay_failed"):
+        if state.replay_failed:
             return Stopped("failed")
-        if state.get("suspended") and not self.override:
+        if state.suspended and not self.override:
             return Stopped("suspended")
         lag = 0.0 if self.override else self.settings.lag
         decision = next_to_replay(self.copy.installed, self.replayed, self.clock(), lag)
@@ -269,11 +227,11 @@ class Replayer:
         loop = asyncio.get_running_loop()
         try:
             await loop.run_in_executor(None, self._inspect, record)
-            state["inspected"], state["inspected_at"] = record.name, self.clock()
-            await loop.run_in_executor(None, self._apply, record)
+            state.inspected_ok(record.name, self.clock())
+            await loop.run_in_executor(None, self.target.apply, record)
         except ReplicaError as e:
             self.failures += 1
-            state["last_error"] = str(e)
+            state.replay_retrying(str(e))
             delay = retry_delay(self.failures, self.settings.retries, self.settings.backoff)
             if delay is None:
                 quarantined = None
@@ -297,7 +255,7 @@ class Replayer:
             )
             return Retry(delay, str(e))
         self.failures = 0
-        state.update(replayed=record.name, replayed_size=record.size, replayed_at=self.clock(), last_error=None)
+        state.replayed_up_to(record.name, record.size, self.clock())
         await self.copy.save_state()
         log.info("stream %s: replayed %s (%d bytes)", self.copy.name, record.name, record.size)
         if self.on_replayed is not None:
@@ -306,13 +264,9 @@ class Replayer:
 
     async def _fail(self, reason: str) -> None:
         self.failures = 0
-        self.copy.state["replay_failed"] = reason
-        self.copy.state["replay_failed_at"] = self.clock()
+        self.copy.state.fail_replay(reason, self.clock())
         await self.copy.save_state()
         log.error("stream %s: replay Failed and stopped: %s", self.copy.name, reason)
-
-    def _env(self, record: Installed, path: str) -> dict[str, str]:
-        return {"LOGSHIP_STREAM": self.copy.name, "LOGSHIP_SEGMENT": record.name, "LOGSHIP_PATH": path}
 
     def _inspect(self, record: Installed) -> None:
         """Re-verify the segment from log/ and run the inspector (blocking; worker thread)."""
@@ -324,23 +278,7 @@ class Replayer:
             rc, out = run_command(
                 expand_command(cmd, path, record.name, self.copy.name, append_path=True),
                 self.settings.command_timeout,
-                self._env(record, path),
+                segment_env(self.copy.name, record, path),
             )
             if rc != 0:
                 raise ReplicaError(f"inspector vetoed {record.name} (exit {rc}): {out or 'no output'}")
-
-    def _apply(self, record: Installed) -> None:
-        """Replay one inspected segment (blocking; worker thread)."""
-        store = self.copy.store
-        if self.settings.mode == "directory":
-            store.install_replica(record)
-            return
-        assert self.settings.command, "command mode needs a replay command"
-        path = str(store.log_dir / record.name)
-        rc, out = run_command(
-            expand_command(self.settings.command, path, record.name, self.copy.name),
-            self.settings.command_timeout,
-            self._env(record, path),
-        )
-        if rc != 0:
-            raise ReplicaError(f"replay command failed on {record.name} (exit {rc}): {out or 'no output'}")

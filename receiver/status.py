@@ -9,8 +9,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from receiver.manifest import Installed
 from receiver.replayer import replay_queue
-from receiver.store import Installed
+from receiver.state import CopyState, Role
 
 COLUMNS = [
     ("stream", "stream"),
@@ -24,13 +25,13 @@ COLUMNS = [
 ]
 
 
-def copy_state(state: dict[str, Any], attached: bool | None, attached_once: bool = False) -> str:
+def copy_state(state: CopyState, attached: bool | None, attached_once: bool = False) -> str:
     """Name the state of a copy; ``attached`` None means no receiver runs (read from disk)."""
-    if state.get("activated"):
+    if state.role is Role.ACTIVATED:
         return "Activated"
-    if state.get("failed") or state.get("replay_failed"):
+    if state.role is Role.FAILED or state.replay_failed:
         return "Failed"
-    if state.get("suspended"):
+    if state.suspended:
         return "Suspended"
     if attached:
         return "Healthy"
@@ -41,7 +42,7 @@ def copy_state(state: dict[str, Any], attached: bool | None, attached_once: bool
 
 def copy_row(
     stream: str,
-    state: dict[str, Any],
+    state: CopyState,
     installed: Sequence[Installed],
     now: float,
     attached: bool | None,
@@ -49,34 +50,34 @@ def copy_row(
     replay_lag: float | None = None,
 ) -> dict[str, Any]:
     """Build one status row in the shape admin/ expects (see COORD: status shape)."""
-    replayed = str(state.get("replayed") or "")
+    replayed = state.replayed or ""
     segments, nbytes, oldest = replay_queue(installed, replayed)
     last = installed[-1] if installed else None
-    failure = state.get("failed") or state.get("replay_failed")
+    failure = state.failed or state.replay_failed
     row: dict[str, Any] = {
         "stream": stream,
         "state": copy_state(state, attached, attached_once),
-        "epoch": int(state.get("epoch", 0)),
+        "epoch": state.epoch,
         "copy_queue_segments": None,
         "copy_queue_bytes": None,
         "replay_queue_segments": segments,
         "replay_queue_bytes": nbytes,
         "last_copied": last.name if last else None,
         "last_copied_at": last.at if last else None,
-        "last_inspected": state.get("inspected"),
-        "last_inspected_at": state.get("inspected_at"),
+        "last_inspected": state.inspected,
+        "last_inspected_at": state.inspected_at,
         "last_replayed": replayed or None,
-        "last_replayed_at": state.get("replayed_at"),
+        "last_replayed_at": state.replayed_at,
         "lag_seconds": round(now - oldest, 3) if oldest is not None else 0.0,
         "failure": failure,
-        "suspended": bool(state.get("suspended")),
-        "comment": state.get("comment"),
-        "retrying": state.get("last_error"),
+        "suspended": state.suspended,
+        "comment": state.comment,
+        "retrying": state.last_error,
     }
     if replay_lag is not None:
         row["replay_lag_seconds"] = replay_lag
-    if state.get("activated"):
-        row["activated_at"] = state["activated"].get("at")
+    if state.activated is not None:
+        row["activated_at"] = state.activated.at
     return row
 
 

@@ -10,9 +10,9 @@ Layout under the stream directory:
   manifest                   one JSON line per installed segment: name, size, xxh3_128, the sealed
                              segment before it, install time (appended and fsynced before the rename
                              into log/), so replay can re-verify, check continuity and apply its lag
-  replica/                   the replayed log (directory replayer), plus <segment>.partial after activation
-  state.json                 epoch, failure, replay and suspension state, written temp + fsync + rename
-                             + fsync dir
+  replica/                   the replayed log (written by the directory target, receiver/targets.py),
+                             plus <segment>.partial after activation (receiver/activation.py)
+  state.json                 epoch, failure, replay and suspension state (receiver/state.py)
 
 Methods here block (they write and fsync); the server calls them from a worker thread.
 """
@@ -20,49 +20,22 @@ Methods here block (they write and fsync); the server calls them from a worker t
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import struct
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import xxhash
 
-from logship.files import fsync_dir, write_atomic
+from logship.files import fsync_dir
 from protocol.digest import chunk_digest, segment_hasher
-from receiver.ingest import Install, Op, Restart, Write
+from receiver.manifest import Installed, parse_manifest
+from receiver.ops import Install, Op, Restart, Write
 
 _IDX = struct.Struct(">QIQ")
-_READ = 4 * 1024 * 1024
-
-
-@dataclass(frozen=True, slots=True)
-class Installed:
-    """A manifest record: a segment that entered log/, verified."""
-
-    name: str
-    size: int
-    digest: bytes
-    """xxh3_128 of the whole segment, as the shipper sent it and the receiver checked it."""
-    prev: str
-    """The sealed segment before it when it was installed ("" if none): the chain replay checks."""
-    at: float
-    """Wall-clock time of the install (the replay lag counts from it)."""
-
-    def to_line(self) -> bytes:
-        record = {"seg": self.name, "size": self.size, "xxh": self.digest.hex(), "prev": self.prev, "at": self.at}
-        return json.dumps(record, sort_keys=True).encode() + b"\n"
-
-    @classmethod
-    def from_line(cls, line: bytes) -> Installed | None:
-        """Parse one manifest line; None for a torn or unreadable one."""
-        try:
-            r = json.loads(line)
-            return cls(str(r["seg"]), int(r["size"]), bytes.fromhex(r["xxh"]), str(r["prev"]), float(r["at"]))
-        except (ValueError, KeyError, TypeError):
-            return None
+READ_BLOCK = 4 * 1024 * 1024
+"""Bytes read per call when a segment is re-read (verification, replay, activation)."""
 
 
 class ReplicaError(Exception):
@@ -122,20 +95,6 @@ class SegmentStore:
         self._pending = PendingSync([])
         self.installed: list[Installed] = []
         """Manifest records of installs made by apply() since the caller last took them."""
-
-    # -- state --------------------------------------------------------------------------------
-
-    def load_state(self) -> dict[str, Any]:
-        try:
-            state = json.loads(self.state_path.read_text())
-        except FileNotFoundError:
-            return {"epoch": 0, "failed": None}
-        if not isinstance(state, dict):
-            raise ValueError(f"{self.state_path} is not a JSON object")
-        return state
-
-    def save_state(self, state: dict[str, Any]) -> None:
-        write_atomic(self.state_path, json.dumps(state, sort_keys=True, indent=1).encode())
 
     # -- reading ------------------------------------------------------------------------------
 
@@ -348,19 +307,14 @@ class SegmentStore:
             data = self.manifest_path.read_bytes()
         except FileNotFoundError:
             return []
-        by_name: dict[str, Installed] = {}
-        for line in data.splitlines():
-            record = Installed.from_line(line)
-            if record is not None:
-                by_name[record.name] = record
-        return [by_name[name] for name in sorted(by_name)]
+        return parse_manifest(data)
 
     def close_manifest(self) -> None:
         if self._manifest_fd >= 0:
             os.close(self._manifest_fd)
             self._manifest_fd = -1
 
-    # -- replay verbs -------------------------------------------------------------------------
+    # -- replay and quarantine verbs -------------------------------------------------------------------------
 
     def verify_sealed(self, record: Installed) -> None:
         """Read log/<segment> again and check its size and xxh3_128 against the manifest.
@@ -372,7 +326,7 @@ class SegmentStore:
         size = 0
         try:
             with open(path, "rb") as f:
-                while block := f.read(_READ):
+                while block := f.read(READ_BLOCK):
                     hasher.update(block)
                     size += len(block)
         except FileNotFoundError:
@@ -383,53 +337,6 @@ class SegmentStore:
             raise ReplicaError(f"{record.name}: {size} bytes in log/, {record.size} recorded at install", corrupt=True)
         if hasher.digest() != record.digest:
             raise ReplicaError(f"{record.name}: xxh3_128 differs from the one recorded at install", corrupt=True)
-
-    def install_replica(self, record: Installed) -> None:
-        """Copy log/<segment> into replica/ atomically: temp, fsync, digest check, rename, fsync dir.
-
-        Raises ReplicaError.
-        """
-        self.replica.mkdir(exist_ok=True)
-        src = self.log_dir / record.name
-        tmp = self.replica / f".{record.name}.tmp"
-        hasher = segment_hasher()
-        try:
-            with open(src, "rb") as f, open(tmp, "wb") as out:
-                while block := f.read(_READ):
-                    hasher.update(block)
-                    out.write(block)
-                out.flush()
-                os.fsync(out.fileno())
-            if hasher.digest() != record.digest:
-                tmp.unlink()
-                raise ReplicaError(f"{record.name}: changed in log/ while it was replayed", corrupt=True)
-            os.replace(tmp, self.replica / record.name)
-            fsync_dir(self.replica)
-        except FileNotFoundError:
-            raise ReplicaError(f"{record.name} is missing from log/") from None
-        except OSError as e:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
-            raise ReplicaError(f"{record.name}: cannot install into replica/: {e.strerror}") from None
-
-    def write_replica_partial(self, segment: str, size: int) -> Path:
-        """Copy the first ``size`` verified bytes of the partial ``segment`` to replica/<segment>.partial."""
-        self.replica.mkdir(exist_ok=True)
-        dest = self.replica / f"{segment}.partial"
-        tmp = self.replica / f".{segment}.partial.tmp"
-        with open(self.partial_path(segment), "rb") as f, open(tmp, "wb") as out:
-            left = size
-            while left:
-                block = f.read(min(_READ, left))
-                if not block:
-                    raise OSError(f"{segment}.partial is shorter than its {size} verified bytes")
-                out.write(block)
-                left -= len(block)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, dest)
-        fsync_dir(self.replica)
-        return dest
 
     def quarantine_sealed(self, segment: str, reason: str) -> Path | None:
         """Move log/<segment> to quarantine/ with a .reason file beside it (bad data is kept, never deleted)."""

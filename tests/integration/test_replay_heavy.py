@@ -13,9 +13,10 @@ import pytest
 
 from logship.files import fsync_dir
 from protocol.digest import chunk_digest, segment_digest
-from receiver.ingest import Install, Write
-from receiver.replayer import Idle, ReplaySettings
-from receiver.server import StreamCopy
+from receiver.config import ReplaySettings
+from receiver.copy import StreamCopy
+from receiver.ops import Install, Write
+from receiver.replayer import Idle
 from receiver.store import SegmentStore
 
 pytestmark = pytest.mark.skipif(os.environ.get("LOGSHIP_HEAVY") != "1", reason="heavy: set LOGSHIP_HEAVY=1")

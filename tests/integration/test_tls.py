@@ -15,6 +15,7 @@ import pytest
 import trustme
 
 from logship.config import ConfigError
+from receiver.__main__ import tls_context
 from receiver.config import settings_from_args
 from tests.harness import (
     Proc,
@@ -147,10 +148,14 @@ def test_tls_setting_errors(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="chmod 600"):
         settings_from_args(_receiver_args(tmp_path, secret, "--tls-cert", str(pem)))
     pem.chmod(0o600)
+    # The settings name the files; the daemon loads them (before it touches the data dir).
     with pytest.raises(ConfigError, match="cannot"):
-        settings_from_args(_receiver_args(tmp_path, secret, "--tls-cert", str(ca_pem), "--tls-key", str(secret)))
+        tls_context(
+            settings_from_args(_receiver_args(tmp_path, secret, "--tls-cert", str(ca_pem), "--tls-key", str(secret)))
+        )
     ok = settings_from_args(_receiver_args(tmp_path, secret, "--tls-cert", str(pem), "--tls-ca", str(ca_pem)))
     assert ok.tls is not None
+    assert tls_context(ok) is not None
 
 
 async def test_silent_peers_of_a_tls_receiver_are_dropped_and_others_served(tmp_path: Path) -> None:

@@ -9,8 +9,8 @@ import threading
 from typing import Any
 
 from protocol.messages import Position
-from receiver.ingest import Op, Write
-from receiver.server import Attachment
+from receiver.committer import Attachment
+from receiver.ops import Op, Write
 
 
 class _SlowStore:

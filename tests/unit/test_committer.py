@@ -9,9 +9,12 @@ from typing import Any
 
 from protocol.digest import chunk_digest
 from protocol.messages import Ack, Position
-from receiver.ingest import Ingest, Op, Write
-from receiver.server import Attachment, StreamCopy
-from receiver.store import Installed, PendingSync, SegmentStore
+from receiver.committer import Attachment
+from receiver.copy import StreamCopy
+from receiver.ingest import Ingest
+from receiver.manifest import Installed
+from receiver.ops import Op, Write
+from receiver.store import PendingSync, SegmentStore
 
 
 class _Conn:

@@ -13,7 +13,8 @@ from hypothesis import strategies as st
 from protocol.digest import chunk_digest, seal_digest, segment_digest
 from protocol.errors import RemoteProtocolError
 from protocol.messages import Data, Position, Seal
-from receiver.ingest import MAX_TRIES, Ingest, Install, Op, Outcome, Restart, Verdict, Write
+from receiver.ingest import MAX_TRIES, Ingest, Outcome, Verdict
+from receiver.ops import Install, Op, Restart, Write
 
 STREAM = "db1"
 S1 = "E00000001.log"

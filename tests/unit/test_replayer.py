@@ -15,24 +15,15 @@ from logship.config import ConfigError, parse_duration
 from protocol.digest import chunk_digest, segment_digest
 from protocol.messages import Position
 from receiver.activation import missing_after_activation
-from receiver.config import replay_from_doc
-from receiver.ingest import Install, Write
-from receiver.replayer import (
-    Gap,
-    Hold,
-    Idle,
-    Replay,
-    ReplaySettings,
-    Retry,
-    Stopped,
-    expand_command,
-    next_to_replay,
-    replay_queue,
-    retry_delay,
-)
-from receiver.server import StreamCopy
+from receiver.config import ReplaySettings, replay_from_doc
+from receiver.copy import StreamCopy
+from receiver.manifest import Installed
+from receiver.ops import Install, Write
+from receiver.replayer import Gap, Hold, Idle, Replay, Retry, Stopped, next_to_replay, replay_queue, retry_delay
+from receiver.state import CopyState
 from receiver.status import copy_row, copy_state, render_rows
-from receiver.store import Installed, SegmentStore
+from receiver.store import SegmentStore
+from receiver.targets import expand_command
 
 S1, S2, S3, S4 = (f"E0000000{i}.log" for i in range(1, 5))
 
@@ -112,18 +103,20 @@ def test_replay_settings_flags_then_file_then_per_stream() -> None:
 
 
 def test_copy_state_names() -> None:
-    assert copy_state({"activated": {"epoch": 1}, "suspended": True}, True) == "Activated"
-    assert copy_state({"replay_failed": "x"}, True) == "Failed"
-    assert copy_state({"failed": "x"}, False) == "Failed"
-    assert copy_state({"suspended": True}, True) == "Suspended"
-    assert copy_state({}, True) == "Healthy"
-    assert copy_state({}, False, attached_once=True) == "Disconnected"
-    assert copy_state({}, False) == "Initializing"
-    assert copy_state({}, None) == "Disconnected"
+    assert copy_state(CopyState.from_json({"activated": {"epoch": 1}, "suspended": True}), True) == "Activated"
+    assert copy_state(CopyState.from_json({"replay_failed": "x"}), True) == "Failed"
+    assert copy_state(CopyState.from_json({"failed": "x"}), False) == "Failed"
+    assert copy_state(CopyState.from_json({"suspended": True}), True) == "Suspended"
+    assert copy_state(CopyState.from_json({}), True) == "Healthy"
+    assert copy_state(CopyState.from_json({}), False, attached_once=True) == "Disconnected"
+    assert copy_state(CopyState.from_json({}), False) == "Initializing"
+    assert copy_state(CopyState.from_json({}), None) == "Disconnected"
 
 
 def test_copy_row_and_table() -> None:
-    state = {"epoch": 2, "replayed": S1, "replayed_at": 105.0, "suspended": True, "comment": "backup"}
+    state = CopyState.from_json(
+        {"epoch": 2, "replayed": S1, "replayed_at": 105.0, "suspended": True, "comment": "backup"}
+    )
     row = copy_row("db1", state, LOG, 130.0, True, replay_lag=60.0)
     assert row["state"] == "Suspended"
     assert (row["replay_queue_segments"], row["replay_queue_bytes"]) == (2, 40)
@@ -199,7 +192,7 @@ async def test_step_replays_in_order_with_lag_and_persists(store: SegmentStore) 
     clock.now += 1000
     assert await copy.replayer.step() == Stopped("suspended")
     again = StreamCopy("db1", store, ReplaySettings())
-    assert again.state["suspended"] and again.state["comment"] == "testing"
+    assert again.state.suspended and again.state.comment == "testing"
     assert [r.name for r in again.installed] == [S1, S2, S3]
     await again.resume(None)
     assert isinstance(await again.replayer.step(), Replay)
@@ -218,7 +211,7 @@ async def test_corrupt_segment_is_retried_then_failed_and_quarantined(store: Seg
     assert isinstance(r1, Retry) and r1.delay == 0.5 and "xxh3_128" in r1.reason
     assert isinstance(r2, Retry) and r2.delay == 1.0
     assert r3 == Stopped("failed")
-    assert "xxh3_128 differs" in copy.state["replay_failed"] and "3 attempts" in copy.state["replay_failed"]
+    assert "xxh3_128 differs" in copy.state.replay_failed and "3 attempts" in copy.state.replay_failed
     assert not (store.replica / S2).exists()
     assert not (store.log_dir / S2).exists()
     kept = [p for p in store.quarantine.iterdir() if p.name.startswith(S2) and not p.name.endswith(".reason")]
@@ -226,7 +219,7 @@ async def test_corrupt_segment_is_retried_then_failed_and_quarantined(store: Seg
     # Never skipped: a later segment does not move replay past the failed one.
     install(store, copy, S3, b"c" * 10, S2)
     assert await copy.replayer.step() == Stopped("failed")
-    assert json.loads(store.state_path.read_text())["replay_failed"] == copy.state["replay_failed"]
+    assert json.loads(store.state_path.read_text())["replay_failed"] == copy.state.replay_failed
 
 
 async def test_inspector_veto_and_command_replayer(store: SegmentStore, tmp_path: Path) -> None:
@@ -242,14 +235,14 @@ async def test_inspector_veto_and_command_replayer(store: SegmentStore, tmp_path
     install(store, copy, S2, b"2222", S1)
     (tmp_path / f"veto-{S1}").touch()
     assert await copy.replayer.step() == Stopped("failed")
-    assert "inspector vetoed" in copy.state["replay_failed"]
+    assert "inspector vetoed" in copy.state.replay_failed
     assert not out.exists()
     (tmp_path / f"veto-{S1}").unlink()
     await copy.resume(None)
     assert isinstance(await copy.replayer.step(), Replay)
     assert await copy.replayer.step() == Stopped("failed")
-    assert "replay command failed on " + S2 in copy.state["replay_failed"]
-    assert copy.state["replayed"] == S1
+    assert "replay command failed on " + S2 in copy.state.replay_failed
+    assert copy.state.replayed == S1
     assert (store.log_dir / S2).exists()  # a failing command is not bad data: nothing quarantined
 
 
@@ -269,7 +262,7 @@ async def test_segment_missing_from_log_is_retried_then_failed(store: SegmentSto
     r1 = await copy.replayer.step()
     assert isinstance(r1, Retry) and "missing from log/" in r1.reason
     assert await copy.replayer.step() == Stopped("failed")
-    assert "missing from log/" in copy.state["replay_failed"]
+    assert "missing from log/" in copy.state.replay_failed
     assert copy.replayed_position == Position("", 0)
 
 

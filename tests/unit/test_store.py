@@ -1,8 +1,7 @@
-"""SegmentStore: apply ops, recover after a crash (torn tails), quarantine, state files."""
+"""SegmentStore: apply ops, recover after a crash (torn tails), quarantine, crash-safe file writes."""
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import struct
@@ -14,7 +13,8 @@ import pytest
 from logship.files import write_atomic
 from protocol.digest import chunk_digest, seal_digest, segment_digest
 from protocol.messages import Data, Seal
-from receiver.ingest import Ingest, Install, Op, Restart, Verdict, Write
+from receiver.ingest import Ingest, Verdict
+from receiver.ops import Install, Op, Restart, Write
 from receiver.store import SegmentStore
 
 S1 = "E00000001.log"
@@ -248,28 +248,6 @@ def test_restart_quarantines_the_partial_with_a_reason(store: SegmentStore) -> N
 def test_restart_without_a_partial_is_harmless(store: SegmentStore) -> None:
     store.apply([Restart(S1, "nothing there")])
     assert quarantined(store) == []
-
-
-# -- state -----------------------------------------------------------------------------------
-
-
-def test_load_state_defaults_when_missing(store: SegmentStore) -> None:
-    assert store.load_state() == {"epoch": 0, "failed": None}
-
-
-def test_state_round_trip(store: SegmentStore) -> None:
-    state = {"epoch": 7, "failed": "E1: chunk digest mismatch (3 times)", "extra": [1, 2]}
-    store.save_state(state)
-    assert store.load_state() == state
-    store.save_state({"epoch": 8, "failed": None})
-    assert store.load_state() == {"epoch": 8, "failed": None}
-    assert sorted(p.name for p in store.root.iterdir()) == ["incoming", "log", "quarantine", "state.json"]
-
-
-def test_load_state_rejects_a_non_object(store: SegmentStore) -> None:
-    store.state_path.write_text(json.dumps([1, 2]))
-    with pytest.raises(ValueError, match="not a JSON object"):
-        store.load_state()
 
 
 def test_write_atomic_replaces_and_leaves_no_temp_file(tmp_path: Path) -> None:

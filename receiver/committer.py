@@ -1,0 +1,210 @@
+"""Group commit of one attached stream: queued storage ops are written and fsynced in a worker thread,
+and acknowledged only once durable.
+
+Everything that piled up while the previous batch was being written goes into the next one; while one
+batch is being fdatasynced the next is already written. ``Attachment.submit()`` queues, the commit loop
+writes and syncs, ``detach()`` finishes the writes in hand.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Generic, Protocol, TypeVar
+
+from protocol.aio import FramedConnection
+from protocol.buffers import BufferPool
+from protocol.messages import START, Ack, Position
+from receiver.ingest import Ingest
+from receiver.manifest import Installed
+from receiver.ops import Install, Op, Restart, Write
+from receiver.store import SegmentStore
+
+log = logging.getLogger("receiver")
+
+
+class CommittedCopy(Protocol):
+    """What a committer needs of its stream's copy (receiver/copy.py's ``StreamCopy``)."""
+
+    name: str
+    store: SegmentStore
+
+    @property
+    def replayed_position(self) -> Position: ...
+
+    def on_installed(self, records: list[Installed]) -> None: ...
+
+
+C = TypeVar("C", bound=CommittedCopy)
+
+
+class _Batch:
+    """One batch of storage ops from its write to its ACK. A single trip to a worker thread writes it
+    (``written`` resolves then, with what was installed) and then syncs it (``synced``). Holds no
+    payload: the buffers go back to the pool as soon as the write copied them."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, store: SegmentStore, ops: list[Op]) -> None:
+        self.nbytes = 0
+        self.events: list[Install | Restart] = []
+        ack: tuple[Position, bool] | None = None
+        for op in ops:
+            if isinstance(op, Write):
+                self.nbytes += len(op.payload)
+                ack = Position(op.segment, op.offset + len(op.payload)), False
+            else:
+                self.events.append(op)
+                if isinstance(op, Install):
+                    ack = Position(op.segment, op.size), True
+        self.ack = ack if ack is not None else (START, False)
+        self.written: asyncio.Future[list[Installed]] = loop.create_future()
+        self.synced = loop.run_in_executor(None, self._run, loop, store, ops)
+        # Its failure is the written future's, reported there; do not warn about it a second time.
+        self.synced.add_done_callback(lambda f: f.cancelled() or f.exception())
+
+    def _run(self, loop: asyncio.AbstractEventLoop, store: SegmentStore, ops: list[Op]) -> None:
+        try:
+            pending, installed = store.write(ops)
+        except BaseException as e:
+            loop.call_soon_threadsafe(_settle, self.written, None, e)
+            raise
+        loop.call_soon_threadsafe(_settle, self.written, installed, None)
+        store.sync(pending)
+
+
+def _settle(fut: asyncio.Future[list[Installed]], result: list[Installed] | None, exc: BaseException | None) -> None:
+    if fut.done():
+        return
+    if exc is not None:
+        fut.set_exception(exc)
+    else:
+        assert result is not None
+        fut.set_result(result)
+
+
+class Attachment(Generic[C]):
+    """A stream attached to one connection: its ingest state and its committer task."""
+
+    def __init__(
+        self,
+        copy: C,
+        conn: FramedConnection,
+        ingest: Ingest,
+        durable: Position,
+        sealed: bool,
+        max_pending: int,
+        pool: BufferPool | None = None,
+    ) -> None:
+        self.copy = copy
+        self.pool = pool
+        self.conn = conn
+        self.ingest = ingest
+        self.acked = durable
+        self.acked_sealed = sealed
+        self.max_pending = max_pending
+        self.pending: list[Op] = []
+        self.pending_bytes = 0
+        self.wake = asyncio.Event()
+        self.room = asyncio.Event()
+        self.room.set()
+        self.closing = False
+        self.error: BaseException | None = None
+        self.task = asyncio.create_task(self._commit_loop(), name=f"commit-{copy.name}")
+
+    def submit(self, ops: list[Op]) -> None:
+        self.pending.extend(ops)
+        for op in ops:
+            if isinstance(op, Write):
+                self.pending_bytes += len(op.payload)
+        if self.pending_bytes >= self.max_pending:
+            self.room.clear()
+        self.wake.set()
+
+    async def _commit_loop(self) -> None:
+        # Two batches in the pipe: while one is being fdatasynced the next is already written (the
+        # sync makes durable at least what was written before it began). A batch is acknowledged only
+        # once its own sync and every earlier one returned. Each batch is one trip to a worker thread
+        # (write, then sync): a trickle of appends pays one thread hand-off each way, no more.
+        loop = asyncio.get_running_loop()
+        store = self.copy.store
+        syncing: _Batch | None = None
+        try:
+            while True:
+                self.wake.clear()
+                if self.pending:
+                    ops, self.pending = self.pending, []
+                    batch = _Batch(loop, store, ops)
+                    # Its sync ending wakes us like new work does: one event to wait on, no helper task.
+                    batch.synced.add_done_callback(lambda _: self.wake.set())
+                    try:
+                        installed = await batch.written
+                    except Exception:
+                        await asyncio.wait({batch.synced})
+                        raise
+                    # Only one write at a time: the store's open segment is the writer's state.
+                    self.copy.on_installed(installed)
+                    self._recycle(ops)
+                    if syncing is not None:
+                        await self._finish(syncing)
+                    syncing = batch
+                elif syncing is not None:
+                    if syncing.synced.done():
+                        batch, syncing = syncing, None
+                        await self._finish(batch)
+                    else:
+                        await self.wake.wait()
+                elif self.closing:
+                    # Once closing, never wait again: a detach() that came while a batch was being
+                    # written set the event only once.
+                    return
+                else:
+                    await self.wake.wait()
+        except Exception as e:
+            # Storage failed (or, never seen, a bug here): acknowledge nothing more and close, so the
+            # shipper reconnects and the copy is recovered from disk, instead of a silent stall.
+            self.error = e
+            log.error(
+                "stream %s: storage failed, acknowledging nothing more: %s",
+                self.copy.name,
+                e,
+                exc_info=not isinstance(e, OSError),
+            )
+            if syncing is not None:
+                # Let its descriptors be closed before anyone recovers the copy from disk.
+                await asyncio.wait({syncing.synced})
+            self.copy.store.close()
+            self.conn.writer.close()
+            self.room.set()
+
+    async def _finish(self, batch: _Batch) -> None:
+        await batch.synced
+        self.pending_bytes -= batch.nbytes
+        if self.pending_bytes < self.max_pending:
+            self.room.set()
+        for op in batch.events:
+            if isinstance(op, Install):
+                log.info("stream %s: sealed %s (%d bytes)", self.copy.name, op.segment, op.size)
+            else:
+                log.warning("stream %s: %s quarantined: %s", self.copy.name, op.segment, op.reason)
+        position, sealed = batch.ack
+        if (position, sealed) > (self.acked, self.acked_sealed):
+            self.acked, self.acked_sealed = position, sealed
+            if not self.conn.closing:
+                self.conn.send(Ack(self.copy.name, position, sealed, self.copy.replayed_position))
+
+    def _recycle(self, ops: list[Op]) -> None:
+        # The payloads are in the page cache (write() copied them) and the ops were their last holders
+        # (the frames that carried them were consumed by the ingest): the buffers can take new payloads.
+        if self.pool is None:
+            return
+        for op in ops:
+            if isinstance(op, Write) and isinstance(op.payload, bytearray):
+                self.pool.give(op.payload)
+
+    async def detach(self) -> None:
+        """Finish the writes in hand, make them durable, and stop."""
+        self.closing = True
+        self.wake.set()
+        with contextlib.suppress(Exception):
+            await self.task
+        self.copy.store.close()

@@ -1,0 +1,56 @@
+"""The operator's control handler of a running receiver: status, suspend, resume, activate."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from receiver.activation import activate
+from receiver.copy import StreamCopy
+from receiver.server import ReceiverServer
+
+log = logging.getLogger("receiver")
+
+
+class Control:
+    """Answer control-channel requests for ``server``."""
+
+    def __init__(self, server: ReceiverServer) -> None:
+        self.server = server
+
+    async def handle(self, request: dict[str, Any]) -> dict[str, Any]:
+        """Answer one control-channel request: status, suspend, resume, activate."""
+        server = self.server
+        op = request.get("op")
+        if op == "status":
+            return {"ok": True, **server.status()}
+        stream = request.get("stream")
+        if not isinstance(stream, str) or (stream not in server.known_streams() and stream not in server.copies):
+            return {"ok": False, "error": f"no copy of stream {stream!r} in {server.config.data_dir}"}
+        copy = server.copy(stream)
+        comment = request.get("comment")
+        if op == "suspend":
+            await copy.suspend(comment)
+            return {"ok": True, "row": copy.row(time.time())}
+        if op == "resume":
+            await copy.resume(comment)
+            return {"ok": True, "row": copy.row(time.time())}
+        if op == "activate":
+            return {"ok": True, "report": await self.activate(copy, request.get("on_activate"))}
+        return {"ok": False, "error": f"unknown op {op!r}"}
+
+    async def activate(self, copy: StreamCopy, on_activate: str | None) -> dict[str, Any]:
+        """Stop accepting the stream, wait for its writer to finish the writes in hand, and activate it."""
+        copy.activating = True
+        owner = copy.owner
+        if owner is not None:
+            log.warning("stream %s: activation: closing the connection from %s", copy.name, owner.conn.peer)
+            owner.conn.writer.close()
+        async with copy.lock:
+            # The session let go only after its writes in hand were durable: its last ACK is final now.
+            acked, acked_sealed = (owner.acked, owner.acked_sealed) if owner is not None else (None, False)
+            try:
+                return await activate(copy, on_activate, acked, acked_sealed)
+            finally:
+                copy.activating = False

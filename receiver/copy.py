@@ -1,0 +1,112 @@
+"""One stream's copy at this receiver: its store, persisted state, manifest records, replayer and writer.
+
+Used by the running server and, with no receiver running, by the operator commands on the data dir.
+Its state changes only through ``CopyState``'s transitions (receiver/state.py); this class persists
+them, one write at a time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+from logship.files import write_atomic
+from protocol.messages import Ack, Position
+from receiver.committer import Attachment
+from receiver.config import ReplaySettings
+from receiver.manifest import Installed
+from receiver.replayer import Replayer
+from receiver.state import load_state
+from receiver.status import copy_row
+from receiver.store import SegmentStore
+
+log = logging.getLogger("receiver")
+
+
+class StreamCopy:
+    """One stream's copy at this receiver: its store, persisted state, replayer, and current writer."""
+
+    def __init__(self, name: str, store: SegmentStore, replay: ReplaySettings | None = None) -> None:
+        self.name = name
+        self.store = store
+        self.state = load_state(store.state_path)
+        self.installed: list[Installed] = store.read_manifest()
+        self.installed_at = time.time()
+        self.lock = asyncio.Lock()
+        self.owner: Attachment[StreamCopy] | None = None
+        self.resends = 0
+        self.bytes_received = 0
+        self.attached_once = False
+        self.activating = False
+        """Set while an activation runs: new shippers are fenced from that moment on."""
+        self._save_lock = asyncio.Lock()
+        self.replayer = Replayer(self, replay or ReplaySettings(), on_replayed=self._on_replayed)
+
+    @property
+    def epoch(self) -> int:
+        return self.state.epoch
+
+    @property
+    def failed(self) -> str | None:
+        return self.state.failed
+
+    @property
+    def activated(self) -> bool:
+        return self.activating or self.state.activated is not None
+
+    @property
+    def replayed_position(self) -> Position:
+        return self.state.replayed_position
+
+    async def save_state(self) -> None:
+        # The replayer and the sessions both write state.json: one write at a time, newest state last.
+        async with self._save_lock:
+            data = self.state.to_bytes()
+            await asyncio.get_running_loop().run_in_executor(None, write_atomic, self.store.state_path, data)
+
+    def on_installed(self, records: list[Installed]) -> None:
+        """Take the manifest records of fresh installs and wake the replayer."""
+        if not records:
+            return
+        for record in records:
+            if self.installed and record.name <= self.installed[-1].name:
+                # A segment installed again (after a quarantine): the newest record wins.
+                self.installed = [r for r in self.installed if r.name != record.name]
+                self.installed.append(record)
+                self.installed.sort(key=lambda r: r.name)
+            else:
+                self.installed.append(record)
+        self.replayer.wake.set()
+
+    async def suspend(self, comment: str | None) -> None:
+        """Stop replaying this stream (persisted); copying goes on."""
+        self.state.suspend(time.time(), comment)
+        await self.save_state()
+        log.warning("stream %s: replay suspended%s", self.name, f": {comment}" if comment else "")
+
+    async def resume(self, comment: str | None) -> None:
+        """Replay again from where it stopped; clears a replay failure (persisted)."""
+        self.state.resume(comment)
+        self.replayer.failures = 0
+        await self.save_state()
+        self.replayer.wake.set()
+        log.warning("stream %s: replay resumed%s", self.name, f": {comment}" if comment else "")
+
+    def row(self, now: float, running: bool = True) -> dict[str, Any]:
+        return copy_row(
+            self.name,
+            self.state,
+            self.installed,
+            now,
+            (self.owner is not None) if running else None,
+            self.attached_once,
+            self.replayer.settings.lag,
+        )
+
+    def _on_replayed(self) -> None:
+        # Tell the attached shipper at once, so its retention need not wait for the next data ACK.
+        att = self.owner
+        if att is not None and not att.conn.closing:
+            att.conn.send(Ack(self.name, att.acked, att.acked_sealed, self.replayed_position))

@@ -1,0 +1,268 @@
+"""One shipper's connection: the handshake, the admission of each stream it claims, and the serve loop.
+
+``admit()`` is the pure decision for one claimed stream: refuse it (the copy is Failed), fence the
+shipper (the copy was activated, or knows a newer epoch), or attach it, taking over from the current
+writer if there is one. At most one connection writes a stream at a time: a newer connection for the
+same stream closes the older one and attaches once that one finished its write in hand (the stream's
+lock).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from protocol.aio import ConnectionClosed, FramedConnection
+from protocol.buffers import BufferPool
+from protocol.compression import ENCODINGS, agreed
+from protocol.errors import ProtocolError, RemoteProtocolError
+from protocol.messages import START, Ack, Data, Error, Fenced, Heartbeat, Message, Nack, Position, Seal, StreamResume
+from protocol.session import Accepted, ReceiverHandshake
+from receiver.admission import Slot
+from receiver.committer import Attachment
+from receiver.config import ServerConfig
+from receiver.copy import StreamCopy
+from receiver.ingest import Ingest, Verdict
+
+log = logging.getLogger("receiver")
+
+
+# -- the decision (pure) ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Attach:
+    """Attach the stream; with ``take_over``, close the connection that writes it now first."""
+
+    take_over: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Fence:
+    """Answer FENCED with the copy's epoch and attach no further stream; ``why`` goes to the log."""
+
+    why: str
+
+
+@dataclass(frozen=True, slots=True)
+class Refuse:
+    """The copy is Failed: end the handshake with an ERROR (code ``failed``)."""
+
+    reason: str
+
+
+Admit = Attach | Fence | Refuse
+
+
+def admit(claimed: int, epoch: int, failed: str | None, activated: bool, busy: bool) -> Admit:
+    """Decide what a shipper of epoch ``claimed`` gets for a copy at ``epoch``; ``busy``: another connection has it."""
+    if failed:
+        return Refuse(failed)
+    if activated:
+        # The copy is a primary now: no shipper writes into it any more, whatever epoch it claims.
+        return Fence(f"activated at epoch {epoch} (fenced; epoch claimed {claimed})")
+    if claimed < epoch:
+        return Fence(f"epoch {claimed} is older than {epoch} (fenced)")
+    return Attach(take_over=busy)
+
+
+# -- the connection ---------------------------------------------------------------------------------
+
+
+class Session:
+    """One connection from accept to close: handshake, attach the claimed streams, serve their frames."""
+
+    def __init__(
+        self,
+        conn: FramedConnection,
+        config: ServerConfig,
+        copy_for: Callable[[str], StreamCopy],
+        pool: BufferPool,
+    ) -> None:
+        self.conn = conn
+        self.config = config
+        self.copy_for = copy_for
+        self.pool = pool
+
+    async def run(self, slot: Slot) -> None:
+        """Serve the connection until it ends; ``slot`` is given back once the handshake is over."""
+        conn = self.conn
+        attachments: dict[str, Attachment[StreamCopy]] = {}
+        try:
+            try:
+                attachments = await self._handshake()
+            finally:
+                slot.release()
+            if attachments:
+                await self._serve(attachments)
+        except ProtocolError as e:
+            log.warning("%s: %s (%s); closing", conn.peer, e, e.code)
+            with contextlib.suppress(Exception):
+                conn.send(Error(e.code, str(e)))
+        except TimeoutError:
+            log.warning("%s: timed out; closing", conn.peer)
+        except ConnectionClosed as e:
+            log.info("%s: connection closed: %s", conn.peer, e)
+        finally:
+            for att in attachments.values():
+                await att.detach()
+                if att.copy.owner is att:
+                    att.copy.owner = None
+                att.copy.lock.release()
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(1):  # not wait_for: see FramedConnection.close
+                    await conn.drain()
+
+    async def _handshake(self) -> dict[str, Attachment[StreamCopy]]:
+        conn = self.conn
+        hs = ReceiverHandshake(self.config.node, os.urandom(32), self.config.secret_for)
+        conn.send(hs.challenge())
+        await conn.drain()
+        hello = await conn.recv(self.config.handshake_timeout)
+        accepted = hs.receive_hello(hello)
+        attachments: dict[str, Attachment[StreamCopy]] = {}
+        resumes: list[StreamResume] = []
+        try:
+            for claim in accepted:
+                copy = self.copy_for(claim.stream)
+                decision = admit(claim.epoch, copy.epoch, copy.failed, copy.activated, copy.owner is not None)
+                if isinstance(decision, Refuse):
+                    raise RemoteProtocolError(f"stream {copy.name} is Failed: {decision.reason}", code="failed")
+                if isinstance(decision, Fence):
+                    self._fence(copy, decision.why)
+                    return attachments
+                if decision.take_over and copy.owner is not None:
+                    log.info(
+                        "stream %s: new connection from %s takes over from %s",
+                        copy.name,
+                        conn.peer,
+                        copy.owner.conn.peer,
+                    )
+                    copy.owner.conn.writer.close()
+                att = await self._attach(copy, claim)
+                if att is None:
+                    # Activated while we waited for the stream's lock.
+                    self._fence(copy, None)
+                    return attachments
+                attachments[copy.name] = att
+                resumes.append(hs.resume(copy.name, copy.epoch, att.acked, att.acked_sealed))
+            # Announce every payload encoding we decode; accept compressed DATA only in one both listed.
+            conn.decoder.encodings = agreed(hs.features, ENCODINGS)
+            conn.decoder.pool = self.pool
+            conn.send(hs.welcome(resumes, ENCODINGS))
+            for att in attachments.values():
+                # Tell the shipper at once what is already replayed: its retention waits for that, and
+                # an idle stream would otherwise send no ACK to carry it (e.g. replay caught up while
+                # detached).
+                if att.copy.replayed_position != START:
+                    conn.send(Ack(att.copy.name, att.acked, att.acked_sealed, att.copy.replayed_position))
+            await conn.drain()
+        except BaseException:
+            # Also when the peer vanished while we answered: the streams must not stay locked to a
+            # connection that is gone (every later shipper would time out waiting for the lock).
+            for att in attachments.values():
+                await att.detach()
+                att.copy.owner = None
+                att.copy.lock.release()
+            raise
+        return attachments
+
+    async def _attach(self, copy: StreamCopy, claim: Accepted) -> Attachment[StreamCopy] | None:
+        """Take the stream's lock, recover its copy from disk and attach it; None (lock released) if it
+        was activated meanwhile."""
+        async with asyncio.timeout(self.config.handshake_timeout):
+            await copy.lock.acquire()
+        try:
+            if copy.activated:
+                copy.lock.release()
+                return None
+            if claim.epoch > copy.epoch:
+                copy.state.adopt_epoch(claim.epoch)
+                await copy.save_state()
+            rec = await asyncio.get_running_loop().run_in_executor(None, copy.store.recover)
+        except BaseException:
+            copy.lock.release()
+            raise
+        if rec.discarded:
+            log.warning("stream %s: cut %d unverified bytes from the tail of %s", copy.name, rec.discarded, rec.active)
+        if rec.active is not None:
+            durable, sealed = Position(rec.active, rec.offset), False
+        else:
+            durable, sealed = Position(rec.last_sealed, rec.last_sealed_size), True
+        ingest = Ingest(rec.last_sealed, rec.active, rec.offset, rec.hasher)
+        att = Attachment(copy, self.conn, ingest, durable, sealed, self.config.max_pending, self.pool)
+        copy.owner = att
+        copy.attached_once = True
+        log.info(
+            "stream %s: %s attached, resuming at %s%s",
+            copy.name,
+            self.conn.peer,
+            durable,
+            " (sealed)" if sealed else "",
+        )
+        return att
+
+    def _fence(self, copy: StreamCopy, why: str | None) -> None:
+        if why is not None:
+            log.error("%s: refused stream %s: %s", self.conn.peer, copy.name, why)
+        self.conn.send(Fenced(copy.name, copy.epoch))
+
+    async def _serve(self, attachments: dict[str, Attachment[StreamCopy]]) -> None:
+        conn = self.conn
+        while True:
+            for att in attachments.values():
+                if att.error is not None:
+                    return
+                if not att.room.is_set():
+                    await att.room.wait()
+            msg = await conn.recv(self.config.idle_timeout)
+            if isinstance(msg, Data | Seal):
+                att = attachments.get(msg.stream)
+                if att is None:
+                    raise RemoteProtocolError(f"stream {msg.stream} was not named in HELLO", code="bad-stream")
+                if not await self._ingest(att, msg):
+                    return
+            elif isinstance(msg, Heartbeat):
+                conn.send(Heartbeat())
+            elif isinstance(msg, Error):
+                log.warning("%s: peer reported %s: %s", conn.peer, msg.code, msg.text)
+                return
+            else:
+                raise RemoteProtocolError(f"unexpected {type(msg).__name__} after handshake", code="bad-type")
+            if conn.writer.transport.get_write_buffer_size() > 1 << 20:
+                await conn.drain()
+
+    async def _ingest(self, att: Attachment[StreamCopy], msg: Message) -> bool:
+        copy = att.copy
+        if isinstance(msg, Data):
+            copy.bytes_received += len(msg.payload)
+            outcome = att.ingest.on_data(msg)
+        else:
+            assert isinstance(msg, Seal)
+            outcome = att.ingest.on_seal(msg)
+        if outcome.verdict is Verdict.ACCEPT:
+            att.submit(outcome.ops)
+        elif outcome.verdict is Verdict.RESEND:
+            copy.resends += 1
+            log.warning(
+                "stream %s: %s at %s; asking for a resend (resends so far: %d)",
+                copy.name,
+                outcome.reason,
+                outcome.resend_from,
+                copy.resends,
+            )
+            if outcome.ops:
+                att.submit(outcome.ops)
+            assert outcome.resend_from is not None
+            self.conn.send(Nack(copy.name, outcome.resend_from, outcome.reason))
+        elif outcome.verdict is Verdict.FAIL:
+            log.error("stream %s: Failed: %s; keeping everything received so far", copy.name, outcome.reason)
+            copy.state.fail(outcome.reason)
+            await copy.save_state()
+            self.conn.send(Error("failed", f"stream {copy.name} Failed: {outcome.reason}"))
+            return False
+        return True
