@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 
 from shipper.tailer import DEFAULT_PATTERN, is_segment, late_arrivals
-from tests.pgcluster import BACKUP_PATTERN, WAL_PATTERN
+from tests.helpers.pgcluster import BACKUP_PATTERN, WAL_PATTERN
 
 ARCHIVED_IN_ORDER = [
     "000000010000000000000006.partial",  # the old timeline's last segment, renamed at promotion
