@@ -133,13 +133,15 @@ class ReceiverProc(Proc):
 
     A restart listens on that same port again, so that shippers pointed at it find it: a tiny race
     remains (another process may take the port while the receiver is down; it would then exit with
-    "cannot listen"). A restart does not wait for the line either, so a kill may land during startup.
-    Tests that must not even have that race put a Relay (tests.helpers.proxies) in front.
+    "cannot listen"). A restart does not wait for the line either, so a kill may land during startup,
+    as it could before. A receiver that must start after its shipper sits behind a Relay
+    (tests.helpers.proxies), which looks its port up at each connection.
     """
 
-    def __init__(self, args: list[str], log_path: Path, port: int = 0) -> None:
+    def __init__(self, args: list[str], log_path: Path) -> None:
         super().__init__("receiver", args, log_path)
-        self.port = port
+        self.port = 0
+        """0 until the first start has read the bound port back from the log."""
 
     @property
     def address(self) -> str:
