@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import Proc, make_secret
+from tests.helpers.procs import Proc
+from tests.helpers.source import make_secret
 
 
 @pytest.fixture

@@ -6,20 +6,20 @@ import math
 import os
 import platform
 import random
-import re
 import shutil
 import subprocess
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
 
-from tests.harness import Proc as HarnessProc
-from tests.harness import make_secret as make_secret
-from tests.harness import segment_name as segment_name
+from tests.helpers.procs import Proc as HarnessProc
+from tests.helpers.procs import ReceiverProc
+from tests.helpers.source import make_secret as make_secret
+from tests.helpers.source import segment_name as segment_name
+from tests.helpers.waiting import wait_until as wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 MIB = 1024 * 1024
@@ -84,35 +84,24 @@ class Proc(HarnessProc):
         return super().stop(timeout)
 
 
-def wait_until(pred: Callable[[], bool], timeout: float, interval: float = 0.05, what: str = "condition") -> None:
-    """Poll ``pred`` until true; raise TimeoutError after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(interval)
+class Receiver(ReceiverProc):
+    """The tests' receiver on 127.0.0.1 port 0, given the benchmarks' longer stop (it may hold GiBs)."""
+
+    def stop(self, timeout: float = 15) -> int | None:
+        return super().stop(timeout)
 
 
 def start_receiver(
     work: Path, secret: Path, name: str = "receiver", extra: list[str] | None = None
-) -> tuple[Proc, int]:
-    """Start a receiver on 127.0.0.1 (a free port it picks itself); return it and its port."""
+) -> tuple[Receiver, int]:
+    """Start a receiver on 127.0.0.1 (port 0: the kernel picks it, the receiver reports it); return it
+    and its port."""
     data = work / name
     data.mkdir(parents=True, exist_ok=True)
-    args = ["--listen", "127.0.0.1:0", "--data-dir", str(data), "--secret-file", str(secret), "--log-level", "INFO"]
-    proc = Proc("receiver", args + (extra or []), work / f"{name}.log")
-    port: list[int] = []
-
-    def listening() -> bool:
-        if not proc.alive():
-            raise RuntimeError(f"receiver exited: {proc.log_text()[-2000:]}")
-        m = re.search(r"listening on [0-9.]+:(\d+)", proc.log_text())
-        if m:
-            port.append(int(m.group(1)))
-        return bool(port)
-
-    wait_until(listening, 30, what="the receiver to listen")
-    return proc, port[0]
+    args = ["--data-dir", str(data), "--secret-file", str(secret), "--log-level", "INFO"]
+    proc = Receiver(args + (extra or []), work / f"{name}.log")
+    proc.start()
+    return proc, proc.port
 
 
 def start_shipper(work: Path, args: list[str], name: str = "shipper") -> Proc:

@@ -18,7 +18,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from protocol.digest import chunk_digest
-from tests.harness import ROOT, digest_file
+from tests.helpers.copies import digest_file
+from tests.helpers.source import ROOT, sealed_in_source
+from tests.helpers.waiting import wait_until
 
 HEAVY = os.environ.get("LOGSHIP_HEAVY") == "1"
 """The long variants of the fault tests (LOGSHIP_HEAVY=1): several times every count."""
@@ -162,6 +164,14 @@ class DiskChecker:
                 return lost + acked.offset
             return lost
         return lost + acked.offset - have
+
+    def wait_converged(self, timeout: float, what: str) -> None:
+        """Wait until log/ holds every sealed segment of the source, each checked on the way."""
+        wait_until(
+            lambda: (self.check_log() or True) and sorted(self.verified) == sealed_in_source(self.source),
+            timeout,
+            what=what,
+        )
 
     def check_acked(self, shipper_log: str, tries: int = 5) -> int:
         """Assert the highest acknowledged position is on disk; return the bytes it covers.

@@ -16,16 +16,10 @@ from pathlib import Path
 import pytest
 
 from tests.faults.common import DiskChecker, FaultFigures, highest_acked, record
-from tests.harness import (
-    Proc,
-    SourceWriter,
-    assert_copy_converged,
-    free_port,
-    partial_matches_prefix,
-    sealed_in_source,
-    shipper_proc,
-    wait_until,
-)
+from tests.helpers.copies import assert_copy_converged, partial_matches_prefix
+from tests.helpers.procs import Proc, ReceiverProc, shipper_proc
+from tests.helpers.source import SourceWriter, sealed_in_source
+from tests.helpers.waiting import wait_until
 
 
 def _mount(args: list[str]) -> subprocess.CompletedProcess[str]:
@@ -54,13 +48,13 @@ def _run(tmp_path: Path, small: Path, secret: Path, procs: list[Proc], t0: float
     rnd = random.Random(31)
     source = tmp_path / "src"
     source.mkdir()
-    port = free_port()
-    receiver = Proc(
-        "receiver",
-        ["--listen", f"127.0.0.1:{port}", "--data-dir", str(small / "data"), "--secret-file", str(secret)],
-        tmp_path / "receiver.log",
+    # Its log outside the small file system, which is about to fill up.
+    receiver = ReceiverProc(
+        ["--data-dir", str(small / "data"), "--secret-file", str(secret)], tmp_path / "receiver.log"
     )
-    shipper = shipper_proc(tmp_path, "full", source, [port], secret, ["--log-level", "DEBUG", "--chunk-size", "64k"])
+    shipper = shipper_proc(
+        tmp_path, "full", source, [receiver], secret, ["--log-level", "DEBUG", "--chunk-size", "64k"]
+    )
     procs += [receiver.start(), shipper.start()]
     copy = small / "data" / "full"
     disk = DiskChecker(source, copy)
@@ -84,11 +78,7 @@ def _run(tmp_path: Path, small: Path, secret: Path, procs: list[Proc], t0: float
         hits = receiver.count("storage failed")
         grown = _mount(["-o", "remount,size=64m", str(small)])
         assert grown.returncode == 0, grown.stderr
-        wait_until(
-            lambda: (disk.check_log() or True) and sorted(disk.verified) == sealed_in_source(source),
-            90,
-            what="convergence once space returned",
-        )
+        disk.wait_converged(90, "convergence once space returned")
         total = assert_copy_converged(source, copy, sealed_in_source(source))
         disk.check_acked(shipper.log_text())
     finally:

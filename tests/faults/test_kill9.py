@@ -14,17 +14,10 @@ import time
 from pathlib import Path
 
 from tests.faults.common import HEAVY, DiskChecker, FaultFigures, highest_acked, record
-from tests.harness import (
-    Proc,
-    SourceWriter,
-    assert_copy_converged,
-    free_port,
-    partial_matches_prefix,
-    receiver_proc,
-    sealed_in_source,
-    shipper_proc,
-    wait_until,
-)
+from tests.helpers.copies import assert_copy_converged, partial_matches_prefix
+from tests.helpers.procs import Proc, receiver_proc, shipper_proc
+from tests.helpers.source import SourceWriter, sealed_in_source
+from tests.helpers.waiting import wait_until
 
 KILLS_EACH = int(os.environ.get("LOGSHIP_FAULT_KILLS") or (200 if HEAVY else 50))
 
@@ -36,9 +29,9 @@ def test_kill9_both_sides_no_acknowledged_byte_lost(tmp_path: Path, secret: Path
     sizes = [rnd.randint(1, 600 * 1024) for _ in range(4000)]
     source = tmp_path / "src"
     source.mkdir()
-    port = free_port()
-    receiver = receiver_proc(tmp_path, port, secret)
-    shipper = shipper_proc(tmp_path, "k9", source, [port], secret, ["--log-level", "DEBUG", "--chunk-size", "256k"])
+    receiver = receiver_proc(tmp_path, secret)
+    # The receiver restarts after each kill on the port its first start reported (see ReceiverProc).
+    shipper = shipper_proc(tmp_path, "k9", source, [receiver], secret, ["--log-level", "DEBUG", "--chunk-size", "256k"])
     procs += [receiver.start(), shipper.start()]
     copy = tmp_path / "receiver" / "k9"
     disk = DiskChecker(source, copy)
@@ -61,11 +54,7 @@ def test_kill9_both_sides_no_acknowledged_byte_lost(tmp_path: Path, secret: Path
             proc.start()
     finally:
         writer.stop()
-    wait_until(
-        lambda: (disk.check_log() or True) and sorted(disk.verified) == sealed_in_source(source),
-        120,
-        what="convergence after the kills",
-    )
+    disk.wait_converged(120, "convergence after the kills")
     total = assert_copy_converged(source, copy, sealed_in_source(source))
     disk.check_acked(shipper.log_text())
     assert partial_matches_prefix(source, copy)

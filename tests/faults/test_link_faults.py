@@ -13,18 +13,11 @@ import time
 from pathlib import Path
 
 from tests.faults.common import HEAVY, Acked, DiskChecker, FaultFigures, acked_lines, record
-from tests.faults.proxy import KINDS, ProxyInThread
-from tests.harness import (
-    Proc,
-    SourceWriter,
-    assert_copy_converged,
-    free_port,
-    partial_matches_prefix,
-    receiver_proc,
-    sealed_in_source,
-    shipper_proc,
-    wait_until,
-)
+from tests.helpers.copies import assert_copy_converged, partial_matches_prefix
+from tests.helpers.procs import Proc, receiver_proc, shipper_proc
+from tests.helpers.proxies import KINDS, DamagingLink
+from tests.helpers.source import SourceWriter, sealed_in_source
+from tests.helpers.waiting import wait_until
 
 EACH = int(os.environ.get("LOGSHIP_FAULT_LINK") or (40 if HEAVY else 8))
 BACK_NAMES = {
@@ -42,13 +35,12 @@ def test_damaging_link_never_installs_corruption(tmp_path: Path, secret: Path, p
     rnd = random.Random(int(os.environ.get("LOGSHIP_SEED", "17")))
     source = tmp_path / "src"
     source.mkdir()
-    port = free_port()
     # A short idle timeout, so that the longer stalls also exercise the receiver dropping a silent peer.
-    receiver = receiver_proc(tmp_path, port, secret, extra=["--idle-timeout", "2.5"])
+    receiver = receiver_proc(tmp_path, secret, extra=["--idle-timeout", "2.5"])
     procs.append(receiver.start())
     copy = tmp_path / "receiver" / "link"
     disk = DiskChecker(source, copy)
-    link = ProxyInThread(port, seed=rnd.randrange(1 << 30))
+    link = DamagingLink(receiver, seed=rnd.randrange(1 << 30))
     sizes = [rnd.randint(1, 400 * 1024) for _ in range(4000)]
     writer = SourceWriter(source, sizes, rate=1.5e6, seed=23).start()
     try:
@@ -64,11 +56,7 @@ def test_damaging_link_never_installs_corruption(tmp_path: Path, secret: Path, p
             disk.check_log()
             time.sleep(rnd.uniform(0.05, 0.3))
         writer.stop()
-        wait_until(
-            lambda: (disk.check_log() or True) and sorted(disk.verified) == sealed_in_source(source),
-            120,
-            what="convergence through the damaging link",
-        )
+        disk.wait_converged(120, "convergence through the damaging link")
         total = assert_copy_converged(source, copy, sealed_in_source(source))
         shipper_log = shipper.log_text()
         disk.check_acked(shipper_log)

@@ -20,7 +20,8 @@ from hypothesis import strategies as st
 
 from receiver.server import ReceiverServer, ServerConfig
 from tests.faults.common import FaultFigures, record
-from tests.hostile import RawClient, data_header, raw_frame
+from tests.helpers.frames import data_header, raw_frame
+from tests.helpers.rawclient import RawClient
 
 SECRETS = {"s": b"s" * 32, "o": b"o" * 32}
 SEG = "E0000000002.log"

@@ -21,16 +21,10 @@ from pathlib import Path
 import psutil
 
 from tests.faults.common import HEAVY, DiskChecker, FaultFigures, highest_acked, record
-from tests.harness import (
-    Proc,
-    SourceWriter,
-    assert_copy_converged,
-    free_port,
-    receiver_proc,
-    sealed_in_source,
-    shipper_proc,
-    wait_until,
-)
+from tests.helpers.copies import assert_copy_converged
+from tests.helpers.procs import Proc, receiver_proc, shipper_proc
+from tests.helpers.source import SourceWriter, sealed_in_source
+from tests.helpers.waiting import wait_until
 
 SCALE = int(os.environ.get("LOGSHIP_FAULT_STORM") or (5 if HEAVY else 1))
 CAP = 16
@@ -141,11 +135,10 @@ def test_storm_of_hostile_connections(tmp_path: Path, secret: Path, procs: list[
     t0 = time.monotonic()
     source = tmp_path / "src"
     source.mkdir()
-    port = free_port()
-    receiver = receiver_proc(
-        tmp_path, port, secret, extra=["--max-unauthenticated", str(CAP), "--handshake-timeout", "2"]
+    receiver = receiver_proc(tmp_path, secret, extra=["--max-unauthenticated", str(CAP), "--handshake-timeout", "2"])
+    shipper = shipper_proc(
+        tmp_path, "storm", source, [receiver], secret, ["--log-level", "DEBUG", "--chunk-size", "256k"]
     )
-    shipper = shipper_proc(tmp_path, "storm", source, [port], secret, ["--log-level", "DEBUG", "--chunk-size", "256k"])
     procs += [receiver.start(), shipper.start()]
     copy = tmp_path / "receiver" / "storm"
     disk = DiskChecker(source, copy)
@@ -158,7 +151,7 @@ def test_storm_of_hostile_connections(tmp_path: Path, secret: Path, procs: list[
         time.sleep(1)
         rss_before = rproc.memory_info().rss
         acked_before = disk.check_acked(shipper.log_text())
-        storm = Storm(port, seed=47)
+        storm = Storm(receiver.port, seed=47)
         peak = rss_before
         thread = threading.Thread(target=lambda: asyncio.run(storm.run()), daemon=True)
         thread.start()
@@ -169,11 +162,7 @@ def test_storm_of_hostile_connections(tmp_path: Path, secret: Path, procs: list[
         acked_after = disk.check_acked(shipper.log_text())
         rss_after = rproc.memory_info().rss
         writer.stop()
-        wait_until(
-            lambda: (disk.check_log() or True) and sorted(disk.verified) == sealed_in_source(source),
-            90,
-            what="convergence after the storm",
-        )
+        disk.wait_converged(90, "convergence after the storm")
         total = assert_copy_converged(source, copy, sealed_in_source(source))
     finally:
         writer.stop()

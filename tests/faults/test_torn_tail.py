@@ -17,16 +17,10 @@ import time
 from pathlib import Path
 
 from tests.faults.common import HEAVY, DiskChecker, FaultFigures, highest_acked, record
-from tests.harness import (
-    Proc,
-    assert_copy_converged,
-    free_port,
-    partial_matches_prefix,
-    receiver_proc,
-    segment_name,
-    shipper_proc,
-    wait_until,
-)
+from tests.helpers.copies import assert_copy_converged, partial_matches_prefix
+from tests.helpers.procs import Proc, receiver_proc, shipper_proc
+from tests.helpers.source import segment_name
+from tests.helpers.waiting import wait_until
 
 ROUNDS = int(os.environ.get("LOGSHIP_FAULT_TORN") or (30 if HEAVY else 6))
 KINDS = ("garbage-after-records", "garbage-and-half-record", "garbage-over-recorded-chunk")
@@ -42,9 +36,11 @@ def test_torn_tail_is_cut_and_the_copy_resumes(tmp_path: Path, secret: Path, pro
     rnd = random.Random(5)
     source = tmp_path / "src"
     source.mkdir()
-    port = free_port()
-    receiver = receiver_proc(tmp_path, port, secret)
-    shipper = shipper_proc(tmp_path, "torn", source, [port], secret, ["--log-level", "DEBUG", "--chunk-size", "32k"])
+    receiver = receiver_proc(tmp_path, secret)
+    # The receiver restarts after each kill on the port its first start reported (see ReceiverProc).
+    shipper = shipper_proc(
+        tmp_path, "torn", source, [receiver], secret, ["--log-level", "DEBUG", "--chunk-size", "32k"]
+    )
     copy = tmp_path / "receiver" / "torn"
     disk = DiskChecker(source, copy)
     procs += [receiver.start(), shipper.start()]

@@ -12,7 +12,10 @@ import sys
 import time
 from pathlib import Path
 
-from tests.harness import ROOT, Proc, digest_file, free_port, receiver_proc, segment_name, shipper_proc, wait_until
+from tests.helpers.copies import digest_file
+from tests.helpers.procs import Proc, receiver_proc, shipper_proc
+from tests.helpers.source import ROOT, segment_name
+from tests.helpers.waiting import wait_until
 
 
 def cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
@@ -61,11 +64,10 @@ def test_activate_running_receiver_fences_old_shipper_then_reverse(
     rnd = random.Random(11)
     source = tmp_path / "primary"
     source.mkdir()
-    port = free_port()
     # A delayed standby: nothing is replayed before the activation, which must ignore the lag.
-    receiver = receiver_proc(tmp_path, port, secret, name="standby", extra=["--replay-lag", "1h"])
+    receiver = receiver_proc(tmp_path, secret, name="standby", extra=["--replay-lag", "1h"])
     procs.append(receiver.start())
-    shipper = shipper_proc(tmp_path, "db1", source, [port], secret)
+    shipper = shipper_proc(tmp_path, "db1", source, [receiver], secret)
     procs.append(shipper.start())
     for i in range(1, 6):
         write_segment(source / segment_name(i), rnd.randbytes(rnd.randint(10_000, 400_000)))
@@ -123,14 +125,13 @@ def test_activate_running_receiver_fences_old_shipper_then_reverse(
     replica = copy / "replica"
     write_segment(replica / segment_name(6), rnd.randbytes(70_000))
     write_segment(replica / segment_name(7), rnd.randbytes(20_000))
-    back_port = free_port()
-    back = receiver_proc(tmp_path, back_port, secret, name="back")
+    back = receiver_proc(tmp_path, secret, name="back")
     procs.append(back.start())
     reverse = Proc(
         "shipper",
         [
             *("--stream", "db1", "--source", str(replica), "--secret-file", str(secret)),
-            *("--target", f"127.0.0.1:{back_port}", "--epoch", str(report["epoch"])),
+            *("--target", back.address, "--epoch", str(report["epoch"])),
         ],
         tmp_path / "reverse.log",
     )
@@ -151,7 +152,7 @@ def test_activate_running_receiver_fences_old_shipper_then_reverse(
         "shipper",
         [
             *("--stream", "db1", "--source", str(source), "--secret-file", str(secret)),
-            *("--target", f"127.0.0.1:{back_port}"),
+            *("--target", back.address),
         ],
         tmp_path / "stale.log",
     )
@@ -164,10 +165,10 @@ def test_activate_offline_after_kill9(tmp_path: Path, secret: Path, procs: list[
     rnd = random.Random(12)
     source = tmp_path / "primary"
     source.mkdir()
-    port = free_port()
-    receiver = receiver_proc(tmp_path, port, secret, name="standby")
+    receiver = receiver_proc(tmp_path, secret, name="standby")
     procs.append(receiver.start())
-    shipper = shipper_proc(tmp_path, "db2", source, [port], secret)
+    # After the kill -9 below the receiver comes back on the port its first start reported.
+    shipper = shipper_proc(tmp_path, "db2", source, [receiver], secret)
     procs.append(shipper.start())
     for i in range(1, 4):
         write_segment(source / segment_name(i), rnd.randbytes(200_000))
@@ -205,10 +206,9 @@ def test_activation_reports_missing_acknowledged_data_and_skips_the_hook(
 ) -> None:
     source = tmp_path / "primary"
     source.mkdir()
-    port = free_port()
-    receiver = receiver_proc(tmp_path, port, secret, name="standby", extra=["--replay-lag", "1h"])
+    receiver = receiver_proc(tmp_path, secret, name="standby", extra=["--replay-lag", "1h"])
     procs.append(receiver.start())
-    procs.append(shipper_proc(tmp_path, "db3", source, [port], secret).start())
+    procs.append(shipper_proc(tmp_path, "db3", source, [receiver], secret).start())
     for i in range(1, 5):
         write_segment(source / segment_name(i), os.urandom(100_000))
     copy = tmp_path / "standby" / "db3"

@@ -6,20 +6,23 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.harness import ROOT, Proc, assert_copy_converged, free_port, make_secret, shipper_proc, wait_until
+from tests.helpers.copies import assert_copy_converged
+from tests.helpers.procs import Proc, shipper_proc
+from tests.helpers.source import ROOT, make_secret
+from tests.helpers.waiting import wait_until
 
 
 def test_stream_a_secret_cannot_write_stream_b(tmp_path: Path, procs: list[Proc]) -> None:
     secret_a, secret_b = make_secret(tmp_path / "a.secret"), make_secret(tmp_path / "b.secret")
-    port = free_port()
     data = tmp_path / "receiver"
     conf = tmp_path / "receiver.toml"
     conf.write_text(
-        f'listen = "127.0.0.1:{port}"\ndata_dir = "{data}"\n'
+        f'listen = "127.0.0.1:0"\ndata_dir = "{data}"\n'
         f'[streams.a]\nsecret_file = "{secret_a}"\n[streams.b]\nsecret_file = "{secret_b}"\n'
     )
     receiver = Proc("receiver", ["--config", str(conf)], tmp_path / "receiver.log")
     procs.append(receiver.start())
+    port = receiver.listen_port()
     sources = {}
     for name in ("a", "b"):
         sources[name] = tmp_path / f"src-{name}"

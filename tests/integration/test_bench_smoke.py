@@ -6,7 +6,7 @@ import json
 import subprocess
 from pathlib import Path
 
-from tests.harness import ROOT
+from tests.helpers.source import ROOT
 
 
 def test_bench_quick_throughput_writes_its_report(tmp_path: Path) -> None:

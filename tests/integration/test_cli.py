@@ -9,7 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import ROOT, Proc, free_port, make_secret, receiver_proc, wait_until
+from tests.helpers.procs import Proc, receiver_proc
+from tests.helpers.source import ROOT, make_secret
+from tests.helpers.waiting import wait_until
 
 
 def run(module: str, *args: str) -> subprocess.CompletedProcess[str]:
@@ -57,13 +59,13 @@ def test_receiver_errors(tmp_path: Path, secret: Path) -> None:
 
 
 def test_second_receiver_on_same_data_dir_is_refused(tmp_path: Path, secret: Path) -> None:
-    first = receiver_proc(tmp_path, free_port(), secret, name="data").start()
+    first = receiver_proc(tmp_path, secret, name="data").start()
     try:
         wait_until(lambda: "listening on" in first.log_text(), 15)
         second = run(
             "receiver",
             "--listen",
-            f"127.0.0.1:{free_port()}",
+            "127.0.0.1:0",
             "--data-dir",
             str(tmp_path / "data"),
             "--secret-file",
@@ -76,12 +78,11 @@ def test_second_receiver_on_same_data_dir_is_refused(tmp_path: Path, secret: Pat
 
 
 def test_receiver_port_in_use(tmp_path: Path, secret: Path) -> None:
-    port = free_port()
-    first = receiver_proc(tmp_path, port, secret, name="a").start()
+    first = receiver_proc(tmp_path, secret, name="a").start()
     try:
         wait_until(lambda: "listening on" in first.log_text(), 15)
         second = run(
-            "receiver", "--listen", f"127.0.0.1:{port}", "--data-dir", str(tmp_path / "b"), "--secret-file", str(secret)
+            "receiver", "--listen", first.address, "--data-dir", str(tmp_path / "b"), "--secret-file", str(secret)
         )
         assert second.returncode != 0
         assert "Traceback" not in second.stderr
@@ -121,14 +122,13 @@ def test_shipper_errors(tmp_path: Path, secret: Path) -> None:
 
 
 def test_sigterm_stops_both_cleanly(tmp_path: Path, secret: Path, procs: list[Proc]) -> None:
-    from tests.harness import shipper_proc
+    from tests.helpers.procs import shipper_proc
 
-    port = free_port()
     src = tmp_path / "src"
     src.mkdir()
     (src / "E0000000001.log").write_bytes(b"x" * 100_000)
-    receiver = receiver_proc(tmp_path, port, secret).start()
-    shipper = shipper_proc(tmp_path, "t", src, [port], secret).start()
+    receiver = receiver_proc(tmp_path, secret).start()
+    shipper = shipper_proc(tmp_path, "t", src, [receiver], secret).start()
     procs += [receiver, shipper]
     partial = tmp_path / "receiver" / "t" / "incoming" / "E0000000001.log.partial"
     wait_until(lambda: partial.exists() and partial.stat().st_size == 100_000, 20)

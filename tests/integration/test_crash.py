@@ -7,21 +7,11 @@ import random
 import time
 from pathlib import Path
 
-from tests.harness import (
-    Proc,
-    ProxyThread,
-    SourceWriter,
-    assert_copy_converged,
-    check_no_corrupt,
-    free_port,
-    partial_matches_prefix,
-    receiver_proc,
-    sealed_in_source,
-    segment_name,
-    shipper_proc,
-    wait_converged,
-    wait_until,
-)
+from tests.helpers.copies import assert_copy_converged, check_no_corrupt, partial_matches_prefix, wait_converged
+from tests.helpers.procs import Proc, receiver_proc, shipper_proc
+from tests.helpers.proxies import FaultProxy, ProxyThread
+from tests.helpers.source import SourceWriter, sealed_in_source, segment_name
+from tests.helpers.waiting import wait_until
 
 KILLS_EACH = int(os.environ.get("LOGSHIP_KILLS_EACH", "10"))
 
@@ -31,9 +21,9 @@ def test_kill9_receiver_and_shipper_at_random_moments(tmp_path: Path, secret: Pa
     sizes = [rnd.randint(1024, 2 * 1024 * 1024) for _ in range(44)]
     source = tmp_path / "src"
     source.mkdir()
-    port = free_port()
-    receiver = receiver_proc(tmp_path, port, secret)
-    shipper = shipper_proc(tmp_path, "crash", source, [port], secret)
+    receiver = receiver_proc(tmp_path, secret)
+    # The receiver restarts after each kill on the port its first start reported (see ReceiverProc).
+    shipper = shipper_proc(tmp_path, "crash", source, [receiver], secret)
     procs += [receiver.start(), shipper.start()]
     copy = tmp_path / "receiver" / "crash"
     # Slow enough that the kills land while segments are still being written and shipped.
@@ -77,12 +67,11 @@ def test_fault_proxy_cuts_and_flips_converge_without_corruption(
     sizes = [rnd.randint(64 * 1024, 1024 * 1024) for _ in range(400)]
     source = tmp_path / "src"
     source.mkdir()
-    port = free_port()
-    receiver = receiver_proc(tmp_path, port, secret)
+    receiver = receiver_proc(tmp_path, secret)
     procs.append(receiver.start())
     copy = tmp_path / "receiver" / "faulty"
     seen: dict[str, str] = {}
-    with ProxyThread(port) as proxy:
+    with ProxyThread(FaultProxy(receiver)) as proxy:
         shipper = shipper_proc(tmp_path, "faulty", source, [proxy.port], secret, ["--chunk-size", "128k"])
         procs.append(shipper.start())
         # Slow enough that every fault (two need a SEAL) fires before the last full segment is written,

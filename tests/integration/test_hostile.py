@@ -21,7 +21,8 @@ from protocol.digest import chunk_digest
 from protocol.framing import encode
 from protocol.messages import Ack, Challenge, Heartbeat, Position
 from receiver.server import ReceiverServer, ServerConfig
-from tests.hostile import RawClient, data_header, raw_frame, snapshot
+from tests.helpers.frames import data_header, raw_frame
+from tests.helpers.rawclient import RawClient, snapshot
 
 SECRET_S = b"s" * 32
 SECRET_O = b"o" * 32
@@ -269,7 +270,8 @@ async def test_shipper_never_counts_an_ack_beyond_what_it_sent(tmp_path: Path) -
     from protocol.aio import ConnectionClosed, FramedConnection
     from protocol.messages import START, Data
     from protocol.session import ReceiverHandshake
-    from tests.harness import Proc, make_secret, segment_name, shipper_proc
+    from tests.helpers.procs import Proc, shipper_proc
+    from tests.helpers.source import make_secret, segment_name
 
     secret = make_secret(tmp_path / "secret")
     key = secret.read_text().strip().encode()

@@ -11,7 +11,8 @@ import pytest
 from protocol.digest import chunk_digest
 from protocol.framing import encode
 from protocol.messages import Ack, Data, Position
-from tests.harness import ROOT, wait_until
+from tests.helpers.source import ROOT
+from tests.helpers.waiting import wait_until
 
 sys.path.insert(0, str(ROOT / "scripts"))
 from benchmarks.lag import LoopbackCapture

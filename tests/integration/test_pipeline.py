@@ -6,20 +6,11 @@ import random
 import time
 from pathlib import Path
 
-from tests.harness import (
-    Proc,
-    SourceWriter,
-    assert_copy_converged,
-    digest_file,
-    free_port,
-    partial_matches_prefix,
-    receiver_proc,
-    sealed_in_source,
-    segment_name,
-    shipper_proc,
-    wait_converged,
-    wait_until,
-)
+from tests.helpers.copies import assert_copy_converged, digest_file, partial_matches_prefix, wait_converged
+from tests.helpers.procs import Proc, receiver_proc, shipper_proc
+from tests.helpers.proxies import ProxyThread, Relay
+from tests.helpers.source import SourceWriter, sealed_in_source, segment_name
+from tests.helpers.waiting import wait_until
 
 
 def test_growing_log_converges_with_active_segment_streaming(tmp_path: Path, secret: Path, procs: list[Proc]) -> None:
@@ -27,10 +18,9 @@ def test_growing_log_converges_with_active_segment_streaming(tmp_path: Path, sec
     sizes = [rnd.randint(1024, 2 * 1024 * 1024) for _ in range(42)]
     source = tmp_path / "src"
     source.mkdir()
-    port = free_port()
-    receiver = receiver_proc(tmp_path, port, secret).start()
+    receiver = receiver_proc(tmp_path, secret).start()
     procs.append(receiver)
-    shipper = shipper_proc(tmp_path, "db1", source, [port], secret).start()
+    shipper = shipper_proc(tmp_path, "db1", source, [receiver], secret).start()
     procs.append(shipper)
     writer = SourceWriter(source, sizes, rate=40e6, seed=7).start()
     copy = tmp_path / "receiver" / "db1"
@@ -57,8 +47,8 @@ def test_growing_log_converges_with_active_segment_streaming(tmp_path: Path, sec
 
 
 def test_immediate_seal_and_segment_size_and_idle(tmp_path: Path, secret: Path, procs: list[Proc]) -> None:
-    port = free_port()
-    procs.append(receiver_proc(tmp_path, port, secret).start())
+    receiver = receiver_proc(tmp_path, secret).start()
+    procs.append(receiver)
     archive = tmp_path / "archive"
     archive.mkdir()
     # An archive directory filled by rename: files are complete on sight, temp names never ship.
@@ -67,7 +57,7 @@ def test_immediate_seal_and_segment_size_and_idle(tmp_path: Path, secret: Path, 
         tmp.write_bytes(random.randbytes(100_000 * i))
         tmp.rename(archive / segment_name(i))
     (archive / "half-written.tmp").write_bytes(b"x" * 10)
-    procs.append(shipper_proc(tmp_path, "arch", archive, [port], secret, ["--seal", "immediate"]).start())
+    procs.append(shipper_proc(tmp_path, "arch", archive, [receiver], secret, ["--seal", "immediate"]).start())
     copy = tmp_path / "receiver" / "arch"
     expect = [segment_name(i) for i in range(1, 4)]
     wait_until(lambda: (copy / "log").exists() and sorted(p.name for p in (copy / "log").iterdir()) == expect, 20)
@@ -77,11 +67,11 @@ def test_immediate_seal_and_segment_size_and_idle(tmp_path: Path, secret: Path, 
     sized = tmp_path / "sized"
     sized.mkdir()
     (sized / segment_name(1)).write_bytes(random.randbytes(65536))
-    procs.append(shipper_proc(tmp_path, "sized", sized, [port], secret, ["--segment-size", "64k"]).start())
+    procs.append(shipper_proc(tmp_path, "sized", sized, [receiver], secret, ["--segment-size", "64k"]).start())
     idle = tmp_path / "idle"
     idle.mkdir()
     (idle / segment_name(1)).write_bytes(random.randbytes(5000))
-    procs.append(shipper_proc(tmp_path, "idle", idle, [port], secret, ["--seal-idle", "1"]).start())
+    procs.append(shipper_proc(tmp_path, "idle", idle, [receiver], secret, ["--seal-idle", "1"]).start())
     root = tmp_path / "receiver"
     wait_until(lambda: (root / "sized" / "log" / segment_name(1)).exists(), 20, what="size seal")
     wait_until(lambda: (root / "idle" / "log" / segment_name(1)).exists(), 20, what="idle seal")
@@ -91,17 +81,21 @@ def test_immediate_seal_and_segment_size_and_idle(tmp_path: Path, secret: Path, 
 def test_several_targets_each_get_their_own_copy(tmp_path: Path, secret: Path, procs: list[Proc]) -> None:
     source = tmp_path / "src"
     source.mkdir()
-    ports = [free_port(), free_port()]
-    procs.append(receiver_proc(tmp_path, ports[0], secret, name="r1").start())
-    procs.append(shipper_proc(tmp_path, "multi", source, ports, secret).start())
-    for i in range(1, 6):
-        (source / segment_name(i)).write_bytes(random.randbytes(300_000))
-    copy1 = tmp_path / "r1" / "multi"
-    wait_until(lambda: (copy1 / "log").exists() and len(list((copy1 / "log").iterdir())) == 4, 20)
-    # The second target comes up late; it gets everything from the start through its own cursor.
-    procs.append(receiver_proc(tmp_path, ports[1], secret, name="r2").start())
-    copy2 = tmp_path / "r2" / "multi"
-    wait_until(lambda: (copy2 / "log").exists() and len(list((copy2 / "log").iterdir())) == 4, 30)
+    r1 = receiver_proc(tmp_path, secret, name="r1").start()
+    procs.append(r1)
+    r2 = receiver_proc(tmp_path, secret, name="r2")
+    # r2 is not up yet, so it has no port: the shipper ships to a relay the test owns (on port 0),
+    # which turns connections away until r2 listens and then forwards them to it.
+    with ProxyThread(Relay(r2)) as late:
+        procs.append(shipper_proc(tmp_path, "multi", source, [r1, late], secret).start())
+        for i in range(1, 6):
+            (source / segment_name(i)).write_bytes(random.randbytes(300_000))
+        copy1 = tmp_path / "r1" / "multi"
+        wait_until(lambda: (copy1 / "log").exists() and len(list((copy1 / "log").iterdir())) == 4, 20)
+        # The second target comes up late; it gets everything from the start through its own cursor.
+        procs.append(r2.start())
+        copy2 = tmp_path / "r2" / "multi"
+        wait_until(lambda: (copy2 / "log").exists() and len(list((copy2 / "log").iterdir())) == 4, 30)
     expect = [segment_name(i) for i in range(1, 5)]
     assert_copy_converged(source, copy1, expect)
     assert_copy_converged(source, copy2, expect)
@@ -112,9 +106,9 @@ def test_sealed_segment_changed_on_source_is_reported_and_not_overwritten(
 ) -> None:
     source = tmp_path / "src"
     source.mkdir()
-    port = free_port()
-    procs.append(receiver_proc(tmp_path, port, secret).start())
-    shipper = shipper_proc(tmp_path, "chg", source, [port], secret)
+    receiver = receiver_proc(tmp_path, secret).start()
+    procs.append(receiver)
+    shipper = shipper_proc(tmp_path, "chg", source, [receiver], secret)
     procs.append(shipper.start())
     first = random.randbytes(200_000)
     (source / segment_name(1)).write_bytes(first)
@@ -132,7 +126,7 @@ def test_sealed_segment_changed_on_source_is_reported_and_not_overwritten(
     archive = tmp_path / "archive"
     archive.mkdir()
     (archive / segment_name(1)).write_bytes(b"c" * 5000)
-    again = shipper_proc(tmp_path, "chg2", archive, [port], secret, ["--seal", "immediate"])
+    again = shipper_proc(tmp_path, "chg2", archive, [receiver], secret, ["--seal", "immediate"])
     procs.append(again.start())
     copy2 = tmp_path / "receiver" / "chg2"
     wait_until(lambda: (copy2 / "log" / segment_name(1)).exists(), 20)

@@ -28,8 +28,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import ROOT, Proc, digest_file, free_port, make_secret, receiver_proc
-from tests.pgcluster import (
+from tests.helpers.copies import digest_file
+from tests.helpers.pgcluster import (
     BACKUP_PATTERN,
     WAL_PATTERN,
     Cluster,
@@ -39,9 +39,11 @@ from tests.pgcluster import (
     give_to_pg_user,
     run,
     scratch_dir,
-    wait_for,
     why_unavailable,
 )
+from tests.helpers.procs import Proc, receiver_proc
+from tests.helpers.source import ROOT, make_secret
+from tests.helpers.waiting import wait_until
 
 REPLAY_LAG = 20.0
 """Replay lag of standby B, seconds: long enough to observe, short enough for the CI budget."""
@@ -110,20 +112,19 @@ def pg() -> Iterator[Scenario]:
     archive.mkdir()
     give_to_pg_user(archive)
     secret = make_secret(root / "secret")
-    primary = Cluster(pg_bin, root / "primary", free_port(), root)
-    standby_a = Cluster(pg_bin, root / "standby-a", free_port(), root)
-    standby_b = Cluster(pg_bin, root / "standby-b", free_port(), root)
+    # Unix sockets only, in root: the ports just name each cluster's socket there (see pgcluster).
+    primary = Cluster(pg_bin, root / "primary", 5432, root)
+    standby_a = Cluster(pg_bin, root / "standby-a", 5433, root)
+    standby_b = Cluster(pg_bin, root / "standby-b", 5434, root)
     clusters = [primary, standby_a, standby_b]
     procs: list[Proc] = []
     try:
-        port_a = free_port()
-        receiver_a = receiver_proc(root, port_a, secret, name="receiver-a").start()
+        receiver_a = receiver_proc(root, secret, name="receiver-a").start()
         procs.append(receiver_a)
-        port_b = free_port()
         lag = ["--replay-lag", f"{REPLAY_LAG:.0f}s"]
-        receiver_b = receiver_proc(root, port_b, secret, name="receiver-b", extra=lag).start()
+        receiver_b = receiver_proc(root, secret, name="receiver-b", extra=lag).start()
         procs.append(receiver_b)
-        config = shipper_config(root, archive, secret, [port_a, port_b])
+        config = shipper_config(root, archive, secret, [receiver_a.port, receiver_b.port])
         shipper = Proc("shipper", ["--config", str(config)], root / "shipper.log").start()
         procs.append(shipper)
 
@@ -142,7 +143,7 @@ def pg() -> Iterator[Scenario]:
         primary.touch("standby.signal")
         primary.start()
         primary.promote()
-        wait_for(lambda: (archive / "00000002.history").exists(), 30, what="00000002.history archived")
+        wait_until(lambda: (archive / "00000002.history").exists(), 30, what="00000002.history archived")
 
         base = root / "base"
         run(
@@ -179,7 +180,7 @@ def insert_and_time(primary: Cluster, standby: Cluster, row: int, timeout: float
     """Insert ``row`` on the primary; return the seconds from its commit until the standby shows it."""
     primary.psql(f"INSERT INTO shipped (id) VALUES ({row})")
     committed = time.monotonic()
-    wait_for(
+    wait_until(
         lambda: standby.try_psql(f"SELECT count(*) FROM shipped WHERE id = {row}") == "1",
         timeout,
         interval=0.1,
@@ -227,7 +228,7 @@ def test_history_and_backup_files_pass_through(pg: Scenario) -> None:
     # The backup history file of pg_basebackup travels in its own stream, byte for byte.
     backups = sorted(p.name for p in pg.archive.glob("*.backup"))
     assert len(backups) == 1, backups
-    copy = wait_for(
+    copy = wait_until(
         lambda: (p := pg.copy("receiver-a", "pg-backup", "log") / backups[0]).exists() and p,
         30,
         what=f"{backups[0]} in the pg-backup copy",
@@ -241,7 +242,7 @@ def test_history_and_backup_files_pass_through(pg: Scenario) -> None:
         names = {p.name for p in pg.copy("receiver-a", "pg", "log").iterdir()}
         return set(wal) <= names
 
-    wait_for(caught_up, 30, what="every archived WAL file in receiver A's log/")
+    wait_until(caught_up, 30, what="every archived WAL file in receiver A's log/")
     for name in wal:
         assert digest_file(pg.copy("receiver-a", "pg", "log") / name) == digest_file(pg.archive / name), name
     assert "appeared after" not in pg.shipper.log_text()
@@ -250,7 +251,7 @@ def test_history_and_backup_files_pass_through(pg: Scenario) -> None:
 def test_delayed_standby_does_not_see_rows_younger_than_the_lag(pg: Scenario) -> None:
     primary, standby = pg.primary, pg.standby_b
     # B becomes consistent only once the base backup's WAL has waited out the lag.
-    wait_for(lambda: standby.try_psql("SELECT 1") == "1", REPLAY_LAG + 120, interval=0.5, what="standby B up")
+    wait_until(lambda: standby.try_psql("SELECT 1") == "1", REPLAY_LAG + 120, interval=0.5, what="standby B up")
     # Replay happens at least the lag after the segment was installed, which is after the commit, which
     # is after ``before``: a row seen when less than the lag has passed since ``before`` is a failure.
     before = time.monotonic()
@@ -261,10 +262,10 @@ def test_delayed_standby_does_not_see_rows_younger_than_the_lag(pg: Scenario) ->
         assert not (seen and age < REPLAY_LAG), f"standby B showed the row {age:.1f} s after it was inserted"
         time.sleep(0.5)
     # Meanwhile the undelayed standby A has it, so the row did travel.
-    wait_for(
+    wait_until(
         lambda: pg.standby_a.try_psql("SELECT count(*) FROM shipped WHERE id = 100") == "1", 30, what="row 100 on A"
     )
-    wait_for(
+    wait_until(
         lambda: standby.try_psql("SELECT count(*) FROM shipped WHERE id = 100") == "1",
         90,
         interval=0.2,
@@ -300,7 +301,7 @@ def test_activation_promotes_the_standby_and_fences_the_old_primary(pg: Scenario
     assert done.returncode == 0, done.stderr + done.stdout
     print(f"\nactivate report:\n{done.stdout}")
     # The promoted standby accepts writes, and kept everything the primary had committed before.
-    wait_for(lambda: standby.try_psql("SELECT pg_is_in_recovery()") == "f", 60, what="standby A promoted")
+    wait_until(lambda: standby.try_psql("SELECT pg_is_in_recovery()") == "f", 60, what="standby A promoted")
     promoted_after = time.monotonic() - started
     standby.psql("INSERT INTO shipped (id) VALUES (300)")
     # It writes a timeline of its own, after the primary's 2 (it looked for higher history files first).
@@ -314,9 +315,9 @@ def test_activation_promotes_the_standby_and_fences_the_old_primary(pg: Scenario
     primary.psql("INSERT INTO shipped (id) VALUES (400)")
     segment = primary.psql("SELECT pg_walfile_name(pg_current_wal_lsn())")
     primary.psql("SELECT pg_switch_wal()")
-    wait_for(lambda: (pg.archive / segment).exists(), 30, what=f"{segment} archived on the old primary")
-    wait_for(lambda: "fenced" in pg.shipper.log_text().lower(), 30, what="the shipper logging FENCED")
-    wait_for(lambda: (pg.copy("receiver-b", "pg", "log") / segment).exists(), 30, what=f"{segment} at receiver B")
+    wait_until(lambda: (pg.archive / segment).exists(), 30, what=f"{segment} archived on the old primary")
+    wait_until(lambda: "fenced" in pg.shipper.log_text().lower(), 30, what="the shipper logging FENCED")
+    wait_until(lambda: (pg.copy("receiver-b", "pg", "log") / segment).exists(), 30, what=f"{segment} at receiver B")
     for sub in ("replica", "log", "incoming"):
         where = pg.copy("receiver-a", "pg", sub)
         assert not (where / segment).exists(), f"{segment} reached {where}"

@@ -2,7 +2,8 @@
 to a scratch directory and 127.0.0.1 addresses. A change to the recipe that breaks it fails here.
 
 Only what the recipe leaves to the reader is done outside it: a primary to start from, the checks,
-and the listening address (the recipe's 0.0.0.0:7400 becomes 127.0.0.1 and a free port).
+and the listening address (the recipe's 0.0.0.0:7400 becomes 127.0.0.1:0; the port the receiver reports
+becomes $RECEIVER for the blocks after it).
 """
 
 from __future__ import annotations
@@ -17,8 +18,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import ROOT, free_port
-from tests.pgcluster import Cluster, find_pg_bin, scratch_dir, wait_for, why_unavailable
+from tests.helpers.pgcluster import Cluster, find_pg_bin, scratch_dir, why_unavailable
+from tests.helpers.procs import LISTENING
+from tests.helpers.source import ROOT
+from tests.helpers.waiting import wait_until
 
 DOC = ROOT / "docs" / "postgresql.md"
 
@@ -41,13 +44,18 @@ def is_daemon(line: str) -> bool:
 class Recipe:
     """Run the doc's blocks with its variables, daemons in the background (ended by pid)."""
 
-    def __init__(self, root: Path, overrides: dict[str, str], listen: str) -> None:
+    def __init__(self, root: Path, overrides: dict[str, str]) -> None:
         self.root = root
-        self.listen = listen
-        doc_vars = sh_blocks("## The variables")[0]
-        mine = "".join(f"{k}={v}\n" for k, v in overrides.items())
-        self.prelude = f"set -euo pipefail\n{doc_vars}\n{mine}"
+        self.listen = "127.0.0.1:0"
+        """Where a receiver of the recipe listens: port 0 until the first one reports its port."""
+        self.doc_vars = sh_blocks("## The variables")[0]
+        self.overrides = overrides
         self.daemons: list[subprocess.Popen[bytes]] = []
+
+    @property
+    def prelude(self) -> str:
+        mine = "".join(f"{k}={v}\n" for k, v in self.overrides.items())
+        return f"set -euo pipefail\n{self.doc_vars}\n{mine}"
 
     def run(self, block: str) -> str:
         """Run one block; daemon lines start in the background. Returns the rest's output."""
@@ -55,11 +63,16 @@ class Recipe:
         foreground = []
         for line in block.splitlines():
             if is_daemon(line):
-                log = open(self.root / f"daemon-{len(self.daemons)}.log", "ab")
-                self.daemons.append(
-                    subprocess.Popen(["bash", "-c", f"{self.prelude}\nexec {line}"], stdout=log, stderr=log, cwd=ROOT)
-                )
-                log.close()
+                log_path = self.root / f"daemon-{len(self.daemons)}.log"
+                with open(log_path, "ab") as log:
+                    self.daemons.append(
+                        subprocess.Popen(
+                            ["bash", "-c", f"{self.prelude}\nexec {line}"], stdout=log, stderr=log, cwd=ROOT
+                        )
+                    )
+                if line.startswith("$PY -m receiver") and self.listen.endswith(":0"):
+                    self.listen = f"127.0.0.1:{self._reported_port(log_path)}"
+                    self.overrides["RECEIVER"] = self.listen
             else:
                 foreground.append(line)
         done = subprocess.run(
@@ -67,6 +80,17 @@ class Recipe:
         )
         assert done.returncode == 0, f"block failed ({done.returncode}):\n{block}\n{done.stdout}{done.stderr}"
         return done.stdout
+
+    def _reported_port(self, log_path: Path) -> str:
+        """Wait for the receiver just started to log the port it bound; raise with its log if it does not."""
+        daemon = self.daemons[-1]
+
+        def reported() -> str | None:
+            m = LISTENING.search(log_path.read_text(errors="replace"))
+            assert m or daemon.poll() is None, f"the receiver exited: {log_path.read_text(errors='replace')}"
+            return m.group(2) if m else None
+
+        return wait_until(reported, 30, interval=0.05, what=f"the receiver to listen (see {log_path})")
 
     def daemon_logs(self) -> str:
         return "".join(p.read_text(errors="replace") for p in sorted(self.root.glob("daemon-*.log")))
@@ -96,9 +120,9 @@ def test_the_recipe_as_written(scratch: Path) -> None:
     pg_bin = find_pg_bin()
     assert pg_bin is not None
     root = scratch
-    primary = Cluster(pg_bin, root / "primary", free_port(), root)
-    standby = Cluster(pg_bin, root / "standby", free_port(), root)
-    listen = f"127.0.0.1:{free_port()}"
+    # Unix sockets only, in root: the ports just name each cluster's socket there (see pgcluster).
+    primary = Cluster(pg_bin, root / "primary", 5432, root)
+    standby = Cluster(pg_bin, root / "standby", 5433, root)
     recipe = Recipe(
         root,
         {
@@ -111,13 +135,12 @@ def test_the_recipe_as_written(scratch: Path) -> None:
             "SHIPPER_CONF": str(root / "logship-shipper.toml"),
             "STANDBY": str(standby.data),
             "DATA_DIR": str(root / "logship"),
-            "RECEIVER": listen,
+            "RECEIVER": "127.0.0.1:0",  # set to the receiver's port once it reports it
             "PRIMARY_HOST": str(root),
             "PRIMARY_PORT": str(primary.port),
             # The shipper's state dir (not the recipe's business; the default one is shared by tests).
             "LOGSHIP_SHIPPER_STATE_DIR": str(root / "shipper-state"),
         },
-        listen,
     )
     try:
         # The primary the recipe starts from.
@@ -129,32 +152,32 @@ def test_the_recipe_as_written(scratch: Path) -> None:
         for section in ("## 1.", "## 2.", "## 3.", "## 4."):
             for block in sh_blocks(section):
                 recipe.run(block)
-        # The standby's port: the recipe's 5433 may be taken here.
+        # The standby's port: a socket name here (see pgcluster), the test's rather than the recipe's 5433.
         (block,) = sh_blocks("## 5.")
         recipe.run(block.replace("port = 5433", f"port = {standby.port}"))
 
         primary.psql("CREATE TABLE recipe (id int)")
         primary.psql("INSERT INTO recipe VALUES (1)")
         primary.psql("SELECT pg_switch_wal()")
-        wait_for(lambda: standby.try_psql("SELECT count(*) FROM recipe") == "1", 90, what="the row on the standby")
+        wait_until(lambda: standby.try_psql("SELECT count(*) FROM recipe") == "1", 90, what="the row on the standby")
         assert standby.psql("SELECT pg_is_in_recovery()") == "t"
         backups = [p.name for p in (root / "wal-archive").glob("*.backup")]
         assert backups and (root / "logship" / "pg-backup" / "log" / backups[0]).exists()
 
         primary.psql("INSERT INTO recipe VALUES (2)")
         primary.psql("SELECT pg_switch_wal()")
-        wait_for(lambda: standby.try_psql("SELECT count(*) FROM recipe") == "2", 90, what="row 2 on the standby")
+        wait_until(lambda: standby.try_psql("SELECT count(*) FROM recipe") == "2", 90, what="row 2 on the standby")
         (block,) = sh_blocks("## 7.")
         report = recipe.run(block)
         assert "acknowledged data missing: NO" in report, report
-        wait_for(lambda: standby.try_psql("SELECT pg_is_in_recovery()") == "f", 60, what="the standby promoted")
+        wait_until(lambda: standby.try_psql("SELECT pg_is_in_recovery()") == "f", 60, what="the standby promoted")
         standby.psql("INSERT INTO recipe VALUES (3)")
 
         primary.psql("INSERT INTO recipe VALUES (4)")
         segment = primary.psql("SELECT pg_walfile_name(pg_current_wal_lsn())")
         primary.psql("SELECT pg_switch_wal()")
-        wait_for(lambda: (root / "wal-archive" / segment).exists(), 90, what=f"{segment} archived")
-        wait_for(lambda: "fenced" in recipe.daemon_logs(), 30, what="the shipper fenced")
+        wait_until(lambda: (root / "wal-archive" / segment).exists(), 90, what=f"{segment} archived")
+        wait_until(lambda: "fenced" in recipe.daemon_logs(), 30, what="the shipper fenced")
         assert not (root / "logship" / "pg" / "replica" / segment).exists()
         assert not (root / "logship" / "pg" / "log" / segment).exists()
     finally:

@@ -18,7 +18,10 @@ from protocol.aio import FramedConnection
 from protocol.digest import chunk_digest, seal_digest, segment_digest
 from protocol.messages import Ack, Data, Position, Seal, StreamResume
 from protocol.session import ShipperHandshake
-from tests.harness import ROOT, Proc, digest_file, free_port, receiver_proc, segment_name, shipper_proc, wait_until
+from tests.helpers.copies import digest_file
+from tests.helpers.procs import Proc, receiver_proc, shipper_proc
+from tests.helpers.source import ROOT, segment_name
+from tests.helpers.waiting import wait_until
 
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -69,11 +72,10 @@ def test_directory_replay_inspection_failure_resume_suspend_restart_quarantine(
     source.mkdir()
     order = tmp_path / "inspected"
     inspect = f"echo {{name}} >> {order}; test ! -e {tmp_path}/veto-{{name}}"
-    port = free_port()
     extra = ["--inspect-cmd", inspect, "--replay-retries", "2", "--replay-backoff", "0.2"]
-    receiver = receiver_proc(tmp_path, port, secret, name="data", extra=extra)
+    receiver = receiver_proc(tmp_path, secret, name="data", extra=extra)
     procs.append(receiver.start())
-    procs.append(shipper_proc(tmp_path, "db1", source, [port], secret).start())
+    procs.append(shipper_proc(tmp_path, "db1", source, [receiver], secret).start())
     data = tmp_path / "data"
     copy = data / "db1"
 
@@ -146,10 +148,9 @@ def test_command_replayer_from_config_and_replay_lag(tmp_path: Path, secret: Pat
     applied = tmp_path / "applied"
     applied.mkdir()
     config = tmp_path / "receiver.toml"
-    port, admin = free_port(), free_port()
     config.write_text(
-        f'listen = "127.0.0.1:{port}"\n'
-        f'admin = "127.0.0.1:{admin}"\n'
+        'listen = "127.0.0.1:0"\n'
+        'admin = "127.0.0.1:0"\n'
         f'data_dir = "{tmp_path / "data"}"\n'
         f'secret_file = "{secret}"\n'
         'replay_lag = "3s"\n'
@@ -157,7 +158,9 @@ def test_command_replayer_from_config_and_replay_lag(tmp_path: Path, secret: Pat
         'replay = "command"\n'
         f'replay_command = "cat {{path}} >> {applied}/{{stream}}.bytes && echo {{name}} >> {applied}/order"\n'
     )
-    procs.append(Proc("receiver", ["--config", str(config)], tmp_path / "receiver.log").start())
+    receiver = Proc("receiver", ["--config", str(config)], tmp_path / "receiver.log").start()
+    procs.append(receiver)
+    port, admin = receiver.listen_port(), receiver.admin_port()
     source = tmp_path / "src"
     source.mkdir()
     procs.append(shipper_proc(tmp_path, "cmd", source, [port], secret).start())
@@ -189,10 +192,10 @@ def test_command_replayer_from_config_and_replay_lag(tmp_path: Path, secret: Pat
 
 
 def test_ack_carries_the_replayed_position(tmp_path: Path, secret: Path, procs: list[Proc]) -> None:
-    port = free_port()
-    receiver = receiver_proc(tmp_path, port, secret, extra=["--replay-lag", "2s"])
+    receiver = receiver_proc(tmp_path, secret, extra=["--replay-lag", "2s"])
     procs.append(receiver.start())
     wait_until(lambda: "listening on" in receiver.log_text(), 15)
+    port = receiver.port
     key = secret.read_text().strip().encode()
     payload = random.randbytes(50_000)
     seg = segment_name(1)

@@ -11,7 +11,9 @@ from pathlib import Path
 
 import xxhash
 
-from tests.harness import Proc, free_port, receiver_proc, segment_name, shipper_proc, wait_until
+from tests.helpers.procs import Proc, receiver_proc, shipper_proc
+from tests.helpers.source import segment_name
+from tests.helpers.waiting import wait_until
 from tests.integration.test_shipper_ops import log_names, row, shipper_cli, state_of
 
 
@@ -69,10 +71,11 @@ def write(source: Path, digests: dict[str, str], first: int, count: int, size: i
 def test_segments_leave_the_source_only_when_every_target_holds_them(
     tmp_path: Path, secret: Path, procs: list[Proc]
 ) -> None:
-    ports = [free_port(), free_port()]
-    a = receiver_proc(tmp_path, ports[0], secret, name="a").start()
-    b = receiver_proc(tmp_path, ports[1], secret, name="b").start()
+    a = receiver_proc(tmp_path, secret, name="a").start()
+    b = receiver_proc(tmp_path, secret, name="b").start()
     procs += [a, b]
+    # B is killed and restarted below: it comes back on the port its first start reported.
+    ports = [a.port, b.port]
     source, archive, state_dir = tmp_path / "src", tmp_path / "archive", tmp_path / "state"
     source.mkdir()
     archive.mkdir()
@@ -114,15 +117,16 @@ def test_segments_leave_the_source_only_when_every_target_holds_them(
 
 
 def test_a_fenced_target_holds_retention(tmp_path: Path, secret: Path, procs: list[Proc]) -> None:
-    ports = [free_port(), free_port()]
     # The second target's copy of db1 was activated at epoch 5: this shipper (epoch 0) is fenced there.
     fenced_state = tmp_path / "fenced" / "db1"
     fenced_state.mkdir(parents=True)
     (fenced_state / "state.json").write_text(json.dumps({"epoch": 5, "failed": None}))
-    procs += [
-        receiver_proc(tmp_path, ports[0], secret, name="good").start(),
-        receiver_proc(tmp_path, ports[1], secret, name="fenced").start(),
+    receivers = [
+        receiver_proc(tmp_path, secret, name="good").start(),
+        receiver_proc(tmp_path, secret, name="fenced").start(),
     ]
+    procs += receivers
+    ports = [r.port for r in receivers]
     source, state_dir = tmp_path / "src", tmp_path / "state"
     source.mkdir()
     digests: dict[str, str] = {}
@@ -138,15 +142,16 @@ def test_a_fenced_target_holds_retention(tmp_path: Path, secret: Path, procs: li
 
 
 def test_a_failed_target_holds_retention(tmp_path: Path, secret: Path, procs: list[Proc]) -> None:
-    ports = [free_port(), free_port()]
     # The second target's copy of db1 is Failed (as after a segment failed its digest three times).
     bad_state = tmp_path / "bad" / "db1"
     bad_state.mkdir(parents=True)
     (bad_state / "state.json").write_text(json.dumps({"epoch": 0, "failed": "E0000000001.log failed 3 times"}))
-    procs += [
-        receiver_proc(tmp_path, ports[0], secret, name="good").start(),
-        receiver_proc(tmp_path, ports[1], secret, name="bad").start(),
+    receivers = [
+        receiver_proc(tmp_path, secret, name="good").start(),
+        receiver_proc(tmp_path, secret, name="bad").start(),
     ]
+    procs += receivers
+    ports = [r.port for r in receivers]
     source, state_dir = tmp_path / "src", tmp_path / "state"
     source.mkdir()
     digests: dict[str, str] = {}
@@ -165,14 +170,14 @@ def test_a_failed_target_holds_retention(tmp_path: Path, secret: Path, procs: li
 def test_truncation_lag_keeps_segments_a_while_after_every_target_got_them(
     tmp_path: Path, secret: Path, procs: list[Proc]
 ) -> None:
-    port = free_port()
-    procs.append(receiver_proc(tmp_path, port, secret, name="r").start())
+    receiver = receiver_proc(tmp_path, secret, name="r").start()
+    procs.append(receiver)
     source, state_dir = tmp_path / "src", tmp_path / "state"
     source.mkdir()
     digests: dict[str, str] = {}
     write(source, digests, 1, 3)
     extra = ["--state-dir", str(state_dir), "--retain", "--retain-until", "durable", "--truncation-lag", "2s"]
-    procs.append(shipper_proc(tmp_path, "db1", source, [port], secret, extra).start())
+    procs.append(shipper_proc(tmp_path, "db1", source, [receiver], secret, extra).start())
     copy_first = tmp_path / "r" / "db1" / "log" / segment_name(1)
     wait_until(copy_first.exists, 30, interval=0.02, what="the copy of the first segment")
     copied = time.monotonic()

@@ -7,7 +7,9 @@ import json
 import os
 from pathlib import Path
 
-from tests.harness import Proc, free_port, receiver_proc, segment_name, shipper_proc, wait_until
+from tests.helpers.procs import Proc, receiver_proc, shipper_proc
+from tests.helpers.source import segment_name
+from tests.helpers.waiting import wait_until
 from tests.integration.test_retention import write
 from tests.integration.test_shipper_ops import log_names, row, shipper_cli
 
@@ -15,11 +17,12 @@ from tests.integration.test_shipper_ops import log_names, row, shipper_cli
 def test_retention_waits_for_replay_and_status_shows_the_replay_queue(
     tmp_path: Path, secret: Path, procs: list[Proc]
 ) -> None:
-    ports = [free_port(), free_port()]
-    quick = receiver_proc(tmp_path, ports[0], secret, name="quick").start()
-    # The delayed standby replays nothing for an hour: it holds the source's segments.
-    delayed = receiver_proc(tmp_path, ports[1], secret, name="delayed", extra=["--replay-lag", "1h"]).start()
+    quick = receiver_proc(tmp_path, secret, name="quick").start()
+    # The delayed standby replays nothing for an hour: it holds the source's segments. It is restarted
+    # below, on the port its first start reported.
+    delayed = receiver_proc(tmp_path, secret, name="delayed", extra=["--replay-lag", "1h"]).start()
     procs += [quick, delayed]
+    ports = [quick.port, delayed.port]
     source, state_dir = tmp_path / "src", tmp_path / "state"
     source.mkdir()
     digests: dict[str, str] = {}

@@ -18,17 +18,10 @@ from typing import Any
 
 import pytest
 
-from tests.harness import (
-    ROOT,
-    Proc,
-    SourceWriter,
-    assert_copy_converged,
-    free_port,
-    receiver_proc,
-    segment_name,
-    shipper_proc,
-    wait_until,
-)
+from tests.helpers.copies import assert_copy_converged
+from tests.helpers.procs import Proc, receiver_proc, shipper_proc
+from tests.helpers.source import ROOT, SourceWriter, segment_name
+from tests.helpers.waiting import wait_until
 
 
 def shipper_cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -105,18 +98,17 @@ class Blackhole:
 def test_two_streams_two_targets_from_config_with_status_and_metrics(
     tmp_path: Path, secret: Path, procs: list[Proc]
 ) -> None:
-    ports = [free_port(), free_port()]
-    receivers = [receiver_proc(tmp_path, p, secret, name=f"r{i}").start() for i, p in enumerate(ports)]
+    receivers = [receiver_proc(tmp_path, secret, name=f"r{i}").start() for i in range(2)]
     procs += receivers
+    ports = [r.port for r in receivers]
     sources = {}
     for stream in ("alpha", "beta"):
         sources[stream] = tmp_path / f"src-{stream}"
         sources[stream].mkdir()
         write_segments(sources[stream], 1, 4)
     state_dir = tmp_path / "state"
-    admin_port = free_port()
     conf = tmp_path / "shipper.toml"
-    text = f'node = "primary-1"\nstate_dir = "{state_dir}"\nadmin = "127.0.0.1:{admin_port}"\n'
+    text = f'node = "primary-1"\nstate_dir = "{state_dir}"\nadmin = "127.0.0.1:0"\n'
     for stream in ("alpha", "beta"):
         text += f'[[stream]]\nname = "{stream}"\nsource = "{sources[stream]}"\nsecret_file = "{secret}"\n'
         for p in ports:
@@ -126,6 +118,7 @@ def test_two_streams_two_targets_from_config_with_status_and_metrics(
     conf.write_text(text)
     shipper = Proc("shipper", ["--config", str(conf)], tmp_path / "shipper.log")
     procs.append(shipper.start())
+    admin_port = shipper.admin_port()
     expect = [segment_name(i) for i in range(1, 4)]  # the 4th is the active one
     for stream in ("alpha", "beta"):
         for i in range(2):
@@ -185,8 +178,9 @@ def test_two_streams_two_targets_from_config_with_status_and_metrics(
 
 
 def test_suspend_survives_restart_and_resume_continues(tmp_path: Path, secret: Path, procs: list[Proc]) -> None:
-    ports = [free_port(), free_port()]
-    procs += [receiver_proc(tmp_path, p, secret, name=f"r{i}").start() for i, p in enumerate(ports)]
+    receivers = [receiver_proc(tmp_path, secret, name=f"r{i}").start() for i in range(2)]
+    procs += receivers
+    ports = [r.port for r in receivers]
     source = tmp_path / "src"
     source.mkdir()
     write_segments(source, 1, 3)
@@ -245,19 +239,19 @@ def test_suspend_survives_restart_and_resume_continues(tmp_path: Path, secret: P
 
 
 def test_dead_and_stopped_targets_do_not_slow_a_healthy_one(tmp_path: Path, secret: Path, procs: list[Proc]) -> None:
-    healthy_port, frozen_port = free_port(), free_port()
-    healthy = receiver_proc(tmp_path, healthy_port, secret, name="healthy").start()
-    frozen = receiver_proc(tmp_path, frozen_port, secret, name="frozen").start()
+    healthy = receiver_proc(tmp_path, secret, name="healthy").start()
+    frozen = receiver_proc(tmp_path, secret, name="frozen").start()
     procs += [healthy, frozen]
+    healthy_port, frozen_port = healthy.port, frozen.port
     hole = Blackhole()
     source = tmp_path / "src"
     source.mkdir()
     state_dir = tmp_path / "state"
     ports = [healthy_port, frozen_port, hole.port]
-    admin_port = free_port()
-    extra = ["--state-dir", str(state_dir), "--window", "1MiB", "--admin", f"127.0.0.1:{admin_port}"]
+    extra = ["--state-dir", str(state_dir), "--window", "1MiB", "--admin", "127.0.0.1:0"]
     shipper = shipper_proc(tmp_path, "db1", source, ports, secret, extra)
     procs.append(shipper.start())
+    admin_port = shipper.admin_port()
     targets = {name: f"127.0.0.1:{p}" for name, p in zip(("healthy", "frozen", "hole"), ports, strict=True)}
     # 40 segments of 256 KiB at 2 MB/s: about 5 s of writing.
     sizes = [256 * 1024] * 40
@@ -311,11 +305,12 @@ def test_dead_and_stopped_targets_do_not_slow_a_healthy_one(tmp_path: Path, secr
 )
 def test_many_streams_many_targets_one_blackholed_heavy(tmp_path: Path, secret: Path, procs: list[Proc]) -> None:
     streams = [f"s{i:02d}" for i in range(12)]
-    ports = [free_port(), free_port()]
-    procs += [receiver_proc(tmp_path, p, secret, name=f"r{i}").start() for i, p in enumerate(ports)]
+    receivers = [receiver_proc(tmp_path, secret, name=f"r{i}").start() for i in range(2)]
+    procs += receivers
+    ports = [r.port for r in receivers]
     hole = Blackhole()
-    state_dir, admin_port = tmp_path / "state", free_port()
-    text = f'state_dir = "{state_dir}"\nadmin = "127.0.0.1:{admin_port}"\n'
+    state_dir = tmp_path / "state"
+    text = f'state_dir = "{state_dir}"\nadmin = "127.0.0.1:0"\n'
     writers = []
     for n, stream in enumerate(streams):
         source = tmp_path / f"src-{stream}"
@@ -326,7 +321,9 @@ def test_many_streams_many_targets_one_blackholed_heavy(tmp_path: Path, secret: 
         writers.append(SourceWriter(source, [128 * 1024] * 30, rate=0.5e6, seed=n))
     conf = tmp_path / "shipper.toml"
     conf.write_text(text)
-    procs.append(Proc("shipper", ["--config", str(conf)], tmp_path / "shipper.log").start())
+    shipper = Proc("shipper", ["--config", str(conf)], tmp_path / "shipper.log").start()
+    procs.append(shipper)
+    admin_port = shipper.admin_port()
     healthy = {f"127.0.0.1:{p}" for p in ports}
     lags: list[float] = []
     try:

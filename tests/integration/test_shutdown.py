@@ -8,7 +8,9 @@ import subprocess
 import time
 from pathlib import Path
 
-from tests.harness import Proc, SourceWriter, free_port, receiver_proc, shipper_proc, wait_until
+from tests.helpers.procs import Proc, receiver_proc, shipper_proc
+from tests.helpers.source import SourceWriter
+from tests.helpers.waiting import wait_until
 
 ROUNDS = 6
 
@@ -23,10 +25,9 @@ def test_sigterm_with_the_receiver_going_away_at_the_same_moment(
     writer = SourceWriter(source, [4 << 20] * 200, rate=20e6, seed=11).start()
     try:
         for rnd in range(ROUNDS):
-            port = free_port()
-            receiver = receiver_proc(tmp_path, port, secret, name=f"receiver-{rnd}")
+            receiver = receiver_proc(tmp_path, secret, name=f"receiver-{rnd}")
             procs.append(receiver.start())
-            shipper = shipper_proc(tmp_path, "s", source, [port], secret)
+            shipper = shipper_proc(tmp_path, "s", source, [receiver], secret)
             procs.append(shipper.start())
             wait_until(lambda r=receiver: "attached" in r.log_text(), 30, what="the shipper to attach")
             time.sleep(0.2 + 0.1 * rnd)  # somewhere in the middle of shipping

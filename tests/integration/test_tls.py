@@ -17,15 +17,10 @@ import trustme
 from logship.config import ConfigError
 from receiver.__main__ import tls_context
 from receiver.config import settings_from_args
-from tests.harness import (
-    Proc,
-    assert_copy_converged,
-    free_port,
-    make_secret,
-    segment_name,
-    shipper_proc,
-    wait_until,
-)
+from tests.helpers.copies import assert_copy_converged
+from tests.helpers.procs import Proc, ReceiverProc, shipper_proc
+from tests.helpers.source import make_secret, segment_name
+from tests.helpers.waiting import wait_until
 
 
 def write_pem(blob: trustme.Blob | trustme.LeafCert, path: Path) -> Path:
@@ -55,16 +50,16 @@ def test_tls_ships_and_refuses_unproven_peers(tmp_path: Path, procs: list[Proc])
     client_pem = write_pem(ca.issue_cert("shipper.test"), tmp_path / "shipper.pem")
     secret = make_secret(tmp_path / "secret")
 
-    port = free_port()
     data = tmp_path / "receiver"
     (tmp_path / "receiver.toml").write_text(
-        f'listen = "127.0.0.1:{port}"\ndata_dir = "{data}"\nsecret_file = "{secret}"\n'
+        f'listen = "127.0.0.1:0"\ndata_dir = "{data}"\nsecret_file = "{secret}"\n'
         f'tls_cert = "{server_pem}"\ntls_ca = "{ca_pem}"\n'
     )
     receiver = Proc("receiver", ["--config", str(tmp_path / "receiver.toml")], tmp_path / "receiver.log")
     procs.append(receiver.start())
     wait_until(lambda: "listening on" in receiver.log_text(), 20, what="receiver to listen")
     assert "(TLS)" in receiver.log_text()
+    port = receiver.listen_port()
 
     good_src = tmp_path / "good"
     sizes = fill_source(good_src, 5, seed=1)
@@ -109,11 +104,9 @@ def test_plain_shipper_cannot_talk_to_a_tls_receiver(tmp_path: Path, procs: list
     ca = trustme.CA()
     server_pem = write_pem(ca.issue_cert("127.0.0.1"), tmp_path / "receiver.pem")
     secret = make_secret(tmp_path / "secret")
-    port = free_port()
-    receiver = Proc(
-        "receiver",
+    receiver = ReceiverProc(
         [
-            *("--listen", f"127.0.0.1:{port}", "--data-dir", str(tmp_path / "receiver")),
+            *("--data-dir", str(tmp_path / "receiver")),
             *("--secret-file", str(secret), "--tls-cert", str(server_pem), "--handshake-timeout", "1"),
         ],
         tmp_path / "receiver.log",
@@ -121,7 +114,7 @@ def test_plain_shipper_cannot_talk_to_a_tls_receiver(tmp_path: Path, procs: list
     procs.append(receiver.start())
     src = tmp_path / "src"
     fill_source(src, 1, seed=4)
-    plain = shipper_proc(tmp_path, "plain", src, [port], secret, ["--seal", "immediate"])
+    plain = shipper_proc(tmp_path, "plain", src, [receiver], secret, ["--seal", "immediate"])
     procs.append(plain.start())
     wait_until(lambda: plain.count("reconnecting") >= 1, 30, what="plain shipper to fail")
     assert not (tmp_path / "receiver" / "plain").exists()

@@ -20,7 +20,10 @@ import trustme
 
 from logship.admin.control import call
 from receiver.__main__ import control_path
-from tests.harness import Proc, assert_copy_converged, free_port, make_secret, segment_name, shipper_proc, wait_until
+from tests.helpers.copies import assert_copy_converged
+from tests.helpers.procs import Proc, ReceiverProc, shipper_proc
+from tests.helpers.source import make_secret, segment_name
+from tests.helpers.waiting import wait_until
 from tests.integration.test_tls import write_pem
 
 CAP = 4
@@ -72,11 +75,10 @@ def test_peers_in_their_tls_handshake_hold_slots_of_the_cap(tmp_path: Path, proc
     ca_pem = write_pem(ca.cert_pem, tmp_path / "ca.pem")
     server_pem = write_pem(ca.issue_cert("127.0.0.1"), tmp_path / "receiver.pem")
     secret = make_secret(tmp_path / "secret")
-    port, data = free_port(), tmp_path / "receiver"
-    receiver = Proc(
-        "receiver",
+    data = tmp_path / "receiver"
+    receiver = ReceiverProc(
         [
-            *("--listen", f"127.0.0.1:{port}", "--data-dir", str(data), "--secret-file", str(secret)),
+            *("--data-dir", str(data), "--secret-file", str(secret)),
             *("--tls-cert", str(server_pem), "--handshake-timeout", str(HANDSHAKE_TIMEOUT)),
             *("--max-unauthenticated", str(CAP)),
         ],
@@ -84,6 +86,7 @@ def test_peers_in_their_tls_handshake_hold_slots_of_the_cap(tmp_path: Path, proc
     )
     procs.append(receiver.start())
     wait_until(lambda: "listening on" in receiver.log_text(), 20, what="receiver to listen")
+    port = receiver.port
 
     rnd = random.Random(7)
     source = tmp_path / "src"

@@ -2,65 +2,29 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
-import subprocess
-import sys
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from tests.harness import (
-    ROOT,
-    Proc,
-    ProxyThread,
-    assert_copy_converged,
-    check_no_corrupt,
-    free_port,
-    receiver_proc,
-    shipper_proc,
-    wait_converged,
-    wait_until,
-)
-from tests.wan.delayproxy import DelayProxy, bytes_up
+from tests.helpers.copies import assert_copy_converged, check_no_corrupt, wait_converged
+from tests.helpers.delayproxy import DelayProxy, bytes_up
+from tests.helpers.procs import Listener, Proc, receiver_proc, shipper_proc
+from tests.helpers.proxies import FaultProxy, ProxyThread
+from tests.helpers.source import run_loadgen
+from tests.helpers.waiting import wait_until
 
 
 @contextmanager
-def counting_proxy(upstream_port: int) -> Iterator[tuple[DelayProxy, int]]:
-    """A pass-through proxy (no delay) on its own loop in a thread; yields it and its port."""
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-    proxy = DelayProxy(("127.0.0.1", 0), ("127.0.0.1", upstream_port), 0.0)
-    try:
-        _, port = asyncio.run_coroutine_threadsafe(proxy.start(), loop).result(10)
-        yield proxy, port
-    finally:
-        asyncio.run_coroutine_threadsafe(proxy.close(), loop).result(10)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(10)
+def counting_proxy(upstream: Listener) -> Iterator[tuple[DelayProxy, int]]:
+    """A pass-through proxy (no delay) on its own loop in a thread, on port 0; yields it and its port."""
+    with ProxyThread(DelayProxy(("127.0.0.1", 0), ("127.0.0.1", upstream.port), 0.0)) as proxy:
+        yield proxy, proxy.port
 
 
 def _loadgen(source: Path, segments: int, size: int) -> list[str]:
-    subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "scripts" / "loadgen"),
-            "--dir",
-            str(source),
-            "--segments",
-            str(segments),
-            "--segment-size",
-            str(size),
-            "--seed",
-            "3",
-        ],
-        check=True,
-        stdout=subprocess.DEVNULL,
-    )
-    return sorted(os.listdir(source))
+    return run_loadgen(source, segments, size, "--seed", "3")
 
 
 def test_compressed_shipping_is_byte_identical_and_smaller_on_the_wire(
@@ -69,10 +33,9 @@ def test_compressed_shipping_is_byte_identical_and_smaller_on_the_wire(
     source = tmp_path / "src"
     names = _loadgen(source, 6, 1 << 20)
     total = sum((source / n).stat().st_size for n in names)
-    port = free_port()
-    receiver = receiver_proc(tmp_path, port, secret)
+    receiver = receiver_proc(tmp_path, secret)
     procs.append(receiver.start())
-    with counting_proxy(port) as (proxy, pport):
+    with counting_proxy(receiver) as (proxy, pport):
         shipper = shipper_proc(tmp_path, "zs", source, [pport], secret, ["--seal", "immediate", "--compress", "zstd:3"])
         procs.append(shipper.start())
         copy = tmp_path / "receiver" / "zs"
@@ -88,9 +51,9 @@ def test_uncompressed_by_default(tmp_path: Path, secret: Path, procs: list[Proc]
     source = tmp_path / "src"
     names = _loadgen(source, 2, 1 << 20)
     total = sum((source / n).stat().st_size for n in names)
-    port = free_port()
-    procs.append(receiver_proc(tmp_path, port, secret).start())
-    with counting_proxy(port) as (proxy, pport):
+    receiver = receiver_proc(tmp_path, secret)
+    procs.append(receiver.start())
+    with counting_proxy(receiver) as (proxy, pport):
         procs.append(shipper_proc(tmp_path, "raw", source, [pport], secret, ["--seal", "immediate"]).start())
         copy = tmp_path / "receiver" / "raw"
         wait_converged(source, copy, names, {}, 60)
@@ -108,9 +71,9 @@ def test_rate_limit_holds_the_wire_rate(tmp_path: Path, secret: Path, procs: lis
         names.append(name)
     total = 6 << 20
     limit = 2_000_000  # 16mbit = 2 MB/s: 6 MiB take >= 3 s
-    port = free_port()
-    procs.append(receiver_proc(tmp_path, port, secret).start())
-    with counting_proxy(port) as (proxy, pport):
+    receiver = receiver_proc(tmp_path, secret)
+    procs.append(receiver.start())
+    with counting_proxy(receiver) as (proxy, pport):
         shipper = shipper_proc(
             tmp_path, "rl", source, [pport], secret, ["--seal", "immediate", "--rate-limit", "16mbit"]
         )
@@ -136,12 +99,11 @@ def test_damaged_compressed_frames_never_reach_the_copy(tmp_path: Path, secret: 
     to bytes whose digest does not match (NACK): either way the copy converges byte-identical."""
     source = tmp_path / "src"
     names = _loadgen(source, 8, 512 * 1024)
-    port = free_port()
-    receiver = receiver_proc(tmp_path, port, secret)
+    receiver = receiver_proc(tmp_path, secret)
     procs.append(receiver.start())
     copy = tmp_path / "receiver" / "zf"
     seen: dict[str, str] = {}
-    with ProxyThread(port) as proxy:
+    with ProxyThread(FaultProxy(receiver)) as proxy:
         # Small chunks, each compressed on its own, so the faults land in many frames.
         extra = ["--seal", "immediate", "--compress", "zstd", "--chunk-size", "64k", "--rate-limit", "4MB"]
         shipper = shipper_proc(tmp_path, "zf", source, [proxy.port], secret, extra)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import struct
 from typing import Any
 
 import msgpack
@@ -23,6 +22,7 @@ from protocol.digest import chunk_digest
 from protocol.errors import FrameTooLarge, RemoteProtocolError
 from protocol.framing import NEED_DATA, FrameDecoder, encode, encode_packed, encode_parts
 from protocol.messages import Data, Heartbeat
+from tests.helpers.frames import raw_frame
 
 SEG = "E0000000001.log"
 TEXT = b"".join(
@@ -43,11 +43,6 @@ def _decode_all(frame: bytes, decoder: FrameDecoder) -> list[Any]:
     while (msg := decoder.next_message()) is not NEED_DATA:
         out.append(msg)
     return out
-
-
-def _raw_frame(header: dict[str, Any], payload: bytes) -> bytes:
-    packed = msgpack.packb(header, use_bin_type=True)
-    return struct.pack(">I", len(packed)) + packed + payload
 
 
 def _compressed_header(payload_len: int, ulen: int, **extra: Any) -> dict[str, Any]:
@@ -154,19 +149,19 @@ def test_bad_encoding_fields_are_refused_before_the_payload(enc: object, ulen: o
     header.update(enc=enc, ulen=ulen)
     decoder = FrameDecoder(encodings=ZSTD_ONLY)
     with pytest.raises(RemoteProtocolError) as e:
-        _decode_all(_raw_frame(header, b""), decoder)  # refused with no payload byte buffered
+        _decode_all(raw_frame(header, b""), decoder)  # refused with no payload byte buffered
     assert e.value.code == code
 
 
 def test_declared_length_above_max_payload_is_refused_before_decompressing() -> None:
     decoder = FrameDecoder(max_payload=1 << 20, encodings=ZSTD_ONLY)
     with pytest.raises(FrameTooLarge):
-        _decode_all(_raw_frame(_compressed_header(100, (1 << 20) + 1), b""), decoder)
+        _decode_all(raw_frame(_compressed_header(100, (1 << 20) + 1), b""), decoder)
 
 
 def test_compressed_not_smaller_than_declared_is_refused() -> None:
     with pytest.raises(RemoteProtocolError) as e:
-        _decode_all(_raw_frame(_compressed_header(100, 100), b"x" * 100), FrameDecoder(encodings=ZSTD_ONLY))
+        _decode_all(raw_frame(_compressed_header(100, 100), b"x" * 100), FrameDecoder(encodings=ZSTD_ONLY))
     assert e.value.code == "bad-encoding"
 
 
@@ -175,13 +170,13 @@ def test_zip_bomb_is_refused_without_inflating_it() -> None:
     bomb = zstandard.ZstdCompressor(level=3).compress(b"\0" * (64 << 20))
     header = _compressed_header(len(bomb), 1 << 20)
     with pytest.raises(RemoteProtocolError, match="claims"):
-        _decode_all(_raw_frame(header, bomb), FrameDecoder(max_payload=4 << 20, encodings=ZSTD_ONLY))
+        _decode_all(raw_frame(header, bomb), FrameDecoder(max_payload=4 << 20, encodings=ZSTD_ONLY))
     # The same without a size in the frame header: decompression stops at ulen.
     c = zstandard.ZstdCompressor(level=3, write_content_size=False).compressobj()
     quiet_bomb = c.compress(b"\0" * (64 << 20)) + c.flush()
     with pytest.raises(RemoteProtocolError) as e:
         _decode_all(
-            _raw_frame(_compressed_header(len(quiet_bomb), 1 << 20), quiet_bomb),
+            raw_frame(_compressed_header(len(quiet_bomb), 1 << 20), quiet_bomb),
             FrameDecoder(max_payload=4 << 20, encodings=ZSTD_ONLY),
         )
     assert e.value.code == "bad-encoding"
@@ -200,7 +195,7 @@ def test_bad_compressed_data_is_a_protocol_error(mutate: Any) -> None:
     good = zstandard.ZstdCompressor(level=3, write_checksum=True).compress(TEXT)
     bad = mutate(good)
     with pytest.raises(RemoteProtocolError) as e:
-        _decode_all(_raw_frame(_compressed_header(len(bad), len(TEXT)), bad), FrameDecoder(encodings=ZSTD_ONLY))
+        _decode_all(raw_frame(_compressed_header(len(bad), len(TEXT)), bad), FrameDecoder(encodings=ZSTD_ONLY))
     assert e.value.code == "bad-encoding"
 
 
@@ -216,7 +211,7 @@ def test_wrong_declared_length_is_refused() -> None:
 def test_decoder_stays_closed_after_a_bad_compressed_frame() -> None:
     decoder = FrameDecoder(encodings=ZSTD_ONLY)
     with pytest.raises(RemoteProtocolError):
-        _decode_all(_raw_frame(_compressed_header(8, 100), b"\x00" * 8), decoder)
+        _decode_all(raw_frame(_compressed_header(8, 100), b"\x00" * 8), decoder)
     with pytest.raises(RemoteProtocolError):
         decoder.next_message()
 

@@ -30,6 +30,7 @@ from protocol.messages import (
     Welcome,
 )
 from protocol.names import check_segment_name, check_stream_name
+from tests.helpers.frames import length_prefixed, raw_frame
 
 NONCE = bytes(range(32))
 PROOF = bytes(range(32, 64))
@@ -79,17 +80,6 @@ def decode(data: bytes, max_payload: int | None = None) -> list[Message]:
     decoder = FrameDecoder() if max_payload is None else FrameDecoder(max_payload)
     decoder.receive_data(data)
     return drain(decoder)
-
-
-def raw_frame(header: Any, payload: bytes = b"") -> bytes:
-    """Build a frame from an arbitrary msgpack value, bypassing message validation."""
-    packed = msgpack.packb(header, use_bin_type=True)
-    return struct.pack(">I", len(packed)) + packed + payload
-
-
-def raw_body(body: bytes) -> bytes:
-    """Prefix already-packed (possibly garbage) header bytes with their length."""
-    return struct.pack(">I", len(body)) + body
 
 
 def data_header(**changes: Any) -> dict[str, Any]:
@@ -234,7 +224,7 @@ def test_header_length_at_limit_is_accepted() -> None:
     while len(packed := msgpack.packb({"t": "HEARTBEAT", "pad": b"x" * size}, use_bin_type=True)) > MAX_HEADER:
         size -= 1
     assert len(packed) == MAX_HEADER
-    assert decode(raw_body(packed)) == [Heartbeat()]
+    assert decode(length_prefixed(packed)) == [Heartbeat()]
 
 
 def test_zero_length_header_is_rejected() -> None:
@@ -443,7 +433,7 @@ GARBAGE: list[tuple[str, bytes]] = [
 
 @pytest.mark.parametrize("body", [g[1] for g in GARBAGE], ids=[g[0] for g in GARBAGE])
 def test_garbage_msgpack_raises_remote_error(body: bytes) -> None:
-    err = expect_remote_error(raw_body(body), "bad-frame")
+    err = expect_remote_error(length_prefixed(body), "bad-frame")
     assert isinstance(err, ProtocolError)
 
 

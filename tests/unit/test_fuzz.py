@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import itertools
 import os
-import struct
 from collections.abc import Sequence
 from typing import Any
 
@@ -42,6 +41,7 @@ from protocol.messages import (
     Welcome,
 )
 from protocol.names import STREAM_NAME
+from tests.helpers.frames import length_prefixed
 
 CI_EXAMPLES = 250
 LONG_EXAMPLES = int(os.environ.get("LOGSHIP_FUZZ_EXAMPLES") or 0)
@@ -61,11 +61,6 @@ settings.register_profile(
 FUZZ = settings.get_profile("logship-long" if LONG_EXAMPLES else "logship-ci")
 
 MESSAGE_CLASSES = (Challenge, Hello, Welcome, Data, Seal, Ack, Nack, Heartbeat, Error, Fenced)
-
-
-def length_prefixed(body: bytes) -> bytes:
-    """Put the 4-byte big-endian length in front of a header body."""
-    return struct.pack(">I", len(body)) + body
 
 
 # -- strategies for valid messages -----------------------------------------------------------

@@ -12,7 +12,7 @@ import re
 
 from shipper.settings import DEFAULT_PATTERN
 from shipper.tailer import is_segment, late_arrivals
-from tests.pgcluster import BACKUP_PATTERN, WAL_PATTERN
+from tests.helpers.pgcluster import BACKUP_PATTERN, WAL_PATTERN
 
 ARCHIVED_IN_ORDER = [
     "000000010000000000000006.partial",  # the old timeline's last segment, renamed at promotion

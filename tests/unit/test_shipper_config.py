@@ -14,7 +14,7 @@ from shipper.__main__ import build_parser
 from shipper.config import DEFAULTS, config_from_args, flags_doc, from_doc, state_dir_from
 from shipper.service import tls_contexts
 from shipper.settings import DEFAULT_CHUNK_SIZE, DEFAULT_WINDOW, SenderConfig, TlsFiles
-from tests.harness import make_secret
+from tests.helpers.source import make_secret
 
 
 def _parse(*argv: str) -> argparse.Namespace:

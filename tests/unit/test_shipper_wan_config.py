@@ -10,7 +10,7 @@ from logship.config import ConfigError
 from protocol.compression import Compression
 from shipper.__main__ import build_parser
 from shipper.config import ShipperConfig, config_from_args
-from tests.harness import make_secret
+from tests.helpers.source import make_secret
 
 
 def _config(tmp_path: Path, *argv: str) -> ShipperConfig:

@@ -3,29 +3,32 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.harness import ROOT, Proc
-from tests.wan.lab import RECEIVER_LISTEN, TARGET, Wan, WanUnavailable, remove_stale_test_namespaces, unavailable_reason
+from tests.wan.lab import (
+    RECEIVER_LISTEN,
+    TARGET,
+    NsProc,
+    Wan,
+    WanUnavailable,
+    remove_stale_test_namespaces,
+    unavailable_reason,
+)
 
 # Small and quick on purpose (the whole of tests/wan runs in about two minutes on 2 shared cores).
 TEST_RATE_BPS = 40e6
 TEST_RTT = 0.03
 
 
-@pytest.fixture(scope="session")
-def wan() -> Iterator[Wan]:
-    """dc1 and dc2 of this run (named t<pid>-dc1/dc2), at TEST_RATE_BPS and TEST_RTT."""
+def lab_for_tests(prefix: str, rate_bps: float, rtt: float) -> Iterator[Wan]:
+    """Bring up the pair of ``prefix`` for a test (skip, with the reason, where it cannot be), then down."""
     reason = unavailable_reason()
     if reason:
         pytest.skip(f"WAN tests need network namespaces: {reason}")
-    remove_stale_test_namespaces()
-    lab = Wan(f"t{os.getpid()}-", TEST_RATE_BPS, TEST_RTT)
+    lab = Wan(prefix, rate_bps, rtt)
     try:
         try:
             lab.up()
@@ -36,25 +39,11 @@ def wan() -> Iterator[Wan]:
         lab.down()
 
 
-class NsProc(Proc):
-    """A `python -m receiver|shipper` process inside dc1 or dc2 (ip netns exec keeps the pid)."""
-
-    def __init__(self, wan: Wan, host: str, module: str, args: list[str], log_path: Path) -> None:
-        super().__init__(module, args, log_path)
-        self.wan = wan
-        self.host = host
-
-    def start(self) -> NsProc:
-        assert self.popen is None or self.popen.poll() is not None
-        with open(self.log_path, "ab") as log:
-            self.popen = subprocess.Popen(
-                self.wan.cmd(self.host, [sys.executable, "-m", self.module, *self.args]),
-                stdout=log,
-                stderr=log,
-                cwd=ROOT,
-            )
-        self.starts += 1
-        return self
+@pytest.fixture(scope="session")
+def wan() -> Iterator[Wan]:
+    """dc1 and dc2 of this run (named t<pid>-dc1/dc2), at TEST_RATE_BPS and TEST_RTT."""
+    remove_stale_test_namespaces()  # does nothing where namespaces cannot be made
+    yield from lab_for_tests(f"t{os.getpid()}-", TEST_RATE_BPS, TEST_RTT)
 
 
 def wan_receiver(wan: Wan, tmp: Path, secret: Path, extra: list[str] | None = None) -> NsProc:

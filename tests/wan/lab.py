@@ -34,13 +34,17 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent.parent
+from tests.helpers.procs import Proc
+from tests.helpers.source import ROOT
+
 STATE_ROOT = Path("/run/logship-wan")
 LOCK_PATH = Path("/run/logship-wan.lock")
 DEV = "wan0"
 DC1_ADDR = "198.18.0.1"
 DC2_ADDR = "198.18.0.2"
 PREFIX_LEN = 30
+# Fixed ports are safe here, unlike on the host: the addresses live only in this run's own namespaces,
+# where nothing else listens.
 PROXY_PORT = 7400
 RECEIVER_PORT = 7401
 TARGET = f"{DC2_ADDR}:{PROXY_PORT}"
@@ -235,7 +239,7 @@ class Wan:
         argv = [
             sys.executable,
             "-m",
-            "tests.wan.delayproxy",
+            "tests.helpers.delayproxy",
             "--listen",
             TARGET,
             "--connect",
@@ -329,6 +333,18 @@ class Wan:
             params = json.loads((wan.state_dir / "params.json").read_text())
             wan.rate_bps, wan.rtt = float(params["rate_bps"]), float(params["rtt"])
         return wan
+
+
+class NsProc(Proc):
+    """A `python -m receiver|shipper` process inside dc1 or dc2 (ip netns exec keeps the pid)."""
+
+    def __init__(self, wan: Wan, host: str, module: str, args: list[str], log_path: Path) -> None:
+        super().__init__(module, args, log_path)
+        self.wan = wan
+        self.host = host
+
+    def command(self) -> list[str]:
+        return self.wan.cmd(self.host, super().command())
 
 
 def remove_stale_test_namespaces() -> list[str]:

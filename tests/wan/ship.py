@@ -13,15 +13,15 @@ import argparse
 import json
 import os
 import shlex
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 from logship.config import parse_size
-from tests.harness import digest_file, make_secret, segment_name
-from tests.wan.lab import RECEIVER_LISTEN, ROOT, TARGET, Wan, parse_duration
+from tests.helpers.copies import digest_file
+from tests.helpers.source import make_secret, run_loadgen, segment_name
+from tests.wan.lab import RECEIVER_LISTEN, TARGET, NsProc, Wan, parse_duration
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -47,22 +47,7 @@ def _generate(source: Path, total: int, segment: int, data: str) -> list[int]:
     left = total
     if data == "log":
         count = max(1, -(-total // segment))
-        subprocess.run(
-            [
-                sys.executable,
-                str(ROOT / "scripts" / "loadgen"),
-                "--dir",
-                str(source),
-                "--segments",
-                str(count),
-                "--segment-size",
-                str(segment),
-                "--seed",
-                "5",
-            ],
-            check=True,
-            stdout=subprocess.DEVNULL,
-        )
+        run_loadgen(source, count, segment, "--seed", "5")
         return [p.stat().st_size for p in sorted(source.iterdir())]
     i = 1
     while left > 0:
@@ -107,9 +92,6 @@ def ship(wan: Wan, work: Path, args: argparse.Namespace) -> dict[str, float | in
     secret = make_secret(work / "secret")
     copy_root = work / "copy"
     stream = "wan"
-    receiver_log = open(work / "receiver.log", "ab")
-    shipper_log = open(work / "shipper.log", "ab")
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
     recv_argv = ["--listen", RECEIVER_LISTEN, "--data-dir", str(copy_root), "--secret-file", str(secret)]
     ship_argv = ["--stream", stream, "--source", str(source), "--target", TARGET, "--secret-file", str(secret)]
     ship_argv += ["--seal", "immediate"]
@@ -118,24 +100,12 @@ def ship(wan: Wan, work: Path, args: argparse.Namespace) -> dict[str, float | in
     if args.rate_limit:
         ship_argv += ["--rate-limit", args.rate_limit]
     ship_argv += shlex.split(args.shipper_args)
-    receiver = subprocess.Popen(
-        wan.cmd("dc2", [sys.executable, "-m", "receiver", *recv_argv]),
-        stdout=receiver_log,
-        stderr=receiver_log,
-        cwd=ROOT,
-        env=env,
-    )
+    receiver = NsProc(wan, "dc2", "receiver", recv_argv, work / "receiver.log").start()
     shipper = None
     try:
-        time.sleep(0.5)
+        receiver.listen_port()  # up before the clock starts (its port is fixed: dc2 is this run's alone)
         t_start = time.monotonic()
-        shipper = subprocess.Popen(
-            wan.cmd("dc1", [sys.executable, "-m", "shipper", *ship_argv]),
-            stdout=shipper_log,
-            stderr=shipper_log,
-            cwd=ROOT,
-            env=env,
-        )
+        shipper = NsProc(wan, "dc1", "shipper", ship_argv, work / "shipper.log").start()
         copy = copy_root / stream
         t_first = None
         deadline = t_start + args.timeout
@@ -149,20 +119,13 @@ def ship(wan: Wan, work: Path, args: argparse.Namespace) -> dict[str, float | in
                 break
             if now > deadline:
                 raise AssertionError(f"only {got} of {total} bytes arrived in {args.timeout:.0f}s; see {work}")
-            if shipper.poll() is not None or receiver.poll() is not None:
+            if not shipper.alive() or not receiver.alive():
                 raise AssertionError(f"a process exited early; see {work}/*.log")
             time.sleep(0.05)
     finally:
         for proc in (shipper, receiver):
-            if proc is not None and proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(10)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait(5)
-        receiver_log.close()
-        shipper_log.close()
+            if proc is not None:
+                proc.stop()
     for i, size in enumerate(sizes, start=1):
         name = segment_name(i) if args.data == "random" else sorted(os.listdir(source))[i - 1]
         dst = copy / "log" / name

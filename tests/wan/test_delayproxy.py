@@ -6,7 +6,7 @@ import asyncio
 import os
 import time
 
-from tests.wan.delayproxy import DelayProxy
+from tests.helpers.delayproxy import DelayProxy
 
 
 async def _echo_server() -> tuple[asyncio.Server, int]:

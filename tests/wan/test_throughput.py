@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.wan.lab import Wan, WanUnavailable, unavailable_reason
+from tests.wan.conftest import lab_for_tests
+from tests.wan.lab import Wan
 from tests.wan.ship import ship
 
 pytestmark = pytest.mark.skipif(
@@ -23,18 +24,7 @@ pytestmark = pytest.mark.skipif(
 
 @pytest.fixture
 def link() -> Iterator[Wan]:
-    reason = unavailable_reason()
-    if reason:
-        pytest.skip(f"WAN tests need network namespaces: {reason}")
-    wan = Wan(f"h{os.getpid()}-", 100e6, 0.05)
-    try:
-        try:
-            wan.up()
-        except WanUnavailable as e:
-            pytest.skip(f"WAN tests cannot create network namespaces here: {e}")
-        yield wan
-    finally:
-        wan.down()
+    yield from lab_for_tests(f"h{os.getpid()}-", 100e6, 0.05)
 
 
 def _args(**kw: object) -> argparse.Namespace:

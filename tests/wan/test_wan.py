@@ -3,25 +3,15 @@ delayed link. Every sealed segment in the copy is compared with the source by di
 
 from __future__ import annotations
 
-import os
 import random
 import subprocess
-import sys
 import time
 from pathlib import Path
 
-from tests.harness import (
-    ROOT,
-    Proc,
-    SourceWriter,
-    assert_copy_converged,
-    check_no_corrupt,
-    partial_matches_prefix,
-    sealed_in_source,
-    segment_name,
-    wait_converged,
-    wait_until,
-)
+from tests.helpers.copies import assert_copy_converged, check_no_corrupt, partial_matches_prefix, wait_converged
+from tests.helpers.procs import Proc
+from tests.helpers.source import SourceWriter, run_loadgen, sealed_in_source, segment_name
+from tests.helpers.waiting import wait_until
 from tests.wan.conftest import wan_receiver, wan_shipper
 from tests.wan.lab import DEV, Wan
 
@@ -138,23 +128,7 @@ def test_compressed_log_crosses_the_link_in_fewer_bytes(
     wan: Wan, tmp_path: Path, secret: Path, procs: list[Proc]
 ) -> None:
     source = tmp_path / "src"
-    subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "scripts" / "loadgen"),
-            "--dir",
-            str(source),
-            "--segments",
-            "8",
-            "--segment-size",
-            str(1 << 20),
-            "--seed",
-            "9",
-        ],
-        check=True,
-        capture_output=True,
-    )
-    names = sorted(os.listdir(source))
+    names = run_loadgen(source, 8, 1 << 20, "--seed", "9")
     receiver = wan_receiver(wan, tmp_path, secret)
     shipper = wan_shipper(wan, tmp_path, "zs", source, secret, ["--seal", "immediate", "--compress", "zstd"])
     tx_before = _tx_bytes(wan, "dc1")

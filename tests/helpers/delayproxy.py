@@ -6,7 +6,7 @@ latency without limiting throughput (bandwidth is capped elsewhere, by tc tbf on
 queue holds at most ``max_queued`` bytes (then the reader pauses), which bounds memory whatever the
 peers do. End of stream is delayed like data; when either direction ends, both sides are closed.
 
-    python -m tests.wan.delayproxy --listen 198.18.0.2:7400 --connect 127.0.0.1:7401 --delay 0.025
+    python -m tests.helpers.delayproxy --listen 198.18.0.2:7400 --connect 127.0.0.1:7401 --delay 0.025
 """
 
 from __future__ import annotations
@@ -114,6 +114,8 @@ class DelayProxy:
         self.delay = delay
         self.max_queued = max_queued
         self.server: asyncio.Server | None = None
+        self.port = 0
+        """The bound port, once started (``listen`` may ask for port 0)."""
         self.connections = 0
         self.pipes: list[DelayedPipe] = []
         """Every direction of every connection, client->upstream first; ``bytes_up`` sums those."""
@@ -121,8 +123,8 @@ class DelayProxy:
 
     async def start(self) -> tuple[str, int]:
         self.server = await asyncio.start_server(self._on_connect, self.listen[0], self.listen[1])
-        host, port = self.server.sockets[0].getsockname()[:2]
-        return host, port
+        host, self.port = self.server.sockets[0].getsockname()[:2]
+        return host, self.port
 
     async def close(self) -> None:
         if self.server is not None:

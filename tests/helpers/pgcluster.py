@@ -2,7 +2,9 @@
 
 The server refuses to run as root, so when the tests run as root every PostgreSQL program runs as the
 ``postgres`` user (``runuser -u postgres --``) and the scratch directory is handed to that user.
-Clusters listen on 127.0.0.1 and on a unix socket inside the scratch directory.
+Clusters listen only on a unix socket inside the scratch directory, never on TCP: the port number only
+names the socket file (``.s.PGSQL.<port>``) in a directory no one else uses, so a fixed number per
+cluster cannot collide with another process the way a free TCP port picked in advance could.
 """
 
 from __future__ import annotations
@@ -14,13 +16,9 @@ import shutil
 import signal
 import subprocess
 import tempfile
-import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
 
 PG_USER = "postgres"
-T = TypeVar("T")
 
 
 def find_pg_bin() -> Path | None:
@@ -80,7 +78,7 @@ def run(argv: list[str], timeout: float = 60) -> str:
 
 
 class Cluster:
-    """One PostgreSQL cluster: a data directory, a port on 127.0.0.1, a socket dir, a server log."""
+    """One PostgreSQL cluster: a data directory, a port (its socket's name), a socket dir, a server log."""
 
     def __init__(self, pg_bin: Path, data: Path, port: int, socket_dir: Path) -> None:
         self.pg_bin = pg_bin
@@ -104,7 +102,7 @@ class Cluster:
 
     def base_settings(self) -> dict[str, str | int]:
         return {
-            "listen_addresses": "127.0.0.1",
+            "listen_addresses": "",
             "port": self.port,
             "unix_socket_directories": str(self.socket_dir),
             "shared_buffers": "16MB",
@@ -187,15 +185,3 @@ def atomic_archive_command(archive: Path) -> str:
 # every segment of its own.
 WAL_PATTERN = r"[0-9A-F]{24}|[0-9A-F]{8}\.history"
 BACKUP_PATTERN = r"[0-9A-F]{24}\.[0-9A-F]{8}\.backup"
-
-
-def wait_for(pred: Callable[[], T], timeout: float, interval: float = 0.2, what: str = "condition") -> T:
-    """Poll ``pred`` until it returns something truthy; return that. Raises AssertionError on timeout."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = pred()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(interval)

@@ -1,49 +1,20 @@
 """A raw protocol client for hostile-input tests: it completes the real handshake, then sends any bytes.
 
-It speaks through plain asyncio streams and builds frames by hand (``raw_frame``), so a test can put
-exactly the malformed header or length prefix it wants on the wire after a genuine authentication.
+It speaks through plain asyncio streams; with the frames of tests.helpers.frames built by hand, a test
+can put exactly the malformed header or length prefix it wants on the wire after a genuine authentication.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
-import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import msgpack
 
 from protocol.digest import chunk_digest, seal_digest, segment_hasher
 from protocol.framing import NEED_DATA, FrameDecoder, encode
 from protocol.messages import Ack, Data, Error, Message, Position, Seal, StreamResume
 from protocol.session import ShipperHandshake
-
-_PREFIX = struct.Struct(">I")
-
-
-def raw_frame(header: Any, payload: bytes = b"", length: int | None = None) -> bytes:
-    """Return a frame with ``header`` packed as msgpack as-is (any type), then ``payload``.
-
-    ``length`` overrides the 4-byte header length prefix.
-    """
-    body = msgpack.packb(header, use_bin_type=True)
-    return _PREFIX.pack(len(body) if length is None else length) + body + payload
-
-
-def data_header(stream: str, segment: str, offset: int, payload: bytes, **override: Any) -> dict[str, Any]:
-    """The header of a correct DATA frame for ``payload``, with fields replaced by ``override``."""
-    header: dict[str, Any] = {
-        "t": "DATA",
-        "stream": stream,
-        "seg": segment,
-        "off": offset,
-        "len": len(payload),
-        "xxh": chunk_digest(segment, offset, payload),
-    }
-    header.update(override)
-    return header
 
 
 @dataclass
