@@ -6,11 +6,27 @@ from __future__ import annotations
 import os
 import re
 import stat
+import tomllib
 from pathlib import Path
+from typing import Any
 
 
 class ConfigError(Exception):
     """A setting is wrong; the message is one line fit for stderr."""
+
+
+def load_toml(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read a TOML config file.
+
+    Raises ConfigError with a one-line message when it is missing or malformed.
+    """
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except OSError as e:
+        raise ConfigError(f"cannot read config file {path}: {e.strerror}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"config file {path}: {e}") from None
 
 
 def parse_address(text: str) -> tuple[str, int]:

@@ -28,13 +28,20 @@ from __future__ import annotations
 import argparse
 import socket
 import ssl
-import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from logship.config import ConfigError, check_key_file, parse_address, parse_duration, parse_size, read_secret
+from logship.config import (
+    ConfigError,
+    check_key_file,
+    load_toml,
+    parse_address,
+    parse_duration,
+    parse_size,
+    read_secret,
+)
 from protocol.limits import DEFAULT_MAX_PAYLOAD
 from protocol.names import STREAM_NAME
 
@@ -158,20 +165,6 @@ def _table(value: Any, where: str) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise ConfigError(f"{where} must be a table")
     return value
-
-
-def load_toml(path: str) -> dict[str, Any]:
-    """Read a TOML config file.
-
-    Raises ConfigError with a one-line message when it is missing or malformed.
-    """
-    try:
-        with open(path, "rb") as f:
-            return tomllib.load(f)
-    except OSError as e:
-        raise ConfigError(f"cannot read config file {path}: {e.strerror}") from None
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"config file {path}: {e}") from None
 
 
 def replay_settings(values: dict[str, Any], base: ReplaySettings, where: str) -> ReplaySettings:

@@ -18,9 +18,9 @@ from typing import Any
 
 from logship.admin import control
 from logship.cli import guarded, operator_logging
-from logship.config import ConfigError
+from logship.config import ConfigError, load_toml
 from receiver.activation import activate, render_report
-from receiver.config import add_replay_flags, load_toml, replay_from_doc
+from receiver.config import add_replay_flags, replay_from_doc
 from receiver.copy import StreamCopy
 from receiver.datadir import control_path, existing_streams, lock_data_dir
 from receiver.state import load_state

@@ -46,13 +46,13 @@ from __future__ import annotations
 import argparse
 import re
 import socket
-import tomllib
 from pathlib import Path
 from typing import Any
 
 from logship.config import (
     ConfigError,
     check_key_file,
+    load_toml,
     parse_address,
     parse_duration,
     parse_rate,
@@ -108,20 +108,6 @@ _TOP_FLAGS = ("ack_timeout", "poll_interval", "state_dir", "admin", "compress", 
 # The flags that describe the one stream of a command line without --config, by setting key.
 _STREAM_FLAGS = {"name": "stream", **{k: k for k in ("source", "secret_file", "pattern", "seal", "seal_idle")}}
 _STREAM_FLAGS |= {k: k for k in ("segment_size", "epoch", *sorted(_TLS_KEYS))}
-
-
-def load_toml(path: str) -> Doc:
-    """Read a TOML config file.
-
-    Raises ConfigError if it cannot be read or parsed.
-    """
-    try:
-        with open(path, "rb") as f:
-            return tomllib.load(f)
-    except OSError as e:
-        raise ConfigError(f"cannot read config file {path}: {e.strerror}") from None
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"config file {path}: {e}") from None
 
 
 def flags_doc(args: argparse.Namespace) -> Doc:
