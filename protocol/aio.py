@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 
+from protocol.auth import FrameOpener, FrameSealer
 from protocol.compression import PayloadCompressor
 from protocol.errors import ErrorCode, RemoteProtocolError
 from protocol.framing import DEFAULT_MAX_PAYLOAD, NEED_DATA, FrameDecoder, encode_packed, encode_parts
@@ -156,6 +157,8 @@ class FramedConnection:
         self.receiver = receiver
         self.compressor: PayloadCompressor | None = None
         """Set once both ends agreed on a payload encoding: DATA goes out compressed from then on."""
+        self.sealer: FrameSealer | None = None
+        """Set by authenticate(): every frame from then on goes out numbered and tagged."""
         self.bytes_in = 0
         self.bytes_out = 0
         peer = writer.get_extra_info("peername")
@@ -204,13 +207,22 @@ class FramedConnection:
         Call ``drain()`` to wait for the buffer to empty. Raises ConnectionClosed if the connection
         is closed (or closing).
         """
-        return self._write(*encode_parts(msg, self.compressor))
+        return self._write(*encode_parts(msg, self.compressor, self.sealer))
 
     def send_packed(self, msg: Message, packed: bytes | None) -> int:
         """Like ``send``, with the DATA payload compressed beforehand by ``self.compressor``
         (``packed``; None: it did not shrink, send it raw)."""
         encoding = self.compressor.encoding if self.compressor is not None else ""
-        return self._write(*encode_packed(msg, encoding, packed))
+        return self._write(*encode_packed(msg, encoding, packed, self.sealer))
+
+    def authenticate(self, sealer: FrameSealer, opener: FrameOpener) -> None:
+        """Tag every frame sent from now on and check the tag of every frame received from now on.
+
+        Call it between the handshake's last frame and the first authenticated one: the receiver
+        before it sends WELCOME, the shipper once it accepted WELCOME and before it reads again.
+        """
+        self.sealer = sealer
+        self.decoder.opener = opener
 
     def _write(self, head: bytes, payload: bytes) -> int:
         # asyncio drops writes to a closed transport, uvloop raises RuntimeError: either way the peer

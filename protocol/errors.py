@@ -37,6 +37,8 @@ class ErrorCode(enum.StrEnum):
     """A compressed payload that was not agreed, or does not decode to what its header says."""
     AUTH = "auth"
     """The peer could not prove it holds the stream's secret."""
+    BAD_MAC = "bad-mac"
+    """A frame after the handshake failed its tag or payload MAC: forged, damaged, replayed or reordered."""
     VERSION = "version"
     """No protocol version both ends speak."""
     FAILED = "failed"

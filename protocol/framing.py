@@ -3,6 +3,10 @@
 A frame is a 4-byte big-endian length of a msgpack header map, the header, and, for DATA, exactly
 ``header["len"]`` raw payload bytes that msgpack never touches. The decoder checks every length
 against its limits before it buffers what the length announces.
+
+After the handshake (protocol/auth.py) a 16-byte tag follows every header, before the payload: the
+encoder adds it with a FrameSealer, the decoder checks it with a FrameOpener before it believes a
+single field of the header.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from typing import Any, Final
 
 import msgpack
 
+from protocol.auth import PAYLOAD_MAC, TAG_SIZE, FrameOpener, FrameSealer
 from protocol.buffers import BufferPool
 from protocol.compression import PayloadCompressor, check_lengths, decompress
 from protocol.errors import ErrorCode, FrameTooLarge, LocalProtocolError, RemoteProtocolError
@@ -37,7 +42,9 @@ NEED_DATA: Final = _NeedData()
 _packer = msgpack.Packer(use_bin_type=True)
 
 
-def encode_parts(msg: Message, compressor: PayloadCompressor | None = None) -> tuple[bytes, bytes]:
+def encode_parts(
+    msg: Message, compressor: PayloadCompressor | None = None, sealer: FrameSealer | None = None
+) -> tuple[bytes, bytes]:
     """Return (prefix+header, payload) for ``msg``; write both, in order, without joining them.
 
     With a ``compressor`` (only once both ends agreed on its encoding), a DATA payload goes out
@@ -46,27 +53,38 @@ def encode_parts(msg: Message, compressor: PayloadCompressor | None = None) -> t
     if compressor is not None and isinstance(msg, Data) and msg.payload:
         packed = compressor.compress(msg.payload)
         if packed is not None:
-            return encode_packed(msg, compressor.encoding, packed)
-    return encode_packed(msg, "", None)
+            return encode_packed(msg, compressor.encoding, packed, sealer)
+    return encode_packed(msg, "", None, sealer)
 
 
-def encode_packed(msg: Message, encoding: str, packed: bytes | None) -> tuple[bytes, bytes]:
+def encode_packed(
+    msg: Message, encoding: str, packed: bytes | None, sealer: FrameSealer | None = None
+) -> tuple[bytes, bytes]:
     """Like ``encode_parts``, for a DATA payload compressed beforehand (``packed`` in ``encoding``;
-    None: send the payload raw), e.g. in a worker thread."""
+    None: send the payload raw), e.g. in a worker thread.
+
+    With a ``sealer`` the frame is numbered and tagged: encode frames in the order they are written.
+    """
     fields = msg.to_header()
     payload = msg.payload if isinstance(msg, Data) else b""
     if packed is not None:
         fields["enc"], fields["ulen"], fields["len"] = encoding, len(payload), len(packed)
         payload = packed
+    stream = fields.get("stream")
+    if sealer is not None and sealer.payload_mac and isinstance(msg, Data):
+        fields[PAYLOAD_MAC] = sealer.payload_mac_for(msg.stream, payload)
     header = _packer.pack(fields)
     if len(header) > MAX_HEADER:
         raise LocalProtocolError(f"header of {len(header)} bytes exceeds {MAX_HEADER}")
-    return _PREFIX.pack(len(header)) + header, payload
+    head = _PREFIX.pack(len(header)) + header
+    if sealer is not None:
+        head += sealer.tag(stream, head)
+    return head, payload
 
 
-def encode(msg: Message, compressor: PayloadCompressor | None = None) -> bytes:
+def encode(msg: Message, compressor: PayloadCompressor | None = None, sealer: FrameSealer | None = None) -> bytes:
     """Return the whole frame for ``msg`` as one bytes object."""
-    head, payload = encode_parts(msg, compressor)
+    head, payload = encode_parts(msg, compressor, sealer)
     return head + payload if payload else head
 
 
@@ -78,6 +96,7 @@ class FrameDecoder:
     ``encodings`` are the compressed payload encodings agreed in the handshake (none until then).
     ``pool``, once set (after the peer authenticated), supplies large payload buffers as soon as their
     header arrives; without it a buffer is only made once a quarter of its payload arrived.
+    ``opener``, once set (right after WELCOME), checks the tag that follows every header from then on.
     """
 
     def __init__(self, max_payload: int = DEFAULT_MAX_PAYLOAD, encodings: frozenset[str] = frozenset()) -> None:
@@ -92,6 +111,7 @@ class FrameDecoder:
         self._scratch: bytearray | None = None
         self._into_payload = False
         self.pool: BufferPool | None = None
+        self.opener: FrameOpener | None = None
         self._ready: deque[Message] = deque()
         """Messages decoded ahead by buffer_updated(), handed out by next_message() first."""
         self._ready_bytes = 0
@@ -183,11 +203,19 @@ class FrameDecoder:
                 raise FrameTooLarge(f"header length {hlen} exceeds {MAX_HEADER}")
             if hlen == 0:
                 raise RemoteProtocolError("empty header", code=ErrorCode.BAD_FRAME)
-            if len(buf) < 4 + hlen:
+            opener = self.opener
+            end = 4 + hlen + (TAG_SIZE if opener is not None else 0)
+            if len(buf) < end:
                 return NEED_DATA
             raw = bytes(memoryview(buf)[4 : 4 + hlen])
-            del buf[: 4 + hlen]
             header = _unpack_header(raw)
+            if opener is not None:
+                view = memoryview(buf)
+                try:
+                    opener.check(header.get("stream"), view[: 4 + hlen], view[4 + hlen : end])
+                finally:
+                    view.release()
+            del buf[:end]
             kind = header.get("t")
             if type(kind) is not str:
                 # Checked first: a list or map here is unhashable and would escape as TypeError.
@@ -232,6 +260,8 @@ class FrameDecoder:
             payload = bytes(memoryview(buf)[:plen])
             del buf[:plen]
         self._header = None
+        if self.opener is not None and self.opener.payload_mac:
+            self.opener.check_payload(header["stream"], payload, header.get(PAYLOAD_MAC))
         if "enc" in header:
             packed = payload
             payload = decompress(header["enc"], packed, header["ulen"])

@@ -340,18 +340,23 @@ class Error:
 
 @dataclass(frozen=True, slots=True)
 class Fenced:
-    """Receiver -> shipper: the stream was activated at ``epoch``; this shipper may not write it."""
+    """Receiver -> shipper: the stream was activated at ``epoch``; this shipper may not write it.
+
+    ``proof`` is the receiver's HMAC over the stream, the epoch and both nonces: a FENCED that does not
+    carry the stream's secret is never believed (it would stop shipping to that address).
+    """
 
     TYPE: ClassVar[str] = "FENCED"
     stream: str
     epoch: int
+    proof: bytes = field(default=b"", repr=False)
 
     def to_header(self) -> dict[str, Any]:
-        return {"t": self.TYPE, "stream": self.stream, "epoch": self.epoch}
+        return {"t": self.TYPE, "stream": self.stream, "epoch": self.epoch, "proof": self.proof}
 
     @classmethod
     def from_header(cls, h: Mapping[str, Any]) -> Fenced:
-        return cls(fields.stream(h), fields.integer(h, "epoch"))
+        return cls(fields.stream(h), fields.integer(h, "epoch"), fields.octets(h, "proof", PROOF_SIZE))
 
 
 Message = Challenge | Hello | Welcome | Data | Seal | Ack | Nack | Heartbeat | Error | Fenced

@@ -21,12 +21,14 @@ import hmac
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
+from protocol.auth import PAYLOAD_MAC, TO_RECEIVER, TO_SHIPPER, DirectionKeys, FrameOpener, FrameSealer
 from protocol.errors import AuthenticationFailed, ErrorCode, LocalProtocolError, RemoteProtocolError, VersionMismatch
 from protocol.messages import NONCE_SIZE, Challenge, Fenced, Hello, Position, StreamClaim, StreamResume, Welcome
 
-VERSIONS: tuple[int, ...] = (2,)
-"""2: SEAL carries the seal digest (name, size and content), ACK and NACK carry ``xxh``. A version-1 peer
-would have every SEAL and ACK refused and reconnect for ever; now it is told at the handshake."""
+VERSIONS: tuple[int, ...] = (3,)
+"""3: every frame after WELCOME carries a tag under a session key (protocol/auth.py), FENCED carries a
+proof, WELCOME answers every claimed stream. 2: SEAL carries the seal digest, ACK and NACK ``xxh``. An
+older peer is refused at the handshake with VersionMismatch, never half understood."""
 _DOMAIN = b"logship/1"
 
 
@@ -48,6 +50,10 @@ def _claim_fields(epoch: int) -> str:
 
 def _resume_fields(epoch: int, position: Position, sealed: bool) -> str:
     return f"epoch={epoch};seg={position.segment};off={position.offset};sealed={int(sealed)}"
+
+
+def _fenced_fields(epoch: int) -> str:
+    return f"fenced;epoch={epoch}"
 
 
 class HandshakeState(enum.Enum):
@@ -121,6 +127,7 @@ class ReceiverHandshake:
         self.version = 0
         self.peer_node = ""
         self._peer_nonce = b""
+        self._secrets: dict[str, bytes] = {}
         self.features: tuple[str, ...] = ()
 
     def challenge(self) -> Challenge:
@@ -159,6 +166,7 @@ class ReceiverHandshake:
             if not hmac.compare_digest(want, claim.proof):
                 raise AuthenticationFailed(f"wrong proof for stream {claim.stream!r}")
             accepted.append(Accepted(claim.stream, claim.epoch))
+            self._secrets[claim.stream] = secret
         self.version = hello.version
         self.peer_node = hello.node
         self._peer_nonce = hello.nonce
@@ -183,9 +191,39 @@ class ReceiverHandshake:
         )
         return StreamResume(stream, epoch, position, sealed, proof)
 
+    def fenced(self, stream: str, epoch: int) -> Fenced:
+        """Build the FENCED that tells the shipper ``stream`` is at ``epoch``, with our proof."""
+        next_state(RECEIVER_MOVES, self.state, Event.SEND_WELCOME, "handshake not complete")
+        secret = self._secrets.get(stream)
+        if secret is None:
+            raise LocalProtocolError(f"stream {stream!r} was not accepted in this handshake")
+        proof = make_proof(
+            secret, b"receiver", self.nonce, self._peer_nonce, self.peer_node, stream, _fenced_fields(epoch)
+        )
+        return Fenced(stream, epoch, proof)
+
     def welcome(self, resumes: Iterable[StreamResume], features: tuple[str, ...] = ()) -> Welcome:
+        """Build the WELCOME; we always offer the payload MAC, which the shipper uses if it asked for it."""
         self.state = next_state(RECEIVER_MOVES, self.state, Event.SEND_WELCOME, "handshake not complete")
-        return Welcome(self.version, self.node, tuple(resumes), features)
+        offered = features if PAYLOAD_MAC in features else (*features, PAYLOAD_MAC)
+        return Welcome(self.version, self.node, tuple(resumes), offered)
+
+    @property
+    def payload_mac(self) -> bool:
+        """Whether DATA of this session carries a payload MAC (the shipper asked for it)."""
+        return PAYLOAD_MAC in self.features
+
+    def frame_auth(self) -> tuple[FrameSealer, FrameOpener]:
+        """Return the sealer of what we send and the opener of what we receive, once WELCOME is built.
+
+        Raises LocalProtocolError before the handshake is complete.
+        """
+        if self.state is not HandshakeState.DONE:
+            raise LocalProtocolError("handshake not complete")
+        keys = (self._secrets, self.nonce, self._peer_nonce, self.node, self.peer_node)
+        send = DirectionKeys.derive(keys[0], TO_SHIPPER, *keys[1:])
+        recv = DirectionKeys.derive(keys[0], TO_RECEIVER, *keys[1:])
+        return FrameSealer(send, self.payload_mac), FrameOpener(recv, self.payload_mac)
 
 
 class ShipperHandshake:
@@ -208,6 +246,8 @@ class ShipperHandshake:
         self.features = features
         self.state = HandshakeState.START
         self._server_nonce = b""
+        self._receiver_node = ""
+        self._fenced: set[str] = set()
         self._version = 0
         self.peer_features: tuple[str, ...] = ()
         """What the receiver listed in WELCOME (e.g. the payload encodings it decodes)."""
@@ -226,6 +266,7 @@ class ShipperHandshake:
         if challenge.nonce == self.nonce:
             raise AuthenticationFailed("peer echoed our nonce")
         self._server_nonce = challenge.nonce
+        self._receiver_node = challenge.node
         claims = tuple(
             StreamClaim(
                 stream,
@@ -254,9 +295,9 @@ class ShipperHandshake:
         """
         done = next_state(SHIPPER_MOVES, self.state, Event.ACCEPT_WELCOME, "not waiting for WELCOME")
         if isinstance(msg, Fenced):
-            if msg.stream not in self._secrets:
-                raise RemoteProtocolError(f"FENCED for unknown stream {msg.stream!r}", code=ErrorCode.BAD_FRAME)
+            self.check_fenced(msg)
             self.state = next_state(SHIPPER_MOVES, self.state, Event.ACCEPT_FENCED, "not waiting for WELCOME")
+            self._fenced.add(msg.stream)
             return {msg.stream: msg}
         if not isinstance(msg, Welcome):
             raise RemoteProtocolError(f"expected WELCOME, got {type(msg).__name__}", code=ErrorCode.BAD_TYPE)
@@ -277,8 +318,42 @@ class ShipperHandshake:
             if not hmac.compare_digest(want, resume.proof):
                 raise AuthenticationFailed(f"receiver could not prove the secret of {resume.stream!r}")
             result[resume.stream] = resume
+        missing = sorted(set(self._secrets) - self._fenced - set(result))
+        if missing:
+            raise RemoteProtocolError(f"WELCOME does not answer stream {missing[0]!r}", code=ErrorCode.BAD_FRAME)
         if msg.version != self._version:
             raise VersionMismatch(f"receiver answered with version {msg.version}, we chose {self._version}")
         self.peer_features = msg.features
         self.state = done
         return result
+
+    def check_fenced(self, msg: Fenced) -> None:
+        """Believe a FENCED only if the receiver proved it with the stream's secret.
+
+        Raises RemoteProtocolError for a stream we did not claim, AuthenticationFailed for a bad proof.
+        """
+        secret = self._secrets.get(msg.stream)
+        if secret is None:
+            raise RemoteProtocolError(f"FENCED for unknown stream {msg.stream!r}", code=ErrorCode.BAD_FRAME)
+        want = make_proof(
+            secret, b"receiver", self._server_nonce, self.nonce, self.node, msg.stream, _fenced_fields(msg.epoch)
+        )
+        if not hmac.compare_digest(want, msg.proof):
+            raise AuthenticationFailed(f"FENCED for stream {msg.stream!r} without the receiver's proof; ignored")
+
+    @property
+    def payload_mac(self) -> bool:
+        """Whether DATA of this session carries a payload MAC (we asked and the receiver offered it)."""
+        return PAYLOAD_MAC in self.features and PAYLOAD_MAC in self.peer_features
+
+    def frame_auth(self) -> tuple[FrameSealer, FrameOpener]:
+        """Return the sealer of what we send and the opener of what we receive, once WELCOME is accepted.
+
+        Raises LocalProtocolError before then.
+        """
+        if self.state is not HandshakeState.DONE:
+            raise LocalProtocolError("handshake not complete")
+        keys = (self._server_nonce, self.nonce, self._receiver_node, self.node)
+        send = DirectionKeys.derive(self._secrets, TO_RECEIVER, *keys)
+        recv = DirectionKeys.derive(self._secrets, TO_SHIPPER, *keys)
+        return FrameSealer(send, self.payload_mac), FrameOpener(recv, self.payload_mac)

@@ -62,7 +62,7 @@ SAMPLES: list[Message] = [
     Heartbeat(),
     Error("auth", "wrong proof for stream 'db1'"),
     Error("", ""),
-    Fenced("db1", 7),
+    Fenced("db1", 7, bytes(range(32))),
 ]
 IDS = [f"{i}-{type(m).__name__}" for i, m in enumerate(SAMPLES)]
 
@@ -285,7 +285,7 @@ SEAL = {"t": "SEAL", "stream": "db1", "seg": SEG, "size": 10, "xxh": bytes(16)}
 ACK = Ack("db1", Position(SEG, 0), False, START).to_header()
 NACK = Nack("db1", Position(SEG, 0), "r").to_header()
 ERROR = {"t": "ERROR", "code": "c", "text": "t"}
-FENCED = {"t": "FENCED", "stream": "db1", "epoch": 1}
+FENCED = {"t": "FENCED", "stream": "db1", "epoch": 1, "proof": bytes(32)}
 VALID_HEADERS = [HELLO, WELCOME, CHALLENGE, SEAL, ACK, NACK, ERROR, FENCED, {"t": "HEARTBEAT"}]
 
 
@@ -320,6 +320,8 @@ BAD_HEADERS: list[tuple[str, Any, str]] = [
     ("type-as-nil", {"t": None}, "bad-type"),
     # missing fields
     ("fenced-no-epoch", changed(FENCED, epoch=...), "bad-frame"),
+    ("fenced-no-proof", changed(FENCED, proof=...), "bad-frame"),
+    ("fenced-short-proof", changed(FENCED, proof=bytes(31)), "bad-frame"),
     ("seal-no-digest", changed(SEAL, xxh=...), "bad-frame"),
     ("challenge-no-nonce", changed(CHALLENGE, nonce=...), "bad-frame"),
     ("hello-no-streams", changed(HELLO, streams=...), "bad-frame"),
@@ -462,7 +464,7 @@ def test_error_after_good_messages_is_sticky() -> None:
 
 
 def test_extra_header_fields_are_ignored() -> None:
-    assert decode(raw_frame(changed(FENCED, future="x"))) == [Fenced("db1", 1)]
+    assert decode(raw_frame(changed(FENCED, future="x"))) == [Fenced("db1", 1, bytes(32))]
 
 
 # -- names -----------------------------------------------------------------------------------
@@ -566,7 +568,7 @@ def test_bad_stream_name_in_frames(name: object) -> None:
 @pytest.mark.parametrize("name", GOOD_STREAMS, ids=repr)
 def test_good_stream_name(name: str) -> None:
     assert check_stream_name(name) == name
-    msg = Fenced(name, 1)
+    msg = Fenced(name, 1, bytes(32))
     assert decode(encode(msg)) == [msg]
 
 

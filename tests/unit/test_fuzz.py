@@ -110,7 +110,7 @@ messages: st.SearchStrategy[Message] = st.one_of(
     st.builds(Nack, stream_names, positions, st.text(texts, max_size=200)),
     st.just(Heartbeat()),
     st.builds(Error, st.text(texts, max_size=64), st.text(texts, max_size=200)),
-    st.builds(Fenced, stream_names, offsets),
+    st.builds(Fenced, stream_names, offsets, st.binary(min_size=32, max_size=32)),
 )
 message_lists = st.lists(messages, min_size=1, max_size=5)
 

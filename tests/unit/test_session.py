@@ -279,7 +279,8 @@ def test_replayed_welcome_fails_for_new_shipper_nonce() -> None:
     first = Link()
     r1, s1 = receiver(), shipper()
     r1.receive_hello(hello_for(r1, s1, first))
-    s1.receive_welcome(first.to_shipper.carry(welcome_from(r1, {"db1": (3, Position(SEG, 10), False)})))
+    both = {"db1": (3, Position(SEG, 10), False), "db2": (0, START, True)}
+    s1.receive_welcome(first.to_shipper.carry(welcome_from(r1, both)))
     recorded = first.to_shipper.sent[-1]
 
     s2 = shipper(nonce=bytes([4]) * 32)
@@ -298,6 +299,17 @@ def test_shipper_refuses_challenge_without_common_version() -> None:
         s.receive_challenge(challenge)
     assert info.value.code == "version"
     assert isinstance(info.value, RemoteProtocolError)
+
+
+def test_version_2_peers_are_refused_both_ways() -> None:
+    # Version 2 has no frame tags: a v2 shipper would ship unauthenticated frames into a v3 receiver.
+    assert VERSIONS == (3,)
+    with pytest.raises(VersionMismatch, match=r"receiver speaks \(2,\), we speak \(3,\)"):
+        shipper().receive_challenge(Challenge((2,), RECEIVER_NONCE, "old-receiver"))
+    link, r, s = Link(), receiver(), shipper()
+    hello = hello_for(r, s, link)
+    with pytest.raises(VersionMismatch, match=r"version 2 not among \(3,\)"):
+        r.receive_hello(link.to_receiver.carry(dataclasses.replace(hello, version=2)))
 
 
 def test_receiver_refuses_hello_with_unknown_version() -> None:
@@ -362,7 +374,9 @@ def test_shipper_welcome_before_challenge() -> None:
 
 
 def test_shipper_welcome_after_done() -> None:
-    s, welcome = fake_receiver_welcome({})
+    link, r, s = Link(), receiver(), shipper()
+    r.receive_hello(hello_for(r, s, link))
+    welcome = link.to_shipper.carry(welcome_from(r, {"db1": (3, START, True), "db2": (0, START, True)}))
     s.receive_welcome(welcome)
     with pytest.raises(LocalProtocolError):
         s.receive_welcome(welcome)
@@ -437,8 +451,8 @@ def test_fenced_answer() -> None:
     accepted = r.receive_hello(hello_for(r, s, link))
     # The receiver's own epoch for db1 is 5; the shipper claimed 3, so db1 is fenced.
     assert Accepted("db1", 3) in accepted
-    fenced = s.receive_welcome(link.to_shipper.carry(Fenced("db1", 5)))
-    assert fenced == {"db1": Fenced("db1", 5)}
+    fenced = s.receive_welcome(link.to_shipper.carry(r.fenced("db1", 5)))
+    assert fenced == {"db1": r.fenced("db1", 5)}
     # The other stream still resumes from the WELCOME that follows.
     result = s.receive_welcome(link.to_shipper.carry(welcome_from(r, {"db2": (0, START, False)})))
     assert set(result) == {"db2"}
@@ -451,6 +465,47 @@ def test_fenced_for_unclaimed_stream_is_refused() -> None:
     with pytest.raises(RemoteProtocolError) as info:
         s.receive_welcome(Fenced("db9", 5))
     assert info.value.code == "bad-frame"
+
+
+@pytest.mark.parametrize("proof", [bytes(32), b"x" * 32], ids=["zero-proof", "guessed-proof"])
+def test_unproven_fenced_is_not_believed(proof: bytes) -> None:
+    # A listener that is not our receiver must not be able to stop shipping to an address for good.
+    link, r, s = Link(), receiver(), shipper()
+    r.receive_hello(hello_for(r, s, link))
+    with pytest.raises(AuthenticationFailed, match="without the receiver's proof"):
+        s.receive_welcome(link.to_shipper.carry(Fenced("db1", 5, proof)))
+    assert s.state is HandshakeState.WAIT_WELCOME
+
+
+def test_fenced_proof_binds_the_epoch() -> None:
+    link, r, s = Link(), receiver(), shipper()
+    r.receive_hello(hello_for(r, s, link))
+    real = r.fenced("db1", 5)
+    with pytest.raises(AuthenticationFailed):
+        s.receive_welcome(link.to_shipper.carry(dataclasses.replace(real, epoch=6)))
+    with pytest.raises(AuthenticationFailed):
+        s.check_fenced(dataclasses.replace(real, stream="db2"))
+    s.check_fenced(real)
+
+
+def test_fenced_proof_of_another_connection_is_refused() -> None:
+    link, r, s = Link(), receiver(), shipper()
+    r.receive_hello(hello_for(r, s, link))
+    recorded = link.to_shipper.carry(r.fenced("db1", 5))
+    link2, r2, s2 = Link(), receiver(nonce=bytes([9]) * 32), shipper()
+    r2.receive_hello(hello_for(r2, s2, link2))
+    with pytest.raises(AuthenticationFailed):
+        s2.receive_welcome(recorded)
+
+
+@pytest.mark.parametrize("answered", [{}, {"db1": (3, START, True)}], ids=["no-stream", "one-of-two"])
+def test_welcome_that_does_not_answer_every_claimed_stream_is_refused(answered: dict) -> None:
+    link, r, s = Link(), receiver(), shipper()
+    r.receive_hello(hello_for(r, s, link))
+    with pytest.raises(RemoteProtocolError, match="does not answer stream") as info:
+        s.receive_welcome(link.to_shipper.carry(welcome_from(r, answered)))
+    assert info.value.code == "bad-frame"
+    assert s.state is HandshakeState.WAIT_WELCOME
 
 
 def test_fenced_before_challenge_is_a_local_error() -> None:
