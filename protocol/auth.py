@@ -20,6 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from protocol.errors import ErrorCode, RemoteProtocolError
+from protocol.names import check_stream_name
 
 TAG_SIZE = 16
 """Bytes of the tag after each authenticated frame's header."""
@@ -96,11 +97,13 @@ class DirectionKeys:
     def key_for(self, stream: object) -> bytes:
         """Return the key of a frame naming ``stream`` (None: a frame without a stream).
 
-        Raises RemoteProtocolError if the frame names a stream this session does not carry.
+        Raises RemoteProtocolError if the frame names a stream this session does not carry (bad-stream)
+        or a name no stream can have (bad-name).
         """
         if stream is None:
             return self.connection
-        key = self.streams.get(stream) if isinstance(stream, str) else None
+        # A malformed name is refused as such (bad-name) before it is looked up.
+        key = self.streams.get(check_stream_name(stream))
         if key is None:
             raise RemoteProtocolError(
                 f"frame for stream {stream!r} not named in the handshake", code=ErrorCode.BAD_STREAM

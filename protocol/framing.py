@@ -204,11 +204,13 @@ class FrameDecoder:
             if hlen == 0:
                 raise RemoteProtocolError("empty header", code=ErrorCode.BAD_FRAME)
             opener = self.opener
+            if len(buf) < 4 + hlen:
+                return NEED_DATA
+            # Unpacked before its tag is in: a header that does not decode is refused at once.
+            header = _unpack_header(bytes(memoryview(buf)[4 : 4 + hlen]))
             end = 4 + hlen + (TAG_SIZE if opener is not None else 0)
             if len(buf) < end:
                 return NEED_DATA
-            raw = bytes(memoryview(buf)[4 : 4 + hlen])
-            header = _unpack_header(raw)
             if opener is not None:
                 view = memoryview(buf)
                 try:

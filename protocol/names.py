@@ -10,12 +10,17 @@ STREAM_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 MAX_SEGMENT_NAME = 255
 
 
+def is_stream_name(name: object) -> bool:
+    """Tell whether ``name`` is a valid stream name: the one rule config checks and the wire share."""
+    return isinstance(name, str) and STREAM_NAME.fullmatch(name) is not None and ".." not in name
+
+
 def check_stream_name(name: object) -> str:
     """Return ``name`` if it is a valid stream name.
 
     Raises RemoteProtocolError otherwise.
     """
-    if not isinstance(name, str) or not STREAM_NAME.fullmatch(name) or ".." in name:
+    if not is_stream_name(name):
         raise RemoteProtocolError(f"invalid stream name {name!r}", code=ErrorCode.BAD_NAME)
     return name
 

@@ -59,6 +59,8 @@ class Admission:
         self.unauthenticated = 0
         """Connections holding a Slot: accepted, not yet authenticated (nor closed)."""
         self.refused_busy = 0
+        self.frames_refused = 0
+        """Frames refused for a failed tag or payload MAC (forged, replayed, reordered, damaged)."""
         self.server: asyncio.Server | None = None
         self.listeners: list[socket.socket] = []
         """The listening sockets we accept from ourselves (with TLS)."""

@@ -43,7 +43,7 @@ from logship.config import (
     read_secret,
 )
 from protocol.limits import DEFAULT_MAX_PAYLOAD
-from protocol.names import STREAM_NAME
+from protocol.names import is_stream_name
 
 REPLAY_MODES = ("directory", "command")
 REPLAY_KEYS = ("replay", "replay_command", "inspect_cmd", "replay_lag", "replay_retries", "replay_backoff")
@@ -276,8 +276,10 @@ def settings_from_args(args: argparse.Namespace) -> ReceiverSettings:
     default_replay, own_replay = replay_from_doc(doc, args)
     streams: dict[str, StreamSettings] = {}
     for name, raw in _table(doc.get("streams", {}), "streams").items():
-        if not STREAM_NAME.fullmatch(name):
-            raise ConfigError(f"config file: bad stream name {name!r}")
+        if not is_stream_name(name):
+            raise ConfigError(
+                f"config file: bad stream name {name!r}: expected [A-Za-z0-9][A-Za-z0-9_.-]{{0,63}} without '..'"
+            )
         table = _table(raw, f"streams.{name}")
         extra = set(table) - {"secret_file", *REPLAY_KEYS}
         if extra:

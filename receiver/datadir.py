@@ -7,7 +7,7 @@ from pathlib import Path
 
 from logship.config import ConfigError
 from logship.files import lock_exclusive
-from protocol.names import STREAM_NAME
+from protocol.names import is_stream_name
 
 CONTROL_SOCKET = "control.sock"
 
@@ -19,7 +19,7 @@ def existing_streams(data_dir: Path) -> list[str]:
     except FileNotFoundError:
         return []
     return sorted(
-        e.name for e in entries if e.is_dir() and STREAM_NAME.fullmatch(e.name) and os.path.isdir(Path(e.path) / "log")
+        e.name for e in entries if e.is_dir() and is_stream_name(e.name) and os.path.isdir(Path(e.path) / "log")
     )
 
 

@@ -74,6 +74,7 @@ class ReceiverServer:
                 "unauthenticated": admission.unauthenticated,
                 "max_unauthenticated": self.config.max_unauthenticated,
                 "refused_busy": admission.refused_busy,
+                "frames_refused": admission.frames_refused,
             },
         }
 
@@ -105,11 +106,13 @@ class ReceiverServer:
             if slot is None:
                 return
         self.sessions.add(task)
+        session = Session(conn, self.config, self.copy, self.payload_pool)
         try:
-            await Session(conn, self.config, self.copy, self.payload_pool).run(slot)
+            await session.run(slot)
         except asyncio.CancelledError:
             pass
         finally:
+            self.admission.frames_refused += session.frames_refused
             slot.release()
             self.sessions.discard(task)
             await conn.close()

@@ -17,10 +17,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from protocol.aio import ConnectionClosed, FramedConnection
+from protocol.auth import FrameAuthFailed
 from protocol.buffers import BufferPool
 from protocol.compression import ENCODINGS, agreed
 from protocol.errors import ProtocolError, RemoteProtocolError
-from protocol.messages import START, Ack, Data, Error, Fenced, Heartbeat, Message, Nack, Position, Seal, StreamResume
+from protocol.messages import START, Ack, Data, Error, Heartbeat, Message, Nack, Position, Seal, StreamResume
 from protocol.session import Accepted, ReceiverHandshake
 from receiver.admission import Slot
 from receiver.committer import Attachment
@@ -87,6 +88,9 @@ class Session:
         self.config = config
         self.copy_for = copy_for
         self.pool = pool
+        self.hs = ReceiverHandshake(config.node, os.urandom(32), config.secret_for)
+        self.frames_refused = 0
+        """Frames after the handshake whose tag or payload MAC failed (0 or 1: the first one closes)."""
 
     async def run(self, slot: Slot) -> None:
         """Serve the connection until it ends; ``slot`` is given back once the handshake is over."""
@@ -99,6 +103,11 @@ class Session:
                 slot.release()
             if attachments:
                 await self._serve(attachments)
+        except FrameAuthFailed as e:
+            self.frames_refused += 1
+            log.warning("%s: refused a frame: %s; closing (nothing of it was applied)", conn.peer, e)
+            with contextlib.suppress(Exception):
+                conn.send(Error(e.code, str(e)))
         except ProtocolError as e:
             log.warning("%s: %s (%s); closing", conn.peer, e, e.code)
             with contextlib.suppress(Exception):
@@ -119,7 +128,7 @@ class Session:
 
     async def _handshake(self) -> dict[str, Attachment[StreamCopy]]:
         conn = self.conn
-        hs = ReceiverHandshake(self.config.node, os.urandom(32), self.config.secret_for)
+        hs = self.hs
         conn.send(hs.challenge())
         await conn.drain()
         hello = await conn.recv(self.config.handshake_timeout)
@@ -154,6 +163,9 @@ class Session:
             conn.decoder.encodings = agreed(hs.features, ENCODINGS)
             conn.decoder.pool = self.pool
             conn.send(hs.welcome(resumes, ENCODINGS))
+            # Every frame after WELCOME is tagged both ways. No await since the send: the shipper can
+            # only tag once it read the WELCOME, so no tagged byte can have been decoded untagged.
+            conn.authenticate(*hs.frame_auth())
             for att in attachments.values():
                 # Tell the shipper at once what is already replayed: its retention waits for that, and
                 # an idle stream would otherwise send no ACK to carry it (e.g. replay caught up while
@@ -209,7 +221,7 @@ class Session:
     def _fence(self, copy: StreamCopy, why: str | None) -> None:
         if why is not None:
             log.error("%s: refused stream %s: %s", self.conn.peer, copy.name, why)
-        self.conn.send(Fenced(copy.name, copy.epoch))
+        self.conn.send(self.hs.fenced(copy.name, copy.epoch))
 
     async def _serve(self, attachments: dict[str, Attachment[StreamCopy]]) -> None:
         conn = self.conn

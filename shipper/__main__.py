@@ -75,6 +75,13 @@ def build_parser() -> argparse.ArgumentParser:
         "digests stay over the uncompressed bytes",
     )
     p.add_argument(
+        "--payload-mac",
+        action="store_true",
+        default=None,
+        help="authenticate every DATA payload with an HMAC under the session key (protocol v3); frame headers "
+        "are always authenticated. Use TLS where a link leaves a trusted network; this is for links without it",
+    )
+    p.add_argument(
         "--rate-limit",
         metavar="RATE",
         help="most bytes per second on the wire to each target: e.g. 50mbit, 1gbit, 800kbit (bits) or 6MB, 6MiB "

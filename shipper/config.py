@@ -60,7 +60,7 @@ from logship.config import (
     read_secret,
 )
 from protocol.compression import Compression, parse_compression
-from protocol.names import STREAM_NAME
+from protocol.names import is_stream_name
 from shipper.settings import (
     DEFAULT_ACK_TIMEOUT,
     DEFAULT_CHUNK_SIZE,
@@ -100,11 +100,39 @@ _PACING_KEYS = {"chunk_size", "window", "window_max"}
 _INHERITED_KEYS = {"retain", "archive_dir", "truncation_lag", "retain_until"}
 _STREAM_KEYS = {"name", "source", "secret_file", "seal", "seal_idle", "segment_size", "pattern", "epoch", "target"}
 _STREAM_KEYS |= {"retain", "archive_dir", "truncation_lag", *_TLS_KEYS}
-_TARGET_KEYS = {"address", "secret_file", "retain_until", "compress", "rate_limit", *_PACING_KEYS, *_TLS_KEYS}
-_TOP_KEYS = {"node", "stream", "ack_timeout", "poll_interval", "state_dir", "admin", "compress", "rate_limit"}
+_TARGET_KEYS = {
+    "address",
+    "secret_file",
+    "retain_until",
+    "compress",
+    "rate_limit",
+    "payload_mac",
+    *_PACING_KEYS,
+    *_TLS_KEYS,
+}
+_TOP_KEYS = {
+    "node",
+    "stream",
+    "ack_timeout",
+    "poll_interval",
+    "state_dir",
+    "admin",
+    "compress",
+    "rate_limit",
+    "payload_mac",
+}
 _TOP_KEYS |= {*_PACING_KEYS, *_INHERITED_KEYS}
 # Flags that name a top-level setting (the flag's dest is the setting's key); they apply with --config too.
-_TOP_FLAGS = ("ack_timeout", "poll_interval", "state_dir", "admin", "compress", "rate_limit", *sorted(_PACING_KEYS))
+_TOP_FLAGS = (
+    "ack_timeout",
+    "poll_interval",
+    "state_dir",
+    "admin",
+    "compress",
+    "rate_limit",
+    "payload_mac",
+    *sorted(_PACING_KEYS),
+)
 # The flags that describe the one stream of a command line without --config, by setting key.
 _STREAM_FLAGS = {"name": "stream", **{k: k for k in ("source", "secret_file", "pattern", "seal", "seal_idle")}}
 _STREAM_FLAGS |= {k: k for k in ("segment_size", "epoch", *sorted(_TLS_KEYS))}
@@ -215,7 +243,14 @@ def _target(t: Doc, stream: Doc, top: Doc, stream_secret: bytes | None, place: s
         _retain_until(t.get("retain_until", top["retain_until"]), where),
         _compression(t.get("compress", top.get("compress"))),
         _rate_limit(t.get("rate_limit", top.get("rate_limit"))),
+        _payload_mac(t.get("payload_mac", top.get("payload_mac", False)), where),
     )
+
+
+def _payload_mac(value: object, where: str) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{where}: payload_mac must be true or false, not {value!r}")
+    return value
 
 
 def _check_keys(table: Doc, allowed: set[str], where: str) -> None:
@@ -225,8 +260,8 @@ def _check_keys(table: Doc, allowed: set[str], where: str) -> None:
 
 
 def _stream_name(name: object) -> str:
-    if not isinstance(name, str) or not STREAM_NAME.fullmatch(name):
-        raise ConfigError(f"bad stream name {name!r}: expected [A-Za-z0-9][A-Za-z0-9_.-]{{0,63}}")
+    if not is_stream_name(name):
+        raise ConfigError(f"bad stream name {name!r}: expected [A-Za-z0-9][A-Za-z0-9_.-]{{0,63}} without '..'")
     return name
 
 

@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import enum
 import logging
-import os
 import random
 import ssl
 import time
@@ -28,27 +26,15 @@ from protocol.digest import chunk_digest, seal_digest
 from protocol.errors import ProtocolError
 from protocol.messages import Ack, Data, Error, Fenced, Heartbeat, Nack, Position, Seal, StreamResume
 from protocol.session import ShipperHandshake
+from shipper.handshake import Fenced_, Reconnect, Refused, beyond_source, handshake
 from shipper.pacing import AdaptiveWindow, TokenBucket, rate_limited_chunk
 from shipper.settings import SenderConfig
 from shipper.source import Open, SegmentReader, SendData, SendSeal, SourceError, Stuck, next_step
-from shipper.status import TargetStats, newest_copied
+from shipper.status import TargetState, TargetStats, newest_copied
 from shipper.tailer import Tailer
 from shipper.window import SendWindow, adaptive_window
 
 log = logging.getLogger("shipper")
-
-
-class TargetState(enum.Enum):
-    INITIALIZING = "Initializing"
-    HEALTHY = "Healthy"
-    DISCONNECTED = "Disconnected"
-    SUSPENDED = "Suspended"
-    FENCED = "Fenced"
-    FAILED = "Failed"
-
-
-class _Reconnect(Exception):
-    """End this connection and try again after a pause."""
 
 
 class TargetSender:
@@ -90,6 +76,9 @@ class TargetSender:
         self._reader = SegmentReader(Path(tailer.source))
         self._stuck_reported = ""
         self._was_healthy = False
+        self._hs: ShipperHandshake | None = None
+        self._refusals = 0
+        """Permanent-looking refusals in a row (reset by a proven WELCOME): they lengthen the pause."""
         self.on_progress: Callable[[], None] | None = None
         """Called whenever the target's durable or replayed position moves (retention listens)."""
 
@@ -108,24 +97,55 @@ class TargetSender:
                 await self._connect_and_ship()
             except asyncio.CancelledError:
                 raise
-            except _Fenced:
+            except Fenced_:
                 return
-            except (OSError, ConnectionClosed, ProtocolError, TimeoutError, SourceError, _Reconnect) as e:
+            except Refused as e:
+                if e.permanent:
+                    await self._pause_refused(str(e))
+                    pause = 0.1
+                    continue
+                self._failed_attempt(str(e))
+            except (OSError, ConnectionClosed, ProtocolError, TimeoutError, SourceError, Reconnect) as e:
                 text = str(e) or type(e).__name__
                 if isinstance(e, TimeoutError) and not str(e):
                     # Say what went quiet: status shows this text as the target's failure reason.
                     text = "no answer from the target in time (connect, handshake or ACK timeout)"
-                if text != self.stats.last_error or self.state is TargetState.HEALTHY:
-                    log.warning("target %s (stream %s): %s; reconnecting", self.name, self.stream, text)
-                self.stats.last_error = text
+                self._failed_attempt(text)
             finally:
                 self._reader.close()
-            if self.state is not TargetState.FAILED:
+            if self.state not in (TargetState.FAILED, TargetState.REFUSED):
                 self.state = TargetState.DISCONNECTED
             if self._was_healthy:
                 pause = 0.1
             await asyncio.sleep(pause * random.uniform(0.8, 1.2))
             pause = min(pause * 2, self.config.backoff_max if self.state is not TargetState.FAILED else 30.0)
+
+    def _failed_attempt(self, text: str) -> None:
+        if text != self.stats.last_error or self.state is TargetState.HEALTHY:
+            log.warning("target %s (stream %s): %s; reconnecting", self.name, self.stream, text)
+        self.stats.last_error = text
+
+    async def _pause_refused(self, text: str) -> None:
+        """Show the refusal as the target's state (logged once per change) and wait before retrying.
+
+        The pause starts at 5 s and doubles with every refusal in a row up to ``refused_backoff``: the
+        refusal is unproven (a damaged HELLO also reads as a wrong secret), so the first retry comes
+        soon, and a refusal that stays costs one attempt every few minutes.
+        """
+        if self.state is not TargetState.REFUSED or text != self.stats.last_error:
+            log.error(
+                "target %s (stream %s): refused: %s; retrying after a growing pause (up to %gs)",
+                self.name,
+                self.stream,
+                text,
+                self.config.refused_backoff,
+            )
+        self.state = TargetState.REFUSED
+        self.stats.last_error = text
+        self._reader.close()
+        self._refusals += 1
+        pause = min(self.config.refused_backoff, 5.0 * 2 ** (self._refusals - 1))
+        await asyncio.sleep(pause * random.uniform(0.9, 1.1))
 
     async def _connect_and_ship(self) -> None:
         self._was_healthy = False
@@ -142,6 +162,7 @@ class TargetSender:
         conn = FramedConnection(reader, writer)
         try:
             resume = await self._handshake(conn)
+            self._refusals = 0
             self.stats.connects += 1
             self._start_at(resume)
             self.state = TargetState.HEALTHY
@@ -167,24 +188,16 @@ class TargetSender:
 
     async def _handshake(self, conn: FramedConnection) -> StreamResume:
         cfg = self.config
-        wanted = (cfg.compression.encoding,) if cfg.compression else ()
-        hs = ShipperHandshake(
-            self.node, os.urandom(32), {self.stream: self.secret}, {self.stream: self.epoch}, features=wanted
-        )
-        challenge = await conn.recv(cfg.connect_timeout)
-        if isinstance(challenge, Error):
-            raise _Reconnect(f"refused: {challenge.code}: {challenge.text}")
-        conn.send(hs.receive_challenge(challenge))
-        await conn.drain()
-        answer = await conn.recv(cfg.connect_timeout)
-        if isinstance(answer, Error):
-            if answer.code == "failed":
+        try:
+            hs, result = await handshake(conn, self.node, self.stream, self.secret, self.epoch, cfg)
+        except Refused as e:
+            if e.code == "failed":
                 self.state = TargetState.FAILED
-            raise _Reconnect(f"refused: {answer.code}: {answer.text}")
-        result = hs.receive_welcome(answer)[self.stream]
+            raise
+        self._hs = hs
         conn.compressor = None
         if cfg.compression is not None:
-            if agreed(wanted, hs.peer_features):
+            if agreed((cfg.compression.encoding,), hs.peer_features):
                 conn.compressor = PayloadCompressor(cfg.compression)
             elif self.stats.connects == 0:
                 log.warning(
@@ -198,9 +211,12 @@ class TargetSender:
                 self.stream,
                 result.epoch,
             )
-            raise _Fenced()
+            raise Fenced_()
         if result.epoch > self.epoch:
             self.epoch = result.epoch
+        beyond = beyond_source(result.position, self.tailer.names, self.tailer.by_name)
+        if beyond:
+            raise Reconnect(f"the target's WELCOME names {result.position}, {beyond}")
         return result
 
     def _start_at(self, resume: StreamResume) -> None:
@@ -316,7 +332,7 @@ class TargetSender:
             elif isinstance(msg, Nack):
                 if msg.position.segment not in self.tailer.by_name:
                     # Never rewind to a place we cannot read from: start over from the target's disk.
-                    raise _Reconnect(f"resend requested from {msg.position}, which the source does not hold")
+                    raise Reconnect(f"resend requested from {msg.position}, which the source does not hold")
                 self.send_window.on_nack(msg.position)
                 self.stats.resends += 1
                 log.warning(
@@ -334,17 +350,19 @@ class TargetSender:
                 if msg.code == "failed":
                     self.state = TargetState.FAILED
                     log.error("target %s (stream %s): the copy is Failed: %s", self.name, self.stream, msg.text)
-                raise _Reconnect(f"target reported {msg.code}: {msg.text}")
+                raise Reconnect(f"target reported {msg.code}: {msg.text}")
             elif isinstance(msg, Fenced):
+                assert self._hs is not None
+                self._hs.check_fenced(msg)  # the frame's tag already vouches for it; the proof must too
                 self.state = TargetState.FENCED
                 log.error("target %s: stream %s activated there at epoch %d; fenced", self.name, self.stream, msg.epoch)
-                raise _Fenced()
+                raise Fenced_()
             else:
-                raise _Reconnect(f"unexpected {type(msg).__name__} from the target")
+                raise Reconnect(f"unexpected {type(msg).__name__} from the target")
 
     def _on_ack(self, ack: Ack) -> None:
         if ack.stream != self.stream:
-            raise _Reconnect(f"ACK for unknown stream {ack.stream}")
+            raise Reconnect(f"ACK for unknown stream {ack.stream}")
         replay_moved = ack.replayed != self.stats.replayed
         self.stats.replayed = ack.replayed
         key = (ack.position, ack.sealed)
@@ -375,7 +393,3 @@ class TargetSender:
         self._wake.set()
         if self.on_progress is not None:
             self.on_progress()
-
-
-class _Fenced(Exception):
-    """The target fenced this stream; stop for good."""

@@ -69,7 +69,10 @@ class ShipperService:
                 stream.epoch,
                 # Compression and the rate limit are per target.
                 dataclasses.replace(
-                    t.sender or sender_config or SenderConfig(), compression=t.compression, rate_limit=t.rate_limit
+                    t.sender or sender_config or SenderConfig(),
+                    compression=t.compression,
+                    rate_limit=t.rate_limit,
+                    payload_mac=t.payload_mac,
                 ),
                 tls=contexts[t.tls] if t.tls is not None else None,
             )

@@ -64,6 +64,10 @@ class SenderConfig:
     """Compress DATA payloads towards this target if it supports the encoding (None: never)."""
     rate_limit: float | None = None
     """Most bytes per second on the wire towards this target (None: no limit)."""
+    payload_mac: bool = False
+    """Ask for the payload MAC: DATA payloads then carry an HMAC under the session key (protocol v3)."""
+    refused_backoff: float = 120.0
+    """Pause after a permanent refusal (wrong secret, version, name): a fix takes an operator anyway."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +112,8 @@ class TargetConfig:
     """Compress DATA payloads towards this target (if it supports the encoding); None: never."""
     rate_limit: float | None = None
     """Most bytes per second on the wire towards this target; None: no limit."""
+    payload_mac: bool = False
+    """Authenticate every DATA payload with an HMAC under the session key (what TLS would do)."""
 
     @property
     def name(self) -> str:

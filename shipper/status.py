@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import bisect
 import collections
+import enum
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -20,6 +21,17 @@ from logship.admin.table import human_age, human_bytes, render, since
 from protocol.messages import Position
 from shipper.tailer import SegmentInfo
 from shipper.window import AckKey
+
+
+class TargetState(enum.Enum):
+    INITIALIZING = "Initializing"
+    HEALTHY = "Healthy"
+    DISCONNECTED = "Disconnected"
+    SUSPENDED = "Suspended"
+    FENCED = "Fenced"
+    FAILED = "Failed"
+    REFUSED = "Refused"
+    """The target refuses us for a reason retrying cannot fix (secret, version, name): a long back-off."""
 
 
 @dataclass(slots=True)

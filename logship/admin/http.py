@@ -22,7 +22,7 @@ from prometheus_client.registry import Collector
 
 StatusFn = Callable[[], dict[str, Any]]
 
-STATES = ("Initializing", "Healthy", "Disconnected", "Suspended", "Failed", "Fenced", "Activated")
+STATES = ("Initializing", "Healthy", "Disconnected", "Suspended", "Failed", "Fenced", "Refused", "Activated")
 _LABELS = ("stream", "target")
 _HELP = {
     "copy_queue_segments": "Segments the source has that the target has not durably copied.",

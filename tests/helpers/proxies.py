@@ -39,7 +39,7 @@ from typing import Any, Generic, Protocol, TypeVar
 
 import msgpack
 
-from tests.helpers.frames import read_frame
+from tests.helpers.frames import TagTracker, read_frame
 from tests.helpers.procs import Listener
 
 KINDS = ("cut", "truncate", "stall", "flip_header", "flip_payload", "duplicate")
@@ -132,8 +132,9 @@ class FaultProxy(FrameProxy):
         self.done: list[str] = []
 
     async def _forward(self, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        tracker = TagTracker(to_receiver=True)
         while True:
-            prefix, header_raw, header, payload = await read_frame(r)
+            prefix, header_raw, header, payload, tag = await read_frame(r, tracker)
             fault = self.pending[0] if self.pending else None
             if fault == "flip_data" and header.get("t") == "DATA" and len(payload) > 16:
                 self.pending.pop(0)
@@ -150,10 +151,10 @@ class FaultProxy(FrameProxy):
             elif fault == "cut_mid_frame" and header.get("t") == "DATA" and len(payload) > 16:
                 self.pending.pop(0)
                 self.done.append(fault)
-                w.write(prefix + header_raw + payload[: len(payload) // 2])
+                w.write(prefix + header_raw + tag + payload[: len(payload) // 2])
                 await w.drain()
                 return
-            w.write(prefix + header_raw + payload)
+            w.write(prefix + header_raw + tag + payload)
             await w.drain()
 
 
@@ -194,10 +195,11 @@ class DamagingProxy(FrameProxy):
         self.hit_back[frame_type] += 1
 
     async def _forward(self, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        tracker = TagTracker(to_receiver=True)
         while True:
-            prefix, header_raw, header, payload = await read_frame(r)
+            prefix, header_raw, header, payload, tag = await read_frame(r, tracker)
             kind_of = header.get("t") if isinstance(header, dict) else None
-            frame = prefix + header_raw + payload
+            frame = prefix + header_raw + tag + payload
             seg = str(header.get("seg", "")) if isinstance(header, dict) else ""
             fault = self.armed[0] if self.armed else None
             if fault == "cut":
@@ -218,13 +220,13 @@ class DamagingProxy(FrameProxy):
                 self.damaged_segments[seg] += 1
                 head = bytearray(prefix + header_raw)
                 head[self.rnd.randrange(len(head))] ^= 1 << self.rnd.randrange(8)
-                frame = bytes(head) + payload
+                frame = bytes(head) + tag + payload
             elif fault == "flip_payload" and kind_of == "DATA" and payload and self.damaged_segments[seg] < 2:
                 self._take(fault)
                 self.damaged_segments[seg] += 1
                 body = bytearray(payload)
                 body[self.rnd.randrange(len(body))] ^= 1 << self.rnd.randrange(8)
-                frame = prefix + header_raw + bytes(body)
+                frame = prefix + header_raw + tag + bytes(body)
             elif fault == "duplicate" and kind_of in ("DATA", "SEAL"):
                 self._take(fault)
                 frame = frame + frame
@@ -250,11 +252,12 @@ class DamagingProxy(FrameProxy):
         return bytes(raw)
 
     async def _backward(self, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        tracker = TagTracker(to_receiver=False)
         while True:
-            prefix, header_raw, header, _ = await read_frame(r)  # from our receiver: no payloads, valid
+            prefix, header_raw, header, _, tag = await read_frame(r, tracker)  # from our receiver: no payloads
             kind_of = str(header.get("t"))
             self._note_receiver_positions(header)
-            frame = prefix + header_raw
+            frame = prefix + header_raw + tag
             fault = self.armed_back[0] if self.armed_back else None
             if fault == "cut":
                 self._take_back(fault, kind_of)
@@ -274,7 +277,7 @@ class DamagingProxy(FrameProxy):
                 frame = bytes(head)
             elif fault == "flip_payload" and kind_of == "ACK":
                 self._take_back(fault, kind_of)
-                frame = prefix + self._flip_ack_value(header, header_raw)
+                frame = prefix + self._flip_ack_value(header, header_raw) + tag
             elif fault == "duplicate":
                 self._take_back(fault, kind_of)
                 frame = frame + frame

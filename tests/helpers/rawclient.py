@@ -11,10 +11,12 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from protocol.auth import FrameSealer
 from protocol.digest import chunk_digest, seal_digest, segment_hasher
 from protocol.framing import NEED_DATA, FrameDecoder, encode
 from protocol.messages import Ack, Data, Error, Message, Position, Seal, StreamResume
 from protocol.session import ShipperHandshake
+from tests.helpers.frames import seal_raw
 
 
 @dataclass
@@ -25,6 +27,8 @@ class RawClient:
     writer: asyncio.StreamWriter
     resumes: dict[str, StreamResume]
     decoder: FrameDecoder
+    sealer: FrameSealer | None = None
+    """Tags what we send once the handshake is over (protocol v3)."""
 
     @classmethod
     async def connect(
@@ -47,6 +51,7 @@ class RawClient:
             for name, r in result.items():
                 assert isinstance(r, StreamResume), r
                 client.resumes[name] = r
+            client.sealer, client.decoder.opener = hs.frame_auth()
             return client
 
     async def recv(self, timeout: float = 10) -> Message:
@@ -60,8 +65,12 @@ class RawClient:
                     raise EOFError("closed by the receiver")
                 self.decoder.receive_data(data)
 
-    def send_raw(self, data: bytes) -> None:
-        self.writer.write(data)
+    def send_raw(self, data: bytes, tagged: bool = True) -> None:
+        """Send hand-built frames; ``tagged``: tag each whole frame as our authenticated session would."""
+        self.writer.write(seal_raw(data, self.sealer) if tagged else data)
+
+    def send(self, msg: Message) -> None:
+        self.writer.write(encode(msg, sealer=self.sealer))
 
     async def expect_error_and_close(self, timeout: float = 10) -> Error:
         """Read until an ERROR arrives, then assert the receiver closes the connection."""
@@ -79,7 +88,7 @@ class RawClient:
 
     async def ship(self, stream: str, segment: str, offset: int, payload: bytes) -> Ack:
         """Send one correct DATA frame and wait for the ACK that covers it."""
-        self.writer.write(encode(Data(stream, segment, offset, chunk_digest(segment, offset, payload), payload)))
+        self.send(Data(stream, segment, offset, chunk_digest(segment, offset, payload), payload))
         want = Position(segment, offset + len(payload))
         while True:
             msg = await self.recv()
@@ -91,7 +100,7 @@ class RawClient:
     async def seal(self, stream: str, segment: str, content: bytes) -> Ack:
         h = segment_hasher()
         h.update(content)
-        self.writer.write(encode(Seal(stream, segment, len(content), seal_digest(segment, len(content), h.digest()))))
+        self.send(Seal(stream, segment, len(content), seal_digest(segment, len(content), h.digest())))
         while True:
             msg = await self.recv()
             if isinstance(msg, Ack) and msg.sealed and msg.position.segment == segment:

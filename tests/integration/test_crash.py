@@ -96,9 +96,12 @@ def test_fault_proxy_cuts_and_flips_converge_without_corruption(
         f"\nfigures: faults={len(proxy.done)} connections={proxy.connections} resends={resends} "
         f"quarantined={quarantined} bytes={total}"
     )
-    flips = proxy.done.count("flip_data") + proxy.done.count("flip_seal")
+    flips = proxy.done.count("flip_data")
     # A flip in the first chunk of a segment drops the connection instead of asking for a resend
     # (the chunk digest binds the segment name, and a damaged name must not be named back).
     assert resends + receiver.count("(bad-digest); closing") >= flips
-    assert quarantined == proxy.done.count("flip_seal")
+    # A flipped SEAL digest is header damage: the frame fails its tag (protocol v3) and the connection
+    # closes before the SEAL is looked at, so nothing is quarantined; the shipper resumes and seals again.
+    assert receiver.count("refused a frame") >= proxy.done.count("flip_seal")
+    assert quarantined == 0
     assert proxy.connections >= 1 + proxy.done.count("cut_mid_frame")

@@ -289,6 +289,7 @@ async def test_shipper_never_counts_an_ack_beyond_what_it_sent(tmp_path: Path) -
             conn.send(hs.challenge())
             for claim in hs.receive_hello(await conn.recv(10)):
                 conn.send(hs.welcome([hs.resume(claim.stream, 0, START, True)]))
+            conn.authenticate(*hs.frame_auth())  # it knows the secret: its ACKs carry good tags
             while not isinstance(await conn.recv(10), Data):
                 pass
             conn.send(Ack("s", beyond, False))

@@ -217,6 +217,7 @@ async def ship_one_segment(port: int, key: bytes, seg: str, payload: bytes) -> l
             conn.send(hs.receive_challenge(await conn.recv(10)))
             resume = hs.receive_welcome(await conn.recv(10))["acks"]
             assert isinstance(resume, StreamResume) and resume.position == Position("", 0)
+            conn.authenticate(*hs.frame_auth())
             conn.send(Data("acks", seg, 0, chunk_digest(seg, 0, payload), payload))
             conn.send(Seal("acks", seg, len(payload), seal_digest(seg, len(payload), segment_digest(payload))))
             await conn.drain()

@@ -49,6 +49,7 @@ class Shipper:
             hs = ShipperHandshake(node, os.urandom(32), secrets, dict.fromkeys(secrets, 0))
             conn.send(hs.receive_challenge(await conn.recv(TIMEOUT)))
             resumes = hs.receive_welcome(await conn.recv(TIMEOUT))
+            conn.authenticate(*hs.frame_auth())
         assert all(isinstance(r, StreamResume) for r in resumes.values()), resumes
         return cls(conn, resumes)  # type: ignore[arg-type]
 

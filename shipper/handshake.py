@@ -1,0 +1,100 @@
+"""The shipper's side of connecting to a target: the handshake, what its answers mean, and nothing
+believed before the target proved the stream's secret.
+
+An ERROR before the proven WELCOME is only a failed attempt: anyone on the path can send one. It
+never puts a target in a permanent state; a refusal that retrying cannot fix (a wrong secret, a
+protocol version, a stream name) only lengthens the pause before the next attempt.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+
+from protocol.aio import FramedConnection
+from protocol.auth import PAYLOAD_MAC
+from protocol.errors import VersionMismatch
+from protocol.messages import Error, Fenced, Position, StreamResume
+from protocol.session import ShipperHandshake
+from shipper.settings import SenderConfig
+
+PERMANENT_CODES = {
+    "auth": "secret mismatch for stream {stream}: both ends must use the same secret file",
+    "version": "protocol version mismatch: {text}",
+    "bad-name": "the target refuses the stream name: {text}",
+}
+"""ERROR codes answering the handshake that retrying does not fix, and what to tell the operator."""
+
+
+class Reconnect(Exception):
+    """End this connection and try again after a pause."""
+
+
+class Refused(Exception):
+    """The target answered the handshake with an ERROR (unproven: it may not be the target at all)."""
+
+    def __init__(self, text: str, code: str, permanent: bool) -> None:
+        super().__init__(text)
+        self.code = code
+        self.permanent = permanent
+        """Whether retrying soon cannot help (the pause before the next attempt is long)."""
+
+
+class Fenced_(Exception):
+    """The target proved that the stream was activated there: stop shipping to it for good."""
+
+
+def refusal(error: Error, stream: str) -> Refused:
+    """Return what an ERROR answering the handshake means."""
+    template = PERMANENT_CODES.get(error.code)
+    if template is not None:
+        return Refused(template.format(stream=stream, text=error.text), error.code, permanent=True)
+    return Refused(f"refused: {error.code}: {error.text}", error.code, permanent=False)
+
+
+def beyond_source(position: Position, names: Sequence[str], by_name: Mapping[str, object]) -> str:
+    """Say why a resume position lies beyond what the source has ('' if it does not).
+
+    A position on a segment the source no longer holds is fine when it is older than the newest one
+    (retention removed it); a newer segment, or an offset past a segment's end, is not.
+    """
+    if not position.segment:
+        return ""
+    if not names or position.segment > names[-1]:
+        return "a segment newer than the source's newest"
+    info = by_name.get(position.segment)
+    size = getattr(info, "size", None)
+    if isinstance(size, int) and position.offset > size:
+        return f"past the end of the source's {size} bytes"
+    return ""
+
+
+async def handshake(
+    conn: FramedConnection, node: str, stream: str, secret: bytes, epoch: int, config: SenderConfig
+) -> tuple[ShipperHandshake, StreamResume | Fenced]:
+    """Run the handshake for ``stream``; return it and the target's proven answer.
+
+    Raises Refused for an ERROR answer (or no common version), AuthenticationFailed or
+    RemoteProtocolError for an answer that does not prove the secret or is malformed, TimeoutError.
+    """
+    wanted: tuple[str, ...] = (config.compression.encoding,) if config.compression else ()
+    if config.payload_mac:
+        wanted = (*wanted, PAYLOAD_MAC)
+    hs = ShipperHandshake(node, os.urandom(32), {stream: secret}, {stream: epoch}, features=wanted)
+    challenge = await conn.recv(config.connect_timeout)
+    if isinstance(challenge, Error):
+        raise refusal(challenge, stream)
+    try:
+        conn.send(hs.receive_challenge(challenge))
+    except VersionMismatch as e:
+        raise Refused(PERMANENT_CODES["version"].format(stream=stream, text=e), "version", permanent=True) from None
+    await conn.drain()
+    answer = await conn.recv(config.connect_timeout)
+    if isinstance(answer, Error):
+        raise refusal(answer, stream)
+    result = hs.receive_welcome(answer)[stream]
+    if isinstance(result, StreamResume):
+        # From here on every frame both ways is tagged; the WELCOME was the last untagged one, and
+        # no await since it was decoded: what follows it in the buffer is still undecoded.
+        conn.authenticate(*hs.frame_auth())
+    return hs, result
