@@ -6,7 +6,9 @@ Exit codes: 0 done, 1 the running daemon refused or a check failed, 2 a usage or
 
 from __future__ import annotations
 
+import argparse
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 
@@ -21,6 +23,38 @@ EXIT_INTERRUPTED = 130
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 Main = Callable[[list[str]], int]
+
+
+PRIVATE_UMASK = 0o077
+"""Files private by default: dirs 0700, files 0600 (segments of a mail store or database are secrets)."""
+
+
+def add_umask_flag(p: argparse.ArgumentParser) -> None:
+    """Add ``--umask``: what the daemon's files may show to group and others."""
+    p.add_argument(
+        "--umask",
+        metavar="OCTAL",
+        help="umask for every file and directory the daemon creates (default 077: private; e.g. 027 with a "
+        "setgid group directory lets a database group read the replica, 022 lets everyone read)",
+    )
+
+
+def apply_umask(text: str | None) -> int:
+    """Set the process umask from ``--umask`` (private when None); return it.
+
+    Raises ConfigError for anything but an octal number up to 777.
+    """
+    if text is None:
+        mask = PRIVATE_UMASK
+    else:
+        try:
+            mask = int(str(text), 8)
+        except ValueError:
+            raise ConfigError(f"bad umask {text!r}: expected an octal number such as 077 or 027") from None
+        if not 0 <= mask <= 0o777:
+            raise ConfigError(f"bad umask {text!r}: expected an octal number such as 077 or 027")
+    os.umask(mask)
+    return mask
 
 
 def dispatch(argv: Sequence[str] | None, subcommands: Sequence[str], daemon: Main, operator: Main) -> int:

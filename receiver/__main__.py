@@ -15,7 +15,7 @@ import sys
 
 import uvloop
 
-from logship.cli import LOG_LEVELS, daemon_logging, dispatch, guarded
+from logship.cli import LOG_LEVELS, add_umask_flag, apply_umask, daemon_logging, dispatch, guarded
 from logship.config import ConfigError
 from logship.daemon import Surfaces, stop_event
 from logship.tls import server_tls_context
@@ -72,6 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--admin", metavar="HOST:PORT", help="serve /status (JSON) and /metrics (Prometheus) here; off by default"
     )
+    add_umask_flag(p)
     p.add_argument("--log-level", default="INFO", choices=LOG_LEVELS)
     return p
 
@@ -126,13 +127,20 @@ def daemon_main(argv: list[str]) -> int:
     daemon_logging("receiver", args.log_level)
 
     def body() -> int:
+        apply_umask(args.umask)
         settings = settings_from_args(args)
         tls = tls_context(settings)
         data_dir = settings.data_dir
         try:
             data_dir.mkdir(parents=True, exist_ok=True)
+            mode = data_dir.stat().st_mode
         except OSError as e:
             raise ConfigError(f"cannot create data dir {data_dir}: {e.strerror}") from None
+        if mode & 0o002:
+            # Anyone could plant or swap files that replay would take for verified copies.
+            raise ConfigError(
+                f"data dir {data_dir} is writable by others (mode {mode & 0o777:04o}); run: chmod o-w {data_dir}"
+            )
         lock_fd = lock_data_dir(data_dir)
         config = ServerConfig(
             data_dir=data_dir,

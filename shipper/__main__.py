@@ -11,7 +11,7 @@ import sys
 
 import uvloop
 
-from logship.cli import LOG_LEVELS, daemon_logging, dispatch, guarded
+from logship.cli import LOG_LEVELS, add_umask_flag, apply_umask, daemon_logging, dispatch, guarded
 from shipper.commands import SUBCOMMANDS, operator_main
 from shipper.config import config_from_args
 from shipper.daemon import open_state, run
@@ -122,6 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["replayed", "durable"],
         help="with --retain: wait until each target replayed a segment (default), or only until it holds it durably",
     )
+    add_umask_flag(p)
     p.add_argument("--log-level", default="INFO", choices=LOG_LEVELS)
     return p
 
@@ -135,6 +136,7 @@ def daemon_main(argv: list[str]) -> int:
     daemon_logging("shipper", args.log_level)
 
     def body() -> int:
+        apply_umask(args.umask)
         config = config_from_args(args)
         # Every file is loaded before anything starts: a bad certificate is a startup error.
         tls = tls_contexts(config.streams)

@@ -119,10 +119,10 @@ def pg() -> Iterator[Scenario]:
     clusters = [primary, standby_a, standby_b]
     procs: list[Proc] = []
     try:
-        receiver_a = receiver_proc(root, secret, name="receiver-a").start()
+        receiver_a = receiver_proc(root, secret, name="receiver-a", extra=["--umask", "022"]).start()
         procs.append(receiver_a)
         lag = ["--replay-lag", f"{REPLAY_LAG:.0f}s"]
-        receiver_b = receiver_proc(root, secret, name="receiver-b", extra=lag).start()
+        receiver_b = receiver_proc(root, secret, name="receiver-b", extra=[*lag, "--umask", "022"]).start()
         procs.append(receiver_b)
         config = shipper_config(root, archive, secret, [receiver_a.port, receiver_b.port])
         shipper = Proc("shipper", ["--config", str(config)], root / "shipper.log").start()
