@@ -6,9 +6,11 @@ Exit codes: 0 done, 1 the running daemon refused or a check failed, 2 a usage or
 
 from __future__ import annotations
 
+import argparse
 import logging
 import sys
 from collections.abc import Callable, Sequence
+from typing import Any, NoReturn
 
 from logship.admin.control import ControlError
 from logship.config import ConfigError
@@ -21,6 +23,27 @@ EXIT_INTERRUPTED = 130
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 Main = Callable[[list[str]], int]
+
+
+class Parser(argparse.ArgumentParser):
+    """An ArgumentParser that takes no abbreviations and reports a usage error in one line.
+
+    Abbreviations are off because a unit file's ``--targe`` should fail, and keep failing when a
+    flag is added that it would then abbreviate. The one line (``prog: error: ...; see --help``) is
+    what a journal shows best, and matches the one-line configuration errors.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def add_version(p: argparse.ArgumentParser, version: str) -> None:
+    """Add ``--version`` to ``p``."""
+    p.add_argument("--version", action="version", version=f"logship {version}", help="print the version and exit")
 
 
 def dispatch(argv: Sequence[str] | None, subcommands: Sequence[str], daemon: Main, operator: Main) -> int:

@@ -12,7 +12,10 @@ from __future__ import annotations
 import sys
 import tomllib
 from collections.abc import Callable, Sequence
-from importlib import metadata
+
+from logship.version import DISTRIBUTION, version
+
+__all__ = ["DISTRIBUTION", "main", "side_of", "version"]
 
 USAGE = """\
 usage: logship COMMAND [ARGS...]
@@ -33,16 +36,6 @@ operator commands:
 
 logship COMMAND --help explains each. --version prints the version.
 """
-
-DISTRIBUTION = "logship-replication"
-
-
-def version() -> str:
-    """Return the installed version (``unknown`` when run from a tree that was never installed)."""
-    try:
-        return metadata.version(DISTRIBUTION)
-    except metadata.PackageNotFoundError:
-        return "unknown"
 
 
 def _shipper(argv: list[str]) -> int:

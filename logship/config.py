@@ -7,6 +7,7 @@ import os
 import re
 import stat
 import tomllib
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -171,3 +172,80 @@ def check_key_file(path: str | os.PathLike[str]) -> Path:
             f"TLS key file {p} is accessible by others (mode {stat.S_IMODE(st.st_mode):04o}); run: chmod 600 {p}"
         )
     return p
+
+
+def parse_size_or_auto(value: str | int) -> str | int:
+    """Parse a size, or ``auto`` (left to the program). Raises ConfigError for anything else."""
+    auto = isinstance(value, str) and value.strip().lower() == "auto"
+    return "auto" if auto else parse_size(value)
+
+
+def parse_rate_or_off(value: str | int | float) -> str | float:
+    """Parse a rate (see parse_rate), or ``off`` / ``none`` (no limit). Raises ConfigError for anything else."""
+    return "off" if value in ("none", "off", "") else parse_rate(value)
+
+
+def parse_count(value: str | int) -> int:
+    """Parse a whole number >= 0: a TOML integer, or its digits (a flag's text).
+
+    Raises ConfigError for anything else, booleans included.
+    """
+    if isinstance(value, str) and re.fullmatch(r"\s*\d+\s*", value):
+        return int(value)
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    raise ConfigError(f"bad number {value!r}: expected a whole number >= 0, e.g. 0, 3")
+
+
+def parse_switch(value: bool) -> bool:
+    """Check a TOML boolean (``true``/``false``); a string or number is a mistake, not a switch.
+
+    Raises ConfigError for anything but a boolean.
+    """
+    if isinstance(value, bool):
+        return value
+    raise ConfigError(f"bad switch {value!r}: expected true or false (no quotes)")
+
+
+def parse_text(value: str) -> str:
+    """Check a non-empty string (a path, an address, a command, a name).
+
+    Raises ConfigError for anything else (a number, a boolean, a table, "").
+    """
+    if isinstance(value, str) and value:
+        return value
+    raise ConfigError(f"bad value {value!r}: expected a non-empty string in quotes")
+
+
+Check = Callable[[Any], Any]
+
+
+def checked(table: Mapping[str, Any], checks: Mapping[str, Check], where: str) -> dict[str, Any]:
+    """Return ``table`` with each value a check names parsed; ``where`` names the file and table.
+
+    The one place a TOML value's type and form are checked at start. Raises ConfigError as one line:
+    ``FILE: TABLE: KEY: what is wrong, expected form``.
+    """
+    out = dict(table)
+    for key, check in checks.items():
+        if table.get(key) is not None:
+            try:
+                out[key] = check(table[key])
+            except ConfigError as e:
+                raise ConfigError(f"{where}: {key}: {e}") from None
+    return out
+
+
+def checked_flags(values: Mapping[str, Any], checks: Mapping[str, Check]) -> dict[str, Any]:
+    """Return the flags given (``values`` by setting key, None: not given) parsed by their checks.
+
+    Raises ConfigError as one line naming the flag (``--seal-idle: bad duration ...``).
+    """
+    out = {key: value for key, value in values.items() if value is not None}
+    for key, value in out.items():
+        if key in checks:
+            try:
+                out[key] = checks[key](value)
+            except ConfigError as e:
+                raise ConfigError(f"--{key.replace('_', '-')}: {e}") from None
+    return out

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from logship.admin import control
-from logship.cli import guarded, operator_logging
+from logship.cli import Parser, guarded, operator_logging
 from logship.config import ConfigError, load_toml
 from receiver.activation import activate, render_report
 from receiver.config import add_replay_flags, replay_from_doc
@@ -31,7 +31,7 @@ SUBCOMMANDS = ("status", "suspend", "resume", "activate")
 
 
 def operator_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m receiver", description="Operate the standby copies of a receiver.")
+    p = Parser(prog="python -m receiver", description="Operate the standby copies of a receiver.")
     sub = p.add_subparsers(dest="command", required=True)
 
     def common(q: argparse.ArgumentParser) -> None:
@@ -158,7 +158,7 @@ def cmd_activate(data_dir: Path, args: argparse.Namespace, doc: dict[str, Any]) 
     if reply is not None:
         report = reply["report"]
     else:
-        default, own = replay_from_doc(doc, args)
+        default, own = replay_from_doc(doc, args, args.config or "config file")
         settings = own.get(args.stream, default)
         with _offline(data_dir):
 

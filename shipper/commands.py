@@ -10,7 +10,7 @@ import argparse
 import json
 
 from logship.admin import control
-from logship.cli import guarded, operator_logging
+from logship.cli import Parser, guarded, operator_logging
 from logship.config import ConfigError, parse_address
 from shipper.config import state_dir_from
 from shipper.state import StateBusy, StateDir
@@ -20,7 +20,7 @@ SUBCOMMANDS = ("status", "suspend", "resume")
 
 
 def operator_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m shipper", description="Operate a running shipper.")
+    p = Parser(prog="python -m shipper", description="Operate a running shipper.")
     sub = p.add_subparsers(dest="command", required=True)
 
     def common(q: argparse.ArgumentParser) -> None:

@@ -18,6 +18,8 @@ CONFIG_MAY_IMPORT = (
     "protocol.names",
     "protocol.compression",
     "protocol.limits",
+    # Error classes only: a config check uses the wire's stream-name rule and catches its error.
+    "protocol.errors",
     # The shipper's frozen settings dataclasses, which config builds and the runtime reads.
     "shipper.settings",
 )
