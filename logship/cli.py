@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import time
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
@@ -78,3 +79,44 @@ def guarded(role: str, body: Callable[[], int]) -> int:
         return EXIT_FAILED
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
+
+
+def add_status_flags(p: argparse.ArgumentParser, duration: Callable[[str], float]) -> None:
+    """Add the flags both sides' ``status`` take: --stream, --watch [SECONDS], --count; ``duration`` parses."""
+    p.add_argument("--stream", metavar="S", help="show only this stream (exit 2 if there is none)")
+    p.add_argument(
+        "--watch",
+        nargs="?",
+        const=2.0,
+        type=duration,
+        metavar="SECONDS",
+        help="show the table again every SECONDS (default 2s, at least 100ms) until Ctrl-C",
+    )
+    p.add_argument("--count", type=int, metavar="N", help="with --watch: stop after N tables")
+
+
+def watch(show: Callable[[], int], interval: float | None, count: int | None = None) -> int:
+    """Run ``show`` (prints one status, returns its exit code) once, or every ``interval`` seconds.
+
+    With an interval it runs ``count`` times (None: until Ctrl-C) and returns the last exit code; on a
+    terminal each table replaces the last one. Ctrl-C ends it cleanly, without a traceback.
+    """
+    if interval is None:
+        return show()
+    interval = max(0.1, interval)  # no busy loop against the daemon's control socket
+    code, shown = EXIT_OK, 0
+    try:
+        while count is None or shown < count:
+            if shown:
+                time.sleep(interval)
+            if sys.stdout.isatty():
+                sys.stdout.write("\x1b[H\x1b[2J")  # home and clear: the table stays in place
+            elif shown:
+                print()
+            print(time.strftime("%Y-%m-%d %H:%M:%S"), f"(every {interval:g}s, Ctrl-C to stop)")
+            code = show()
+            sys.stdout.flush()
+            shown += 1
+    except KeyboardInterrupt:
+        print()
+    return code

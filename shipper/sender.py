@@ -192,6 +192,7 @@ class TargetSender:
                 )
         if isinstance(result, Fenced):
             self.state = TargetState.FENCED
+            self.stats.last_error = f"fenced: activated there at epoch {result.epoch}"
             log.error(
                 "target %s: stream %s was activated there at epoch %d; this shipper is fenced and stops shipping to it",
                 self.name,
@@ -337,6 +338,7 @@ class TargetSender:
                 raise _Reconnect(f"target reported {msg.code}: {msg.text}")
             elif isinstance(msg, Fenced):
                 self.state = TargetState.FENCED
+                self.stats.last_error = f"fenced: activated there at epoch {msg.epoch}"
                 log.error("target %s: stream %s activated there at epoch %d; fenced", self.name, self.stream, msg.epoch)
                 raise _Fenced()
             else:

@@ -100,6 +100,7 @@ def test_table_shows_suspension_comment_and_queues() -> None:
                 "last_copied": S1,
                 "last_copied_at": 90.0,
                 "lag_seconds": 12.5,
+                "copy_lag_seconds": 12.5,
                 "suspended": True,
                 "comment": "disk swap",
                 "retention": "holds: not yet durable there",
