@@ -101,7 +101,9 @@ def status_cells(row: dict[str, Any], now: float) -> dict[str, Any]:
     """Return ``row`` with the text of every STATUS_COLUMNS cell added."""
 
     def at(name: str | None, when: float | None) -> str:
-        return f"{name} ({since(when, now)})" if name else "-"
+        if not name:
+            return "-"
+        return f"{name} ({since(when, now)})" if when else name  # the shipper learns no replay times
 
     wait, lag = row.get("replay_wait_seconds"), row.get("replay_lag_seconds")
     replay_lag = human_age(wait) if wait is not None else "-"
