@@ -10,7 +10,9 @@ import argparse
 import logging
 import os
 import sys
+import time
 from collections.abc import Callable, Sequence
+from typing import Any, NoReturn
 
 from logship.admin.control import ControlError
 from logship.config import ConfigError
@@ -57,6 +59,27 @@ def apply_umask(text: str | None) -> int:
     return mask
 
 
+class Parser(argparse.ArgumentParser):
+    """An ArgumentParser that takes no abbreviations and reports a usage error in one line.
+
+    Abbreviations are off because a unit file's ``--targe`` should fail, and keep failing when a
+    flag is added that it would then abbreviate. The one line (``prog: error: ...; see --help``) is
+    what a journal shows best, and matches the one-line configuration errors.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def add_version(p: argparse.ArgumentParser, version: str) -> None:
+    """Add ``--version`` to ``p``."""
+    p.add_argument("--version", action="version", version=f"logship {version}", help="print the version and exit")
+
+
 def dispatch(argv: Sequence[str] | None, subcommands: Sequence[str], daemon: Main, operator: Main) -> int:
     """Run ``operator`` when the first argument names a subcommand, else ``daemon``."""
     args = list(sys.argv[1:] if argv is None else argv)
@@ -89,3 +112,44 @@ def guarded(role: str, body: Callable[[], int]) -> int:
         return EXIT_FAILED
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
+
+
+def add_status_flags(p: argparse.ArgumentParser, duration: Callable[[str], float]) -> None:
+    """Add the flags both sides' ``status`` take: --stream, --watch [SECONDS], --count; ``duration`` parses."""
+    p.add_argument("--stream", metavar="S", help="show only this stream (exit 2 if there is none)")
+    p.add_argument(
+        "--watch",
+        nargs="?",
+        const=2.0,
+        type=duration,
+        metavar="SECONDS",
+        help="show the table again every SECONDS (default 2s, at least 100ms) until Ctrl-C",
+    )
+    p.add_argument("--count", type=int, metavar="N", help="with --watch: stop after N tables")
+
+
+def watch(show: Callable[[], int], interval: float | None, count: int | None = None) -> int:
+    """Run ``show`` (prints one status, returns its exit code) once, or every ``interval`` seconds.
+
+    With an interval it runs ``count`` times (None: until Ctrl-C) and returns the last exit code; on a
+    terminal each table replaces the last one. Ctrl-C ends it cleanly, without a traceback.
+    """
+    if interval is None:
+        return show()
+    interval = max(0.1, interval)  # no busy loop against the daemon's control socket
+    code, shown = EXIT_OK, 0
+    try:
+        while count is None or shown < count:
+            if shown:
+                time.sleep(interval)
+            if sys.stdout.isatty():
+                sys.stdout.write("\x1b[H\x1b[2J")  # home and clear: the table stays in place
+            elif shown:
+                print()
+            print(time.strftime("%Y-%m-%d %H:%M:%S"), f"(every {interval:g}s, Ctrl-C to stop)")
+            code = show()
+            sys.stdout.flush()
+            shown += 1
+    except KeyboardInterrupt:
+        print()
+    return code

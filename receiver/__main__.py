@@ -15,10 +15,11 @@ import sys
 
 import uvloop
 
-from logship.cli import LOG_LEVELS, add_umask_flag, apply_umask, daemon_logging, dispatch, guarded
-from logship.config import ConfigError
+from logship.cli import LOG_LEVELS, Parser, add_umask_flag, add_version, apply_umask, daemon_logging, dispatch, guarded
+from logship.config import DURATION_FORM, ConfigError
 from logship.daemon import Surfaces, stop_event
 from logship.tls import server_tls_context
+from logship.version import version
 from receiver.config import ReceiverSettings, ServerConfig, add_replay_flags, settings_from_args
 from receiver.control import Control
 from receiver.datadir import control_path, lock_data_dir
@@ -30,18 +31,17 @@ log = logging.getLogger("receiver")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog="python -m receiver",
         description=(
             "Accept shippers over TCP, verify every chunk (xxh3_64) and every sealed segment (xxh3_128), "
             "fsync before acknowledging, and keep DIR/<stream>/log/ byte-identical to the source's sealed "
-            "segments."
+            f"segments. Durations: {DURATION_FORM}."
         ),
-        epilog=(
-            "Operator commands: python -m receiver status|suspend|resume|activate --data-dir DIR ... "
-            "(see python -m receiver status --help)."
-        ),
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    add_version(p, version())
     p.add_argument("--listen", metavar="HOST:PORT", help="address to listen on (port 0 picks one)")
     p.add_argument("--data-dir", metavar="DIR", help="where the copies live (one subdirectory per stream)")
     p.add_argument(
@@ -51,13 +51,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--config", metavar="FILE", help="TOML file with these settings and per-stream tables")
     p.add_argument("--max-payload", metavar="SIZE", help="largest DATA chunk accepted (default 4MiB)")
-    p.add_argument("--idle-timeout", type=float, metavar="SECONDS", help="drop silent shippers (default 60)")
-    p.add_argument(
-        "--handshake-timeout", type=float, metavar="SECONDS", help="time to finish TLS and the handshake (default 10)"
-    )
+    p.add_argument("--idle-timeout", metavar="DURATION", help="drop silent shippers (default 60s)")
+    p.add_argument("--handshake-timeout", metavar="DURATION", help="time to finish TLS and the handshake (default 10s)")
     p.add_argument(
         "--max-unauthenticated",
-        type=int,
         metavar="N",
         help="connections still in their handshake, at most; more are closed at once (default 64)",
     )
@@ -73,8 +70,20 @@ def build_parser() -> argparse.ArgumentParser:
         "--admin", metavar="HOST:PORT", help="serve /status (JSON) and /metrics (Prometheus) here; off by default"
     )
     add_umask_flag(p)
-    p.add_argument("--log-level", default="INFO", choices=LOG_LEVELS)
+    p.add_argument("--log-level", default="INFO", choices=LOG_LEVELS, help="least severe log lines shown (INFO)")
     return p
+
+
+EPILOG = """\
+operator commands (python -m receiver COMMAND --help for each):
+  status --data-dir DIR [--stream S] [--watch [SECONDS]] [--json]   state, queues and lag per stream
+  suspend|resume --data-dir DIR --stream S                          stop / restart replaying a copy
+  activate --data-dir DIR --stream S                                make a copy the new primary
+
+example:
+  python -m receiver --listen 0.0.0.0:7000 --data-dir /var/lib/logship \\
+      --secret-file /etc/logship/default.secret --replay-lag 1h30m --admin 127.0.0.1:9100
+"""
 
 
 def tls_context(settings: ReceiverSettings) -> ssl.SSLContext | None:
@@ -142,6 +151,9 @@ def daemon_main(argv: list[str]) -> int:
                 f"data dir {data_dir} is writable by others (mode {mode & 0o777:04o}); run: chmod o-w {data_dir}"
             )
         lock_fd = lock_data_dir(data_dir)
+        # The first log line, once the start can no longer fail on a setting: a journal then says
+        # which version ran, and a refused start stays one error line.
+        log.info("logship %s receiver starting", version())
         config = ServerConfig(
             data_dir=data_dir,
             secret_for=settings.secret_for,

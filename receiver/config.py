@@ -7,7 +7,8 @@ Example::
     secret_file = "/etc/logship/default.secret"   # streams without their own secret
 
     replay = "directory"                          # directory | command (default directory)
-    replay_lag = "0"                              # e.g. "90s", "24h": replay only segments installed that long ago
+    replay_lag = "0"                              # e.g. "90s", "1h30m": replay only segments installed that long ago
+    idle_timeout = "60s"                          # every time setting takes the same durations (250ms, 1h30m)
     tls_cert = "/etc/logship/receiver.pem"        # optional: TLS with this certificate
     tls_key = "/etc/logship/receiver.key"         # its key (mode 0600), if not in tls_cert
     tls_ca = "/etc/logship/shippers-ca.pem"       # optional: shippers must present a certificate it signed
@@ -34,19 +35,33 @@ from pathlib import Path
 from typing import Any
 
 from logship.config import (
+    Check,
     ConfigError,
     check_key_file,
+    checked,
+    checked_flags,
     load_toml,
     parse_address,
+    parse_count,
     parse_duration,
     parse_size,
+    parse_text,
     read_secret,
 )
+from protocol.errors import ProtocolError
 from protocol.limits import DEFAULT_MAX_PAYLOAD
-from protocol.names import is_stream_name
+from protocol.names import check_stream_name
 
 REPLAY_MODES = ("directory", "command")
 REPLAY_KEYS = ("replay", "replay_command", "inspect_cmd", "replay_lag", "replay_retries", "replay_backoff")
+_TEXT_KEYS = ("listen", "data_dir", "secret_file", "admin", "tls_cert", "tls_key", "tls_ca", "replay", "replay_command")
+# The form of every value: each is parsed at start, and a bad one is one line naming file, table and key.
+CHECKS: dict[str, Check] = {
+    **dict.fromkeys(("idle_timeout", "handshake_timeout", "replay_lag", "replay_backoff"), parse_duration),
+    **dict.fromkeys((*_TEXT_KEYS, "inspect_cmd"), parse_text),
+    **dict.fromkeys(("max_unauthenticated", "replay_retries"), parse_count),
+    "max_payload": parse_size,
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,11 +193,10 @@ def replay_settings(values: dict[str, Any], base: ReplaySettings, where: str) ->
     command = values.get("replay_command") or base.command
     if mode == "command" and not command:
         raise ConfigError(f"{where}: replay = command needs a replay command (--replay-command / replay_command)")
-    lag = base.lag if values.get("replay_lag") is None else parse_duration(str(values["replay_lag"]))
-    retries = base.retries if values.get("replay_retries") is None else int(values["replay_retries"])
-    if retries < 0:
-        raise ConfigError(f"{where}: replay_retries must be 0 or more")
-    backoff = base.backoff if values.get("replay_backoff") is None else parse_duration(str(values["replay_backoff"]))
+    values = checked(values, CHECKS, where)
+    lag = base.lag if values.get("replay_lag") is None else values["replay_lag"]
+    retries = base.retries if values.get("replay_retries") is None else values["replay_retries"]
+    backoff = base.backoff if values.get("replay_backoff") is None else values["replay_backoff"]
     return ReplaySettings(
         mode=mode,
         command=command,
@@ -212,7 +226,7 @@ def add_replay_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--replay-lag", metavar="DURATION", help="replay only segments installed this long ago: 0 (default), 90s, 24h"
     )
-    g.add_argument("--replay-retries", type=int, metavar="N", help="retries of a failing segment (default 3)")
+    g.add_argument("--replay-retries", metavar="N", help="retries of a failing segment (default 3)")
     g.add_argument("--replay-backoff", metavar="DURATION", help="pause before the first retry, doubled after (1s)")
 
 
@@ -228,16 +242,22 @@ def replay_flags(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def replay_from_doc(doc: dict[str, Any], args: argparse.Namespace) -> tuple[ReplaySettings, dict[str, ReplaySettings]]:
-    """Return the default replay settings (file, then flags) and each configured stream's own."""
-    flags = {k: v for k, v in replay_flags(args).items() if v is not None}
-    default = replay_settings({**{k: doc.get(k) for k in REPLAY_KEYS}, **flags}, ReplaySettings(), "replay")
+def replay_from_doc(
+    doc: dict[str, Any], args: argparse.Namespace, origin: str = "config file"
+) -> tuple[ReplaySettings, dict[str, ReplaySettings]]:
+    """Return the default replay settings (file, then flags) and each configured stream's own.
+
+    ``origin`` names the file in error messages. Raises ConfigError for a bad value, naming its key.
+    """
+    flags = checked_flags(replay_flags(args), CHECKS)
+    top = checked({k: doc.get(k) for k in REPLAY_KEYS}, CHECKS, origin)
+    default = replay_settings({**top, **flags}, ReplaySettings(), "replay")
     per_stream: dict[str, ReplaySettings] = {}
-    for name, raw in _table(doc.get("streams", {}), "streams").items():
-        table = _table(raw, f"streams.{name}")
+    for name, raw in _table(doc.get("streams", {}), f"{origin}: streams").items():
+        table = _table(raw, f"{origin}: streams.{name}")
         own = {k: table.get(k) for k in REPLAY_KEYS if k in table}
         if own:
-            per_stream[name] = replay_settings(own, default, f"config file: streams.{name}")
+            per_stream[name] = replay_settings(own, default, f"{origin}: streams.{name}")
     return default, per_stream
 
 
@@ -246,7 +266,8 @@ def settings_from_args(args: argparse.Namespace) -> ReceiverSettings:
 
     Raises ConfigError for anything wrong.
     """
-    doc: dict[str, Any] = load_toml(args.config) if getattr(args, "config", None) else {}
+    origin = getattr(args, "config", None) or "config file"
+    doc: dict[str, Any] = load_toml(origin) if getattr(args, "config", None) else {}
     known = {
         "listen",
         "data_dir",
@@ -264,35 +285,35 @@ def settings_from_args(args: argparse.Namespace) -> ReceiverSettings:
     }
     unknown = set(doc) - known
     if unknown:
-        raise ConfigError(f"config file: unknown setting(s) {', '.join(sorted(unknown))}")
-    listen = args.listen or doc.get("listen")
+        raise ConfigError(f"{origin}: unknown setting(s) {', '.join(sorted(unknown))}")
+    flags = checked_flags({key: getattr(args, key, None) for key in known - {"streams"}}, CHECKS)
+    doc = {**checked(doc, CHECKS, origin), **flags}
+    listen = doc.get("listen")
     if not listen:
         raise ConfigError("no listen address: give --listen HOST:PORT or listen in the config file")
-    data_dir = args.data_dir or doc.get("data_dir")
+    data_dir = doc.get("data_dir")
     if not data_dir:
         raise ConfigError("no data directory: give --data-dir DIR or data_dir in the config file")
-    secret_file = args.secret_file or doc.get("secret_file")
+    secret_file = doc.get("secret_file")
     default_secret = read_secret(secret_file) if secret_file else None
-    default_replay, own_replay = replay_from_doc(doc, args)
+    default_replay, own_replay = replay_from_doc(doc, args, origin)
     streams: dict[str, StreamSettings] = {}
-    for name, raw in _table(doc.get("streams", {}), "streams").items():
-        if not is_stream_name(name):
-            raise ConfigError(
-                f"config file: bad stream name {name!r}: expected [A-Za-z0-9][A-Za-z0-9_.-]{{0,63}} without '..'"
-            )
-        table = _table(raw, f"streams.{name}")
+    for name, raw in _table(doc.get("streams", {}), f"{origin}: streams").items():
+        _stream_name(name, origin)
+        table = _table(raw, f"{origin}: streams.{name}")
         extra = set(table) - {"secret_file", *REPLAY_KEYS}
         if extra:
-            raise ConfigError(f"config file: streams.{name}: unknown setting(s) {', '.join(sorted(extra))}")
+            raise ConfigError(f"{origin}: streams.{name}: unknown setting(s) {', '.join(sorted(extra))}")
+        table = checked(table, CHECKS, f"{origin}: streams.{name}")
         secret = read_secret(table["secret_file"]) if "secret_file" in table else None
         streams[name] = StreamSettings(secret=secret, replay=own_replay.get(name))
     if default_secret is None and not any(s.secret for s in streams.values()):
         raise ConfigError("no secret: give --secret-file FILE, or secret_file in the config file")
-    max_payload = parse_size(str(args.max_payload or doc.get("max_payload", "4MiB")))
-    idle = args.idle_timeout if args.idle_timeout is not None else float(doc.get("idle_timeout", 60.0))
-    admin = getattr(args, "admin", None) or doc.get("admin")
-    handshake = _flag_or(args, doc, "handshake_timeout", 10.0)
-    cap = int(_flag_or(args, doc, "max_unauthenticated", 64))
+    max_payload = doc.get("max_payload", DEFAULT_MAX_PAYLOAD)
+    idle = doc.get("idle_timeout", 60.0)
+    admin = doc.get("admin")
+    handshake = doc.get("handshake_timeout", 10.0)
+    cap = doc.get("max_unauthenticated", 64)
     if idle <= 0 or handshake <= 0:
         raise ConfigError("timeouts must be positive")
     if cap < 1:
@@ -308,28 +329,26 @@ def settings_from_args(args: argparse.Namespace) -> ReceiverSettings:
         admin=parse_address(str(admin)) if admin else None,
         handshake_timeout=handshake,
         max_unauthenticated=cap,
-        tls=_tls(args, doc),
+        tls=_tls(doc),
     )
 
 
-def _flag_or(args: argparse.Namespace, doc: dict[str, Any], key: str, default: float) -> float:
-    value = getattr(args, key, None)
-    if value is None:
-        value = doc.get(key, default)
+def _stream_name(name: str, origin: str) -> str:
     try:
-        return float(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{key} must be a number, not {value!r}") from None
+        return check_stream_name(name)
+    except ProtocolError:
+        # The wire's rule (check_stream_name) and no looser one: a name refused there is refused here.
+        raise ConfigError(
+            f"{origin}: bad stream name {name!r}: expected [A-Za-z0-9][A-Za-z0-9_.-]{{0,63}} without '..'"
+        ) from None
 
 
-def _tls(args: argparse.Namespace, doc: dict[str, Any]) -> TlsFiles | None:
+def _tls(doc: dict[str, Any]) -> TlsFiles | None:
     """Return the TLS files of --tls-cert/--tls-key/--tls-ca (or the file); None without a certificate.
 
     Raises ConfigError for a CA or key without a certificate, or a key file others may read.
     """
-    cert = getattr(args, "tls_cert", None) or doc.get("tls_cert")
-    key = getattr(args, "tls_key", None) or doc.get("tls_key")
-    ca = getattr(args, "tls_ca", None) or doc.get("tls_ca")
+    cert, key, ca = doc.get("tls_cert"), doc.get("tls_key"), doc.get("tls_ca")
     if not cert:
         if key or ca:
             raise ConfigError("TLS: --tls-key and --tls-ca need --tls-cert (the receiver's certificate)")

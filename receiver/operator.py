@@ -11,14 +11,16 @@ import asyncio
 import contextlib
 import json
 import os
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from logship.admin import control
-from logship.cli import guarded, operator_logging
-from logship.config import ConfigError, load_toml
+from logship.admin.table import exit_status
+from logship.cli import EXIT_USAGE, Parser, add_status_flags, guarded, operator_logging, watch
+from logship.config import ConfigError, load_toml, parse_duration
 from receiver.activation import activate, render_report
 from receiver.config import add_replay_flags, replay_from_doc
 from receiver.copy import StreamCopy
@@ -31,27 +33,34 @@ SUBCOMMANDS = ("status", "suspend", "resume", "activate")
 
 
 def operator_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m receiver", description="Operate the standby copies of a receiver.")
+    p = Parser(prog="python -m receiver", description="Operate the standby copies of a receiver.")
     sub = p.add_subparsers(dest="command", required=True)
 
     def common(q: argparse.ArgumentParser) -> None:
         q.add_argument("--data-dir", metavar="DIR", help="the receiver's data dir (or data_dir in --config)")
         q.add_argument("--config", metavar="FILE", help="the receiver's TOML config file")
 
-    q = sub.add_parser("status", help="show each stream copy: state, replay queue, last copied/replayed, lag")
+    q = sub.add_parser(
+        "status",
+        help="show each stream copy: state, replay queue, last copied/replayed, lag",
+        description="Show each stream copy. Exit status: 0 every copy Healthy (or Activated), 1 any copy not "
+        "(Disconnected, Suspended, Failed, ...; every copy read from disk with no receiver running is "
+        "Disconnected), 2 cannot tell (no data dir, no such stream).",
+    )
     common(q)
     q.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    add_status_flags(q, parse_duration)
     for name, text in (("suspend", "stop replaying a stream (copying goes on)"), ("resume", "replay it again")):
         q = sub.add_parser(name, help=text)
         common(q)
-        q.add_argument("--stream", required=True, metavar="S")
+        q.add_argument("--stream", required=True, metavar="S", help="the stream")
         q.add_argument("--comment", metavar="TEXT", help="why; shown by status")
     q = sub.add_parser(
         "activate",
         help="make a stream's copy the new primary: fence older shippers, replay all verified, report",
     )
     common(q)
-    q.add_argument("--stream", required=True, metavar="S")
+    q.add_argument("--stream", required=True, metavar="S", help="the stream whose copy becomes the primary")
     q.add_argument(
         "--on-activate",
         metavar="CMD",
@@ -76,7 +85,7 @@ def operator_main(argv: list[str]) -> int:
         if not data_dir.is_dir():
             raise ConfigError(f"data dir {data_dir} does not exist")
         if args.command == "status":
-            return cmd_status(data_dir, args.json)
+            return watch(lambda: cmd_status(data_dir, args.json, args.stream), args.watch, args.count)
         if args.stream not in existing_streams(data_dir):
             raise ConfigError(f"no copy of stream {args.stream!r} in {data_dir}")
         if args.command in ("suspend", "resume"):
@@ -119,7 +128,8 @@ def disk_status(data_dir: Path) -> dict[str, Any]:
     return {"role": "receiver", "node": None, "pid": None, "copies": rows}
 
 
-def cmd_status(data_dir: Path, as_json: bool) -> int:
+def cmd_status(data_dir: Path, as_json: bool, stream: str | None = None) -> int:
+    """Print the copies' status; return 0 all Healthy (or Activated), 1 any copy not, 2 cannot tell."""
     reply = _call(data_dir, {"op": "status"})
     if reply is not None:
         reply.pop("ok", None)
@@ -127,12 +137,17 @@ def cmd_status(data_dir: Path, as_json: bool) -> int:
     else:
         snapshot, source = disk_status(data_dir), "data dir (no receiver running)"
     snapshot["source"] = source
+    if stream is not None:
+        snapshot["copies"] = [row for row in snapshot["copies"] if row.get("stream") == stream]
+        if not snapshot["copies"]:
+            print(f"receiver: error: no copy of stream {stream!r} in {data_dir}", file=sys.stderr)
+            return EXIT_USAGE
     if as_json:
         print(json.dumps(snapshot, indent=1, sort_keys=True))
     else:
         print(f"receiver status of {data_dir} from the {source}")
         print(render_rows(snapshot["copies"], time.time()))
-    return 0
+    return exit_status(snapshot["copies"])
 
 
 def cmd_suspend_resume(data_dir: Path, command: str, stream: str, comment: str | None) -> int:
@@ -158,7 +173,7 @@ def cmd_activate(data_dir: Path, args: argparse.Namespace, doc: dict[str, Any]) 
     if reply is not None:
         report = reply["report"]
     else:
-        default, own = replay_from_doc(doc, args)
+        default, own = replay_from_doc(doc, args, args.config or "config file")
         settings = own.get(args.stream, default)
         with _offline(data_dir):
 

@@ -13,16 +13,8 @@ from receiver.manifest import Installed
 from receiver.replayer import replay_queue
 from receiver.state import CopyState, Role
 
-COLUMNS = [
-    ("stream", "stream"),
-    ("state", "state"),
-    ("epoch", "epoch"),
-    ("replay_queue", "replay queue"),
-    ("last_copied_text", "last copied"),
-    ("last_replayed_text", "last replayed"),
-    ("lag_text", "lag"),
-    ("note", "failure / comment"),
-]
+COLUMNS = [("stream", "STREAM"), ("epoch", "EPOCH")]
+"""The receiver's own first columns; logship.admin.table.STATUS_COLUMNS, shared with the shipper, follow."""
 
 
 def copy_state(state: CopyState, attached: bool | None, attached_once: bool = False) -> str:
@@ -69,6 +61,9 @@ def copy_row(
         "last_replayed": replayed or None,
         "last_replayed_at": state.replayed_at,
         "lag_seconds": round(now - oldest, 3) if oldest is not None else 0.0,
+        # The same number under the name both sides' tables use: how long the oldest segment copied
+        # but not replayed has waited (compare with replay_lag_seconds, the configured replay lag).
+        "replay_wait_seconds": round(now - oldest, 3) if oldest is not None else 0.0,
         "failure": failure,
         "suspended": state.suspended,
         "comment": state.comment,
@@ -84,27 +79,6 @@ def copy_row(
 def render_rows(rows: Sequence[dict[str, Any]], now: float) -> str:
     """Return the rows as the readable table of ``python -m receiver status``."""
     # Imported here: tabulate is only needed by the command line, not by the daemon's start-up.
-    from logship.admin.table import human_age, human_bytes, render
+    from logship.admin.table import STATUS_COLUMNS, render, status_cells
 
-    shown = []
-    for row in rows:
-        note = row.get("failure") or row.get("comment") or row.get("retrying") or ""
-        shown.append(
-            {
-                **row,
-                "replay_queue": f"{row['replay_queue_segments']} / {human_bytes(row['replay_queue_bytes'])}",
-                "last_copied_text": _at(row.get("last_copied"), row.get("last_copied_at"), now),
-                "last_replayed_text": _at(row.get("last_replayed"), row.get("last_replayed_at"), now),
-                "lag_text": human_age(row.get("lag_seconds")),
-                "note": note,
-            }
-        )
-    return render(shown, COLUMNS)
-
-
-def _at(name: str | None, at: float | None, now: float) -> str:
-    from logship.admin.table import since
-
-    if not name:
-        return "-"
-    return f"{name} ({since(at, now)})"
+    return render([status_cells(row, now) for row in rows], [*COLUMNS, *STATUS_COLUMNS])

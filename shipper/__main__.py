@@ -7,11 +7,14 @@ to the running shipper through the control socket in its state directory.
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 
 import uvloop
 
-from logship.cli import LOG_LEVELS, add_umask_flag, apply_umask, daemon_logging, dispatch, guarded
+from logship.cli import LOG_LEVELS, Parser, add_umask_flag, add_version, apply_umask, daemon_logging, dispatch, guarded
+from logship.config import DURATION_FORM
+from logship.version import version
 from shipper.commands import SUBCOMMANDS, operator_main
 from shipper.config import config_from_args
 from shipper.daemon import open_state, run
@@ -19,14 +22,18 @@ from shipper.service import tls_contexts
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog="python -m shipper",
         description=(
             "Tail a stream's log directory (new segments and bytes appended to the active one) and ship it to "
             "receivers, each with its own cursor; resume from each receiver's durable position after any cut. "
-            "Give one stream with the flags below, or many with --config FILE."
+            "Give one stream with the flags below, or many with --config FILE. "
+            f"Durations: {DURATION_FORM}."
         ),
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    add_version(p, version())
     p.add_argument(
         "--config",
         metavar="FILE",
@@ -50,10 +57,10 @@ def build_parser() -> argparse.ArgumentParser:
         "on sight (an archive directory filled by rename)",
     )
     p.add_argument(
-        "--seal-idle", type=float, metavar="SECONDS", help="also seal the newest segment after this idle time"
+        "--seal-idle", metavar="DURATION", help="also seal the newest segment after this idle time (e.g. 5s)"
     )
     p.add_argument("--segment-size", metavar="BYTES", help="also seal a segment when it reaches this size")
-    p.add_argument("--epoch", type=int, help="epoch to claim (default 0; raised by activation)")
+    p.add_argument("--epoch", metavar="N", help="epoch to claim (default 0; raised by activation)")
     p.add_argument("--chunk-size", metavar="SIZE", help="largest DATA chunk (default 1MiB)")
     p.add_argument(
         "--window",
@@ -64,9 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--window-max", metavar="SIZE", help="largest adaptive window (default 64MiB)")
     p.add_argument(
         "--ack-timeout",
-        type=float,
-        metavar="SECONDS",
-        help="a target silent this long counts as cut: drop the connection and reconnect (default 30)",
+        metavar="DURATION",
+        help="a target silent this long counts as cut: drop the connection and reconnect (default 30s)",
     )
     p.add_argument(
         "--compress",
@@ -87,7 +93,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="most bytes per second on the wire to each target: e.g. 50mbit, 1gbit, 800kbit (bits) or 6MB, 6MiB "
         "(bytes); default: no limit",
     )
-    p.add_argument("--poll-interval", type=float, metavar="SECONDS", help="source directory poll")
+    p.add_argument(
+        "--poll-interval",
+        metavar="DURATION",
+        help="how often to look at the source directory where inotify is unavailable (default 20ms)",
+    )
     p.add_argument(
         "--tls-ca",
         metavar="FILE",
@@ -123,8 +133,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --retain: wait until each target replayed a segment (default), or only until it holds it durably",
     )
     add_umask_flag(p)
-    p.add_argument("--log-level", default="INFO", choices=LOG_LEVELS)
+    p.add_argument("--log-level", default="INFO", choices=LOG_LEVELS, help="least severe log lines shown (INFO)")
     return p
+
+
+EPILOG = """\
+operator commands (python -m shipper COMMAND --help for each):
+  status [--stream S] [--watch [SECONDS]] [--json]   state, queues and lag per stream and target
+  suspend --stream S --target HOST:PORT              stop shipping to a target (kept across restarts)
+  resume --stream S --target HOST:PORT               ship to it again
+
+example:
+  python -m shipper --stream db1 --source /var/lib/db1/log --target standby-1:7000 \\
+      --secret-file /etc/logship/db1.secret --seal-idle 5s
+"""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -141,6 +163,8 @@ def daemon_main(argv: list[str]) -> int:
         # Every file is loaded before anything starts: a bad certificate is a startup error.
         tls = tls_contexts(config.streams)
         state = open_state(config)
+        # Once the start can no longer fail on a setting: a refused start stays one error line.
+        logging.getLogger("shipper").info("logship %s shipper starting, node %s", version(), config.node)
         try:
             return uvloop.run(run(config, state, tls))
         finally:

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 from logship.admin import control
-from logship.cli import guarded, operator_logging
-from logship.config import ConfigError, parse_address
+from logship.admin.table import exit_status
+from logship.cli import EXIT_USAGE, Parser, add_status_flags, guarded, operator_logging, watch
+from logship.config import ConfigError, parse_address, parse_duration
 from shipper.config import state_dir_from
 from shipper.state import StateBusy, StateDir
 from shipper.status import table
@@ -20,24 +22,31 @@ SUBCOMMANDS = ("status", "suspend", "resume")
 
 
 def operator_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m shipper", description="Operate a running shipper.")
+    p = Parser(prog="python -m shipper", description="Operate a running shipper.")
     sub = p.add_subparsers(dest="command", required=True)
 
     def common(q: argparse.ArgumentParser) -> None:
         q.add_argument("--state-dir", metavar="DIR", help="the shipper's state dir (default as for the daemon)")
         q.add_argument("--config", metavar="FILE", help="the shipper's TOML config file (for its state_dir)")
 
-    q = sub.add_parser("status", help="per stream and target: state, copy/replay queue, last copied, lag, retention")
+    q = sub.add_parser(
+        "status",
+        help="per stream and target: state, copy/replay queue, last copied, lag, retention",
+        description="Show the running shipper's targets. Exit status: 0 every target Healthy, 1 any target "
+        "not Healthy (Disconnected, Suspended, Failed, Fenced, ...), 2 cannot tell (no shipper answers, "
+        "no such stream).",
+    )
     common(q)
     q.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    add_status_flags(q, parse_duration)
     for name, text in (
         ("suspend", "stop shipping a stream to one target (kept across restarts); the others go on"),
         ("resume", "ship to it again, from where it stopped"),
     ):
         q = sub.add_parser(name, help=text)
         common(q)
-        q.add_argument("--stream", required=True, metavar="S")
-        q.add_argument("--target", required=True, metavar="HOST:PORT")
+        q.add_argument("--stream", required=True, metavar="S", help="the stream")
+        q.add_argument("--target", required=True, metavar="HOST:PORT", help="the target, as configured")
         q.add_argument("--comment", metavar="TEXT", help="why; shown by status")
     return p
 
@@ -49,14 +58,15 @@ def operator_main(argv: list[str]) -> int:
     def body() -> int:
         state = StateDir(state_dir_from(args.state_dir, args.config))
         if args.command == "status":
-            return cmd_status(state, args.json)
+            return watch(lambda: cmd_status(state, args.json, args.stream), args.watch, args.count)
         host, port = parse_address(args.target)
         return cmd_suspend_resume(state, args.command, args.stream, f"{host}:{port}", args.comment)
 
     return guarded("shipper", body)
 
 
-def cmd_status(state: StateDir, as_json: bool) -> int:
+def cmd_status(state: StateDir, as_json: bool, stream: str | None = None) -> int:
+    """Print the running shipper's status; return 0 all Healthy, 1 any target not, 2 cannot tell."""
     try:
         snapshot = control.call(state.control_socket, {"op": "status"})
     except control.ControlUnavailable:
@@ -71,13 +81,18 @@ def cmd_status(state: StateDir, as_json: bool) -> int:
             print(f"no shipper answers on {state.control_socket}")
             for (st, t), s in sorted(suspended.items()):
                 print(f"  suspended: stream {st} target {t}: {s.comment or '(no comment)'}")
-        return 1
+        return EXIT_USAGE
     snapshot.pop("ok", None)
+    if stream is not None:
+        snapshot["copies"] = [row for row in snapshot.get("copies", []) if row.get("stream") == stream]
+        if not snapshot["copies"]:
+            print(f"shipper: error: the running shipper ships no stream {stream!r}", file=sys.stderr)
+            return EXIT_USAGE
     if as_json:
         print(json.dumps({**snapshot, "running": True}, indent=1, sort_keys=True))
     else:
         print(table(snapshot))
-    return 0
+    return exit_status(snapshot.get("copies", []))
 
 
 def cmd_suspend_resume(state: StateDir, command: str, stream: str, target: str, comment: str | None) -> int:

@@ -10,7 +10,7 @@ Example::
     source = "/var/lib/db1/log"
     secret_file = "/etc/logship/db1.secret"
     seal = "next"                       # next | immediate
-    seal_idle = 5                       # seconds, optional
+    seal_idle = "5s"                    # optional: also seal the newest segment idle this long
     segment_size = "16MiB"              # optional
     pattern = 'E00[0-9A-F]{8}\\.log'     # optional
 
@@ -44,37 +44,49 @@ from such a document to a ``ShipperConfig``; ``DEFAULTS`` holds every default it
 from __future__ import annotations
 
 import argparse
-import re
 import socket
 from pathlib import Path
 from typing import Any
 
 from logship.config import (
+    Check,
     ConfigError,
-    check_key_file,
+    checked,
+    checked_flags,
     load_toml,
     parse_address,
+    parse_count,
     parse_duration,
-    parse_rate,
+    parse_rate_or_off,
     parse_size,
+    parse_size_or_auto,
+    parse_switch,
+    parse_text,
     read_secret,
 )
-from protocol.compression import Compression, parse_compression
-from protocol.names import is_stream_name
+from shipper.config_values import (
+    _archive,
+    _check_keys,
+    _compression,
+    _pattern,
+    _payload_mac,
+    _policy,
+    _rate_limit,
+    _retain_until,
+    _sender,
+    _source,
+    _stream_name,
+    _tls,
+    _unique,
+)
 from shipper.settings import (
     DEFAULT_ACK_TIMEOUT,
     DEFAULT_CHUNK_SIZE,
-    DEFAULT_PATTERN,
     DEFAULT_POLL_INTERVAL,
-    DEFAULT_WINDOW,
     DEFAULT_WINDOW_MAX,
-    DEFAULT_WINDOW_MIN,
-    SealPolicy,
-    SenderConfig,
     ShipperConfig,
     StreamConfig,
     TargetConfig,
-    TlsFiles,
     default_state_dir,
 )
 
@@ -138,13 +150,42 @@ _STREAM_FLAGS = {"name": "stream", **{k: k for k in ("source", "secret_file", "p
 _STREAM_FLAGS |= {k: k for k in ("segment_size", "epoch", *sorted(_TLS_KEYS))}
 
 
+# The form of every value: a TOML value (or a flag's text) is parsed by its check at start, and a bad
+# one is one line naming file, table and key. Keys without a check here are tables or lists.
+CHECKS: dict[str, Check] = {
+    **dict.fromkeys(("ack_timeout", "poll_interval", "seal_idle", "truncation_lag"), parse_duration),
+    **dict.fromkeys(("chunk_size", "window_max", "segment_size"), parse_size),
+    **dict.fromkeys(("node", "name", "source", "secret_file", "pattern", "address"), parse_text),
+    **dict.fromkeys(("state_dir", "admin", "archive_dir", "retain_until", "compress", *_TLS_KEYS), parse_text),
+    "window": parse_size_or_auto,
+    "rate_limit": parse_rate_or_off,
+    "epoch": parse_count,
+    "retain": parse_switch,
+    "seal": lambda value: parse_text(value) if value in ("next", "immediate") else _policy(value, None, None),
+}
+_FLAG_CHECKS = {**CHECKS, "stream": parse_text}  # --stream is the name; in a file, "stream" is the tables
+
+
 def flags_doc(args: argparse.Namespace) -> Doc:
-    """Return the flags given on the command line as a config document (flags left out are absent)."""
-    doc = {key: value for key in (*_TOP_FLAGS, *sorted(_INHERITED_KEYS)) if (value := getattr(args, key)) is not None}
-    if not args.config:
-        stream = {key: value for key, flag in _STREAM_FLAGS.items() if (value := getattr(args, flag)) is not None}
-        stream["target"] = [{"address": address} for address in args.target or ()]
-        doc["stream"] = [stream]
+    """Return the flags given on the command line as a config document (flags left out are absent).
+
+    Raises ConfigError for a bad value (naming the flag), and for stream flags beside ``--config``,
+    which would otherwise be ignored without a word.
+    """
+    doc = checked_flags({key: getattr(args, key) for key in (*_TOP_FLAGS, *sorted(_INHERITED_KEYS))}, _FLAG_CHECKS)
+    given = checked_flags({flag: getattr(args, flag) for flag in (*_STREAM_FLAGS.values(), "target")}, _FLAG_CHECKS)
+    if args.config:
+        if given:
+            flags = ", ".join(f"--{flag.replace('_', '-')}" for flag in given)
+            raise ConfigError(f"{flags}: not with --config (the file's [[stream]] tables say that)")
+        return doc
+    if not doc.get("retain"):
+        lone = [f"--{key.replace('_', '-')}" for key in ("archive_dir", "truncation_lag") if key in doc]
+        if lone:
+            raise ConfigError(f"{', '.join(lone)} only apply with --retain: give --retain too, or leave them out")
+    stream = {key: given[flag] for key, flag in _STREAM_FLAGS.items() if flag in given}
+    stream["target"] = [{"address": address} for address in given.get("target", ())]
+    doc["stream"] = [stream]
     return doc
 
 
@@ -179,14 +220,25 @@ def from_doc(doc: Doc, origin: str | None = None) -> ShipperConfig:
     """
     where = origin or "command line"
     _check_keys(doc, _TOP_KEYS, where)
+    doc = checked(doc, CHECKS, where)
     top = {**DEFAULTS, **doc}
     sender = _sender(top)
     raw_streams = doc.get("stream", [])
     if not isinstance(raw_streams, list) or not raw_streams:
         raise ConfigError(f"{where}: no [[stream]] table")
-    streams = tuple(_stream(raw, top, origin) for raw in raw_streams)
+    try:
+        streams = tuple(_stream(raw, top, origin) for raw in raw_streams)
+    except ConfigError as e:
+        # Every error names its file: one from a check that knows no file gets the file's name here.
+        if origin and not str(e).startswith(origin):
+            raise ConfigError(f"{origin}: {e}") from None
+        raise
     if len({s.name for s in streams}) != len(streams):
         raise ConfigError(f"{where}: a stream is named twice")
+    if not any(s.retain for s in streams):
+        lone = [key for key in ("archive_dir", "truncation_lag") if doc.get(key) is not None]
+        if lone:
+            raise ConfigError(f"{where}: {', '.join(lone)} only apply with retain = true, which no stream has")
     state_dir, admin = doc.get("state_dir"), doc.get("admin")
     return ShipperConfig(
         str(doc.get("node", socket.gethostname())),
@@ -202,26 +254,36 @@ def _stream(raw: object, top: Doc, origin: str | None) -> StreamConfig:
     where = origin or "command line"
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: [[stream]] must be tables")
-    name = _stream_name(raw.get("name"))
-    _check_keys(raw, _STREAM_KEYS, f"{where}: stream {name}")
+    name = _stream_name(raw.get("name"), where)
+    place = f"{where}: stream {name}"
+    _check_keys(raw, _STREAM_KEYS, place)
+    raw = checked(raw, CHECKS, place)
     stream_secret = read_secret(raw["secret_file"]) if "secret_file" in raw else None
     targets = []
     for t in raw.get("target", []):
         if not isinstance(t, dict) or "address" not in t:
             raise ConfigError(f"{where}: stream {name}: each [[stream.target]] needs an address")
-        _check_keys(t, _TARGET_KEYS, f"{where}: stream {name} target")
-        targets.append(_target(t, raw, top, stream_secret, f"{where}: stream {name}", origin))
+        _check_keys(t, _TARGET_KEYS, f"{place} target")
+        t = checked(t, CHECKS, f"{place} target {t['address']}")
+        targets.append(_target(t, raw, top, stream_secret, place, origin))
+    source = _source(raw.get("source"))
+    retain = bool(raw.get("retain", top["retain"]))
+    archive = _archive(raw.get("archive_dir", top.get("archive_dir")))
+    if not retain and {"archive_dir", "truncation_lag"} & set(raw):
+        raise ConfigError(f"{place}: archive_dir and truncation_lag only apply with retain = true")
+    if retain and archive is not None and archive.resolve() == source.resolve():
+        raise ConfigError(f"{place}: archive_dir {archive} is the source directory itself; give another directory")
     return StreamConfig(
         name=name,
-        source=_source(raw.get("source")),
+        source=source,
         targets=_unique(tuple(targets), name),
         pattern=_pattern(raw.get("pattern")),
         policy=_policy(raw.get("seal", top["seal"]), raw.get("seal_idle"), raw.get("segment_size")),
         epoch=int(raw.get("epoch", top["epoch"])),
         poll_interval=float(top["poll_interval"]),
-        retain=bool(raw.get("retain", top["retain"])),
-        archive_dir=_archive(raw.get("archive_dir", top.get("archive_dir"))),
-        truncation_lag=_lag(raw.get("truncation_lag", top.get("truncation_lag"))),
+        retain=retain,
+        archive_dir=archive if retain else None,
+        truncation_lag=float(raw.get("truncation_lag", top.get("truncation_lag")) or 0.0),
     )
 
 
@@ -245,133 +307,3 @@ def _target(t: Doc, stream: Doc, top: Doc, stream_secret: bytes | None, place: s
         _rate_limit(t.get("rate_limit", top.get("rate_limit"))),
         _payload_mac(t.get("payload_mac", top.get("payload_mac", False)), where),
     )
-
-
-def _payload_mac(value: object, where: str) -> bool:
-    if not isinstance(value, bool):
-        raise ConfigError(f"{where}: payload_mac must be true or false, not {value!r}")
-    return value
-
-
-def _check_keys(table: Doc, allowed: set[str], where: str) -> None:
-    unknown = set(table) - allowed
-    if unknown:
-        raise ConfigError(f"{where}: unknown setting(s) {', '.join(sorted(unknown))}")
-
-
-def _stream_name(name: object) -> str:
-    if not is_stream_name(name):
-        raise ConfigError(f"bad stream name {name!r}: expected [A-Za-z0-9][A-Za-z0-9_.-]{{0,63}} without '..'")
-    return name
-
-
-def _source(path: object) -> Path:
-    source = Path(str(path))
-    if not source.is_dir():
-        raise ConfigError(f"source directory {source} does not exist or is not a directory")
-    return source
-
-
-def _pattern(text: object) -> re.Pattern[str]:
-    try:
-        return re.compile(str(text) if text else DEFAULT_PATTERN)
-    except re.error as e:
-        raise ConfigError(f"bad pattern {text!r}: {e}") from None
-
-
-def _policy(seal: object, seal_idle: object, segment_size: object) -> SealPolicy:
-    if seal not in ("next", "immediate"):
-        raise ConfigError(f"bad seal mode {seal!r}: expected next or immediate")
-    idle = None if seal_idle is None else float(seal_idle)  # type: ignore[arg-type]
-    if idle is not None and idle < 0:
-        raise ConfigError("seal idle time must not be negative")
-    size = parse_size(str(segment_size)) if segment_size not in (None, "") else None
-    if size == 0:
-        raise ConfigError("segment size must be positive")
-    return SealPolicy(str(seal), idle, size)
-
-
-def _sender(table: Doc) -> SenderConfig:
-    """Build the pacing from a table holding chunk_size, window, window_max and ack_timeout."""
-    chunk = parse_size(str(table["chunk_size"]))
-    window = str(table["window"])
-    adaptive = window.strip().lower() == "auto"
-    win = DEFAULT_WINDOW if adaptive else parse_size(window)
-    win_max = parse_size(str(table["window_max"]))
-    ack_timeout = float(table["ack_timeout"])
-    if not 0 < chunk <= 4 << 20:
-        raise ConfigError("chunk size must be between 1 byte and 4MiB")
-    if win < chunk:
-        raise ConfigError("window must be at least the chunk size")
-    if adaptive and win_max < chunk:
-        raise ConfigError("window maximum must be at least the chunk size")
-    if not 0.5 <= ack_timeout <= 3600:
-        raise ConfigError("ack timeout must be between 0.5 and 3600 seconds")
-    # Heartbeats must come often enough that a quiet but healthy link never hits the ack timeout (a
-    # third of it), and no more often than that: with 1000 idle streams, heartbeats every 5 s were the
-    # largest part of the shipper's idle CPU (scripts/bench scale).
-    heartbeat = min(10.0, ack_timeout / 3)
-    return SenderConfig(
-        chunk_size=chunk,
-        window=min(win, win_max) if adaptive else win,
-        adaptive=adaptive,
-        window_min=min(DEFAULT_WINDOW_MIN, win_max),
-        window_max=win_max,
-        ack_timeout=ack_timeout,
-        heartbeat=heartbeat,
-    )
-
-
-def _tls(cert: object, key: object, ca: object, where: str) -> TlsFiles | None:
-    """Return the TLS files of a setting, or None when no TLS setting is given.
-
-    Raises ConfigError for a key without a certificate, or a key file others can read.
-    """
-    if not (cert or key or ca):
-        return None
-    if key and not cert:
-        raise ConfigError(f"{where}: a TLS key needs a TLS certificate")
-    key_path = check_key_file(str(key or cert)) if cert else None
-    return TlsFiles(Path(str(cert)) if cert else None, key_path, Path(str(ca)) if ca else None)
-
-
-def _retain_until(value: object, where: str) -> bool:
-    if value not in ("replayed", "durable"):
-        raise ConfigError(f"{where}: retain_until must be replayed or durable, not {value!r}")
-    return value == "replayed"
-
-
-def _archive(value: object) -> Path | None:
-    if not value:
-        return None
-    path = Path(str(value))
-    if not path.is_dir():
-        raise ConfigError(f"archive directory {path} does not exist or is not a directory")
-    return path
-
-
-def _lag(value: object) -> float:
-    return parse_duration(str(value)) if value not in (None, "") else 0.0
-
-
-def _compression(text: object) -> Compression | None:
-    if text in (None, ""):
-        return None
-    try:
-        return parse_compression(str(text))
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
-
-
-def _rate_limit(text: object) -> float | None:
-    if text in (None, "", "none", "off"):
-        return None
-    return parse_rate(str(text))
-
-
-def _unique(targets: tuple[TargetConfig, ...], stream: str) -> tuple[TargetConfig, ...]:
-    if len({t.address for t in targets}) != len(targets):
-        raise ConfigError(f"stream {stream}: the same target is given twice")
-    if not targets:
-        raise ConfigError(f"stream {stream}: no target")
-    return targets

@@ -205,6 +205,7 @@ class TargetSender:
                 )
         if isinstance(result, Fenced):
             self.state = TargetState.FENCED
+            self.stats.last_error = f"fenced: activated there at epoch {result.epoch}"
             log.error(
                 "target %s: stream %s was activated there at epoch %d; this shipper is fenced and stops shipping to it",
                 self.name,
@@ -355,6 +356,7 @@ class TargetSender:
                 assert self._hs is not None
                 self._hs.check_fenced(msg)  # the frame's tag already vouches for it; the proof must too
                 self.state = TargetState.FENCED
+                self.stats.last_error = f"fenced: activated there at epoch {msg.epoch}"
                 log.error("target %s: stream %s activated there at epoch %d; fenced", self.name, self.stream, msg.epoch)
                 raise Fenced_()
             else:

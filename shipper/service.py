@@ -175,6 +175,9 @@ class ShipperService:
                 failure = st.last_error or None
             if st.stuck:
                 failure = f"stuck: {st.stuck}"
+            # A fenced target will never catch up: a lag growing forever would page someone forever.
+            fenced = s.state is TargetState.FENCED
+            lag = None if fenced else round(self.lag[s.name].lag(acked if st.known else None, now), 3)
             if self.retainer is None:
                 retention = "off"
             elif s.name in holders:
@@ -196,7 +199,8 @@ class ShipperService:
                     "last_copied": st.last_copied or None,
                     "last_copied_at": st.last_copied_at,
                     "last_replayed": (st.replayed.segment or None) if st.replayed is not None else None,
-                    "lag_seconds": round(self.lag[s.name].lag(acked if st.known else None, now), 3),
+                    "lag_seconds": lag,
+                    "copy_lag_seconds": lag,
                     "failure": failure,
                     "suspended": suspension is not None,
                     "comment": suspension.comment if suspension else None,

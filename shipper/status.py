@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from logship.admin.table import human_age, human_bytes, render, since
+from logship.admin.table import STATUS_COLUMNS, render, status_cells
 from protocol.messages import Position
 from shipper.tailer import SegmentInfo
 from shipper.window import AckKey
@@ -150,43 +150,14 @@ class LagTracker:
 
 # -- the table ---------------------------------------------------------------------------------
 
-COLUMNS = [
-    ("stream", "STREAM"),
-    ("target", "TARGET"),
-    ("state", "STATE"),
-    ("copy_queue_text", "COPY QUEUE"),
-    ("replay_queue_text", "REPLAY QUEUE"),
-    ("last_copied_text", "LAST COPIED"),
-    ("lag_text", "LAG"),
-    ("retention", "RETENTION"),
-    ("note", "FAILURE / COMMENT"),
-]
-
-
-def _queue(segments: Any, nbytes: Any) -> str:
-    if segments is None:
-        return "-"
-    return f"{segments} seg, {human_bytes(nbytes)}"
+COLUMNS = [("stream", "STREAM"), ("target", "TARGET")]
+"""The shipper's own first columns; logship.admin.table.STATUS_COLUMNS (shared with the receiver) and
+RETENTION follow."""
 
 
 def table(status: dict[str, Any], now: float | None = None) -> str:
     """Render a shipper status snapshot as a readable table."""
     now = time.time() if now is None else now
-    rows = []
-    for row in status.get("copies", []):
-        note = row.get("failure") or ""
-        if row.get("suspended"):
-            note = f"suspended: {row.get('comment') or '(no comment)'}"
-        last = row.get("last_copied")
-        rows.append(
-            {
-                **row,
-                "copy_queue_text": _queue(row.get("copy_queue_segments"), row.get("copy_queue_bytes")),
-                "replay_queue_text": _queue(row.get("replay_queue_segments"), row.get("replay_queue_bytes")),
-                "last_copied_text": f"{last} ({since(row.get('last_copied_at'), now)})" if last else "-",
-                "lag_text": human_age(row.get("lag_seconds")),
-                "note": note,
-            }
-        )
+    rows = [status_cells(row, now) for row in status.get("copies", [])]
     head = f"shipper {status.get('node', '?')} (pid {status.get('pid', '?')})"
-    return f"{head}\n{render(rows, COLUMNS)}"
+    return f"{head}\n{render(rows, [*COLUMNS, *STATUS_COLUMNS, ('retention', 'RETENTION')])}"

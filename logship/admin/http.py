@@ -12,11 +12,12 @@ import json
 import math
 import re
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector
 
@@ -24,49 +25,135 @@ StatusFn = Callable[[], dict[str, Any]]
 
 STATES = ("Initializing", "Healthy", "Disconnected", "Suspended", "Failed", "Fenced", "Refused", "Activated")
 _LABELS = ("stream", "target")
-_HELP = {
-    "copy_queue_segments": "Segments the source has that the target has not durably copied.",
-    "copy_queue_bytes": "Bytes the source has that the target has not durably copied.",
-    "replay_queue_segments": "Segments copied but not yet replayed.",
-    "replay_queue_bytes": "Bytes copied but not yet replayed.",
-    "lag_seconds": "Seconds the copy trails the source.",
+
+
+@dataclass(frozen=True, slots=True)
+class Exported:
+    """One metric a daemon exports from a field of its status rows (or of ``connections``)."""
+
+    key: str
+    """The field of the status snapshot it comes from."""
+    name: str
+    """Its name after ``logship_<role>_`` (in base units; a counter's ``_total`` is added on export)."""
+    help: str
+    """What it means, for ``# HELP``."""
+    counter: bool = False
+    """Only grows while the daemon runs (exported as a counter, ``NAME_total``)."""
+    scale: float = 1.0
+    """Factor from the field's unit to the base unit (ms -> s: 0.001)."""
+
+
+_QUEUES = [
+    Exported("replay_queue_segments", "replay_queue_segments", "Segments copied durably but not yet replayed."),
+    Exported("replay_queue_bytes", "replay_queue_bytes", "Bytes copied durably but not yet replayed."),
+]
+METRICS: dict[str, list[Exported]] = {
+    "shipper": [
+        Exported(
+            "copy_queue_segments", "copy_queue_segments", "Segments the source has that the target has not copied."
+        ),
+        Exported("copy_queue_bytes", "copy_queue_bytes", "Bytes the source has that the target has not copied."),
+        *_QUEUES,
+        Exported(
+            "lag_seconds",
+            "lag_seconds",
+            "Copy lag: seconds since the oldest byte the target has not durably copied appeared on the source "
+            "(0: it has everything; absent while Fenced).",
+        ),
+        Exported(
+            "last_copied_at", "last_copied_timestamp_seconds", "Unix time the target acknowledged its newest segment."
+        ),
+        Exported("holds_retention", "holds_retention", "1 while this target keeps source segments from retention."),
+        Exported("retention_removed", "retention_removed_segments", "Segments retention removed or archived.", True),
+        Exported("connects", "connects", "Connections made to the target (each reconnect counts).", True),
+        Exported("resends", "resends", "Times the target asked for bytes again (NACK) or a resend was needed.", True),
+        Exported("bytes_sent", "sent_bytes", "Payload bytes sent to the target, before compression.", True),
+        Exported("bytes_wire", "wire_bytes", "Bytes the DATA frames took on the wire, after compression.", True),
+        Exported("window_bytes", "window_bytes", "The send window: unacknowledged bytes allowed in flight."),
+        Exported("rtt_ms", "rtt_seconds", "Smoothed round-trip time to the target.", scale=0.001),
+        Exported(
+            "delivery_rate_bytes", "delivery_rate_bytes_per_second", "Bytes per second the target acknowledged lately."
+        ),
+        Exported("rate_limit_bytes", "rate_limit_bytes_per_second", "The configured rate limit (absent: none)."),
+    ],
+    "receiver": [
+        *_QUEUES,
+        Exported(
+            "replay_wait_seconds",
+            "replay_wait_seconds",
+            "Seconds the oldest segment copied but not replayed has waited (compare replay_lag_seconds).",
+        ),
+        Exported("replay_lag_seconds", "replay_lag_seconds", "The configured replay lag: replay waits this long."),
+        Exported("epoch", "epoch", "The copy's epoch (grows at every activation)."),
+        Exported("last_copied_at", "last_copied_timestamp_seconds", "Unix time the newest segment was installed."),
+        Exported(
+            "last_inspected_at", "last_inspected_timestamp_seconds", "Unix time a segment last passed inspection."
+        ),
+        Exported("last_replayed_at", "last_replayed_timestamp_seconds", "Unix time a segment was last replayed."),
+        Exported("activated_at", "activated_timestamp_seconds", "Unix time the copy was activated (absent: never)."),
+    ],
 }
+"""Every metric each daemon exports, by role: the one list the docs' alerts and dashboard are checked against."""
+
+CONNECTION_METRICS = [
+    Exported("total", "connections", "Connections accepted on the data port.", True),
+    Exported("unauthenticated", "unauthenticated_connections", "Connections still in TLS or the handshake."),
+    Exported("max_unauthenticated", "max_unauthenticated_connections", "The --max-unauthenticated cap."),
+    Exported("refused_busy", "refused_busy_connections", "Connections closed at once: the cap was reached.", True),
+]
+"""The receiver's ``connections`` block (how close it is to refusing new peers)."""
 
 
 def _metric_name(role: str, key: str) -> str:
     return re.sub(r"[^a-zA-Z0-9_]", "_", f"logship_{role}_{key}")
 
 
+def _number(value: object) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return None if isinstance(value, float) and math.isnan(value) else float(value)
+
+
+def _family(role: str, metric: Exported, labels: list[str]) -> GaugeMetricFamily | CounterMetricFamily:
+    cls = CounterMetricFamily if metric.counter else GaugeMetricFamily
+    return cls(_metric_name(role, metric.name), metric.help, labels=labels)
+
+
 class StatusCollector(Collector):
-    """Turn the numeric fields of each status row into gauges labelled by stream (and target)."""
+    """Export the status rows' fields that METRICS names, labelled by stream (and target), and a state."""
 
     def __init__(self, status: StatusFn, role: str) -> None:
         self.status = status
         self.role = role
 
     def collect(self) -> Iterator[Metric]:
-        rows = self.status().get("copies", [])
+        snapshot = self.status()
+        rows = snapshot.get("copies", [])
         labels = [name for name in _LABELS if any(name in row for row in rows)] or ["stream"]
-        families: dict[str, GaugeMetricFamily] = {}
         state = GaugeMetricFamily(
-            _metric_name(self.role, "state"), "1 for the state each copy is in.", labels=[*labels, "state"]
+            _metric_name(self.role, "state"),
+            "1 for the state each copy is in (Healthy, Disconnected, Suspended, Failed, Fenced, ...).",
+            labels=[*labels, "state"],
         )
+        for metric in METRICS.get(self.role, []):
+            family = _family(self.role, metric, labels)
+            for row in rows:
+                value = _number(row.get(metric.key))
+                if value is not None:
+                    family.add_metric([str(row.get(name, "")) for name in labels], value * metric.scale)
+            yield family
         for row in rows:
-            values = [str(row.get(name, "")) for name in labels]
-            for key, value in row.items():
-                if isinstance(value, bool) or not isinstance(value, int | float) or key in _LABELS:
-                    continue
-                if isinstance(value, float) and math.isnan(value):
-                    continue
-                family = families.get(key)
-                if family is None:
-                    family = GaugeMetricFamily(_metric_name(self.role, key), _HELP.get(key, key), labels=labels)
-                    families[key] = family
-                family.add_metric(values, float(value))
             if row.get("state"):
-                state.add_metric([*values, str(row["state"])], 1.0)
-        yield from families.values()
+                state.add_metric([*(str(row.get(name, "")) for name in labels), str(row["state"])], 1.0)
         yield state
+        connections = snapshot.get("connections")
+        if isinstance(connections, dict):
+            for metric in CONNECTION_METRICS:
+                family = _family(self.role, metric, [])
+                value = _number(connections.get(metric.key))
+                if value is not None:
+                    family.add_metric([], value)
+                yield family
 
 
 class AdminServer:

@@ -60,3 +60,67 @@ def render(rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, str]]) -
         return "(nothing to show)"
     body = [[cell(row.get(key)) for key, _ in columns] for row in rows]
     return tabulate(body, headers=[header for _, header in columns], tablefmt="simple", disable_numparse=True)
+
+
+# -- the status table both daemons print ---------------------------------------------------------
+
+STATUS_COLUMNS = [
+    ("state", "STATE"),
+    ("copy_queue_text", "COPY QUEUE"),
+    ("replay_queue_text", "REPLAY QUEUE"),
+    ("last_copied_text", "LAST COPIED"),
+    ("last_replayed_text", "LAST REPLAYED"),
+    ("copy_lag_text", "COPY LAG"),
+    ("replay_lag_text", "REPLAY LAG"),
+    ("reason", "REASON"),
+]
+"""The columns, words and units of ``status`` on both sides (what each side cannot know shows ``-``)."""
+
+OK_STATES = ("Healthy", "Activated")
+"""The states in which ``status`` exits 0: copying (and replaying) as configured, or, on a receiver,
+a copy activated as the new primary (its end state). Anything else, Suspended included, exits 1."""
+
+
+def queue_text(segments: int | None, nbytes: int | None) -> str:
+    """Return a queue as ``3 seg, 2.5 MiB``; ``-`` when it is not known."""
+    return "-" if segments is None else f"{segments} seg, {human_bytes(nbytes)}"
+
+
+def reason(row: dict[str, Any]) -> str:
+    """Return why a row is not simply Healthy: its failure, suspension, retry or comment."""
+    if row.get("failure"):
+        return str(row["failure"])
+    if row.get("suspended"):
+        return f"suspended: {row.get('comment') or '(no comment)'}"
+    if row.get("retrying"):
+        return f"retrying: {row['retrying']}"
+    return str(row.get("comment") or "")
+
+
+def status_cells(row: dict[str, Any], now: float) -> dict[str, Any]:
+    """Return ``row`` with the text of every STATUS_COLUMNS cell added."""
+
+    def at(name: str | None, when: float | None) -> str:
+        if not name:
+            return "-"
+        return f"{name} ({since(when, now)})" if when else name  # the shipper learns no replay times
+
+    wait, lag = row.get("replay_wait_seconds"), row.get("replay_lag_seconds")
+    replay_lag = human_age(wait) if wait is not None else "-"
+    if lag:
+        replay_lag = f"{replay_lag} (lag {human_age(lag)})"
+    return {
+        **row,
+        "copy_queue_text": queue_text(row.get("copy_queue_segments"), row.get("copy_queue_bytes")),
+        "replay_queue_text": queue_text(row.get("replay_queue_segments"), row.get("replay_queue_bytes")),
+        "last_copied_text": at(row.get("last_copied"), row.get("last_copied_at")),
+        "last_replayed_text": at(row.get("last_replayed"), row.get("last_replayed_at")),
+        "copy_lag_text": human_age(row.get("copy_lag_seconds")),
+        "replay_lag_text": replay_lag,
+        "reason": reason(row),
+    }
+
+
+def exit_status(rows: Sequence[dict[str, Any]]) -> int:
+    """Return what ``status`` exits with: 0 every row in an OK state, 1 any other (0 for no rows)."""
+    return 0 if all(row.get("state") in OK_STATES for row in rows) else 1

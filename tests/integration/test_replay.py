@@ -34,7 +34,8 @@ def cli(*args: str) -> subprocess.CompletedProcess[str]:
 
 def status(data: Path) -> dict[str, dict]:
     done = cli("status", "--data-dir", str(data), "--json")
-    assert done.returncode == 0, done.stderr
+    # 0 every copy Healthy, 1 some not (issue 18: status's exit code is for scripts); both answered.
+    assert done.returncode in (0, 1), done.stderr
     return {row["stream"]: row for row in json.loads(done.stdout)["copies"]}
 
 
@@ -101,7 +102,7 @@ def test_directory_replay_inspection_failure_resume_suspend_restart_quarantine(
     assert replica_names(copy)[-1] == segment_name(6)
     assert order.read_text().split().count(segment_name(7)) == 3
     table = cli("status", "--data-dir", str(data)).stdout
-    assert "from the running receiver" in table and "replay queue" in table
+    assert "from the running receiver" in table and "REPLAY QUEUE" in table
     assert any(
         line.startswith("db1") and "Failed" in line and "inspector vetoed" in line for line in table.splitlines()
     )

@@ -138,6 +138,8 @@ def test_a_fenced_target_holds_retention(tmp_path: Path, secret: Path, procs: li
     wait_until(lambda: state_of(state_dir, "db1", fenced) == "Fenced", 20, what="fenced")
     r = row(json.loads(shipper_cli("status", "--state-dir", str(state_dir), "--json").stdout), "db1", fenced)
     assert r["retention"] == "holds: Fenced: its log is kept", r
+    # The row says why (issue 18), and shows no lag that would grow forever.
+    assert r["failure"] == "fenced: activated there at epoch 5" and r["copy_lag_seconds"] is None, r
     assert sorted(os.listdir(source)) == [segment_name(i) for i in range(1, 4)]
 
 

@@ -124,7 +124,7 @@ def test_copy_row_and_table() -> None:
     assert row["lag_seconds"] == 20.0
     assert row["replay_lag_seconds"] == 60.0
     text = render_rows([row], 130.0)
-    assert "Suspended" in text and "backup" in text and "2 / 40 B" in text
+    assert "Suspended" in text and "backup" in text and "2 seg, 40 B" in text and "20.0s (lag 1m00s)" in text
 
 
 def test_missing_after_activation() -> None:

@@ -85,14 +85,18 @@ def test_a_flag_wins_over_the_files_top_level_and_a_table_wins_over_both(tmp_pat
     assert config.state_dir == tmp_path / "flag-st" and config.state_dir_given
 
 
-def test_stream_flags_do_not_apply_with_a_config_file(tmp_path: Path) -> None:
+def test_stream_flags_with_a_config_file_are_an_error(tmp_path: Path) -> None:
+    # Issue 18 changes this: the flags used to be ignored without a word, now they are refused.
     src, secret = _setup(tmp_path)
     conf = _toml(
         tmp_path,
         f'[[stream]]\nname = "s"\nsource = "{src}"\nsecret_file = "{secret}"\n[[stream.target]]\naddress = "a:1"\n',
     )
-    config = config_from_args(_parse("--config", conf, "--stream", "other", "--target", "z:9", "--epoch", "5"))
+    with pytest.raises(ConfigError, match=r"^--stream, --epoch, --target: not with --config"):
+        config_from_args(_parse("--config", conf, "--stream", "other", "--target", "z:9", "--epoch", "5"))
+    config = config_from_args(_parse("--config", conf, "--ack-timeout", "9s"))
     assert [(s.name, s.epoch, [t.name for t in s.targets]) for s in config.streams] == [("s", 0, ["a:1"])]
+    assert config.sender.ack_timeout == 9
 
 
 def test_top_level_retention_settings_in_the_file_are_every_streams(tmp_path: Path) -> None:

@@ -100,6 +100,7 @@ def test_table_shows_suspension_comment_and_queues() -> None:
                 "last_copied": S1,
                 "last_copied_at": 90.0,
                 "lag_seconds": 12.5,
+                "copy_lag_seconds": 12.5,
                 "suspended": True,
                 "comment": "disk swap",
                 "retention": "holds: not yet durable there",
@@ -143,13 +144,16 @@ def test_retention_and_state_flags(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     cfg = config_from_args(_args(base))
     assert cfg.state_dir == tmp_path / "env-state" and not cfg.state_dir_given and cfg.admin is None
     assert cfg.streams[0].retain is False
+    # The archive is a directory of its own: one equal to the source would archive nothing (issue 18).
+    archive = tmp_path / "archive"
+    archive.mkdir()
     cfg = config_from_args(
         _args(
             [
                 *base,
                 "--retain",
                 "--archive-dir",
-                str(tmp_path),
+                str(archive),
                 "--truncation-lag",
                 "90s",
                 "--retain-until",
@@ -162,7 +166,7 @@ def test_retention_and_state_flags(tmp_path: Path, monkeypatch: pytest.MonkeyPat
         )
     )
     s = cfg.streams[0]
-    assert s.retain and s.archive_dir == tmp_path and s.truncation_lag == 90.0
+    assert s.retain and s.archive_dir == archive and s.truncation_lag == 90.0
     assert s.targets[0].wait_for_replay is False
     assert cfg.state_dir == Path("/x") and cfg.state_dir_given and cfg.admin == ("127.0.0.1", 9100)
     with pytest.raises(ConfigError, match="archive directory"):

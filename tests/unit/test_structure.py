@@ -14,10 +14,13 @@ MAX_LINES = 400
 # Modules a config module may import: settings, parsing and names, nothing that runs.
 CONFIG_MAY_IMPORT = (
     "logship.config",
+    "shipper.config_values",
     "logship.duration",
     "protocol.names",
     "protocol.compression",
     "protocol.limits",
+    # Error classes only: a config check uses the wire's stream-name rule and catches its error.
+    "protocol.errors",
     # The shipper's frozen settings dataclasses, which config builds and the runtime reads.
     "shipper.settings",
 )
