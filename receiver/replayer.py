@@ -145,6 +145,8 @@ class Replayer:
         self.clock = clock
         self.wake = asyncio.Event()
         self.failures = 0
+        self.retry_at = 0.0
+        """Clock time before which the failing segment is not tried again (meaningful while ``failures``)."""
         self.override = False
         """Set during activation: replay everything verified, ignoring the lag and a suspension."""
         self._step_lock = asyncio.Lock()
@@ -224,6 +226,11 @@ class Replayer:
         if not isinstance(decision, Replay):
             return decision
         record = decision.record
+        now = self.clock()
+        if self.failures and now < self.retry_at:
+            # The pause promised after a failure holds even when an install or a new segment wakes the
+            # loop: otherwise a busy stream spends every attempt within a second of a short outage.
+            return Retry(self.retry_at - now, self.copy.state.last_error or "retry pending")
         loop = asyncio.get_running_loop()
         try:
             await loop.run_in_executor(None, self._inspect, record)
@@ -244,6 +251,7 @@ class Replayer:
                     reason += f"; moved to {quarantined}"
                 await self._fail(reason)
                 return Stopped("failed")
+            self.retry_at = self.clock() + delay
             log.warning(
                 "stream %s: replay of %s failed (attempt %d of %d): %s; retrying in %.1fs",
                 self.copy.name,
