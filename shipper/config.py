@@ -9,7 +9,8 @@ Example::
     name = "db1"
     source = "/var/lib/db1/log"
     secret_file = "/etc/logship/db1.secret"
-    seal = "next"                       # next | immediate
+    seal = "next"                       # next | closed | immediate
+    seal_settle = 1                     # seconds, for seal = closed where no close is seen
     seal_idle = 5                       # seconds, optional
     segment_size = "16MiB"              # optional
     pattern = 'E00[0-9A-F]{8}\\.log'     # optional
@@ -69,6 +70,7 @@ from shipper.settings import (
     DEFAULT_WINDOW,
     DEFAULT_WINDOW_MAX,
     DEFAULT_WINDOW_MIN,
+    SEAL_MODES,
     SealPolicy,
     SenderConfig,
     ShipperConfig,
@@ -99,6 +101,7 @@ _PACING_KEYS = {"chunk_size", "window", "window_max"}
 # Top-level settings a stream (or its targets) inherits unless its own table gives them.
 _INHERITED_KEYS = {"retain", "archive_dir", "truncation_lag", "retain_until"}
 _STREAM_KEYS = {"name", "source", "secret_file", "seal", "seal_idle", "segment_size", "pattern", "epoch", "target"}
+_STREAM_KEYS |= {"seal_settle"}
 _STREAM_KEYS |= {"retain", "archive_dir", "truncation_lag", *_TLS_KEYS}
 _TARGET_KEYS = {"address", "secret_file", "retain_until", "compress", "rate_limit", *_PACING_KEYS, *_TLS_KEYS}
 _TOP_KEYS = {"node", "stream", "ack_timeout", "poll_interval", "state_dir", "admin", "compress", "rate_limit"}
@@ -188,7 +191,9 @@ def _stream(raw: object, top: Doc, origin: str | None) -> StreamConfig:
         source=_source(raw.get("source")),
         targets=_unique(tuple(targets), name),
         pattern=_pattern(raw.get("pattern")),
-        policy=_policy(raw.get("seal", top["seal"]), raw.get("seal_idle"), raw.get("segment_size")),
+        policy=_policy(
+            raw.get("seal", top["seal"]), raw.get("seal_idle"), raw.get("segment_size"), raw.get("seal_settle")
+        ),
         epoch=int(raw.get("epoch", top["epoch"])),
         poll_interval=float(top["poll_interval"]),
         retain=bool(raw.get("retain", top["retain"])),
@@ -244,16 +249,19 @@ def _pattern(text: object) -> re.Pattern[str]:
         raise ConfigError(f"bad pattern {text!r}: {e}") from None
 
 
-def _policy(seal: object, seal_idle: object, segment_size: object) -> SealPolicy:
-    if seal not in ("next", "immediate"):
-        raise ConfigError(f"bad seal mode {seal!r}: expected next or immediate")
+def _policy(seal: object, seal_idle: object, segment_size: object, seal_settle: object = None) -> SealPolicy:
+    if seal not in SEAL_MODES:
+        raise ConfigError(f"bad seal mode {seal!r}: expected next, closed or immediate")
+    settle = 1.0 if seal_settle is None else float(seal_settle)  # type: ignore[arg-type]
+    if settle < 0:
+        raise ConfigError("seal settle time must not be negative")
     idle = None if seal_idle is None else float(seal_idle)  # type: ignore[arg-type]
     if idle is not None and idle < 0:
         raise ConfigError("seal idle time must not be negative")
     size = parse_size(str(segment_size)) if segment_size not in (None, "") else None
     if size == 0:
         raise ConfigError("segment size must be positive")
-    return SealPolicy(str(seal), idle, size)
+    return SealPolicy(str(seal), idle, size, settle)
 
 
 def _sender(table: Doc) -> SenderConfig:
