@@ -168,8 +168,14 @@ class FrameOpener:
     def check_payload(self, stream: str, payload: bytes | bytearray | memoryview, mac: object) -> None:
         """Accept a DATA payload whose ``pmac`` verifies, or raise FrameAuthFailed."""
         if not isinstance(mac, bytes) or len(mac) != TAG_SIZE:
-            self.refused += 1
+            self._refuse_payload()
             raise FrameAuthFailed("DATA without a payload MAC, which this session agreed on")
         if not hmac.compare_digest(payload_mac(self.keys.key_for(stream), payload), mac):
-            self.refused += 1
+            self._refuse_payload()
             raise FrameAuthFailed("DATA payload fails its MAC")
+
+    def _refuse_payload(self) -> None:
+        # The header's tag was accepted (and counted) before the payload came: the frame as a whole is
+        # refused, so it must not count either.
+        self.refused += 1
+        self.sequence -= 1

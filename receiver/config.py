@@ -20,6 +20,8 @@ Example::
     replay_command = "my-apply {path}"            # {path}, {name}, {stream} placeholders
     inspect_cmd = "my-check"                      # gets the segment path; non-zero exit vetoes
     replay_lag = "24h"
+    replay_rerun = "never"                        # never | safe: may an interrupted replay command run again?
+    replay_recover_command = "my-resume {path}"   # run after an interrupted replay instead (optional)
 
 Flags given on the command line win over the file.
 """
@@ -53,12 +55,22 @@ from protocol.limits import DEFAULT_MAX_PAYLOAD
 from protocol.names import check_stream_name
 
 REPLAY_MODES = ("directory", "command")
-REPLAY_KEYS = ("replay", "replay_command", "inspect_cmd", "replay_lag", "replay_retries", "replay_backoff")
+REPLAY_RERUN = ("never", "safe")
+REPLAY_KEYS = (
+    "replay",
+    "replay_command",
+    "inspect_cmd",
+    "replay_lag",
+    "replay_retries",
+    "replay_backoff",
+    "replay_rerun",
+    "replay_recover_command",
+)
 _TEXT_KEYS = ("listen", "data_dir", "secret_file", "admin", "tls_cert", "tls_key", "tls_ca", "replay", "replay_command")
 # The form of every value: each is parsed at start, and a bad one is one line naming file, table and key.
 CHECKS: dict[str, Check] = {
     **dict.fromkeys(("idle_timeout", "handshake_timeout", "replay_lag", "replay_backoff"), parse_duration),
-    **dict.fromkeys((*_TEXT_KEYS, "inspect_cmd"), parse_text),
+    **dict.fromkeys((*_TEXT_KEYS, "inspect_cmd", "replay_rerun", "replay_recover_command"), parse_text),
     **dict.fromkeys(("max_unauthenticated", "replay_retries"), parse_count),
     "max_payload": parse_size,
 }
@@ -82,6 +94,12 @@ class ReplaySettings:
     """Seconds before the first retry; doubled for each further one."""
     command_timeout: float = 600.0
     """Seconds an inspector or replay command may run before it counts as failed."""
+    rerun: str = "never"
+    """``safe``: a replay command interrupted half-way may simply run again (an idempotent target, such as
+    PostgreSQL's restore_command copy); ``never``: the copy stops there unless ``recover_command`` is set."""
+    recover_command: str | None = None
+    """Run instead of the replay command after an interrupted run: it gets the same placeholders and must
+    bring the target to the end of the segment from wherever it stopped (MariaDB: its GTID position)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,6 +215,9 @@ def replay_settings(values: dict[str, Any], base: ReplaySettings, where: str) ->
     lag = base.lag if values.get("replay_lag") is None else values["replay_lag"]
     retries = base.retries if values.get("replay_retries") is None else values["replay_retries"]
     backoff = base.backoff if values.get("replay_backoff") is None else values["replay_backoff"]
+    rerun = values.get("replay_rerun") or base.rerun
+    if rerun not in REPLAY_RERUN:
+        raise ConfigError(f"{where}: replay_rerun must be one of {', '.join(REPLAY_RERUN)}, not {rerun!r}")
     return ReplaySettings(
         mode=mode,
         command=command,
@@ -205,6 +226,8 @@ def replay_settings(values: dict[str, Any], base: ReplaySettings, where: str) ->
         retries=retries,
         backoff=backoff,
         command_timeout=base.command_timeout,
+        rerun=rerun,
+        recover_command=values.get("replay_recover_command") or base.recover_command,
     )
 
 
@@ -228,6 +251,17 @@ def add_replay_flags(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--replay-retries", metavar="N", help="retries of a failing segment (default 3)")
     g.add_argument("--replay-backoff", metavar="DURATION", help="pause before the first retry, doubled after (1s)")
+    g.add_argument(
+        "--replay-rerun",
+        choices=REPLAY_RERUN,
+        help="never (default): a replay command interrupted half-way (receiver killed, timeout) stops the copy; "
+        "safe: the target tolerates running it again",
+    )
+    g.add_argument(
+        "--replay-recover-command",
+        metavar="CMD",
+        help="run instead after an interrupted replay; must finish the segment from where the target stopped",
+    )
 
 
 def replay_flags(args: argparse.Namespace) -> dict[str, Any]:
@@ -239,6 +273,8 @@ def replay_flags(args: argparse.Namespace) -> dict[str, Any]:
         "replay_lag": getattr(args, "replay_lag", None),
         "replay_retries": getattr(args, "replay_retries", None),
         "replay_backoff": getattr(args, "replay_backoff", None),
+        "replay_rerun": getattr(args, "replay_rerun", None),
+        "replay_recover_command": getattr(args, "replay_recover_command", None),
     }
 
 

@@ -26,9 +26,10 @@ from typing import Protocol
 
 from receiver.config import ReplaySettings
 from receiver.manifest import Installed
+from receiver.replay_run import Finished, Interrupted
 from receiver.state import CopyState
 from receiver.store import ReplicaError, SegmentStore
-from receiver.targets import expand_command, replay_target, run_command, segment_env
+from receiver.targets import CommandTarget, expand_command, replay_target, run_command, segment_env
 
 log = logging.getLogger("receiver")
 
@@ -128,6 +129,10 @@ class Stopped:
 StepResult = Decision | Retry | Stopped
 
 
+class ReplayRefused(Exception):
+    """The next run of a segment is not allowed (an interrupted run on a target not safe to re-run)."""
+
+
 class Replayer:
     """Replay one stream's copy into its replica, one segment at a time."""
 
@@ -145,8 +150,12 @@ class Replayer:
         self.clock = clock
         self.wake = asyncio.Event()
         self.failures = 0
+        self.retry_at = 0.0
+        """Clock time before which the failing segment is not tried again (meaningful while ``failures``)."""
         self.override = False
         """Set during activation: replay everything verified, ignoring the lag and a suspension."""
+        self._settled = False
+        """Whether the command run recorded in state.json before this process started was looked at."""
         self._step_lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
 
@@ -224,11 +233,27 @@ class Replayer:
         if not isinstance(decision, Replay):
             return decision
         record = decision.record
+        now = self.clock()
+        if self.failures and now < self.retry_at:
+            # The pause promised after a failure holds even when an install or a new segment wakes the
+            # loop: otherwise a busy stream spends every attempt within a second of a short outage.
+            return Retry(self.retry_at - now, self.copy.state.last_error or "retry pending")
         loop = asyncio.get_running_loop()
         try:
-            await loop.run_in_executor(None, self._inspect, record)
-            state.inspected_ok(record.name, self.clock())
-            await loop.run_in_executor(None, self.target.apply, record)
+            target = self.target
+            settled = False
+            if isinstance(target, CommandTarget) and not self._settled:
+                settled = await self._settle(target, record)
+            if not settled:
+                await loop.run_in_executor(None, self._inspect, record)
+                state.inspected_ok(record.name, self.clock())
+                if isinstance(target, CommandTarget):
+                    await self._run_command(target, record)
+                else:
+                    await loop.run_in_executor(None, target.apply, record)
+        except ReplayRefused as e:
+            await self._fail(str(e))
+            return Stopped("failed")
         except ReplicaError as e:
             self.failures += 1
             state.replay_retrying(str(e))
@@ -244,6 +269,7 @@ class Replayer:
                     reason += f"; moved to {quarantined}"
                 await self._fail(reason)
                 return Stopped("failed")
+            self.retry_at = self.clock() + delay
             log.warning(
                 "stream %s: replay of %s failed (attempt %d of %d): %s; retrying in %.1fs",
                 self.copy.name,
@@ -261,6 +287,73 @@ class Replayer:
         if self.on_replayed is not None:
             self.on_replayed()
         return decision
+
+    async def _settle(self, target: CommandTarget, record: Installed) -> bool:
+        """Find out what became of the command run recorded before a restart; True if it replayed ``record``.
+
+        Raises ReplicaError (retried) when that run failed or still runs after the command timeout.
+        """
+        state = self.copy.state
+        pending = state.replaying
+        if pending is None or pending.segment != record.name or pending.settled:
+            if pending is not None and pending.segment != record.name:
+                state.replay_forgotten()
+            self._settled = True
+            return False
+        outcome = await target.settle(pending.segment, pending.attempt)
+        self._settled = True
+        if isinstance(outcome, Finished):
+            log.warning(
+                "stream %s: attempt %d at %s finished while no receiver watched it (exit %d); taking its result",
+                self.copy.name,
+                pending.attempt,
+                record.name,
+                outcome.rc,
+            )
+            if outcome.rc != 0:
+                raise ReplicaError(f"replay command failed on {record.name} (exit {outcome.rc}): {outcome.output}")
+            return True
+        if isinstance(outcome, Interrupted):
+            log.warning("stream %s: replay of %s was interrupted: %s", self.copy.name, record.name, outcome.reason)
+            state.replay_interrupted(record.name)
+            await self.copy.save_state()
+        return False
+
+    async def _run_command(self, target: CommandTarget, record: Installed) -> None:
+        """Record the attempt durably, run it under the wrapper, and say how it ended.
+
+        Raises ReplicaError (retried) or ReplayRefused (an interrupted run that may not run again).
+        """
+        state = self.copy.state
+        pending = state.replaying
+        interrupted = pending is not None and pending.segment == record.name and pending.interrupted
+        choice = target.command_for(interrupted)
+        if choice is None:
+            raise ReplayRefused(
+                f"replay of {record.name} was interrupted; the target is not known to be safe to re-run "
+                "(repair the target and resume, or set replay_rerun = safe or a replay recover command)"
+            )
+        kind, template = choice
+        run = state.replay_begins(record.name, kind, self.clock())
+        # Durable before the command starts: a restarted receiver must know this attempt may have run.
+        await self.copy.save_state()
+        outcome = await target.run(record, run.attempt, kind, template)
+        if isinstance(outcome, Finished):
+            if outcome.rc != 0:
+                raise ReplicaError(
+                    f"replay command failed on {record.name} (exit {outcome.rc}): {outcome.output or 'no output'}"
+                )
+            return
+        if isinstance(outcome, Interrupted):
+            state.replay_interrupted(record.name)
+            await self.copy.save_state()
+            if target.command_for(True) is None:
+                raise ReplayRefused(
+                    f"replay of {record.name} was interrupted ({outcome.reason}); the target is not known to be "
+                    "safe to re-run (repair the target and resume, or set replay_rerun = safe or a replay "
+                    "recover command)"
+                )
+        raise ReplicaError(f"replay of {record.name} did not complete: {outcome.reason}")
 
     async def _fail(self, reason: str) -> None:
         self.failures = 0

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import enum
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +72,32 @@ class Activated:
         return {"at": self.at, "epoch": self.epoch, "previous_epoch": self.previous_epoch}
 
 
+@dataclass(frozen=True, slots=True)
+class Replaying:
+    """The durable "replaying X, attempt N" record of a command replay, written before the command starts."""
+
+    segment: str
+    attempt: int
+    """1 for the first run of ``segment``, counted across restarts (the command's LOGSHIP_ATTEMPT)."""
+    kind: str = "replay"
+    """``replay`` (the replay command) or ``recover`` (the recover command, after an interrupted run)."""
+    interrupted: bool = False
+    """An earlier run of ``segment`` ended without a recorded exit: the target may hold part of it."""
+    at: float | None = None
+    settled: bool = False
+    """How this attempt ended is already known and acted on: a restart need not look at its run again."""
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "segment": self.segment,
+            "attempt": self.attempt,
+            "kind": self.kind,
+            "interrupted": self.interrupted,
+            "at": self.at,
+            "settled": self.settled,
+        }
+
+
 @dataclass(slots=True)
 class CopyState:
     """The persisted state of one stream's copy; each field is the state.json key of the same name."""
@@ -94,6 +120,8 @@ class CopyState:
     replay_failed: str | None = None
     """Why replay Failed and stopped; None: it did not."""
     replay_failed_at: float | None = None
+    replaying: Replaying | None = None
+    """The command replay under way or last tried (cleared once its segment is replayed)."""
     suspended: bool = False
     """Replay suspended by an operator (copying goes on)."""
     suspended_at: float | None = None
@@ -156,6 +184,26 @@ class CopyState:
         if self.replayed and segment <= self.replayed:
             raise IllegalTransition(f"replay of {segment} after {self.replayed}: replay only moves forward")
         self.replayed, self.replayed_size, self.replayed_at, self.last_error = segment, size, at, None
+        self.replaying = None
+
+    def replay_begins(self, segment: str, kind: str, at: float) -> Replaying:
+        """Record the next command run of ``segment`` (persist it before the command starts); return it."""
+        if self.replayed and segment <= self.replayed:
+            raise IllegalTransition(f"replay of {segment} after {self.replayed}: replay only moves forward")
+        before = self.replaying if self.replaying is not None and self.replaying.segment == segment else None
+        attempt = before.attempt + 1 if before is not None else 1
+        self.replaying = Replaying(segment, attempt, kind, before is not None and before.interrupted, at)
+        return self.replaying
+
+    def replay_interrupted(self, segment: str) -> None:
+        """Note that the last run of ``segment`` ended without a recorded exit status."""
+        if self.replaying is None or self.replaying.segment != segment:
+            raise IllegalTransition(f"{segment} interrupted, but the recorded replay is {self.replaying}")
+        self.replaying = replace(self.replaying, interrupted=True, settled=True)
+
+    def replay_forgotten(self) -> None:
+        """Drop a replay record that does not belong to the next segment (stale: it was replayed)."""
+        self.replaying = None
 
     def fail_replay(self, reason: str, at: float) -> None:
         """Stop replay at the next segment for ``reason`` until an operator resumes it."""
@@ -172,6 +220,9 @@ class CopyState:
     def resume(self, comment: str | None) -> None:
         """Replay again from where it stopped, clearing a replay failure."""
         self.suspended, self.replay_failed, self.replay_failed_at, self.comment = False, None, None, comment
+        if self.replaying is not None:
+            # The operator vouches for the target now (fixed by hand): the next run is an ordinary replay.
+            self.replaying = replace(self.replaying, interrupted=False)
 
     def _check(self, transition: str) -> Role:
         after = ROLE_MOVES.get((self.role, transition))
@@ -186,7 +237,10 @@ class CopyState:
 
     def to_json(self) -> dict[str, Any]:
         """Return the state.json object."""
+        # "replaying" only while there is one, so a state.json of a directory replay reads as before.
+        replaying = {"replaying": self.replaying.to_json()} if self.replaying is not None else {}
         return {
+            **replaying,
             **self.extra,
             "epoch": self.epoch,
             "failed": self.failed,
@@ -229,12 +283,13 @@ class CopyState:
                 last_error=_text(doc.get("last_error")),
                 replay_failed=_text(doc.get("replay_failed")),
                 replay_failed_at=_float(doc.get("replay_failed_at")),
+                replaying=_replaying(doc.get("replaying")),
                 suspended=bool(doc.get("suspended")),
                 suspended_at=_float(doc.get("suspended_at")),
                 comment=_text(doc.get("comment")),
                 extra={k: v for k, v in doc.items() if k not in known},
             )
-        except (TypeError, ValueError) as e:
+        except (TypeError, ValueError, KeyError) as e:
             raise ValueError(f"state.json holds a bad value: {e}") from None
 
 
@@ -257,6 +312,21 @@ def _activated(value: Any, epoch: int) -> Activated | None:
         # Written by hand: activated all the same, with nothing more known.
         return Activated(None, epoch, None)
     return Activated(_float(value.get("at")), int(value.get("epoch", epoch)), _int(value.get("previous_epoch")))
+
+
+def _replaying(value: Any) -> Replaying | None:
+    if not value:
+        return None
+    if not isinstance(value, dict):
+        raise ValueError("replaying is not an object")
+    return Replaying(
+        str(value["segment"]),
+        int(value.get("attempt", 1)),
+        str(value.get("kind", "replay")),
+        bool(value.get("interrupted")),
+        _float(value.get("at")),
+        bool(value.get("settled")),
+    )
 
 
 def load_state(path: Path) -> CopyState:

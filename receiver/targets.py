@@ -1,13 +1,16 @@
 """Where replay puts a segment: the ``ReplayTarget`` interface and its directory and command backends.
 
-``replay_target()`` is the one place that turns a stream's replay mode into a backend. Methods block
-(they copy, fsync or run a command); the replayer calls them from a worker thread. The shell helpers
+``replay_target()`` is the one place that turns a stream's replay mode into a backend. The directory
+backend's methods block (they copy and fsync); the replayer calls them from a worker thread. The command
+backend is a coroutine around receiver/replay_run.py's wrapper. The shell helpers
 here also run the inspector and the activation hook.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import logging
 import os
 import shlex
 import subprocess
@@ -17,7 +20,10 @@ from logship.files import fsync_dir
 from protocol.digest import segment_hasher
 from receiver.config import ReplaySettings
 from receiver.manifest import Installed
+from receiver.replay_run import Outcome, RunRecord, run_wrapped, settle, wait_run
 from receiver.store import READ_BLOCK, ReplicaError, SegmentStore
+
+log = logging.getLogger("receiver")
 
 
 class ReplayTarget(Protocol):
@@ -80,23 +86,60 @@ class DirectoryTarget:
 
 
 class CommandTarget:
-    """Run the replay command on each segment; a non-zero exit fails it."""
+    """Run the replay command on each segment, exactly once for a command that completes.
+
+    Every run goes through receiver/replay_run.py: the wrapper records the exit status durably, so a
+    receiver killed during a replay takes the recorded result after its restart instead of running the
+    command again. Only a run that started and never recorded its end is run again, and only with the
+    recover command or when the target is declared safe to re-run (``replay_rerun = "safe"``).
+    """
 
     def __init__(self, settings: ReplaySettings, store: SegmentStore, stream: str) -> None:
         self.settings = settings
         self.store = store
         self.stream = stream
 
-    def apply(self, record: Installed) -> None:
+    def command_for(self, interrupted: bool) -> tuple[str, str] | None:
+        """Return (kind, command template) of the next run; None when an interrupted run may not be re-run."""
         assert self.settings.command, "command mode needs a replay command"
+        if not interrupted:
+            return "replay", self.settings.command
+        if self.settings.recover_command:
+            return "recover", self.settings.recover_command
+        if self.settings.rerun == "safe":
+            return "replay", self.settings.command
+        return None
+
+    async def run(self, record: Installed, attempt: int, kind: str, template: str) -> Outcome:
+        """Run attempt ``attempt`` of ``record``'s command (``kind``: replay or recover) under the wrapper."""
         path = str(self.store.log_dir / record.name)
-        rc, out = run_command(
-            expand_command(self.settings.command, path, record.name, self.stream),
-            self.settings.command_timeout,
-            segment_env(self.stream, record, path),
+        env = {**segment_env(self.stream, record, path), "LOGSHIP_ATTEMPT": str(attempt), "LOGSHIP_RUN": kind}
+        command = expand_command(template, path, record.name, self.stream)
+        return await run_wrapped(
+            self.store.root, record.name, attempt, kind, command, self.settings.command_timeout, env
         )
-        if rc != 0:
-            raise ReplicaError(f"replay command failed on {record.name} (exit {rc}): {out or 'no output'}")
+
+    async def settle(self, segment: str, attempt: int) -> Outcome:
+        """Say what became of a run recorded before a restart, waiting for it while it still runs.
+
+        Raises ReplicaError if it still runs after the command timeout.
+        """
+        loop = asyncio.get_running_loop()
+        found = await loop.run_in_executor(None, settle, self.store.root, segment, attempt)
+        if isinstance(found, RunRecord):
+            log.warning(
+                "stream %s: the replay of %s (attempt %d, pid %s) still runs; waiting for it",
+                self.stream,
+                segment,
+                attempt,
+                found.pid,
+            )
+            if not await wait_run(found, self.settings.command_timeout):
+                raise ReplicaError(f"the replay of {segment} by pid {found.pid} still runs")
+            found = await loop.run_in_executor(None, settle, self.store.root, segment, attempt)
+            if isinstance(found, RunRecord):
+                raise ReplicaError(f"the replay of {segment} by pid {found.pid} still runs")
+        return found
 
     def replica_names(self) -> set[str] | None:
         return None

@@ -52,9 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--seal",
-        choices=["next", "immediate"],
-        help="next (default): a segment is complete when a later one appears; immediate: every file is complete "
-        "on sight (an archive directory filled by rename)",
+        choices=["next", "closed", "immediate"],
+        help="next (default): a segment is complete when a later one appears; closed: ... and its writer closed "
+        "it (MariaDB binlogs); immediate: every file is complete on sight (an archive directory filled by rename)",
     )
     p.add_argument(
         "--seal-idle", metavar="DURATION", help="also seal the newest segment after this idle time (e.g. 5s)"

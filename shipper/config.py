@@ -9,7 +9,8 @@ Example::
     name = "db1"
     source = "/var/lib/db1/log"
     secret_file = "/etc/logship/db1.secret"
-    seal = "next"                       # next | immediate
+    seal = "next"                       # next | closed | immediate
+    seal_settle = "1s"                  # for seal = closed where no close is seen
     seal_idle = "5s"                    # optional: also seal the newest segment idle this long
     segment_size = "16MiB"              # optional
     pattern = 'E00[0-9A-F]{8}\\.log'     # optional
@@ -84,6 +85,7 @@ from shipper.settings import (
     DEFAULT_CHUNK_SIZE,
     DEFAULT_POLL_INTERVAL,
     DEFAULT_WINDOW_MAX,
+    SEAL_MODES,
     ShipperConfig,
     StreamConfig,
     TargetConfig,
@@ -111,6 +113,7 @@ _PACING_KEYS = {"chunk_size", "window", "window_max"}
 # Top-level settings a stream (or its targets) inherits unless its own table gives them.
 _INHERITED_KEYS = {"retain", "archive_dir", "truncation_lag", "retain_until"}
 _STREAM_KEYS = {"name", "source", "secret_file", "seal", "seal_idle", "segment_size", "pattern", "epoch", "target"}
+_STREAM_KEYS |= {"seal_settle"}
 _STREAM_KEYS |= {"retain", "archive_dir", "truncation_lag", *_TLS_KEYS}
 _TARGET_KEYS = {
     "address",
@@ -161,7 +164,8 @@ CHECKS: dict[str, Check] = {
     "rate_limit": parse_rate_or_off,
     "epoch": parse_count,
     "retain": parse_switch,
-    "seal": lambda value: parse_text(value) if value in ("next", "immediate") else _policy(value, None, None),
+    "seal": lambda value: parse_text(value) if value in SEAL_MODES else _policy(value, None, None),
+    "seal_settle": parse_duration,
 }
 _FLAG_CHECKS = {**CHECKS, "stream": parse_text}  # --stream is the name; in a file, "stream" is the tables
 
@@ -278,7 +282,9 @@ def _stream(raw: object, top: Doc, origin: str | None) -> StreamConfig:
         source=source,
         targets=_unique(tuple(targets), name),
         pattern=_pattern(raw.get("pattern")),
-        policy=_policy(raw.get("seal", top["seal"]), raw.get("seal_idle"), raw.get("segment_size")),
+        policy=_policy(
+            raw.get("seal", top["seal"]), raw.get("seal_idle"), raw.get("segment_size"), raw.get("seal_settle")
+        ),
         epoch=int(raw.get("epoch", top["epoch"])),
         poll_interval=float(top["poll_interval"]),
         retain=retain,

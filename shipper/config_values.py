@@ -20,6 +20,7 @@ from shipper.settings import (
     DEFAULT_PATTERN,
     DEFAULT_WINDOW,
     DEFAULT_WINDOW_MIN,
+    SEAL_MODES,
     SealPolicy,
     SenderConfig,
     TargetConfig,
@@ -65,14 +66,15 @@ def _pattern(text: object) -> re.Pattern[str]:
         raise ConfigError(f"bad pattern {text!r}: {e}") from None
 
 
-def _policy(seal: object, seal_idle: object, segment_size: object) -> SealPolicy:
-    if seal not in ("next", "immediate"):
-        raise ConfigError(f"bad seal mode {seal!r}: expected next or immediate")
+def _policy(seal: object, seal_idle: object, segment_size: object, seal_settle: object = None) -> SealPolicy:
+    if seal not in SEAL_MODES:
+        raise ConfigError(f"bad seal mode {seal!r}: expected next, closed or immediate")
+    settle = 1.0 if seal_settle is None else parse_duration(seal_settle)  # type: ignore[arg-type]
     idle = None if seal_idle is None else parse_duration(seal_idle)  # type: ignore[arg-type]
     size = parse_size(str(segment_size)) if segment_size not in (None, "") else None
     if size == 0:
         raise ConfigError("segment size must be positive")
-    return SealPolicy(str(seal), idle, size)
+    return SealPolicy(str(seal), idle, size, settle)
 
 
 def _sender(table: Doc) -> SenderConfig:

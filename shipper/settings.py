@@ -20,6 +20,7 @@ DEFAULT_WINDOW_MIN = 4 * 1024 * 1024
 DEFAULT_WINDOW_MAX = 64 * 1024 * 1024
 DEFAULT_ACK_TIMEOUT = 30.0
 DEFAULT_POLL_INTERVAL = 0.02
+SEAL_MODES = ("next", "closed", "immediate")
 DEFAULT_PATTERN = r"(?!\.)(?!.*\.(?:tmp|partial)$).+"
 
 
@@ -75,11 +76,16 @@ class SealPolicy:
     """When a segment counts as complete."""
 
     mode: str = "next"
-    """``next``: when a later segment appears; ``immediate``: every file is complete on sight."""
+    """``next``: when a later segment appears; ``closed``: when a later segment appears and the writer has
+    closed it (inotify IN_CLOSE_WRITE) or it has not changed for ``settle`` seconds; ``immediate``: every
+    file is complete on sight."""
     seal_idle: float | None = None
     """Also seal the newest segment once it has not changed for this many seconds."""
     segment_size: int | None = None
     """Also seal a segment once it reaches this many bytes."""
+    settle: float = 1.0
+    """In ``closed`` mode: seconds without a change after which a segment with a later one counts as closed
+    when no close was seen (inotify unavailable, or the writer closed it before the shipper watched)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,6 +21,7 @@ from collections.abc import Container, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from shipper.fingerprint import Fingerprint, describe_change, take
 from shipper.settings import SealPolicy
 from shipper.watcher import DirectoryWatcher
 
@@ -52,14 +53,23 @@ def late_arrivals(names: Sequence[str], known: Container[str], high: str) -> lis
     return [n for n in names[: bisect.bisect_left(names, high)] if n not in known]
 
 
-def classify(entries: Sequence[tuple[str, int, float]], policy: SealPolicy, now: float) -> list[SegmentInfo]:
-    """Decide which of ``entries`` (name, size, mtime; name order) are sealed under ``policy`` at ``now``."""
+def classify(
+    entries: Sequence[tuple[str, int, float]], policy: SealPolicy, now: float, closed: Container[str] = ()
+) -> list[SegmentInfo]:
+    """Decide which of ``entries`` (name, size, mtime; name order) are sealed under ``policy`` at ``now``.
+
+    ``closed``: the segments their writer closed after its last change (``closed`` mode needs that, or
+    ``policy.settle`` seconds without a change, besides a later segment).
+    """
     out = []
     last = len(entries) - 1
     for i, (name, size, mtime) in enumerate(entries):
+        later = i < last
+        if later and policy.mode == "closed":
+            later = name in closed or now - mtime >= policy.settle
         sealed = (
             policy.mode == "immediate"
-            or i < last
+            or later
             or (policy.segment_size is not None and size >= policy.segment_size)
             or (policy.seal_idle is not None and now - mtime >= policy.seal_idle)
         )
@@ -70,6 +80,11 @@ def classify(entries: Sequence[tuple[str, int, float]], policy: SealPolicy, now:
 def next_look(segments: Sequence[SegmentInfo], policy: SealPolicy, now: float, quiet: float) -> float:
     """Return how many seconds a watched directory may go without a look: ``quiet``, or less when the
     newest segment is due to seal by ``policy.seal_idle`` sooner (a timer, not a file event, seals it)."""
+    if policy.mode == "closed":
+        # A segment with a later one that no close event seals is sealed by the settle timer.
+        for seg in segments[:-1]:
+            if not seg.sealed:
+                quiet = max(0.001, min(quiet, seg.mtime + policy.settle - now + 0.001))
     if policy.seal_idle is not None and segments and not segments[-1].sealed:
         due = segments[-1].mtime + policy.seal_idle - now
         return max(0.001, min(quiet, due + 0.001))
@@ -103,6 +118,10 @@ class Tailer:
         self.by_name: dict[str, SegmentInfo] = {}
         self._frozen: dict[str, tuple[int, float]] = {}
         self._reported_changed: set[str] = set()
+        self._prints: dict[str, Fingerprint] = {}
+        self._closed: dict[str, tuple[int, float]] = {}
+        """(size, mtime) of each segment when its writer last closed it."""
+        self._closed_pending: set[str] = set()
         self._subscribers: list[asyncio.Event] = []
         self._last_recheck = 0.0
         self._high = ""
@@ -149,29 +168,48 @@ class Tailer:
             if frozen is not None:
                 if (st.st_size, st.st_mtime) != frozen and name not in self._reported_changed:
                     self._reported_changed.add(name)
+                    fp = self._prints.get(name)
+                    where = describe_change(fp, self.source / name) if fp else f"size {frozen[0]} -> {st.st_size}"
                     log.error(
-                        "sealed segment %s changed on the source after it was sealed (size %d -> %d); "
+                        "sealed segment %s changed on the source after it was sealed (%s); "
                         "the copy keeps the sealed version and it will not be shipped again",
                         name,
-                        frozen[0],
-                        st.st_size,
+                        where,
                     )
                 entries.append((name, frozen[0], frozen[1]))
             else:
                 entries.append((name, st.st_size, st.st_mtime))
-        segments = classify(entries, self.policy, now)
+        segments = classify(entries, self.policy, now, self._closed_now(entries))
         for seg in segments:
             if seg.sealed and seg.name not in self._frozen:
                 self._frozen[seg.name] = (seg.size, seg.mtime)
+                if (fp := take(self.source / seg.name, seg.size)) is not None:
+                    self._prints[seg.name] = fp
         present = set(names)
         for name in [n for n in self._frozen if n not in present]:
             del self._frozen[name]
+            self._prints.pop(name, None)
+        for name in [n for n in self._closed if n not in present or n in self._frozen]:
+            del self._closed[name]
         changed = segments != self.segments
         if changed:
             self.segments = segments
             self.names = [s.name for s in segments]
             self.by_name = {s.name: s for s in segments}
         return changed
+
+    def closed_by_writer(self, name: str) -> None:
+        """Note that a writer closed ``name`` (IN_CLOSE_WRITE); the next scan records its size and mtime."""
+        self._closed_pending.add(name)
+
+    def _closed_now(self, entries: Sequence[tuple[str, int, float]]) -> set[str]:
+        """Return the segments whose writer closed them and that have not changed since."""
+        for name in self._closed_pending:
+            with contextlib.suppress(OSError):
+                st = os.stat(self.source / name)
+                self._closed[name] = (st.st_size, st.st_mtime)
+        self._closed_pending.clear()
+        return {name for name, size, mtime in entries if self._closed.get(name) == (size, mtime)}
 
     def _note_late(self, names: list[str]) -> None:
         """Log, once each, segments that showed up after a later-sorting one had already been seen.
@@ -210,7 +248,7 @@ class Tailer:
                 if self.watch and (watcher is None or wd is None or not watcher.watching(wd)):
                     # (Re)watch: the first time, and after the directory went away or could not be watched.
                     watcher = DirectoryWatcher.for_loop()
-                    wd = watcher.watch(self.source, wake.set) if watcher is not None else None
+                    wd = watcher.watch(self.source, wake.set, self.closed_by_writer) if watcher is not None else None
                 # Cleared before the look: a change noticed while we scan wakes us again at once.
                 wake.clear()
                 if self.scan():
@@ -223,4 +261,4 @@ class Tailer:
                         await wake.wait()
         finally:
             if watcher is not None and wd is not None:
-                watcher.unwatch(wd, wake.set)
+                watcher.unwatch(wd, wake.set, self.closed_by_writer)

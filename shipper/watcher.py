@@ -69,15 +69,21 @@ def _load_libc() -> ctypes.CDLL | None:
     return _libc
 
 
-def parse_events(buf: bytes) -> list[tuple[int, int]]:
-    """Return the (watch descriptor, mask) of every inotify event in ``buf``."""
+def parse_named_events(buf: bytes) -> list[tuple[int, int, str]]:
+    """Return the (watch descriptor, mask, file name or "") of every inotify event in ``buf``."""
     out = []
     pos = 0
     while pos + _EVENT.size <= len(buf):
         wd, mask, _cookie, length = _EVENT.unpack_from(buf, pos)
-        out.append((wd, mask))
+        raw = buf[pos + _EVENT.size : pos + _EVENT.size + length]
+        out.append((wd, mask, os.fsdecode(raw.rstrip(b"\0"))))
         pos += _EVENT.size + length
     return out
+
+
+def parse_events(buf: bytes) -> list[tuple[int, int]]:
+    """Return the (watch descriptor, mask) of every inotify event in ``buf``."""
+    return [(wd, mask) for wd, mask, _name in parse_named_events(buf)]
 
 
 class DirectoryWatcher:
@@ -91,6 +97,8 @@ class DirectoryWatcher:
         self.fd = fd
         self.loop = loop
         self._callbacks: dict[int, list[Callable[[], None]]] = {}
+        self._on_closed: dict[int, list[Callable[[str], None]]] = {}
+        """Per watch: who wants the name of each file a writer closed (IN_CLOSE_WRITE)."""
         loop.add_reader(fd, self._on_readable)
 
     @classmethod
@@ -110,8 +118,13 @@ class DirectoryWatcher:
         cls._per_loop[loop] = watcher
         return watcher
 
-    def watch(self, directory: Path, callback: Callable[[], None]) -> int | None:
-        """Call ``callback`` whenever ``directory`` changes; return the watch, or None if it cannot be watched."""
+    def watch(
+        self, directory: Path, callback: Callable[[], None], on_closed: Callable[[str], None] | None = None
+    ) -> int | None:
+        """Call ``callback`` whenever ``directory`` changes; return the watch, or None if it cannot be watched.
+
+        ``on_closed`` also gets the name of every file in it that a writer closed, before ``callback`` runs.
+        """
         libc = _load_libc()
         assert libc is not None
         wd = libc.inotify_add_watch(self.fd, os.fsencode(directory), WATCH_MASK)
@@ -120,20 +133,26 @@ class DirectoryWatcher:
                 log.warning("out of inotify watches (fs.inotify.max_user_watches); polling %s", directory)
             return None
         self._callbacks.setdefault(wd, []).append(callback)
+        if on_closed is not None:
+            self._on_closed.setdefault(wd, []).append(on_closed)
         return wd
 
     def watching(self, wd: int) -> bool:
         """Return whether watch ``wd`` is still alive (the kernel drops it when the directory goes away)."""
         return wd in self._callbacks
 
-    def unwatch(self, wd: int, callback: Callable[[], None]) -> None:
+    def unwatch(self, wd: int, callback: Callable[[], None], on_closed: Callable[[str], None] | None = None) -> None:
         """Stop calling ``callback`` for ``wd``; close the watcher once nothing is watched any more."""
+        if on_closed is not None:
+            with contextlib.suppress(ValueError, KeyError):
+                self._on_closed[wd].remove(on_closed)
         callbacks = self._callbacks.get(wd)
         if callbacks is not None:
             with contextlib.suppress(ValueError):
                 callbacks.remove(callback)
             if not callbacks:
                 del self._callbacks[wd]
+                self._on_closed.pop(wd, None)
                 libc = _load_libc()
                 assert libc is not None
                 libc.inotify_rm_watch(self.fd, wd)
@@ -165,12 +184,16 @@ class DirectoryWatcher:
                 break
             if not buf:
                 break
-            for wd, mask in parse_events(buf):
+            for wd, mask, name in parse_named_events(buf):
+                if mask & IN_CLOSE_WRITE and name:
+                    for on_closed in list(self._on_closed.get(wd, ())):
+                        on_closed(name)
                 if mask & IN_Q_OVERFLOW:
                     overflow = True
                 elif mask & IN_IGNORED:
                     # The directory is gone (or moved away): its watch is dead; the tailer finds out by
                     # watching() and polls until it can watch again.
+                    self._on_closed.pop(wd, None)
                     for callback in self._callbacks.pop(wd, ()):
                         callback()
                 else:

@@ -63,7 +63,7 @@ SHIPPER_FILE_CASES = [
     ("stream", "epoch = -1", r"stream s: epoch: bad number -1"),
     ("stream", "seal_idle = true", r"stream s: seal_idle: bad duration True: expected e\.g\. 0, 250ms"),
     ("stream", 'seal_idle = "5 hours"', r"stream s: seal_idle: bad duration '5 hours'"),
-    ("stream", 'seal = "sometimes"', r"bad seal mode 'sometimes': expected next or immediate"),
+    ("stream", 'seal = "sometimes"', r"bad seal mode 'sometimes': expected next, closed or immediate"),
     ("stream", 'segment_size = "huge"', r"stream s: segment_size: bad size 'huge': expected e\.g\. 4096"),
     ("stream", 'retain = "yes"', r"stream s: retain: bad switch 'yes': expected true or false"),
     ("stream", 'truncation_lag = "1h"', r"stream s: archive_dir and truncation_lag only apply with retain = true"),

@@ -201,13 +201,20 @@ async def test_step_replays_in_order_with_lag_and_persists(store: SegmentStore) 
 
 async def test_corrupt_segment_is_retried_then_failed_and_quarantined(store: SegmentStore) -> None:
     copy = StreamCopy("db1", store, ReplaySettings(retries=2, backoff=0.5))
+    clock = Clock()
+    clock.now = 1e10  # after every install time
+    copy.replayer.clock = clock
     install(store, copy, S1, b"a" * 1000, "")
     install(store, copy, S2, b"b" * 1000, S1)
     assert isinstance(await copy.replayer.step(), Replay)
     bad = bytearray((store.log_dir / S2).read_bytes())
     bad[500:501] = b"X"
     (store.log_dir / S2).write_bytes(bytes(bad))
-    r1, r2, r3 = [await copy.replayer.step() for _ in range(3)]
+    r1 = await copy.replayer.step()
+    clock.now += 0.5
+    r2 = await copy.replayer.step()
+    clock.now += 1.0
+    r3 = await copy.replayer.step()
     assert isinstance(r1, Retry) and r1.delay == 0.5 and "xxh3_128" in r1.reason
     assert isinstance(r2, Retry) and r2.delay == 1.0
     assert r3 == Stopped("failed")
@@ -257,10 +264,14 @@ def test_manifest_skips_torn_lines_and_the_newest_record_of_a_name_wins(store: S
 
 async def test_segment_missing_from_log_is_retried_then_failed(store: SegmentStore) -> None:
     copy = StreamCopy("db1", store, ReplaySettings(retries=1, backoff=0.1))
+    clock = Clock()
+    clock.now = 1e10
+    copy.replayer.clock = clock
     install(store, copy, S1, b"a" * 100, "")
     (store.log_dir / S1).unlink()
     r1 = await copy.replayer.step()
     assert isinstance(r1, Retry) and "missing from log/" in r1.reason
+    clock.now += 0.1
     assert await copy.replayer.step() == Stopped("failed")
     assert "missing from log/" in copy.state.replay_failed
     assert copy.replayed_position == Position("", 0)
