@@ -271,8 +271,9 @@ class Replayer:
     def _inspect(self, record: Installed) -> None:
         """Re-verify the segment from log/ and run the inspector (blocking; worker thread)."""
         store = self.copy.store
-        store.verify_sealed(record)
         cmd = self.settings.inspect_cmd
+        # An inspector reads the file itself: read it here first, so what it judges is what was verified.
+        store.verify_sealed(record, full=bool(cmd))
         if cmd:
             path = str(store.log_dir / record.name)
             rc, out = run_command(

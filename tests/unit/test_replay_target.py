@@ -78,3 +78,38 @@ def test_plain_copy_is_the_last_resort_and_checks_the_bytes(
         target.apply(record)
     assert e.value.corrupt and not (store.replica / S1).exists()
     assert not any(store.replica.iterdir())
+
+
+def test_inspection_trusts_the_install_stamp_once_then_reads(store: SegmentStore) -> None:
+    record = install(store, S1, b"one" * 1000)
+    assert store.verify_sealed(record) == "stamp"
+    assert store.verify_sealed(record) == "read"  # a retry, a second look: the bytes themselves
+    assert install(store, S2, b"two", S1) and store.verify_sealed(store.read_manifest()[1], full=True) == "read"
+
+
+@pytest.mark.parametrize("how", ["same size, at once", "truncated", "replaced"])
+def test_any_write_to_log_after_install_forces_the_full_read(store: SegmentStore, how: str) -> None:
+    record = install(store, S1, b"a" * 4096)
+    path = store.log_dir / S1
+    if how == "same size, at once":
+        # In the same clock tick as the install: the install mark is a time no write can set.
+        with open(path, "r+b") as f:
+            f.write(b"X")
+    elif how == "truncated":
+        os.truncate(path, 100)
+    else:
+        tmp = path.with_name("x")
+        tmp.write_bytes(b"a" * 4096)
+        os.replace(tmp, path)
+        with open(path, "r+b") as f:
+            f.write(b"Y")
+    with pytest.raises(ReplicaError) as e:
+        store.verify_sealed(record)
+    assert e.value.corrupt
+
+
+def test_a_restarted_store_reads_everything_again(store: SegmentStore, tmp_path: Path) -> None:
+    install(store, S1, b"one" * 1000)
+    again = SegmentStore(tmp_path / "db1")
+    again.recover()
+    assert again.verify_sealed(again.read_manifest()[0]) == "read"
