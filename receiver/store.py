@@ -285,11 +285,12 @@ class SegmentStore:
         size = os.fstat(self._fd).st_size
         if size != op.size:
             raise OSError(f"{op.segment}: partial holds {size} bytes, SEAL says {op.size}")
-        # Mark the file: its mtime one second before now, a value no later write can give it (a write
-        # sets mtime to the current time). Inspection trusts the digest matched here only while inode,
-        # size and that mtime are unchanged (verify_sealed()).
-        mark = time.time_ns() - 1_000_000_000
-        os.utime(self._fd, ns=(mark, mark))
+        # Mark the file: its mtime one nanosecond before its last write's, a value no later write can
+        # give it (a write sets the current time, never an earlier one), yet still the time of the
+        # write to whoever reads it. Inspection trusts the digest matched here only while inode, size
+        # and that mtime are unchanged (verify_sealed()).
+        st = os.fstat(self._fd)
+        os.utime(self._fd, ns=(st.st_atime_ns, st.st_mtime_ns - 1))
         os.fsync(self._fd)
         st = os.fstat(self._fd)
         stamp = Stamp(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
