@@ -1,4 +1,5 @@
-"""The manifest: one JSON line per segment installed into log/, the record replay checks against. No I/O."""
+"""The manifest: one JSON line per segment installed into log/, the record replay checks against; and the
+stamp of a fresh install (what inspection compares instead of reading the bytes again). No I/O."""
 
 from __future__ import annotations
 
@@ -41,3 +42,13 @@ def parse_manifest(data: bytes) -> list[Installed]:
         if record is not None:
             by_name[record.name] = record
     return [by_name[name] for name in sorted(by_name)]
+
+
+@dataclass(frozen=True, slots=True)
+class Stamp:
+    """What identifies a file's content without reading it, as far as writes through the filesystem go."""
+
+    dev: int
+    ino: int
+    size: int
+    mtime_ns: int

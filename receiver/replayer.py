@@ -1,7 +1,8 @@
 """Replay one stream's sealed, verified segments, in log order, into its standby replica.
 
-Before a segment is replayed it is inspected: its bytes are read again from log/ and checked against
-the size and xxh3_128 recorded in the manifest at install time, its place in the log is checked (the
+Before a segment is replayed it is inspected: checked against the size and xxh3_128 recorded in the
+manifest at install time (``SegmentStore.verify_sealed()``: by its install stamp, or its bytes read
+again), its place in the log is checked (the
 manifest records, for each segment, the sealed segment before it: replay only ever moves along that
 chain, so a missing segment stops it), and an optional inspector command may veto it. A failure is
 retried a bounded number of times with back-off; then the replay is marked Failed with the reason,
@@ -364,8 +365,9 @@ class Replayer:
     def _inspect(self, record: Installed) -> None:
         """Re-verify the segment from log/ and run the inspector (blocking; worker thread)."""
         store = self.copy.store
-        store.verify_sealed(record)
         cmd = self.settings.inspect_cmd
+        # An inspector reads the file itself: read it here first, so what it judges is what was verified.
+        store.verify_sealed(record, full=bool(cmd))
         if cmd:
             path = str(store.log_dir / record.name)
             rc, out = run_command(

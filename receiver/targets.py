@@ -10,10 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
+import fcntl
 import logging
+import mmap
 import os
 import shlex
 import subprocess
+from collections import Counter
+from pathlib import Path
 from typing import Protocol
 
 from logship.files import fsync_dir
@@ -46,13 +51,22 @@ def replay_target(settings: ReplaySettings, store: SegmentStore, stream: str) ->
 
 
 class DirectoryTarget:
-    """Install each segment into DIR/<stream>/replica/."""
+    """Install each segment into DIR/<stream>/replica/.
+
+    replica/ sits beside log/, so a replayed segment is normally a hard link to the verified file in
+    log/: atomic, and not one data byte written. Where replica/ is another filesystem (a mount or a
+    symlink), the segment is cloned (reflink) or copied in the kernel (copy_file_range) and read back
+    to check it; a plain read-and-write copy is the last resort. A hard-linked replica shares its bytes
+    with log/: it must never be written in place (docs/operations.md).
+    """
 
     def __init__(self, store: SegmentStore) -> None:
         self.store = store
+        self.how: Counter[str] = Counter()
+        """How many segments went in by each way (link, clone, copy_file_range, copy): for tests and stats."""
 
     def apply(self, record: Installed) -> None:
-        """Copy log/<segment> into replica/ atomically: temp, fsync, digest check, rename, fsync dir.
+        """Put log/<segment> into replica/ atomically: temp name, fsync, rename, fsync dir.
 
         Raises ReplicaError.
         """
@@ -60,29 +74,125 @@ class DirectoryTarget:
         replica.mkdir(exist_ok=True)
         src = self.store.log_dir / record.name
         tmp = replica / f".{record.name}.tmp"
-        hasher = segment_hasher()
         try:
-            with open(src, "rb") as f, open(tmp, "wb") as out:
-                while block := f.read(READ_BLOCK):
-                    hasher.update(block)
-                    out.write(block)
-                out.flush()
-                os.fsync(out.fileno())
-            if hasher.digest() != record.digest:
-                tmp.unlink()
-                raise ReplicaError(f"{record.name}: changed in log/ while it was replayed", corrupt=True)
-            os.replace(tmp, replica / record.name)
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()  # left by a crash or an earlier failed attempt
+            if _same_file(src, replica / record.name):
+                # Linked already (a crash before state.json said so). A rename over it would do nothing
+                # at all (both names are one file), so there is nothing to replace.
+                how = "linked already"
+            else:
+                how = _link(src, tmp) or _copy(src, tmp, record)
+                os.replace(tmp, replica / record.name)
             fsync_dir(replica)
         except FileNotFoundError:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
             raise ReplicaError(f"{record.name} is missing from log/") from None
         except OSError as e:
             with contextlib.suppress(OSError):
                 tmp.unlink()
-            raise ReplicaError(f"{record.name}: cannot install into replica/: {e.strerror}") from None
+            raise ReplicaError(f"{record.name}: cannot install into replica/: {e.strerror or e}") from None
+        except ReplicaError:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise
+        self.how[how] += 1
 
     def replica_names(self) -> set[str] | None:
         replica = self.store.replica
         return set(os.listdir(replica)) if replica.exists() else set()
+
+
+# Errors that say "this filesystem (pair) cannot do that", not "the disk failed": try the next way.
+_UNSUPPORTED = {errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS}
+_FICLONE = 0x40049409
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        sa, sb = os.stat(a), os.stat(b)
+    except FileNotFoundError:
+        return False
+    return (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino)
+
+
+def _link(src: Path, tmp: Path) -> str:
+    """Hard-link ``src`` as ``tmp`` and make the new link count durable; return "link", or "" where the
+    filesystem cannot (another filesystem, no hard links)."""
+    try:
+        os.link(src, tmp)
+    except OSError as e:
+        if e.errno in _UNSUPPORTED:
+            return ""
+        raise
+    # The bytes were fsynced at install; the inode now has one more name, and a crash must not leave
+    # a directory entry whose inode still counts one link (a later unlink of either would free it).
+    fd = os.open(tmp, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return "link"
+
+
+def _copy(src: Path, tmp: Path, record: Installed) -> str:
+    """Copy ``src`` to ``tmp`` (fsynced), checking that ``tmp`` holds the segment of ``record``; return
+    how. Raises ReplicaError (corrupt) if the bytes are not those verified, OSError."""
+    with open(src, "rb") as f, open(tmp, "w+b") as out:  # read and write: the copy is read back
+        how = _clone(f.fileno(), out.fileno(), record.size)
+        if how:
+            # The bytes never passed through us: read the copy back (from the page cache, where the
+            # kernel just put it) so that what is replayed is still what was verified.
+            out.flush()
+            digest, size = _hash_fd(out.fileno())
+        else:
+            how = "copy"
+            hasher = segment_hasher()
+            size = 0
+            while block := f.read(READ_BLOCK):
+                hasher.update(block)
+                out.write(block)
+                size += len(block)
+            digest = hasher.digest()
+            out.flush()
+        os.fsync(out.fileno())
+    if size != record.size or digest != record.digest:
+        raise ReplicaError(f"{record.name}: changed in log/ while it was replayed", corrupt=True)
+    return how
+
+
+def _clone(src: int, dst: int, size: int) -> str:
+    """Copy ``size`` bytes from ``src`` to ``dst`` in the kernel: a reflink, else copy_file_range.
+    Return how, or "" where neither works between these files (nothing written then)."""
+    try:
+        fcntl.ioctl(dst, _FICLONE, src)
+        return "clone"
+    except OSError as e:
+        if e.errno not in _UNSUPPORTED and e.errno != errno.ENOTTY:
+            raise
+    done = 0
+    try:
+        while done < size:
+            n = os.copy_file_range(src, dst, size - done, done, done)
+            if n == 0:
+                break  # shorter than recorded: the digest check says so
+            done += n
+    except OSError as e:
+        if done == 0 and e.errno in _UNSUPPORTED:
+            return ""
+        raise
+    return "copy_file_range"
+
+
+def _hash_fd(fd: int) -> tuple[bytes, int]:
+    """Return the xxh3_128 digest and size of the file open as ``fd``, hashed through mmap (no copy)."""
+    size = os.fstat(fd).st_size
+    hasher = segment_hasher()
+    if size:
+        with mmap.mmap(fd, size, prot=mmap.PROT_READ) as m:
+            hasher.update(m)
+    return hasher.digest(), size
 
 
 class CommandTarget:

@@ -16,7 +16,8 @@ from benchmarks import report
 from benchmarks.common import ROOT, Options, machine, machine_load
 
 BENCHES = {
-    "throughput": "1. durable throughput on loopback, 1 GiB of 16 MiB segments, vs cp -r + sync and rsync -a",
+    "throughput": "1. durable throughput and CPU per GiB on loopback, 1 GiB of 16 MiB segments, vs cp -r + sync "
+    "(FILES), dd oflag=direct",
     "lag": "2. lag from a 4 KiB append (1000/s, 30 s) to the receiver's durable ACK: p50, p99, max",
     "wan": "3. throughput across scripts/wan (100 Mbit/s, 50 ms RTT) as a fraction of the raw link, +/- zstd",
     "memory": "4. peak RSS of shipper and receiver while catching up a 4 GiB backlog",
