@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from logship.tasks import cancel_and_wait
+from logship.tasks import first_to_end
 from protocol.aio import ConnectionClosed, FramedConnection
 from protocol.compression import PayloadCompressor, agreed
 from protocol.digest import chunk_digest, seal_digest
@@ -174,15 +174,10 @@ class TargetSender:
                 resume.position,
                 " (sealed)" if resume.sealed else "",
             )
-            reader_task = asyncio.create_task(self._read_loop(conn), name=f"acks-{self.name}")
-            try:
-                send_task = asyncio.create_task(self._send_loop(conn), name=f"send-{self.name}")
-                done, _ = await asyncio.wait({reader_task, send_task}, return_when=asyncio.FIRST_COMPLETED)
-                await cancel_and_wait(*(t for t in (reader_task, send_task) if t not in done))
-                for t in done:
-                    t.result()
-            finally:
-                reader_task.cancel()
+            await first_to_end(
+                asyncio.create_task(self._read_loop(conn), name=f"acks-{self.name}"),
+                asyncio.create_task(self._send_loop(conn), name=f"send-{self.name}"),
+            )
         finally:
             await conn.close()
 
