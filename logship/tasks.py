@@ -20,3 +20,20 @@ async def cancel_and_wait(*tasks: asyncio.Task[object]) -> None:
     for task in tasks:
         if not task.cancelled():
             task.exception()  # retrieved: no "exception was never retrieved" at exit
+
+
+async def first_to_end(*tasks: asyncio.Task[object]) -> None:
+    """Wait until one of ``tasks`` ends, cancel and await the rest, then raise the first one's exception.
+
+    Every task is awaited however this ends (one failing, both failing together, the caller being
+    cancelled): each exception is retrieved, none is left for "Task exception was never retrieved".
+    """
+    try:
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        # Shielded: a cancellation of the caller while the others wind down must not leave them
+        # unawaited; it is re-raised by the wait above or the shield below all the same.
+        await asyncio.shield(cancel_and_wait(*tasks))
+    for task in tasks:
+        if task in done and not task.cancelled() and task.exception() is not None:
+            raise task.exception()  # type: ignore[misc]

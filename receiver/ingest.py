@@ -14,6 +14,7 @@ import xxhash
 
 from protocol.digest import EMPTY_DIGEST, chunk_digest, seal_digest, segment_hasher
 from protocol.errors import RemoteProtocolError
+from protocol.failures import Kind, classify
 from protocol.messages import Data, Position, Seal
 from receiver.ops import Install, Op, Restart, Write
 
@@ -70,6 +71,12 @@ class Ingest:
 
     def _resend(self, segment: str, offset: int, reason: str) -> Outcome:
         self.resends += 1
+        if classify(reason) is Kind.TRANSIENT:
+            # A damaged chunk says nothing about the source: resend it as often as the link needs,
+            # never Fail the copy for it (the shipper shrinks its chunks to get through).
+            self.awaiting_resend = True
+            self._resend_pos = Position(segment, offset)
+            return Outcome(Verdict.RESEND, resend_from=Position(segment, offset), reason=reason)
         tries = self.failures.get(segment, 0) + 1
         self.failures[segment] = tries
         if tries >= self.max_tries:

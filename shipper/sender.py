@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from logship.tasks import cancel_and_wait
+from logship.tasks import first_to_end
 from protocol.aio import ConnectionClosed, FramedConnection
 from protocol.compression import PayloadCompressor, agreed
 from protocol.digest import chunk_digest, seal_digest
@@ -32,7 +32,7 @@ from shipper.settings import SenderConfig
 from shipper.source import Open, SegmentReader, SendData, SendSeal, SourceError, Stuck, next_step
 from shipper.status import TargetState, TargetStats, newest_copied
 from shipper.tailer import Tailer
-from shipper.window import SendWindow, adaptive_window
+from shipper.window import ChunkSizer, SendWindow, adaptive_window
 
 log = logging.getLogger("shipper")
 
@@ -72,7 +72,7 @@ class TargetSender:
         self._bucket = (
             TokenBucket(cfg.rate_limit, max(64 * 1024, cfg.rate_limit * 0.02)) if cfg.rate_limit is not None else None
         )
-        self._chunk_size = rate_limited_chunk(cfg.chunk_size, cfg.rate_limit)
+        self._chunks = ChunkSizer(rate_limited_chunk(cfg.chunk_size, cfg.rate_limit))
         self._reader = SegmentReader(Path(tailer.source))
         self._stuck_reported = ""
         self._was_healthy = False
@@ -174,15 +174,10 @@ class TargetSender:
                 resume.position,
                 " (sealed)" if resume.sealed else "",
             )
-            reader_task = asyncio.create_task(self._read_loop(conn), name=f"acks-{self.name}")
-            try:
-                send_task = asyncio.create_task(self._send_loop(conn), name=f"send-{self.name}")
-                done, _ = await asyncio.wait({reader_task, send_task}, return_when=asyncio.FIRST_COMPLETED)
-                await cancel_and_wait(*(t for t in (reader_task, send_task) if t not in done))
-                for t in done:
-                    t.result()
-            finally:
-                reader_task.cancel()
+            await first_to_end(
+                asyncio.create_task(self._read_loop(conn), name=f"acks-{self.name}"),
+                asyncio.create_task(self._send_loop(conn), name=f"send-{self.name}"),
+            )
         finally:
             await conn.close()
 
@@ -263,7 +258,7 @@ class TargetSender:
                     async with asyncio.timeout(cfg.heartbeat):
                         await self._wake.wait()
                 continue
-            step = next_step(self.tailer, window.cursor, self._chunk_size)
+            step = next_step(self.tailer, window.cursor, self._chunks.size)
             if isinstance(step, SendData):
                 if await self._send_data(conn, step):
                     last_sent = time.monotonic()
@@ -336,14 +331,12 @@ class TargetSender:
                     raise Reconnect(f"resend requested from {msg.position}, which the source does not hold")
                 self.send_window.on_nack(msg.position)
                 self.stats.resends += 1
-                log.warning(
-                    "target %s (stream %s): resend from %s requested: %s (resends: %d)",
-                    self.name,
-                    self.stream,
-                    msg.position,
-                    msg.reason,
-                    self.stats.resends,
-                )
+                if msg.reason == "chunk digest mismatch":
+                    self._chunks.on_damage()
+                    self.state = TargetState.RETRYING
+                    self.stats.last_error = f"chunk digest mismatch x{self.stats.resends}, chunks {self._chunks.size}"
+                args = (self.name, self.stream, msg.position, msg.reason, self.stats.resends, self._chunks.size)
+                log.warning("target %s (stream %s): resend from %s requested: %s (resends: %d, chunk %d)", *args)
                 self._wake.set()
             elif isinstance(msg, Heartbeat):
                 pass
@@ -376,6 +369,9 @@ class TargetSender:
             return
         if ack.sealed:
             self.stats.segments_sealed += 1
+        self._chunks.on_clean_ack()
+        if self.state is TargetState.RETRYING and not self._chunks.shrunk:
+            self.state = TargetState.HEALTHY
         copied = newest_copied(self.tailer.names, key)
         if copied > self.stats.last_copied:
             self.stats.last_copied, self.stats.last_copied_at = copied, time.time()

@@ -30,6 +30,8 @@ class TargetState(enum.Enum):
     SUSPENDED = "Suspended"
     FENCED = "Fenced"
     FAILED = "Failed"
+    RETRYING = "Retrying"
+    """Connected, but a transient failure (a damaged link) makes it resend in smaller chunks."""
     REFUSED = "Refused"
     """The target refuses us for a reason retrying cannot fix (secret, version, name): a long back-off."""
 

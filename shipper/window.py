@@ -146,3 +146,34 @@ class SendWindow:
         self.size.restart(in_flight=self.in_flight_bytes)
         self.cursor = Cursor(pos.segment, pos.offset, False)
         return pos
+
+
+MIN_CHUNK = 64 * 1024
+
+
+class ChunkSizer:
+    """How large the next DATA chunk may be: halved after each chunk-digest NACK, down to 64 KiB, and
+    doubled back after ``clean`` ACKs in a row, so a link that damages a byte per MiB still gets through.
+    """
+
+    def __init__(self, full: int, clean: int = 8) -> None:
+        self.full = full
+        self.size = full
+        self.clean = clean
+        self._clean_acks = 0
+
+    @property
+    def shrunk(self) -> bool:
+        return self.size < self.full
+
+    def on_damage(self) -> None:
+        self.size = max(min(MIN_CHUNK, self.full), self.size // 2)
+        self._clean_acks = 0
+
+    def on_clean_ack(self) -> None:
+        if not self.shrunk:
+            return
+        self._clean_acks += 1
+        if self._clean_acks >= self.clean:
+            self.size = min(self.full, self.size * 2)
+            self._clean_acks = 0

@@ -122,7 +122,8 @@ class FrameProxy:
 class FaultProxy(FrameProxy):
     """A proxy that understands frames well enough to damage them where a test wants it.
 
-    ``flip_data`` flips one payload byte of the next DATA frame, ``flip_seal`` one byte of the next SEAL's
+    ``flip_data`` flips one payload byte of the next DATA frame (``flip_data_mid``: of the next one not at
+    a segment's start), ``flip_seal`` one byte of the next SEAL's
     digest, ``cut_mid_frame`` forwards half of the next DATA frame and then drops both sides.
     """
 
@@ -136,7 +137,9 @@ class FaultProxy(FrameProxy):
         while True:
             prefix, header_raw, header, payload, tag = await read_frame(r, tracker)
             fault = self.pending[0] if self.pending else None
-            if fault == "flip_data" and header.get("t") == "DATA" and len(payload) > 16:
+            # flip_data_mid spares a segment's first chunk (damage there closes the connection instead).
+            mid = fault == "flip_data_mid" and header.get("off", 0) > 0
+            if (fault == "flip_data" or mid) and header.get("t") == "DATA" and len(payload) > 16:
                 self.pending.pop(0)
                 self.done.append(fault)
                 b = bytearray(payload)

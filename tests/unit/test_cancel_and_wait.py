@@ -83,3 +83,38 @@ async def test_close_cancelled_as_the_socket_finishes_closing_stays_cancelled() 
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
+
+
+async def _fail(delay: float, text: str) -> None:
+    await asyncio.sleep(delay)
+    raise RuntimeError(text)
+
+
+def test_first_to_end_retrieves_both_when_both_fail_together() -> None:
+    from logship.tasks import first_to_end
+
+    async def main() -> list[asyncio.Task[None]]:
+        tasks = [asyncio.create_task(_fail(0, "a")), asyncio.create_task(_fail(0, "b"))]
+        with pytest.raises(RuntimeError):
+            await first_to_end(*tasks)
+        return tasks
+
+    tasks = asyncio.run(main())
+    assert all(t.done() for t in tasks)
+    assert all(t._log_traceback is False for t in tasks)  # retrieved: nothing logged at collection
+
+
+def test_first_to_end_awaits_every_task_when_the_caller_is_cancelled() -> None:
+    from logship.tasks import first_to_end
+
+    async def main() -> list[asyncio.Task[None]]:
+        tasks = [asyncio.create_task(asyncio.sleep(10)), asyncio.create_task(asyncio.sleep(10))]
+        outer = asyncio.create_task(first_to_end(*tasks))
+        await asyncio.sleep(0.01)
+        outer.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await outer
+        return tasks
+
+    tasks = asyncio.run(main())
+    assert all(t.cancelled() for t in tasks)

@@ -183,3 +183,19 @@ def test_adaptive_window_follows_the_sender_config() -> None:
     assert size.minimum == size.maximum == size.window == 8 * 1024 * KiB
     size = adaptive_window(SenderConfig(window=2 * 1024 * KiB, window_min=4 * 1024 * KiB))
     assert (size.minimum, size.window, size.maximum) == (2 * 1024 * KiB, 2 * 1024 * KiB, 64 * 1024 * KiB)
+
+
+def test_chunks_halve_to_64k_on_damage_and_grow_back_after_clean_acks() -> None:
+    from shipper.window import MIN_CHUNK, ChunkSizer
+
+    sizer = ChunkSizer(1 << 20, clean=2)
+    sizes = []
+    for _ in range(6):
+        sizer.on_damage()
+        sizes.append(sizer.size)
+    assert sizes == [512 << 10, 256 << 10, 128 << 10, MIN_CHUNK, MIN_CHUNK, MIN_CHUNK]
+    for _ in range(2 * 4):
+        sizer.on_clean_ack()
+    assert sizer.size == 1 << 20 and not sizer.shrunk
+    sizer.on_clean_ack()
+    assert sizer.size == 1 << 20

@@ -1,0 +1,39 @@
+import errno
+
+import pytest
+
+from protocol.failures import FAILURES, Kind, classify, classify_os_error
+
+T, P = Kind.TRANSIENT, Kind.PERMANENT
+
+
+@pytest.mark.parametrize(
+    ("failure", "kind"),
+    [
+        ("chunk digest mismatch", T),
+        ("connection lost", T),
+        ("timeout", T),
+        ("peer restart", T),
+        ("disk full", T),
+        ("io error", T),
+        ("another shipper", T),
+        ("segment digest mismatch", P),
+        ("sealed source changed", P),
+        ("inspector veto", P),
+        ("chain gap", P),
+        ("something nobody named", P),
+    ],
+)
+def test_table(failure: str, kind: Kind) -> None:
+    assert classify(failure) is kind
+
+
+def test_every_named_failure_is_in_the_table_above() -> None:
+    assert len(FAILURES) == 11
+
+
+@pytest.mark.parametrize(
+    ("code", "kind"), [(errno.ENOSPC, T), (errno.EIO, T), (errno.EDQUOT, T), (errno.ENOENT, P), (errno.EACCES, P)]
+)
+def test_os_errors(code: int, kind: Kind) -> None:
+    assert classify_os_error(OSError(code, "x")) is kind
