@@ -24,7 +24,7 @@ import random
 
 from protocol.digest import chunk_digest, seal_digest
 from protocol.framing import encode
-from protocol.messages import START, Ack, Challenge, Data, Fenced, Position, Seal, StreamResume, Welcome
+from protocol.messages import START, Ack, Challenge, Data, Error, Fenced, Position, Seal, StreamResume, Welcome
 from protocol.session import VERSIONS
 from tests.helpers.frames import TagTracker, read_frame
 from tests.helpers.procs import Listener
@@ -90,8 +90,6 @@ class HostileRelay:
         if mode == "fenced":
             answer = Fenced(self.stream, 99, os.urandom(32))
         elif mode == "error":
-            from protocol.messages import Error
-
             answer = Error("failed", f"stream {self.stream} is Failed: says the impostor")
         elif mode == "welcome_empty":
             answer = Welcome(max(VERSIONS), "impostor", ())

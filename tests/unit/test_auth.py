@@ -25,8 +25,10 @@ R_NONCE, S_NONCE = bytes([1]) * 32, bytes([2]) * 32
 class SessionPair:
     """A receiver and a shipper that finished their handshake, each with a decoder for what it gets."""
 
-    def __init__(self, payload_mac: bool = False, secrets: dict[str, bytes] = SECRETS) -> None:
-        self.r = ReceiverHandshake("receiver-1", R_NONCE, secrets.get)
+    def __init__(
+        self, payload_mac: bool = False, secrets: dict[str, bytes] = SECRETS, receiver_nonce: bytes = R_NONCE
+    ) -> None:
+        self.r = ReceiverHandshake("receiver-1", receiver_nonce, secrets.get)
         features = ("pmac",) if payload_mac else ()
         self.s = ShipperHandshake("shipper-1", S_NONCE, secrets, {}, features)
         hello = self.s.receive_challenge(self.r.challenge())
@@ -158,16 +160,9 @@ def test_injected_frame_without_the_key_is_refused() -> None:
 
 
 def test_frame_replayed_from_another_connection_is_refused() -> None:
-    old, new = SessionPair(), SessionPair(secrets=SECRETS)
-    new.r = ReceiverHandshake("receiver-1", bytes([7]) * 32, SECRETS.get)  # a fresh nonce: a new connection
-    s = ShipperHandshake("shipper-1", S_NONCE, SECRETS, {})
-    hello = s.receive_challenge(new.r.challenge())
-    new.r.receive_hello(hello)
-    s.receive_welcome(new.r.welcome([new.r.resume(n, 0, START, True) for n in SECRETS]))
-    decoder = FrameDecoder()
-    decoder.opener = s.frame_auth()[1]
+    old, new = SessionPair(), SessionPair(receiver_nonce=bytes([7]) * 32)  # a fresh nonce: a new connection
     recorded = old.to_shipper(Ack("db1", Position(SEG, 1 << 20), True, START))
-    assert isinstance(refused(decoder, recorded), FrameAuthFailed)
+    assert isinstance(refused(new.at_shipper, recorded), FrameAuthFailed)
 
 
 def test_frame_for_a_stream_outside_the_session_is_refused() -> None:
