@@ -11,6 +11,11 @@ from protocol.names import check_segment_name, check_stream_name
 
 MAX_OFFSET = 1 << 62
 MAX_TEXT = 4096
+MAX_FORKS = 1024
+"""Forks a HELLO's history may list (protocol/history.py checks what they mean)."""
+
+WireFork = tuple[int, str | None, int, bytes]
+"""One fork of a history as it travels: epoch, fork segment (None: not known), fork offset, digest."""
 
 
 def get(h: Mapping[str, Any], key: str) -> Any:
@@ -77,3 +82,24 @@ def features(h: Mapping[str, Any]) -> tuple[str, ...]:
     if not all(type(f) is str and len(f) <= 64 for f in found):
         raise RemoteProtocolError("features must be short strings", code=ErrorCode.BAD_FRAME)
     return tuple(found)
+
+
+def forks(h: Mapping[str, Any], key: str = "history") -> tuple[WireFork, ...]:
+    """An optional list of forks (absent: none); types and sizes checked, meaning left to protocol/history.py."""
+    if key not in h:
+        return ()
+    out = []
+    for v in items(h, key, MAX_FORKS):
+        if type(v) not in (list, tuple) or len(v) != 4:
+            raise RemoteProtocolError("a fork must be [epoch, segment, offset, digest]", code=ErrorCode.BAD_FRAME)
+        epoch, seg, off, digest = v
+        if type(epoch) is not int or not 0 < epoch <= MAX_OFFSET or type(off) is not int or not 0 <= off <= MAX_OFFSET:
+            raise RemoteProtocolError("a fork's epoch and offset must be integers in range", code=ErrorCode.BAD_FRAME)
+        if type(digest) is not bytes or len(digest) not in (0, 16):
+            raise RemoteProtocolError("a fork's digest must be empty or 16 bytes", code=ErrorCode.BAD_FRAME)
+        if seg is not None and seg != "":
+            check_segment_name(seg)
+        elif seg is not None and off:
+            raise RemoteProtocolError("a fork before the first segment has offset 0", code=ErrorCode.BAD_FRAME)
+        out.append((epoch, seg, off, digest))
+    return tuple(out)

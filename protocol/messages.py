@@ -64,19 +64,28 @@ class Challenge:
 
 @dataclass(frozen=True, slots=True)
 class StreamClaim:
-    """One stream a shipper wants to write: the epoch it believes in and its HMAC proof."""
+    """One stream a shipper wants to write: the epoch it believes in and its HMAC proof.
+
+    ``history`` lists the forks of the shipper's epochs (protocol/history.py), each as
+    (epoch, fork segment or None when unknown, fork offset, digest); the proof binds it. Absent on the
+    wire when empty, as older shippers send it.
+    """
 
     stream: str
     epoch: int
     proof: bytes
+    history: tuple[fields.WireFork, ...] = ()
 
     def to_map(self) -> dict[str, Any]:
-        return {"stream": self.stream, "epoch": self.epoch, "proof": self.proof}
+        m: dict[str, Any] = {"stream": self.stream, "epoch": self.epoch, "proof": self.proof}
+        if self.history:
+            m["history"] = [list(f) for f in self.history]
+        return m
 
     @classmethod
     def from_map(cls, v: Any) -> StreamClaim:
         m = fields.mapping(v, "stream claim")
-        return cls(fields.stream(m), fields.integer(m, "epoch"), fields.octets(m, "proof", PROOF_SIZE))
+        return cls(fields.stream(m), fields.integer(m, "epoch"), fields.octets(m, "proof", PROOF_SIZE), fields.forks(m))
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,9 +134,12 @@ class StreamResume:
     position: Position
     sealed: bool
     proof: bytes
+    cut: int = 0
+    """Bytes the receiver rewound (moved to quarantine/) past the fork of the shipper's epoch; on the
+    wire only when not 0, bound by the proof."""
 
     def to_map(self) -> dict[str, Any]:
-        return {
+        m = {
             "stream": self.stream,
             "epoch": self.epoch,
             "seg": self.position.segment,
@@ -135,6 +147,9 @@ class StreamResume:
             "sealed": self.sealed,
             "proof": self.proof,
         }
+        if self.cut:
+            m["cut"] = self.cut
+        return m
 
     @classmethod
     def from_map(cls, v: Any) -> StreamResume:
@@ -145,6 +160,7 @@ class StreamResume:
             Position(fields.segment(m, allow_empty=True), fields.integer(m, "off")),
             fields.boolean(m, "sealed"),
             fields.octets(m, "proof", PROOF_SIZE),
+            fields.integer(m, "cut") if "cut" in m else 0,
         )
 
 

@@ -19,10 +19,11 @@ import enum
 import hashlib
 import hmac
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from protocol.auth import PAYLOAD_MAC, TO_RECEIVER, TO_SHIPPER, DirectionKeys, FrameOpener, FrameSealer
 from protocol.errors import AuthenticationFailed, ErrorCode, LocalProtocolError, RemoteProtocolError, VersionMismatch
+from protocol.history import History
 from protocol.messages import NONCE_SIZE, Challenge, Fenced, Hello, Position, StreamClaim, StreamResume, Welcome
 
 VERSIONS: tuple[int, ...] = (3,)
@@ -44,12 +45,15 @@ def make_proof(
     return hmac.new(secret, msg, hashlib.sha256).digest()
 
 
-def _claim_fields(epoch: int) -> str:
-    return f"epoch={epoch}"
+def _claim_fields(epoch: int, history: History) -> str:
+    # Without a history the text is what it was before histories existed: older shippers' proofs hold.
+    text = history.proof_text()
+    return f"epoch={epoch}" + (f";history={text}" if text else "")
 
 
-def _resume_fields(epoch: int, position: Position, sealed: bool) -> str:
-    return f"epoch={epoch};seg={position.segment};off={position.offset};sealed={int(sealed)}"
+def _resume_fields(epoch: int, position: Position, sealed: bool, cut: int = 0) -> str:
+    fields = f"epoch={epoch};seg={position.segment};off={position.offset};sealed={int(sealed)}"
+    return fields + (f";cut={cut}" if cut else "")
 
 
 def _fenced_fields(epoch: int) -> str:
@@ -105,10 +109,12 @@ def next_state(moves: Moves, state: HandshakeState, event: Event, refusal: str) 
 
 @dataclass(frozen=True, slots=True)
 class Accepted:
-    """One stream whose proof checked out, with the epoch the shipper claimed."""
+    """One stream whose proof checked out, with the epoch the shipper claimed and its history."""
 
     stream: str
     epoch: int
+    history: History = field(default_factory=History)
+    """The forks the shipper sent (proven with the claim); empty from a shipper that sends none."""
 
 
 class ReceiverHandshake:
@@ -160,12 +166,17 @@ class ReceiverHandshake:
             secret = self._secret_for(claim.stream)
             if secret is None:
                 raise AuthenticationFailed(f"stream {claim.stream!r} is not served here")
-            want = make_proof(
-                secret, b"shipper", self.nonce, hello.nonce, hello.node, claim.stream, _claim_fields(claim.epoch)
-            )
+            history = History.from_wire(claim.history)
+            bound = _claim_fields(claim.epoch, history)
+            want = make_proof(secret, b"shipper", self.nonce, hello.nonce, hello.node, claim.stream, bound)
             if not hmac.compare_digest(want, claim.proof):
                 raise AuthenticationFailed(f"wrong proof for stream {claim.stream!r}")
-            accepted.append(Accepted(claim.stream, claim.epoch))
+            if history.epoch > claim.epoch:
+                raise RemoteProtocolError(
+                    f"stream {claim.stream!r}: history reaches epoch {history.epoch} beyond the claimed {claim.epoch}",
+                    code=ErrorCode.BAD_FRAME,
+                )
+            accepted.append(Accepted(claim.stream, claim.epoch, history))
             self._secrets[claim.stream] = secret
         self.version = hello.version
         self.peer_node = hello.node
@@ -174,8 +185,8 @@ class ReceiverHandshake:
         self.state = done
         return accepted
 
-    def resume(self, stream: str, epoch: int, position: Position, sealed: bool) -> StreamResume:
-        """Build one stream's WELCOME entry, proving we hold its secret too."""
+    def resume(self, stream: str, epoch: int, position: Position, sealed: bool, cut: int = 0) -> StreamResume:
+        """Build one stream's WELCOME entry, proving we hold its secret too; ``cut``: bytes rewound."""
         next_state(RECEIVER_MOVES, self.state, Event.SEND_WELCOME, "handshake not complete")
         secret = self._secret_for(stream)
         if secret is None:
@@ -187,9 +198,9 @@ class ReceiverHandshake:
             self._peer_nonce,
             self.peer_node,
             stream,
-            _resume_fields(epoch, position, sealed),
+            _resume_fields(epoch, position, sealed, cut),
         )
-        return StreamResume(stream, epoch, position, sealed, proof)
+        return StreamResume(stream, epoch, position, sealed, proof, cut)
 
     def fenced(self, stream: str, epoch: int) -> Fenced:
         """Build the FENCED that tells the shipper ``stream`` is at ``epoch``, with our proof."""
@@ -236,6 +247,7 @@ class ShipperHandshake:
         secrets: Mapping[str, bytes],
         epochs: Mapping[str, int],
         features: tuple[str, ...] = (),
+        histories: Mapping[str, History] | None = None,
     ) -> None:
         if len(nonce) != NONCE_SIZE:
             raise LocalProtocolError("nonce must be 32 bytes")
@@ -243,6 +255,7 @@ class ShipperHandshake:
         self.nonce = nonce
         self._secrets = dict(secrets)
         self._epochs = dict(epochs)
+        self._histories = dict(histories or {})
         self.features = features
         self.state = HandshakeState.START
         self._server_nonce = b""
@@ -267,22 +280,7 @@ class ShipperHandshake:
             raise AuthenticationFailed("peer echoed our nonce")
         self._server_nonce = challenge.nonce
         self._receiver_node = challenge.node
-        claims = tuple(
-            StreamClaim(
-                stream,
-                self._epochs.get(stream, 0),
-                make_proof(
-                    secret,
-                    b"shipper",
-                    challenge.nonce,
-                    self.nonce,
-                    self.node,
-                    stream,
-                    _claim_fields(self._epochs.get(stream, 0)),
-                ),
-            )
-            for stream, secret in self._secrets.items()
-        )
+        claims = tuple(self._claim(stream, secret, challenge.nonce) for stream, secret in self._secrets.items())
         self.state = waiting
         self._version = max(common)
         return Hello(self._version, self.node, self.nonce, claims, self.features)
@@ -313,7 +311,7 @@ class ShipperHandshake:
                 self.nonce,
                 self.node,
                 resume.stream,
-                _resume_fields(resume.epoch, resume.position, resume.sealed),
+                _resume_fields(resume.epoch, resume.position, resume.sealed, resume.cut),
             )
             if not hmac.compare_digest(want, resume.proof):
                 raise AuthenticationFailed(f"receiver could not prove the secret of {resume.stream!r}")
@@ -326,6 +324,13 @@ class ShipperHandshake:
         self.peer_features = msg.features
         self.state = done
         return result
+
+    def _claim(self, stream: str, secret: bytes, server_nonce: bytes) -> StreamClaim:
+        epoch = self._epochs.get(stream, 0)
+        history = self._histories.get(stream, History())
+        bound = _claim_fields(epoch, history)
+        proof = make_proof(secret, b"shipper", server_nonce, self.nonce, self.node, stream, bound)
+        return StreamClaim(stream, epoch, proof, history.to_wire())
 
     def check_fenced(self, msg: Fenced) -> None:
         """Believe a FENCED only if the receiver proved it with the stream's secret.

@@ -31,7 +31,8 @@ import xxhash
 
 from logship.files import fsync_dir
 from protocol.digest import chunk_digest, segment_hasher
-from receiver.manifest import Installed, Stamp, parse_manifest
+from receiver.manifest import Installed, Stamp
+from receiver.manifest_file import ManifestFile
 from receiver.ops import Install, Op, Restart, Write
 
 _IDX = struct.Struct(">QIQ")
@@ -95,7 +96,7 @@ class SegmentStore:
         self._fd = -1
         self._idx_fd = -1
         self._created = False
-        self._manifest_fd = -1
+        self.manifest = ManifestFile(self.manifest_path)
         self._pending = PendingSync([])
         self.installed: list[Installed] = []
         """Manifest records of installs made by apply() since the caller last took them."""
@@ -297,8 +298,7 @@ class SegmentStore:
         self.close()
         # The record goes first: a segment in log/ always has one. A record whose rename never happened
         # is harmless, the segment is installed again (and recorded again) when the shipper resends it.
-        record = Installed(op.segment, op.size, op.digest, op.prev, time.time())
-        self._append_manifest(record)
+        record = self.manifest.append(op.segment, op.size, op.digest, op.prev, time.time())
         os.rename(self.partial_path(op.segment), self.log_dir / op.segment)
         self.installed.append(record)
         self.fresh[op.segment] = stamp
@@ -309,27 +309,12 @@ class SegmentStore:
 
     # -- manifest -----------------------------------------------------------------------------
 
-    def _append_manifest(self, record: Installed) -> None:
-        if self._manifest_fd < 0:
-            created = not self.manifest_path.exists()
-            self._manifest_fd = os.open(self.manifest_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-            if created:
-                fsync_dir(self.root)
-        os.write(self._manifest_fd, record.to_line())
-        os.fdatasync(self._manifest_fd)
-
     def read_manifest(self) -> list[Installed]:
         """Return the install records in log order, the newest record of a name winning; torn lines skipped."""
-        try:
-            data = self.manifest_path.read_bytes()
-        except FileNotFoundError:
-            return []
-        return parse_manifest(data)
+        return self.manifest.read()
 
     def close_manifest(self) -> None:
-        if self._manifest_fd >= 0:
-            os.close(self._manifest_fd)
-            self._manifest_fd = -1
+        self.manifest.close()
 
     # -- replay and quarantine verbs -------------------------------------------------------------------------
 
