@@ -67,6 +67,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_replay_flags(p)
     p.add_argument(
+        "--no-rewind",
+        action="store_true",
+        help="refuse a shipper whose history forks before the end of a copy (ERROR diverged) instead of moving "
+        "the copy's tail past the fork into quarantine/ and resuming there",
+    )
+    p.add_argument(
         "--admin", metavar="HOST:PORT", help="serve /status (JSON) and /metrics (Prometheus) here; off by default"
     )
     add_umask_flag(p)
@@ -78,7 +84,8 @@ EPILOG = """\
 operator commands (python -m receiver COMMAND --help for each):
   status --data-dir DIR [--stream S] [--watch [SECONDS]] [--json]   state, queues and lag per stream
   suspend|resume --data-dir DIR --stream S                          stop / restart replaying a copy
-  activate --data-dir DIR --stream S                                make a copy the new primary
+  activate --data-dir DIR --stream S [--epoch N] [--yes]            make a copy the new primary
+  fence --data-dir DIR --stream S --epoch N [--fork SEG@OFF]        refuse shippers older than epoch N
 
 example:
   python -m receiver --listen 0.0.0.0:7000 --data-dir /var/lib/logship \\
@@ -163,6 +170,7 @@ def daemon_main(argv: list[str]) -> int:
             handshake_timeout=settings.handshake_timeout,
             max_unauthenticated=settings.max_unauthenticated,
             tls=tls,
+            no_rewind=args.no_rewind,
         )
         host, port = settings.listen
         try:

@@ -19,8 +19,10 @@ from pathlib import Path
 from typing import Any
 
 from logship.files import fsync_dir
-from protocol.messages import Position
+from protocol.history import Fork
+from protocol.messages import START, Position
 from receiver.copy import StreamCopy
+from receiver.history_file import CopyHistory, history_path, load_history, save_history
 from receiver.manifest import Installed
 from receiver.replayer import Idle
 from receiver.store import READ_BLOCK, SegmentStore
@@ -29,6 +31,49 @@ from receiver.targets import run_command
 log = logging.getLogger("receiver")
 
 HOOK_TIMEOUT = 600.0
+
+
+class ActivationRefused(Exception):
+    """The activation cannot be done as asked (an epoch that is not newer than every one the copy knows)."""
+
+
+def new_fork(epoch: int, installed: Sequence[Installed]) -> Fork:
+    """The fork of a new ``epoch``: the end of the last segment verified into log/, with its digest.
+
+    The unsealed tail is not part of the new epoch: it is left beside the replica for the operator, and a
+    standby holding more of that segment is rewound to the last sealed one.
+    """
+    if not installed:
+        return Fork(epoch, START, b"")
+    last = installed[-1]
+    return Fork(epoch, Position(last.name, last.size), last.digest)
+
+
+async def _raise_epoch(copy: StreamCopy, epoch: int | None) -> tuple[bool, CopyHistory]:
+    """Raise and persist the epoch, then record its fork in the history file; return (already, history)."""
+    loop = asyncio.get_running_loop()
+    state = copy.state
+    known = await loop.run_in_executor(None, load_history, copy.store.root)
+    newest = max(copy.epoch, known.newest_epoch)
+    if state.activated is not None:
+        if epoch is not None and epoch != copy.epoch:
+            raise ActivationRefused(f"stream {copy.name} was already activated at epoch {copy.epoch}, not {epoch}")
+    elif epoch is not None and epoch <= newest:
+        raise ActivationRefused(
+            f"stream {copy.name}: epoch {epoch} is not newer than every epoch this copy knows ({newest}); "
+            "another standby may be the primary of that epoch: pick a newer one"
+        )
+    if newest > copy.epoch and epoch is None:
+        epoch = newest + 1
+    already = not state.activate(time.time(), epoch)
+    if not already:
+        await copy.save_state()
+        log.warning("stream %s: ACTIVATED at epoch %d; shippers of older epochs are fenced", copy.name, copy.epoch)
+    if known.history.epoch < copy.epoch:
+        # After the epoch, so that a crash in between is mended by activating again (it is idempotent).
+        known.history = known.history.extended(new_fork(copy.epoch, copy.installed))
+        await loop.run_in_executor(None, save_history, copy.store.root, copy.name, known)
+    return already, known
 
 
 def missing_after_activation(
@@ -66,14 +111,14 @@ async def activate(
     on_activate: str | None,
     acked: Position | None = None,
     acked_sealed: bool = False,
+    epoch: int | None = None,
 ) -> dict[str, Any]:
-    """Activate ``copy``; return the report (see the module docstring). The caller holds the stream."""
+    """Activate ``copy`` at ``epoch`` (None: the next one after all it knows); return the report (see the
+    module docstring). The caller holds the stream. Raises ActivationRefused."""
     loop = asyncio.get_running_loop()
     state = copy.state
-    already = not state.activate(time.time())
-    if not already:
-        await copy.save_state()
-        log.warning("stream %s: ACTIVATED at epoch %d; shippers of older epochs are fenced", copy.name, copy.epoch)
+    already, known = await _raise_epoch(copy, epoch)
+    fork = known.history.fork_of(copy.epoch)
     # An operator's activation is a fresh attempt: a replay Failed earlier is tried once more.
     state.retry_replay()
     copy.replayer.failures = 0
@@ -90,6 +135,14 @@ async def activate(
     report: dict[str, Any] = {
         "stream": copy.name,
         "epoch": copy.epoch,
+        "epoch_given": epoch is not None,
+        "fork": str(fork.position) if fork is not None and fork.position is not None else None,
+        "history": known.history.to_json(),
+        "history_file": str(history_path(store.root)),
+        "fence_others": None
+        if epoch is not None
+        else f"the epoch was chosen here: fence every other standby of {copy.name} before it can take a shipper, "
+        f"e.g. python -m receiver fence --data-dir DIR --stream {copy.name} --epoch {copy.epoch}",
         "previous_epoch": state.activated.previous_epoch if state.activated is not None else None,
         "already_activated": already,
         "replay_mode": copy.replayer.settings.mode,
@@ -153,6 +206,7 @@ def render_report(report: dict[str, Any]) -> str:
     lines = [
         f"stream {report['stream']}: activated at epoch {report['epoch']}"
         + (" (it was already activated)" if report["already_activated"] else ""),
+        f"  fork (end of the old epoch): {report['fork'] or '-'}; ship with --history {report['history_file']}",
         f"  last replayed position:   {report['last_replayed_position']} ({report['replay_result']})",
         f"  replica:                  {report['replica']}",
         f"  unsealed tail:            {report['unsealed_tail_bytes']} bytes"
@@ -160,6 +214,8 @@ def render_report(report: dict[str, Any]) -> str:
         "  acknowledged data missing: "
         + ("NO" if not report["missing_acknowledged"] else "YES: " + "; ".join(report["missing_acknowledged"])),
     ]
+    if report["fence_others"]:
+        lines.append(f"  WARNING: {report['fence_others']}")
     if report["hook"]:
         lines.append(f"  on-activate hook:         exit {report['hook_exit']}: {report['hook_output'] or ''}".rstrip())
     return "\n".join(lines)

@@ -192,6 +192,8 @@ class ServerConfig:
     silent or hostile peers cannot exhaust memory or file descriptors while real shippers wait."""
     tls: ssl.SSLContext | None = None
     """TLS for every connection (client certificates required if it has a CA); None: plain TCP."""
+    no_rewind: bool = False
+    """Refuse a shipper whose history needs this copy rewound, instead of rewinding (--no-rewind)."""
 
 
 def _table(value: Any, where: str) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""The operator's control handler of a running receiver: status, suspend, resume, activate."""
+"""The operator's control handler of a running receiver: status, suspend, resume, activate, fence."""
 
 from __future__ import annotations
 
@@ -6,8 +6,10 @@ import logging
 import time
 from typing import Any
 
-from receiver.activation import activate
+from protocol.history import parse_position
+from receiver.activation import ActivationRefused, activate
 from receiver.copy import StreamCopy
+from receiver.fence import FenceRefused, fence
 from receiver.server import ReceiverServer
 
 log = logging.getLogger("receiver")
@@ -37,10 +39,25 @@ class Control:
             await copy.resume(comment)
             return {"ok": True, "row": copy.row(time.time())}
         if op == "activate":
-            return {"ok": True, "report": await self.activate(copy, request.get("on_activate"))}
+            epoch = request.get("epoch")
+            if epoch is not None and (type(epoch) is not int or epoch < 1):
+                return {"ok": False, "error": f"bad epoch {epoch!r}"}
+            try:
+                return {"ok": True, "report": await self.activate(copy, request.get("on_activate"), epoch)}
+            except ActivationRefused as e:
+                return {"ok": False, "error": str(e)}
+        if op == "fence":
+            epoch, fork = request.get("epoch"), request.get("fork")
+            try:
+                if type(epoch) is not int or epoch < 1:
+                    raise ValueError(f"bad epoch {epoch!r}")
+                position = parse_position(fork) if isinstance(fork, str) else None
+                return {"ok": True, "report": await fence(copy, epoch, position)}
+            except (ValueError, FenceRefused) as e:
+                return {"ok": False, "error": str(e)}
         return {"ok": False, "error": f"unknown op {op!r}"}
 
-    async def activate(self, copy: StreamCopy, on_activate: str | None) -> dict[str, Any]:
+    async def activate(self, copy: StreamCopy, on_activate: str | None, epoch: int | None = None) -> dict[str, Any]:
         """Stop accepting the stream, wait for its writer to finish the writes in hand, and activate it."""
         copy.activating = True
         owner = copy.owner
@@ -51,6 +68,6 @@ class Control:
             # The session let go only after its writes in hand were durable: its last ACK is final now.
             acked, acked_sealed = (owner.acked, owner.acked_sealed) if owner is not None else (None, False)
             try:
-                return await activate(copy, on_activate, acked, acked_sealed)
+                return await activate(copy, on_activate, acked, acked_sealed, epoch)
             finally:
                 copy.activating = False

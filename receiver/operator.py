@@ -1,4 +1,4 @@
-"""The operator subcommands of ``python -m receiver``: status, suspend, resume, activate.
+"""The operator subcommands of ``python -m receiver``: status, suspend, resume, activate, fence.
 
 They talk to the running receiver through its control socket (DIR/control.sock), or work on the data
 dir directly, under its lock, when no receiver runs.
@@ -19,17 +19,33 @@ from typing import Any
 
 from logship.admin import control
 from logship.admin.table import exit_status
-from logship.cli import EXIT_USAGE, Parser, add_status_flags, guarded, operator_logging, watch
+from logship.cli import EXIT_FAILED, EXIT_USAGE, Parser, add_status_flags, guarded, operator_logging, watch
 from logship.config import ConfigError, load_toml, parse_duration
-from receiver.activation import activate, render_report
+from protocol.history import parse_position
+from protocol.messages import Position
+from receiver.activation import ActivationRefused, activate, render_report
 from receiver.config import add_replay_flags, replay_from_doc
 from receiver.copy import StreamCopy
 from receiver.datadir import control_path, existing_streams, lock_data_dir
+from receiver.fence import FenceRefused, fence
 from receiver.state import load_state
 from receiver.status import copy_row, render_rows
 from receiver.store import SegmentStore
 
-SUBCOMMANDS = ("status", "suspend", "resume", "activate")
+SUBCOMMANDS = ("status", "suspend", "resume", "activate", "fence")
+
+
+def _epoch(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an epoch (an integer >= 1)")
+    return int(text)
+
+
+def _fork(text: str) -> Position:
+    try:
+        return parse_position(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def operator_parser() -> argparse.ArgumentParser:
@@ -67,8 +83,32 @@ def operator_parser() -> argparse.ArgumentParser:
         help="shell command run after replay ({stream} {epoch} {replica}; env LOGSHIP_STREAM, LOGSHIP_EPOCH, "
         "LOGSHIP_REPLICA, LOGSHIP_TAIL)",
     )
+    q.add_argument(
+        "--epoch",
+        type=_epoch,
+        metavar="N",
+        help="the new epoch, allocated outside (refused unless newer than every epoch this copy knows); "
+        "without it: the next one here, and every other standby must then be fenced by hand",
+    )
+    q.add_argument(
+        "--yes",
+        action="store_true",
+        help="do not ask for confirmation (asked only when stdin and stderr are a terminal)",
+    )
     q.add_argument("--json", action="store_true", help="print the report as JSON")
     add_replay_flags(q)
+    q = sub.add_parser(
+        "fence",
+        help="tell a standby that epoch N exists: it refuses (and drops) shippers of older epochs from now on",
+        description="Raise the epoch of a standby's copy to N (persisted): shippers of older epochs are fenced, "
+        "an attached one is dropped. With --fork, a shipper of epoch N must fork there. Through the control "
+        "socket of a running receiver, else on the data dir under its lock.",
+    )
+    common(q)
+    q.add_argument("--stream", required=True, metavar="S", help="the stream")
+    q.add_argument("--epoch", required=True, type=_epoch, metavar="N", help="the new primary's epoch")
+    q.add_argument("--fork", type=_fork, metavar="SEG@OFF", help="where epoch N forked (the activation report's fork)")
+    q.add_argument("--json", action="store_true", help="print the report as JSON")
     return p
 
 
@@ -90,6 +130,8 @@ def operator_main(argv: list[str]) -> int:
             raise ConfigError(f"no copy of stream {args.stream!r} in {data_dir}")
         if args.command in ("suspend", "resume"):
             return cmd_suspend_resume(data_dir, args.command, args.stream, args.comment)
+        if args.command == "fence":
+            return cmd_fence(data_dir, args)
         return cmd_activate(data_dir, args, doc)
 
     return guarded("receiver", body)
@@ -167,8 +209,53 @@ def cmd_suspend_resume(data_dir: Path, command: str, stream: str, comment: str |
     return 0
 
 
+def cmd_fence(data_dir: Path, args: argparse.Namespace) -> int:
+    fork = str(args.fork) if args.fork is not None else None
+    reply = _call(data_dir, {"op": "fence", "stream": args.stream, "epoch": args.epoch, "fork": fork})
+    if reply is not None:
+        report, where = reply["report"], "by the running receiver"
+    else:
+        with _offline(data_dir):
+
+            async def run() -> dict[str, Any]:
+                return await fence(StreamCopy(args.stream, SegmentStore(data_dir / args.stream)), args.epoch, args.fork)
+
+            try:
+                report = asyncio.run(run())
+            except FenceRefused as e:
+                print(f"receiver: error: {e}", file=sys.stderr)
+                return EXIT_FAILED
+        where = "in the data dir (no receiver running)"
+    if args.json:
+        print(json.dumps({**report, "where": where}, indent=1, sort_keys=True))
+    else:
+        state = "fenced at" if report["raised"] else "already at"
+        print(f"stream {args.stream}: {state} epoch {report['epoch']} {where}; older shippers are refused")
+    return 0
+
+
+def _confirmed(data_dir: Path, args: argparse.Namespace) -> bool:
+    """Ask at a terminal (issue 18): activation cannot be undone. Scripts and --yes go on.
+
+    Asked only when stdin and stderr (where the question goes) are both a terminal: a script that
+    captures the output, or feeds stdin, runs on without a question nobody would see.
+    """
+    if args.yes or not (sys.stdin.isatty() and sys.stderr.isatty()):
+        return True
+    epoch = f"epoch {args.epoch}" if args.epoch else "the next epoch"
+    print(
+        f"activate stream {args.stream} in {data_dir} at {epoch}? This cannot be undone [y/N] ", end="", file=sys.stderr
+    )
+    sys.stderr.flush()
+    answer = sys.stdin.readline()
+    return answer.strip().lower() in ("y", "yes")
+
+
 def cmd_activate(data_dir: Path, args: argparse.Namespace, doc: dict[str, Any]) -> int:
-    request = {"op": "activate", "stream": args.stream, "on_activate": args.on_activate}
+    if not _confirmed(data_dir, args):
+        print(f"stream {args.stream}: not activated", file=sys.stderr)
+        return EXIT_FAILED
+    request = {"op": "activate", "stream": args.stream, "on_activate": args.on_activate, "epoch": args.epoch}
     reply = _call(data_dir, request, timeout=3600.0)
     if reply is not None:
         report = reply["report"]
@@ -180,11 +267,15 @@ def cmd_activate(data_dir: Path, args: argparse.Namespace, doc: dict[str, Any]) 
             async def run() -> dict[str, Any]:
                 copy = StreamCopy(args.stream, SegmentStore(data_dir / args.stream), settings)
                 try:
-                    return await activate(copy, args.on_activate)
+                    return await activate(copy, args.on_activate, epoch=args.epoch)
                 finally:
                     copy.store.close_manifest()
 
-            report = asyncio.run(run())
+            try:
+                report = asyncio.run(run())
+            except ActivationRefused as e:
+                print(f"receiver: error: {e}", file=sys.stderr)
+                return EXIT_FAILED
     if args.json:
         print(json.dumps(report, indent=1, sort_keys=True))
     else:

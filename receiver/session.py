@@ -28,6 +28,7 @@ from receiver.committer import Attachment
 from receiver.config import ServerConfig
 from receiver.copy import StreamCopy
 from receiver.ingest import Ingest, Verdict
+from receiver.rewind import check_history
 
 log = logging.getLogger("receiver")
 
@@ -89,6 +90,8 @@ class Session:
         self.copy_for = copy_for
         self.pool = pool
         self.hs = ReceiverHandshake(config.node, os.urandom(32), config.secret_for)
+        self.cut: dict[str, int] = {}
+        """Per stream, the bytes its copy rewound past the fork of the shipper's epoch at this handshake."""
         self.frames_refused = 0
         """Frames after the handshake whose tag or payload MAC failed (0 or 1: the first one closes)."""
 
@@ -158,7 +161,8 @@ class Session:
                     self._fence(copy, None)
                     return attachments
                 attachments[copy.name] = att
-                resumes.append(hs.resume(copy.name, copy.epoch, att.acked, att.acked_sealed))
+                cut = self.cut.get(copy.name, 0)
+                resumes.append(hs.resume(copy.name, copy.epoch, att.acked, att.acked_sealed, cut))
             # Announce every payload encoding we decode; accept compressed DATA only in one both listed.
             conn.decoder.encodings = agreed(hs.features, ENCODINGS)
             conn.decoder.pool = self.pool
@@ -196,6 +200,7 @@ class Session:
                 copy.state.adopt_epoch(claim.epoch)
                 await copy.save_state()
             rec = await asyncio.get_running_loop().run_in_executor(None, copy.store.recover)
+            rec, self.cut[copy.name] = await check_history(copy, claim.epoch, claim.history, rec, self.config.no_rewind)
         except BaseException:
             copy.lock.release()
             raise

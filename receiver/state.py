@@ -159,13 +159,17 @@ class CopyState:
         self.failed = reason
         self._arrived(after)
 
-    def activate(self, at: float) -> bool:
-        """Make the copy the new primary at the next epoch; return False, changing nothing, if it was already."""
+    def activate(self, at: float, epoch: int | None = None) -> bool:
+        """Make the copy the new primary at ``epoch`` (None: the next one); return False, changing nothing,
+        if it was already."""
         if self.activated is not None:
             return False
         after = self._check("activate")
-        self.activated = Activated(at, self.epoch + 1, self.epoch)
-        self.epoch += 1
+        new = self.epoch + 1 if epoch is None else epoch
+        if new <= self.epoch:
+            raise IllegalTransition(f"epoch {new} is not newer than {self.epoch}")
+        self.activated = Activated(at, new, self.epoch)
+        self.epoch = new
         self._arrived(after)
         return True
 

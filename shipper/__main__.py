@@ -61,6 +61,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--segment-size", metavar="BYTES", help="also seal a segment when it reaches this size")
     p.add_argument("--epoch", metavar="N", help="epoch to claim (default 0; raised by activation)")
+    p.add_argument(
+        "--history",
+        metavar="FILE",
+        help="the history file an activation wrote (DIR/<stream>/history.json): sent in HELLO, so that a "
+        "standby past the fork of this epoch rewinds; the epoch claimed is its epoch unless --epoch is newer",
+    )
     p.add_argument("--chunk-size", metavar="SIZE", help="largest DATA chunk (default 1MiB)")
     p.add_argument(
         "--window",

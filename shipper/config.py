@@ -65,6 +65,7 @@ from logship.config import (
     parse_text,
     read_secret,
 )
+from protocol.history import History
 from shipper.config_values import (
     _archive,
     _check_keys,
@@ -79,6 +80,8 @@ from shipper.config_values import (
     _stream_name,
     _tls,
     _unique,
+    claimed_epoch,
+    load_history_file,
 )
 from shipper.settings import (
     DEFAULT_ACK_TIMEOUT,
@@ -113,7 +116,7 @@ _PACING_KEYS = {"chunk_size", "window", "window_max"}
 # Top-level settings a stream (or its targets) inherits unless its own table gives them.
 _INHERITED_KEYS = {"retain", "archive_dir", "truncation_lag", "retain_until"}
 _STREAM_KEYS = {"name", "source", "secret_file", "seal", "seal_idle", "segment_size", "pattern", "epoch", "target"}
-_STREAM_KEYS |= {"seal_settle"}
+_STREAM_KEYS |= {"seal_settle", "history"}
 _STREAM_KEYS |= {"retain", "archive_dir", "truncation_lag", *_TLS_KEYS}
 _TARGET_KEYS = {
     "address",
@@ -150,7 +153,7 @@ _TOP_FLAGS = (
 )
 # The flags that describe the one stream of a command line without --config, by setting key.
 _STREAM_FLAGS = {"name": "stream", **{k: k for k in ("source", "secret_file", "pattern", "seal", "seal_idle")}}
-_STREAM_FLAGS |= {k: k for k in ("segment_size", "epoch", *sorted(_TLS_KEYS))}
+_STREAM_FLAGS |= {k: k for k in ("segment_size", "epoch", "history", *sorted(_TLS_KEYS))}
 
 
 # The form of every value: a TOML value (or a flag's text) is parsed by its check at start, and a bad
@@ -158,7 +161,7 @@ _STREAM_FLAGS |= {k: k for k in ("segment_size", "epoch", *sorted(_TLS_KEYS))}
 CHECKS: dict[str, Check] = {
     **dict.fromkeys(("ack_timeout", "poll_interval", "seal_idle", "truncation_lag"), parse_duration),
     **dict.fromkeys(("chunk_size", "window_max", "segment_size"), parse_size),
-    **dict.fromkeys(("node", "name", "source", "secret_file", "pattern", "address"), parse_text),
+    **dict.fromkeys(("node", "name", "source", "secret_file", "pattern", "address", "history"), parse_text),
     **dict.fromkeys(("state_dir", "admin", "archive_dir", "retain_until", "compress", *_TLS_KEYS), parse_text),
     "window": parse_size_or_auto,
     "rate_limit": parse_rate_or_off,
@@ -277,6 +280,7 @@ def _stream(raw: object, top: Doc, origin: str | None) -> StreamConfig:
         raise ConfigError(f"{place}: archive_dir and truncation_lag only apply with retain = true")
     if retain and archive is not None and archive.resolve() == source.resolve():
         raise ConfigError(f"{place}: archive_dir {archive} is the source directory itself; give another directory")
+    history = load_history_file(raw["history"], name) if "history" in raw else History()
     return StreamConfig(
         name=name,
         source=source,
@@ -285,7 +289,10 @@ def _stream(raw: object, top: Doc, origin: str | None) -> StreamConfig:
         policy=_policy(
             raw.get("seal", top["seal"]), raw.get("seal_idle"), raw.get("segment_size"), raw.get("seal_settle")
         ),
-        epoch=int(raw.get("epoch", top["epoch"])),
+        epoch=claimed_epoch(int(raw["epoch"]) if "epoch" in raw else None, history, place)
+        if "history" in raw
+        else int(raw.get("epoch", top["epoch"])),
+        history=history,
         poll_interval=float(top["poll_interval"]),
         retain=retain,
         archive_dir=archive if retain else None,

@@ -3,6 +3,7 @@ TOML or flag value into its settings type or raises a one-line ConfigError. Impo
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from logship.config import (
 )
 from protocol.compression import Compression, parse_compression
 from protocol.errors import ProtocolError
+from protocol.history import History
 from protocol.names import check_stream_name
 from shipper.settings import (
     DEFAULT_PATTERN,
@@ -155,3 +157,30 @@ def _unique(targets: tuple[TargetConfig, ...], stream: str) -> tuple[TargetConfi
     if not targets:
         raise ConfigError(f"stream {stream}: no target")
     return targets
+
+
+def load_history_file(path: str, stream: str) -> History:
+    """Read a history file (receiver/history_file.py writes it). Raises ConfigError, one line."""
+    try:
+        doc = json.loads(Path(path).read_text())
+    except OSError as e:
+        raise ConfigError(f"cannot read history file {path}: {e.strerror}") from None
+    except ValueError as e:
+        raise ConfigError(f"history file {path} is not JSON: {e}") from None
+    if not isinstance(doc, dict):
+        raise ConfigError(f"history file {path} is not a JSON object")
+    if doc.get("stream", stream) != stream:
+        raise ConfigError(f"history file {path} is the history of stream {doc['stream']!r}, not {stream!r}")
+    try:
+        return History.from_json(doc.get("history", []))
+    except ValueError as e:
+        raise ConfigError(f"history file {path}: {e}") from None
+
+
+def claimed_epoch(epoch: int | None, history: History, where: str) -> int:
+    """The epoch to claim: the history's, or a newer one given; an older one given is an error."""
+    if epoch is None:
+        return history.epoch
+    if epoch < history.epoch:
+        raise ConfigError(f"{where}: epoch {epoch} is older than the history's epoch {history.epoch}")
+    return epoch

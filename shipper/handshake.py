@@ -8,6 +8,7 @@ protocol version, a stream name) only lengthens the pause before the next attemp
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Mapping, Sequence
 
@@ -18,10 +19,13 @@ from protocol.messages import Error, Fenced, Position, StreamResume
 from protocol.session import ShipperHandshake
 from shipper.settings import SenderConfig
 
+log = logging.getLogger("shipper")
+
 PERMANENT_CODES = {
     "auth": "secret mismatch for stream {stream}: both ends must use the same secret file",
     "version": "protocol version mismatch: {text}",
     "bad-name": "the target refuses the stream name: {text}",
+    "diverged": "the target's copy does not fit this shipper's history: {text}",
 }
 """ERROR codes answering the handshake that retrying does not fix, and what to tell the operator."""
 
@@ -80,7 +84,8 @@ async def handshake(
     wanted: tuple[str, ...] = (config.compression.encoding,) if config.compression else ()
     if config.payload_mac:
         wanted = (*wanted, PAYLOAD_MAC)
-    hs = ShipperHandshake(node, os.urandom(32), {stream: secret}, {stream: epoch}, features=wanted)
+    histories = {stream: config.history}
+    hs = ShipperHandshake(node, os.urandom(32), {stream: secret}, {stream: epoch}, wanted, histories)
     challenge = await conn.recv(config.connect_timeout)
     if isinstance(challenge, Error):
         raise refusal(challenge, stream)
@@ -93,6 +98,15 @@ async def handshake(
     if isinstance(answer, Error):
         raise refusal(answer, stream)
     result = hs.receive_welcome(answer)[stream]
+    if isinstance(result, StreamResume) and result.cut:
+        log.warning(
+            "stream %s: the target REWOUND its copy by %d bytes past the fork of this shipper's epoch %d; "
+            "resuming at %s",
+            stream,
+            result.cut,
+            result.epoch,
+            result.position,
+        )
     if isinstance(result, StreamResume):
         # From here on every frame both ways is tagged; the WELCOME was the last untagged one, and
         # no await since it was decoded: what follows it in the buffer is still undecoded.

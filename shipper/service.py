@@ -73,6 +73,7 @@ class ShipperService:
                     compression=t.compression,
                     rate_limit=t.rate_limit,
                     payload_mac=t.payload_mac,
+                    history=stream.history,
                 ),
                 tls=contexts[t.tls] if t.tls is not None else None,
             )

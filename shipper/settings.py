@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from protocol.compression import Compression
+from protocol.history import History
 
 DEFAULT_CHUNK_SIZE = 1024 * 1024
 DEFAULT_WINDOW = 16 * 1024 * 1024
@@ -69,6 +70,8 @@ class SenderConfig:
     """Ask for the payload MAC: DATA payloads then carry an HMAC under the session key (protocol v3)."""
     refused_backoff: float = 120.0
     """Pause after a permanent refusal (wrong secret, version, name): a fix takes an operator anyway."""
+    history: History = field(default_factory=History)
+    """The stream's history, sent in HELLO (the stream's, filled in per target by the service)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,6 +145,8 @@ class StreamConfig:
     """When a segment is complete."""
     epoch: int = 0
     """Epoch this shipper claims; a target activated at a newer epoch fences it."""
+    history: History = field(default_factory=History)
+    """The forks of the epochs it ships under (``--history FILE``), sent in HELLO."""
     poll_interval: float = DEFAULT_POLL_INTERVAL
     """Seconds between looks at the source directory."""
     retain: bool = False

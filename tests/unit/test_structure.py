@@ -21,6 +21,8 @@ CONFIG_MAY_IMPORT = (
     "protocol.limits",
     # Error classes only: a config check uses the wire's stream-name rule and catches its error.
     "protocol.errors",
+    # The pure history document (forks and epochs) a shipper's --history file holds.
+    "protocol.history",
     # The shipper's frozen settings dataclasses, which config builds and the runtime reads.
     "shipper.settings",
 )
