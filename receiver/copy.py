@@ -16,6 +16,7 @@ from logship.files import write_atomic
 from protocol.messages import Ack, Position
 from receiver.committer import Attachment
 from receiver.config import ReplaySettings
+from receiver.history_file import history_rows
 from receiver.manifest import Installed
 from receiver.replayer import Replayer
 from receiver.state import load_state
@@ -103,6 +104,7 @@ class StreamCopy:
             (self.owner is not None) if running else None,
             self.attached_once,
             self.replayer.settings.lag,
+            history_rows(self.store.root),
         )
 
     def _on_replayed(self) -> None:

@@ -68,3 +68,11 @@ def load_history(root: Path) -> CopyHistory:
 
 def save_history(root: Path, stream: str, copy_history: CopyHistory) -> None:
     write_atomic(history_path(root), json.dumps(copy_history.to_json(stream), indent=1, sort_keys=True).encode())
+
+
+def history_rows(root: Path) -> list[dict[str, Any]]:
+    """The history as status rows show it; empty when the file cannot be read (status must not fail)."""
+    try:
+        return load_history(root).history.to_json()
+    except (OSError, ValueError):
+        return []

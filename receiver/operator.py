@@ -28,6 +28,7 @@ from receiver.config import add_replay_flags, replay_from_doc
 from receiver.copy import StreamCopy
 from receiver.datadir import control_path, existing_streams, lock_data_dir
 from receiver.fence import FenceRefused, fence
+from receiver.history_file import history_rows
 from receiver.state import load_state
 from receiver.status import copy_row, render_rows
 from receiver.store import SegmentStore
@@ -166,7 +167,8 @@ def disk_status(data_dir: Path) -> dict[str, Any]:
     rows = []
     for name in existing_streams(data_dir):
         store = SegmentStore(data_dir / name)
-        rows.append(copy_row(name, load_state(store.state_path), store.read_manifest(), now, None))
+        state, manifest = load_state(store.state_path), store.read_manifest()
+        rows.append(copy_row(name, state, manifest, now, None, history=history_rows(store.root)))
     return {"role": "receiver", "node": None, "pid": None, "copies": rows}
 
 

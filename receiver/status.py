@@ -13,7 +13,7 @@ from receiver.manifest import Installed
 from receiver.replayer import replay_queue
 from receiver.state import CopyState, Role
 
-COLUMNS = [("stream", "STREAM"), ("epoch", "EPOCH")]
+COLUMNS = [("stream", "STREAM"), ("epoch_text", "EPOCH")]
 """The receiver's own first columns; logship.admin.table.STATUS_COLUMNS, shared with the shipper, follow."""
 
 
@@ -40,6 +40,7 @@ def copy_row(
     attached: bool | None,
     attached_once: bool = False,
     replay_lag: float | None = None,
+    history: Sequence[dict[str, Any]] = (),
 ) -> dict[str, Any]:
     """Build one status row in the shape admin/ expects (see COORD: status shape)."""
     replayed = state.replayed or ""
@@ -50,6 +51,8 @@ def copy_row(
         "stream": stream,
         "state": copy_state(state, attached, attached_once),
         "epoch": state.epoch,
+        # The forks of the epochs the copy's bytes were written under (receiver/history_file.py).
+        "history": list(history),
         "copy_queue_segments": None,
         "copy_queue_bytes": None,
         "replay_queue_segments": segments,
@@ -79,6 +82,8 @@ def copy_row(
 def render_rows(rows: Sequence[dict[str, Any]], now: float) -> str:
     """Return the rows as the readable table of ``python -m receiver status``."""
     # Imported here: tabulate is only needed by the command line, not by the daemon's start-up.
-    from logship.admin.table import STATUS_COLUMNS, render, status_cells
+    from logship.admin.table import STATUS_COLUMNS, epoch_text, render, status_cells
 
-    return render([status_cells(row, now) for row in rows], [*COLUMNS, *STATUS_COLUMNS])
+    return render(
+        [{**status_cells(row, now), "epoch_text": epoch_text(row)} for row in rows], [*COLUMNS, *STATUS_COLUMNS]
+    )

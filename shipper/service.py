@@ -191,6 +191,8 @@ class ShipperService:
                 {
                     "stream": self.stream.name,
                     "target": s.name,
+                    "epoch": s.epoch,
+                    "history": self.stream.history.to_json(),
                     "state": s.state.value,
                     "copy_queue_segments": cq[0],
                     "copy_queue_bytes": cq[1],

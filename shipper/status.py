@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from logship.admin.table import STATUS_COLUMNS, render, status_cells
+from logship.admin.table import STATUS_COLUMNS, epoch_text, render, status_cells
 from protocol.messages import Position
 from shipper.tailer import SegmentInfo
 from shipper.window import AckKey
@@ -152,7 +152,7 @@ class LagTracker:
 
 # -- the table ---------------------------------------------------------------------------------
 
-COLUMNS = [("stream", "STREAM"), ("target", "TARGET")]
+COLUMNS = [("stream", "STREAM"), ("target", "TARGET"), ("epoch_text", "EPOCH")]
 """The shipper's own first columns; logship.admin.table.STATUS_COLUMNS (shared with the receiver) and
 RETENTION follow."""
 
@@ -160,6 +160,6 @@ RETENTION follow."""
 def table(status: dict[str, Any], now: float | None = None) -> str:
     """Render a shipper status snapshot as a readable table."""
     now = time.time() if now is None else now
-    rows = [status_cells(row, now) for row in status.get("copies", [])]
+    rows = [{**status_cells(row, now), "epoch_text": epoch_text(row)} for row in status.get("copies", [])]
     head = f"shipper {status.get('node', '?')} (pid {status.get('pid', '?')})"
     return f"{head}\n{render(rows, [*COLUMNS, *STATUS_COLUMNS, ('retention', 'RETENTION')])}"

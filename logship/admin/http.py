@@ -75,6 +75,7 @@ METRICS: dict[str, list[Exported]] = {
             "delivery_rate_bytes", "delivery_rate_bytes_per_second", "Bytes per second the target acknowledged lately."
         ),
         Exported("rate_limit_bytes", "rate_limit_bytes_per_second", "The configured rate limit (absent: none)."),
+        Exported("epoch", "epoch", "The epoch the shipper claims towards the target (its history's, or newer)."),
     ],
     "receiver": [
         *_QUEUES,

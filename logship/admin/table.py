@@ -124,3 +124,12 @@ def status_cells(row: dict[str, Any], now: float) -> dict[str, Any]:
 def exit_status(rows: Sequence[dict[str, Any]]) -> int:
     """Return what ``status`` exits with: 0 every row in an OK state, 1 any other (0 for no rows)."""
     return 0 if all(row.get("state") in OK_STATES for row in rows) else 1
+
+
+def epoch_text(row: dict[str, Any]) -> str:
+    """The EPOCH cell: the epoch, and where each epoch of the history forked (``1@E4@1000``)."""
+    forks = [
+        f"{f['epoch']}@{f['fork']['seg'] or '-'}@{f['fork']['off']}" if f.get("fork") else f"{f['epoch']}@?"
+        for f in row.get("history") or []
+    ]
+    return f"{row.get('epoch')}" + (f" (forks {', '.join(forks)})" if forks else "")

@@ -14,6 +14,7 @@ import os
 import random
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 
 from receiver.manifest import chain_problem, parse_manifest
@@ -52,7 +53,7 @@ def test_three_nodes_activate_fence_rewind_converge(tmp_path: Path, secret: Path
     a_src.mkdir()
     # Nothing is replayed on the standbys before activation (the lag), so C's replica is never past a fork.
     b = receiver_proc(tmp_path, secret, name="b", extra=["--replay-lag", "1h"])
-    c = receiver_proc(tmp_path, secret, name="c", extra=["--replay-lag", "1h"])
+    c = receiver_proc(tmp_path, secret, name="c", extra=["--replay-lag", "1h", "--admin", "127.0.0.1:0"])
     procs += [b.start(), c.start()]
     a = shipper_proc(tmp_path, "db1", a_src, [b, c], secret)
     procs.append(a.start())
@@ -116,6 +117,7 @@ def test_three_nodes_activate_fence_rewind_converge(tmp_path: Path, secret: Path
         ],
         [c],
         tmp_path / "shipper-b.log",
+        ["--admin", "127.0.0.1:0"],
     )
     procs.append(b_ship.start())
 
@@ -163,3 +165,23 @@ def test_three_nodes_activate_fence_rewind_converge(tmp_path: Path, secret: Path
     done = cli("activate", "--data-dir", str(tmp_path / "c"), "--stream", "db1", "--epoch", "1", "--json")
     assert done.returncode == 1 and "not newer than every epoch this copy knows (1)" in done.stderr, done.stderr
     assert json.loads((c_copy / "state.json").read_text())["activated"] is None
+    # The status shows the history on both sides, and /metrics the epoch as a gauge.
+    rows = json.loads(cli("status", "--data-dir", str(tmp_path / "c"), "--json").stdout)["copies"]
+    assert rows[0]["epoch"] == 1 and rows[0]["history"] == report["history"]
+    table = cli("status", "--data-dir", str(tmp_path / "c")).stdout
+    assert f"1 (forks 1@{b_fork})" in table, table
+    state_dir = str(tmp_path / "st-b")
+    shipped = subprocess.run(
+        [sys.executable, "-m", "shipper", "status", "--state-dir", state_dir, "--json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    )
+    (row,) = json.loads(shipped.stdout)["copies"]
+    assert row["epoch"] == 1 and row["history"] == report["history"], row
+    for proc, role in ((c, "receiver"), (b_ship, "shipper")):
+        with urllib.request.urlopen(f"http://127.0.0.1:{proc.admin_port()}/metrics", timeout=30) as r:
+            metrics = r.read().decode()
+        gauge = [line for line in metrics.splitlines() if line.startswith(f"logship_{role}_epoch{{")]
+        assert gauge and all(line.endswith(" 1.0") for line in gauge), metrics
