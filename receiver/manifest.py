@@ -54,12 +54,12 @@ def record_digest(record: Installed) -> bytes:
     return segment_digest(record.to_line())
 
 
-def chain_problem(records: Sequence[Installed]) -> str:
-    """Say where records in log order do not form one chain ('' if they do): a name gap or a ``pdx``
-    that is not the digest of the record before it."""
+def chain_problem(records: Sequence[Installed], names: bool = True) -> str:
+    """Say where records in log order do not form one chain ('' if they do): a name gap (unless not
+    ``names``: replay stops at a gap by itself) or a ``pdx`` that is not the digest of the record before it."""
     before: Installed | None = None
     for record in records:
-        if record.prev != (before.name if before else ""):
+        if names and record.prev != (before.name if before else ""):
             last = before.name if before else "none"
             return f"{record.name}: recorded after {record.prev or 'nothing'}, but the record before is {last}"
         if record.pdx is not None and record.pdx != (record_digest(before) if before else b""):

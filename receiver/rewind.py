@@ -24,7 +24,7 @@ from protocol.errors import RemoteProtocolError
 from protocol.history import Fork, History, Refuse, Rewind, decide
 from protocol.messages import Position
 from receiver.history_file import load_history, save_history
-from receiver.manifest import Installed
+from receiver.manifest import Installed, chain_problem
 from receiver.store import _IDX as IDX_RECORD  # the .idx record format recover() verifies
 from receiver.store import READ_BLOCK, Recovered, SegmentStore
 
@@ -149,6 +149,10 @@ async def check_history(
     theirs = shipper.claimed(epoch)
     position = copy_position(rec)
     decision = decide(theirs, known.history, position, copy.replayed_position, known.fenced, not no_rewind)
+    mixed = chain_problem(copy.installed, names=False)
+    if mixed:
+        # Two histories already meet in this copy's manifest: nothing can be resumed on it.
+        decision = Refuse(f"the copy's manifest chain is broken: {mixed}; reseed")
     cut = 0
     if isinstance(decision, Refuse):
         log.error("stream %s: refused the shipper's history (%s): %s", copy.name, theirs.describe(), decision.reason)

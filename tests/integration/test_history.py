@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import json
 import os
+import pty
 import random
 import subprocess
 import sys
 import urllib.request
 from pathlib import Path
+
+import xxhash
 
 from receiver.manifest import chain_problem, parse_manifest
 from tests.helpers.copies import digest_file
@@ -185,3 +188,133 @@ def test_three_nodes_activate_fence_rewind_converge(tmp_path: Path, secret: Path
             metrics = r.read().decode()
         gauge = [line for line in metrics.splitlines() if line.startswith(f"logship_{role}_epoch{{")]
         assert gauge and all(line.endswith(" 1.0") for line in gauge), metrics
+
+
+def write_history(path: Path, fork_segment: str, fork_offset: int, fork_bytes: bytes) -> Path:
+    """A history file as activation writes it: epoch 1 forked at ``fork_segment@fork_offset``."""
+    fork = {"seg": fork_segment, "off": fork_offset}
+    entry = {"epoch": 1, "fork": fork, "xxh": xxhash.xxh3_128(fork_bytes).hexdigest()}
+    path.write_text(json.dumps({"stream": "db1", "epoch": 1, "history": [entry], "fenced": []}))
+    return path
+
+
+def test_no_rewind_refuses_a_foreign_fork_is_refused_and_a_mid_segment_fork_is_cut(
+    tmp_path: Path, secret: Path, procs: list[Proc]
+) -> None:
+    rnd = random.Random(15)
+    a_src, b_src = tmp_path / "a", tmp_path / "b"
+    a_src.mkdir()
+    b_src.mkdir()
+    c = receiver_proc(tmp_path, secret, name="c", extra=["--replay-lag", "1h", "--no-rewind"])
+    procs.append(c.start())
+    a = shipper_proc(tmp_path, "db1", a_src, [c], secret)
+    procs.append(a.start())
+    a_data = {i: rnd.randbytes(60_000) for i in range(1, 5)}
+    for i in range(1, 4):
+        write_segment(a_src / segment_name(i), a_data[i])
+    write_segment(a_src / segment_name(4), a_data[4][:9_000])
+    c_copy = tmp_path / "c" / "db1"
+    c_part = c_copy / "incoming" / f"{segment_name(4)}.partial"
+    wait_until(lambda: names_in(c_copy / "log") == [segment_name(i) for i in range(1, 4)], 30, what="C holds 1-3")
+    wait_until(lambda: c_part.exists() and c_part.stat().st_size == 9_000, 30, what="C's partial of 4")
+    a.stop()
+    before = {n: (c_copy / "log" / n).read_bytes() for n in names_in(c_copy / "log")}
+
+    # Fenced offline (C stopped): the epoch is raised in the data dir under its lock.
+    c.stop()
+    done = cli("fence", "--data-dir", str(tmp_path / "c"), "--stream", "db1", "--epoch", "1", "--json")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["where"] == "in the data dir (no receiver running)"
+    assert json.loads((c_copy / "state.json").read_text())["epoch"] == 1
+    c.start()
+
+    # B forked inside segment 3: its 3' shares A's first 25000 bytes, then differs; 4' is its own.
+    k = 25_000
+    b3 = a_data[3][:k] + rnd.randbytes(40_000)
+    b4 = rnd.randbytes(30_000)
+    for i in (1, 2):
+        write_segment(b_src / segment_name(i), a_data[i])
+    write_segment(b_src / segment_name(3), b3)
+    write_segment(b_src / segment_name(4), b4)
+    good = write_history(tmp_path / "history.json", segment_name(3), k, a_data[3][:k])
+
+    def b_shipper(history: Path, log: str) -> ShipperProc:
+        args = ["--stream", "db1", "--source", str(b_src), "--secret-file", str(secret), "--history", str(history)]
+        return ShipperProc([*args, "--state-dir", str(tmp_path / f"st-{log}")], [c], tmp_path / f"{log}.log")
+
+    # --no-rewind: the copy past the fork is refused, nothing of it moves.
+    b = b_shipper(good, "b1")
+    procs.append(b.start())
+    wait_until(lambda: b.count("does not fit this shipper's history") >= 1, 30, what="B refused (no rewind)")
+    assert c.count("--no-rewind") >= 1
+    b.stop()
+    assert {n: (c_copy / "log" / n).read_bytes() for n in names_in(c_copy / "log")} == before
+    assert not list((c_copy / "quarantine").iterdir())
+
+    # Without --no-rewind, a history whose bytes up to the fork are not the copy's is refused (another
+    # history with the same names): the copy's bytes before the fork are never replaced by a guess.
+    c.stop()
+    c.args.remove("--no-rewind")
+    c.start()
+    c.listen_port()
+    foreign = write_history(tmp_path / "foreign.json", segment_name(3), k, b"x" * k)
+    x = b_shipper(foreign, "x")
+    procs.append(x.start())
+    wait_until(lambda: x.count("does not fit this shipper's history") >= 1, 30, what="foreign history refused")
+    assert c.count("are not the new primary's (another history)") >= 1
+    x.stop()
+    assert {n: (c_copy / "log" / n).read_bytes() for n in names_in(c_copy / "log")} == before
+
+    # The true history: C cuts 3 at the fork (its first k bytes stay, as the partial to resume) and 4.
+    b = b_shipper(good, "b2")
+    procs.append(b.start())
+    wait_until(
+        lambda: (
+            names_in(c_copy / "log") == [segment_name(i) for i in range(1, 4)]
+            and ((c_copy / "log" / segment_name(3)).read_bytes() == b3)
+        ),
+        30,
+        what="C's 3 is B's",
+    )
+    (rewind_dir,) = [p for p in (c_copy / "quarantine").iterdir() if p.name.startswith("rewind-epoch1-")]
+    assert (rewind_dir / segment_name(3)).read_bytes() == a_data[3]
+    assert (rewind_dir / f"{segment_name(4)}.partial").read_bytes() == a_data[4][:9_000]
+    assert c.count(f"REWOUND {len(a_data[3]) - k + 9_000} bytes") == 1
+    # 4' is B's newest: it stays a partial at C with B's bytes.
+    wait_until(lambda: c_part.exists() and c_part.read_bytes() == b4, 30, what="C's partial of 4 is B's")
+    records = parse_manifest((c_copy / "manifest").read_bytes())
+    assert [r.name for r in records] == [segment_name(i) for i in range(1, 4)] and chain_problem(records) == ""
+    assert records[2].digest.hex() == xxhash.xxh3_128(b3).hexdigest()
+
+
+def activate_at_a_terminal(data: Path, answer: bytes, *extra: str) -> tuple[int, str]:
+    """Run activate with stdin and stderr on a pseudo-terminal, answering ``answer`` to its question."""
+    main, side = pty.openpty()
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "receiver", "activate", "--data-dir", str(data), "--stream", "db1", *extra],
+            stdin=side,
+            stderr=side,
+            stdout=subprocess.PIPE,
+            cwd=ROOT,
+        )
+        os.write(main, answer)
+        out, _ = proc.communicate(timeout=60)
+        return proc.returncode, out.decode()
+    finally:
+        os.close(main)
+        os.close(side)
+
+
+def test_activate_asks_at_a_terminal_unless_yes(tmp_path: Path) -> None:
+    data = tmp_path / "standby"
+    (data / "db1" / "log").mkdir(parents=True)
+    state = data / "db1" / "state.json"
+    rc, _ = activate_at_a_terminal(data, b"n\n")
+    assert rc == 1 and not state.exists()
+    rc, out = activate_at_a_terminal(data, b"y\n", "--epoch", "3")
+    assert rc == 0 and "activated at epoch 3" in out, out
+    assert json.loads(state.read_text())["epoch"] == 3
+    # --yes asks nothing (the answer left unread would be a "n").
+    rc, out = activate_at_a_terminal(tmp_path / "standby", b"n\n", "--yes")
+    assert rc == 0 and "already activated" in out, out

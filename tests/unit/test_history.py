@@ -136,6 +136,7 @@ def test_the_manifest_chain_detects_a_record_of_another_history() -> None:
     assert chain_problem([a[0], b41, b42]) == ""
     # A gap by name is one too; records written before the chain (no pdx) are checked by name only.
     assert chain_problem([a[0], a[2]])
+    assert chain_problem([a[0], a[1], b42], names=False)
     legacy = [Installed("E1", 5, bytes(16), "", 1.0), Installed("E2", 5, bytes(16), "E1", 1.0)]
     assert chain_problem(legacy) == ""
     assert Installed.from_line(legacy[0].to_line()) == legacy[0]
