@@ -18,12 +18,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from protocol.errors import ErrorCode, RemoteProtocolError
-from protocol.fields import WireFork
+from protocol.fields import MAX_FORKS, WireFork
 from protocol.messages import START, Position
 from protocol.names import check_segment_name
-
-MAX_FORKS = 1024
-"""Epochs a history may list (on the wire and in files): far more than activations ever happen."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import tomllib
 from pathlib import Path
 
@@ -151,3 +152,23 @@ def test_operator_commands_find_the_state_dir_the_same_way(tmp_path: Path, monke
     assert state_dir_from(str(tmp_path / "flag"), conf) == tmp_path / "flag"
     with pytest.raises(ConfigError, match="cannot read config file"):
         state_dir_from(None, str(tmp_path / "none.toml"))
+
+
+def test_history_file_gives_the_history_and_the_epoch(tmp_path: Path) -> None:
+    src, secret = _setup(tmp_path)
+    history = tmp_path / "history.json"
+    fork = {"epoch": 2, "fork": {"seg": "E1", "off": 5}, "xxh": "00" * 16}
+    history.write_text('{"stream": "s", "history": [' + json.dumps(fork) + "]}")
+    base = ("--stream", "s", "--source", str(src), "--secret-file", str(secret), "--target", "a:1")
+    (stream,) = config_from_args(_parse(*base, "--history", str(history))).streams
+    assert stream.epoch == 2 and stream.history.epoch == 2
+    assert stream.history.forks[0].position is not None and stream.history.forks[0].position.offset == 5
+    (stream,) = config_from_args(_parse(*base, "--history", str(history), "--epoch", "3")).streams
+    assert stream.epoch == 3
+    with pytest.raises(ConfigError, match="older than the history's epoch 2"):
+        config_from_args(_parse(*base, "--history", str(history), "--epoch", "1"))
+    history.write_text('{"stream": "other", "history": []}')
+    with pytest.raises(ConfigError, match="history of stream 'other'"):
+        config_from_args(_parse(*base, "--history", str(history)))
+    with pytest.raises(ConfigError, match="cannot read history file"):
+        config_from_args(_parse(*base, "--history", str(tmp_path / "missing.json")))
