@@ -177,7 +177,15 @@ async def check_history(
         )
         copy.installed = await loop.run_in_executor(None, store.read_manifest)
         rec = await loop.run_in_executor(None, store.recover)
-    if known.history != theirs:
-        known.history = theirs
+    # The shipper's history, keeping the forks only this copy knows (a shipper that claimed an epoch
+    # without its history must not make the copy forget where that epoch forked).
+    mine = known.history
+    adopted = History(tuple(_known(f, mine.fork_of(f.epoch)) for f in theirs.forks))
+    if mine != adopted:
+        known.history = adopted
         await loop.run_in_executor(None, save_history, store.root, copy.name, known)
     return rec, cut
+
+
+def _known(theirs: Fork, mine: Fork | None) -> Fork:
+    return mine if theirs.position is None and mine is not None and mine.position is not None else theirs
