@@ -2,7 +2,7 @@
 
 ``logship ship ...`` runs the shipper and ``logship receive ...`` the receiver, with exactly the flags
 of ``python -m shipper`` / ``python -m receiver``. Operator commands go to the side they belong to:
-``activate`` to the receiver, ``wait`` to the shipper; ``status``, ``suspend`` and ``resume`` to the
+``activate`` and ``fence`` to the receiver, ``wait`` to the shipper; ``status``, ``suspend`` and ``resume`` to the
 receiver when given ``--data-dir`` (or a config file with ``data_dir``), else to the shipper.
 ``logship shipper ...`` and ``logship receiver ...`` name the side explicitly.
 """
@@ -29,6 +29,7 @@ operator commands:
   suspend ...        stop shipping to a target (--target) or replaying a copy (--data-dir)
   resume ...         undo suspend
   activate ...       make a standby's copy the new primary (receiver)
+  fence ...          tell a standby that epoch N exists: older shippers are refused (receiver)
   loadgen ...        write a test log to ship (segments appended at a rate)
 
   shipper CMD ...    any shipper command, explicitly
@@ -78,7 +79,7 @@ def _flag_value(argv: Sequence[str], flag: str) -> str | None:
 
 def side_of(command: str, argv: Sequence[str]) -> str:
     """Return ``shipper`` or ``receiver``: the side an operator command belongs to."""
-    if command == "activate":
+    if command in ("activate", "fence"):
         return "receiver"
     if command == "wait":
         return "shipper"
@@ -105,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
         return sides[command](rest)
     if command == "loadgen":
         return _loadgen(rest)
-    if command in ("status", "suspend", "resume", "activate", "wait"):
+    if command in ("status", "suspend", "resume", "activate", "fence", "wait"):
         return sides[side_of(command, rest)]([command, *rest])
     print(f"logship: unknown command {command!r}\n\n{USAGE}", end="", file=sys.stderr)
     return 2

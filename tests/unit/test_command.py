@@ -13,6 +13,7 @@ from logship import command
     ("cmd", "argv", "side"),
     [
         ("activate", ["--stream", "s"], "receiver"),
+        ("fence", ["--stream", "s", "--epoch", "1"], "receiver"),
         ("wait", ["--stream", "s"], "shipper"),
         ("status", [], "shipper"),
         ("status", ["--state-dir", "/x"], "shipper"),
