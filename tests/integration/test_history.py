@@ -318,3 +318,7 @@ def test_activate_asks_at_a_terminal_unless_yes(tmp_path: Path) -> None:
     # --yes asks nothing (the answer left unread would be a "n").
     rc, out = activate_at_a_terminal(tmp_path / "standby", b"n\n", "--yes")
     assert rc == 0 and "already activated" in out, out
+    # Without --epoch on a fresh copy: the next epoch here, and the report says to fence the others.
+    (tmp_path / "second" / "db1" / "log").mkdir(parents=True)
+    rc, out = activate_at_a_terminal(tmp_path / "second", b"", "--yes")
+    assert rc == 0 and "activated at epoch 1" in out and "fence every other standby of db1" in out, out
