@@ -16,15 +16,16 @@ import random
 import subprocess
 import sys
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 import xxhash
 
 from receiver.manifest import chain_problem, parse_manifest
+from tests.helpers import waiting
 from tests.helpers.copies import digest_file
 from tests.helpers.procs import Proc, ShipperProc, receiver_proc, shipper_proc
 from tests.helpers.source import ROOT, segment_name
-from tests.helpers.waiting import wait_until
 
 
 def cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
@@ -44,6 +45,23 @@ def write_segment(path: Path, data: bytes) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_bytes(data)
     tmp.rename(path)
+
+
+def settled(pred: Callable[[], object]) -> Callable[[], object]:
+    """``pred`` made False while a file it reads is being moved (a rewind or an install under way)."""
+
+    def check() -> object:
+        try:
+            return pred()
+        except FileNotFoundError:
+            return False
+
+    return check
+
+
+def wait_until(pred: Callable[[], object], timeout: float, what: str = "condition") -> object:
+    """tests.helpers.waiting.wait_until, with a predicate that is False while a file it reads is moved."""
+    return waiting.wait_until(settled(pred), timeout, what=what)
 
 
 def names_in(directory: Path) -> list[str]:
