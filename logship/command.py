@@ -29,6 +29,7 @@ operator commands:
   suspend ...        stop shipping to a target (--target) or replaying a copy (--data-dir)
   resume ...         undo suspend
   activate ...       make a standby's copy the new primary (receiver)
+  wait ...           until a segment's bytes are durable at the targets a sync policy requires (shipper)
   loadgen ...        write a test log to ship (segments appended at a rate)
 
   shipper CMD ...    any shipper command, explicitly

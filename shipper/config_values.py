@@ -16,6 +16,7 @@ from logship.config import (
 from protocol.compression import Compression, parse_compression
 from protocol.errors import ProtocolError
 from protocol.names import check_stream_name
+from shipper.policy import PolicyError, parse_policy, resolve
 from shipper.settings import (
     DEFAULT_PATTERN,
     DEFAULT_WINDOW,
@@ -155,3 +156,14 @@ def _unique(targets: tuple[TargetConfig, ...], stream: str) -> tuple[TargetConfi
     if not targets:
         raise ConfigError(f"stream {stream}: no target")
     return targets
+
+
+def _sync(value: object, targets: list[TargetConfig], where: str) -> str | None:
+    """Check a stream's ``sync`` policy against its targets; return its text (None: not set)."""
+    if value is None:
+        return None
+    try:
+        resolve(parse_policy(str(value)), [t.name for t in targets])
+    except PolicyError as e:
+        raise ConfigError(f"{where}: sync: {e}") from None
+    return str(value)
