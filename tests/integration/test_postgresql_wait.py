@@ -6,19 +6,14 @@ fails, ``pg_stat_archiver.failed_count`` grows and ``pg_wal`` keeps the WAL; wit
 archiving resumes by itself; and whenever PostgreSQL says a file is archived, it and every one before
 it are already in the receiver's ``log/``, byte-identical.
 
-The archive_command runs as the postgres user, so the shipper does too (its control socket is 0600),
-with a Python that user can run: the system python3 with this checkout and its venv's packages on
-PYTHONPATH (the venv's own interpreter lives under /root here).
+The archive_command runs as the postgres user, so the shipper does too (tests/helpers/pgwait.py).
 """
 
 from __future__ import annotations
 
 import os
-import pwd
 import re
 import shutil
-import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,24 +22,19 @@ import pytest
 
 from tests.helpers.copies import digest_file
 from tests.helpers.pgcluster import (
-    BACKUP_PATTERN,
-    PG_USER,
-    WAL_PATTERN,
     Cluster,
-    atomic_archive_command,
     find_pg_bin,
     give_to_pg_user,
     scratch_dir,
     why_unavailable,
 )
+from tests.helpers.pgwait import SYSTEM_PYTHON, PgUserShipper, shipper_config, waiting_archive_command
 from tests.helpers.procs import Proc, ReceiverProc, receiver_proc
-from tests.helpers.source import ROOT, make_secret
+from tests.helpers.source import make_secret
 from tests.helpers.waiting import wait_until
 
 WAIT_TIMEOUT = 3
 """The archive_command's --timeout here (the recipe's 60 s would make the stopped-receiver phase slow)."""
-SITE = Path(sys.prefix) / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}" / "site-packages"
-SYSTEM_PYTHON = f"/usr/bin/python{sys.version_info.major}.{sys.version_info.minor}"
 
 
 def _why_skip() -> str | None:
@@ -56,43 +46,6 @@ def _why_skip() -> str | None:
 
 
 pytestmark = pytest.mark.skipif(_why_skip() is not None, reason=_why_skip() or "")
-
-
-def pg_python() -> list[str]:
-    """A Python command the postgres user can run, with logship and its packages importable."""
-    if os.geteuid() != 0:
-        return [sys.executable]
-    return ["env", f"PYTHONPATH={ROOT}:{SITE}", SYSTEM_PYTHON]
-
-
-def waiting_archive_command(archive: Path, config: Path, timeout: float) -> str:
-    """The recipe's archive_command: copy atomically, then wait until a standby holds the file."""
-    py = " ".join(pg_python())
-    wait = f"{py} -m shipper wait --config {config} --stream $S --segment %f --sealed --timeout {timeout:g}"
-    return f"{{ {atomic_archive_command(archive)}; }} && case %f in *.backup) S=pg-backup;; *) S=pg;; esac && {wait}"
-
-
-class PgUserShipper(Proc):
-    """The shipper, run as the postgres user (like the archive_command that talks to it)."""
-
-    def command(self) -> list[str]:
-        return [*pg_python(), "-m", "shipper", *self.argv()]
-
-    def start(self) -> PgUserShipper:
-        assert self.popen is None or self.popen.poll() is not None
-        user = pwd.getpwnam(PG_USER) if os.geteuid() == 0 else None
-        with open(self.log_path, "ab") as log:
-            self.popen = subprocess.Popen(
-                self.command(),
-                stdout=log,
-                stderr=log,
-                cwd="/",
-                user=user.pw_uid if user else None,
-                group=user.pw_gid if user else None,
-                extra_groups=[] if user else None,
-            )
-        self.starts += 1
-        return self
 
 
 @dataclass
@@ -136,14 +89,7 @@ def pg() -> Iterator[Setup]:
         receiver = receiver_proc(root, secret).start()
         procs.append(receiver)
         state = root / "shipper-state"
-        text = f'node = "pg-primary"\nstate_dir = "{state}"\n'
-        for name, pattern in (("pg", WAL_PATTERN), ("pg-backup", BACKUP_PATTERN)):
-            text += f'\n[[stream]]\nname = "{name}"\nsource = "{archive}"\nsecret_file = "{secret}"\n'
-            text += f"seal = \"immediate\"\npattern = '{pattern}'\n"
-            text += f'[[stream.target]]\naddress = "{receiver.address}"\n'
-        config = root / "shipper.toml"
-        config.write_text(text)
-        give_to_pg_user(config)
+        config = shipper_config(root, archive, secret, receiver.address)
         shipper = PgUserShipper("shipper", ["--config", str(config)], root / "shipper.log").start()
         procs.append(shipper)
         wait_until(lambda: (state / "control.sock").exists(), 30, what="the shipper's control socket")
