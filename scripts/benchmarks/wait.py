@@ -21,6 +21,7 @@ from pathlib import Path
 import uvloop
 
 from benchmarks.common import ROOT, Options, Result, fresh_dir, make_secret, percentile, segment_name, start_receiver
+from benchmarks.wait_pg import commits_per_second
 from shipper.config import from_doc
 from shipper.daemon import Shipper
 from shipper.state import StateDir
@@ -56,11 +57,22 @@ def run(opts: Options) -> Result:
         f"{c50 * 1e3:.1f} ms / {c99 * 1e3:.1f} ms",
     )
     result.figure("CLI start-up (a wait for bytes already durable), p50", f"{s50 * 1e3:.1f} ms")
+    pg_rows, why = commits_per_second(5 if opts.quick else 20)
+    for what, value in pg_rows:
+        result.figure(what, value)
+    if why is not None:
+        result.note(f"PostgreSQL figure skipped: {why}")
     result.note(
         "Shipper in the benchmark's own process (uvloop), receiver a separate process on 127.0.0.1; the ACK time "
         "is taken where the shipper handles the ACK, so the network and the receiver's fdatasync are in both "
         "figures and the difference is the waiter alone (wake-up, policy check, task resumption). The machine "
         "is shared: figures are indicative."
+    )
+    result.note(
+        "PostgreSQL: pgbench -c 1 with a one-INSERT script, archive_timeout 1 s, 1 MiB WAL segments; the same "
+        "cluster, shipper and receiver, first with the recipe's plain atomic archive_command, then with the one "
+        "that also waits (--sealed --timeout 60) until the receiver holds each file. Commits do not wait for the "
+        "archiver, so the two should be close; the figure shows what the archiver's extra work costs them."
     )
     return result
 
