@@ -174,6 +174,8 @@ def cmd_wait(state: StateDir, args: argparse.Namespace) -> int:
         return 0
     if not args.json:
         print(f"stream {args.stream}: {what} not {args.level} where {reply.get('policy')} requires after {timeout:g}s")
+        if reply.get("source"):
+            print(f"  source: {reply['source']}")
         for m in reply.get("missing", []):
             print(f"  {m.get('target')}: {m.get('reason')}")
     return EXIT_FAILED

@@ -222,8 +222,17 @@ class Waiters:
                     "behind_bytes": nbytes,
                 }
             )
+        info = tailer.by_name.get(need.segment)
+        source = None
+        if info is None:
+            source = "not in the source directory"
+        elif need.offset is None and not info.sealed:
+            source = "not sealed on the source yet (a later segment, seal_idle or segment_size seals it)"
+        elif need.offset is not None and info.size < need.offset:
+            source = f"the source has {info.size} bytes of it so far"
         return {
             "outcome": outcome,
+            "source": source if outcome != "satisfied" else None,
             "stream": self.service.stream.name,
             "segment": need.segment,
             "offset": need.offset,

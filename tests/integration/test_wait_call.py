@@ -59,6 +59,7 @@ def test_wait_durable_call(tmp_path: Path, secret: Path, procs: list[Proc]) -> N
                 result = await shipper.wait_durable("db", seg, len(data) + 1, timeout=0.3)
                 assert result["outcome"] == "timeout"
                 assert sorted(m["behind_bytes"] for m in result["missing"]) == [1, 1]
+                assert result["source"] == f"the source has {len(data)} bytes of it so far"
                 with pytest.raises(WaitUsageError, match="does not have"):
                     await shipper.wait_durable("db", seg, 1, require="ANY 1 (127.0.0.1:1)")
                 with pytest.raises(WaitUsageError, match="no stream"):
