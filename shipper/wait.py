@@ -35,6 +35,8 @@ RECHECK = 0.5
 LOOK_FOR = 10.0
 """Seconds a segment the tailer has not seen is looked for before it counts as unknown."""
 MAX_TIMEOUT = 86400.0
+MAX_WAITS = 10000
+"""Waits one stream serves at once: POST /wait may face many clients, each holding one until its timeout."""
 LEVELS = ("durable", "replayed")
 _UP = (TargetState.HEALTHY, TargetState.RETRYING)
 
@@ -88,6 +90,8 @@ class Waiters:
         self.service = service
         self.default_policy = default_policy or DEFAULT_POLICY
         self._moved = asyncio.Event()
+        self.active = 0
+        """Waits in progress."""
         for sender in service.senders:
             sender.on_progress = _chain(sender.on_progress, self.wake)
 
@@ -130,6 +134,16 @@ class Waiters:
         policy = self.policy(require)
         if not 0 <= timeout <= MAX_TIMEOUT:
             raise WaitUsageError(f"timeout must be between 0 and {MAX_TIMEOUT:g} seconds")
+        if self.active >= MAX_WAITS:
+            raise WaitUsageError(f"stream {self.service.stream.name}: {MAX_WAITS} waits already in progress")
+        self.active += 1
+        try:
+            return await self._wait(need, policy, timeout)
+        finally:
+            self.active -= 1
+
+    async def _wait(self, need: Need, policy: Policy, timeout: float) -> dict[str, Any]:
+        segment = need.segment
         tailer = self.service.tailer
         loop = asyncio.get_running_loop()
         start = loop.time()

@@ -131,6 +131,12 @@ def test_wait_usage_errors_exit_2(tmp_path: Path, secret: Path, procs: list[Proc
     assert out.returncode == 2 and "no stream 'nope'" in out.stderr
     out = wait_cli(tmp_path / "no-such-state", "--segment", seg, "--sealed")
     assert out.returncode == 2 and "no shipper answers" in out.stderr
+    # `logship wait` is the same command.
+    argv = [sys.executable, "-m", "logship.command", "wait", "--state-dir", str(state), "--stream", "db"]
+    out = subprocess.run(
+        [*argv, "--segment", seg, "--offset", "100"], capture_output=True, text=True, timeout=30, cwd=ROOT
+    )
+    assert out.returncode == 0, out.stderr
     # A segment sealed at 100 bytes never gets byte 200.
     (source / segment_name(2)).write_bytes(b"y")
     assert wait_cli(state, "--segment", seg, "--sealed").returncode == 0
