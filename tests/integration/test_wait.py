@@ -17,7 +17,7 @@ from tests.helpers.procs import Proc, ReceiverProc, receiver_proc, shipper_proc
 from tests.helpers.source import ROOT, segment_name
 
 
-def wait_cli(state: Path, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+def wait_cli(state: Path, *args: str, timeout: float = 150) -> subprocess.CompletedProcess[str]:
     argv = [sys.executable, "-m", "shipper", "wait", "--state-dir", str(state), "--stream", "db", *args]
     return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
 
