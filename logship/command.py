@@ -30,6 +30,7 @@ operator commands:
   resume ...         undo suspend
   activate ...       make a standby's copy the new primary (receiver)
   fence ...          tell a standby that epoch N exists: older shippers are refused (receiver)
+  wait ...           until a segment's bytes are durable at the targets a sync policy requires (shipper)
   loadgen ...        write a test log to ship (segments appended at a rate)
 
   shipper CMD ...    any shipper command, explicitly

@@ -54,15 +54,15 @@ class Surfaces:
             return
         self.channel = channel
 
-    async def open_http(self, status: Callable[[], dict[str, Any]], address: tuple[str, int]) -> None:
-        """Serve /status and /metrics on ``address``.
+    async def open_http(self, status: Callable[[], dict[str, Any]], address: tuple[str, int], wait: Any = None) -> None:
+        """Serve /status and /metrics on ``address`` (and POST /wait with ``wait``).
 
         Raises ConfigError if the address cannot be bound.
         """
         # Imported only when asked for: aiohttp and prometheus_client take most of a second to load.
         from logship.admin.http import AdminServer
 
-        http = AdminServer(status, self.role)
+        http = AdminServer(status, self.role, wait)
         try:
             ahost, aport = await http.start(*address)
         except OSError as e:

@@ -1,6 +1,6 @@
 """python -m shipper: tail a stream's log directory and ship it to one or more receivers.
 
-Subcommands for the operator: ``status``, ``suspend``, ``resume`` (see ``--help`` of each); they talk
+Subcommands for the operator: ``status``, ``suspend``, ``resume``, ``wait`` (see ``--help`` of each); they talk
 to the running shipper through the control socket in its state directory.
 """
 
@@ -148,6 +148,8 @@ operator commands (python -m shipper COMMAND --help for each):
   status [--stream S] [--watch [SECONDS]] [--json]   state, queues and lag per stream and target
   suspend --stream S --target HOST:PORT              stop shipping to a target (kept across restarts)
   resume --stream S --target HOST:PORT               ship to it again
+  wait --stream S --segment NAME (--offset N | --sealed) [--require POLICY] [--timeout SECONDS]
+                                                     until the bytes are durable where POLICY says
 
 example:
   python -m shipper --stream db1 --source /var/lib/db1/log --target standby-1:7000 \\

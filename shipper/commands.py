@@ -1,4 +1,4 @@
-"""The operator's subcommands of ``python -m shipper``: ``status``, ``suspend`` and ``resume``.
+"""The operator's subcommands of ``python -m shipper``: ``status``, ``suspend``, ``resume`` and ``wait``.
 
 They talk to the running shipper through the control socket in its state directory; with no shipper
 running, ``suspend`` and ``resume`` record the change in the state directory for the next start.
@@ -12,13 +12,24 @@ import sys
 
 from logship.admin import control
 from logship.admin.table import exit_status
-from logship.cli import EXIT_USAGE, Parser, add_status_flags, guarded, operator_logging, watch
+from logship.cli import EXIT_FAILED, EXIT_USAGE, Parser, add_status_flags, guarded, operator_logging, watch
 from logship.config import ConfigError, parse_address, parse_duration
 from shipper.config import state_dir_from
 from shipper.state import StateBusy, StateDir
 from shipper.status import table
 
-SUBCOMMANDS = ("status", "suspend", "resume")
+SUBCOMMANDS = ("status", "suspend", "resume", "wait")
+
+WAIT_HELP = (
+    "Wait until bytes [0, N) of a segment (--offset N), or the whole sealed segment (--sealed), are durable "
+    "(fsynced and acknowledged) or replayed at the targets the sync policy requires. POLICY is PostgreSQL's "
+    "synchronous_standby_names syntax: 'ANY k (host:port, ...)' any k of them, 'FIRST k (host:port, ...)' the "
+    "first k listed that are up, 'ALL' every target, 'ANY k' any k of the stream's targets; default: the "
+    "stream's sync setting, else ANY 1. Positions come only from the targets' authenticated ACKs. A segment "
+    "the shipper has not seen yet is looked for (up to 10s) first. Exit status: 0 satisfied, 1 timed out "
+    "(the missing targets and why are printed), 2 usage error, no shipper answers, unknown stream or "
+    "segment, or a policy naming targets the stream does not have."
+)
 
 
 def operator_parser() -> argparse.ArgumentParser:
@@ -39,6 +50,21 @@ def operator_parser() -> argparse.ArgumentParser:
     common(q)
     q.add_argument("--json", action="store_true", help="print JSON instead of a table")
     add_status_flags(q, parse_duration)
+    q = sub.add_parser(
+        "wait", help="wait until a segment's bytes are durable at the targets a policy requires", description=WAIT_HELP
+    )
+    common(q)
+    q.add_argument("--stream", required=True, metavar="S", help="the stream")
+    q.add_argument("--segment", required=True, metavar="NAME", help="the segment (a file name in the source dir)")
+    what = q.add_mutually_exclusive_group(required=True)
+    what.add_argument("--offset", type=int, metavar="N", help="wait for bytes [0, N) of the segment")
+    what.add_argument("--sealed", action="store_true", help="wait for the whole segment, sealed in the copies")
+    q.add_argument(
+        "--level", choices=["durable", "replayed"], default="durable", help="durable (default) or also replayed"
+    )
+    q.add_argument("--require", metavar="POLICY", help="the sync policy (default: the stream's sync, else ANY 1)")
+    q.add_argument("--timeout", metavar="SECONDS", default="60", help="give up after this long (default 60s)")
+    q.add_argument("--json", action="store_true", help="print the outcome as JSON")
     for name, text in (
         ("suspend", "stop shipping a stream to one target (kept across restarts); the others go on"),
         ("resume", "ship to it again, from where it stopped"),
@@ -59,6 +85,8 @@ def operator_main(argv: list[str]) -> int:
         state = StateDir(state_dir_from(args.state_dir, args.config))
         if args.command == "status":
             return watch(lambda: cmd_status(state, args.json, args.stream), args.watch, args.count)
+        if args.command == "wait":
+            return cmd_wait(state, args)
         host, port = parse_address(args.target)
         return cmd_suspend_resume(state, args.command, args.stream, f"{host}:{port}", args.comment)
 
@@ -117,3 +145,37 @@ def cmd_suspend_resume(state: StateDir, command: str, stream: str, target: str, 
         where = f"in {state.path} (no shipper running; it takes effect at the next start)"
     print(f"stream {stream} target {target}: {'suspended' if command == 'suspend' else 'resumed'} {where}")
     return 0
+
+
+def cmd_wait(state: StateDir, args: argparse.Namespace) -> int:
+    """Ask the running shipper to wait; return 0 satisfied, 1 timed out, 2 cannot mean anything."""
+    timeout = parse_duration(args.timeout)
+    request = {"op": "wait", "stream": args.stream, "segment": args.segment, "level": args.level}
+    request |= {"offset": args.offset, "sealed": args.sealed, "require": args.require, "timeout": timeout}
+    try:
+        # The shipper answers at its own deadline; ours is later, so its answer (with reasons) comes first.
+        reply = control.call(state.control_socket, request, timeout=timeout + 15)
+    except control.ControlUnavailable:
+        print(f"shipper: error: no shipper answers on {state.control_socket}", file=sys.stderr)
+        return EXIT_USAGE
+    reply.pop("ok", None)
+    outcome = reply.get("outcome")
+    if outcome == "usage":
+        print(f"shipper: error: {reply.get('error')}", file=sys.stderr)
+        return EXIT_USAGE
+    if args.json:
+        print(json.dumps(reply, indent=1, sort_keys=True))
+    what = f"{args.segment} {'sealed' if args.sealed else f'[0, {args.offset})'}"
+    if outcome == "satisfied":
+        if not args.json:
+            by = ", ".join(str(t["target"]) for t in reply.get("satisfied_by", []))
+            took = f"{reply.get('policy')}, {reply.get('waited_seconds')}s"
+            print(f"stream {args.stream}: {what} {args.level} at {by} ({took})")
+        return 0
+    if not args.json:
+        print(f"stream {args.stream}: {what} not {args.level} where {reply.get('policy')} requires after {timeout:g}s")
+        if reply.get("source"):
+            print(f"  source: {reply['source']}")
+        for m in reply.get("missing", []):
+            print(f"  {m.get('target')}: {m.get('reason')}")
+    return EXIT_FAILED

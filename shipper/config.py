@@ -18,6 +18,7 @@ Example::
     retain = true                       # optional: remove source segments every target holds
     archive_dir = "/var/lib/db1/archive" # optional: move them there instead of deleting
     truncation_lag = "1h"               # optional: keep them that long after the last target got them
+    sync = "ANY 1 (standby-1:7000, dr-site:7000)"  # optional: the policy `wait` applies (default ANY 1)
 
     [[stream.target]]
     address = "standby-1:7000"
@@ -33,7 +34,7 @@ Example::
 
 TLS settings may also sit in the [[stream]] table, for every target of that stream. At the top level,
 ``state_dir`` and ``admin`` ("HOST:PORT") may be given, and defaults for every stream or target:
-``retain``, ``archive_dir``, ``truncation_lag``, ``retain_until``, ``compress``, ``rate_limit``,
+``retain``, ``archive_dir``, ``truncation_lag``, ``retain_until``, ``sync``, ``compress``, ``rate_limit``,
 ``window``, ``window_max``, ``chunk_size``. A stream's or target's own table wins over the top level.
 
 The command line is the same document: ``flags_doc()`` writes the flags given in its shape (without
@@ -78,6 +79,7 @@ from shipper.config_values import (
     _sender,
     _source,
     _stream_name,
+    _sync,
     _tls,
     _unique,
     claimed_epoch,
@@ -116,7 +118,7 @@ _PACING_KEYS = {"chunk_size", "window", "window_max"}
 # Top-level settings a stream (or its targets) inherits unless its own table gives them.
 _INHERITED_KEYS = {"retain", "archive_dir", "truncation_lag", "retain_until"}
 _STREAM_KEYS = {"name", "source", "secret_file", "seal", "seal_idle", "segment_size", "pattern", "epoch", "target"}
-_STREAM_KEYS |= {"seal_settle", "history"}
+_STREAM_KEYS |= {"seal_settle", "history", "sync"}
 _STREAM_KEYS |= {"retain", "archive_dir", "truncation_lag", *_TLS_KEYS}
 _TARGET_KEYS = {
     "address",
@@ -139,7 +141,7 @@ _TOP_KEYS = {
     "rate_limit",
     "payload_mac",
 }
-_TOP_KEYS |= {*_PACING_KEYS, *_INHERITED_KEYS}
+_TOP_KEYS |= {*_PACING_KEYS, *_INHERITED_KEYS, "sync"}
 # Flags that name a top-level setting (the flag's dest is the setting's key); they apply with --config too.
 _TOP_FLAGS = (
     "ack_timeout",
@@ -162,7 +164,7 @@ CHECKS: dict[str, Check] = {
     **dict.fromkeys(("ack_timeout", "poll_interval", "seal_idle", "truncation_lag"), parse_duration),
     **dict.fromkeys(("chunk_size", "window_max", "segment_size"), parse_size),
     **dict.fromkeys(("node", "name", "source", "secret_file", "pattern", "address", "history"), parse_text),
-    **dict.fromkeys(("state_dir", "admin", "archive_dir", "retain_until", "compress", *_TLS_KEYS), parse_text),
+    **dict.fromkeys(("state_dir", "admin", "archive_dir", "retain_until", "compress", "sync", *_TLS_KEYS), parse_text),
     "window": parse_size_or_auto,
     "rate_limit": parse_rate_or_off,
     "epoch": parse_count,
@@ -297,6 +299,7 @@ def _stream(raw: object, top: Doc, origin: str | None) -> StreamConfig:
         retain=retain,
         archive_dir=archive if retain else None,
         truncation_lag=float(raw.get("truncation_lag", top.get("truncation_lag")) or 0.0),
+        sync=_sync(raw.get("sync", top.get("sync")), targets, place),
     )
 
 

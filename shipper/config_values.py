@@ -18,6 +18,7 @@ from protocol.compression import Compression, parse_compression
 from protocol.errors import ProtocolError
 from protocol.history import History
 from protocol.names import check_stream_name
+from shipper.policy import PolicyError, parse_policy, resolve
 from shipper.settings import (
     DEFAULT_PATTERN,
     DEFAULT_WINDOW,
@@ -184,3 +185,13 @@ def claimed_epoch(epoch: int | None, history: History, where: str) -> int:
     if epoch < history.epoch:
         raise ConfigError(f"{where}: epoch {epoch} is older than the history's epoch {history.epoch}")
     return epoch
+
+def _sync(value: object, targets: list[TargetConfig], where: str) -> str | None:
+    """Check a stream's ``sync`` policy against its targets; return its text (None: not set)."""
+    if value is None:
+        return None
+    try:
+        resolve(parse_policy(str(value)), [t.name for t in targets])
+    except PolicyError as e:
+        raise ConfigError(f"{where}: sync: {e}") from None
+    return str(value)

@@ -1,5 +1,5 @@
 """The running shipper: one service per stream, the suspensions it keeps in its state directory, and
-the control handler behind ``status``, ``suspend`` and ``resume``."""
+the control handler behind ``status``, ``suspend``, ``resume`` and ``wait``."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from shipper.config import ShipperConfig
 from shipper.service import ShipperService, tls_contexts
 from shipper.settings import TlsFiles
 from shipper.state import StateBusy, StateDir, Suspension, check_socket_path
+from shipper.wait import Waiters, WaitUsageError, handle
 
 log = logging.getLogger("shipper")
 
@@ -42,6 +43,7 @@ class Shipper:
             )
             for stream in config.streams
         }
+        self.waiters = {stream.name: Waiters(self.services[stream.name], stream.sync) for stream in config.streams}
         for stream, target in self.suspensions:
             service = self.services.get(stream)
             if service is None or target not in service.by_name:
@@ -57,10 +59,35 @@ class Shipper:
             "copies": [row for service in self.services.values() for row in service.rows(now)],
         }
 
+    async def wait_durable(
+        self,
+        stream: str,
+        segment: str,
+        offset: int | None = None,
+        *,
+        level: str = "durable",
+        require: str | None = None,
+        timeout: float = 60.0,
+    ) -> dict[str, Any]:
+        """Wait until bytes of ``segment`` are durable (or replayed) where the sync policy says.
+
+        See ``shipper.wait.Waiters.wait_durable``; raises WaitUsageError (also for an unknown stream).
+        """
+        waiters = self.waiters.get(stream)
+        if waiters is None:
+            raise WaitUsageError(f"no stream {stream!r} here")
+        return await waiters.wait_durable(segment, offset, level=level, require=require, timeout=timeout)
+
+    async def wait(self, request: dict[str, Any]) -> dict[str, Any]:
+        """Serve a wait request (control socket, POST /wait)."""
+        return await handle(self.waiters, request)
+
     async def control(self, request: dict[str, Any]) -> dict[str, Any]:
         op = request.get("op")
         if op == "status":
             return {"ok": True, **self.status()}
+        if op == "wait":
+            return await self.wait(request)
         if op not in ("suspend", "resume"):
             return {"ok": False, "error": f"unknown op {op!r}"}
         stream, target = str(request.get("stream")), str(request.get("target"))
@@ -124,7 +151,7 @@ async def run(
         if state is not None:
             await surfaces.open_control(state.control_socket, shipper.control, required=True)
         if config.admin is not None:
-            await surfaces.open_http(shipper.status, config.admin)
+            await surfaces.open_http(shipper.status, config.admin, wait=shipper.wait)
         for service in shipper.services.values():
             log.info(
                 "shipping stream %s from %s to %s%s",

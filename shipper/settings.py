@@ -155,6 +155,8 @@ class StreamConfig:
     """With ``retain``: move removed segments here instead of deleting them."""
     truncation_lag: float = 0.0
     """With ``retain``: seconds to keep a segment after the last target got it."""
+    sync: str | None = None
+    """The sync policy ``wait`` applies when not told one (shipper/policy.py); None: ANY 1."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,6 +1,7 @@
 """The admin HTTP endpoint of a daemon: ``/status`` (JSON) and ``/metrics`` (Prometheus text).
 
-Off unless ``--admin HOST:PORT`` is given. It is read-only on purpose: anything that changes a copy
+Off unless ``--admin HOST:PORT`` is given. The shipper's also serves ``POST /wait`` (see
+shipper/wait.py), which only watches. It is read-only on purpose: anything that changes a copy
 (suspend, resume, activate) goes through the local control channel, whose unix socket only the
 daemon's owner can open. It reads a status snapshot the daemon builds on demand; metrics are derived
 from that same snapshot, so the two never disagree.
@@ -11,7 +12,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,6 +23,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector
 
 StatusFn = Callable[[], dict[str, Any]]
+WaitFn = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
 
 STATES = ("Initializing", "Healthy", "Disconnected", "Suspended", "Failed", "Fenced", "Refused", "Activated")
 _LABELS = ("stream", "target")
@@ -160,9 +162,10 @@ class StatusCollector(Collector):
 class AdminServer:
     """Serve a daemon's status and metrics over HTTP."""
 
-    def __init__(self, status: StatusFn, role: str) -> None:
+    def __init__(self, status: StatusFn, role: str, wait: WaitFn | None = None) -> None:
         self.status = status
         self.role = role
+        self.wait = wait
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(StatusCollector(status, role))
         self._runner: web.AppRunner | None = None
@@ -171,6 +174,8 @@ class AdminServer:
         app = web.Application(client_max_size=1 << 20)
         app.router.add_get("/status", self._status)
         app.router.add_get("/metrics", self._metrics)
+        if self.wait is not None:
+            app.router.add_post("/wait", self._wait)
         return app
 
     async def start(self, host: str, port: int) -> tuple[str, int]:
@@ -198,3 +203,21 @@ class AdminServer:
     async def _metrics(self, request: web.Request) -> web.Response:
         body = generate_latest(self.registry)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def _wait(self, request: web.Request) -> web.Response:
+        """POST /wait: a JSON object with the fields of ``wait`` (it only watches: nothing changes).
+
+        200 satisfied, 408 timed out, 400 a request that cannot mean anything; the body says why.
+        """
+        assert self.wait is not None
+        try:
+            body = await request.json()
+        except ValueError:
+            body = None
+        if not isinstance(body, dict):
+            return web.json_response({"outcome": "usage", "error": "expected a JSON object"}, status=400)
+        body.pop("op", None)
+        reply = await self.wait(body)
+        reply.pop("ok", None)
+        code = {"satisfied": 200, "timeout": 408}.get(str(reply.get("outcome")), 400)
+        return web.json_response(reply, status=code)

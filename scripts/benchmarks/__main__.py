@@ -22,6 +22,7 @@ BENCHES = {
     "wan": "3. throughput across scripts/wan (100 Mbit/s, 50 ms RTT) as a fraction of the raw link, +/- zstd",
     "memory": "4. peak RSS of shipper and receiver while catching up a 4 GiB backlog",
     "scale": "5. 1000 streams on one shipper/receiver pair: convergence, idle CPU, a busy stream's latency",
+    "wait": "6. wait: 4 KiB appends at 1000/s each awaited (Python call, CLI) beside append -> ACK",
 }
 
 
