@@ -22,10 +22,11 @@ from pathlib import Path
 from logship.tasks import first_to_end
 from protocol.aio import ConnectionClosed, FramedConnection
 from protocol.compression import PayloadCompressor, agreed
-from protocol.digest import chunk_digest, seal_digest
+from protocol.digest import seal_digest
 from protocol.errors import ProtocolError
-from protocol.messages import Ack, Data, Error, Fenced, Heartbeat, Nack, Position, Seal, StreamResume
+from protocol.messages import Ack, Error, Fenced, Heartbeat, Nack, Position, Seal, StreamResume
 from protocol.session import ShipperHandshake
+from shipper.chunks import DataSender
 from shipper.handshake import Fenced_, Reconnect, Refused, beyond_source, handshake
 from shipper.pacing import AdaptiveWindow, TokenBucket, rate_limited_chunk
 from shipper.settings import SenderConfig
@@ -246,6 +247,7 @@ class TargetSender:
     async def _send_loop(self, conn: FramedConnection) -> None:
         cfg = self.config
         window = self.send_window
+        chunks = DataSender(conn, self._reader, self.stream)
         last_sent = time.monotonic()
         while True:
             rewound = window.take_rewind()
@@ -260,7 +262,7 @@ class TargetSender:
                 continue
             step = next_step(self.tailer, window.cursor, self._chunks.size)
             if isinstance(step, SendData):
-                if await self._send_data(conn, step):
+                if await self._send_data(conn, chunks, step):
                     last_sent = time.monotonic()
             elif isinstance(step, SendSeal):
                 digest = seal_digest(step.segment, step.size, self._reader.digest())
@@ -290,21 +292,13 @@ class TargetSender:
                     async with asyncio.timeout(idle):
                         await self._wake.wait()
 
-    async def _send_data(self, conn: FramedConnection, step: SendData) -> bool:
+    async def _send_data(self, conn: FramedConnection, chunks: DataSender, step: SendData) -> bool:
         """Send one DATA frame; return False if the source had fewer bytes than the tailer saw."""
-        payload = self._reader.read(step.segment, step.offset, step.length)
-        if len(payload) != step.length:
+        wire = await chunks.send(step)
+        if wire is None:
             # The file got shorter than the tailer saw; look again.
             await asyncio.sleep(self.tailer.poll_interval)
             return False
-        msg = Data(self.stream, step.segment, step.offset, chunk_digest(step.segment, step.offset, payload), payload)
-        if conn.compressor is not None:
-            # zstd releases the GIL: compressing in a worker thread keeps this loop (and every
-            # other stream and target in the process) responsive even at slow, high levels.
-            packed = await asyncio.get_running_loop().run_in_executor(None, conn.compressor.compress, payload)
-            wire = conn.send_packed(msg, packed)
-        else:
-            wire = conn.send(msg)
         self.stats.bytes_wire += wire
         self.send_window.on_data_sent(step.length, time.monotonic())
         self.stats.bytes_sent += step.length

@@ -106,6 +106,16 @@ class SegmentReader:
             self._hasher.update(payload)
         return payload
 
+    def read_into(self, segment: str, offset: int, buf: bytearray) -> int:
+        """Fill ``buf`` from ``offset``; return the bytes read. Only a whole buffer counts towards the digest.
+
+        Raises SourceError if the segment is missing.
+        """
+        n = os.preadv(self._open(segment), [buf], offset)
+        if n == len(buf):
+            self._hasher.update(buf)
+        return n
+
     def digest(self) -> bytes:
         """Return the digest of the segment's bytes read so far (its whole content once all are read)."""
         return self._hasher.digest()

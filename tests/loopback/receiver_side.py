@@ -40,13 +40,15 @@ class Shipper:
         self.resumes = resumes
 
     @classmethod
-    async def connect(cls, port: int, streams: tuple[str, ...] = ("s",), node: str = "loopback") -> Shipper:
-        """Connect and prove the secrets of ``streams``; raise on any refusal."""
+    async def connect(
+        cls, port: int, streams: tuple[str, ...] = ("s",), node: str = "loopback", features: tuple[str, ...] = ()
+    ) -> Shipper:
+        """Connect and prove the secrets of ``streams`` (asking for ``features``); raise on any refusal."""
         async with asyncio.timeout(TIMEOUT):
             reader, writer = await asyncio.open_connection("127.0.0.1", port)
             conn = FramedConnection(reader, writer)
             secrets = {name: SECRETS[name] for name in streams}
-            hs = ShipperHandshake(node, os.urandom(32), secrets, dict.fromkeys(secrets, 0))
+            hs = ShipperHandshake(node, os.urandom(32), secrets, dict.fromkeys(secrets, 0), features)
             conn.send(hs.receive_challenge(await conn.recv(TIMEOUT)))
             resumes = hs.receive_welcome(await conn.recv(TIMEOUT))
             conn.authenticate(*hs.frame_auth())
