@@ -263,7 +263,10 @@ class TargetSender:
                 if await self._send_data(conn, step):
                     last_sent = time.monotonic()
             elif isinstance(step, SendSeal):
-                digest = seal_digest(step.segment, step.size, self._reader.digest())
+                content = self._reader.digest()
+                if self.tailer.policy.mode == "closed":
+                    content = self._reader.digest_on_disk(step.segment, step.size)
+                digest = seal_digest(step.segment, step.size, content)
                 conn.send(Seal(self.stream, step.segment, step.size, digest))
                 window.on_seal_sent()
                 self._reader.close()
