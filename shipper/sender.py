@@ -265,7 +265,8 @@ class TargetSender:
             elif isinstance(step, SendSeal):
                 content = self._reader.digest()
                 if self.tailer.policy.mode == "closed":
-                    content = self._reader.digest_on_disk(step.segment, step.size)
+                    loop = asyncio.get_running_loop()
+                    content = await loop.run_in_executor(None, self._reader.digest_on_disk, step.segment, step.size)
                 digest = seal_digest(step.segment, step.size, content)
                 conn.send(Seal(self.stream, step.segment, step.size, digest))
                 window.on_seal_sent()
