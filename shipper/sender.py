@@ -265,7 +265,11 @@ class TargetSender:
                 if await self._send_data(conn, chunks, step):
                     last_sent = time.monotonic()
             elif isinstance(step, SendSeal):
-                digest = seal_digest(step.segment, step.size, self._reader.digest())
+                content = self._reader.digest()
+                if self.tailer.policy.mode == "closed":
+                    loop = asyncio.get_running_loop()
+                    content = await loop.run_in_executor(None, self._reader.digest_on_disk, step.segment, step.size)
+                digest = seal_digest(step.segment, step.size, content)
                 conn.send(Seal(self.stream, step.segment, step.size, digest))
                 window.on_seal_sent()
                 self._reader.close()

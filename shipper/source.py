@@ -7,6 +7,7 @@ which its SEAL carries.
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +18,8 @@ from protocol.digest import segment_hasher
 from protocol.messages import Position
 from shipper.tailer import SegmentInfo, Tailer
 from shipper.window import Cursor
+
+log = logging.getLogger("shipper")
 
 
 class SourceError(Exception):
@@ -119,6 +122,24 @@ class SegmentReader:
     def digest(self) -> bytes:
         """Return the digest of the segment's bytes read so far (its whole content once all are read)."""
         return self._hasher.digest()
+
+    def digest_on_disk(self, segment: str, size: int) -> bytes:
+        """Return the digest of the first ``size`` bytes of ``segment`` as the source holds them now.
+
+        For ``--seal closed``: a writer that rewrites a byte it wrote earlier (MariaDB's in-use flag at
+        offset 21, cleared at rotation) leaves the bytes already sent stale. A SEAL carrying this digest
+        then fails at the receiver, which fetches the segment again, so the copy equals the source.
+        """
+        fd = self._open(segment)
+        hasher = segment_hasher()
+        done = 0
+        while done < size and (block := os.pread(fd, min(4 << 20, size - done), done)):
+            hasher.update(block)
+            done += len(block)
+        digest = hasher.digest()
+        if digest != self._hasher.digest():
+            log.warning("segment %s changed on the source while it was shipped; the target fetches it again", segment)
+        return digest
 
     def _open(self, segment: str) -> int:
         if self._fd_name != segment:

@@ -33,8 +33,18 @@ def program(name: str) -> str:
 class MariaDB:
     """One server: datadir ``root/name``, socket ``root/name.sock``, error log ``root/name.err``."""
 
-    def __init__(self, root: Path, name: str, binlog_dir: Path | None = None, max_binlog_size: int = 4096) -> None:
+    def __init__(
+        self,
+        root: Path,
+        name: str,
+        binlog_dir: Path | None = None,
+        max_binlog_size: int = 4096,
+        config: Path | None = None,
+    ) -> None:
+        """``config``: an option file read instead of none (``--defaults-file``); its binlog settings
+        are then the file's, and ``binlog_dir`` only says where binlogs() looks."""
         self.root = root
+        self.config = config
         self.name = name
         self.data = root / name
         self.socket = root / f"{name}.sock"
@@ -62,7 +72,7 @@ class MariaDB:
     def argv(self) -> list[str]:
         args = [
             program("mariadbd"),
-            "--no-defaults",
+            f"--defaults-file={self.config}" if self.config is not None else "--no-defaults",
             f"--datadir={self.data}",
             f"--user={_user()}",
             f"--socket={self.socket}",
@@ -74,7 +84,7 @@ class MariaDB:
             "--performance-schema=off",
             "--skip-name-resolve",
         ]
-        if self.binlog_dir is not None:
+        if self.binlog_dir is not None and self.config is None:
             self.binlog_dir.mkdir(exist_ok=True)
             args += [
                 f"--log-bin={self.binlog_dir / 'mysql-bin'}",
@@ -90,6 +100,17 @@ class MariaDB:
         )
         wait_until(lambda: self.try_query("SELECT 1") == "1", timeout, 0.1, f"MariaDB {self.name} to accept queries")
         return self
+
+    def restart(self) -> MariaDB:
+        """What ``systemctl restart mariadb`` does: stop (cleanly) if running, start again."""
+        self.stop()
+        return self.start()
+
+    def kill9(self) -> None:
+        """The server is lost: SIGKILL by pid."""
+        assert self.popen is not None
+        self.popen.kill()
+        self.popen.wait(10)
 
     def stop(self, timeout: float = 30) -> None:
         """SIGTERM by pid (a clean shutdown), SIGKILL if it does not end in ``timeout``."""

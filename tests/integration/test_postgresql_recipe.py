@@ -9,9 +9,7 @@ becomes $RECEIVER for the blocks after it).
 from __future__ import annotations
 
 import os
-import re
 import shutil
-import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,7 +17,8 @@ from pathlib import Path
 import pytest
 
 from tests.helpers.pgcluster import Cluster, find_pg_bin, scratch_dir, why_unavailable
-from tests.helpers.procs import LISTENING
+from tests.helpers.recipe import Recipe
+from tests.helpers.recipe import sh_blocks as recipe_blocks
 from tests.helpers.source import ROOT
 from tests.helpers.waiting import wait_until
 
@@ -29,81 +28,11 @@ pytestmark = pytest.mark.skipif(why_unavailable() is not None, reason=why_unavai
 
 
 def sh_blocks(heading: str) -> list[str]:
-    """Return the ```sh blocks of the doc section whose heading starts with ``heading``."""
-    text = DOC.read_text()
-    start = text.index(f"\n{heading}")
-    end = text.find("\n## ", start + 1)
-    section = text[start : end if end >= 0 else len(text)]
-    return re.findall(r"```sh\n(.*?)```", section, flags=re.S)
+    return recipe_blocks(DOC, heading)
 
 
 def is_daemon(line: str) -> bool:
     return line.startswith(("$PY -m receiver --listen", "$PY -m shipper --config"))
-
-
-class Recipe:
-    """Run the doc's blocks with its variables, daemons in the background (ended by pid)."""
-
-    def __init__(self, root: Path, overrides: dict[str, str]) -> None:
-        self.root = root
-        self.listen = "127.0.0.1:0"
-        """Where a receiver of the recipe listens: port 0 until the first one reports its port."""
-        self.doc_vars = sh_blocks("## The variables")[0]
-        self.overrides = overrides
-        self.daemons: list[subprocess.Popen[bytes]] = []
-
-    @property
-    def prelude(self) -> str:
-        mine = "".join(f"{k}={v}\n" for k, v in self.overrides.items())
-        return f"set -euo pipefail\n{self.doc_vars}\n{mine}"
-
-    def run(self, block: str) -> str:
-        """Run one block; daemon lines start in the background. Returns the rest's output."""
-        block = block.replace("0.0.0.0:7400", self.listen)
-        foreground = []
-        for line in block.splitlines():
-            if is_daemon(line):
-                log_path = self.root / f"daemon-{len(self.daemons)}.log"
-                with open(log_path, "ab") as log:
-                    self.daemons.append(
-                        subprocess.Popen(
-                            ["bash", "-c", f"{self.prelude}\nexec {line}"], stdout=log, stderr=log, cwd=ROOT
-                        )
-                    )
-                if line.startswith("$PY -m receiver") and self.listen.endswith(":0"):
-                    self.listen = f"127.0.0.1:{self._reported_port(log_path)}"
-                    self.overrides["RECEIVER"] = self.listen
-            else:
-                foreground.append(line)
-        done = subprocess.run(
-            ["bash", "-c", self.prelude + "\n".join(foreground)], capture_output=True, text=True, timeout=180, cwd=ROOT
-        )
-        assert done.returncode == 0, f"block failed ({done.returncode}):\n{block}\n{done.stdout}{done.stderr}"
-        return done.stdout
-
-    def _reported_port(self, log_path: Path) -> str:
-        """Wait for the receiver just started to log the port it bound; raise with its log if it does not."""
-        daemon = self.daemons[-1]
-
-        def reported() -> str | None:
-            m = LISTENING.search(log_path.read_text(errors="replace"))
-            assert m or daemon.poll() is None, f"the receiver exited: {log_path.read_text(errors='replace')}"
-            return m.group(2) if m else None
-
-        return wait_until(reported, 30, interval=0.05, what=f"the receiver to listen (see {log_path})")
-
-    def daemon_logs(self) -> str:
-        return "".join(p.read_text(errors="replace") for p in sorted(self.root.glob("daemon-*.log")))
-
-    def stop(self) -> None:
-        for proc in self.daemons:
-            if proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(10)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait(5)
 
 
 @pytest.fixture
@@ -125,6 +54,7 @@ def test_the_recipe_as_written(scratch: Path) -> None:
     standby = Cluster(pg_bin, root / "standby", 5433, root)
     recipe = Recipe(
         root,
+        DOC,
         {
             "PGRUN": '"runuser -u postgres --"' if os.geteuid() == 0 else "",
             "PGBIN": str(pg_bin),
@@ -141,6 +71,7 @@ def test_the_recipe_as_written(scratch: Path) -> None:
             # The shipper's state dir (not the recipe's business; the default one is shared by tests).
             "LOGSHIP_SHIPPER_STATE_DIR": str(root / "shipper-state"),
         },
+        is_daemon,
     )
     try:
         # The primary the recipe starts from.
