@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -239,6 +240,8 @@ class Session:
                 if not await self._ingest(att, msg):
                     return
             elif isinstance(msg, Heartbeat):
+                if msg.stream is not None and msg.head is not None and msg.stream in attachments:
+                    attachments[msg.stream].copy.source_head = (msg.head, time.time())
                 conn.send(Heartbeat())
             elif isinstance(msg, Error):
                 log.warning("%s: peer reported %s: %s", conn.peer, msg.code, msg.text)

@@ -30,7 +30,7 @@ from shipper.handshake import Fenced_, Reconnect, Refused, beyond_source, handsh
 from shipper.pacing import AdaptiveWindow, TokenBucket, rate_limited_chunk
 from shipper.settings import SenderConfig
 from shipper.source import Open, SegmentReader, SendData, SendSeal, SourceError, Stuck, next_step
-from shipper.status import TargetState, TargetStats, newest_copied
+from shipper.status import TargetState, TargetStats, heartbeat, newest_copied
 from shipper.tailer import Tailer
 from shipper.window import ChunkSizer, SendWindow, adaptive_window
 
@@ -246,8 +246,13 @@ class TargetSender:
     async def _send_loop(self, conn: FramedConnection) -> None:
         cfg = self.config
         window = self.send_window
-        last_sent = time.monotonic()
+        last_sent = last_head = time.monotonic()
         while True:
+            # The source head goes to the receiver every heartbeat interval, busy or not, so the copy's
+            # side shows its copy queue during a catch-up too.
+            if time.monotonic() - last_head >= cfg.heartbeat:
+                conn.send(heartbeat(self.stream, self.tailer.segments, self.tailer.names, self.stats))
+                last_head = time.monotonic()
             rewound = window.take_rewind()
             if rewound is not None:
                 self._reader.seek(rewound)
@@ -283,8 +288,8 @@ class TargetSender:
                 await conn.drain()
                 idle = cfg.heartbeat - (time.monotonic() - last_sent)
                 if idle <= 0:
-                    conn.send(Heartbeat())
-                    last_sent = time.monotonic()
+                    conn.send(heartbeat(self.stream, self.tailer.segments, self.tailer.names, self.stats))
+                    last_sent = last_head = time.monotonic()
                     continue
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(idle):

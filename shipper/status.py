@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from logship.admin.table import STATUS_COLUMNS, render, status_cells
-from protocol.messages import Position
+from protocol.messages import Heartbeat, Position, SourceHead
 from shipper.tailer import SegmentInfo
 from shipper.window import AckKey
 
@@ -70,6 +70,15 @@ def newest_copied(names: Sequence[str], acked: AckKey) -> str:
         return pos.segment
     i = bisect.bisect_left(names, pos.segment)
     return names[i - 1] if i > 0 else ""
+
+
+def heartbeat(stream: str, segments: Sequence[SegmentInfo], names: Sequence[str], stats: TargetStats) -> Heartbeat:
+    """Return the HEARTBEAT for one target: the source's head and this target's copy queue, once known."""
+    if not stats.known:
+        return Heartbeat()
+    head = Position(segments[-1].name, segments[-1].size) if segments else Position("", 0)
+    count, nbytes = copy_queue(segments, names, (stats.acked, stats.acked_sealed))
+    return Heartbeat(stream, SourceHead(head, count, nbytes))
 
 
 def end_key(segments: Sequence[SegmentInfo]) -> AckKey:
