@@ -141,6 +141,21 @@ class LagTracker:
     def __init__(self, capacity: int = 4096) -> None:
         self.capacity = capacity
         self._samples: collections.deque[tuple[AckKey, float]] = collections.deque()
+        self._seeded = False
+
+    def seed(self, segments: Sequence[SegmentInfo], now: float) -> None:
+        """Sample the source as it is at start from its files' times, so a restart does not reset lags.
+
+        Segment k's bytes are taken to have appeared when segment k-1 was last written (its own
+        time for the first): a lag from file times can be overstated, never understated.
+        """
+        if self._seeded:
+            return
+        self._seeded = True
+        start = segments[0].mtime if segments else now
+        for seg in segments:
+            self.record((Position(seg.name, seg.size), seg.sealed), min(start, now))
+            start = max(start, seg.mtime)
 
     def record(self, end: AckKey, now: float) -> None:
         """Note that the source reached ``end`` at ``now``."""

@@ -5,6 +5,9 @@ during a catch-up, and shows 0 once it has everything."""
 from __future__ import annotations
 
 import json
+import os
+import socket
+import time
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -50,3 +53,25 @@ def test_receiver_copy_queue_during_catch_up(tmp_path: Path, secret: Path, procs
     copied = tmp_path / "receiver" / "db1" / "log"
     for i in range(1, SEGMENTS + 1):
         assert (copied / segment_name(i)).read_bytes() == (source / segment_name(i)).read_bytes()
+
+
+def test_shipper_copy_lag_survives_a_restart(tmp_path: Path, secret: Path, procs: list[Proc]) -> None:
+    # A target that is down: its copy lag is the age of the source's files, before and after a restart.
+    source = tmp_path / "src"
+    source.mkdir()
+    for i in (1, 2):
+        path = source / segment_name(i)
+        path.write_bytes(bytes([i]) * 1000)
+        os.utime(path, (time.time() - 600, time.time() - 600))
+    dead = socket.socket()
+    dead.bind(("127.0.0.1", 0))  # bound, never listening: connections are refused
+    port = dead.getsockname()[1]
+    try:
+        for _ in range(2):
+            shipper = shipper_proc(tmp_path, "db1", source, [port], secret, ["--admin", "127.0.0.1:0"]).start()
+            procs.append(shipper)
+            row = wait_until(lambda s=shipper: rows(s.admin_port())[0], 30, what="a status row")  # type: ignore[misc]
+            assert row["state"] in ("Initializing", "Disconnected") and row["copy_lag_seconds"] >= 600, row
+            shipper.stop()
+    finally:
+        dead.close()

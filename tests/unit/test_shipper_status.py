@@ -243,3 +243,17 @@ def test_control_handler_suspends_persistently_and_refuses_unknown_targets(tmp_p
             task.cancel()
 
     asyncio.run(scenario())
+
+
+def test_lag_tracker_seeded_from_file_times_survives_a_restart() -> None:
+    # A restarted shipper sees the whole source "now"; the files' times say how old the bytes are.
+    segs = [SegmentInfo("E1.log", 100, 1000.0, True), SegmentInfo("E2.log", 50, 1010.0, False)]
+    t = LagTracker()
+    t.seed(segs, 1100.0)
+    t.record(end_key(segs), 1100.0)
+    assert t.lag(None, 1100.0) == 100.0  # nothing known: since the first segment's time
+    # E2's bytes came after E1 was last written (at 1000): overstated by at most one segment's time.
+    assert t.lag((Position("E1.log", 100), True), 1100.0) == 100.0
+    assert t.lag((Position("E2.log", 50), False), 1100.0) == 0.0
+    t.seed(segs, 1200.0)  # once only
+    assert t.lag((Position("E2.log", 50), False), 1200.0) == 0.0
