@@ -15,7 +15,7 @@ from logship.admin.table import STATUS_COLUMNS
 
 _HEADERS = "".join(f"<th>{header}</th>" for _, header in STATUS_COLUMNS)
 
-# The script mirrors logship.admin.table (human_bytes, human_age, reason) so the page and the
+# The script mirrors logship.admin.table (human_bytes, human_age, reason, progress_text) so the page and the
 # command print the same words and units; tests/integration/test_status_page.py compares them.
 _SCRIPT = r"""
 "use strict";
@@ -58,6 +58,10 @@ function replayLag(row) {
   if (row.replay_lag_seconds) text += ` (lag ${age(row.replay_lag_seconds)})`;
   return text;
 }
+function progress(row) {
+  const q = row.copy_queue_bytes, rate = row.delivery_rate_bytes;
+  return q && rate > 0 ? `${bytes(rate)}/s, ETA ${age(q / rate)}` : "-";
+}
 function sparkline(points) {
   const w = 120, h = 24, max = Math.max(1e-3, ...points);
   const step = points.length > 1 ? w / (HISTORY - 1) : 0;
@@ -97,7 +101,7 @@ function render(snapshot) {
       td(queue(row.copy_queue_segments, row.copy_queue_bytes)),
       td(queue(row.replay_queue_segments, row.replay_queue_bytes)),
       td(at(row.last_copied, row.last_copied_at, now)), td(at(row.last_replayed, row.last_replayed_at, now)),
-      td(age(row.copy_lag_seconds)), td(replayLag(row)), td(reason(row)));
+      td(age(row.copy_lag_seconds)), td(replayLag(row)), td(progress(row)), td(reason(row)));
     const spark = document.createElement("td");
     spark.appendChild(sparkline(points));
     tr.appendChild(spark);

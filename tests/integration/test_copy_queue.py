@@ -15,6 +15,7 @@ from typing import Any
 from tests.helpers.procs import Proc, receiver_proc, shipper_proc
 from tests.helpers.source import segment_name
 from tests.helpers.waiting import wait_until
+from tests.integration.test_status_cli import logship
 
 SEGMENTS, SIZE = 8, 100_000
 
@@ -43,6 +44,9 @@ def test_receiver_copy_queue_during_catch_up(tmp_path: Path, secret: Path, procs
     during = wait_until(behind, 30, interval=0.2, what="a copy queue on the receiver")
     assert 0 < during["copy_queue_bytes"] <= SEGMENTS * SIZE, during
     assert during["source_head"] == f"{segment_name(SEGMENTS)}@{SIZE}", during
+    # The shipper's table shows the catch-up's rate and time to catch up meanwhile.
+    state_dir = shipper.args[shipper.args.index("--state-dir") + 1]
+    wait_until(lambda: ", ETA " in logship("status", "--state-dir", state_dir).stdout, 20, what="RATE / ETA")
 
     def caught_up() -> dict[str, Any] | None:
         row = rows(port)[0]

@@ -257,3 +257,10 @@ def test_lag_tracker_seeded_from_file_times_survives_a_restart() -> None:
     assert t.lag((Position("E2.log", 50), False), 1100.0) == 0.0
     t.seed(segs, 1200.0)  # once only
     assert t.lag((Position("E2.log", 50), False), 1200.0) == 0.0
+
+
+def test_progress_text_rate_and_eta() -> None:
+    from logship.admin.table import progress_text
+
+    assert progress_text(10 << 20, 2 << 20) == "2.0 MiB/s, ETA 5.0s"
+    assert progress_text(0, 2 << 20) == "-" and progress_text(10, None) == "-" and progress_text(10, 0) == "-"
