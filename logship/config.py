@@ -167,6 +167,13 @@ def check_key_file(path: str | os.PathLike[str]) -> Path:
         st = p.stat()
     except OSError as e:
         raise ConfigError(f"cannot read TLS key file {p}: {e.strerror}") from None
+    try:
+        # A certificate given without --tls-key is read for its key too; say that, not "chmod".
+        has_key = b"PRIVATE KEY-----" in p.read_bytes()[: 1 << 20]
+    except OSError as e:
+        raise ConfigError(f"cannot read TLS key file {p}: {e.strerror}") from None
+    if not has_key:
+        raise ConfigError(f"no private key in {p}: give --tls-key FILE (tls_key in TOML)")
     if st.st_mode & 0o007:
         raise ConfigError(
             f"TLS key file {p} is accessible by others (mode {stat.S_IMODE(st.st_mode):04o}); run: chmod 600 {p}"
