@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from logship.admin.wording import resume_text
 from protocol.aio import ConnectionClosed, FramedConnection
 from protocol.auth import FrameAuthFailed
 from protocol.buffers import BufferPool
@@ -211,11 +212,10 @@ class Session:
         copy.owner = att
         copy.attached_once = True
         log.info(
-            "stream %s: %s attached, resuming at %s%s",
+            "stream %s: %s attached, %s",
             copy.name,
             self.conn.peer,
-            durable,
-            " (sealed)" if sealed else "",
+            resume_text(durable.segment, durable.offset, sealed),
         )
         return att
 

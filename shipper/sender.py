@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from logship.admin.wording import resume_text
 from logship.tasks import first_to_end
 from protocol.aio import ConnectionClosed, FramedConnection
 from protocol.compression import PayloadCompressor, agreed
@@ -168,11 +169,10 @@ class TargetSender:
             self.state = TargetState.HEALTHY
             self._was_healthy = True
             log.info(
-                "target %s (stream %s): connected, resuming at %s%s",
+                "target %s (stream %s): connected, %s",
                 self.name,
                 self.stream,
-                resume.position,
-                " (sealed)" if resume.sealed else "",
+                resume_text(resume.position.segment, resume.position.offset, resume.sealed),
             )
             await first_to_end(
                 asyncio.create_task(self._read_loop(conn), name=f"acks-{self.name}"),

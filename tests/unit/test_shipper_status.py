@@ -264,3 +264,11 @@ def test_progress_text_rate_and_eta() -> None:
 
     assert progress_text(10 << 20, 2 << 20) == "2.0 MiB/s, ETA 5.0s"
     assert progress_text(0, 2 << 20) == "-" and progress_text(10, None) == "-" and progress_text(10, 0) == "-"
+
+
+def test_resume_wording() -> None:
+    from logship.admin.wording import resume_text
+
+    assert resume_text("", 0, True) == "starting from the first segment (empty copy)"
+    assert resume_text("E1.log", 42, False) == "resuming at E1.log@42"
+    assert resume_text("E1.log", 42, True) == "resuming at E1.log@42 (sealed)"
