@@ -616,3 +616,10 @@ def test_no_single_bit_flip_turns_an_ack_or_nack_into_another(msg: Ack | Nack) -
             except ProtocolError:
                 continue
             assert got is NEED_DATA or got == msg, (at, bit, got)
+
+
+def test_an_http_request_is_named_as_such() -> None:
+    decoder = FrameDecoder()
+    decoder.receive_data(b"GET /status HTTP/1.1\r\nHost: x\r\n\r\n")
+    with pytest.raises(FrameTooLarge, match=r"not a logship peer: looks like HTTP"):
+        decoder.next_message()
