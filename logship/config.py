@@ -30,6 +30,48 @@ def load_toml(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise ConfigError(f"config file {path}: {e}") from None
 
 
+def _stream_tables(doc: dict[str, Any], origin: str) -> dict[str, dict[str, Any]] | None:
+    """Return the file's streams by name, from either shape, or None if it has no stream tables.
+
+    Both daemons' files take ``[streams.NAME]`` (the documented shape) and, as older shipper files
+    have it, ``[[stream]]`` tables with ``name = "NAME"``; one file uses one shape.
+    """
+    listed, named = doc.get("stream"), doc.get("streams")
+    if listed is not None and named is not None:
+        raise ConfigError(f"{origin}: both [[stream]] and [streams.NAME] tables: use [streams.NAME] only")
+    if named is not None:
+        if not isinstance(named, dict) or not all(isinstance(t, dict) for t in named.values()):
+            raise ConfigError(f"{origin}: streams must be tables: [streams.NAME]")
+        return {str(name): dict(table) for name, table in named.items()}
+    if listed is None:
+        return None
+    if not isinstance(listed, list) or not all(isinstance(t, dict) for t in listed):
+        raise ConfigError(f"{origin}: [[stream]] must be tables (or write [streams.NAME])")
+    out: dict[str, dict[str, Any]] = {}
+    for table in listed:
+        name = table.get("name")
+        if not isinstance(name, str):
+            raise ConfigError(f'{origin}: a [[stream]] table has no name = "..." (or write [streams.NAME])')
+        if name in out:
+            raise ConfigError(f"{origin}: stream {name} is configured twice")
+        out[name] = {k: v for k, v in table.items() if k != "name"}
+    return out
+
+
+def streams_by_name(doc: dict[str, Any], origin: str) -> dict[str, Any]:
+    """Return ``doc`` with its stream tables, of either shape, as ``streams = {NAME: table}``."""
+    tables = _stream_tables(doc, origin)
+    rest = {k: v for k, v in doc.items() if k not in ("stream", "streams")}
+    return rest if tables is None else {**rest, "streams": tables}
+
+
+def streams_as_list(doc: dict[str, Any], origin: str) -> dict[str, Any]:
+    """Return ``doc`` with its stream tables, of either shape, as ``stream = [{name = NAME, ...}]``."""
+    tables = _stream_tables(doc, origin)
+    rest = {k: v for k, v in doc.items() if k not in ("stream", "streams")}
+    return rest if tables is None else {**rest, "stream": [{"name": n, **t} for n, t in tables.items()]}
+
+
 def parse_address(text: str) -> tuple[str, int]:
     """Parse ``HOST:PORT`` (``[v6]:PORT`` for IPv6).
 
@@ -167,6 +209,13 @@ def check_key_file(path: str | os.PathLike[str]) -> Path:
         st = p.stat()
     except OSError as e:
         raise ConfigError(f"cannot read TLS key file {p}: {e.strerror}") from None
+    try:
+        # A certificate given without --tls-key is read for its key too; say that, not "chmod".
+        has_key = b"PRIVATE KEY-----" in p.read_bytes()[: 1 << 20]
+    except OSError as e:
+        raise ConfigError(f"cannot read TLS key file {p}: {e.strerror}") from None
+    if not has_key:
+        raise ConfigError(f"no private key in {p}: give --tls-key FILE (tls_key in TOML)")
     if st.st_mode & 0o007:
         raise ConfigError(
             f"TLS key file {p} is accessible by others (mode {stat.S_IMODE(st.st_mode):04o}); run: chmod 600 {p}"

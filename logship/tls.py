@@ -9,6 +9,10 @@ from logship.config import ConfigError
 
 
 def _load(ctx: ssl.SSLContext, cert: Path | None, key: Path | None, ca: Path | None) -> ssl.SSLContext:
+    for path in (cert, key, ca):
+        # ssl reports a missing file without its name (FileNotFoundError.filename is None).
+        if path is not None and not Path(path).is_file():
+            raise ConfigError(f"TLS: cannot read {path}: no such file")
     try:
         if cert is not None:
             ctx.load_cert_chain(cert, key)

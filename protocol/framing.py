@@ -88,6 +88,9 @@ def encode(msg: Message, compressor: PayloadCompressor | None = None, sealer: Fr
     return head + payload if payload else head
 
 
+_HTTP_STARTS = frozenset({b"GET ", b"POST", b"HEAD", b"PUT ", b"DELE", b"OPTI", b"PATC", b"CONN", b"HTTP"})
+
+
 class FrameDecoder:
     """Turn a byte stream split anywhere into messages.
 
@@ -200,7 +203,9 @@ class FrameDecoder:
                 return NEED_DATA
             (hlen,) = _PREFIX.unpack_from(buf)
             if hlen > MAX_HEADER:
-                raise FrameTooLarge(f"header length {hlen} exceeds {MAX_HEADER}")
+                # "GET " read as a length is 1195725856: say what the peer is, not just the number.
+                what = " (not a logship peer: looks like HTTP)" if bytes(buf[:4]) in _HTTP_STARTS else ""
+                raise FrameTooLarge(f"header length {hlen} exceeds {MAX_HEADER}{what}")
             if hlen == 0:
                 raise RemoteProtocolError("empty header", code=ErrorCode.BAD_FRAME)
             opener = self.opener

@@ -325,17 +325,46 @@ class Nack:
 
 
 @dataclass(frozen=True, slots=True)
+class SourceHead:
+    """What a shipper tells the receiver about its source, so the copy's side can show a copy queue."""
+
+    position: Position
+    """The source's newest segment and its size."""
+    queue_segments: int
+    """Segments the source has that this receiver has not acknowledged (the shipper's COPY QUEUE)."""
+    queue_bytes: int
+    """Bytes of that queue."""
+
+
+@dataclass(frozen=True, slots=True)
 class Heartbeat:
-    """Either way: the link is alive even though there is nothing to say."""
+    """Either way: the link is alive. From a shipper it may carry one stream's source head (optional
+    fields: old ends ignore them, new ends accept a HEARTBEAT without them) under that stream's key."""
 
     TYPE: ClassVar[str] = "HEARTBEAT"
+    stream: str | None = None
+    head: SourceHead | None = None
 
     def to_header(self) -> dict[str, Any]:
-        return {"t": self.TYPE}
+        h: dict[str, Any] = {"t": self.TYPE}
+        if self.stream is not None and self.head is not None:
+            h["stream"] = self.stream
+            h["head"] = self.head.position.segment
+            h["hoff"] = self.head.position.offset
+            h["qseg"] = self.head.queue_segments
+            h["qbytes"] = self.head.queue_bytes
+        return h
 
     @classmethod
     def from_header(cls, h: Mapping[str, Any]) -> Heartbeat:
-        return cls()
+        if "stream" not in h:
+            return cls()
+        head = SourceHead(
+            Position(fields.segment(h, "head", allow_empty=True), fields.integer(h, "hoff")),
+            fields.integer(h, "qseg"),
+            fields.integer(h, "qbytes"),
+        )
+        return cls(fields.stream(h), head)
 
 
 @dataclass(frozen=True, slots=True)

@@ -49,6 +49,7 @@ from logship.config import (
     parse_size,
     parse_text,
     read_secret,
+    streams_by_name,
 )
 from protocol.errors import ProtocolError
 from protocol.limits import DEFAULT_MAX_PAYLOAD
@@ -305,7 +306,7 @@ def settings_from_args(args: argparse.Namespace) -> ReceiverSettings:
     Raises ConfigError for anything wrong.
     """
     origin = getattr(args, "config", None) or "config file"
-    doc: dict[str, Any] = load_toml(origin) if getattr(args, "config", None) else {}
+    doc: dict[str, Any] = streams_by_name(load_toml(origin), origin) if getattr(args, "config", None) else {}
     known = {
         "listen",
         "data_dir",

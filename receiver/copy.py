@@ -13,7 +13,7 @@ import time
 from typing import Any
 
 from logship.files import write_atomic
-from protocol.messages import Ack, Position
+from protocol.messages import Ack, Position, SourceHead
 from receiver.committer import Attachment
 from receiver.config import ReplaySettings
 from receiver.history_file import history_rows
@@ -41,6 +41,8 @@ class StreamCopy:
         self.bytes_received = 0
         self.attached_once = False
         self.activating = False
+        self.source_head: tuple[SourceHead, float] | None = None
+        """The shipper's last word on its source (head, copy queue) and when it came; None until then."""
         """Set while an activation runs: new shippers are fenced from that moment on."""
         self._save_lock = asyncio.Lock()
         self.replayer = Replayer(self, replay or ReplaySettings(), on_replayed=self._on_replayed)
@@ -105,6 +107,7 @@ class StreamCopy:
             self.attached_once,
             self.replayer.settings.lag,
             history_rows(self.store.root),
+            self.source_head if running and self.owner is not None else None,
         )
 
     def _on_replayed(self) -> None:

@@ -13,9 +13,11 @@ import asyncio
 import contextlib
 import logging
 import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from logship.admin.wording import resume_text
 from protocol.aio import ConnectionClosed, FramedConnection
 from protocol.auth import FrameAuthFailed
 from protocol.buffers import BufferPool
@@ -215,11 +217,10 @@ class Session:
         copy.owner = att
         copy.attached_once = True
         log.info(
-            "stream %s: %s attached, resuming at %s%s",
+            "stream %s: %s attached, %s",
             copy.name,
             self.conn.peer,
-            durable,
-            " (sealed)" if sealed else "",
+            resume_text(durable.segment, durable.offset, sealed),
         )
         return att
 
@@ -244,6 +245,8 @@ class Session:
                 if not await self._ingest(att, msg):
                     return
             elif isinstance(msg, Heartbeat):
+                if msg.stream is not None and msg.head is not None and msg.stream in attachments:
+                    attachments[msg.stream].copy.source_head = (msg.head, time.time())
                 conn.send(Heartbeat())
             elif isinstance(msg, Error):
                 log.warning("%s: peer reported %s: %s", conn.peer, msg.code, msg.text)

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from protocol.messages import SourceHead
 from receiver.manifest import Installed
 from receiver.replayer import replay_queue
 from receiver.state import CopyState, Role
@@ -41,6 +42,7 @@ def copy_row(
     attached_once: bool = False,
     replay_lag: float | None = None,
     history: Sequence[dict[str, Any]] = (),
+    source_head: tuple[SourceHead, float] | None = None,
 ) -> dict[str, Any]:
     """Build one status row in the shape admin/ expects (see COORD: status shape)."""
     replayed = state.replayed or ""
@@ -53,8 +55,9 @@ def copy_row(
         "epoch": state.epoch,
         # The forks of the epochs the copy's bytes were written under (receiver/history_file.py).
         "history": list(history),
-        "copy_queue_segments": None,
-        "copy_queue_bytes": None,
+        # The attached shipper's copy queue from its last HEARTBEAT (at most a heartbeat interval old).
+        "copy_queue_segments": source_head[0].queue_segments if source_head else None,
+        "copy_queue_bytes": source_head[0].queue_bytes if source_head else None,
         "replay_queue_segments": segments,
         "replay_queue_bytes": nbytes,
         "last_copied": last.name if last else None,
@@ -74,6 +77,10 @@ def copy_row(
     }
     if replay_lag is not None:
         row["replay_lag_seconds"] = replay_lag
+    if source_head is not None:
+        head, at = source_head
+        row["source_head"] = f"{head.position.segment or '-'}@{head.position.offset}"
+        row["source_head_at"] = at
     if state.activated is not None:
         row["activated_at"] = state.activated.at
     return row

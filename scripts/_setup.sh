@@ -3,7 +3,7 @@
 # Leaves the shell in the repository root with .venv/bin first on PATH and the project installed
 # editable with its test extras. Idempotent: when .venv/.logship-installed is newer than
 # pyproject.toml it only checks, and takes well under a second.
-# As root it also installs what the tests use from the system (rsync, iproute2, postgresql, mariadb-server) when missing;
+# As root it also installs what the tests use from the system (rsync, iproute2, postgresql, mariadb-server, chromium) when missing;
 # without root or apt-get it warns and goes on.
 
 LOGSHIP_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -78,6 +78,8 @@ _setup_tools() {
     { command -v mariadbd >/dev/null 2>&1 || [ -x /usr/sbin/mariadbd ]; } && command -v mariadb-binlog >/dev/null 2>&1 \
         || missing+=(mariadb-server mariadb-client)
     command -v runuser >/dev/null 2>&1 || missing+=(util-linux)
+    # The status page test renders the admin page in a real headless browser.
+    command -v chromium >/dev/null 2>&1 || missing+=(chromium)
     if [ "${#missing[@]}" -gt 0 ]; then
         _setup_apt_install "${missing[@]}"
     fi

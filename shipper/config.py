@@ -65,6 +65,7 @@ from logship.config import (
     parse_switch,
     parse_text,
     read_secret,
+    streams_as_list,
 )
 from protocol.history import History
 from shipper.config_values import (
@@ -205,7 +206,7 @@ def config_from_args(args: argparse.Namespace) -> ShipperConfig:
     """
     flags = flags_doc(args)
     if args.config:
-        return from_doc({**load_toml(args.config), **flags}, args.config)
+        return from_doc({**streams_as_list(load_toml(args.config), args.config), **flags}, args.config)
     required = (("--stream", args.stream), ("--source", args.source), ("--target", args.target))
     missing = [flag for flag, value in (*required, ("--secret-file", args.secret_file)) if not value]
     if missing:

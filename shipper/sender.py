@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from logship.admin.wording import resume_text
 from logship.tasks import first_to_end
 from protocol.aio import ConnectionClosed, FramedConnection
 from protocol.compression import PayloadCompressor, agreed
@@ -31,7 +32,7 @@ from shipper.handshake import Fenced_, Reconnect, Refused, beyond_source, handsh
 from shipper.pacing import AdaptiveWindow, TokenBucket, rate_limited_chunk
 from shipper.settings import SenderConfig
 from shipper.source import Open, SegmentReader, SendData, SendSeal, SourceError, Stuck, next_step
-from shipper.status import TargetState, TargetStats, newest_copied
+from shipper.status import TargetState, TargetStats, heartbeat, newest_copied
 from shipper.tailer import Tailer
 from shipper.window import ChunkSizer, SendWindow, adaptive_window
 
@@ -169,11 +170,10 @@ class TargetSender:
             self.state = TargetState.HEALTHY
             self._was_healthy = True
             log.info(
-                "target %s (stream %s): connected, resuming at %s%s",
+                "target %s (stream %s): connected, %s",
                 self.name,
                 self.stream,
-                resume.position,
-                " (sealed)" if resume.sealed else "",
+                resume_text(resume.position.segment, resume.position.offset, resume.sealed),
             )
             await first_to_end(
                 asyncio.create_task(self._read_loop(conn), name=f"acks-{self.name}"),
@@ -248,8 +248,13 @@ class TargetSender:
         cfg = self.config
         window = self.send_window
         chunks = DataSender(conn, self._reader, self.stream)
-        last_sent = time.monotonic()
+        last_sent = last_head = time.monotonic()
         while True:
+            # The source head goes to the receiver every heartbeat interval, busy or not, so the copy's
+            # side shows its copy queue during a catch-up too.
+            if time.monotonic() - last_head >= cfg.heartbeat:
+                conn.send(heartbeat(self.stream, self.tailer.segments, self.tailer.names, self.stats))
+                last_head = time.monotonic()
             rewound = window.take_rewind()
             if rewound is not None:
                 self._reader.seek(rewound)
@@ -289,8 +294,8 @@ class TargetSender:
                 await conn.drain()
                 idle = cfg.heartbeat - (time.monotonic() - last_sent)
                 if idle <= 0:
-                    conn.send(Heartbeat())
-                    last_sent = time.monotonic()
+                    conn.send(heartbeat(self.stream, self.tailer.segments, self.tailer.names, self.stats))
+                    last_sent = last_head = time.monotonic()
                     continue
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(idle):

@@ -136,6 +136,7 @@ class ShipperService:
         now = time.time()
         end = end_key(self.tailer.segments)
         for tracker in self.lag.values():
+            tracker.seed(self.tailer.segments, now)
             tracker.record(end, now)
 
     def target_views(self) -> list[TargetView]:

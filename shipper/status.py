@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from logship.admin.table import STATUS_COLUMNS, epoch_text, render, status_cells
-from protocol.messages import Position
+from protocol.messages import Heartbeat, Position, SourceHead
 from shipper.tailer import SegmentInfo
 from shipper.window import AckKey
 
@@ -70,6 +70,15 @@ def newest_copied(names: Sequence[str], acked: AckKey) -> str:
         return pos.segment
     i = bisect.bisect_left(names, pos.segment)
     return names[i - 1] if i > 0 else ""
+
+
+def heartbeat(stream: str, segments: Sequence[SegmentInfo], names: Sequence[str], stats: TargetStats) -> Heartbeat:
+    """Return the HEARTBEAT for one target: the source's head and this target's copy queue, once known."""
+    if not stats.known:
+        return Heartbeat()
+    head = Position(segments[-1].name, segments[-1].size) if segments else Position("", 0)
+    count, nbytes = copy_queue(segments, names, (stats.acked, stats.acked_sealed))
+    return Heartbeat(stream, SourceHead(head, count, nbytes))
 
 
 def end_key(segments: Sequence[SegmentInfo]) -> AckKey:
@@ -132,6 +141,21 @@ class LagTracker:
     def __init__(self, capacity: int = 4096) -> None:
         self.capacity = capacity
         self._samples: collections.deque[tuple[AckKey, float]] = collections.deque()
+        self._seeded = False
+
+    def seed(self, segments: Sequence[SegmentInfo], now: float) -> None:
+        """Sample the source as it is at start from its files' times, so a restart does not reset lags.
+
+        Segment k's bytes are taken to have appeared when segment k-1 was last written (its own
+        time for the first): a lag from file times can be overstated, never understated.
+        """
+        if self._seeded:
+            return
+        self._seeded = True
+        start = segments[0].mtime if segments else now
+        for seg in segments:
+            self.record((Position(seg.name, seg.size), seg.sealed), min(start, now))
+            start = max(start, seg.mtime)
 
     def record(self, end: AckKey, now: float) -> None:
         """Note that the source reached ``end`` at ``now``."""

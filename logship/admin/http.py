@@ -1,4 +1,4 @@
-"""The admin HTTP endpoint of a daemon: ``/status`` (JSON) and ``/metrics`` (Prometheus text).
+"""The admin HTTP endpoint of a daemon: ``/`` (a status page), ``/status`` (JSON), ``/metrics`` (Prometheus).
 
 Off unless ``--admin HOST:PORT`` is given. The shipper's also serves ``POST /wait`` (see
 shipper/wait.py), which only watches. It is read-only on purpose: anything that changes a copy
@@ -21,6 +21,8 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector
+
+from logship.admin.page import serve_page
 
 StatusFn = Callable[[], dict[str, Any]]
 WaitFn = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
@@ -172,6 +174,7 @@ class AdminServer:
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=1 << 20)
+        app.router.add_get("/", serve_page)
         app.router.add_get("/status", self._status)
         app.router.add_get("/metrics", self._metrics)
         if self.wait is not None:

@@ -72,6 +72,7 @@ STATUS_COLUMNS = [
     ("last_replayed_text", "LAST REPLAYED"),
     ("copy_lag_text", "COPY LAG"),
     ("replay_lag_text", "REPLAY LAG"),
+    ("progress_text", "RATE / ETA"),
     ("reason", "REASON"),
 ]
 """The columns, words and units of ``status`` on both sides (what each side cannot know shows ``-``)."""
@@ -97,6 +98,13 @@ def reason(row: dict[str, Any]) -> str:
     return str(row.get("comment") or "")
 
 
+def progress_text(queue_bytes: int | None, rate: float | None) -> str:
+    """Return a catch-up's rate and time to catch up, e.g. ``5.2 MiB/s, ETA 12.0s``; ``-`` if not catching up."""
+    if not queue_bytes or not rate or rate <= 0:
+        return "-"
+    return f"{human_bytes(rate)}/s, ETA {human_age(queue_bytes / rate)}"
+
+
 def status_cells(row: dict[str, Any], now: float) -> dict[str, Any]:
     """Return ``row`` with the text of every STATUS_COLUMNS cell added."""
 
@@ -117,6 +125,8 @@ def status_cells(row: dict[str, Any], now: float) -> dict[str, Any]:
         "last_replayed_text": at(row.get("last_replayed"), row.get("last_replayed_at")),
         "copy_lag_text": human_age(row.get("copy_lag_seconds")),
         "replay_lag_text": replay_lag,
+        # The rate the target acknowledged lately (the shipper measures it; a receiver shows -).
+        "progress_text": progress_text(row.get("copy_queue_bytes"), row.get("delivery_rate_bytes")),
         "reason": reason(row),
     }
 

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from protocol.auth import TAG_SIZE, TO_RECEIVER, TO_SHIPPER, DirectionKeys, FrameAuthFailed, FrameSealer, session_key
 from protocol.errors import RemoteProtocolError
 from protocol.framing import NEED_DATA, FrameDecoder, encode
-from protocol.messages import START, Ack, Data, Error, Fenced, Heartbeat, Message, Nack, Position, Seal
+from protocol.messages import START, Ack, Data, Error, Fenced, Heartbeat, Message, Nack, Position, Seal, SourceHead
 from protocol.session import ReceiverHandshake, ShipperHandshake
 
 SECRETS = {"db1": b"secret-one-0123456789", "db2": b"secret-two-0123456789"}
@@ -61,6 +61,7 @@ SHIPPER_FRAMES: list[Message] = [
     Data("db1", SEG, 0, 7, b"payload bytes"),
     Seal("db1", SEG, 13, bytes(16)),
     Heartbeat(),
+    Heartbeat("db1", SourceHead(Position(SEG, 13), 1, 13)),
     Error("protocol", "bye"),
 ]
 RECEIVER_FRAMES: list[Message] = [

@@ -25,6 +25,7 @@ from protocol.messages import (
     Nack,
     Position,
     Seal,
+    SourceHead,
     StreamClaim,
     StreamResume,
     Welcome,
@@ -60,6 +61,8 @@ SAMPLES: list[Message] = [
     Ack("db1", START, False, START),
     Nack("db1", Position(SEG, 0), "chunk digest mismatch"),
     Heartbeat(),
+    Heartbeat("db1", SourceHead(Position(SEG, 1 << 20), 3, 5 << 20)),
+    Heartbeat("db1", SourceHead(Position("", 0), 0, 0)),
     Error("auth", "wrong proof for stream 'db1'"),
     Error("", ""),
     Fenced("db1", 7, bytes(range(32))),
@@ -613,3 +616,10 @@ def test_no_single_bit_flip_turns_an_ack_or_nack_into_another(msg: Ack | Nack) -
             except ProtocolError:
                 continue
             assert got is NEED_DATA or got == msg, (at, bit, got)
+
+
+def test_an_http_request_is_named_as_such() -> None:
+    decoder = FrameDecoder()
+    decoder.receive_data(b"GET /status HTTP/1.1\r\nHost: x\r\n\r\n")
+    with pytest.raises(FrameTooLarge, match=r"not a logship peer: looks like HTTP"):
+        decoder.next_message()

@@ -243,3 +243,32 @@ def test_control_handler_suspends_persistently_and_refuses_unknown_targets(tmp_p
             task.cancel()
 
     asyncio.run(scenario())
+
+
+def test_lag_tracker_seeded_from_file_times_survives_a_restart() -> None:
+    # A restarted shipper sees the whole source "now"; the files' times say how old the bytes are.
+    segs = [SegmentInfo("E1.log", 100, 1000.0, True), SegmentInfo("E2.log", 50, 1010.0, False)]
+    t = LagTracker()
+    t.seed(segs, 1100.0)
+    t.record(end_key(segs), 1100.0)
+    assert t.lag(None, 1100.0) == 100.0  # nothing known: since the first segment's time
+    # E2's bytes came after E1 was last written (at 1000): overstated by at most one segment's time.
+    assert t.lag((Position("E1.log", 100), True), 1100.0) == 100.0
+    assert t.lag((Position("E2.log", 50), False), 1100.0) == 0.0
+    t.seed(segs, 1200.0)  # once only
+    assert t.lag((Position("E2.log", 50), False), 1200.0) == 0.0
+
+
+def test_progress_text_rate_and_eta() -> None:
+    from logship.admin.table import progress_text
+
+    assert progress_text(10 << 20, 2 << 20) == "2.0 MiB/s, ETA 5.0s"
+    assert progress_text(0, 2 << 20) == "-" and progress_text(10, None) == "-" and progress_text(10, 0) == "-"
+
+
+def test_resume_wording() -> None:
+    from logship.admin.wording import resume_text
+
+    assert resume_text("", 0, True) == "starting from the first segment (empty copy)"
+    assert resume_text("E1.log", 42, False) == "resuming at E1.log@42"
+    assert resume_text("E1.log", 42, True) == "resuming at E1.log@42 (sealed)"

@@ -102,7 +102,7 @@ def test_link_cut_and_restored(wan: Wan, tmp_path: Path, secret: Path, procs: li
     try:
         for n in range(cuts):
             # Cut only a live connection (not one still being set up), and only while data flows.
-            wait_until(lambda n=n: shipper.count("connected, resuming at") >= n + 1, 60, what="shipper connected")
+            wait_until(lambda n=n: shipper.count("connected, ") >= n + 1, 60, what="shipper connected")
             time.sleep(rnd.uniform(0.3, 1.0))
             wan.set_link(False)
             try:
@@ -110,7 +110,7 @@ def test_link_cut_and_restored(wan: Wan, tmp_path: Path, secret: Path, procs: li
                 check_no_corrupt(source, copy, seen)
             finally:
                 wan.set_link(True)
-        wait_until(lambda: shipper.count("connected, resuming at") >= 1 + cuts, 60, what="reconnect after the cut")
+        wait_until(lambda: shipper.count("connected, ") >= 1 + cuts, 60, what="reconnect after the cut")
         assert writer.done_full.wait(60)
         wait_converged(source, copy, [segment_name(i) for i in range(1, len(sizes) + 1)], seen, 90)
     finally:
@@ -118,7 +118,7 @@ def test_link_cut_and_restored(wan: Wan, tmp_path: Path, secret: Path, procs: li
         writer.stop()
     total = assert_copy_converged(source, copy, sealed_in_source(source))
     assert total == sum(sizes)
-    connects = shipper.count("connected, resuming at")
+    connects = shipper.count("connected, ")
     print(f"\nfigures: segments={len(sizes)} bytes={total} cuts={cuts} shipper_connections={connects}")
     # Each cut outlasted the ack timeout: the shipper noticed and reconnected after each.
     assert connects >= 1 + cuts
