@@ -78,6 +78,8 @@ _setup_tools() {
     { command -v mariadbd >/dev/null 2>&1 || [ -x /usr/sbin/mariadbd ]; } && command -v mariadb-binlog >/dev/null 2>&1 \
         || missing+=(mariadb-server mariadb-client)
     command -v runuser >/dev/null 2>&1 || missing+=(util-linux)
+    # The failover tests start their own 3-member etcd (the witness).
+    command -v etcd >/dev/null 2>&1 || [ -x /usr/bin/etcd ] || missing+=(etcd-server)
     if [ "${#missing[@]}" -gt 0 ]; then
         _setup_apt_install "${missing[@]}"
     fi
