@@ -80,6 +80,8 @@ _setup_tools() {
     command -v runuser >/dev/null 2>&1 || missing+=(util-linux)
     # The status page test renders the admin page in a real headless browser.
     command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+    # The failover tests start their own 3-member etcd (the witness).
+    command -v etcd >/dev/null 2>&1 || [ -x /usr/bin/etcd ] || missing+=(etcd-server)
     if [ "${#missing[@]}" -gt 0 ]; then
         _setup_apt_install "${missing[@]}"
     fi

@@ -1,0 +1,1 @@
+"""The HA agent and its etcd client (issue 16)."""

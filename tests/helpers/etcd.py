@@ -1,0 +1,121 @@
+"""A real 3-member etcd cluster on 127.0.0.1 for the failover tests, stopped by pid.
+
+Each member has its own data dir under the test's tmp_path. etcd cannot listen on port 0 and report
+the port, so free ports are found by binding port 0 and closing; the small window in between is the
+price (a member that loses its port fails to start and the cluster start raises).
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tests.helpers.procs import stop_popen
+from tests.helpers.waiting import wait_until
+
+ETCD = shutil.which("etcd") or "/usr/bin/etcd"
+
+
+def etcd_missing() -> str | None:
+    """The reason etcd tests must skip here, or None."""
+    if not Path(ETCD).exists():
+        return "etcd is not installed (Debian etcd-server; scripts/_setup.sh installs it as root)"
+    return None
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Member:
+    name: str
+    client_port: int
+    peer_port: int
+    data_dir: Path
+    log_path: Path
+    popen: subprocess.Popen[bytes] | None = None
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.client_port}"
+
+    def alive(self) -> bool:
+        return self.popen is not None and self.popen.poll() is None
+
+    def healthy(self) -> bool:
+        try:
+            with urllib.request.urlopen(self.endpoint + "/health", timeout=1) as r:
+                return b'"true"' in r.read()
+        except OSError:
+            return False
+
+
+@dataclass
+class EtcdCluster:
+    """Three etcd members; ``start()``, ``kill(i)``, ``stop_member(i)``, ``start_member(i)``, ``stop()``."""
+
+    root: Path
+    members: list[Member] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        for i in range(3):
+            self.members.append(Member(f"m{i}", free_port(), free_port(), self.root / f"m{i}", self.root / f"m{i}.log"))
+
+    @property
+    def endpoints(self) -> list[str]:
+        return [m.endpoint for m in self.members]
+
+    def _initial_cluster(self) -> str:
+        return ",".join(f"{m.name}=http://127.0.0.1:{m.peer_port}" for m in self.members)
+
+    def start_member(self, i: int) -> None:
+        m = self.members[i]
+        assert not m.alive()
+        m.data_dir.mkdir(parents=True, exist_ok=True)
+        peer = f"http://127.0.0.1:{m.peer_port}"
+        argv = [
+            ETCD,
+            f"--name={m.name}",
+            f"--data-dir={m.data_dir}",
+            f"--listen-client-urls={m.endpoint}",
+            f"--advertise-client-urls={m.endpoint}",
+            f"--listen-peer-urls={peer}",
+            f"--initial-advertise-peer-urls={peer}",
+            f"--initial-cluster={self._initial_cluster()}",
+            "--initial-cluster-state=new",
+            "--initial-cluster-token=logship-test",
+            # Short raft timings so a lost raft leader is replaced within a second on loopback.
+            "--heartbeat-interval=100",
+            "--election-timeout=1000",
+        ]
+        with open(m.log_path, "ab") as log:
+            m.popen = subprocess.Popen(argv, stdout=log, stderr=log)
+
+    def start(self, timeout: float = 30) -> EtcdCluster:
+        for i in range(len(self.members)):
+            self.start_member(i)
+        wait_until(lambda: all(m.healthy() for m in self.members), timeout, 0.2, "etcd cluster healthy")
+        return self
+
+    def kill(self, i: int) -> None:
+        """kill -9 member ``i`` by its pid."""
+        m = self.members[i]
+        if m.popen is not None and m.popen.poll() is None:
+            m.popen.kill()
+            m.popen.wait(10)
+
+    def stop_member(self, i: int) -> None:
+        m = self.members[i]
+        if m.popen is not None:
+            stop_popen(m.popen)
+
+    def stop(self) -> None:
+        for i in range(len(self.members)):
+            self.stop_member(i)
