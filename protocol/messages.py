@@ -15,28 +15,12 @@ from typing import Any, ClassVar, TypeVar
 from protocol import fields
 from protocol.digest import fields_digest
 from protocol.errors import ErrorCode, RemoteProtocolError
+from protocol.position import START as START  # re-exported: callers import it from here
+from protocol.position import Position
 
 NONCE_SIZE = 32
 PROOF_SIZE = 32
 MAX_STREAMS_PER_HELLO = 4096
-
-
-@dataclass(frozen=True, slots=True, order=True)
-class Position:
-    """A place in a stream's log: a segment name and a byte offset inside it.
-
-    Log order is name order, so positions order as (segment, offset) tuples. The empty segment
-    name means "before the first segment".
-    """
-
-    segment: str
-    offset: int
-
-    def __str__(self) -> str:
-        return f"{self.segment or '-'}@{self.offset}"
-
-
-START = Position("", 0)
 
 
 # -- messages ------------------------------------------------------------------------------

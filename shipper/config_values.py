@@ -186,6 +186,7 @@ def claimed_epoch(epoch: int | None, history: History, where: str) -> int:
         raise ConfigError(f"{where}: epoch {epoch} is older than the history's epoch {history.epoch}")
     return epoch
 
+
 def _sync(value: object, targets: list[TargetConfig], where: str) -> str | None:
     """Check a stream's ``sync`` policy against its targets; return its text (None: not set)."""
     if value is None:
