@@ -201,9 +201,10 @@ class TargetSender:
                 )
         if isinstance(result, Fenced):
             self.state = TargetState.FENCED
-            self.stats.last_error = f"fenced: activated there at epoch {result.epoch}"
+            self.stats.last_error = f"fenced: epoch {result.epoch} there (activated or fenced)"
             log.error(
-                "target %s: stream %s was activated there at epoch %d; this shipper is fenced and stops shipping to it",
+                "target %s: stream %s is at epoch %d there (activated or fenced); "
+                "this shipper is fenced and stops shipping to it",
                 self.name,
                 self.stream,
                 result.epoch,
@@ -352,8 +353,8 @@ class TargetSender:
                 assert self._hs is not None
                 self._hs.check_fenced(msg)  # the frame's tag already vouches for it; the proof must too
                 self.state = TargetState.FENCED
-                self.stats.last_error = f"fenced: activated there at epoch {msg.epoch}"
-                log.error("target %s: stream %s activated there at epoch %d; fenced", self.name, self.stream, msg.epoch)
+                self.stats.last_error = f"fenced: epoch {msg.epoch} there (activated or fenced)"
+                log.error("target %s: stream %s is at epoch %d there; fenced", self.name, self.stream, msg.epoch)
                 raise Fenced_()
             else:
                 raise Reconnect(f"unexpected {type(msg).__name__} from the target")

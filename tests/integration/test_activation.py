@@ -110,7 +110,7 @@ def test_activate_running_receiver_fences_old_shipper_then_reverse(
     write_segment(source / segment_name(8), rnd.randbytes(50_000))
     wait_until(lambda: shipper.count("fenced") >= 1, 20, what="the shipper's fenced error")
     time.sleep(3)  # time for retries, if the shipper wrongly kept trying
-    fenced_lines = [line for line in shipper.log_text().splitlines() if "was activated there" in line]
+    fenced_lines = [line for line in shipper.log_text().splitlines() if "this shipper is fenced" in line]
     assert len(fenced_lines) == 1 and "ERROR" in fenced_lines[0], fenced_lines
     assert receiver.count("refused stream db1: activated") == 1
     assert shipper_row(shipper)["state"] == "Fenced"

@@ -25,9 +25,9 @@ def test_exit_status(states: list[str], code: int) -> None:
 
 
 def test_cells_say_why_and_use_one_set_of_units() -> None:
-    fenced = {"state": "Fenced", "failure": "fenced: activated there at epoch 1", "copy_lag_seconds": None}
+    fenced = {"state": "Fenced", "failure": "fenced: epoch 1 there (activated or fenced)", "copy_lag_seconds": None}
     cells = status_cells(fenced, now=100.0)
-    assert cells["reason"] == "fenced: activated there at epoch 1" and cells["copy_lag_text"] == "-"
+    assert cells["reason"] == "fenced: epoch 1 there (activated or fenced)" and cells["copy_lag_text"] == "-"
     row = {
         "state": "Healthy",
         "replay_queue_segments": 3,
