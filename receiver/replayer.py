@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from receiver.config import ReplaySettings
-from receiver.manifest import Installed
+from receiver.manifest import Installed, record_digest
 from receiver.replay_run import Finished, Interrupted
 from receiver.state import CopyState
 from receiver.store import ReplicaError, SegmentStore
@@ -89,6 +89,10 @@ def next_to_replay(log: Sequence[Installed], replayed: str, now: float, lag: flo
             f"{record.name} follows {record.prev or 'nothing'} in the log, but replay stopped at "
             f"{replayed or 'the start'}: segment(s) in between are missing"
         )
+    if record.pdx is not None and (i == 0 or log[i - 1].name == replayed):
+        # The content chain: a same-named segment of another history does not follow this one.
+        if record.pdx != (record_digest(log[i - 1]) if i else b""):
+            return Gap(f"{record.name} was not installed after the replayed {replayed or 'start'}: another history")
     due = record.at + lag
     if now < due:
         return Hold(due)

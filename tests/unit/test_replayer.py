@@ -17,7 +17,7 @@ from protocol.messages import Position
 from receiver.activation import missing_after_activation
 from receiver.config import ReplaySettings, replay_from_doc
 from receiver.copy import StreamCopy
-from receiver.manifest import Installed
+from receiver.manifest import Installed, record_digest
 from receiver.ops import Install, Write
 from receiver.replayer import Gap, Hold, Idle, Replay, Retry, Stopped, next_to_replay, replay_queue, retry_delay
 from receiver.state import CopyState
@@ -59,6 +59,21 @@ def test_a_missing_segment_is_a_gap_never_skipped() -> None:
     assert isinstance(d, Gap) and S3 in d.reason and "missing" in d.reason
     # Replay that has not started must begin at a segment that follows nothing.
     assert isinstance(next_to_replay(LOG[1:], "", 500.0, 0), Gap)
+
+
+def test_a_segment_of_another_history_is_a_gap_even_with_the_right_name() -> None:
+    first = Installed(S1, 10, b"\1" * 16, "", 100.0, b"")
+    ours = Installed(S2, 10, b"\2" * 16, S1, 100.0, record_digest(first))
+    assert next_to_replay([first, ours], S1, 200.0, 0) == Replay(ours)
+    # Same name, same predecessor name, but chained after a different S1 record: another history's S2.
+    other_first = Installed(S1, 11, b"\3" * 16, "", 100.0, b"")
+    theirs = Installed(S2, 10, b"\4" * 16, S1, 100.0, record_digest(other_first))
+    d = next_to_replay([first, theirs], S1, 200.0, 0)
+    assert isinstance(d, Gap) and "another history" in d.reason, d
+    # A first record that claims a predecessor it cannot have.
+    assert isinstance(next_to_replay([Installed(S1, 10, b"\1" * 16, "", 100.0, b"x")], "", 200.0, 0), Gap)
+    # Records written before the chain existed (no pdx) still replay by name.
+    assert next_to_replay([rec(S1, ""), rec(S2, S1)], S1, 200.0, 0) == Replay(rec(S2, S1))
 
 
 def test_retry_delay_doubles_then_gives_up() -> None:
