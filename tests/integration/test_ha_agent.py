@@ -107,3 +107,24 @@ def test_leader_cut_off_from_etcd_demotes_no_split_brain(tmp_path: Path, etcd: E
         for p in (a, b):
             if p is not None:
                 stop_popen(p)
+
+
+def test_majority_of_etcd_lost_nobody_promoted_primary_demotes(tmp_path: Path, etcd: EtcdCluster) -> None:
+    a = agent(tmp_path, "a", etcd.endpoints)
+    b = None
+    try:
+        wait_until(lambda: primaries(tmp_path) == ["a"], 30, what="a promoted")
+        b = agent(tmp_path, "b", etcd.endpoints)
+        wait_until(lambda: "follow a" in roles(tmp_path, "b"), 30, what="b follows a")
+        etcd.kill(1)
+        etcd.kill(2)
+        wait_until(lambda: primaries(tmp_path) == [], 15, what="a demoted (the safe default)")
+        held = time.monotonic()
+        while time.monotonic() - held < 8:  # several TTLs: still nobody promoted
+            assert primaries(tmp_path) == []
+            time.sleep(0.05)
+        assert "promote" not in roles(tmp_path, "b")
+    finally:
+        for p in (a, b):
+            if p is not None:
+                stop_popen(p)
