@@ -130,6 +130,8 @@ def ineligible(view: View, name: str) -> str | None:
         return f"copy epoch {m.epoch} is not the cluster's {view.epoch}"
     if m.mark is None:
         return "no copy position published"
+    if view.epoch == 0:
+        return None  # bootstrap: no leader ever, nothing acknowledged that could be lost
     if p.dial is Dial.LOSSLESS:
         return None if name in view.sync else "not in the sync set (dial lossless)"
     if view.head is None:

@@ -87,6 +87,8 @@ LOSSY = Policy(dial=Dial.GOOD, max_segments_behind=1, max_bytes_behind=1000)
         (standby(policy=LOSSY, members={"b": member("b", 4400, 4)}), 0, Kind.HOLD, "1100 bytes behind"),
         (standby(policy=LOSSY, members={"b": member("b", 5000, 3)}), 0, Kind.HOLD, "2 segments behind"),
         (standby(policy=LOSSY, head=None), 0, Kind.HOLD, "no leader head"),
+        # Bootstrap: epoch 0 has no leader history, nothing acknowledged to lose.
+        (standby(epoch=0, members={"b": member("b", epoch=0)}, sync=frozenset(), head=None), 0, Kind.ACQUIRE, ""),
         # Operator keys: switchover and forced failover name their node; the others hold.
         (standby(switchover_to="b", last_ack=9.9), 10.0, Kind.ACQUIRE, "planned switchover"),
         (standby(switchover_to="c"), 0, Kind.HOLD, "switchover to c"),

@@ -1,0 +1,47 @@
+"""``python -m logship.ha --config node.toml``: the HA agent of one node for one stream (etcd witness)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+import tomllib
+
+from logship.ha.agent import Agent, AgentConfig, load
+from logship.ha.etcd import EtcdClient
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m logship.ha",
+        description="Run the HA agent: hold the stream's leader lease in etcd, promote, demote and follow"
+        " by decide(); runs on_promote / on_demote / on_follow {primary} hooks from the [ha] table.",
+        allow_abbrev=False,
+    )
+    parser.add_argument("--config", required=True, help="TOML file with an [ha] table")
+    args = parser.parse_args(argv)
+    try:
+        with open(args.config, "rb") as f:
+            config = load(tomllib.load(f))
+    except (OSError, ValueError) as e:
+        print(f"logship ha: {args.config}: {e}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    return asyncio.run(_run(config))
+
+
+async def _run(config: AgentConfig) -> int:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    async with EtcdClient(config.endpoints, timeout=max(config.policy.ttl / 4, 0.5)) as client:
+        logging.getLogger("logship.ha").info("agent %s for %s started", config.node, config.daemon.stream)
+        await Agent(config, client).run(stop)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
