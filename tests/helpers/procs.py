@@ -96,6 +96,11 @@ class Proc:
     def count(self, needle: str) -> int:
         return self.log_text().count(needle)
 
+    def unexpected_errors(self) -> list[str]:
+        """Return the log lines that show a traceback or an unretrieved task exception."""
+        needles = ("Traceback (most recent call last)", "Task exception was never retrieved")
+        return [line for line in self.log_text().splitlines() if any(n in line for n in needles)]
+
     def wait_for_line(self, pattern: re.Pattern[str], what: str, timeout: float = 30) -> re.Match[str]:
         """Wait until the latest start logs a line matching ``pattern``; return the match.
 
