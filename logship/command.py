@@ -32,6 +32,7 @@ operator commands:
   fence ...          tell a standby that epoch N exists: older shippers are refused (receiver)
   wait ...           until a segment's bytes are durable at the targets a sync policy requires (shipper)
   loadgen ...        write a test log to ship (segments appended at a rate)
+  ha --config F      run a node's HA agent: leader lease in etcd, promote/demote hooks (docs/failover.md)
 
   shipper CMD ...    any shipper command, explicitly
   receiver CMD ...   any receiver command, explicitly
@@ -54,6 +55,12 @@ def _receiver(argv: list[str]) -> int:
 
 def _loadgen(argv: list[str]) -> int:
     from logship.loadgen import main
+
+    return main(argv)
+
+
+def _ha(argv: list[str]) -> int:
+    from logship.ha.__main__ import main
 
     return main(argv)
 
@@ -107,6 +114,8 @@ def main(argv: list[str] | None = None) -> int:
         return sides[command](rest)
     if command == "loadgen":
         return _loadgen(rest)
+    if command == "ha":
+        return _ha(rest)
     if command in ("status", "suspend", "resume", "activate", "fence", "wait"):
         return sides[side_of(command, rest)]([command, *rest])
     print(f"logship: unknown command {command!r}\n\n{USAGE}", end="", file=sys.stderr)

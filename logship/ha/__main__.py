@@ -15,7 +15,7 @@ from logship.ha.etcd import EtcdClient
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m logship.ha",
+        prog="logship ha",
         description="Run the HA agent: hold the stream's leader lease in etcd, promote, demote and follow"
         " by decide(); runs on_promote / on_demote / on_follow {primary} hooks from the [ha] table.",
         allow_abbrev=False,

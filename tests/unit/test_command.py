@@ -56,3 +56,10 @@ def test_loadgen_writes_segments(tmp_path: Path) -> None:
     assert command.main(["loadgen", "--dir", str(tmp_path), "--segments", "2", "--segment-size", "4096"]) == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["E0000000001.log", "E0000000002.log"]
     assert all(p.stat().st_size == 4096 for p in tmp_path.iterdir())
+
+
+def test_ha_is_routed_to_the_agent_and_refuses_a_missing_config(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert command.main(["ha", "--config", str(tmp_path / "absent.toml")]) == 2
+    assert "absent.toml" in capsys.readouterr().err
