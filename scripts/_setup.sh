@@ -1,7 +1,8 @@
 # Shared setup for scripts/demo and scripts/test: source it, don't run it.
 #
 # Leaves the shell in the repository root with .venv/bin first on PATH and the project installed
-# editable with its test extras. Idempotent: when .venv/.logship-installed is newer than
+# editable with its test extras (with LOGSHIP_SETUP=runtime, as scripts/demo sets it: the runtime only,
+# and no system tools). Idempotent: when .venv/.logship-installed is newer than
 # pyproject.toml it only checks, and takes well under a second.
 # As root it also installs what the tests use from the system (rsync, iproute2, postgresql, mariadb-server, chromium) when missing;
 # without root or apt-get it warns and goes on.
@@ -40,8 +41,20 @@ _setup_python() {
     return 1
 }
 
+# LOGSHIP_SETUP=runtime (scripts/demo) installs the runtime only: no test or bench extras and no system
+# tools; the default (scripts/test) installs everything the tests use.
+_setup_mode="${LOGSHIP_SETUP:-test}"
+
 _setup_venv() {
     local stamp=.venv/.logship-installed
+    local spec=".[test,bench]" what="logship and its test extras"
+    if [ "$_setup_mode" = runtime ]; then
+        # A venv set up for the tests has the runtime too.
+        if [ -f "$stamp" ] && [ "$stamp" -nt pyproject.toml ] && [ -x .venv/bin/python ]; then
+            return 0
+        fi
+        stamp=.venv/.logship-installed-runtime spec="." what="logship (runtime only)"
+    fi
     if [ ! -x .venv/bin/python ]; then
         local py
         py="$(_setup_python)" || { _setup_say "error: need Python >= 3.11"; return 1; }
@@ -59,10 +72,10 @@ _setup_venv() {
     if [ -f "$stamp" ] && [ "$stamp" -nt pyproject.toml ]; then
         return 0
     fi
-    _setup_say "installing logship and its test extras into .venv"
+    _setup_say "installing $what into .venv"
     .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip || _setup_say "warning: pip upgrade failed"
-    .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test,bench]' \
-        || { _setup_say "error: pip install -e '.[test,bench]' failed"; return 1; }
+    .venv/bin/python -m pip install -q --disable-pip-version-check -e "$spec" \
+        || { _setup_say "error: pip install -e '$spec' failed"; return 1; }
     touch "$stamp"
 }
 
@@ -87,7 +100,7 @@ _setup_tools() {
     fi
 }
 
-_setup_tools
+[ "$_setup_mode" = runtime ] || _setup_tools
 _setup_venv || return 1 2>/dev/null || exit 1
 export VIRTUAL_ENV="$LOGSHIP_ROOT/.venv"
 export PATH="$VIRTUAL_ENV/bin:$PATH"
