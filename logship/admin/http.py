@@ -82,6 +82,12 @@ METRICS: dict[str, list[Exported]] = {
         Exported("epoch", "epoch", "The epoch the shipper claims towards the target (its history's, or newer)."),
     ],
     "receiver": [
+        Exported(
+            "copy_queue_segments",
+            "copy_queue_segments",
+            "Segments the attached shipper's source has that this copy lacks (its last HEARTBEAT; absent: none).",
+        ),
+        Exported("copy_queue_bytes", "copy_queue_bytes", "Bytes of that copy queue (absent: no shipper attached)."),
         *_QUEUES,
         Exported(
             "replay_wait_seconds",

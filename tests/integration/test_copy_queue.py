@@ -54,6 +54,9 @@ def test_receiver_copy_queue_during_catch_up(tmp_path: Path, secret: Path, procs
 
     done = wait_until(caught_up, 60, interval=0.3, what="the receiver's copy queue down to 0")
     assert done["copy_queue_bytes"] == 0
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:
+        metrics = resp.read().decode()
+    assert 'logship_receiver_copy_queue_bytes{stream="db1"} 0' in metrics, metrics
     copied = tmp_path / "receiver" / "db1" / "log"
     for i in range(1, SEGMENTS + 1):
         assert (copied / segment_name(i)).read_bytes() == (source / segment_name(i)).read_bytes()
