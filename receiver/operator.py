@@ -67,10 +67,7 @@ def operator_parser() -> argparse.ArgumentParser:
     common(q)
     q.add_argument("--json", action="store_true", help="print JSON instead of a table")
     add_status_flags(q, parse_duration)
-    for name, text in (
-        ("suspend", "stop replaying a stream (copying goes on)"),
-        ("resume", "replay it again; also clears a copy-level Failed"),
-    ):
+    for name, text in (("suspend", "stop replaying a stream (copying goes on)"), ("resume", "replay it again")):
         q = sub.add_parser(name, help=text)
         common(q)
         q.add_argument("--stream", required=True, metavar="S", help="the stream")

@@ -53,9 +53,6 @@ ROLE_MOVES: dict[tuple[Role, str], Role] = {
     (Role.FAILED, "fail"): Role.FAILED,
     (Role.STANDBY, "activate"): Role.ACTIVATED,
     (Role.FAILED, "activate"): Role.ACTIVATED,
-    # An operator's resume vouches for the copy (the cause was fixed by hand): it takes shippers again.
-    (Role.FAILED, "clear_failure"): Role.STANDBY,
-    (Role.STANDBY, "clear_failure"): Role.STANDBY,
 }
 """(role, transition) -> the role after it; a pair not listed is an illegal transition."""
 
@@ -225,11 +222,7 @@ class CopyState:
         self.suspended, self.suspended_at, self.comment = True, at, comment
 
     def resume(self, comment: str | None) -> None:
-        """Replay again from where it stopped, clearing a replay failure and a copy-level Failed."""
-        if self.role is not Role.ACTIVATED:
-            after = self._check("clear_failure")
-            self.failed = None
-            self._arrived(after)
+        """Replay again from where it stopped, clearing a replay failure."""
         self.suspended, self.replay_failed, self.replay_failed_at, self.comment = False, None, None, comment
         if self.replaying is not None:
             # The operator vouches for the target now (fixed by hand): the next run is an ordinary replay.

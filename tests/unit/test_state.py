@@ -145,11 +145,6 @@ def test_suspend_and_resume() -> None:
     state.fail_replay("bad", 6.0)
     state.resume(None)
     assert (state.suspended, state.replay_failed, state.replay_failed_at, state.comment) == (False, None, None, None)
-    # resume also clears a copy-level Failed: the copy takes shippers again.
-    state.fail("chunk digest mismatch (3 times)")
-    assert state.role is Role.FAILED
-    state.resume("link fixed")
-    assert state.role is Role.STANDBY and state.failed is None and state.comment == "link fixed"
     # The role axis is not touched by replay: suspended and activated at once is allowed.
     state.activate(7.0)
     state.suspend(8.0, None)
