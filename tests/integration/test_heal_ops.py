@@ -1,0 +1,70 @@
+"""An operator clears what the service cannot heal by itself (issue 13), with real processes: ``resume``
+clears a copy-level Failed, so the next shipper connection is accepted and the copy converges."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.helpers.copies import assert_copy_converged
+from tests.helpers.procs import Proc, receiver_proc, shipper_proc
+from tests.helpers.source import ROOT, sealed_in_source
+from tests.helpers.waiting import wait_until
+from tests.integration.test_shipper_ops import log_names, write_segments
+
+
+def receiver_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "receiver", *args], capture_output=True, text=True, timeout=60, cwd=ROOT
+    )
+
+
+def test_resume_clears_a_failed_copy_and_the_shipper_gets_in(tmp_path: Path, secret: Path, procs: list[Proc]) -> None:
+    source = tmp_path / "src"
+    source.mkdir()
+    first = write_segments(source, 1, 3)
+    receiver = receiver_proc(tmp_path, secret)
+    procs.append(receiver.start())
+    shipper = shipper_proc(tmp_path, "db1", source, [receiver], secret)
+    procs.append(shipper.start())
+    copy = tmp_path / "receiver" / "db1"
+    wait_until(lambda: log_names(copy) == first[:-1], 30, what="the first sealed segments copied")
+
+    # The copy as a receiver leaves it after repeated SEAL digest failures: Failed, persisted. (Damage on
+    # the wire cannot produce one any more: the frame tags refuse a flipped SEAL first.)
+    receiver.stop()
+    state_path = copy / "state.json"
+    doc = json.loads(state_path.read_text())
+    reason = f"{first[1]}: segment digest mismatch (3 times)"
+    state_path.write_text(json.dumps({**doc, "failed": reason}))
+    receiver.start()
+    wait_until(lambda: receiver.count("is Failed") >= 2, 60, what="two refused connections")
+    more = write_segments(source, 4, 2)
+    assert log_names(copy) == first[:-1]
+    out = receiver_cli("status", "--data-dir", str(tmp_path / "receiver"), "--json")
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert json.loads(out.stdout)["copies"][0]["state"] == "Failed"
+
+    out = receiver_cli("resume", "--stream", "db1", "--data-dir", str(tmp_path / "receiver"))
+    assert out.returncode == 0, out.stderr
+    assert f"copy failure cleared ({reason})" in out.stdout
+    assert "by the running receiver" in out.stdout
+    expect = sealed_in_source(source)
+    assert expect == [*first, *more[:-1]]
+    wait_until(lambda: log_names(copy) == expect, 60, what="the copy converged after resume")
+    assert_copy_converged(source, copy, expect)
+    assert json.loads(state_path.read_text())["failed"] is None
+    assert receiver.count("copy failure cleared") == 1
+
+
+def test_resume_with_no_receiver_running_clears_the_failure_on_disk(tmp_path: Path) -> None:
+    copy = tmp_path / "data" / "db1"
+    (copy / "log").mkdir(parents=True)
+    (copy / "state.json").write_text(json.dumps({"epoch": 1, "failed": "E1: segment digest mismatch (3 times)"}))
+    out = receiver_cli("resume", "--stream", "db1", "--data-dir", str(tmp_path / "data"))
+    assert out.returncode == 0, out.stderr
+    assert "copy failure cleared" in out.stdout and "no receiver running" in out.stdout
+    state = json.loads((copy / "state.json").read_text())
+    assert (state["failed"], state["epoch"]) == (None, 1)
