@@ -4,8 +4,10 @@ clears a copy-level Failed, so the next shipper connection is accepted and the c
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from tests.helpers.copies import assert_copy_converged
@@ -68,3 +70,37 @@ def test_resume_with_no_receiver_running_clears_the_failure_on_disk(tmp_path: Pa
     assert "copy failure cleared" in out.stdout and "no receiver running" in out.stdout
     state = json.loads((copy / "state.json").read_text())
     assert (state["failed"], state["epoch"]) == (None, 1)
+
+
+def test_a_receiver_whose_data_dir_vanished_exits_and_rebuilds_when_restarted(
+    tmp_path: Path, secret: Path, procs: list[Proc]
+) -> None:
+    source = tmp_path / "src"
+    source.mkdir()
+    first = write_segments(source, 1, 3)
+    receiver = receiver_proc(tmp_path, secret)
+    procs.append(receiver.start())
+    procs.append(shipper_proc(tmp_path, "db1", source, [receiver], secret).start())
+    data = tmp_path / "receiver"
+    copy = data / "db1"
+    wait_until(lambda: log_names(copy) == first[:-1], 30, what="the first sealed segments copied")
+
+    shutil.rmtree(data)
+    gone_at = time.monotonic()
+    assert receiver.popen is not None
+    code = receiver.popen.wait(20)
+    print(f"\nfigures: exited {time.monotonic() - gone_at:.1f}s after the data dir was removed")
+    assert code == 1
+    text = receiver.log_text()
+    errors = [line for line in text.splitlines() if " ERROR " in line]
+    assert errors == [errors[0]] and f"data dir {data} was deleted: exiting" in errors[0], errors
+    assert "Traceback" not in text
+
+    # Restarted by the service manager: it makes a fresh data dir and the shipper fills it again.
+    more = write_segments(source, 4, 2)
+    receiver.start()
+    expect = sealed_in_source(source)
+    assert expect == [*first, *more[:-1]]
+    wait_until(lambda: log_names(copy) == expect, 60, what="the copy rebuilt after the restart")
+    assert_copy_converged(source, copy, expect)
+    assert "Traceback" not in receiver.log_text()
