@@ -8,13 +8,15 @@ import shutil
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
+from typing import Any
 
 from tests.helpers.copies import assert_copy_converged
 from tests.helpers.procs import Proc, receiver_proc, shipper_proc
 from tests.helpers.source import ROOT, sealed_in_source
 from tests.helpers.waiting import wait_until
-from tests.integration.test_shipper_ops import log_names, write_segments
+from tests.integration.test_shipper_ops import log_names, status, write_segments
 
 
 def receiver_cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -104,3 +106,63 @@ def test_a_receiver_whose_data_dir_vanished_exits_and_rebuilds_when_restarted(
     wait_until(lambda: log_names(copy) == expect, 60, what="the copy rebuilt after the restart")
     assert_copy_converged(source, copy, expect)
     assert "Traceback" not in receiver.log_text()
+
+
+def metric_lines(port: int, prefix: str) -> list[str]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:
+        return [line for line in resp.read().decode().splitlines() if line.startswith(prefix)]
+
+
+def test_a_vanished_source_dir_shows_failed_everywhere_and_recovers(
+    tmp_path: Path, secret: Path, procs: list[Proc]
+) -> None:
+    source = tmp_path / "src"
+    source.mkdir()
+    first = write_segments(source, 1, 3)
+    receiver = receiver_proc(tmp_path, secret)
+    procs.append(receiver.start())
+    shipper = shipper_proc(tmp_path, "db1", source, [receiver], secret, ["--admin", "127.0.0.1:0"])
+    procs.append(shipper.start())
+    admin = shipper.admin_port()
+    state_dir = Path(shipper.args[shipper.args.index("--state-dir") + 1])
+    copy = tmp_path / "receiver" / "db1"
+    wait_until(lambda: log_names(copy) == first[:-1], 30, what="the first sealed segments copied")
+    wait_until(lambda: status(state_dir)["copies"][0]["state"] == "Healthy", 30, what="Healthy")
+
+    away = tmp_path / "src.away"
+    source.rename(away)
+    reason = f"cannot read source directory {source}: No such file or directory"
+
+    def failed_row() -> dict[str, Any] | None:
+        row = status(state_dir)["copies"][0]
+        return row if row["state"] == "Failed" else None
+
+    row = wait_until(failed_row, 30, what="the shipper's status Failed")
+    assert row["failure"] == reason
+    with urllib.request.urlopen(f"http://127.0.0.1:{admin}/status", timeout=10) as resp:
+        page = json.loads(resp.read())
+    assert (page["copies"][0]["state"], page["copies"][0]["failure"]) == ("Failed", reason)
+    assert any(
+        'state="Failed"' in line and line.endswith(" 1.0") for line in metric_lines(admin, "logship_shipper_state")
+    )
+    out = subprocess.run(
+        [sys.executable, "-m", "shipper", "status", "--state-dir", str(state_dir)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=ROOT,
+    )
+    assert out.returncode == 1 and "cannot read source directory" in out.stdout, out.stdout + out.stderr
+
+    # Back (a remount, an rsync finished): status is Healthy again and new segments flow.
+    away.rename(source)
+    more = write_segments(source, 4, 2)
+    wait_until(lambda: status(state_dir)["copies"][0]["state"] == "Healthy", 30, what="Healthy again")
+    expect = sealed_in_source(source)
+    assert expect == [*first, *more[:-1]]
+    wait_until(lambda: log_names(copy) == expect, 60, what="the copy caught up after the source came back")
+    assert_copy_converged(source, copy, expect)
+    text = shipper.log_text()
+    assert text.count("cannot read source directory") == 1, text
+    assert text.count(f"source directory {source} can be read again") == 1
+    assert "Traceback" not in text
