@@ -106,7 +106,7 @@ class StreamCopy:
         return cleared
 
     def row(self, now: float, running: bool = True) -> dict[str, Any]:
-        return copy_row(
+        row = copy_row(
             self.name,
             self.state,
             self.installed,
@@ -117,6 +117,8 @@ class StreamCopy:
             history_rows(self.store.root),
             self.source_head if running and self.owner is not None else None,
         )
+        # Counted since this receiver started: a running one's status and /metrics only.
+        return {**row, "resends": self.resends} if running else row
 
     def _on_replayed(self) -> None:
         # Tell the attached shipper at once, so its retention need not wait for the next data ACK.
