@@ -51,13 +51,15 @@ def test_resume_clears_a_failed_copy_and_the_shipper_gets_in(tmp_path: Path, sec
     assert out.returncode == 1, out.stdout + out.stderr
     assert json.loads(out.stdout)["copies"][0]["state"] == "Failed"
 
+    resumed_at = time.monotonic()
     out = receiver_cli("resume", "--stream", "db1", "--data-dir", str(tmp_path / "receiver"))
     assert out.returncode == 0, out.stderr
     assert f"copy failure cleared ({reason})" in out.stdout
     assert "by the running receiver" in out.stdout
     expect = sealed_in_source(source)
     assert expect == [*first, *more[:-1]]
-    wait_until(lambda: log_names(copy) == expect, 60, what="the copy converged after resume")
+    wait_until(lambda: log_names(copy) == expect, 60, what="the copy converged after resume", interval=0.05)
+    print(f"\nfigures: converged {time.monotonic() - resumed_at:.1f}s after resume")
     assert_copy_converged(source, copy, expect)
     assert json.loads(state_path.read_text())["failed"] is None
     assert receiver.count("copy failure cleared") == 1
@@ -100,10 +102,12 @@ def test_a_receiver_whose_data_dir_vanished_exits_and_rebuilds_when_restarted(
 
     # Restarted by the service manager: it makes a fresh data dir and the shipper fills it again.
     more = write_segments(source, 4, 2)
+    restarted_at = time.monotonic()
     receiver.start()
     expect = sealed_in_source(source)
     assert expect == [*first, *more[:-1]]
-    wait_until(lambda: log_names(copy) == expect, 60, what="the copy rebuilt after the restart")
+    wait_until(lambda: log_names(copy) == expect, 60, what="the copy rebuilt after the restart", interval=0.05)
+    print(f"figures: rebuilt {time.monotonic() - restarted_at:.1f}s after the restart")
     assert_copy_converged(source, copy, expect)
     assert "Traceback" not in receiver.log_text()
 
@@ -131,13 +135,15 @@ def test_a_vanished_source_dir_shows_failed_everywhere_and_recovers(
 
     away = tmp_path / "src.away"
     source.rename(away)
+    gone_at = time.monotonic()
     reason = f"cannot read source directory {source}: No such file or directory"
 
     def failed_row() -> dict[str, Any] | None:
         row = status(state_dir)["copies"][0]
         return row if row["state"] == "Failed" else None
 
-    row = wait_until(failed_row, 30, what="the shipper's status Failed")
+    row = wait_until(failed_row, 30, what="the shipper's status Failed", interval=0.05)
+    print(f"\nfigures: status Failed {time.monotonic() - gone_at:.1f}s after the source dir went")
     assert row["failure"] == reason
     with urllib.request.urlopen(f"http://127.0.0.1:{admin}/status", timeout=10) as resp:
         page = json.loads(resp.read())
@@ -156,8 +162,10 @@ def test_a_vanished_source_dir_shows_failed_everywhere_and_recovers(
 
     # Back (a remount, an rsync finished): status is Healthy again and new segments flow.
     away.rename(source)
+    back_at = time.monotonic()
     more = write_segments(source, 4, 2)
-    wait_until(lambda: status(state_dir)["copies"][0]["state"] == "Healthy", 30, what="Healthy again")
+    wait_until(lambda: status(state_dir)["copies"][0]["state"] == "Healthy", 30, what="Healthy again", interval=0.05)
+    print(f"figures: Healthy {time.monotonic() - back_at:.1f}s after it came back")
     expect = sealed_in_source(source)
     assert expect == [*first, *more[:-1]]
     wait_until(lambda: log_names(copy) == expect, 60, what="the copy caught up after the source came back")
