@@ -32,11 +32,13 @@ def vanished_reason(path: Path, identity: tuple[int, int]) -> str | None:
 
 
 async def watch_dir(path: Path, interval: float = 1.0) -> str:
-    """Return the reason once ``path`` vanished or was replaced; runs until then (cancel it to stop).
-
-    Raises OSError if ``path`` cannot be read when the watch starts.
-    """
-    identity = dir_identity(path)
+    """Return the reason once ``path`` vanished or was replaced; runs until then (cancel it to stop)."""
+    try:
+        identity = dir_identity(path)
+    except FileNotFoundError:
+        return "was deleted"
+    except OSError as e:
+        return f"cannot be read ({e.strerror})"
     loop = asyncio.get_running_loop()
     while True:
         await asyncio.sleep(interval)

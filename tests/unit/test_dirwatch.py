@@ -38,3 +38,7 @@ def test_watch_dir_returns_once_the_dir_is_gone(tmp_path: Path) -> None:
         return await asyncio.wait_for(watch, 5)
 
     assert asyncio.run(run()) == "was deleted"
+
+
+def test_watch_dir_of_a_dir_already_gone_returns_at_once(tmp_path: Path) -> None:
+    assert asyncio.run(asyncio.wait_for(watch_dir(tmp_path / "none"), 5)) == "was deleted"
