@@ -8,6 +8,8 @@ or work on the data dir directly, under its lock, when no receiver runs.
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
 import logging
 import os
 import ssl
@@ -15,9 +17,21 @@ import sys
 
 import uvloop
 
-from logship.cli import LOG_LEVELS, Parser, add_umask_flag, add_version, apply_umask, daemon_logging, dispatch, guarded
+from logship.cli import (
+    EXIT_FAILED,
+    LOG_LEVELS,
+    Parser,
+    add_umask_flag,
+    add_version,
+    apply_umask,
+    daemon_logging,
+    dispatch,
+    guarded,
+)
 from logship.config import DURATION_FORM, ConfigError
 from logship.daemon import Surfaces, stop_event
+from logship.dirwatch import watch_dir
+from logship.tasks import first_to_end
 from logship.tls import server_tls_context
 from logship.version import version
 from receiver.config import ReceiverSettings, ServerConfig, add_replay_flags, settings_from_args
@@ -125,7 +139,18 @@ async def serve(config: ServerConfig, host: str, port: int, admin: tuple[str, in
         " (TLS)" if config.tls is not None else "",
         config.data_dir,
     )
-    await stop.wait()
+    watch = asyncio.create_task(watch_dir(config.data_dir), name="data-dir-watch")
+    await first_to_end(watch, asyncio.create_task(stop.wait(), name="stop-signal"))
+    gone = watch.result() if watch.done() and not watch.cancelled() else None
+    if gone is not None:
+        # Nothing can be stored any more: exit, so that the service manager restarts the receiver on a
+        # fresh data dir (it rebuilds from the shippers), instead of a zombie that accepts and fails.
+        log.error("data dir %s %s: exiting so that the receiver is restarted", config.data_dir, gone)
+        for step in (surfaces.close, server.stop):
+            # Each step may trip over the missing files: the line above is the one that matters.
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(step(), 10)
+        return EXIT_FAILED
     log.info("stopping: finishing writes in hand")
     await surfaces.close()
     await server.stop()

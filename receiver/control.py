@@ -36,8 +36,8 @@ class Control:
             await copy.suspend(comment)
             return {"ok": True, "row": copy.row(time.time())}
         if op == "resume":
-            await copy.resume(comment)
-            return {"ok": True, "row": copy.row(time.time())}
+            cleared = await copy.resume(comment)
+            return {"ok": True, "row": copy.row(time.time()), "cleared": cleared}
         if op == "activate":
             epoch = request.get("epoch")
             if epoch is not None and (type(epoch) is not int or epoch < 1):

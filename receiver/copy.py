@@ -19,7 +19,7 @@ from receiver.config import ReplaySettings
 from receiver.history_file import history_rows
 from receiver.manifest import Installed
 from receiver.replayer import Replayer
-from receiver.state import load_state
+from receiver.state import Role, load_state
 from receiver.status import copy_row
 from receiver.store import SegmentStore
 
@@ -89,16 +89,24 @@ class StreamCopy:
         await self.save_state()
         log.warning("stream %s: replay suspended%s", self.name, f": {comment}" if comment else "")
 
-    async def resume(self, comment: str | None) -> None:
-        """Replay again from where it stopped; clears a replay failure (persisted)."""
+    async def resume(self, comment: str | None) -> str | None:
+        """Replay again from where it stopped; clear a replay failure and a copy-level one (persisted).
+
+        Return the copy-level failure cleared, if there was one: the next shipper connection is accepted.
+        """
+        cleared = self.state.clear_failure() if self.state.role is Role.FAILED else None
         self.state.resume(comment)
         self.replayer.failures = 0
         await self.save_state()
         self.replayer.wake.set()
-        log.warning("stream %s: replay resumed%s", self.name, f": {comment}" if comment else "")
+        note = f": {comment}" if comment else ""
+        if cleared is not None:
+            log.warning("stream %s: copy failure cleared (%s); shippers are accepted again%s", self.name, cleared, note)
+        log.warning("stream %s: replay resumed%s", self.name, note)
+        return cleared
 
     def row(self, now: float, running: bool = True) -> dict[str, Any]:
-        return copy_row(
+        row = copy_row(
             self.name,
             self.state,
             self.installed,
@@ -109,6 +117,8 @@ class StreamCopy:
             history_rows(self.store.root),
             self.source_head if running and self.owner is not None else None,
         )
+        # Counted since this receiver started: a running one's status and /metrics only.
+        return {**row, "resends": self.resends} if running else row
 
     def _on_replayed(self) -> None:
         # Tell the attached shipper at once, so its retention need not wait for the next data ACK.

@@ -67,7 +67,10 @@ def operator_parser() -> argparse.ArgumentParser:
     common(q)
     q.add_argument("--json", action="store_true", help="print JSON instead of a table")
     add_status_flags(q, parse_duration)
-    for name, text in (("suspend", "stop replaying a stream (copying goes on)"), ("resume", "replay it again")):
+    for name, text in (
+        ("suspend", "stop replaying a stream (copying goes on)"),
+        ("resume", "replay it again; also clears a Failed copy, so shippers are accepted again"),
+    ):
         q = sub.add_parser(name, help=text)
         common(q)
         q.add_argument("--stream", required=True, metavar="S", help="the stream")
@@ -199,14 +202,19 @@ def cmd_suspend_resume(data_dir: Path, command: str, stream: str, comment: str |
     if reply is None:
         with _offline(data_dir):
 
-            async def change() -> None:
+            async def change() -> str | None:
                 copy = StreamCopy(stream, SegmentStore(data_dir / stream))
-                await (copy.suspend(comment) if command == "suspend" else copy.resume(comment))
+                if command == "suspend":
+                    await copy.suspend(comment)
+                    return None
+                return await copy.resume(comment)
 
-            asyncio.run(change())
+            cleared = asyncio.run(change())
         where = "in the data dir (no receiver running)"
     else:
-        where = "by the running receiver"
+        cleared, where = reply.get("cleared"), "by the running receiver"
+    if cleared:
+        print(f"stream {stream}: copy failure cleared ({cleared}); shippers are accepted again")
     print(f"stream {stream}: replay {'suspended' if command == 'suspend' else 'resumed'} {where}")
     return 0
 

@@ -8,8 +8,8 @@ and the control handler look at the state first and answer the peer themselves).
 Two axes:
 
 - The copy's ``Role``, what shippers may do with it: STANDBY (takes shippers of its epoch or a newer
-  one), FAILED (its copy failed verification; shippers are refused until an operator clears ``failed``
-  in state.json), ACTIVATED (the new primary: every shipper is fenced; nothing leads out of it). The
+  one), FAILED (its copy failed verification; shippers are refused until an operator's ``resume``
+  clears it), ACTIVATED (the new primary: every shipper is fenced; nothing leads out of it). The
   moves are the table ``ROLE_MOVES``.
 - Its replay: replaying, suspended by an operator, Failed at a segment. These are flags, legal in every
   role (an activated copy still replays what it verified, and an operator may suspend it); replay only
@@ -51,6 +51,8 @@ ROLE_MOVES: dict[tuple[Role, str], Role] = {
     (Role.FAILED, "adopt_epoch"): Role.FAILED,
     (Role.STANDBY, "fail"): Role.FAILED,
     (Role.FAILED, "fail"): Role.FAILED,
+    # An operator's resume: the source or the link was fixed, shippers may try again.
+    (Role.FAILED, "clear_failure"): Role.STANDBY,
     (Role.STANDBY, "activate"): Role.ACTIVATED,
     (Role.FAILED, "activate"): Role.ACTIVATED,
 }
@@ -158,6 +160,13 @@ class CopyState:
         after = self._check("fail")
         self.failed = reason
         self._arrived(after)
+
+    def clear_failure(self) -> str:
+        """Let shippers in again after a copy-level failure (an operator's resume); return the reason cleared."""
+        after = self._check("clear_failure")
+        reason, self.failed = self.failed or "", None
+        self._arrived(after)
+        return reason
 
     def activate(self, at: float, epoch: int | None = None) -> bool:
         """Make the copy the new primary at ``epoch`` (None: the next one); return False, changing nothing,

@@ -177,6 +177,10 @@ class ShipperService:
                 failure = st.last_error or None
             if st.stuck:
                 failure = f"stuck: {st.stuck}"
+            state = s.state.value
+            if self.tailer.error is not None and s.state not in (TargetState.FENCED, TargetState.SUSPENDED):
+                # Nothing new can be shipped while the source is gone: as loud as a failed copy, until it is back.
+                state, failure = TargetState.FAILED.value, self.tailer.error
             # A fenced target will never catch up: a lag growing forever would page someone forever.
             fenced = s.state is TargetState.FENCED
             lag = None if fenced else round(self.lag[s.name].lag(acked if st.known else None, now), 3)
@@ -194,7 +198,7 @@ class ShipperService:
                     "target": s.name,
                     "epoch": s.epoch,
                     "history": self.stream.history.to_json(),
-                    "state": s.state.value,
+                    "state": state,
                     "copy_queue_segments": cq[0],
                     "copy_queue_bytes": cq[1],
                     "replay_queue_segments": rq[0],

@@ -148,9 +148,11 @@ class Tailer:
         except OSError as e:
             if self.error is None:
                 log.error("cannot read source directory %s: %s", self.source, e.strerror)
-            self.error = str(e)
+            self.error = f"cannot read source directory {self.source}: {e.strerror}"
             return False
-        self.error = None
+        if self.error is not None:
+            log.warning("source directory %s can be read again", self.source)
+            self.error = None
         if names != self.names:
             self._note_late(names)
         entries: list[tuple[str, int, float]] = []

@@ -70,7 +70,12 @@ METRICS: dict[str, list[Exported]] = {
         Exported("holds_retention", "holds_retention", "1 while this target keeps source segments from retention."),
         Exported("retention_removed", "retention_removed_segments", "Segments retention removed or archived.", True),
         Exported("connects", "connects", "Connections made to the target (each reconnect counts).", True),
-        Exported("resends", "resends", "Times the target asked for bytes again (NACK) or a resend was needed.", True),
+        Exported(
+            "resends",
+            "resends",
+            "Resends the target asked for (a NACK after a damaged chunk or a digest mismatch).",
+            True,
+        ),
         Exported("bytes_sent", "sent_bytes", "Payload bytes sent to the target, before compression.", True),
         Exported("bytes_wire", "wire_bytes", "Bytes the DATA frames took on the wire, after compression.", True),
         Exported("window_bytes", "window_bytes", "The send window: unacknowledged bytes allowed in flight."),
@@ -102,6 +107,7 @@ METRICS: dict[str, list[Exported]] = {
         ),
         Exported("last_replayed_at", "last_replayed_timestamp_seconds", "Unix time a segment was last replayed."),
         Exported("activated_at", "activated_timestamp_seconds", "Unix time the copy was activated (absent: never)."),
+        Exported("resends", "resends", "Resends this receiver asked a shipper for (NACK) since it started.", True),
     ],
 }
 """Every metric each daemon exports, by role: the one list the docs' alerts and dashboard are checked against."""

@@ -69,6 +69,7 @@ def test_every_metric_in_the_docs_is_exported(tmp_path: Path, secret: Path, proc
     for name in ("connects", "resends", "sent_bytes", "wire_bytes", "retention_removed_segments"):
         assert families[f"logship_shipper_{name}"][0] == "counter" and f"logship_shipper_{name}_total" in exported
     assert families["logship_receiver_connections"][0] == "counter"
+    assert families["logship_receiver_resends"][0] == "counter" and "logship_receiver_resends_total" in exported
     assert "logship_receiver_refused_busy_connections_total" in exported
     assert not any(name.endswith("_ms") for name in exported), sorted(exported)
     for name, (_, text) in families.items():

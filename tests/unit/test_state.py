@@ -149,3 +149,15 @@ def test_suspend_and_resume() -> None:
     state.activate(7.0)
     state.suspend(8.0, None)
     assert state.role is Role.ACTIVATED and state.suspended
+
+
+def test_clear_failure_lets_shippers_in_again() -> None:
+    state = CopyState(epoch=2)
+    state.fail("E1: segment digest mismatch (3 times)")
+    assert state.clear_failure() == "E1: segment digest mismatch (3 times)"
+    assert (state.role, state.failed, state.epoch) == (Role.STANDBY, None, 2)
+    # Only a Failed copy has a failure to clear; an activated one stays what it is.
+    with pytest.raises(IllegalTransition):
+        state.clear_failure()
+    with pytest.raises(IllegalTransition):
+        CopyState(activated=Activated(1.0, 1, 0), epoch=1, failed="old").clear_failure()
