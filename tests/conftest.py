@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers.procs import Proc
+from tests.helpers.procs import Proc, unexpected_log_lines
 from tests.helpers.source import make_secret
 
 
@@ -17,9 +17,16 @@ def secret(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def procs() -> Iterator[list[Proc]]:
-    """Processes a test starts; every one is stopped by pid at the end, whatever happened."""
+def procs(request: pytest.FixtureRequest) -> Iterator[list[Proc]]:
+    """Processes a test starts; every one is stopped by pid at the end, whatever happened.
+
+    A daemon that logged a traceback or an unretrieved task exception fails the test, unless the test is
+    marked ``expects_traceback``: a crash inside a daemon must never pass because the bytes converged."""
     started: list[Proc] = []
     yield started
     for p in started:
         p.stop(timeout=5)
+    if request.node.get_closest_marker("expects_traceback") is None:
+        found = unexpected_log_lines(started)
+        if found:
+            pytest.fail("a daemon logged what no test expects:\n" + "\n".join(found), pytrace=False)

@@ -163,6 +163,11 @@ class ReceiverProc(Proc):
         return self
 
 
+def unexpected_log_lines(procs: Sequence[Proc]) -> list[str]:
+    """Every traceback or unretrieved-task line the processes logged, each named by its log file."""
+    return [f"{p.log_path.name}: {line}" for p in procs for line in p.unexpected_errors()]
+
+
 def receiver_proc(tmp: Path, secret: Path, name: str = "receiver", extra: list[str] | None = None) -> ReceiverProc:
     """A receiver with its data in ``tmp/name`` and its log in ``tmp/name.log``; ``.port`` once started."""
     args = ["--data-dir", str(tmp / name), "--secret-file", str(secret)]
