@@ -1,12 +1,14 @@
 """A real 3-member etcd cluster on 127.0.0.1 for the failover tests, stopped by pid.
 
 Each member has its own data dir under the test's tmp_path. etcd cannot listen on port 0 and report
-the port, so free ports are found by binding port 0 and closing; the small window in between is the
-price (a member that loses its port fails to start and the cluster start raises).
+the port, so ports are picked below the kernel's ephemeral range (where no outgoing connection takes
+one meanwhile: a port from bind(0) was taken by one in a CI run) and checked free by binding; a start
+where a member still loses its port is retried with new ports, a bounded number of times.
 """
 
 from __future__ import annotations
 
+import random
 import shutil
 import socket
 import subprocess
@@ -27,10 +29,25 @@ def etcd_missing() -> str | None:
     return None
 
 
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port that is free now and below the ephemeral range (20000 up to it)."""
+    high = max(_ephemeral_low(), 20001)
+    for _ in range(200):
+        port = random.randrange(20000, high)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port below the ephemeral range")
 
 
 @dataclass
@@ -65,8 +82,17 @@ class EtcdCluster:
     members: list[Member] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        for i in range(3):
-            self.members.append(Member(f"m{i}", free_port(), free_port(), self.root / f"m{i}", self.root / f"m{i}.log"))
+        self._pick_ports()
+
+    def _pick_ports(self) -> None:
+        ports: set[int] = set()
+        while len(ports) < 6:
+            ports.add(free_port())
+        chosen = sorted(ports, key=lambda _: random.random())
+        self.members = [
+            Member(f"m{i}", chosen[2 * i], chosen[2 * i + 1], self.root / f"m{i}", self.root / f"m{i}.log")
+            for i in range(3)
+        ]
 
     @property
     def endpoints(self) -> list[str]:
@@ -98,11 +124,30 @@ class EtcdCluster:
         with open(m.log_path, "ab") as log:
             m.popen = subprocess.Popen(argv, stdout=log, stderr=log)
 
-    def start(self, timeout: float = 30) -> EtcdCluster:
-        for i in range(len(self.members)):
-            self.start_member(i)
-        wait_until(lambda: all(m.healthy() for m in self.members), timeout, 0.2, "etcd cluster healthy")
+    def start(self, timeout: float = 30, attempts: int = 3) -> EtcdCluster:
+        for attempt in range(1, attempts + 1):
+            for i in range(len(self.members)):
+                self.start_member(i)
+            try:
+                wait_until(self._up_or_lost, timeout, 0.2, "etcd cluster healthy")
+            finally:
+                lost = any(not m.alive() for m in self.members)
+            if not lost:
+                return self
+            # A member died at start (its port was taken): start again on new ports and fresh dirs.
+            self.stop()
+            if attempt == attempts:
+                raise AssertionError(f"etcd did not start in {attempts} attempts; see {self.root}/m*.log")
+            for m in self.members:
+                shutil.rmtree(m.data_dir, ignore_errors=True)
+            self._pick_ports()
         return self
+
+    def _up_or_lost(self) -> bool:
+        """True once every member is healthy, or as soon as one has exited (start() then retries)."""
+        if any(not m.alive() for m in self.members):
+            return True
+        return all(m.healthy() for m in self.members)
 
     def kill(self, i: int) -> None:
         """kill -9 member ``i`` by its pid."""
