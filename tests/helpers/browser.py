@@ -51,13 +51,19 @@ class Browser:
             [exe, *FLAGS, f"--user-data-dir={profile}", url], stdout=self.log, stderr=subprocess.STDOUT
         )
         port_file = profile / "DevToolsActivePort"
-        wait_until(lambda: port_file.exists() and port_file.read_text().strip(), 30, what="chromium's DevTools port")
+        # Complete once it holds both lines (port, browser path): it may be read while being written.
+        wait_until(
+            lambda: port_file.exists() and len(port_file.read_text().split()) >= 2, 30, what="chromium's DevTools port"
+        )
         self.port = int(port_file.read_text().split()[0])
         self.ws_url = wait_until(lambda: self._page_ws(url), 30, what="the page target")
 
     def _page_ws(self, url: str) -> str | None:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/json/list", timeout=5) as resp:
-            targets = json.loads(resp.read())
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/json/list", timeout=5) as resp:
+                targets = json.loads(resp.read())
+        except OSError:
+            return None  # DevTools not answering yet: asked again until the wait's deadline
         for target in targets:
             if target.get("type") == "page" and target.get("url", "").startswith(url):
                 return str(target["webSocketDebuggerUrl"])
