@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -17,15 +15,6 @@ from tests.helpers.etcd import EtcdCluster, etcd_missing
 
 pytestmark = pytest.mark.skipif(etcd_missing() is not None, reason=str(etcd_missing()))
 KEYS = StreamKeys("c1", "sg1")
-
-
-@pytest.fixture
-def etcd(tmp_path: Path) -> Iterator[EtcdCluster]:
-    cluster = EtcdCluster(tmp_path / "etcd")
-    try:
-        yield cluster.start()
-    finally:
-        cluster.stop()
 
 
 async def test_two_racers_one_winner_and_epochs_only_grow(etcd: EtcdCluster) -> None:

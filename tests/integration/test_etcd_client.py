@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -13,15 +11,6 @@ from logship.ha.etcd import Compare, EtcdClient, EtcdUnavailable, put_op
 from tests.helpers.etcd import EtcdCluster, etcd_missing
 
 pytestmark = pytest.mark.skipif(etcd_missing() is not None, reason=str(etcd_missing()))
-
-
-@pytest.fixture
-def etcd(tmp_path: Path) -> Iterator[EtcdCluster]:
-    cluster = EtcdCluster(tmp_path / "etcd")
-    try:
-        yield cluster.start()
-    finally:
-        cluster.stop()
 
 
 async def test_put_range_delete_prefix(etcd: EtcdCluster) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -22,15 +21,6 @@ from tests.helpers.source import ROOT
 from tests.helpers.waiting import wait_until
 
 pytestmark = pytest.mark.skipif(etcd_missing() is not None, reason=str(etcd_missing()))
-
-
-@pytest.fixture
-def etcd(tmp_path: Path) -> Iterator[EtcdCluster]:
-    cluster = EtcdCluster(tmp_path / "etcd")
-    try:
-        yield cluster.start()
-    finally:
-        cluster.stop()
 
 
 def agent(tmp_path: Path, node: str, endpoints: list[str]) -> subprocess.Popen[bytes]:
