@@ -15,6 +15,7 @@ MAX_LINES = 400
 CONFIG_MAY_IMPORT = (
     "logship.config",
     "shipper.config_values",
+    "receiver.replay_config",
     "logship.duration",
     "protocol.names",
     "protocol.compression",
