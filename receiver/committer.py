@@ -16,10 +16,12 @@ from typing import Generic, Protocol, TypeVar
 
 from protocol.aio import FramedConnection
 from protocol.buffers import BufferPool
-from protocol.messages import START, Ack, Position
+from protocol.errors import ErrorCode
+from protocol.messages import START, Ack, Error, Position
 from receiver.ingest import Ingest
 from receiver.manifest import Installed
 from receiver.ops import Install, Op, Restart, Write
+from receiver.space import SpaceGuard, is_no_space
 from receiver.store import SegmentStore
 
 log = logging.getLogger("receiver")
@@ -112,9 +114,11 @@ class Attachment(Generic[C]):
         sealed: bool,
         max_pending: int,
         pool: BufferPool | None = None,
+        space: SpaceGuard | None = None,
     ) -> None:
         self.copy = copy
         self.pool = pool
+        self.space = space
         self.conn = conn
         self.ingest = ingest
         self.acked = durable
@@ -186,12 +190,19 @@ class Attachment(Generic[C]):
             # Storage failed (or, never seen, a bug here): acknowledge nothing more and close, so the
             # shipper reconnects and the copy is recovered from disk, instead of a silent stall.
             self.error = e
-            log.error(
-                "stream %s: storage failed, acknowledging nothing more: %s",
-                self.copy.name,
-                e,
-                exc_info=not isinstance(e, OSError),
-            )
+            if is_no_space(e) and self.space is not None:
+                # Transient: the guard logs the full disk once; the shipper is told to back off
+                # (instead of reconnecting at once into the same full disk).
+                reason = self.space.enospc(e)
+                if not self.conn.closing:
+                    self.conn.send(Error(ErrorCode.NO_SPACE, reason))
+            else:
+                log.error(
+                    "stream %s: storage failed, acknowledging nothing more: %s",
+                    self.copy.name,
+                    e,
+                    exc_info=not isinstance(e, OSError),
+                )
             if syncing is not None:
                 # Let its descriptors be closed before anyone recovers the copy from disk.
                 await asyncio.wait({syncing.synced})

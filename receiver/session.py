@@ -22,7 +22,7 @@ from protocol.aio import ConnectionClosed, FramedConnection
 from protocol.auth import FrameAuthFailed
 from protocol.buffers import BufferPool
 from protocol.compression import ENCODINGS, agreed
-from protocol.errors import ProtocolError, RemoteProtocolError
+from protocol.errors import ErrorCode, ProtocolError, RemoteProtocolError
 from protocol.messages import START, Ack, Data, Error, Heartbeat, Message, Nack, Position, Seal, StreamResume
 from protocol.session import Accepted, ReceiverHandshake
 from receiver.admission import Slot
@@ -31,6 +31,7 @@ from receiver.config import ServerConfig
 from receiver.copy import StreamCopy
 from receiver.ingest import Ingest, Verdict
 from receiver.rewind import check_history
+from receiver.space import SpaceGuard
 
 log = logging.getLogger("receiver")
 
@@ -62,6 +63,12 @@ class Refuse:
 Admit = Attach | Fence | Refuse
 
 
+class NoSpace(ProtocolError):
+    """The data dir is below its min_free: answer ERROR no-space (the shipper backs off) and close."""
+
+    code = ErrorCode.NO_SPACE
+
+
 def admit(claimed: int, epoch: int, failed: str | None, activated: bool, busy: bool) -> Admit:
     """Decide what a shipper of epoch ``claimed`` gets for a copy at ``epoch``; ``busy``: another connection has it."""
     if failed:
@@ -86,11 +93,13 @@ class Session:
         config: ServerConfig,
         copy_for: Callable[[str], StreamCopy],
         pool: BufferPool,
+        space: SpaceGuard | None = None,
     ) -> None:
         self.conn = conn
         self.config = config
         self.copy_for = copy_for
         self.pool = pool
+        self.space = space
         self.hs = ReceiverHandshake(config.node, os.urandom(32), config.secret_for)
         self.cut: dict[str, int] = {}
         """Per stream, the bytes its copy rewound past the fork of the shipper's epoch at this handshake."""
@@ -108,6 +117,11 @@ class Session:
                 slot.release()
             if attachments:
                 await self._serve(attachments)
+        except NoSpace as e:
+            # Logged once by the guard when the disk filled, not per shipper knocking meanwhile.
+            log.debug("%s: %s; told to back off", conn.peer, e)
+            with contextlib.suppress(Exception):
+                conn.send(Error(e.code, str(e)))
         except FrameAuthFailed as e:
             self.frames_refused += 1
             log.warning("%s: refused a frame: %s; closing (nothing of it was applied)", conn.peer, e)
@@ -138,6 +152,7 @@ class Session:
         await conn.drain()
         hello = await conn.recv(self.config.handshake_timeout)
         accepted = hs.receive_hello(hello)
+        self._check_space()
         attachments: dict[str, Attachment[StreamCopy]] = {}
         resumes: list[StreamResume] = []
         try:
@@ -213,7 +228,7 @@ class Session:
         else:
             durable, sealed = Position(rec.last_sealed, rec.last_sealed_size), True
         ingest = Ingest(rec.last_sealed, rec.active, rec.offset, rec.hasher)
-        att = Attachment(copy, self.conn, ingest, durable, sealed, self.config.max_pending, self.pool)
+        att = Attachment(copy, self.conn, ingest, durable, sealed, self.config.max_pending, self.pool, self.space)
         copy.owner = att
         copy.attached_once = True
         log.info(
@@ -223,6 +238,14 @@ class Session:
             resume_text(durable.segment, durable.offset, sealed),
         )
         return att
+
+    def _check_space(self) -> None:
+        """Raise NoSpace when the data dir is below its min_free (the shipper backs off)."""
+        problem = self.space.problem() if self.space is not None else None
+        if problem is not None:
+            if self.space is not None:
+                self.space.refusals += 1
+            raise NoSpace(problem)
 
     def _fence(self, copy: StreamCopy, why: str | None) -> None:
         if why is not None:
@@ -239,6 +262,9 @@ class Session:
                     await att.room.wait()
             msg = await conn.recv(self.config.idle_timeout)
             if isinstance(msg, Data | Seal):
+                # Checked before the frame is taken: below min_free nothing more is accepted (what
+                # is already queued is still written and acknowledged by detach()).
+                self._check_space()
                 att = attachments.get(msg.stream)
                 if att is None:
                     raise RemoteProtocolError(f"stream {msg.stream} was not named in HELLO", code="bad-stream")

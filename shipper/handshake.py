@@ -30,6 +30,15 @@ PERMANENT_CODES = {
 """ERROR codes answering the handshake that retrying does not fix, and what to tell the operator."""
 
 
+BACK_OFF_CODES = {
+    "no-space": "the target's disk is full: {text}",
+    "another-shipper": "{text}",
+}
+"""ERROR codes that say "not now": a transient state of the target that reconnecting at once cannot
+change (its disk is full, another shipper ships the stream). The sender backs off (capped exponential,
+jittered) and shows the target as Retrying with this text, never Failed."""
+
+
 class Reconnect(Exception):
     """End this connection and try again after a pause."""
 
@@ -53,6 +62,9 @@ def refusal(error: Error, stream: str) -> Refused:
     template = PERMANENT_CODES.get(error.code)
     if template is not None:
         return Refused(template.format(stream=stream, text=error.text), error.code, permanent=True)
+    template = BACK_OFF_CODES.get(error.code)
+    if template is not None:
+        return Refused(template.format(stream=stream, text=error.text), error.code, permanent=False)
     return Refused(f"refused: {error.code}: {error.text}", error.code, permanent=False)
 
 

@@ -1,0 +1,136 @@
+"""Free space on the receiver's data dir: the ``min_free`` threshold, and whether a write may go on.
+
+A full disk is transient (protocol/failures.py): the receiver stops taking bytes while the data dir's
+file system has less than ``min_free`` free, tells the shipper ``no-space`` so that it backs off, and
+takes bytes again once space returns. The threshold keeps the disk from being really full, so that
+state.json, the manifest and replay still find room; ENOSPC on a write is handled the same way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from logship.files import write_atomic
+from receiver.space_config import MinFree
+from receiver.store import ReplicaError
+
+log = logging.getLogger("receiver")
+
+NO_SPACE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+class ReplicaNoSpace(ReplicaError):
+    """Replay could not install a segment for lack of space: it waits for space, it never gives up."""
+
+
+SPACE_WAIT_MAX = 30.0
+
+
+def space_wait(waits: int) -> float:
+    """Return the pause before replay tries again after ``waits`` full-disk failures in a row."""
+    return min(SPACE_WAIT_MAX, 2.0 ** (waits - 1))
+
+
+def is_no_space(error: BaseException) -> bool:
+    """Return whether ``error`` is a full disk (or quota): transient, it heals once space returns."""
+    return isinstance(error, OSError) and error.errno in NO_SPACE_ERRNOS
+
+
+async def write_until_room(path: Path, produce: Callable[[], bytes], max_pause: float = 5.0) -> int:
+    """Write ``produce()`` to ``path`` crash-safely, retrying while the disk is full; return the retries.
+
+    ``produce`` is called again for every attempt: what is written is the newest state, not the one of
+    the first try. Any other OSError is raised as before. Logged once per file system episode.
+    """
+    loop = asyncio.get_running_loop()
+    tries = 0
+    while True:
+        try:
+            await loop.run_in_executor(None, write_atomic, path, produce())
+        except OSError as e:
+            if not is_no_space(e):
+                raise
+            tries += 1
+            if tries == 1:
+                log.warning("cannot save %s: %s; retrying until there is space", path, e.strerror or e)
+            await asyncio.sleep(min(max_pause, 0.1 * 2**tries))
+            continue
+        if tries:
+            log.warning("saved %s after %d retries for space", path, tries)
+        return tries
+
+
+def human(n: int) -> str:
+    for unit, size in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{n} bytes"
+
+
+class SpaceGuard:
+    """Whether the data dir has room for more bytes; shared by every connection of one receiver.
+
+    ``problem()`` asks the file system at most every ``interval`` seconds (statvfs is cheap, but it is
+    asked per DATA frame). A full disk is logged once when it begins and once when it ends, however
+    many shippers knock meanwhile.
+    """
+
+    def __init__(self, path: Path, min_free: MinFree | None = None, interval: float = 0.2) -> None:
+        self.path = path
+        self.min_free = min_free or MinFree()
+        self.interval = interval
+        self._checked_at = -1e9
+        self._problem: str | None = None
+        self.full_since: float | None = None
+        """Clock time since when the disk is too full; None while there is room."""
+        self.refusals = 0
+        """Connections and writes turned away for lack of space since this receiver started."""
+
+    def problem(self, now: float | None = None) -> str | None:
+        """Return why no more bytes should be accepted (the disk is too full), or None."""
+        now = time.monotonic() if now is None else now
+        if now - self._checked_at >= self.interval:
+            self._checked_at = now
+            self._set(self._look())
+        return self._problem
+
+    def enospc(self, error: BaseException) -> str:
+        """Record a write that failed for lack of space (ENOSPC / EDQUOT); return the reason to send."""
+        # Checked again at once next time: the disk may have room by then (a remount, a delete).
+        self._checked_at = -1e9
+        looked = self._look()
+        self._set(looked or f"disk full while writing: {getattr(error, 'strerror', None) or error}")
+        assert self._problem is not None
+        return self._problem
+
+    def _look(self) -> str | None:
+        try:
+            st = os.statvfs(self.path)
+        except OSError:
+            # The data dir vanished or cannot be read: logship/dirwatch.py deals with that.
+            return None
+        total = st.f_blocks * st.f_frsize
+        free = st.f_bavail * st.f_frsize
+        need = self.min_free.threshold(total)
+        if free > need:
+            return None
+        return (
+            f"receiver disk full: {human(free)} free of {human(total)} on {self.path}, "
+            f"below min_free {human(need)}; waiting for space"
+        )
+
+    def _set(self, problem: str | None) -> None:
+        if problem is not None and self._problem is None:
+            self.full_since = time.monotonic()
+            log.error("%s (shippers are told to back off; nothing acknowledged is lost)", problem)
+        elif problem is None and self._problem is not None:
+            since = self.full_since or time.monotonic()
+            log.warning("space returned on %s after %.1fs: accepting bytes again", self.path, time.monotonic() - since)
+            self.full_since = None
+        self._problem = problem
