@@ -1,0 +1,129 @@
+"""receiver/space.py: the min_free setting, the guard's verdict on a real file system, and a state save
+that waits out a full disk (a real 256 KiB tmpfs, root only) instead of failing."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from logship.config import ConfigError
+from protocol.failures import Kind, classify_os_error
+from protocol.messages import Error
+from receiver.space import SpaceGuard, is_no_space, write_until_room
+from receiver.space_config import MinFree, parse_min_free
+from shipper.handshake import refusal
+
+MiB = 1 << 20
+
+
+@pytest.mark.parametrize(
+    ("text", "expect"),
+    [
+        ("64MiB", MinFree(size=64 * MiB)),
+        ("0", MinFree(size=0)),
+        (4096, MinFree(size=4096)),
+        ("1%", MinFree(percent=1.0)),
+        (" 0.5% ", MinFree(percent=0.5)),
+    ],
+)
+def test_parse_min_free(text: str | int, expect: MinFree) -> None:
+    assert parse_min_free(text) == expect
+
+
+@pytest.mark.parametrize("text", ["", "-1", "100%", "x%", "5 parsecs", "%"])
+def test_parse_min_free_refuses(text: str) -> None:
+    with pytest.raises(ConfigError, match="min_free"):
+        parse_min_free(text)
+
+
+def test_thresholds() -> None:
+    assert MinFree(size=5).threshold(1 << 40) == 5
+    assert MinFree(percent=2).threshold(1000 * MiB) == 20 * MiB
+    # The default: 64 MiB, but at most 1% of a small file system.
+    assert MinFree().threshold(1 << 40) == 64 * MiB
+    assert MinFree().threshold(100 * MiB) == MiB
+
+
+def test_no_space_is_transient() -> None:
+    full = OSError(errno.ENOSPC, "No space left on device")
+    assert is_no_space(full) and classify_os_error(full) is Kind.TRANSIENT
+    assert not is_no_space(OSError(errno.EACCES, "Permission denied"))
+
+
+def test_no_space_and_another_shipper_are_back_off_refusals() -> None:
+    for code in ("no-space", "another-shipper"):
+        refused = refusal(Error(code, "why"), "db1")
+        assert refused.code == code and not refused.permanent and "why" in str(refused)
+
+
+def test_guard_on_a_real_file_system(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    st = os.statvfs(tmp_path)
+    free = st.f_bavail * st.f_frsize
+    assert SpaceGuard(tmp_path, MinFree(size=0)).problem() is None
+    guard = SpaceGuard(tmp_path, MinFree(size=free + (1 << 40)), interval=0)
+    with caplog.at_level(logging.WARNING, logger="receiver"):
+        for _ in range(5):
+            problem = guard.problem()
+            assert problem is not None and "below min_free" in problem
+        guard.min_free = MinFree(size=0)
+        assert guard.problem() is None
+    # One line when it filled, one when space returned, however often it was asked.
+    assert [r.levelname for r in caplog.records] == ["ERROR", "WARNING"], caplog.text
+
+
+@contextlib.contextmanager
+def tiny_tmpfs(where: Path) -> Iterator[Path]:
+    if os.geteuid() != 0:
+        pytest.skip("needs root to mount a small tmpfs (mount -t tmpfs)")
+    where.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(where)], capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+    try:
+        yield where
+    finally:
+        if subprocess.run(["umount", str(where)], capture_output=True).returncode != 0:
+            subprocess.run(["umount", "-l", str(where)], capture_output=True)
+
+
+def test_state_save_waits_for_space(tmp_path: Path) -> None:
+    with tiny_tmpfs(tmp_path / "fs") as fs:
+        filler = fs / "filler"
+        fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
+        try:
+            with contextlib.suppress(OSError):
+                while True:
+                    os.write(fd, b"x" * 4096)
+        finally:
+            os.close(fd)
+        state = fs / "state.json"
+        versions = iter(range(1000))
+
+        async def scenario() -> int:
+            save = asyncio.create_task(write_until_room(state, lambda: b'{"v": %d}' % next(versions), max_pause=0.1))
+            await asyncio.sleep(0.5)
+            assert not save.done() and not state.exists()
+            filler.unlink()
+            async with asyncio.timeout(5):
+                return await save
+
+        tries = asyncio.run(scenario())
+        # What was written is the newest state (produced again for the try that succeeded).
+        assert state.read_bytes() == b'{"v": %d}' % tries
+    assert tries >= 2
+
+
+def test_state_save_raises_what_space_cannot_fix(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        await write_until_room(tmp_path / "missing" / "state.json", lambda: b"{}")
+
+    with pytest.raises(FileNotFoundError):
+        asyncio.run(scenario())
