@@ -23,6 +23,7 @@ from receiver.manifest import Installed
 from receiver.ops import Install, Op, Restart, Write
 from receiver.space import SpaceGuard, is_no_space
 from receiver.store import SegmentStore
+from receiver.writers import Writer
 
 log = logging.getLogger("receiver")
 
@@ -119,6 +120,8 @@ class Attachment(Generic[C]):
         self.copy = copy
         self.pool = pool
         self.space = space
+        self.who: Writer | None = None
+        """The shipper writing through this attachment (receiver/writers.py), set once attached."""
         self.conn = conn
         self.ingest = ingest
         self.acked = durable

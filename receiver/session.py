@@ -32,6 +32,7 @@ from receiver.copy import StreamCopy
 from receiver.ingest import Ingest, Verdict
 from receiver.rewind import check_history
 from receiver.space import SpaceGuard
+from receiver.writers import Writer, take_over
 
 log = logging.getLogger("receiver")
 
@@ -63,10 +64,13 @@ class Refuse:
 Admit = Attach | Fence | Refuse
 
 
-class NoSpace(ProtocolError):
-    """The data dir is below its min_free: answer ERROR no-space (the shipper backs off) and close."""
+class NotNow(ProtocolError):
+    """Answer ERROR ``code`` (no-space, another-shipper: the shipper backs off) and close; logged at
+    WARNING only when ``loud`` (the first time), so a shipper knocking while it lasts adds no lines."""
 
-    code = ErrorCode.NO_SPACE
+    def __init__(self, message: str, code: str, loud: bool = False) -> None:
+        super().__init__(message, code)
+        self.loud = loud
 
 
 def admit(claimed: int, epoch: int, failed: str | None, activated: bool, busy: bool) -> Admit:
@@ -117,9 +121,9 @@ class Session:
                 slot.release()
             if attachments:
                 await self._serve(attachments)
-        except NoSpace as e:
-            # Logged once by the guard when the disk filled, not per shipper knocking meanwhile.
-            log.debug("%s: %s; told to back off", conn.peer, e)
+        except NotNow as e:
+            # A full disk is logged once by the guard, a second shipper once per shipper id.
+            log.log(logging.WARNING if e.loud else logging.DEBUG, "%s: %s; told to back off", conn.peer, e)
             with contextlib.suppress(Exception):
                 conn.send(Error(e.code, str(e)))
         except FrameAuthFailed as e:
@@ -164,6 +168,8 @@ class Session:
                 if isinstance(decision, Fence):
                     self._fence(copy, decision.why)
                     return attachments
+                newcomer = Writer(hs.peer_node, hs.peer_shipper, str(conn.peer))
+                self._one_writer(copy, newcomer)
                 if decision.take_over and copy.owner is not None:
                     log.info(
                         "stream %s: new connection from %s takes over from %s",
@@ -173,6 +179,8 @@ class Session:
                     )
                     copy.owner.conn.writer.close()
                 att = await self._attach(copy, claim)
+                if att is not None:
+                    att.who = newcomer
                 if att is None:
                     # Activated while we waited for the stream's lock.
                     self._fence(copy, None)
@@ -239,13 +247,25 @@ class Session:
         )
         return att
 
+    def _one_writer(self, copy: StreamCopy, newcomer: Writer) -> None:
+        """Raise NotNow (another-shipper) if a live shipper that took over from this one writes ``copy``."""
+        current = copy.owner.who if copy.owner is not None else None
+        refused = take_over(current, newcomer)
+        if refused is None:
+            return
+        assert current is not None
+        loud = newcomer.shipper not in current.refused
+        current.refused.add(newcomer.shipper)
+        text = f"stream {copy.name}: {refused}; this shipper (node {newcomer.node}, id {newcomer.shipper}) waits"
+        raise NotNow(text, ErrorCode.ANOTHER_SHIPPER, loud)
+
     def _check_space(self) -> None:
-        """Raise NoSpace when the data dir is below its min_free (the shipper backs off)."""
+        """Raise NotNow (no-space) when the data dir is below its min_free (the shipper backs off)."""
         problem = self.space.problem() if self.space is not None else None
         if problem is not None:
             if self.space is not None:
                 self.space.refusals += 1
-            raise NoSpace(problem)
+            raise NotNow(problem, ErrorCode.NO_SPACE)
 
     def _fence(self, copy: StreamCopy, why: str | None) -> None:
         if why is not None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 from collections.abc import Mapping, Sequence
 
 from protocol.aio import FramedConnection
@@ -20,6 +21,10 @@ from protocol.session import ShipperHandshake
 from shipper.settings import SenderConfig
 
 log = logging.getLogger("shipper")
+
+SHIPPER_ID = f"{os.getpid()}.{secrets.token_hex(4)}"
+"""This process's id in HELLO: new at every start (the pid for the operator, random bits so that a
+reused pid on another start differs). The receiver tells a restart from a second live shipper by it."""
 
 PERMANENT_CODES = {
     "auth": "secret mismatch for stream {stream}: both ends must use the same secret file",
@@ -97,7 +102,7 @@ async def handshake(
     if config.payload_mac:
         wanted = (*wanted, PAYLOAD_MAC)
     histories = {stream: config.history}
-    hs = ShipperHandshake(node, os.urandom(32), {stream: secret}, {stream: epoch}, wanted, histories)
+    hs = ShipperHandshake(node, os.urandom(32), {stream: secret}, {stream: epoch}, wanted, histories, SHIPPER_ID)
     challenge = await conn.recv(config.connect_timeout)
     if isinstance(challenge, Error):
         raise refusal(challenge, stream)

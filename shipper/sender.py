@@ -40,9 +40,11 @@ from shipper.window import ChunkSizer, SendWindow, adaptive_window
 log = logging.getLogger("shipper")
 
 TOLD_TO_WAIT_FIRST = 1.0
-TOLD_TO_WAIT_MAX = 10.0
-"""The pause after a target said "not now" (BACK_OFF_CODES) doubles from the first to the cap: a full
-disk for minutes costs one attempt every ~10 s, and convergence after space returns waits at most that."""
+TOLD_TO_WAIT_MAX = {"no-space": 10.0, "another-shipper": 30.0}
+"""The pause after a target said "not now" (BACK_OFF_CODES) doubles from the first to its cap: a full
+disk for minutes costs one attempt every ~10 s (and convergence after space returns waits at most that);
+a second live shipper of the stream asks again every 30 s, and takes over that long after the first
+one is gone at most."""
 
 
 class TargetSender(Replies):
@@ -164,13 +166,14 @@ class TargetSender(Replies):
 
     async def _told_to_back_off(self, code: str, text: str) -> None:
         """The target said "not now" (its disk is full, another shipper has the stream): show Retrying
-        with the reason and a count, and wait a pause that doubles up to ``TOLD_TO_WAIT_MAX`` (jittered,
+        with the reason and a count, and wait a pause that doubles up to its cap (jittered,
         so that many shippers of one full receiver do not come back together)."""
         self._told_to_wait += 1
         n = self._told_to_wait
-        pause = min(TOLD_TO_WAIT_MAX, TOLD_TO_WAIT_FIRST * 2 ** (n - 1)) * random.uniform(0.8, 1.2)
+        cap = TOLD_TO_WAIT_MAX.get(code, 10.0)
+        pause = min(cap, TOLD_TO_WAIT_FIRST * 2 ** (n - 1)) * random.uniform(0.8, 1.2)
         if n == 1 or code != self._told_code:
-            args = (self.name, self.stream, text, TOLD_TO_WAIT_MAX)
+            args = (self.name, self.stream, text, cap)
             log.warning("target %s (stream %s): %s; backing off (pauses up to %gs)", *args)
         else:
             log.debug("target %s (stream %s): %s x%d; next try in %.1fs", self.name, self.stream, text, n, pause)
