@@ -222,7 +222,8 @@ class AdminServer:
     async def _wait(self, request: web.Request) -> web.Response:
         """POST /wait: a JSON object with the fields of ``wait`` (it only watches: nothing changes).
 
-        200 satisfied, 408 timed out, 400 a request that cannot mean anything; the body says why.
+        200 satisfied, 408 timed out, 503 failed (the source dir is gone), 400 a request that cannot mean
+        anything; the body says why.
         """
         assert self.wait is not None
         try:
@@ -234,5 +235,5 @@ class AdminServer:
         body.pop("op", None)
         reply = await self.wait(body)
         reply.pop("ok", None)
-        code = {"satisfied": 200, "timeout": 408}.get(str(reply.get("outcome")), 400)
+        code = {"satisfied": 200, "timeout": 408, "failed": 503}.get(str(reply.get("outcome")), 400)
         return web.json_response(reply, status=code)
