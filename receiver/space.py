@@ -73,6 +73,11 @@ def human(n: int) -> str:
     return f"{n} bytes"
 
 
+ENOSPC_ROOM = 8 * 1024 * 1024
+"""Room beyond the free space of a failed write that counts as space returned (a few batches; at most
+a tenth of the file system)."""
+
+
 class SpaceGuard:
     """Whether the data dir has room for more bytes; shared by every connection of one receiver.
 
@@ -87,6 +92,8 @@ class SpaceGuard:
         self.interval = interval
         self._checked_at = -1e9
         self._problem: str | None = None
+        self._floor = 0
+        """Free bytes at the last ENOSPC plus ``ENOSPC_ROOM``: full until there is more (0: none)."""
         self.full_since: float | None = None
         """Clock time since when the disk is too full; None while there is room."""
         self.refusals = 0
@@ -102,27 +109,36 @@ class SpaceGuard:
 
     def enospc(self, error: BaseException) -> str:
         """Record a write that failed for lack of space (ENOSPC / EDQUOT); return the reason to send."""
-        # Checked again at once next time: the disk may have room by then (a remount, a delete).
-        self._checked_at = -1e9
-        looked = self._look()
-        self._set(looked or f"disk full while writing: {getattr(error, 'strerror', None) or error}")
+        # The file system said no at this much free space: until it has clearly more (``ENOSPC_ROOM``
+        # above it), it counts as full even if that is above min_free, so that a write larger than
+        # min_free does not fail, "recover" and fail again every few seconds.
+        free, total = self._free()
+        self._floor = free + min(ENOSPC_ROOM, total // 10)
+        self._checked_at = time.monotonic()
+        self._set(self._look() or f"disk full while writing: {getattr(error, 'strerror', None) or error}")
         assert self._problem is not None
         return self._problem
 
-    def _look(self) -> str | None:
+    def _free(self) -> tuple[int, int]:
+        """Return (free, total) bytes of the data dir's file system ((0, 0) if it cannot be asked)."""
         try:
             st = os.statvfs(self.path)
         except OSError:
+            return 0, 0
+        return st.f_bavail * st.f_frsize, st.f_blocks * st.f_frsize
+
+    def _look(self) -> str | None:
+        free, total = self._free()
+        if total == 0:
             # The data dir vanished or cannot be read: logship/dirwatch.py deals with that.
             return None
-        total = st.f_blocks * st.f_frsize
-        free = st.f_bavail * st.f_frsize
-        need = self.min_free.threshold(total)
+        need = max(self.min_free.threshold(total), self._floor)
         if free > need:
+            self._floor = 0
             return None
         return (
             f"receiver disk full: {human(free)} free of {human(total)} on {self.path}, "
-            f"below min_free {human(need)}; waiting for space"
+            f"below the {human(need)} it keeps free (min_free {self.min_free}); waiting for space"
         )
 
     def _set(self, problem: str | None) -> None:

@@ -5,7 +5,8 @@ no command (issue 13).
 The copy's data dir and its replica/ each live on a small tmpfs the test mounts (root only; skipped,
 saying why, elsewhere): replica/ is a symlink to the second one, so that replay copies (instead of
 hard-linking) and meets the full disk too. Space returns by remounting both larger. Unmounted in a
-finally, whatever happens. ``LOGSHIP_HEAVY=1`` holds the disk full for 20 s (12 s otherwise).
+finally, whatever happens. ``LOGSHIP_HEAVY=1`` holds the disk full for 20 s (12 s otherwise) with a
+backlog of ~100 MiB (~24 MB otherwise).
 """
 
 from __future__ import annotations
@@ -28,7 +29,11 @@ from tests.helpers.procs import Proc, ReceiverProc, shipper_proc
 from tests.helpers.source import SourceWriter, sealed_in_source
 from tests.helpers.waiting import wait_until
 
-HOLD = 20.0 if os.environ.get("LOGSHIP_HEAVY") else 12.0
+HEAVY = bool(os.environ.get("LOGSHIP_HEAVY"))
+HOLD = 20.0 if HEAVY else 12.0
+SEGMENTS = 170 if HEAVY else 40
+"""~100 MiB of backlog (heavy) or ~24 MB, into an 8 MiB data dir."""
+GROWN = "256m" if HEAVY else "64m"
 
 
 def _mount(args: list[str]) -> subprocess.CompletedProcess[str]:
@@ -122,8 +127,8 @@ def _run(tmp_path: Path, small: Path, replica: Path, secret: Path, procs: list[P
     )
     procs += [receiver.start(), shipper.start()]
     disk = DiskChecker(source, copy)
-    sizes = [rnd.randint(300_000, 900_000) for _ in range(40)]  # ~24 MB into 8 MB
-    writer = SourceWriter(source, sizes, rate=12e6, seed=37).start()
+    sizes = [rnd.randint(300_000, 900_000) for _ in range(SEGMENTS)]
+    writer = SourceWriter(source, sizes, rate=30e6 if HEAVY else 12e6, seed=37).start()
     with Watch(shipper.admin_port(), receiver.admin_port()) as watch:
         try:
             wait_until(lambda: receiver.count("receiver disk full") >= 1, 60, what="the receiver to see a full disk")
@@ -148,7 +153,7 @@ def _run(tmp_path: Path, small: Path, replica: Path, secret: Path, procs: list[P
             assert writer.done_full.wait(60)
             grown_at = time.monotonic()
             for where in (small, replica):
-                grown = _mount(["-o", "remount,size=64m", str(where)])
+                grown = _mount(["-o", f"remount,size={GROWN}", str(where)])
                 assert grown.returncode == 0, grown.stderr
             disk.wait_converged(90, "log/ converged once space returned")
             expect = sealed_in_source(source)
@@ -173,13 +178,10 @@ def _run(tmp_path: Path, small: Path, replica: Path, secret: Path, procs: list[P
         "state_saves_retried": receiver.count("cannot save"),
         "acked_while_full": f"{acked_while_full.segment}@{acked_while_full.offset}" if acked_while_full else "-",
     }
+    fault = f"receiver disk full (8 MiB tmpfs + 4 MiB replica, {SEGMENTS} segments, then {GROWN})"
     record(
         "disk_full",
-        [
-            FaultFigures(
-                "receiver disk full (8 MiB tmpfs + 4 MiB replica, then 64 MiB)", attempts, total, 0, 0, seconds, figures
-            )
-        ],
+        [FaultFigures(fault, attempts, total, 0, 0, seconds, figures)],
     )
     print("\nfigures: " + " ".join(f"{k}={v}" for k, v in figures.items()) + f" bytes={total}")
     for name in expect:

@@ -72,7 +72,7 @@ def test_guard_on_a_real_file_system(tmp_path: Path, caplog: pytest.LogCaptureFi
     with caplog.at_level(logging.WARNING, logger="receiver"):
         for _ in range(5):
             problem = guard.problem()
-            assert problem is not None and "below min_free" in problem
+            assert problem is not None and "it keeps free" in problem
         guard.min_free = MinFree(size=0)
         assert guard.problem() is None
     # One line when it filled, one when space returned, however often it was asked.
@@ -94,16 +94,33 @@ def tiny_tmpfs(where: Path) -> Iterator[Path]:
             subprocess.run(["umount", "-l", str(where)], capture_output=True)
 
 
+def fill(filler: Path) -> None:
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        with contextlib.suppress(OSError):
+            while True:
+                os.write(fd, b"x" * 4096)
+    finally:
+        os.close(fd)
+
+
+def test_after_enospc_full_until_there_is_clearly_more_room(tmp_path: Path) -> None:
+    with tiny_tmpfs(tmp_path / "fs") as fs:
+        fill(fs / "filler")
+        os.truncate(fs / "filler", 128 * 1024)  # half free again: above min_free 0, as after a large write
+        guard = SpaceGuard(fs, MinFree(size=0), interval=0)
+        assert guard.problem() is None
+        assert "disk full" in guard.enospc(OSError(errno.ENOSPC, "No space left on device"))
+        # The same free space that failed is not "space returned": no fail-recover-fail cycle.
+        assert guard.problem() is not None
+        (fs / "filler").unlink()
+        assert guard.problem() is None
+
+
 def test_state_save_waits_for_space(tmp_path: Path) -> None:
     with tiny_tmpfs(tmp_path / "fs") as fs:
         filler = fs / "filler"
-        fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
-        try:
-            with contextlib.suppress(OSError):
-                while True:
-                    os.write(fd, b"x" * 4096)
-        finally:
-            os.close(fd)
+        fill(filler)
         state = fs / "state.json"
         versions = iter(range(1000))
 
