@@ -62,6 +62,8 @@ class _Batch:
         """Acknowledged (or found not to need it): by ``on_synced`` or the commit loop, once."""
         self._on_synced = on_synced
         self.events: list[Install | Restart] = []
+        self.installed_before_failure: list[Installed] = []
+        """What a write that failed part-way had installed already (in log/ and the manifest)."""
         ack: tuple[Position, bool] | None = None
         for op in ops:
             if isinstance(op, Write):
@@ -81,6 +83,8 @@ class _Batch:
         try:
             pending, installed = store.write(ops)
         except BaseException as e:
+            # Set before the loop hears of the failure (the call below), so it reads the final list.
+            self.installed_before_failure = list(getattr(store, "installed", ()))
             loop.call_soon_threadsafe(_settle, self.written, None, e)
             raise
         loop.call_soon_threadsafe(_settle, self.written, installed, None)
@@ -167,6 +171,9 @@ class Attachment(Generic[C]):
                         installed = await batch.written
                     except Exception:
                         await asyncio.wait({batch.synced})
+                        # Segments installed before the write failed (ENOSPC on a later chunk) are in
+                        # log/ and the manifest: replay must know them, or it sees a gap and Fails.
+                        self.copy.on_installed(batch.installed_before_failure)
                         raise
                     # Only one write at a time: the store's open segment is the writer's state.
                     self.copy.on_installed(installed)

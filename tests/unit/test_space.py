@@ -15,10 +15,15 @@ from pathlib import Path
 import pytest
 
 from logship.config import ConfigError
+from protocol.digest import chunk_digest, segment_hasher
 from protocol.failures import Kind, classify_os_error
-from protocol.messages import Error
+from protocol.messages import Error, Position
+from receiver.committer import Attachment
+from receiver.manifest import Installed
+from receiver.ops import Install, Op, Write
 from receiver.space import SpaceGuard, is_no_space, write_until_room
 from receiver.space_config import MinFree, parse_min_free
+from receiver.store import SegmentStore
 from shipper.handshake import refusal
 
 MiB = 1 << 20
@@ -144,3 +149,62 @@ def test_state_save_raises_what_space_cannot_fix(tmp_path: Path) -> None:
 
     with pytest.raises(FileNotFoundError):
         asyncio.run(scenario())
+
+
+class _Conn:
+    """What a committer needs of a connection: the frames it sent, and whether it was closed."""
+
+    closing = False
+
+    def __init__(self) -> None:
+        self.sent: list[object] = []
+        self.writer = self
+        self.closed = False
+
+    def send(self, msg: object) -> int:
+        self.sent.append(msg)
+        return 0
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class _Copy:
+    name = "db1"
+    replayed_position = Position("", 0)
+
+    def __init__(self, store: SegmentStore) -> None:
+        self.store = store
+        self.installed: list[Installed] = []
+
+    def on_installed(self, records: list[Installed]) -> None:
+        self.installed += records
+
+
+def test_a_batch_that_fills_the_disk_after_an_install_still_reports_the_install(tmp_path: Path) -> None:
+    # Replay learns of installs only from the committer: one lost here was a gap replay Failed on.
+    with tiny_tmpfs(tmp_path / "fs") as fs:
+        store = SegmentStore(fs / "db1")
+        first, second = b"a" * 4096, os.urandom(1 << 20)  # the second does not fit in 256 KiB
+        h = segment_hasher()
+        h.update(first)
+        ops: list[Op] = [
+            Write("E1", 0, first, chunk_digest("E1", 0, first)),
+            Install("E1", len(first), h.digest(), ""),
+            Write("E2", 0, second, chunk_digest("E2", 0, second)),
+        ]
+        copy, conn = _Copy(store), _Conn()
+        guard = SpaceGuard(fs, MinFree(size=0))
+
+        async def scenario() -> Attachment[_Copy]:
+            att = Attachment(copy, conn, None, Position("", 0), True, 1 << 30, None, guard)  # type: ignore[arg-type]
+            att.submit(ops)
+            async with asyncio.timeout(10):
+                await att.task
+            return att
+
+        att = asyncio.run(scenario())
+        assert is_no_space(att.error) and conn.closed  # type: ignore[arg-type]
+        assert [r.name for r in copy.installed] == ["E1"]
+        assert [m.code for m in conn.sent if isinstance(m, Error)] == ["no-space"]
+        assert guard.problem() is not None
