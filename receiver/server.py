@@ -77,13 +77,11 @@ class ReceiverServer:
                 "max_unauthenticated": self.config.max_unauthenticated,
                 "refused_busy": admission.refused_busy,
                 "frames_refused": admission.frames_refused,
+                "refused_no_space": self.space.refusals,
+                "disk_full": int(self.space.problem() is not None),
             },
             # A full data dir (below --min-free): shippers are told to back off until space returns.
-            "space": {
-                "problem": self.space.problem(),
-                "min_free": str(self.config.min_free),
-                "refusals": self.space.refusals,
-            },
+            "space": {"problem": self.space.problem(), "min_free": str(self.config.min_free)},
         }
 
     async def start(self, host: str, port: int) -> tuple[str, int]:

@@ -112,6 +112,7 @@ class SpaceGuard:
         # The file system said no at this much free space: until it has clearly more (``ENOSPC_ROOM``
         # above it), it counts as full even if that is above min_free, so that a write larger than
         # min_free does not fail, "recover" and fail again every few seconds.
+        self.refusals += 1
         free, total = self._free()
         self._floor = free + min(ENOSPC_ROOM, total // 10)
         self._checked_at = time.monotonic()

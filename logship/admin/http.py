@@ -117,6 +117,8 @@ CONNECTION_METRICS = [
     Exported("unauthenticated", "unauthenticated_connections", "Connections still in TLS or the handshake."),
     Exported("max_unauthenticated", "max_unauthenticated_connections", "The --max-unauthenticated cap."),
     Exported("refused_busy", "refused_busy_connections", "Connections closed at once: the cap was reached.", True),
+    Exported("refused_no_space", "refused_no_space", "Handshakes and writes told to back off: disk full.", True),
+    Exported("disk_full", "disk_full", "1 while the data dir is below --min-free (or a write found it full)."),
 ]
 """The receiver's ``connections`` block (how close it is to refusing new peers)."""
 

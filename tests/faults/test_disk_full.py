@@ -45,6 +45,14 @@ def _umount(path: Path) -> None:
         subprocess.run(["umount", "-l", str(path)], capture_output=True, timeout=30)
 
 
+def _metric(port: int, name: str) -> float:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:
+        for line in resp.read().decode().splitlines():
+            if line.startswith(name + " "):
+                return float(line.split()[1])
+    raise AssertionError(f"no {name} at /metrics")
+
+
 def _status(port: int) -> dict[str, Any]:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/status", timeout=10) as resp:
         doc: dict[str, Any] = json.loads(resp.read())
@@ -145,6 +153,7 @@ def _run(tmp_path: Path, small: Path, replica: Path, secret: Path, procs: list[P
                 checks += 1
                 time.sleep(0.5)
             held = time.monotonic() - full_at
+            full_gauge = _metric(receiver.admin_port(), "logship_receiver_disk_full")
             assert receiver.alive(), "the receiver died of a full disk"
             receiver_lines = len(receiver.log_text().splitlines()) - lines_before
             connects = shipper.count(": connected, ") - connects_before
@@ -184,6 +193,9 @@ def _run(tmp_path: Path, small: Path, replica: Path, secret: Path, procs: list[P
         [FaultFigures(fault, attempts, total, 0, 0, seconds, figures)],
     )
     print("\nfigures: " + " ".join(f"{k}={v}" for k, v in figures.items()) + f" bytes={total}")
+    assert full_gauge == 1.0
+    assert _metric(receiver.admin_port(), "logship_receiver_disk_full") == 0.0
+    assert _metric(receiver.admin_port(), "logship_receiver_refused_no_space_total") >= 1
     for name in expect:
         assert digest_file(replica / name) == digest_file(source / name), name
     # Told to back off, not cycling: a handful of attempts over the whole period, each one line at most.
