@@ -126,6 +126,8 @@ class Attachment(Generic[C]):
         self.space = space
         self.who: Writer | None = None
         """The shipper writing through this attachment (receiver/writers.py), set once attached."""
+        self.taken_over_by: Writer | None = None
+        """The shipper of the connection taking this one over (waiting for the stream's lock)."""
         self.conn = conn
         self.ingest = ingest
         self.acked = durable

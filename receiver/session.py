@@ -177,6 +177,7 @@ class Session:
                         conn.peer,
                         copy.owner.conn.peer,
                     )
+                    copy.owner.taken_over_by = newcomer
                     copy.owner.conn.writer.close()
                 att = await self._attach(copy, claim)
                 if att is not None:
@@ -249,7 +250,10 @@ class Session:
 
     def _one_writer(self, copy: StreamCopy, newcomer: Writer) -> None:
         """Raise NotNow (another-shipper) if a live shipper that took over from this one writes ``copy``."""
-        current = copy.owner.who if copy.owner is not None else None
+        owner = copy.owner
+        # Judged against the connection about to take over, if one is (it waits for the lock): the
+        # old one is closing, and a shipper it displaced must not slip in behind it.
+        current = None if owner is None else owner.taken_over_by or owner.who
         refused = take_over(current, newcomer)
         if refused is None:
             return
