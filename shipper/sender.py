@@ -39,12 +39,11 @@ from shipper.window import ChunkSizer, SendWindow, adaptive_window
 
 log = logging.getLogger("shipper")
 
-TOLD_TO_WAIT_FIRST = 1.0
-TOLD_TO_WAIT_MAX = {"no-space": 10.0, "another-shipper": 30.0}
-"""The pause after a target said "not now" (BACK_OFF_CODES) doubles from the first to its cap: a full
-disk for minutes costs one attempt every ~10 s (and convergence after space returns waits at most that);
-a second live shipper of the stream asks again every 30 s, and takes over that long after the first
-one is gone at most."""
+TOLD_TO_WAIT = {"no-space": (1.0, 10.0), "another-shipper": (4.0, 30.0)}
+"""The first pause and the cap after a target said "not now" (BACK_OFF_CODES); the pause doubles in
+between. A full disk for minutes costs one attempt every ~10 s (and convergence after space returns
+waits at most that); a second live shipper of the stream asks 4 times in its first minute, then every
+30 s, and gets in at most that long after the first one is gone."""
 
 
 class TargetSender(Replies):
@@ -170,8 +169,8 @@ class TargetSender(Replies):
         so that many shippers of one full receiver do not come back together)."""
         self._told_to_wait += 1
         n = self._told_to_wait
-        cap = TOLD_TO_WAIT_MAX.get(code, 10.0)
-        pause = min(cap, TOLD_TO_WAIT_FIRST * 2 ** (n - 1)) * random.uniform(0.8, 1.2)
+        first, cap = TOLD_TO_WAIT.get(code, (1.0, 10.0))
+        pause = min(cap, first * 2 ** (n - 1)) * random.uniform(0.8, 1.2)
         if n == 1 or code != self._told_code:
             args = (self.name, self.stream, text, cap)
             log.warning("target %s (stream %s): %s; backing off (pauses up to %gs)", *args)
