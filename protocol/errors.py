@@ -43,6 +43,10 @@ class ErrorCode(enum.StrEnum):
     """No protocol version both ends speak."""
     FAILED = "failed"
     """The stream's copy is Failed at the receiver: it accepts nothing until an operator acts."""
+    NO_SPACE = "no-space"
+    """The receiver's disk is full (or below its ``min_free``): back off and try again later (transient)."""
+    ANOTHER_SHIPPER = "another-shipper"
+    """Another live shipper ships this stream to this receiver: back off while it does (transient)."""
 
 
 class ProtocolError(Exception):

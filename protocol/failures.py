@@ -33,6 +33,13 @@ FAILURES: dict[str, Kind] = {
 }
 """Failure name -> its kind; the rows of docs/reliability.md's table."""
 
+ERROR_CODES: dict[str, str] = {
+    "no-space": "disk full",
+    "another-shipper": "another shipper",
+}
+"""ERROR codes that name a transient failure of the receiver's: the shipper backs off from them and shows
+Retrying (shipper/handshake.py's BACK_OFF_CODES are exactly these)."""
+
 _TRANSIENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EAGAIN, errno.EINTR, errno.ETIMEDOUT}
 
 

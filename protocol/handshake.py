@@ -62,9 +62,19 @@ class StreamClaim:
         return cls(fields.stream(m), fields.integer(m, "epoch"), fields.octets(m, "proof", PROOF_SIZE), fields.forks(m))
 
 
+MAX_SHIPPER_ID = 64
+
+
 @dataclass(frozen=True, slots=True)
 class Hello:
-    """Shipper -> receiver: the chosen version, who it is, and a proof per stream."""
+    """Shipper -> receiver: the chosen version, who it is, and a proof per stream.
+
+    ``shipper`` is the shipper process's own id (new at every start), which tells a restarted shipper
+    from a second live one of the same node. Optional and additive: absent on the wire when empty (as
+    older shippers send it), ignored by older receivers, and not bound by the proofs (they bind the
+    node; an older receiver's proof check must still pass). A relay that rewrites it can only make
+    the receiver refuse or take over a connection, which cutting the connection does as well.
+    """
 
     TYPE: ClassVar[str] = "HELLO"
     version: int
@@ -72,9 +82,10 @@ class Hello:
     nonce: bytes
     streams: tuple[StreamClaim, ...]
     features: tuple[str, ...] = ()
+    shipper: str = ""
 
     def to_header(self) -> dict[str, Any]:
-        return {
+        h = {
             "t": self.TYPE,
             "version": self.version,
             "node": self.node,
@@ -82,6 +93,9 @@ class Hello:
             "streams": [s.to_map() for s in self.streams],
             "features": list(self.features),
         }
+        if self.shipper:
+            h["sid"] = self.shipper
+        return h
 
     @classmethod
     def from_header(cls, h: Mapping[str, Any]) -> Hello:
@@ -92,6 +106,7 @@ class Hello:
             fields.octets(h, "nonce", NONCE_SIZE),
             streams,
             fields.features(h),
+            fields.text(h, "sid", MAX_SHIPPER_ID) if "sid" in h else "",
         )
 
 

@@ -132,6 +132,8 @@ class ReceiverHandshake:
         self.state = HandshakeState.START
         self.version = 0
         self.peer_node = ""
+        self.peer_shipper = ""
+        """The shipper process's id from its HELLO ("" from an older shipper)."""
         self._peer_nonce = b""
         self._secrets: dict[str, bytes] = {}
         self.features: tuple[str, ...] = ()
@@ -180,6 +182,7 @@ class ReceiverHandshake:
             self._secrets[claim.stream] = secret
         self.version = hello.version
         self.peer_node = hello.node
+        self.peer_shipper = hello.shipper
         self._peer_nonce = hello.nonce
         self.features = hello.features
         self.state = done
@@ -248,10 +251,13 @@ class ShipperHandshake:
         epochs: Mapping[str, int],
         features: tuple[str, ...] = (),
         histories: Mapping[str, History] | None = None,
+        shipper: str = "",
     ) -> None:
         if len(nonce) != NONCE_SIZE:
             raise LocalProtocolError("nonce must be 32 bytes")
         self.node = node
+        self.shipper = shipper
+        """This shipper process's id, sent in HELLO (tells a restart from a second live shipper)."""
         self.nonce = nonce
         self._secrets = dict(secrets)
         self._epochs = dict(epochs)
@@ -283,7 +289,7 @@ class ShipperHandshake:
         claims = tuple(self._claim(stream, secret, challenge.nonce) for stream, secret in self._secrets.items())
         self.state = waiting
         self._version = max(common)
-        return Hello(self._version, self.node, self.nonce, claims, self.features)
+        return Hello(self._version, self.node, self.nonce, claims, self.features, self.shipper)
 
     def receive_welcome(self, msg: object) -> dict[str, StreamResume | Fenced]:
         """Check the receiver's answer; return, per stream, where to resume or that it is fenced.

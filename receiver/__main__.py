@@ -79,6 +79,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="require every shipper to present a client certificate signed by this CA (needs --tls-cert)",
     )
+    p.add_argument(
+        "--min-free",
+        metavar="SIZE|PERCENT",
+        help="free space the data dir keeps (e.g. 64MiB, 1%%): below it shippers are told to back off until "
+        "space returns (default 64MiB, at most 1%% of the file system)",
+    )
     add_replay_flags(p)
     p.add_argument(
         "--no-rewind",
@@ -196,6 +202,7 @@ def daemon_main(argv: list[str]) -> int:
             max_unauthenticated=settings.max_unauthenticated,
             tls=tls,
             no_rewind=args.no_rewind,
+            min_free=settings.min_free,
         )
         host, port = settings.listen
         try:

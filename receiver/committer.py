@@ -16,11 +16,14 @@ from typing import Generic, Protocol, TypeVar
 
 from protocol.aio import FramedConnection
 from protocol.buffers import BufferPool
-from protocol.messages import START, Ack, Position
+from protocol.errors import ErrorCode
+from protocol.messages import START, Ack, Error, Position
 from receiver.ingest import Ingest
 from receiver.manifest import Installed
 from receiver.ops import Install, Op, Restart, Write
+from receiver.space import SpaceGuard, is_no_space
 from receiver.store import SegmentStore
+from receiver.writers import Writer
 
 log = logging.getLogger("receiver")
 
@@ -59,6 +62,8 @@ class _Batch:
         """Acknowledged (or found not to need it): by ``on_synced`` or the commit loop, once."""
         self._on_synced = on_synced
         self.events: list[Install | Restart] = []
+        self.installed_before_failure: list[Installed] = []
+        """What a write that failed part-way had installed already (in log/ and the manifest)."""
         ack: tuple[Position, bool] | None = None
         for op in ops:
             if isinstance(op, Write):
@@ -78,6 +83,8 @@ class _Batch:
         try:
             pending, installed = store.write(ops)
         except BaseException as e:
+            # Set before the loop hears of the failure (the call below), so it reads the final list.
+            self.installed_before_failure = list(getattr(store, "installed", ()))
             loop.call_soon_threadsafe(_settle, self.written, None, e)
             raise
         loop.call_soon_threadsafe(_settle, self.written, installed, None)
@@ -112,9 +119,15 @@ class Attachment(Generic[C]):
         sealed: bool,
         max_pending: int,
         pool: BufferPool | None = None,
+        space: SpaceGuard | None = None,
     ) -> None:
         self.copy = copy
         self.pool = pool
+        self.space = space
+        self.who: Writer | None = None
+        """The shipper writing through this attachment (receiver/writers.py), set once attached."""
+        self.taken_over_by: Writer | None = None
+        """The shipper of the connection taking this one over (waiting for the stream's lock)."""
         self.conn = conn
         self.ingest = ingest
         self.acked = durable
@@ -160,6 +173,9 @@ class Attachment(Generic[C]):
                         installed = await batch.written
                     except Exception:
                         await asyncio.wait({batch.synced})
+                        # Segments installed before the write failed (ENOSPC on a later chunk) are in
+                        # log/ and the manifest: replay must know them, or it sees a gap and Fails.
+                        self.copy.on_installed(batch.installed_before_failure)
                         raise
                     # Only one write at a time: the store's open segment is the writer's state.
                     self.copy.on_installed(installed)
@@ -186,12 +202,19 @@ class Attachment(Generic[C]):
             # Storage failed (or, never seen, a bug here): acknowledge nothing more and close, so the
             # shipper reconnects and the copy is recovered from disk, instead of a silent stall.
             self.error = e
-            log.error(
-                "stream %s: storage failed, acknowledging nothing more: %s",
-                self.copy.name,
-                e,
-                exc_info=not isinstance(e, OSError),
-            )
+            if is_no_space(e) and self.space is not None:
+                # Transient: the guard logs the full disk once; the shipper is told to back off
+                # (instead of reconnecting at once into the same full disk).
+                reason = self.space.enospc(e)
+                if not self.conn.closing:
+                    self.conn.send(Error(ErrorCode.NO_SPACE, reason))
+            else:
+                log.error(
+                    "stream %s: storage failed, acknowledging nothing more: %s",
+                    self.copy.name,
+                    e,
+                    exc_info=not isinstance(e, OSError),
+                )
             if syncing is not None:
                 # Let its descriptors be closed before anyone recovers the copy from disk.
                 await asyncio.wait({syncing.synced})

@@ -13,6 +13,7 @@ Example::
     tls_key = "/etc/logship/receiver.key"         # its key (mode 0600), if not in tls_cert
     tls_ca = "/etc/logship/shippers-ca.pem"       # optional: shippers must present a certificate it signed
     max_unauthenticated = 64                      # connections still in their handshake, at most
+    min_free = "64MiB"                            # or "1%": below it the receiver takes no more bytes
 
     [streams.db1]
     secret_file = "/etc/logship/db1.secret"       # only this secret may write db1
@@ -60,6 +61,7 @@ from receiver.replay_config import REPLAY_RERUN as REPLAY_RERUN
 from receiver.replay_config import add_replay_flags as add_replay_flags
 from receiver.replay_config import replay_flags as replay_flags
 from receiver.replay_config import replay_settings as replay_settings
+from receiver.space_config import MinFree, parse_min_free
 
 _TEXT_KEYS = ("listen", "data_dir", "secret_file", "admin", "tls_cert", "tls_key", "tls_ca")
 # The form of every value: each is parsed at start, and a bad one is one line naming file, table and key.
@@ -69,6 +71,7 @@ CHECKS: dict[str, Check] = {
     **dict.fromkeys(_TEXT_KEYS, parse_text),
     "max_unauthenticated": parse_count,
     "max_payload": parse_size,
+    "min_free": parse_min_free,
 }
 
 
@@ -128,6 +131,8 @@ class ReceiverSettings:
     """Connections still in their handshake, at most; more are closed at once."""
     tls: TlsFiles | None = None
     """TLS for every connection; None: plain TCP."""
+    min_free: MinFree = field(default_factory=MinFree)
+    """Free space the data dir keeps: below it no more bytes are accepted (receiver/space.py)."""
 
     def secret_for(self, stream: str) -> bytes | None:
         """Return the secret a shipper must prove for ``stream``, or None if it is not served here."""
@@ -164,6 +169,8 @@ class ServerConfig:
     """TLS for every connection (client certificates required if it has a CA); None: plain TCP."""
     no_rewind: bool = False
     """Refuse a shipper whose history needs this copy rewound, instead of rewinding (--no-rewind)."""
+    min_free: MinFree = field(default_factory=MinFree)
+    """Free space the data dir keeps: below it shippers are told to back off (receiver/space.py)."""
 
 
 def settings_from_args(args: argparse.Namespace) -> ReceiverSettings:
@@ -186,6 +193,7 @@ def settings_from_args(args: argparse.Namespace) -> ReceiverSettings:
         "tls_ca",
         "streams",
         "admin",
+        "min_free",
         *REPLAY_KEYS,
     }
     unknown = set(doc) - known
@@ -235,6 +243,7 @@ def settings_from_args(args: argparse.Namespace) -> ReceiverSettings:
         handshake_timeout=handshake,
         max_unauthenticated=cap,
         tls=_tls(doc),
+        min_free=doc.get("min_free", MinFree()),
     )
 
 

@@ -12,13 +12,13 @@ import logging
 import time
 from typing import Any
 
-from logship.files import write_atomic
 from protocol.messages import Ack, Position, SourceHead
 from receiver.committer import Attachment
 from receiver.config import ReplaySettings
 from receiver.history_file import history_rows
 from receiver.manifest import Base, Installed
 from receiver.replayer import Replayer
+from receiver.space import write_until_room
 from receiver.state import Role, load_state
 from receiver.status import copy_row
 from receiver.store import SegmentStore
@@ -67,9 +67,9 @@ class StreamCopy:
 
     async def save_state(self) -> None:
         # The replayer and the sessions both write state.json: one write at a time, newest state last.
+        # A full disk is waited out (retried, newest state each time), not a traceback.
         async with self._save_lock:
-            data = self.state.to_bytes()
-            await asyncio.get_running_loop().run_in_executor(None, write_atomic, self.store.state_path, data)
+            await write_until_room(self.store.state_path, self.state.to_bytes)
 
     def on_installed(self, records: list[Installed]) -> None:
         """Take the manifest records of fresh installs and wake the replayer."""

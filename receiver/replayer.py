@@ -28,6 +28,7 @@ from typing import Protocol
 from receiver.config import ReplaySettings
 from receiver.manifest import Base, Installed, first_pdx, record_digest
 from receiver.replay_run import Finished, Interrupted
+from receiver.space import ReplicaNoSpace, space_wait
 from receiver.state import CopyState
 from receiver.store import ReplicaError, SegmentStore
 from receiver.targets import CommandTarget, expand_command, replay_target, run_command, segment_env
@@ -160,6 +161,7 @@ class Replayer:
         self.clock = clock
         self.wake = asyncio.Event()
         self.failures = 0
+        self.space_waits = 0
         self.retry_at = 0.0
         """Clock time before which the failing segment is not tried again (meaningful while ``failures``)."""
         self.override = False
@@ -244,7 +246,7 @@ class Replayer:
             return decision
         record = decision.record
         now = self.clock()
-        if self.failures and now < self.retry_at:
+        if (self.failures or self.space_waits) and now < self.retry_at:
             # The pause promised after a failure holds even when an install or a new segment wakes the
             # loop: otherwise a busy stream spends every attempt within a second of a short outage.
             return Retry(self.retry_at - now, self.copy.state.last_error or "retry pending")
@@ -264,6 +266,14 @@ class Replayer:
         except ReplayRefused as e:
             await self._fail(str(e))
             return Stopped("failed")
+        except ReplicaNoSpace as e:
+            # Transient (protocol/failures.py): wait for space, however long; never Failed for it.
+            self.space_waits += 1
+            state.replay_retrying(f"waiting for space: {e}")
+            self.retry_at = self.clock() + space_wait(self.space_waits)
+            if self.space_waits == 1:
+                log.warning("stream %s: replay waits for space: %s", self.copy.name, e)
+            return Retry(space_wait(self.space_waits), str(e))
         except ReplicaError as e:
             self.failures += 1
             state.replay_retrying(str(e))
@@ -290,7 +300,7 @@ class Replayer:
                 delay,
             )
             return Retry(delay, str(e))
-        self.failures = 0
+        self.failures = self.space_waits = 0
         state.replayed_up_to(record.name, record.size, self.clock())
         await self.copy.save_state()
         log.info("stream %s: replayed %s (%d bytes)", self.copy.name, record.name, record.size)

@@ -20,6 +20,7 @@ from receiver.config import ServerConfig
 from receiver.copy import StreamCopy
 from receiver.datadir import existing_streams
 from receiver.session import Session
+from receiver.space import SpaceGuard
 from receiver.store import SegmentStore
 
 __all__ = ["ReceiverServer", "ServerConfig"]
@@ -36,6 +37,7 @@ class ReceiverServer:
         # One pool for all connections: it runs on the event loop alone (taken by the decoders, given
         # back by the committers once apply() returned), and bounds the free memory once.
         self.payload_pool = BufferPool()
+        self.space = SpaceGuard(config.data_dir, config.min_free)
 
     @property
     def unauthenticated(self) -> int:
@@ -75,7 +77,11 @@ class ReceiverServer:
                 "max_unauthenticated": self.config.max_unauthenticated,
                 "refused_busy": admission.refused_busy,
                 "frames_refused": admission.frames_refused,
+                "refused_no_space": self.space.refusals,
+                "disk_full": int(self.space.problem() is not None),
             },
+            # A full data dir (below --min-free): shippers are told to back off until space returns.
+            "space": {"problem": self.space.problem(), "min_free": str(self.config.min_free)},
         }
 
     async def start(self, host: str, port: int) -> tuple[str, int]:
@@ -106,7 +112,7 @@ class ReceiverServer:
             if slot is None:
                 return
         self.sessions.add(task)
-        session = Session(conn, self.config, self.copy, self.payload_pool)
+        session = Session(conn, self.config, self.copy, self.payload_pool, self.space)
         try:
             await session.run(slot)
         except asyncio.CancelledError:

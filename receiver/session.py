@@ -22,7 +22,7 @@ from protocol.aio import ConnectionClosed, FramedConnection
 from protocol.auth import FrameAuthFailed
 from protocol.buffers import BufferPool
 from protocol.compression import ENCODINGS, agreed
-from protocol.errors import ProtocolError, RemoteProtocolError
+from protocol.errors import ErrorCode, ProtocolError, RemoteProtocolError
 from protocol.messages import START, Ack, Data, Error, Heartbeat, Message, Nack, Position, Seal, StreamResume
 from protocol.session import Accepted, ReceiverHandshake
 from receiver.admission import Slot
@@ -31,6 +31,8 @@ from receiver.config import ServerConfig
 from receiver.copy import StreamCopy
 from receiver.ingest import Ingest, Verdict
 from receiver.rewind import check_history
+from receiver.space import SpaceGuard
+from receiver.writers import Writer, take_over
 
 log = logging.getLogger("receiver")
 
@@ -62,6 +64,15 @@ class Refuse:
 Admit = Attach | Fence | Refuse
 
 
+class NotNow(ProtocolError):
+    """Answer ERROR ``code`` (no-space, another-shipper: the shipper backs off) and close; logged at
+    WARNING only when ``loud`` (the first time), so a shipper knocking while it lasts adds no lines."""
+
+    def __init__(self, message: str, code: str, loud: bool = False) -> None:
+        super().__init__(message, code)
+        self.loud = loud
+
+
 def admit(claimed: int, epoch: int, failed: str | None, activated: bool, busy: bool) -> Admit:
     """Decide what a shipper of epoch ``claimed`` gets for a copy at ``epoch``; ``busy``: another connection has it."""
     if failed:
@@ -86,11 +97,13 @@ class Session:
         config: ServerConfig,
         copy_for: Callable[[str], StreamCopy],
         pool: BufferPool,
+        space: SpaceGuard | None = None,
     ) -> None:
         self.conn = conn
         self.config = config
         self.copy_for = copy_for
         self.pool = pool
+        self.space = space
         self.hs = ReceiverHandshake(config.node, os.urandom(32), config.secret_for)
         self.cut: dict[str, int] = {}
         """Per stream, the bytes its copy rewound past the fork of the shipper's epoch at this handshake."""
@@ -108,6 +121,11 @@ class Session:
                 slot.release()
             if attachments:
                 await self._serve(attachments)
+        except NotNow as e:
+            # A full disk is logged once by the guard, a second shipper once per shipper id.
+            log.log(logging.WARNING if e.loud else logging.DEBUG, "%s: %s; told to back off", conn.peer, e)
+            with contextlib.suppress(Exception):
+                conn.send(Error(e.code, str(e)))
         except FrameAuthFailed as e:
             self.frames_refused += 1
             log.warning("%s: refused a frame: %s; closing (nothing of it was applied)", conn.peer, e)
@@ -138,6 +156,7 @@ class Session:
         await conn.drain()
         hello = await conn.recv(self.config.handshake_timeout)
         accepted = hs.receive_hello(hello)
+        self._check_space()
         attachments: dict[str, Attachment[StreamCopy]] = {}
         resumes: list[StreamResume] = []
         try:
@@ -149,6 +168,8 @@ class Session:
                 if isinstance(decision, Fence):
                     self._fence(copy, decision.why)
                     return attachments
+                newcomer = Writer(hs.peer_node, hs.peer_shipper, str(conn.peer))
+                self._one_writer(copy, newcomer)
                 if decision.take_over and copy.owner is not None:
                     log.info(
                         "stream %s: new connection from %s takes over from %s",
@@ -156,8 +177,11 @@ class Session:
                         conn.peer,
                         copy.owner.conn.peer,
                     )
+                    copy.owner.taken_over_by = newcomer
                     copy.owner.conn.writer.close()
                 att = await self._attach(copy, claim)
+                if att is not None:
+                    att.who = newcomer
                 if att is None:
                     # Activated while we waited for the stream's lock.
                     self._fence(copy, None)
@@ -213,7 +237,7 @@ class Session:
         else:
             durable, sealed = Position(rec.last_sealed, rec.last_sealed_size), True
         ingest = Ingest(rec.last_sealed, rec.active, rec.offset, rec.hasher)
-        att = Attachment(copy, self.conn, ingest, durable, sealed, self.config.max_pending, self.pool)
+        att = Attachment(copy, self.conn, ingest, durable, sealed, self.config.max_pending, self.pool, self.space)
         copy.owner = att
         copy.attached_once = True
         log.info(
@@ -223,6 +247,29 @@ class Session:
             resume_text(durable.segment, durable.offset, sealed),
         )
         return att
+
+    def _one_writer(self, copy: StreamCopy, newcomer: Writer) -> None:
+        """Raise NotNow (another-shipper) if a live shipper that took over from this one writes ``copy``."""
+        owner = copy.owner
+        # Judged against the connection about to take over, if one is (it waits for the lock): the
+        # old one is closing, and a shipper it displaced must not slip in behind it.
+        current = None if owner is None else owner.taken_over_by or owner.who
+        refused = take_over(current, newcomer)
+        if refused is None:
+            return
+        assert current is not None
+        loud = newcomer.shipper not in current.refused
+        current.refused.add(newcomer.shipper)
+        text = f"stream {copy.name}: {refused}; this shipper (node {newcomer.node}, id {newcomer.shipper}) waits"
+        raise NotNow(text, ErrorCode.ANOTHER_SHIPPER, loud)
+
+    def _check_space(self) -> None:
+        """Raise NotNow (no-space) when the data dir is below its min_free (the shipper backs off)."""
+        problem = self.space.problem() if self.space is not None else None
+        if problem is not None:
+            if self.space is not None:
+                self.space.refusals += 1
+            raise NotNow(problem, ErrorCode.NO_SPACE)
 
     def _fence(self, copy: StreamCopy, why: str | None) -> None:
         if why is not None:
@@ -239,6 +286,9 @@ class Session:
                     await att.room.wait()
             msg = await conn.recv(self.config.idle_timeout)
             if isinstance(msg, Data | Seal):
+                # Checked before the frame is taken: below min_free nothing more is accepted (what
+                # is already queued is still written and acknowledged by detach()).
+                self._check_space()
                 att = attachments.get(msg.stream)
                 if att is None:
                     raise RemoteProtocolError(f"stream {msg.stream} was not named in HELLO", code="bad-stream")

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import os
 import struct
 import time
@@ -226,7 +227,9 @@ class SegmentStore:
                 if op.payload:
                     written = os.pwrite(self._fd, op.payload, op.offset)
                     if written != len(op.payload):
-                        raise OSError(f"short write of {op.segment}: {written} of {len(op.payload)} bytes")
+                        # A regular file takes fewer bytes only when its file system is full.
+                        text = f"short write of {op.segment}: {written} of {len(op.payload)} bytes"
+                        raise OSError(errno.ENOSPC, text)
                     records.append(_IDX.pack(op.offset, len(op.payload), op.digest))
                     # Start writing the chunk out at once, so the batch's fdatasync finds less to do.
                     _LIBC.sync_file_range(self._fd, ctypes.c_int64(op.offset), ctypes.c_int64(len(op.payload)), _WRITE)

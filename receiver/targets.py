@@ -26,6 +26,7 @@ from protocol.digest import segment_hasher
 from receiver.config import ReplaySettings
 from receiver.manifest import Installed
 from receiver.replay_run import Outcome, RunRecord, run_wrapped, settle, wait_run
+from receiver.space import ReplicaNoSpace, is_no_space
 from receiver.store import READ_BLOCK, ReplicaError, SegmentStore
 
 log = logging.getLogger("receiver")
@@ -92,7 +93,9 @@ class DirectoryTarget:
         except OSError as e:
             with contextlib.suppress(OSError):
                 tmp.unlink()
-            raise ReplicaError(f"{record.name}: cannot install into replica/: {e.strerror or e}") from None
+            # A full disk heals by itself: replay waits for space instead of counting it as a failure.
+            kind = ReplicaNoSpace if is_no_space(e) else ReplicaError
+            raise kind(f"{record.name}: cannot install into replica/: {e.strerror or e}") from None
         except ReplicaError:
             with contextlib.suppress(OSError):
                 tmp.unlink()

@@ -148,7 +148,8 @@ def cmd_suspend_resume(state: StateDir, command: str, stream: str, target: str, 
 
 
 def cmd_wait(state: StateDir, args: argparse.Namespace) -> int:
-    """Ask the running shipper to wait; return 0 satisfied, 1 timed out, 2 cannot mean anything."""
+    """Ask the running shipper to wait; return 0 satisfied, 1 timed out (or failed: the source dir is gone),
+    2 cannot mean anything."""
     timeout = parse_duration(args.timeout)
     request = {"op": "wait", "stream": args.stream, "segment": args.segment, "level": args.level}
     request |= {"offset": args.offset, "sealed": args.sealed, "require": args.require, "timeout": timeout}
@@ -173,7 +174,8 @@ def cmd_wait(state: StateDir, args: argparse.Namespace) -> int:
             print(f"stream {args.stream}: {what} {args.level} at {by} ({took})")
         return 0
     if not args.json:
-        print(f"stream {args.stream}: {what} not {args.level} where {reply.get('policy')} requires after {timeout:g}s")
+        waited = f"after {reply.get('waited_seconds', timeout):g}s" if outcome == "failed" else f"after {timeout:g}s"
+        print(f"stream {args.stream}: {what} not {args.level} where {reply.get('policy')} requires {waited}")
         if reply.get("source"):
             print(f"  source: {reply['source']}")
         for m in reply.get("missing", []):

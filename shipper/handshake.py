@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 from collections.abc import Mapping, Sequence
 
 from protocol.aio import FramedConnection
@@ -21,6 +22,10 @@ from shipper.settings import SenderConfig
 
 log = logging.getLogger("shipper")
 
+SHIPPER_ID = f"{os.getpid()}.{secrets.token_hex(4)}"
+"""This process's id in HELLO: new at every start (the pid for the operator, random bits so that a
+reused pid on another start differs). The receiver tells a restart from a second live shipper by it."""
+
 PERMANENT_CODES = {
     "auth": "secret mismatch for stream {stream}: both ends must use the same secret file",
     "version": "protocol version mismatch: {text}",
@@ -28,6 +33,15 @@ PERMANENT_CODES = {
     "diverged": "the target's copy does not fit this shipper's history: {text}",
 }
 """ERROR codes answering the handshake that retrying does not fix, and what to tell the operator."""
+
+
+BACK_OFF_CODES = {
+    "no-space": "the target's disk is full: {text}",
+    "another-shipper": "{text}",
+}
+"""ERROR codes that say "not now": a transient state of the target that reconnecting at once cannot
+change (its disk is full, another shipper ships the stream). The sender backs off (capped exponential,
+jittered) and shows the target as Retrying with this text, never Failed."""
 
 
 class Reconnect(Exception):
@@ -53,6 +67,9 @@ def refusal(error: Error, stream: str) -> Refused:
     template = PERMANENT_CODES.get(error.code)
     if template is not None:
         return Refused(template.format(stream=stream, text=error.text), error.code, permanent=True)
+    template = BACK_OFF_CODES.get(error.code)
+    if template is not None:
+        return Refused(template.format(stream=stream, text=error.text), error.code, permanent=False)
     return Refused(f"refused: {error.code}: {error.text}", error.code, permanent=False)
 
 
@@ -85,7 +102,7 @@ async def handshake(
     if config.payload_mac:
         wanted = (*wanted, PAYLOAD_MAC)
     histories = {stream: config.history}
-    hs = ShipperHandshake(node, os.urandom(32), {stream: secret}, {stream: epoch}, wanted, histories)
+    hs = ShipperHandshake(node, os.urandom(32), {stream: secret}, {stream: epoch}, wanted, histories, SHIPPER_ID)
     challenge = await conn.recv(config.connect_timeout)
     if isinstance(challenge, Error):
         raise refusal(challenge, stream)

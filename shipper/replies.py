@@ -11,7 +11,7 @@ from collections.abc import Callable
 from protocol.aio import FramedConnection
 from protocol.messages import Ack, Error, Fenced, Heartbeat, Nack
 from protocol.session import ShipperHandshake
-from shipper.handshake import Fenced_, Reconnect
+from shipper.handshake import BACK_OFF_CODES, Fenced_, Reconnect, refusal
 from shipper.settings import SenderConfig
 from shipper.status import TargetState, TargetStats, newest_copied
 from shipper.tailer import Tailer
@@ -34,6 +34,7 @@ class Replies:
     _chunks: ChunkSizer
     _wake: asyncio.Event
     _hs: ShipperHandshake | None
+    _told_to_wait: int
 
     # -- receiving ------------------------------------------------------------------------------
 
@@ -58,6 +59,9 @@ class Replies:
             elif isinstance(msg, Heartbeat):
                 pass
             elif isinstance(msg, Error):
+                if msg.code in BACK_OFF_CODES:
+                    # Proven (tagged): the target asks us to come back later, not at once.
+                    raise refusal(msg, self.stream)
                 if msg.code == "failed":
                     self.state = TargetState.FAILED
                     log.error("target %s (stream %s): the copy is Failed: %s", self.name, self.stream, msg.text)
@@ -86,6 +90,7 @@ class Replies:
             return
         if ack.sealed:
             self.stats.segments_sealed += 1
+        self._told_to_wait = 0
         self._chunks.on_clean_ack()
         if self.state is TargetState.RETRYING and not self._chunks.shrunk:
             self.state = TargetState.HEALTHY

@@ -28,7 +28,7 @@ from protocol.errors import ProtocolError
 from protocol.messages import Fenced, Position, Seal, StreamResume
 from protocol.session import ShipperHandshake
 from shipper.chunks import DataSender
-from shipper.handshake import Fenced_, Reconnect, Refused, beyond_source, handshake
+from shipper.handshake import BACK_OFF_CODES, Fenced_, Reconnect, Refused, beyond_source, handshake
 from shipper.pacing import AdaptiveWindow, TokenBucket, rate_limited_chunk
 from shipper.replies import Replies
 from shipper.settings import SenderConfig
@@ -38,6 +38,12 @@ from shipper.tailer import Tailer
 from shipper.window import ChunkSizer, SendWindow, adaptive_window
 
 log = logging.getLogger("shipper")
+
+TOLD_TO_WAIT = {"no-space": (1.0, 10.0), "another-shipper": (4.0, 30.0)}
+"""The first pause and the cap after a target said "not now" (BACK_OFF_CODES); the pause doubles in
+between. A full disk for minutes costs one attempt every ~10 s (and convergence after space returns
+waits at most that); a second live shipper of the stream asks 4 times in its first minute, then every
+30 s, and gets in at most that long after the first one is gone."""
 
 
 class TargetSender(Replies):
@@ -82,6 +88,9 @@ class TargetSender(Replies):
         self._hs: ShipperHandshake | None = None
         self._refusals = 0
         """Permanent-looking refusals in a row (reset by a proven WELCOME): they lengthen the pause."""
+        self._told_code = ""
+        self._told_to_wait = 0
+        """"Not now" answers (disk full, another shipper) since the last ACK that moved: the pause grows."""
         self.on_progress: Callable[[], None] | None = None
         """Called whenever the target's durable or replayed position moves (retention listens)."""
 
@@ -103,6 +112,10 @@ class TargetSender(Replies):
             except Fenced_:
                 return
             except Refused as e:
+                if e.code in BACK_OFF_CODES:
+                    await self._told_to_back_off(e.code, str(e))
+                    pause = 0.1
+                    continue
                 if e.permanent:
                     await self._pause_refused(str(e))
                     pause = 0.1
@@ -149,6 +162,25 @@ class TargetSender(Replies):
         self._refusals += 1
         pause = min(self.config.refused_backoff, 5.0 * 2 ** (self._refusals - 1))
         await asyncio.sleep(pause * random.uniform(0.9, 1.1))
+
+    async def _told_to_back_off(self, code: str, text: str) -> None:
+        """The target said "not now" (its disk is full, another shipper has the stream): show Retrying
+        with the reason and a count, and wait a pause that doubles up to its cap (jittered,
+        so that many shippers of one full receiver do not come back together)."""
+        self._told_to_wait += 1
+        n = self._told_to_wait
+        first, cap = TOLD_TO_WAIT.get(code, (1.0, 10.0))
+        pause = min(cap, first * 2 ** (n - 1)) * random.uniform(0.8, 1.2)
+        if n == 1 or code != self._told_code:
+            args = (self.name, self.stream, text, cap)
+            log.warning("target %s (stream %s): %s; backing off (pauses up to %gs)", *args)
+        else:
+            log.debug("target %s (stream %s): %s x%d; next try in %.1fs", self.name, self.stream, text, n, pause)
+        self._told_code = code
+        self.state = TargetState.RETRYING
+        self.stats.last_error = f"{text} x{n}, next try in {pause:.0f}s"
+        self._reader.close()
+        await asyncio.sleep(pause)
 
     async def _connect_and_ship(self) -> None:
         self._was_healthy = False

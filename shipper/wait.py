@@ -162,6 +162,10 @@ class Waiters:
             now = loop.time()
             if by is not None:
                 return self._result("satisfied", need, policy, now - start, positions, by, seen)
+            if tailer.error is not None and self._source_gone():
+                # The source dir is gone (status shows every target Failed): nothing more can be shipped
+                # until it is back, so say so now instead of at the timeout.
+                return self._result("failed", need, policy, now - start, positions, (), seen)
             if segment not in tailer.by_name and now >= look_until and not any(p.holds for p in positions.values()):
                 raise WaitUsageError(
                     f"stream {self.service.stream.name} has no segment {segment} in {self.service.stream.source}"
@@ -174,6 +178,13 @@ class Waiters:
                     await moved.wait()
             except TimeoutError:
                 pass
+
+    def _source_gone(self) -> bool:
+        """Look at the source dir once more (it may be back, a remount); return whether it is still gone."""
+        tailer = self.service.tailer
+        if tailer.scan():
+            tailer.notify()
+        return tailer.error is not None
 
     def _need(self, segment: str, offset: int | None, level: str) -> Need:
         try:
@@ -215,7 +226,10 @@ class Waiters:
                 behind(tailer.segments, tailer.names, (st.acked, st.acked_sealed), need) if st.known else (None, None)
             )
             reason = s.state.value
-            if s.state not in _UP and st.last_error:
+            if outcome == "failed" and s.state not in (TargetState.FENCED, TargetState.SUSPENDED):
+                # As status shows it: a target cannot catch up while the source cannot be read.
+                reason = f"{TargetState.FAILED.value}: {tailer.error}"
+            elif s.state not in _UP and st.last_error:
                 reason += f": {st.last_error}"
             if (
                 need.level == "replayed"
@@ -230,7 +244,7 @@ class Waiters:
             missing.append(
                 {
                     "target": s.name,
-                    "state": s.state.value,
+                    "state": reason.split(":", 1)[0] if outcome == "failed" else s.state.value,
                     "reason": reason,
                     "behind_segments": segs,
                     "behind_bytes": nbytes,
@@ -238,7 +252,9 @@ class Waiters:
             )
         info = tailer.by_name.get(need.segment)
         source = None
-        if info is None:
+        if outcome == "failed":
+            source = tailer.error
+        elif info is None:
             source = "not in the source directory"
         elif need.offset is None and not info.sealed:
             source = "not sealed on the source yet (a later segment, seal_idle or segment_size seals it)"

@@ -117,6 +117,8 @@ CONNECTION_METRICS = [
     Exported("unauthenticated", "unauthenticated_connections", "Connections still in TLS or the handshake."),
     Exported("max_unauthenticated", "max_unauthenticated_connections", "The --max-unauthenticated cap."),
     Exported("refused_busy", "refused_busy_connections", "Connections closed at once: the cap was reached.", True),
+    Exported("refused_no_space", "refused_no_space", "Handshakes and writes told to back off: disk full.", True),
+    Exported("disk_full", "disk_full", "1 while the data dir is below --min-free (or a write found it full)."),
 ]
 """The receiver's ``connections`` block (how close it is to refusing new peers)."""
 
@@ -222,7 +224,8 @@ class AdminServer:
     async def _wait(self, request: web.Request) -> web.Response:
         """POST /wait: a JSON object with the fields of ``wait`` (it only watches: nothing changes).
 
-        200 satisfied, 408 timed out, 400 a request that cannot mean anything; the body says why.
+        200 satisfied, 408 timed out, 503 failed (the source dir is gone), 400 a request that cannot mean
+        anything; the body says why.
         """
         assert self.wait is not None
         try:
@@ -234,5 +237,5 @@ class AdminServer:
         body.pop("op", None)
         reply = await self.wait(body)
         reply.pop("ok", None)
-        code = {"satisfied": 200, "timeout": 408}.get(str(reply.get("outcome")), 400)
+        code = {"satisfied": 200, "timeout": 408, "failed": 503}.get(str(reply.get("outcome")), 400)
         return web.json_response(reply, status=code)

@@ -159,6 +159,20 @@ def test_a_vanished_source_dir_shows_failed_everywhere_and_recovers(
         cwd=ROOT,
     )
     assert out.returncode == 1 and "cannot read source directory" in out.stdout, out.stdout + out.stderr
+    # A wait for bytes that cannot come while the source is gone says so at once, not at its timeout.
+    asked_at = time.monotonic()
+    wait = ["wait", "--state-dir", str(state_dir), "--stream", "db1", "--segment", first[-1], "--sealed"]
+    out = subprocess.run(
+        [sys.executable, "-m", "shipper", *wait, "--timeout", "60s"],
+        capture_output=True,
+        text=True,
+        timeout=90,
+        cwd=ROOT,
+    )
+    answered = time.monotonic() - asked_at
+    print(f"figures: shipper wait answered {answered:.1f}s after it was asked (timeout 60s)")
+    assert out.returncode == 1 and answered < 20, (answered, out.stdout, out.stderr)
+    assert f"source: {reason}" in out.stdout and f"Failed: {reason}" in out.stdout, out.stdout
 
     # Back (a remount, an rsync finished): status is Healthy again and new segments flow.
     away.rename(source)

@@ -12,6 +12,7 @@ import receiver.__main__ as receiver_main
 import shipper.__main__ as shipper_main
 from logship.version import version
 from receiver.config import settings_from_args
+from receiver.space_config import MinFree
 from shipper.config import config_from_args
 from tests.helpers.source import make_secret
 
@@ -175,6 +176,7 @@ RECEIVER_FILE_CASES = [
     ("top", 'max_payload = "big"', r"max_payload: bad size 'big'"),
     ("top", "replay_retries = 1.5", r"replay_retries: bad number 1\.5"),
     ("top", "admin = 9100", r"admin: bad value 9100: expected a non-empty string"),
+    ("top", 'min_free = "lots"', r"min_free: bad min_free 'lots'"),
 ]
 
 
@@ -206,6 +208,7 @@ RECEIVER_FLAG_CASES = [
     (["--replay-lag", "later"], r"--replay-lag: bad duration 'later'"),
     (["--replay-retries", "three"], r"--replay-retries: bad number 'three'"),
     (["--max-unauthenticated", "-3"], r"--max-unauthenticated: bad number '-3'"),
+    (["--min-free", "120%"], r"--min-free: bad min_free '120%'"),
     (["--listn", "127.0.0.1:1"], r"unrecognized arguments: --listn"),
 ]
 
@@ -228,6 +231,13 @@ def test_every_receiver_time_setting_takes_the_duration_syntax(files: dict[str, 
     assert (settings.idle_timeout, settings.handshake_timeout) == (90.0, 2.5)
     assert (settings.replay.lag, settings.replay.backoff, settings.replay.retries) == (5400.0, 0.25, 5)
     assert settings.replay_for("s").lag == 5400.0
+
+
+def test_min_free_from_the_file_and_the_flag(files: dict[str, str]) -> None:
+    conf = receiver_toml(files, top='min_free = "2%"')
+    parse = receiver_main.build_parser().parse_args
+    assert settings_from_args(parse(["--config", conf])).min_free == MinFree(percent=2.0)
+    assert settings_from_args(parse(["--config", conf, "--min-free", "1GiB"])).min_free == MinFree(size=1 << 30)
 
 
 @pytest.mark.parametrize("main", [shipper_main.main, receiver_main.main])

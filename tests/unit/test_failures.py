@@ -2,7 +2,9 @@ import errno
 
 import pytest
 
-from protocol.failures import FAILURES, Kind, classify, classify_os_error
+from protocol.errors import ErrorCode
+from protocol.failures import ERROR_CODES, FAILURES, Kind, classify, classify_os_error
+from shipper.handshake import BACK_OFF_CODES
 
 T, P = Kind.TRANSIENT, Kind.PERMANENT
 
@@ -37,3 +39,9 @@ def test_every_named_failure_is_in_the_table_above() -> None:
 )
 def test_os_errors(code: int, kind: Kind) -> None:
     assert classify_os_error(OSError(code, "x")) is kind
+
+
+def test_the_codes_a_shipper_backs_off_from_are_the_transient_ones() -> None:
+    assert set(BACK_OFF_CODES) == set(ERROR_CODES)
+    assert all(code in set(ErrorCode) for code in ERROR_CODES)
+    assert all(classify(failure) is T for failure in ERROR_CODES.values())

@@ -1,0 +1,153 @@
+"""Free space on the receiver's data dir: the ``min_free`` threshold, and whether a write may go on.
+
+A full disk is transient (protocol/failures.py): the receiver stops taking bytes while the data dir's
+file system has less than ``min_free`` free, tells the shipper ``no-space`` so that it backs off, and
+takes bytes again once space returns. The threshold keeps the disk from being really full, so that
+state.json, the manifest and replay still find room; ENOSPC on a write is handled the same way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from logship.files import write_atomic
+from receiver.space_config import MinFree
+from receiver.store import ReplicaError
+
+log = logging.getLogger("receiver")
+
+NO_SPACE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+class ReplicaNoSpace(ReplicaError):
+    """Replay could not install a segment for lack of space: it waits for space, it never gives up."""
+
+
+SPACE_WAIT_MAX = 30.0
+
+
+def space_wait(waits: int) -> float:
+    """Return the pause before replay tries again after ``waits`` full-disk failures in a row."""
+    return min(SPACE_WAIT_MAX, 2.0 ** (waits - 1))
+
+
+def is_no_space(error: BaseException) -> bool:
+    """Return whether ``error`` is a full disk (or quota): transient, it heals once space returns."""
+    return isinstance(error, OSError) and error.errno in NO_SPACE_ERRNOS
+
+
+async def write_until_room(path: Path, produce: Callable[[], bytes], max_pause: float = 5.0) -> int:
+    """Write ``produce()`` to ``path`` crash-safely, retrying while the disk is full; return the retries.
+
+    ``produce`` is called again for every attempt: what is written is the newest state, not the one of
+    the first try. Any other OSError is raised as before. Logged once per file system episode.
+    """
+    loop = asyncio.get_running_loop()
+    tries = 0
+    while True:
+        try:
+            await loop.run_in_executor(None, write_atomic, path, produce())
+        except OSError as e:
+            if not is_no_space(e):
+                raise
+            tries += 1
+            if tries == 1:
+                log.warning("cannot save %s: %s; retrying until there is space", path, e.strerror or e)
+            await asyncio.sleep(min(max_pause, 0.1 * 2**tries))
+            continue
+        if tries:
+            log.warning("saved %s after %d retries for space", path, tries)
+        return tries
+
+
+def human(n: int) -> str:
+    for unit, size in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{n} bytes"
+
+
+ENOSPC_ROOM = 8 * 1024 * 1024
+"""Room beyond the free space of a failed write that counts as space returned (a few batches; at most
+a tenth of the file system)."""
+
+
+class SpaceGuard:
+    """Whether the data dir has room for more bytes; shared by every connection of one receiver.
+
+    ``problem()`` asks the file system at most every ``interval`` seconds (statvfs is cheap, but it is
+    asked per DATA frame). A full disk is logged once when it begins and once when it ends, however
+    many shippers knock meanwhile.
+    """
+
+    def __init__(self, path: Path, min_free: MinFree | None = None, interval: float = 0.2) -> None:
+        self.path = path
+        self.min_free = min_free or MinFree()
+        self.interval = interval
+        self._checked_at = -1e9
+        self._problem: str | None = None
+        self._floor = 0
+        """Free bytes at the last ENOSPC plus ``ENOSPC_ROOM``: full until there is more (0: none)."""
+        self.full_since: float | None = None
+        """Clock time since when the disk is too full; None while there is room."""
+        self.refusals = 0
+        """Connections and writes turned away for lack of space since this receiver started."""
+
+    def problem(self, now: float | None = None) -> str | None:
+        """Return why no more bytes should be accepted (the disk is too full), or None."""
+        now = time.monotonic() if now is None else now
+        if now - self._checked_at >= self.interval:
+            self._checked_at = now
+            self._set(self._look())
+        return self._problem
+
+    def enospc(self, error: BaseException) -> str:
+        """Record a write that failed for lack of space (ENOSPC / EDQUOT); return the reason to send."""
+        # The file system said no at this much free space: until it has clearly more (``ENOSPC_ROOM``
+        # above it), it counts as full even if that is above min_free, so that a write larger than
+        # min_free does not fail, "recover" and fail again every few seconds.
+        self.refusals += 1
+        free, total = self._free()
+        self._floor = free + min(ENOSPC_ROOM, total // 10)
+        self._checked_at = time.monotonic()
+        self._set(self._look() or f"disk full while writing: {getattr(error, 'strerror', None) or error}")
+        assert self._problem is not None
+        return self._problem
+
+    def _free(self) -> tuple[int, int]:
+        """Return (free, total) bytes of the data dir's file system ((0, 0) if it cannot be asked)."""
+        try:
+            st = os.statvfs(self.path)
+        except OSError:
+            return 0, 0
+        return st.f_bavail * st.f_frsize, st.f_blocks * st.f_frsize
+
+    def _look(self) -> str | None:
+        free, total = self._free()
+        if total == 0:
+            # The data dir vanished or cannot be read: logship/dirwatch.py deals with that.
+            return None
+        need = max(self.min_free.threshold(total), self._floor)
+        if free > need:
+            self._floor = 0
+            return None
+        return (
+            f"receiver disk full: {human(free)} free of {human(total)} on {self.path}, "
+            f"below the {human(need)} it keeps free (min_free {self.min_free}); waiting for space"
+        )
+
+    def _set(self, problem: str | None) -> None:
+        if problem is not None and self._problem is None:
+            self.full_since = time.monotonic()
+            log.error("%s (shippers are told to back off; nothing acknowledged is lost)", problem)
+        elif problem is None and self._problem is not None:
+            since = self.full_since or time.monotonic()
+            log.warning("space returned on %s after %.1fs: accepting bytes again", self.path, time.monotonic() - since)
+            self.full_since = None
+        self._problem = problem
