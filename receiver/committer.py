@@ -64,7 +64,7 @@ class _Batch:
             if isinstance(op, Write):
                 self.nbytes += len(op.payload)
                 ack = Position(op.segment, op.offset + len(op.payload)), False
-            else:
+            elif isinstance(op, Install | Restart):  # a Rewrite or Rehash (receiver/rewrite.py) moves nothing
                 self.events.append(op)
                 if isinstance(op, Install):
                     ack = Position(op.segment, op.size), True
