@@ -1,0 +1,222 @@
+"""Rewrites of already-shipped bytes (issue 20): the DATA ``rw`` flag on the wire (bytes in, messages
+out), the shipper's per-block memory of what it sent and the diff at sealing, the receiver's rules for
+accepting a rewrite, and the store carrying one out so that a restart still verifies the partial."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import msgpack
+import pytest
+import xxhash
+
+from protocol.digest import chunk_digest, seal_digest, segment_digest
+from protocol.errors import RemoteProtocolError
+from protocol.framing import FrameDecoder, encode
+from protocol.messages import Data, Position, Seal
+from receiver.ingest import Ingest, Verdict
+from receiver.ops import Install, Rehash, Rewrite, Write
+from receiver.rewrite import changed_span, judge
+from receiver.store import SegmentStore
+from shipper.rewrite import BLOCK, MAX_REWRITE, SentRanges, TrackingReader, changed_ranges
+
+SEG = "000000010000000000000001"
+
+
+def data(offset: int, payload: bytes, rewrite: bool = False, segment: str = SEG) -> Data:
+    return Data("s", segment, offset, chunk_digest(segment, offset, payload), payload, rewrite)
+
+
+def decode(frame: bytes) -> object:
+    dec = FrameDecoder()
+    dec.receive_data(frame)
+    return dec.next_message()
+
+
+def raw_frame(header: dict[str, object], payload: bytes) -> bytes:
+    packed = msgpack.packb(header, use_bin_type=True)
+    return len(packed).to_bytes(4, "big") + packed + payload
+
+
+# -- the flag on the wire ------------------------------------------------------------------------------
+
+
+def test_a_rewrite_round_trips_and_a_plain_data_carries_no_flag() -> None:
+    msg = data(21, b"\x00", rewrite=True)
+    assert decode(encode(msg)) == msg
+    plain = data(0, b"abc")
+    assert "rw" not in plain.to_header()
+    assert decode(encode(plain)) == plain and not plain.rewrite
+
+
+def test_a_rewrite_flag_that_is_not_a_boolean_is_refused() -> None:
+    header = data(0, b"x", rewrite=True).to_header()
+    header["rw"] = 1
+    with pytest.raises(RemoteProtocolError, match="rw"):
+        decode(raw_frame(header, b"x"))
+    header["rw"] = False  # spelled out: a plain DATA
+    assert decode(raw_frame(header, b"x")) == data(0, b"x")
+
+
+# -- the shipper's memory of what it sent ----------------------------------------------------------------
+
+
+def block_digests(content: bytes) -> list[int]:
+    return [xxhash.xxh3_64_intdigest(content[i : i + BLOCK]) for i in range(0, len(content), BLOCK)]
+
+
+def test_sent_ranges_hold_one_digest_per_block_whatever_the_chunks() -> None:
+    content = os.urandom(3 * BLOCK + 1000)
+    sent = SentRanges()
+    sent.start(SEG)
+    pos = 0
+    for size in (100, BLOCK, 7, 2 * BLOCK, 5000):  # chunks that straddle block boundaries
+        sent.sent(SEG, pos, content[pos : pos + size])
+        pos = min(len(content), pos + size)
+    assert sent.end == len(content)
+    assert sent.digests() == block_digests(content)
+    assert not sent.unsure
+
+
+def test_a_resume_inside_a_block_makes_that_block_unsure_and_bytes_out_of_order_forget_all() -> None:
+    content = os.urandom(2 * BLOCK + 10)
+    sent = SentRanges()
+    sent.start(SEG)
+    sent.sent(SEG, 0, content)
+    sent.truncate(BLOCK + 5)
+    assert sent.end == BLOCK + 5 and sent.unsure == {1}
+    sent.sent(SEG, BLOCK + 5, content[BLOCK + 5 :])
+    got, want = sent.digests(), block_digests(content)
+    assert len(got) == 3 and (got[0], got[2]) == (want[0], want[2])  # block 1 is rewritten whatever it says
+    sent.truncate(BLOCK)  # on a block boundary: nothing is unsure but what was already
+    assert sent.unsure == set() and sent.digests() == block_digests(content[:BLOCK])
+    sent.sent(SEG, BLOCK + 1, b"x")  # not the next byte: nothing can be vouched for
+    assert sent.segment == ""
+    sent.start(SEG)
+    sent.truncate(10)  # beyond what was sent
+    assert sent.segment == ""
+
+
+def test_changed_ranges_name_the_blocks_that_differ_merged_and_the_short_last_one() -> None:
+    size = 4 * BLOCK + 100
+    sent = [1, 2, 3, 4, 5]
+    assert changed_ranges(sent, [1, 2, 3, 4, 5], set(), size) == []
+    assert changed_ranges(sent, [9, 2, 3, 4, 5], set(), size) == [(0, BLOCK)]
+    assert changed_ranges(sent, [1, 9, 9, 4, 9], set(), size) == [(BLOCK, 3 * BLOCK), (4 * BLOCK, size)]
+    assert changed_ranges(sent, [1, 2, 3, 4, 5], {3}, size) == [(3 * BLOCK, 4 * BLOCK)]
+    assert changed_ranges(sent[:3], [1, 2, 3, 4, 5], set(), size) == [(3 * BLOCK, size)]
+
+
+def ship(reader: TrackingReader, segment: str, size: int, chunk: int) -> None:
+    for off in range(0, size, chunk):
+        buf = bytearray(min(chunk, size - off))
+        assert reader.read_into(segment, off, buf) == len(buf)
+
+
+def test_sealing_finds_the_header_byte_mariadb_rewrote_after_it_was_sent(tmp_path: Path) -> None:
+    content = bytearray(os.urandom(3 * BLOCK + 333))
+    content[21] = 1  # the in-use flag
+    (tmp_path / SEG).write_bytes(content)
+    reader = TrackingReader(tmp_path)
+    reader.seek(Position(SEG, 0))
+    ship(reader, SEG, len(content), 50_000)
+    with open(tmp_path / SEG, "r+b") as f:  # the writer clears it once the next binlog is open
+        f.seek(21)
+        f.write(b"\x00")
+    content[21] = 0
+    plan = reader.plan_seal(SEG, len(content))
+    assert plan is not None
+    assert plan.content == segment_digest(bytes(content))
+    assert plan.ranges == [(0, BLOCK)]
+    assert plan.rewrites == [(0, bytes(content[:BLOCK]))]
+    # Nothing changed: nothing to rewrite. A size that is not what was sent: no plan (fetch again).
+    reader2 = TrackingReader(tmp_path)
+    reader2.seek(Position(SEG, 0))
+    ship(reader2, SEG, len(content), BLOCK)
+    assert reader2.plan_seal(SEG, len(content)).rewrites == []  # type: ignore[union-attr]
+    assert reader2.plan_seal(SEG, len(content) - 1) is None
+
+
+def test_a_resumed_segment_is_remembered_from_the_source_and_a_segment_rewritten_wholesale_is_fetched_again(
+    tmp_path: Path,
+) -> None:
+    size = MAX_REWRITE + BLOCK
+    (tmp_path / SEG).write_bytes(b"a" * size)
+    reader = TrackingReader(tmp_path)
+    reader.seek(Position(SEG, size - 10))  # a shipper restart: what the copy holds is taken from the source
+    ship_from = size - 10
+    buf = bytearray(10)
+    assert reader.read_into(SEG, ship_from, buf) == 10
+    assert reader.plan_seal(SEG, size).rewrites == []  # type: ignore[union-attr]
+    (tmp_path / SEG).write_bytes(b"b" * size)
+    assert reader.plan_seal(SEG, size) is None  # more than MAX_REWRITE changed
+
+
+# -- the receiver's rules ---------------------------------------------------------------------------------
+
+
+def test_a_rewrite_is_accepted_only_for_held_bytes_of_the_active_segment_with_its_digest() -> None:
+    ingest = Ingest("", None, 0)
+    assert ingest.on_data(data(0, b"0123456789")).verdict is Verdict.ACCEPT
+    good = data(2, b"ab", rewrite=True)
+    assert judge(ingest, good, allowed=True) == Rewrite(SEG, 2, b"ab")
+    assert judge(ingest, data(0, b"0123456789", rewrite=True), allowed=True) is not None  # all held bytes
+    refused = {
+        "feature": (good, False),
+        "beyond": (data(8, b"abc", rewrite=True), True),
+        "empty": (data(3, b"", rewrite=True), True),
+        "other segment": (data(0, b"a", rewrite=True, segment="000000010000000000000002"), True),
+        "digest": (Data("s", SEG, 2, 12345, b"ab", True), True),
+    }
+    for what, (msg, allowed) in refused.items():
+        with pytest.raises(RemoteProtocolError):
+            judge(ingest, msg, allowed)
+            pytest.fail(what)
+    # Sealed: no segment is being written, so nothing may be rewritten.
+    content = b"0123456789"
+    seal = Seal("s", SEG, 10, seal_digest(SEG, 10, segment_digest(content)))
+    assert ingest.on_seal(seal).verdict is Verdict.ACCEPT
+    with pytest.raises(RemoteProtocolError, match="not the segment being written"):
+        judge(ingest, good, allowed=True)
+
+
+def test_a_rewrite_while_a_resend_is_awaited_is_dropped() -> None:
+    ingest = Ingest("", None, 0)
+    ingest.on_data(data(0, b"0123"))
+    assert ingest.on_data(Data("s", SEG, 4, 1, b"bad!")).verdict is Verdict.RESEND
+    assert judge(ingest, data(0, b"x", rewrite=True), allowed=True) is None
+
+
+def test_changed_span() -> None:
+    assert changed_span(b"abcdef", b"abcdef") is None
+    assert changed_span(b"abcdef", b"abXdeY") == (2, 5)
+
+
+# -- the store carrying it out -----------------------------------------------------------------------------
+
+
+def test_the_store_rewrites_held_bytes_durably_and_a_restart_still_verifies_the_partial(tmp_path: Path) -> None:
+    store = SegmentStore(tmp_path / "s")
+    chunks = [os.urandom(1000), os.urandom(3000), os.urandom(500)]
+    ops: list[Write] = []
+    off = 0
+    for c in chunks:
+        ops.append(Write(SEG, off, c, chunk_digest(SEG, off, c)))
+        off += len(c)
+    store.apply(list(ops))
+    content = bytearray(b"".join(chunks))
+    new = bytes(b ^ 0xFF for b in content[900:1100])  # across the first two chunks' records
+    content[900:1100] = new
+    rehash = Rehash(SEG, len(content))
+    store.apply([Rewrite(SEG, 900, new), rehash])
+    assert rehash.done.result(0).digest() == segment_digest(bytes(content))
+    assert store.partial_path(SEG).read_bytes() == content
+    store.close()
+    rec = SegmentStore(tmp_path / "s").recover()
+    assert (rec.active, rec.offset, rec.discarded) == (SEG, len(content), 0)
+    assert rec.hasher.digest() == segment_digest(bytes(content))
+    store2 = SegmentStore(tmp_path / "s")
+    store2.apply([Install(SEG, len(content), segment_digest(bytes(content)), "")])
+    assert (tmp_path / "s" / "log" / SEG).read_bytes() == content
+    assert not list((tmp_path / "s" / "quarantine").iterdir())
