@@ -3,8 +3,8 @@
 A writer may rewrite a byte it wrote earlier, after the shipper sent it: MariaDB clears the in-use flag
 (offset 21) of a binlog just after it opened the next one. Sealing waits for the writer to close the
 file, so at sealing the shipper reads the whole segment anyway (for the SEAL's digest); ``SentRanges``
-holds an xxh3_64 of every ``BLOCK`` of the segment as it was sent (8 bytes per 64 KiB: 8 KiB for a
-64 MiB binlog, 128 KiB for 1 GiB), so that one pass also finds the blocks that changed. Those go out as
+holds an xxh3_64 of every 4 KiB ``BLOCK`` of the segment as it was sent (8 bytes each: 128 KiB for a
+64 MiB binlog), so that one pass also finds the blocks that changed. Those go out as
 DATA frames flagged ``rewrite`` (protocol/messages.py) before the SEAL, when the receiver listed the
 ``rewrite`` feature; otherwise the SEAL alone carries the new digest and the receiver fetches the
 segment again, as before the feature.
@@ -33,8 +33,11 @@ from shipper.status import TargetStats
 
 log = logging.getLogger("shipper")
 
-BLOCK = 64 * 1024
-"""Bytes per remembered digest, and the most a one-byte change costs on the wire."""
+BLOCK = 4096
+"""Bytes per remembered digest (8 bytes each: 128 KiB for a 64 MiB binlog, 2 MiB for 1 GiB), and what a
+one-byte change costs on the wire. Hashing in blocks this small costs ~0.1 ms per MiB sent."""
+READ = 4 * 1024 * 1024
+"""Bytes per read when a segment is read whole."""
 MAX_REWRITE = 16 * 1024 * 1024
 """More changed bytes than this at sealing: fetch the segment again instead (bounds the memory held)."""
 
@@ -71,16 +74,20 @@ class SentRanges:
             self.forget()
             return
         view = memoryview(data)
-        pos = 0
-        while pos < len(view):
-            room = BLOCK - self.end % BLOCK
-            take = min(room, len(view) - pos)
-            self._open.update(view[pos : pos + take])
-            pos += take
-            self.end += take
-            if take == room:
+        pos, n = 0, len(view)
+        if self.end % BLOCK:
+            # Finish the block the last bytes left open.
+            pos = min(BLOCK - self.end % BLOCK, n)
+            self._open.update(view[:pos])
+            if (self.end + pos) % BLOCK == 0:
                 self._done.append(self._open.intdigest())
-                self._open = xxhash.xxh3_64()
+        while n - pos >= BLOCK:
+            self._done.append(xxhash.xxh3_64_intdigest(view[pos : pos + BLOCK]))
+            pos += BLOCK
+        if pos < n:
+            self._open = xxhash.xxh3_64()
+            self._open.update(view[pos:])
+        self.end += n
 
     def truncate(self, offset: int) -> None:
         """The receiver holds ``[0, offset)`` as sent and wants the rest again (resume or resend)."""
@@ -152,7 +159,7 @@ class TrackingReader(SegmentReader):
         self.sent.start(pos.segment)
         done = 0
         while done < pos.offset:
-            block = os.pread(self._open(pos.segment), min(BLOCK, pos.offset - done), done)
+            block = os.pread(self._open(pos.segment), min(READ, pos.offset - done), done)
             if not block:
                 self.sent.forget()
                 return
@@ -185,18 +192,20 @@ class TrackingReader(SegmentReader):
         now: list[int] = []
         held = 0
         rewrites: list[tuple[int, bytes]] = []
-        for start in range(0, size, BLOCK):
-            data = os.pread(fd, min(BLOCK, size - start), start)
-            if len(data) != min(BLOCK, size - start):
+        for base in range(0, size, READ):
+            data = os.pread(fd, min(READ, size - base), base)
+            if len(data) != min(READ, size - base):
                 return None
             hasher.update(data)
-            i = len(now)
-            now.append(xxhash.xxh3_64_intdigest(data))
-            if i >= len(sent) or sent[i] != now[i] or i in self.sent.unsure:
-                held += len(data)
-                if held > MAX_REWRITE:
-                    return None
-                rewrites.append((start, data))
+            view = memoryview(data)
+            for at in range(0, len(data), BLOCK):
+                i = len(now)
+                now.append(xxhash.xxh3_64_intdigest(view[at : at + BLOCK]))
+                if i >= len(sent) or sent[i] != now[i] or i in self.sent.unsure:
+                    held += min(BLOCK, len(data) - at)
+                    if held > MAX_REWRITE:
+                        return None
+                    rewrites.append((base + at, bytes(view[at : at + BLOCK])))
         return SealPlan(hasher.digest(), changed_ranges(sent, now, self.sent.unsure, size), rewrites)
 
 

@@ -17,6 +17,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from shipper.rewrite import BLOCK
 from tests.helpers.copies import digest_file
 from tests.helpers.procs import Proc, receiver_proc, shipper_proc
 from tests.helpers.waiting import wait_until
@@ -105,7 +106,7 @@ def test_a_header_rewritten_at_rotation_reaches_the_copy_once_and_nothing_is_qua
     rewritten = receiver.count("rewritten in the copy")
     # Every binlog was shipped while it grew and rewritten at rotation, each once, by one block.
     assert shipped_growing == SEGMENTS and rewritten == SEGMENTS, (shipped_growing, rewritten)
-    assert one_copy <= sent <= one_copy + SEGMENTS * 64 * 1024, (sent, one_copy)
+    assert one_copy <= sent <= one_copy + SEGMENTS * BLOCK, (sent, one_copy)
     assert receiver.count("quarantined") == 0 and shipper.count("fetches it again") == 0
     assert shipper.count("changed on the source after it was sealed") == 0
     print(
