@@ -163,6 +163,7 @@ def test_thousands_of_rows_over_many_rotations_match_and_copies_are_identical(ri
     assert rotations >= 10, rotations
     assert copies >= rotations
     assert rig.shipper.count(CHANGED) == 0
+    assert rig.quarantined() == []
     print(
         f"\n3000 rows, {rotations} rotations, {copies} copies identical; converged {took:.1f}s after the last "
         f"insert ({time.monotonic() - began:.1f}s in all)"
@@ -201,6 +202,8 @@ def test_kill_9_of_the_receiver_during_replay_commands_applies_no_binlog_twice(r
     took = rig.wait_converged(90)
     rig.check_same()
     rig.check_copies()
+    quarantined = rig.quarantined()
+    assert quarantined == []  # a restarted receiver still takes the rewrites: the shipper remembers what it sent
     log = rig.receiver.log_text()
     assert "Duplicate entry" not in log and "replay Failed" not in log
     assert aimed >= 1, "no kill landed while a replay command ran"
@@ -208,7 +211,8 @@ def test_kill_9_of_the_receiver_during_replay_commands_applies_no_binlog_twice(r
     assert log.count("finished while no receiver watched it (exit 0); taking its result") >= aimed
     print(
         f"\n{KILLS} kills of the receiver ({aimed} during a running replay command), {rig.rows} rows; "
-        f"converged {took:.1f}s after the last restart ({time.monotonic() - began:.1f}s in all)"
+        f"converged {took:.1f}s after the last restart ({time.monotonic() - began:.1f}s in all); "
+        f"{rig.receiver.count('rewritten in the copy')} rewritten at rotation, {len(quarantined)} quarantined"
     )
 
 
