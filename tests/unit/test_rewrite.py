@@ -220,3 +220,24 @@ def test_the_store_rewrites_held_bytes_durably_and_a_restart_still_verifies_the_
     store2.apply([Install(SEG, len(content), segment_digest(bytes(content)), "")])
     assert (tmp_path / "s" / "log" / SEG).read_bytes() == content
     assert not list((tmp_path / "s" / "quarantine").iterdir())
+
+
+# -- fetched again, when rewriting is not possible ---------------------------------------------------------
+
+
+def test_a_nack_below_the_acknowledged_position_lets_the_resent_bytes_be_acknowledged_again() -> None:
+    from shipper.pacing import AdaptiveWindow
+    from shipper.window import SendWindow
+
+    window = SendWindow(AdaptiveWindow(1 << 20, 1 << 20, 1 << 20))
+    window.start_at((Position(SEG, 0), False))
+    for _ in range(3):
+        window.on_data_sent(1000, 0.0)
+    assert window.on_ack((Position(SEG, 3000), False), 0.1)
+    window.on_seal_sent()
+    # The SEAL failed its digest at the target: its partial went to quarantine, everything again from 0.
+    window.on_nack(Position(SEG, 0))
+    assert window.take_rewind() == Position(SEG, 0)
+    window.on_data_sent(1000, 0.2)
+    assert window.on_ack((Position(SEG, 1000), False), 0.3)  # not "behind the acknowledged"
+    assert window.in_flight_bytes == 0
