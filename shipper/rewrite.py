@@ -40,6 +40,8 @@ READ = 4 * 1024 * 1024
 """Bytes per read when a segment is read whole."""
 MAX_REWRITE = 16 * 1024 * 1024
 """More changed bytes than this at sealing: fetch the segment again instead (bounds the memory held)."""
+MAX_FRAME = 1024 * 1024
+"""Adjacent changed blocks are merged into rewrite frames of up to this size (plus one block)."""
 
 
 class SentRanges:
@@ -146,14 +148,21 @@ class TrackingReader(SegmentReader):
     def __init__(self, source: Path) -> None:
         super().__init__(source)
         self.sent = SentRanges()
+        self._prev = SentRanges()
+        """The segment sent before (two segments' digests at most)."""
         self.rewritten = 0
         """Bytes sent as rewrites so far (they count in the target's bytes_sent too)."""
 
     def seek(self, pos: Position) -> None:
         super().seek(pos)
+        if self._prev.segment == pos.segment != self.sent.segment:
+            # Back to the segment before (a reconnect after its SEAL went out but before it was
+            # acknowledged): what was sent of it is still known.
+            self.sent, self._prev = self._prev, self.sent
         if self.sent.segment and self.sent.segment == pos.segment and pos.offset <= self.sent.end:
             self.sent.truncate(pos.offset)
             return
+        self._prev, self.sent = self.sent, SentRanges()
         # A segment we did not send from its start (a restart of the shipper): the receiver's bytes
         # are taken to be the source's as they are now, the best known.
         self.sent.start(pos.segment)
@@ -191,7 +200,7 @@ class TrackingReader(SegmentReader):
         hasher = segment_hasher()
         now: list[int] = []
         held = 0
-        rewrites: list[tuple[int, bytes]] = []
+        frames: list[tuple[int, bytearray]] = []
         for base in range(0, size, READ):
             data = os.pread(fd, min(READ, size - base), base)
             if len(data) != min(READ, size - base):
@@ -202,10 +211,17 @@ class TrackingReader(SegmentReader):
                 i = len(now)
                 now.append(xxhash.xxh3_64_intdigest(view[at : at + BLOCK]))
                 if i >= len(sent) or sent[i] != now[i] or i in self.sent.unsure:
-                    held += min(BLOCK, len(data) - at)
+                    block = view[at : at + BLOCK]
+                    held += len(block)
                     if held > MAX_REWRITE:
                         return None
-                    rewrites.append((base + at, bytes(view[at : at + BLOCK])))
+                    last = frames[-1] if frames else None
+                    if last is not None and last[0] + len(last[1]) == base + at and len(last[1]) < MAX_FRAME:
+                        # Adjacent changed blocks go in one frame: one write and one sync at the receiver.
+                        last[1].extend(block)
+                    else:
+                        frames.append((base + at, bytearray(block)))
+        rewrites = [(offset, bytes(data)) for offset, data in frames]
         return SealPlan(hasher.digest(), changed_ranges(sent, now, self.sent.unsure, size), rewrites)
 
 

@@ -138,6 +138,23 @@ def test_sealing_finds_the_header_byte_mariadb_rewrote_after_it_was_sent(tmp_pat
     assert reader2.plan_seal(SEG, len(content) - 1) is None
 
 
+def test_a_resume_in_the_segment_before_still_knows_what_was_sent_of_it(tmp_path: Path) -> None:
+    first = bytearray(os.urandom(2 * BLOCK))
+    (tmp_path / SEG).write_bytes(first)
+    nxt = "000000010000000000000002"
+    (tmp_path / nxt).write_bytes(b"n" * 100)
+    reader = TrackingReader(tmp_path)
+    reader.seek(Position(SEG, 0))
+    ship(reader, SEG, len(first), BLOCK)
+    reader.seek(Position(nxt, 0))  # its SEAL went out, the next segment opened
+    ship(reader, nxt, 100, 100)
+    first[21] ^= 1
+    (tmp_path / SEG).write_bytes(first)
+    reader.seek(Position(SEG, len(first)))  # the reconnect: the SEAL was never acknowledged
+    plan = reader.plan_seal(SEG, len(first))
+    assert plan is not None and plan.ranges == [(0, BLOCK)]
+
+
 def test_a_resumed_segment_is_remembered_from_the_source_and_a_segment_rewritten_wholesale_is_fetched_again(
     tmp_path: Path,
 ) -> None:
@@ -191,6 +208,32 @@ def test_a_rewrite_while_a_resend_is_awaited_is_dropped() -> None:
 def test_changed_span() -> None:
     assert changed_span(b"abcdef", b"abcdef") is None
     assert changed_span(b"abcdef", b"abXdeY") == (2, 5)
+    old = os.urandom(3 * 4096 + 17)
+    new = bytearray(old)
+    new[5000] ^= 1
+    new[3 * 4096 + 3] ^= 1
+    assert changed_span(old, bytes(new)) == (5000, 3 * 4096 + 3)
+    new = bytearray(old)
+    new[-1] ^= 1
+    assert changed_span(old, bytes(new)) == (len(old) - 1, len(old) - 1)
+
+
+def test_adjacent_changed_blocks_are_rewritten_in_one_frame(tmp_path: Path) -> None:
+    content = bytearray(os.urandom(10 * BLOCK))
+    (tmp_path / SEG).write_bytes(content)
+    reader = TrackingReader(tmp_path)
+    reader.seek(Position(SEG, 0))
+    ship(reader, SEG, len(content), 3 * BLOCK)
+    for at in (BLOCK + 1, 2 * BLOCK + 1, 3 * BLOCK + 1, 7 * BLOCK):
+        content[at] ^= 0xFF
+    (tmp_path / SEG).write_bytes(content)
+    plan = reader.plan_seal(SEG, len(content))
+    assert plan is not None
+    assert plan.ranges == [(BLOCK, 4 * BLOCK), (7 * BLOCK, 8 * BLOCK)]
+    assert plan.rewrites == [
+        (BLOCK, bytes(content[BLOCK : 4 * BLOCK])),
+        (7 * BLOCK, bytes(content[7 * BLOCK : 8 * BLOCK])),
+    ]
 
 
 # -- the store carrying it out -----------------------------------------------------------------------------
@@ -220,6 +263,25 @@ def test_the_store_rewrites_held_bytes_durably_and_a_restart_still_verifies_the_
     store2.apply([Install(SEG, len(content), segment_digest(bytes(content)), "")])
     assert (tmp_path / "s" / "log" / SEG).read_bytes() == content
     assert not list((tmp_path / "s" / "quarantine").iterdir())
+
+
+def test_a_rewrite_among_many_small_chunk_records_fixes_just_the_ones_it_covers(tmp_path: Path) -> None:
+    store = SegmentStore(tmp_path / "s")
+    content = bytearray(os.urandom(5000 * 37))
+    store.apply(
+        [
+            Write(SEG, off, bytes(content[off : off + 37]), chunk_digest(SEG, off, content[off : off + 37]))
+            for off in range(0, len(content), 37)
+        ]
+    )
+    for start in (0, 37 * 2500 - 5, len(content) - 1):
+        new = bytes(b ^ 0x55 for b in content[start : start + 50])
+        content[start : start + len(new)] = new
+        store.apply([Rewrite(SEG, start, new)])
+    store.close()
+    rec = SegmentStore(tmp_path / "s").recover()
+    assert (rec.offset, rec.discarded) == (len(content), 0)
+    assert rec.hasher.digest() == segment_digest(bytes(content))
 
 
 # -- fetched again, when rewriting is not possible ---------------------------------------------------------
