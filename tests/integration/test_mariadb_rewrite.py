@@ -40,9 +40,10 @@ def header() -> bytes:
     return bytes(head)
 
 
-def write_like_mariadb(source: Path, rnd: random.Random) -> None:
-    """Write SEGMENTS binlogs and open one more; each is shipped while it grows (pieces with pauses),
-    and its flag is cleared only after the next one exists, just before it is closed."""
+def write_like_mariadb(source: Path, incoming: Path, rnd: random.Random) -> None:
+    """Write SEGMENTS binlogs and open one more; each is shipped while it grows (pieces with pauses; its
+    header has reached the receiver's partial in ``incoming`` before its second half is written), and its
+    flag is cleared only after the next one exists, just before it is closed."""
     prev = -1
     for i in range(1, SEGMENTS + 2):
         fd = os.open(source / name(i), os.O_WRONLY | os.O_CREAT, 0o644)  # not O_APPEND: pwrite must land at 21
@@ -55,7 +56,11 @@ def write_like_mariadb(source: Path, rnd: random.Random) -> None:
             os.close(fd)  # the active binlog stays unsealed: no later one exists
             return
         written = len(header())
+        partial = incoming / f"{name(i)}.partial"
         while written < SIZE:
+            if written <= SIZE // 2 < written + PIECE:
+                # Aimed: the flag byte was shipped as "in use" before the rotation rewrites it.
+                wait_until(lambda p=partial: p.exists() and p.stat().st_size > FLAG, 30, 0.005, "the header shipped")
             n = min(PIECE, SIZE - written)
             os.write(fd, rnd.randbytes(n))
             written += n
@@ -81,8 +86,8 @@ def test_a_header_rewritten_at_rotation_reaches_the_copy_once_and_nothing_is_qua
     procs.append(shipper)
     admin = shipper.admin_port()
     began = time.monotonic()
-    write_like_mariadb(source, random.Random(20))
     copy = tmp_path / "receiver" / "mdb"
+    write_like_mariadb(source, copy / "incoming", random.Random(20))
     expect = [name(i) for i in range(1, SEGMENTS + 1)]
 
     def installed() -> bool:
