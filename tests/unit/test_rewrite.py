@@ -10,6 +10,8 @@ from pathlib import Path
 import msgpack
 import pytest
 import xxhash
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from protocol.digest import chunk_digest, seal_digest, segment_digest
 from protocol.errors import RemoteProtocolError
@@ -303,3 +305,56 @@ def test_a_nack_below_the_acknowledged_position_lets_the_resent_bytes_be_acknowl
     window.on_data_sent(1000, 0.2)
     assert window.on_ack((Position(SEG, 1000), False), 0.3)  # not "behind the acknowledged"
     assert window.in_flight_bytes == 0
+
+
+# -- properties ------------------------------------------------------------------------------------------
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(1, 3 * BLOCK), min_size=1, max_size=12), st.lists(st.integers(0, 10**6), max_size=3))
+def test_whatever_the_chunks_and_resumes_every_block_not_unsure_has_the_digest_of_its_bytes(
+    chunks: list[int], cuts: list[int]
+) -> None:
+    content = bytes(i % 251 for i in range(sum(chunks)))
+    sent = SentRanges()
+    sent.start(SEG)
+    pos = 0
+    for n, size in enumerate(chunks):
+        sent.sent(SEG, pos, content[pos : pos + size])
+        pos += size
+        if n < len(cuts):
+            pos = cuts[n] % (pos + 1)  # a resume or resend from an earlier place
+            sent.truncate(pos)
+    assert sent.segment == SEG and sent.end == pos
+    want = block_digests(content[:pos])
+    got = sent.digests()
+    assert len(got) == len(want)
+    for i, (a, b) in enumerate(zip(got, want, strict=True)):
+        assert i in sent.unsure or a == b
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.integers(0, 3000),
+    st.booleans(),
+    st.integers(-5, 3000),
+    st.binary(max_size=40),
+    st.sampled_from([SEG, "000000010000000000000002"]),
+    st.booleans(),
+)
+def test_a_rewrite_is_either_within_the_held_bytes_or_refused(
+    held: int, sealed: bool, offset: int, payload: bytes, segment: str, allowed: bool
+) -> None:
+    ingest = Ingest("", None, 0)
+    if held:
+        ingest.on_data(data(0, bytes(held)))
+    if sealed and held:
+        ingest.on_seal(Seal("s", SEG, held, seal_digest(SEG, held, segment_digest(bytes(held)))))
+    offset = max(0, offset)
+    msg = data(offset, payload, rewrite=True, segment=segment)
+    try:
+        op = judge(ingest, msg, allowed)
+    except RemoteProtocolError:
+        return
+    assert op is not None and allowed and held and not sealed and segment == SEG
+    assert payload and op.offset + len(op.payload) <= held
