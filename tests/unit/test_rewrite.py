@@ -52,6 +52,19 @@ def test_a_rewrite_round_trips_and_a_plain_data_carries_no_flag() -> None:
     assert decode(encode(plain)) == plain and not plain.rewrite
 
 
+def test_a_compressed_rewrite_keeps_its_flag() -> None:
+    from protocol.compression import PayloadCompressor, parse_compression
+
+    compression = parse_compression("zstd")
+    assert compression is not None
+    msg = data(0, b"\x00" * 4096, rewrite=True)
+    frame = encode(msg, PayloadCompressor(compression))
+    assert len(frame) < 4096
+    dec = FrameDecoder(encodings=frozenset({"zstd"}))
+    dec.receive_data(frame)
+    assert dec.next_message() == msg
+
+
 def test_a_rewrite_flag_that_is_not_a_boolean_is_refused() -> None:
     header = data(0, b"x", rewrite=True).to_header()
     header["rw"] = 1
