@@ -17,7 +17,7 @@ from protocol.messages import Ack, Position, SourceHead
 from receiver.committer import Attachment
 from receiver.config import ReplaySettings
 from receiver.history_file import history_rows
-from receiver.manifest import Installed
+from receiver.manifest import Base, Installed
 from receiver.replayer import Replayer
 from receiver.state import Role, load_state
 from receiver.status import copy_row
@@ -34,6 +34,8 @@ class StreamCopy:
         self.store = store
         self.state = load_state(store.state_path)
         self.installed: list[Installed] = store.read_manifest()
+        self.base: Base | None = store.read_manifest_base()
+        """Where ``installed``'s chain starts (receiver/manifest.py Base); None: at the stream's start."""
         self.installed_at = time.time()
         self.lock = asyncio.Lock()
         self.owner: Attachment[StreamCopy] | None = None

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from receiver.config import ReplaySettings
-from receiver.manifest import Installed, record_digest
+from receiver.manifest import Base, Installed, first_pdx, record_digest
 from receiver.replay_run import Finished, Interrupted
 from receiver.state import CopyState
 from receiver.store import ReplicaError, SegmentStore
@@ -42,6 +42,7 @@ class ReplayedCopy(Protocol):
     store: SegmentStore
     state: CopyState
     installed: list[Installed]
+    base: Base | None
 
     async def save_state(self) -> None: ...
 
@@ -78,8 +79,11 @@ class Gap:
 Decision = Replay | Hold | Idle | Gap
 
 
-def next_to_replay(log: Sequence[Installed], replayed: str, now: float, lag: float) -> Decision:
-    """Decide what to replay after ``replayed`` ("" for nothing yet) given the install records in log order."""
+def next_to_replay(
+    log: Sequence[Installed], replayed: str, now: float, lag: float, base: Base | None = None
+) -> Decision:
+    """Decide what to replay after ``replayed`` ("" for nothing yet) given the install records in log order,
+    whose chain starts at ``base`` (None: at the stream's first segment)."""
     i = bisect.bisect_right(log, replayed, key=lambda r: r.name)
     if i == len(log):
         return Idle()
@@ -91,7 +95,8 @@ def next_to_replay(log: Sequence[Installed], replayed: str, now: float, lag: flo
         )
     if record.pdx is not None and (i == 0 or log[i - 1].name == replayed):
         # The content chain: a same-named segment of another history does not follow this one.
-        if record.pdx != (record_digest(log[i - 1]) if i else b""):
+        expected = record_digest(log[i - 1]) if i else first_pdx(base)
+        if expected is not None and record.pdx != expected:
             return Gap(f"{record.name} was not installed after the replayed {replayed or 'start'}: another history")
     due = record.at + lag
     if now < due:
@@ -231,7 +236,7 @@ class Replayer:
         if state.suspended and not self.override:
             return Stopped("suspended")
         lag = 0.0 if self.override else self.settings.lag
-        decision = next_to_replay(self.copy.installed, self.replayed, self.clock(), lag)
+        decision = next_to_replay(self.copy.installed, self.replayed, self.clock(), lag, self.copy.base)
         if isinstance(decision, Gap):
             await self._fail(decision.reason)
             return decision

@@ -24,7 +24,7 @@ from protocol.errors import RemoteProtocolError
 from protocol.history import Fork, History, Refuse, Rewind, decide
 from protocol.messages import Position
 from receiver.history_file import load_history, save_history
-from receiver.manifest import Installed, chain_problem
+from receiver.manifest import Base, Installed, chain_problem
 from receiver.store import _IDX as IDX_RECORD  # the .idx record format recover() verifies
 from receiver.store import READ_BLOCK, Recovered, SegmentStore
 
@@ -42,6 +42,7 @@ class Copy(Protocol):
     name: str
     store: SegmentStore
     installed: list[Installed]
+    base: Base | None
 
     @property
     def replayed_position(self) -> Position: ...
@@ -149,7 +150,7 @@ async def check_history(
     theirs = shipper.claimed(epoch)
     position = copy_position(rec)
     decision = decide(theirs, known.history, position, copy.replayed_position, known.fenced, not no_rewind)
-    mixed = chain_problem(copy.installed, names=False)
+    mixed = chain_problem(copy.installed, names=False, base=copy.base)
     if mixed:
         # Two histories already meet in this copy's manifest: nothing can be resumed on it.
         decision = Refuse(f"the copy's manifest chain is broken: {mixed}; reseed")

@@ -31,7 +31,7 @@ import xxhash
 
 from logship.files import fsync_dir
 from protocol.digest import chunk_digest, segment_hasher
-from receiver.manifest import Installed, Stamp
+from receiver.manifest import Base, Installed, Stamp
 from receiver.manifest_file import ManifestFile
 from receiver.ops import Install, Op, Rehash, Restart, Rewrite, Write
 from receiver.rewrite import carry_out
@@ -318,6 +318,10 @@ class SegmentStore:
     def read_manifest(self) -> list[Installed]:
         """Return the install records in log order, the newest record of a name winning; torn lines skipped."""
         return self.manifest.read()
+
+    def read_manifest_base(self) -> Base | None:
+        """Return where the manifest's chain starts (None: at the stream's first segment)."""
+        return self.manifest.read_base()
 
     def close_manifest(self) -> None:
         self.manifest.close()
