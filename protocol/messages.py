@@ -26,9 +26,19 @@ from protocol.position import Position
 # -- messages ------------------------------------------------------------------------------
 
 
+REWRITE: str = "rewrite"
+"""The HELLO/WELCOME feature of DATA frames flagged ``rw``: both ends must list it before one is sent."""
+
+
 @dataclass(frozen=True, slots=True)
 class Data:
-    """A chunk of a segment: ``payload`` belongs at ``offset`` of ``segment``; ``digest`` is xxh3_64."""
+    """A chunk of a segment: ``payload`` belongs at ``offset`` of ``segment``; ``digest`` is xxh3_64.
+
+    With ``rewrite`` (header ``rw``, sent only once both ends listed the ``rewrite`` feature) the chunk
+    replaces bytes the receiver already holds of the segment it is writing: the source rewrote them
+    after they were shipped (MariaDB's in-use flag at offset 21, cleared at rotation). An end that does
+    not know the flag reads a plain DATA at the wrong offset and refuses it.
+    """
 
     TYPE: ClassVar[str] = "DATA"
     stream: str
@@ -36,9 +46,10 @@ class Data:
     offset: int
     digest: int
     payload: bytes = field(repr=False)
+    rewrite: bool = False
 
     def to_header(self) -> dict[str, Any]:
-        return {
+        h = {
             "t": self.TYPE,
             "stream": self.stream,
             "seg": self.segment,
@@ -46,6 +57,9 @@ class Data:
             "len": len(self.payload),
             "xxh": self.digest,
         }
+        if self.rewrite:
+            h["rw"] = True
+        return h
 
     @classmethod
     def from_header(cls, h: Mapping[str, Any], payload: bytes = b"") -> Data:
@@ -55,6 +69,8 @@ class Data:
             fields.integer(h, "off"),
             fields.integer(h, "xxh", 0, (1 << 64) - 1),
             payload,
+            # Only ever True on the wire: a DATA without it is a plain one.
+            "rw" in h and fields.boolean(h, "rw"),
         )
 
     @property

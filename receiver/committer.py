@@ -69,7 +69,7 @@ class _Batch:
             if isinstance(op, Write):
                 self.nbytes += len(op.payload)
                 ack = Position(op.segment, op.offset + len(op.payload)), False
-            else:
+            elif isinstance(op, Install | Restart):  # a Rewrite or Rehash (receiver/rewrite.py) moves nothing
                 self.events.append(op)
                 if isinstance(op, Install):
                     ack = Position(op.segment, op.size), True
@@ -245,6 +245,10 @@ class Attachment(Generic[C]):
                 log.info("stream %s: sealed %s (%d bytes)", self.copy.name, op.segment, op.size)
             else:
                 log.warning("stream %s: %s quarantined: %s", self.copy.name, op.segment, op.reason)
+                if self.acked.segment == op.segment and not self.acked_sealed:
+                    # Its bytes are gone: the resend from 0 must be acknowledged again as it becomes durable
+                    # (else no ACK comes below the old position and a window smaller than it stalls).
+                    self.acked = Position(op.segment, 0)
         position, sealed = batch.ack
         if (position, sealed) > (self.acked, self.acked_sealed):
             self.acked, self.acked_sealed = position, sealed

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 from dataclasses import dataclass, field
+
+import xxhash
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,4 +40,22 @@ class Restart:
     reason: str
 
 
-Op = Write | Install | Restart
+@dataclass(frozen=True, slots=True)
+class Rewrite:
+    """Replace ``payload``'s length of bytes at ``offset`` of the partial ``segment`` (all already held)."""
+
+    segment: str
+    offset: int
+    payload: bytes = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Rehash:
+    """Digest the first ``size`` bytes of the partial ``segment`` as they are on disk into ``done``."""
+
+    segment: str
+    size: int
+    done: concurrent.futures.Future[xxhash.xxh3_128] = field(default_factory=concurrent.futures.Future)
+
+
+Op = Write | Install | Restart | Rewrite | Rehash

@@ -23,7 +23,7 @@ from protocol.auth import FrameAuthFailed
 from protocol.buffers import BufferPool
 from protocol.compression import ENCODINGS, agreed
 from protocol.errors import ErrorCode, ProtocolError, RemoteProtocolError
-from protocol.messages import START, Ack, Data, Error, Heartbeat, Message, Nack, Position, Seal, StreamResume
+from protocol.messages import REWRITE, START, Ack, Data, Error, Heartbeat, Message, Nack, Position, Seal, StreamResume
 from protocol.session import Accepted, ReceiverHandshake
 from receiver.admission import Slot
 from receiver.committer import Attachment
@@ -31,6 +31,7 @@ from receiver.config import ServerConfig
 from receiver.copy import StreamCopy
 from receiver.ingest import Ingest, Verdict
 from receiver.rewind import check_history
+from receiver.rewrite import Rewrites
 from receiver.space import SpaceGuard
 from receiver.writers import Writer, take_over
 
@@ -108,6 +109,7 @@ class Session:
         self.cut: dict[str, int] = {}
         """Per stream, the bytes its copy rewound past the fork of the shipper's epoch at this handshake."""
         self.frames_refused = 0
+        self.rewrites = Rewrites()
         """Frames after the handshake whose tag or payload MAC failed (0 or 1: the first one closes)."""
 
     async def run(self, slot: Slot) -> None:
@@ -192,7 +194,7 @@ class Session:
             # Announce every payload encoding we decode; accept compressed DATA only in one both listed.
             conn.decoder.encodings = agreed(hs.features, ENCODINGS)
             conn.decoder.pool = self.pool
-            conn.send(hs.welcome(resumes, ENCODINGS))
+            conn.send(hs.welcome(resumes, (*ENCODINGS, REWRITE)))
             # Every frame after WELCOME is tagged both ways. No await since the send: the shipper can
             # only tag once it read the WELCOME, so no tagged byte can have been decoded untagged.
             conn.authenticate(*hs.frame_auth())
@@ -309,10 +311,15 @@ class Session:
     async def _ingest(self, att: Attachment[StreamCopy], msg: Message) -> bool:
         copy = att.copy
         if isinstance(msg, Data):
+            if msg.rewrite:  # bytes already held, changed on the source (receiver/rewrite.py)
+                self.rewrites.on_rewrite(att, msg, REWRITE in self.hs.features)
+                return True
             copy.bytes_received += len(msg.payload)
             outcome = att.ingest.on_data(msg)
         else:
             assert isinstance(msg, Seal)
+            if not await self.rewrites.before_seal(att, msg):
+                return False
             outcome = att.ingest.on_seal(msg)
         if outcome.verdict is Verdict.ACCEPT:
             att.submit(outcome.ops)

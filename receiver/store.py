@@ -34,7 +34,8 @@ from logship.files import fsync_dir
 from protocol.digest import chunk_digest, segment_hasher
 from receiver.manifest import Base, Installed, Stamp
 from receiver.manifest_file import ManifestFile
-from receiver.ops import Install, Op, Restart, Write
+from receiver.ops import Install, Op, Rehash, Restart, Rewrite, Write
+from receiver.rewrite import carry_out
 
 _IDX = struct.Struct(">QIQ")
 _LIBC = ctypes.CDLL(None, use_errno=True)
@@ -243,6 +244,11 @@ class SegmentStore:
                 records, dirty = [], False
                 self.close()
                 self._quarantine(op.segment, op.reason)
+            elif isinstance(op, Rewrite | Rehash):
+                # Bytes already written (receiver/rewrite.py): its records must be in the idx first.
+                self._flush(records, dirty)
+                records, dirty = [], False
+                carry_out(op, self.partial_path(op.segment), self.idx_path(op.segment), _IDX)
         self._flush(records, dirty)
 
     def _flush(self, records: list[bytes], dirty: bool) -> None:

@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from protocol.aio import FramedConnection
 from protocol.auth import PAYLOAD_MAC
 from protocol.errors import VersionMismatch
-from protocol.messages import Error, Fenced, Position, StreamResume
+from protocol.messages import REWRITE, Error, Fenced, Position, StreamResume
 from protocol.session import ShipperHandshake
 from shipper.settings import SenderConfig
 
@@ -101,6 +101,7 @@ async def handshake(
     wanted: tuple[str, ...] = (config.compression.encoding,) if config.compression else ()
     if config.payload_mac:
         wanted = (*wanted, PAYLOAD_MAC)
+    wanted = (*wanted, REWRITE)  # used only under --seal closed, and only if the target lists it too
     histories = {stream: config.history}
     hs = ShipperHandshake(node, os.urandom(32), {stream: secret}, {stream: epoch}, wanted, histories, SHIPPER_ID)
     challenge = await conn.recv(config.connect_timeout)

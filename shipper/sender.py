@@ -31,6 +31,7 @@ from shipper.chunks import DataSender
 from shipper.handshake import BACK_OFF_CODES, Fenced_, Reconnect, Refused, beyond_source, handshake
 from shipper.pacing import AdaptiveWindow, TokenBucket, rate_limited_chunk
 from shipper.replies import Replies
+from shipper.rewrite import TrackingReader, rewrite_agreed, seal_content
 from shipper.settings import SenderConfig
 from shipper.source import Open, SegmentReader, SendData, SendSeal, SourceError, Stuck, next_step
 from shipper.status import TargetState, TargetStats, heartbeat
@@ -82,7 +83,9 @@ class TargetSender(Replies):
             TokenBucket(cfg.rate_limit, max(64 * 1024, cfg.rate_limit * 0.02)) if cfg.rate_limit is not None else None
         )
         self._chunks = ChunkSizer(rate_limited_chunk(cfg.chunk_size, cfg.rate_limit))
-        self._reader = SegmentReader(Path(tailer.source))
+        # --seal closed: remember what was sent, to rewrite at sealing what the writer changed since.
+        closed = tailer.policy.mode == "closed"
+        self._reader = (TrackingReader if closed else SegmentReader)(Path(tailer.source))
         self._stuck_reported = ""
         self._was_healthy = False
         self._hs: ShipperHandshake | None = None
@@ -306,8 +309,8 @@ class TargetSender(Replies):
             elif isinstance(step, SendSeal):
                 content = self._reader.digest()
                 if self.tailer.policy.mode == "closed":
-                    loop = asyncio.get_running_loop()
-                    content = await loop.run_in_executor(None, self._reader.digest_on_disk, step.segment, step.size)
+                    agreed = rewrite_agreed(self._hs)
+                    content = await seal_content(self._reader, conn, self.stream, step, agreed, self.stats)
                 digest = seal_digest(step.segment, step.size, content)
                 conn.send(Seal(self.stream, step.segment, step.size, digest))
                 window.on_seal_sent()

@@ -129,6 +129,10 @@ class SendWindow:
         """
         if (position, False) > self.sent_max:
             raise ProtocolError(f"resend requested from {position}, beyond what was sent ({self.sent_max[0]})")
+        if (position, False) < self.acked:
+            # The target dropped bytes it had acknowledged (a segment that failed its SEAL digest went to
+            # quarantine): they are acknowledged again as they are resent.
+            self.acked = (position, False)
         self._rewind = position
 
     def take_rewind(self) -> Position | None:

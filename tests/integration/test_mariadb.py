@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -88,6 +89,19 @@ class Rig:
         assert self.standby.query(checksum) == self.primary.query(checksum)
         assert not self.state().get("replay_failed"), self.state()
 
+    def quarantined(self) -> list[str]:
+        """What quarantine/ holds (each entry with its .reason file counted once)."""
+        q = self.copy_dir / "quarantine"
+        return sorted(p.name for p in q.iterdir() if not p.name.endswith(".reason")) if q.exists() else []
+
+    def bytes_sent(self) -> int:
+        port = self.shipper.admin_port()
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/status", timeout=10) as resp:
+            return int(json.loads(resp.read())["copies"][0]["bytes_sent"])
+
+    def source_bytes(self) -> int:
+        return sum(p.stat().st_size for p in self.primary.binlogs())
+
     def check_copies(self) -> int:
         """Every binlog in log/ equals its source byte for byte; return how many there are."""
         copies = sorted(p for p in (self.copy_dir / "log").iterdir() if re.fullmatch(PATTERN, p.name))
@@ -114,7 +128,12 @@ def rig(tmp_path: Path) -> Iterator[Rig]:
         )
         procs.append(receiver.start())
         shipper = shipper_proc(
-            root, STREAM, root / "binlog", [receiver], secret, extra=["--pattern", PATTERN, "--seal", "closed"]
+            root,
+            STREAM,
+            root / "binlog",
+            [receiver],
+            secret,
+            extra=["--pattern", PATTERN, "--seal", "closed", "--admin", "127.0.0.1:0"],
         )
         procs.append(shipper.start())
         yield Rig(root, primary, standby, receiver, shipper)
@@ -144,6 +163,7 @@ def test_thousands_of_rows_over_many_rotations_match_and_copies_are_identical(ri
     assert rotations >= 10, rotations
     assert copies >= rotations
     assert rig.shipper.count(CHANGED) == 0
+    assert rig.quarantined() == []
     print(
         f"\n3000 rows, {rotations} rotations, {copies} copies identical; converged {took:.1f}s after the last "
         f"insert ({time.monotonic() - began:.1f}s in all)"
@@ -182,6 +202,8 @@ def test_kill_9_of_the_receiver_during_replay_commands_applies_no_binlog_twice(r
     took = rig.wait_converged(90)
     rig.check_same()
     rig.check_copies()
+    quarantined = rig.quarantined()
+    assert quarantined == []  # a restarted receiver still takes the rewrites: the shipper remembers what it sent
     log = rig.receiver.log_text()
     assert "Duplicate entry" not in log and "replay Failed" not in log
     assert aimed >= 1, "no kill landed while a replay command ran"
@@ -189,7 +211,8 @@ def test_kill_9_of_the_receiver_during_replay_commands_applies_no_binlog_twice(r
     assert log.count("finished while no receiver watched it (exit 0); taking its result") >= aimed
     print(
         f"\n{KILLS} kills of the receiver ({aimed} during a running replay command), {rig.rows} rows; "
-        f"converged {took:.1f}s after the last restart ({time.monotonic() - began:.1f}s in all)"
+        f"converged {took:.1f}s after the last restart ({time.monotonic() - began:.1f}s in all); "
+        f"{rig.receiver.count('rewritten in the copy')} rewritten at rotation, {len(quarantined)} quarantined"
     )
 
 
@@ -207,14 +230,22 @@ def test_a_standby_down_for_5s_is_waited_for_with_back_off(rig: Rig) -> None:
     rig.standby.start()
     took = rig.wait_converged(60)
     rig.check_same()
-    rig.check_copies()  # binlogs shipped while they grew (their in-use flag cleared later) were fetched again
+    copies = rig.check_copies()
+    # Binlogs shipped while they grew had their in-use flag cleared at rotation: rewritten in the copy
+    # before their SEAL, not quarantined and fetched again (issue 20).
+    assert rig.quarantined() == []
+    rewritten = rig.receiver.count("rewritten in the copy")
+    sent, source = rig.bytes_sent(), rig.source_bytes()
     log = rig.receiver.log_text()
     attempts = [int(n) for n in re.findall(r"failed \(attempt (\d+) of 5\)", log)]
     assert attempts, "the replay never met the stopped standby"
     assert max(attempts) <= 4 and "replay Failed" not in log
+    assert sent <= source * 1.35, (sent, source)  # binlogs of 16 KiB: a 4 KiB rewrite is a quarter of one
     print(
         f"\nstandby down {time.monotonic() - down - took:.1f}s: {len(attempts)} failed attempts (at most "
-        f"{max(attempts)} for one binlog), converged {took:.1f}s after it came back"
+        f"{max(attempts)} for one binlog), converged {took:.1f}s after it came back; {copies} binlogs in log/, "
+        f"{len(rig.primary.binlogs()) - 1} rotations, {rewritten} rewritten at rotation, 0 quarantined; "
+        f"bytes_sent {sent} for {source} source bytes ({sent / source:.2f}x)"
     )
 
 
