@@ -13,10 +13,12 @@ from typing import Any
 
 from logship.config import ConfigError
 from logship.daemon import Surfaces, stop_event
+from logship.tasks import cancel_and_wait
 from shipper.config import ShipperConfig
 from shipper.service import ShipperService, tls_contexts
 from shipper.settings import TlsFiles
 from shipper.state import StateBusy, StateDir, Suspension, check_socket_path
+from shipper.status_state import StatusKeeper
 from shipper.wait import Waiters, WaitUsageError, handle
 
 log = logging.getLogger("shipper")
@@ -43,6 +45,8 @@ class Shipper:
             )
             for stream in config.streams
         }
+        stats = [((n, sender.name), sender.stats) for n, sv in self.services.items() for sender in sv.senders]
+        self.keeper = StatusKeeper(state.path, stats) if state is not None else None
         self.waiters = {stream.name: Waiters(self.services[stream.name], stream.sync) for stream in config.streams}
         for stream, target in self.suspensions:
             service = self.services.get(stream)
@@ -160,7 +164,12 @@ async def run(
                 ", ".join(s.name for s in service.senders),
                 f"; retention on (truncation lag {service.stream.truncation_lag:g}s)" if service.stream.retain else "",
             )
-        await asyncio.gather(*(service.run(stop) for service in shipper.services.values()))
+        keeper = asyncio.create_task(shipper.keeper.run()) if shipper.keeper is not None else None
+        try:
+            await asyncio.gather(*(service.run(stop) for service in shipper.services.values()))
+        finally:
+            if keeper is not None:
+                await cancel_and_wait(keeper)
     finally:
         await surfaces.close()
     log.info("stopped")
