@@ -14,9 +14,11 @@ import logging
 import os
 import ssl
 import sys
+import time
 
 import uvloop
 
+from logship.admin.progress import ProgressLog
 from logship.cli import (
     EXIT_FAILED,
     LOG_LEVELS,
@@ -140,7 +142,9 @@ async def serve(config: ServerConfig, host: str, port: int, admin: tuple[str, in
         config.data_dir,
     )
     watch = asyncio.create_task(watch_dir(config.data_dir), name="data-dir-watch")
-    await first_to_end(watch, asyncio.create_task(stop.wait(), name="stop-signal"))
+    # A progress line every few seconds while a shipper's heartbeats show this copy whole segments behind.
+    progress = asyncio.create_task(ProgressLog(lambda: server.status()["copies"], log).run(time.time))
+    await first_to_end(watch, progress, asyncio.create_task(stop.wait(), name="stop-signal"))
     gone = watch.result() if watch.done() and not watch.cancelled() else None
     if gone is not None:
         # Nothing can be stored any more: exit, so that the service manager restarts the receiver on a

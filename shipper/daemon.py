@@ -11,6 +11,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+from logship.admin.progress import ProgressLog
 from logship.config import ConfigError
 from logship.daemon import Surfaces, stop_event
 from logship.tasks import cancel_and_wait
@@ -164,12 +165,14 @@ async def run(
                 ", ".join(s.name for s in service.senders),
                 f"; retention on (truncation lag {service.stream.truncation_lag:g}s)" if service.stream.retain else "",
             )
-        keeper = asyncio.create_task(shipper.keeper.run()) if shipper.keeper is not None else None
+        # Beside the services: the status kept for the next run, and a progress line during a catch-up.
+        helpers = [asyncio.create_task(ProgressLog(lambda: shipper.status()["copies"], log).run(time.time))]
+        if shipper.keeper is not None:
+            helpers.append(asyncio.create_task(shipper.keeper.run()))
         try:
             await asyncio.gather(*(service.run(stop) for service in shipper.services.values()))
         finally:
-            if keeper is not None:
-                await cancel_and_wait(keeper)
+            await cancel_and_wait(*helpers)
     finally:
         await surfaces.close()
     log.info("stopped")
