@@ -85,6 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--no-rewind",
         action="store_true",
+        default=None,  # not given: the config file's no_rewind (default false)
         help="refuse a shipper whose history forks before the end of a copy (ERROR diverged) instead of moving "
         "the copy's tail past the fork into quarantine/ and resuming there",
     )
@@ -199,7 +200,7 @@ def daemon_main(argv: list[str]) -> int:
             handshake_timeout=settings.handshake_timeout,
             max_unauthenticated=settings.max_unauthenticated,
             tls=tls,
-            no_rewind=args.no_rewind,
+            no_rewind=settings.no_rewind,
         )
         host, port = settings.listen
         try:

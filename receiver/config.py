@@ -13,6 +13,7 @@ Example::
     tls_key = "/etc/logship/receiver.key"         # its key (mode 0600), if not in tls_cert
     tls_ca = "/etc/logship/shippers-ca.pem"       # optional: shippers must present a certificate it signed
     max_unauthenticated = 64                      # connections still in their handshake, at most
+    no_rewind = false                             # true: refuse a shipper whose history needs a rewind here
 
     [streams.db1]
     secret_file = "/etc/logship/db1.secret"       # only this secret may write db1
@@ -47,6 +48,7 @@ from logship.config import (
     parse_count,
     parse_duration,
     parse_size,
+    parse_switch,
     parse_text,
     read_secret,
     streams_by_name,
@@ -68,6 +70,7 @@ CHECKS: dict[str, Check] = {
     **dict.fromkeys(("idle_timeout", "handshake_timeout"), parse_duration),
     **dict.fromkeys(_TEXT_KEYS, parse_text),
     "max_unauthenticated": parse_count,
+    "no_rewind": parse_switch,
     "max_payload": parse_size,
 }
 
@@ -128,6 +131,8 @@ class ReceiverSettings:
     """Connections still in their handshake, at most; more are closed at once."""
     tls: TlsFiles | None = None
     """TLS for every connection; None: plain TCP."""
+    no_rewind: bool = False
+    """Refuse a shipper whose history needs a copy rewound (``no_rewind`` / --no-rewind)."""
 
     def secret_for(self, stream: str) -> bytes | None:
         """Return the secret a shipper must prove for ``stream``, or None if it is not served here."""
@@ -186,6 +191,7 @@ def settings_from_args(args: argparse.Namespace) -> ReceiverSettings:
         "tls_ca",
         "streams",
         "admin",
+        "no_rewind",
         *REPLAY_KEYS,
     }
     unknown = set(doc) - known
@@ -235,6 +241,7 @@ def settings_from_args(args: argparse.Namespace) -> ReceiverSettings:
         handshake_timeout=handshake,
         max_unauthenticated=cap,
         tls=_tls(doc),
+        no_rewind=bool(doc.get("no_rewind", False)),
     )
 
 
