@@ -43,6 +43,8 @@ class ErrorCode(enum.StrEnum):
     """No protocol version both ends speak."""
     FAILED = "failed"
     """The stream's copy is Failed at the receiver: it accepts nothing until an operator acts."""
+    SUPERSEDED = "superseded"
+    """Another connection took the stream over (a second shipper of it?): the text says whose."""
 
 
 class ProtocolError(Exception):

@@ -22,7 +22,7 @@ from protocol.aio import ConnectionClosed, FramedConnection
 from protocol.auth import FrameAuthFailed
 from protocol.buffers import BufferPool
 from protocol.compression import ENCODINGS, agreed
-from protocol.errors import ProtocolError, RemoteProtocolError
+from protocol.errors import ErrorCode, ProtocolError, RemoteProtocolError
 from protocol.messages import START, Ack, Data, Error, Heartbeat, Message, Nack, Position, Seal, StreamResume
 from protocol.session import Accepted, ReceiverHandshake
 from receiver.admission import Slot
@@ -156,6 +156,10 @@ class Session:
                         conn.peer,
                         copy.owner.conn.peer,
                     )
+                    # Say so, and who: two shippers of one stream otherwise take it from each other silently.
+                    with contextlib.suppress(ConnectionClosed):
+                        who = f"a connection from {conn.peer} (node {hs.peer_node}) took stream {copy.name} over"
+                        copy.owner.conn.send(Error(ErrorCode.SUPERSEDED, f"{who}: two shippers?"))
                     copy.owner.conn.writer.close()
                 att = await self._attach(copy, claim)
                 if att is None:

@@ -14,6 +14,7 @@ from protocol.session import ShipperHandshake
 from shipper.handshake import Fenced_, Reconnect
 from shipper.settings import SenderConfig
 from shipper.status import TargetState, TargetStats, newest_copied
+from shipper.superseded import SUPERSEDED, Supersessions
 from shipper.tailer import Tailer
 from shipper.window import ChunkSizer, SendWindow
 
@@ -33,6 +34,7 @@ class Replies:
     on_progress: Callable[[], None] | None
     _chunks: ChunkSizer
     _wake: asyncio.Event
+    _supersessions: Supersessions
     _hs: ShipperHandshake | None
 
     # -- receiving ------------------------------------------------------------------------------
@@ -58,6 +60,8 @@ class Replies:
             elif isinstance(msg, Heartbeat):
                 pass
             elif isinstance(msg, Error):
+                if msg.code == SUPERSEDED:
+                    raise self._supersessions.note(msg.text, time.monotonic())
                 if msg.code == "failed":
                     self.state = TargetState.FAILED
                     log.error("target %s (stream %s): the copy is Failed: %s", self.name, self.stream, msg.text)

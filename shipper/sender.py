@@ -34,6 +34,7 @@ from shipper.replies import Replies
 from shipper.settings import SenderConfig
 from shipper.source import Open, SegmentReader, SendData, SendSeal, SourceError, Stuck, next_step
 from shipper.status import TargetState, TargetStats, heartbeat
+from shipper.superseded import Superseded, Supersessions
 from shipper.tailer import Tailer
 from shipper.window import ChunkSizer, SendWindow, adaptive_window
 
@@ -80,6 +81,7 @@ class TargetSender(Replies):
         self._stuck_reported = ""
         self._was_healthy = False
         self._hs: ShipperHandshake | None = None
+        self._supersessions = Supersessions()
         self._refusals = 0
         """Permanent-looking refusals in a row (reset by a proven WELCOME): they lengthen the pause."""
         self.on_progress: Callable[[], None] | None = None
@@ -96,6 +98,7 @@ class TargetSender(Replies):
         """Ship until fenced or cancelled, reconnecting after every failure."""
         pause = 0.1
         while True:
+            hold = 0.0  # at least this long before the next attempt (taken over by another shipper)
             try:
                 await self._connect_and_ship()
             except asyncio.CancelledError:
@@ -114,13 +117,14 @@ class TargetSender(Replies):
                     # Say what went quiet: status shows this text as the target's failure reason.
                     text = "no answer from the target in time (connect, handshake or ACK timeout)"
                 self._failed_attempt(text)
+                hold = e.pause if isinstance(e, Superseded) else 0.0
             finally:
                 self._reader.close()
             if self.state not in (TargetState.FAILED, TargetState.REFUSED):
                 self.state = TargetState.DISCONNECTED
             if self._was_healthy:
                 pause = 0.1
-            await asyncio.sleep(pause * random.uniform(0.8, 1.2))
+            await asyncio.sleep(max(hold, pause) * random.uniform(0.8, 1.2))
             pause = min(pause * 2, self.config.backoff_max if self.state is not TargetState.FAILED else 30.0)
 
     def _failed_attempt(self, text: str) -> None:

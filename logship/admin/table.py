@@ -135,7 +135,9 @@ def status_cells(row: dict[str, Any], now: float) -> dict[str, Any]:
         "replay_lag_text": replay_lag,
         # The rate the target acknowledged lately (the shipper measures it; a receiver shows -), never
         # above the rate limit: the window's estimate measures bursts (``status --watch`` measures better).
-        "progress_text": progress_text(row.get("copy_queue_bytes"), _rate(row)),
+        "progress_text": progress_text(row.get("copy_queue_bytes"), _rate(row))
+        if row.get("state") in ("Healthy", "Retrying")
+        else "-",  # a rate measured before the target went away says nothing about when it catches up
         "reason": reason(row),
     }
 
