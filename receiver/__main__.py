@@ -177,6 +177,7 @@ def daemon_main(argv: list[str]) -> int:
         settings = settings_from_args(args)
         tls = tls_context(settings)
         data_dir = settings.data_dir
+        created = not data_dir.exists()  # a misspelt --data-dir means an empty copy and a full re-send: say so
         try:
             data_dir.mkdir(parents=True, exist_ok=True)
             mode = data_dir.stat().st_mode
@@ -191,6 +192,8 @@ def daemon_main(argv: list[str]) -> int:
         # The first log line, once the start can no longer fail on a setting: a journal then says
         # which version ran, and a refused start stays one error line.
         log.info("logship %s receiver starting", version())
+        if created:
+            log.info("created new data dir %s: empty, so every shipper sends its stream from the start", data_dir)
         config = ServerConfig(
             data_dir=data_dir,
             secret_for=settings.secret_for,

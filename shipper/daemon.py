@@ -157,6 +157,8 @@ async def run(
             await surfaces.open_control(state.control_socket, shipper.control, required=True)
         if config.admin is not None:
             await surfaces.open_http(shipper.status, config.admin, wait=shipper.wait)
+        if state is not None:
+            log.info("state dir %s (control socket, kept suspensions and status)", state.path)
         for service in shipper.services.values():
             log.info(
                 "shipping stream %s from %s to %s%s",

@@ -79,6 +79,9 @@ def test_status_survives_shipper_restart(tmp_path: Path, secret: Path, procs: li
     again = row(shipper)
     assert again["last_copied"] == segment_name(5) and again["copy_queue_segments"] == 0, again
     assert again["last_copied_at"] == done["last_copied_at"], again
+    # Start-up lines: a new data dir is announced at its first start only; each shipper start names its state dir.
+    assert receiver.count("created new data dir") == 1 and receiver.starts == 2
+    assert shipper.count(f"state dir {state_file.parent} (control socket") == shipper.starts == 4
 
 
 def test_damaged_status_file_is_ignored(tmp_path: Path, secret: Path, procs: list[Proc]) -> None:
