@@ -10,6 +10,7 @@ shrank (a receiver's rows).
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -140,3 +141,18 @@ class ProgressLog:
             self.look(clock(), speak=ticks * min(1.0, self.every) >= self.every)
             if ticks * min(1.0, self.every) >= self.every:
                 ticks = 0
+
+
+async def log_progress(
+    what: str, queue: Callable[[], tuple[int, int]], log: logging.Logger, every: float = 5.0
+) -> None:
+    """Log ``what: done X of Y (N%), S seg left, RATE, ETA`` every ``every`` seconds while ``queue()``
+    (segments, bytes still to do) is not empty, until cancelled: for long work that is not a copy (an
+    activation's replay)."""
+    tracker, clock = Tracker(), asyncio.get_running_loop().time
+    for tick in itertools.count():
+        segments, left = queue()
+        progress = tracker.update({"copy_queue_bytes": left, "copy_queue_segments": segments}, clock())
+        if tick and tick % max(1, round(every)) == 0 and progress is not None and progress.left:
+            log.info("%s: %s", what, progress.text().replace("copied", "done", 1))
+        await asyncio.sleep(1.0)  # measured every second, told every ``every``
