@@ -124,9 +124,10 @@ def add_status_flags(p: argparse.ArgumentParser, duration: Callable[[str], float
         const=2.0,
         type=duration,
         metavar="SECONDS",
-        help="show the table again every SECONDS (default 2s, at least 100ms) until Ctrl-C",
+        help="look again every SECONDS (default 2s, at least 100ms) until Ctrl-C: on a terminal a live table "
+        "with a catch-up bar, rate and ETA per target; otherwise one key=value line per row and look",
     )
-    p.add_argument("--count", type=int, metavar="N", help="with --watch: stop after N tables")
+    p.add_argument("--count", type=int, metavar="N", help="with --watch: stop after N looks")
 
 
 def watch(show: Callable[[], int], interval: float | None, count: int | None = None, look: Looker | None = None) -> int:
