@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
 from logship.admin.control import ControlError
+from logship.admin.live import Looker, Watcher
 from logship.config import ConfigError
 
 EXIT_OK = 0
@@ -123,30 +124,31 @@ def add_status_flags(p: argparse.ArgumentParser, duration: Callable[[str], float
         const=2.0,
         type=duration,
         metavar="SECONDS",
-        help="show the table again every SECONDS (default 2s, at least 100ms) until Ctrl-C",
+        help="look again every SECONDS (default 2s, at least 100ms) until Ctrl-C: on a terminal a live table "
+        "with a catch-up bar, rate and ETA per target; otherwise one key=value line per row and look",
     )
-    p.add_argument("--count", type=int, metavar="N", help="with --watch: stop after N tables")
+    p.add_argument("--count", type=int, metavar="N", help="with --watch: stop after N looks")
 
 
-def watch(show: Callable[[], int], interval: float | None, count: int | None = None) -> int:
+def watch(show: Callable[[], int], interval: float | None, count: int | None = None, look: Looker | None = None) -> int:
     """Run ``show`` (prints one status, returns its exit code) once, or every ``interval`` seconds.
 
-    With an interval it runs ``count`` times (None: until Ctrl-C) and returns the last exit code; on a
-    terminal each table replaces the last one. Ctrl-C ends it cleanly, without a traceback.
+    With an interval and a ``look`` (a table, not JSON), logship.admin.live draws it: a live table with
+    a catch-up bar on a terminal, plain ``key=value`` lines otherwise. Without ``look`` (``--json``) it
+    prints ``show``'s output again every interval. It runs ``count`` times (None: until Ctrl-C) and
+    returns the last exit code; Ctrl-C ends it cleanly, without a traceback.
     """
     if interval is None:
         return show()
+    if look is not None:
+        return Watcher(look, interval, count).run()
     interval = max(0.1, interval)  # no busy loop against the daemon's control socket
     code, shown = EXIT_OK, 0
     try:
         while count is None or shown < count:
             if shown:
                 time.sleep(interval)
-            if sys.stdout.isatty():
-                sys.stdout.write("\x1b[H\x1b[2J")  # home and clear: the table stays in place
-            elif shown:
                 print()
-            print(time.strftime("%Y-%m-%d %H:%M:%S"), f"(every {interval:g}s, Ctrl-C to stop)")
             code = show()
             sys.stdout.flush()
             shown += 1

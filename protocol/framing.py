@@ -205,6 +205,8 @@ class FrameDecoder:
             if hlen > MAX_HEADER:
                 # "GET " read as a length is 1195725856: say what the peer is, not just the number.
                 what = " (not a logship peer: looks like HTTP)" if bytes(buf[:4]) in _HTTP_STARTS else ""
+                if buf[0] == 0x16 and buf[1] == 0x03:  # a TLS handshake record: a ClientHello
+                    what = " (a TLS ClientHello: this receiver does not speak TLS; give it --tls-cert and --tls-key)"
                 raise FrameTooLarge(f"header length {hlen} exceeds {MAX_HEADER}{what}")
             if hlen == 0:
                 raise RemoteProtocolError("empty header", code=ErrorCode.BAD_FRAME)

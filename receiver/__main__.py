@@ -14,9 +14,11 @@ import logging
 import os
 import ssl
 import sys
+import time
 
 import uvloop
 
+from logship.admin.progress import ProgressLog
 from logship.cli import (
     EXIT_FAILED,
     LOG_LEVELS,
@@ -89,6 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--no-rewind",
         action="store_true",
+        default=None,  # not given: the config file's no_rewind (default false)
         help="refuse a shipper whose history forks before the end of a copy (ERROR diverged) instead of moving "
         "the copy's tail past the fork into quarantine/ and resuming there",
     )
@@ -146,7 +149,9 @@ async def serve(config: ServerConfig, host: str, port: int, admin: tuple[str, in
         config.data_dir,
     )
     watch = asyncio.create_task(watch_dir(config.data_dir), name="data-dir-watch")
-    await first_to_end(watch, asyncio.create_task(stop.wait(), name="stop-signal"))
+    # A progress line every few seconds while a shipper's heartbeats show this copy whole segments behind.
+    progress = asyncio.create_task(ProgressLog(lambda: server.status()["copies"], log).run(time.time))
+    await first_to_end(watch, progress, asyncio.create_task(stop.wait(), name="stop-signal"))
     gone = watch.result() if watch.done() and not watch.cancelled() else None
     if gone is not None:
         # Nothing can be stored any more: exit, so that the service manager restarts the receiver on a
@@ -178,6 +183,7 @@ def daemon_main(argv: list[str]) -> int:
         settings = settings_from_args(args)
         tls = tls_context(settings)
         data_dir = settings.data_dir
+        created = not data_dir.exists()  # a misspelt --data-dir means an empty copy and a full re-send: say so
         try:
             data_dir.mkdir(parents=True, exist_ok=True)
             mode = data_dir.stat().st_mode
@@ -192,6 +198,8 @@ def daemon_main(argv: list[str]) -> int:
         # The first log line, once the start can no longer fail on a setting: a journal then says
         # which version ran, and a refused start stays one error line.
         log.info("logship %s receiver starting", version())
+        if created:
+            log.info("created new data dir %s: empty, so every shipper sends its stream from the start", data_dir)
         config = ServerConfig(
             data_dir=data_dir,
             secret_for=settings.secret_for,
@@ -201,7 +209,7 @@ def daemon_main(argv: list[str]) -> int:
             handshake_timeout=settings.handshake_timeout,
             max_unauthenticated=settings.max_unauthenticated,
             tls=tls,
-            no_rewind=args.no_rewind,
+            no_rewind=settings.no_rewind,
             min_free=settings.min_free,
         )
         host, port = settings.listen

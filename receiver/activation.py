@@ -18,13 +18,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from logship.admin.progress import log_progress
 from logship.files import fsync_dir
+from logship.tasks import cancel_and_wait
 from protocol.history import Fork
 from protocol.messages import START, Position
 from receiver.copy import StreamCopy
 from receiver.history_file import CopyHistory, history_path, load_history, save_history
 from receiver.manifest import Installed
-from receiver.replayer import Idle
+from receiver.replayer import Idle, replay_queue
 from receiver.store import READ_BLOCK, SegmentStore
 from receiver.targets import run_command
 
@@ -122,7 +124,16 @@ async def activate(
     # An operator's activation is a fresh attempt: a replay Failed earlier is tried once more.
     state.retry_replay()
     copy.replayer.failures = 0
-    result = await copy.replayer.catch_up()
+
+    # A long replay says how far it is every few seconds (bytes left, rate, ETA).
+    def left() -> tuple[int, int]:
+        return replay_queue(copy.installed, copy.replayer.replayed)[:2]
+
+    progress = asyncio.create_task(log_progress(f"stream {copy.name}: activation replaying", left, log))
+    try:
+        result = await copy.replayer.catch_up()
+    finally:
+        await cancel_and_wait(progress)
     store = copy.store
     rec = await loop.run_in_executor(None, store.recover)
     tail: Position | None = None

@@ -14,9 +14,11 @@ import functools
 import logging
 import socket
 import ssl
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from logship.admin.wording import Throttle, receiver_tls_failure
 from protocol.aio import FramedConnection, FrameReceiver
 from receiver.config import ServerConfig
 
@@ -64,6 +66,7 @@ class Admission:
         self.server: asyncio.Server | None = None
         self.listeners: list[socket.socket] = []
         """The listening sockets we accept from ourselves (with TLS)."""
+        self._tls_throttle = Throttle()
 
     def take_slot(self, conn: FramedConnection) -> Slot | None:
         """Admit a plain TCP connection before a byte of it is read; None: refused and aborted."""
@@ -178,7 +181,11 @@ class Admission:
             )
             admitted = True
         except (OSError, ssl.SSLError, TimeoutError) as e:
-            log.info("%s: TLS handshake failed: %s", peer, e or type(e).__name__)
+            # WARNING with the fix, once a minute per peer host and reason (a wrong shipper retries often).
+            text = receiver_tls_failure(e, self.config.handshake_timeout, tls.verify_mode == ssl.CERT_REQUIRED)
+            held = self._tls_throttle.allow((peer.rsplit(":", 1)[0], text), time.monotonic())
+            if held is not None:
+                log.warning("%s: TLS handshake failed: %s%s", peer, text, f" ({held} more since)" if held else "")
         finally:
             if not admitted:
                 slot.release()

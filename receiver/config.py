@@ -14,6 +14,7 @@ Example::
     tls_ca = "/etc/logship/shippers-ca.pem"       # optional: shippers must present a certificate it signed
     max_unauthenticated = 64                      # connections still in their handshake, at most
     min_free = "64MiB"                            # or "1%": below it the receiver takes no more bytes
+    no_rewind = false                             # true: refuse a shipper whose history needs a rewind here
 
     [streams.db1]
     secret_file = "/etc/logship/db1.secret"       # only this secret may write db1
@@ -48,6 +49,7 @@ from logship.config import (
     parse_count,
     parse_duration,
     parse_size,
+    parse_switch,
     parse_text,
     read_secret,
     streams_by_name,
@@ -70,6 +72,7 @@ CHECKS: dict[str, Check] = {
     **dict.fromkeys(("idle_timeout", "handshake_timeout"), parse_duration),
     **dict.fromkeys(_TEXT_KEYS, parse_text),
     "max_unauthenticated": parse_count,
+    "no_rewind": parse_switch,
     "max_payload": parse_size,
     "min_free": parse_min_free,
 }
@@ -133,6 +136,8 @@ class ReceiverSettings:
     """TLS for every connection; None: plain TCP."""
     min_free: MinFree = field(default_factory=MinFree)
     """Free space the data dir keeps: below it no more bytes are accepted (receiver/space.py)."""
+    no_rewind: bool = False
+    """Refuse a shipper whose history needs a copy rewound (``no_rewind`` / --no-rewind)."""
 
     def secret_for(self, stream: str) -> bytes | None:
         """Return the secret a shipper must prove for ``stream``, or None if it is not served here."""
@@ -194,6 +199,7 @@ def settings_from_args(args: argparse.Namespace) -> ReceiverSettings:
         "streams",
         "admin",
         "min_free",
+        "no_rewind",
         *REPLAY_KEYS,
     }
     unknown = set(doc) - known
@@ -244,6 +250,7 @@ def settings_from_args(args: argparse.Namespace) -> ReceiverSettings:
         max_unauthenticated=cap,
         tls=_tls(doc),
         min_free=doc.get("min_free", MinFree()),
+        no_rewind=bool(doc.get("no_rewind", False)),
     )
 
 

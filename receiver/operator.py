@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from logship.admin import control
+from logship.admin.live import Look
 from logship.admin.table import exit_status
 from logship.cli import EXIT_FAILED, EXIT_USAGE, Parser, add_status_flags, guarded, operator_logging, watch
 from logship.config import ConfigError, load_toml, parse_duration
@@ -129,7 +130,8 @@ def operator_main(argv: list[str]) -> int:
         if not data_dir.is_dir():
             raise ConfigError(f"data dir {data_dir} does not exist")
         if args.command == "status":
-            return watch(lambda: cmd_status(data_dir, args.json, args.stream), args.watch, args.count)
+            looker = None if args.json else lambda: look_status(data_dir, args.stream)
+            return watch(lambda: cmd_status(data_dir, args.json, args.stream), args.watch, args.count, looker)
         if args.stream not in existing_streams(data_dir):
             raise ConfigError(f"no copy of stream {args.stream!r} in {data_dir}")
         if args.command in ("suspend", "resume"):
@@ -173,6 +175,19 @@ def disk_status(data_dir: Path) -> dict[str, Any]:
         state, manifest = load_state(store.state_path), store.read_manifest()
         rows.append(copy_row(name, state, manifest, now, None, history=history_rows(store.root)))
     return {"role": "receiver", "node": None, "pid": None, "copies": rows}
+
+
+def look_status(data_dir: Path, stream: str | None) -> Look:
+    """One look at the copies, for ``status --watch``: the running receiver's, else the data dir's."""
+    reply = _call(data_dir, {"op": "status"})
+    if reply is not None:
+        snapshot, heading = reply, f"receiver of {data_dir} (pid {reply.get('pid')})"
+    else:
+        snapshot, heading = disk_status(data_dir), f"receiver of {data_dir} (no receiver running: from the data dir)"
+    rows = [row for row in snapshot.get("copies", []) if stream is None or row.get("stream") == stream]
+    if not rows and stream is not None:
+        return Look(EXIT_USAGE, heading, error=f"no copy of stream {stream!r} in {data_dir}")
+    return Look(exit_status(rows), heading, rows)
 
 
 def cmd_status(data_dir: Path, as_json: bool, stream: str | None = None) -> int:

@@ -8,6 +8,7 @@ under ``--max-unauthenticated`` by receiver/admission.py, each is served by a ``
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import time
 from typing import Any
@@ -22,6 +23,8 @@ from receiver.datadir import existing_streams
 from receiver.session import Session
 from receiver.space import SpaceGuard
 from receiver.store import SegmentStore
+
+log = logging.getLogger("receiver")
 
 __all__ = ["ReceiverServer", "ServerConfig"]
 
@@ -117,6 +120,10 @@ class ReceiverServer:
             await session.run(slot)
         except asyncio.CancelledError:
             pass
+        except OSError as e:
+            # A copy's files vanished under it (a deleted stream or data dir): one line, not a traceback;
+            # the data dir's watch (logship/dirwatch.py) says what it means for the receiver.
+            log.warning("%s: closing: the copy's files cannot be used: %s", conn.peer, e)
         finally:
             self.admission.frames_refused += session.frames_refused
             slot.release()

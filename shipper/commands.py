@@ -11,6 +11,7 @@ import json
 import sys
 
 from logship.admin import control
+from logship.admin.live import Look
 from logship.admin.table import exit_status
 from logship.cli import EXIT_FAILED, EXIT_USAGE, Parser, add_status_flags, guarded, operator_logging, watch
 from logship.config import ConfigError, parse_address, parse_duration
@@ -84,7 +85,8 @@ def operator_main(argv: list[str]) -> int:
     def body() -> int:
         state = StateDir(state_dir_from(args.state_dir, args.config))
         if args.command == "status":
-            return watch(lambda: cmd_status(state, args.json, args.stream), args.watch, args.count)
+            looker = None if args.json else lambda: look_status(state, args.stream)
+            return watch(lambda: cmd_status(state, args.json, args.stream), args.watch, args.count, looker)
         if args.command == "wait":
             return cmd_wait(state, args)
         host, port = parse_address(args.target)
@@ -121,6 +123,19 @@ def cmd_status(state: StateDir, as_json: bool, stream: str | None = None) -> int
     else:
         print(table(snapshot))
     return exit_status(snapshot.get("copies", []))
+
+
+def look_status(state: StateDir, stream: str | None) -> Look:
+    """One look at the running shipper's targets, for ``status --watch``."""
+    try:
+        snapshot = control.call(state.control_socket, {"op": "status"})
+    except control.ControlUnavailable:
+        return Look(EXIT_USAGE, f"shipper of {state.path}", error=f"no shipper answers on {state.control_socket}")
+    rows = [row for row in snapshot.get("copies", []) if stream is None or row.get("stream") == stream]
+    heading = f"shipper {snapshot.get('node', '?')} (pid {snapshot.get('pid', '?')})"
+    if not rows and stream is not None:
+        return Look(EXIT_USAGE, heading, error=f"the running shipper ships no stream {stream!r}")
+    return Look(exit_status(rows), heading, rows)
 
 
 def cmd_suspend_resume(state: StateDir, command: str, stream: str, target: str, comment: str | None) -> int:

@@ -11,12 +11,15 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+from logship.admin.progress import ProgressLog
 from logship.config import ConfigError
 from logship.daemon import Surfaces, stop_event
+from logship.tasks import cancel_and_wait
 from shipper.config import ShipperConfig
 from shipper.service import ShipperService, tls_contexts
 from shipper.settings import TlsFiles
 from shipper.state import StateBusy, StateDir, Suspension, check_socket_path
+from shipper.status_state import StatusKeeper
 from shipper.wait import Waiters, WaitUsageError, handle
 
 log = logging.getLogger("shipper")
@@ -43,6 +46,8 @@ class Shipper:
             )
             for stream in config.streams
         }
+        stats = [((n, sender.name), sender.stats) for n, sv in self.services.items() for sender in sv.senders]
+        self.keeper = StatusKeeper(state.path, stats) if state is not None else None
         self.waiters = {stream.name: Waiters(self.services[stream.name], stream.sync) for stream in config.streams}
         for stream, target in self.suspensions:
             service = self.services.get(stream)
@@ -152,6 +157,8 @@ async def run(
             await surfaces.open_control(state.control_socket, shipper.control, required=True)
         if config.admin is not None:
             await surfaces.open_http(shipper.status, config.admin, wait=shipper.wait)
+        if state is not None:
+            log.info("state dir %s (control socket, kept suspensions and status)", state.path)
         for service in shipper.services.values():
             log.info(
                 "shipping stream %s from %s to %s%s",
@@ -160,7 +167,14 @@ async def run(
                 ", ".join(s.name for s in service.senders),
                 f"; retention on (truncation lag {service.stream.truncation_lag:g}s)" if service.stream.retain else "",
             )
-        await asyncio.gather(*(service.run(stop) for service in shipper.services.values()))
+        # Beside the services: the status kept for the next run, and a progress line during a catch-up.
+        helpers = [asyncio.create_task(ProgressLog(lambda: shipper.status()["copies"], log).run(time.time))]
+        if shipper.keeper is not None:
+            helpers.append(asyncio.create_task(shipper.keeper.run()))
+        try:
+            await asyncio.gather(*(service.run(stop) for service in shipper.services.values()))
+        finally:
+            await cancel_and_wait(*helpers)
     finally:
         await surfaces.close()
     log.info("stopped")

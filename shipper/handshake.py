@@ -13,11 +13,12 @@ import os
 import secrets
 from collections.abc import Mapping, Sequence
 
-from protocol.aio import FramedConnection
+from protocol.aio import ConnectionClosed, FramedConnection
 from protocol.auth import PAYLOAD_MAC
 from protocol.errors import VersionMismatch
 from protocol.messages import REWRITE, Error, Fenced, Position, StreamResume
 from protocol.session import ShipperHandshake
+from shipper.probe import explain_hangup, explain_silence
 from shipper.settings import SenderConfig
 
 log = logging.getLogger("shipper")
@@ -104,7 +105,12 @@ async def handshake(
     wanted = (*wanted, REWRITE)  # used only under --seal closed, and only if the target lists it too
     histories = {stream: config.history}
     hs = ShipperHandshake(node, os.urandom(32), {stream: secret}, {stream: epoch}, wanted, histories, SHIPPER_ID)
-    challenge = await conn.recv(config.connect_timeout)
+    try:
+        challenge = await conn.recv(config.connect_timeout)
+    except TimeoutError:
+        raise TimeoutError(await explain_silence(conn, config.connect_timeout)) from None
+    except ConnectionClosed as e:
+        raise await explain_hangup(conn, e) from None
     if isinstance(challenge, Error):
         raise refusal(challenge, stream)
     try:

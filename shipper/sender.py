@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from logship.admin.wording import resume_text
+from logship.admin.wording import resume_text, shipper_failure
 from logship.tasks import first_to_end
 from protocol.aio import ConnectionClosed, FramedConnection
 from protocol.compression import PayloadCompressor, agreed
@@ -125,7 +125,7 @@ class TargetSender(Replies):
                     continue
                 self._failed_attempt(str(e))
             except (OSError, ConnectionClosed, ProtocolError, TimeoutError, SourceError, Reconnect) as e:
-                text = str(e) or type(e).__name__
+                text = shipper_failure(e, self.tls is not None)  # TLS errors in the words of their fix
                 if isinstance(e, TimeoutError) and not str(e):
                     # Say what went quiet: status shows this text as the target's failure reason.
                     text = "no answer from the target in time (connect, handshake or ACK timeout)"

@@ -22,6 +22,7 @@ from shipper.sender import TargetSender, TargetState
 from shipper.settings import SenderConfig, StreamConfig, TargetConfig, TlsFiles
 from shipper.state import Suspension
 from shipper.status import LagTracker, copy_queue, end_key, replay_queue
+from shipper.status_state import shown
 from shipper.tailer import Tailer
 
 log = logging.getLogger("shipper")
@@ -164,11 +165,13 @@ class ShipperService:
         out = []
         for s in self.senders:
             st = s.stats
-            acked = (st.acked, st.acked_sealed)
-            cq = copy_queue(segments, names, acked) if st.known else (None, None)
+            # This run's proven positions, else the previous run's (shipper/status_state.py): display only.
+            view = shown(st, names)
+            acked = view.acked
+            cq = copy_queue(segments, names, acked) if acked is not None else (None, None)
             rq = (
-                replay_queue(segments, names, acked, st.replayed)
-                if st.known and st.replayed is not None
+                replay_queue(segments, names, acked, view.replayed)
+                if acked is not None and view.replayed is not None
                 else (None, None)
             )
             suspension = self.suspended.get(s.name)
@@ -183,7 +186,7 @@ class ShipperService:
                 state, failure = TargetState.FAILED.value, self.tailer.error
             # A fenced target will never catch up: a lag growing forever would page someone forever.
             fenced = s.state is TargetState.FENCED
-            lag = None if fenced else round(self.lag[s.name].lag(acked if st.known else None, now), 3)
+            lag = None if fenced else round(self.lag[s.name].lag(acked, now, consume=view.proven), 3)
             if self.retainer is None:
                 retention = "off"
             elif s.name in holders:
@@ -203,10 +206,11 @@ class ShipperService:
                     "copy_queue_bytes": cq[1],
                     "replay_queue_segments": rq[0],
                     "replay_queue_bytes": rq[1],
-                    "acked": f"{st.acked}{' (sealed)' if st.acked_sealed else ''}" if st.known else None,
-                    "last_copied": st.last_copied or None,
-                    "last_copied_at": st.last_copied_at,
-                    "last_replayed": (st.replayed.segment or None) if st.replayed is not None else None,
+                    "acked": f"{acked[0]}{' (sealed)' if acked[1] else ''}" if acked is not None else None,
+                    "acked_proven": view.proven,
+                    "last_copied": view.last_copied or None,
+                    "last_copied_at": view.last_copied_at,
+                    "last_replayed": (view.replayed.segment or None) if view.replayed is not None else None,
                     "lag_seconds": lag,
                     "copy_lag_seconds": lag,
                     "failure": failure,

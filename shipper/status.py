@@ -19,6 +19,7 @@ from typing import Any
 
 from logship.admin.table import STATUS_COLUMNS, epoch_text, render, status_cells
 from protocol.messages import Heartbeat, Position, SourceHead
+from shipper.remembered import Remembered
 from shipper.tailer import SegmentInfo
 from shipper.window import AckKey
 
@@ -60,6 +61,9 @@ class TargetStats:
     last_copied_at: float | None = None
     stuck: str = ""
     """Why shipping to this target cannot go on (e.g. the segment it needs is gone); empty if it can."""
+    remembered: Remembered | None = None
+    """What the previous run of the shipper last knew of this target (shipper/status_state.py): shown by
+    status until the target answers, never used to decide anything."""
 
 
 def newest_copied(names: Sequence[str], acked: AckKey) -> str:
@@ -166,11 +170,20 @@ class LagTracker:
         else:
             self._samples.append((end, now))
 
-    def lag(self, acked: AckKey | None, now: float) -> float:
-        """Return the seconds since the oldest byte not covered by ``acked`` (None: nothing known) was seen."""
-        if acked is not None:
+    def lag(self, acked: AckKey | None, now: float, *, consume: bool = True) -> float:
+        """Return the seconds since the oldest byte not covered by ``acked`` (None: nothing known) was seen.
+
+        ``consume=False`` leaves the samples in place: for a position a target has not proven on this
+        run (the previous run's, which the target's copy may no longer hold).
+        """
+        if acked is not None and consume:
             while self._samples and self._samples[0][0] <= acked:
                 self._samples.popleft()
+        elif acked is not None:
+            for end, seen in self._samples:
+                if not end <= acked:
+                    return max(0.0, now - seen)
+            return 0.0
         return max(0.0, now - self._samples[0][1]) if self._samples else 0.0
 
 

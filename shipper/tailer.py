@@ -253,9 +253,16 @@ class Tailer:
                     wd = watcher.watch(self.source, wake.set, self.closed_by_writer) if watcher is not None else None
                 # Cleared before the look: a change noticed while we scan wakes us again at once.
                 wake.clear()
+                had_error = self.error is not None
                 if self.scan():
                     self.notify()
-                if wd is None:
+                if had_error and self.error is None and watcher is not None and wd is not None:
+                    # Back after a move or a deletion: the old watch may follow the moved directory.
+                    watcher.unwatch(wd, wake.set, self.closed_by_writer)
+                    wd = None
+                    continue
+                if wd is None or self.error is not None:
+                    # Unwatched, or gone (a moved directory keeps its watch): look every poll_interval.
                     await asyncio.sleep(self.poll_interval)
                     continue
                 with contextlib.suppress(TimeoutError):

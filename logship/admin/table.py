@@ -6,8 +6,6 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from tabulate import tabulate
-
 _UNITS = ("B", "KiB", "MiB", "GiB", "TiB")
 
 
@@ -58,6 +56,9 @@ def render(rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, str]]) -
     """Return ``rows`` as a plain-text table with the given (key, header) columns."""
     if not rows:
         return "(nothing to show)"
+    # Imported here: only the command line renders tables (the daemons import this module for its units).
+    from tabulate import tabulate
+
     body = [[cell(row.get(key)) for key, _ in columns] for row in rows]
     return tabulate(body, headers=[header for _, header in columns], tablefmt="simple", disable_numparse=True)
 
@@ -105,6 +106,13 @@ def progress_text(queue_bytes: int | None, rate: float | None) -> str:
     return f"{human_bytes(rate)}/s, ETA {human_age(queue_bytes / rate)}"
 
 
+def _rate(row: dict[str, Any]) -> float | None:
+    rate, limit = row.get("delivery_rate_bytes"), row.get("rate_limit_bytes")
+    if isinstance(rate, int | float) and isinstance(limit, int | float) and limit > 0:
+        return min(rate, limit)
+    return rate if isinstance(rate, int | float) else None
+
+
 def status_cells(row: dict[str, Any], now: float) -> dict[str, Any]:
     """Return ``row`` with the text of every STATUS_COLUMNS cell added."""
 
@@ -125,8 +133,11 @@ def status_cells(row: dict[str, Any], now: float) -> dict[str, Any]:
         "last_replayed_text": at(row.get("last_replayed"), row.get("last_replayed_at")),
         "copy_lag_text": human_age(row.get("copy_lag_seconds")),
         "replay_lag_text": replay_lag,
-        # The rate the target acknowledged lately (the shipper measures it; a receiver shows -).
-        "progress_text": progress_text(row.get("copy_queue_bytes"), row.get("delivery_rate_bytes")),
+        # The rate the target acknowledged lately (the shipper measures it; a receiver shows -), never
+        # above the rate limit: the window's estimate measures bursts (``status --watch`` measures better).
+        "progress_text": progress_text(row.get("copy_queue_bytes"), _rate(row))
+        if row.get("state") in ("Healthy", "Retrying")
+        else "-",  # a rate measured before the target went away says nothing about when it catches up
         "reason": reason(row),
     }
 
