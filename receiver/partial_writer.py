@@ -12,6 +12,8 @@ a segment's unaligned tail, a filesystem without O_DIRECT) is written through th
 Mixing the two on one file is safe here: the ranges never overlap (a partial is only appended to,
 block-aligned where written directly), and the kernel writes back and drops any cached page of a
 range before it writes that range directly, so a later buffered read (recovery) sees the bytes.
+
+``PendingSync`` is what a store write() leaves to its sync(): the descriptors to fdatasync.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import ctypes
 import errno
 import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 from protocol.buffers import ALIGN, AlignedBuffer
@@ -128,3 +131,32 @@ class PartialWriter:
             if fd >= 0:
                 os.close(fd)
         self.fd = self.direct_fd = -1
+
+
+@dataclass(slots=True)
+class PendingSync:
+    """What a write() left to make durable: the files its chunks went to (their own descriptors, so
+    the store may close or rename the originals meanwhile), and the directory entries it created."""
+
+    files: list[tuple[str, int, int, tuple[int, int] | None]]
+    """(segment, partial fd, idx fd, range written through the page cache) per file, the descriptors
+    duplicated for this sync and closed by it."""
+    sync_incoming: bool = False
+
+    def close(self) -> None:
+        for _, fd, idx_fd, _ in self.files:
+            os.close(fd)
+            os.close(idx_fd)
+        self.files = []
+
+    def drop(self, segment: str) -> tuple[int, int] | None:
+        """Forget (and close) the entries of ``segment``; return the cached range they had."""
+        cached: tuple[int, int] | None = None
+        for entry in [e for e in self.files if e[0] == segment]:
+            self.files.remove(entry)
+            os.close(entry[1])
+            os.close(entry[2])
+            if entry[3] is not None:
+                lo, hi = cached or entry[3]
+                cached = (min(lo, entry[3][0]), max(hi, entry[3][1]))
+        return cached

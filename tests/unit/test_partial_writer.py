@@ -125,3 +125,25 @@ def test_the_store_installs_and_recovers_directly_written_chunks(tmp_path: Path,
     whole = b"".join(chunks)
     store.apply([*ops[2:], Install("E1", len(whole), segment_digest(whole), "")])  # type: ignore[list-item]
     assert (tmp_path / "s" / "log" / "E1").read_bytes() == whole
+
+
+def test_a_batch_that_installs_its_segment_leaves_nothing_more_to_flush(tmp_path: Path) -> None:
+    # The install fsyncs the segment after all of the batch's chunks were written (and deletes its
+    # .idx), so the batch's sync has nothing of it left to flush; the next segment's chunks it has.
+    first, second = os.urandom(MIB + 10), os.urandom(MIB)
+    store = SegmentStore(tmp_path / "s")
+    store.recover()
+    pending, installed = store.write(
+        [
+            Write("E1", 0, _aligned(first), chunk_digest("E1", 0, first)),
+            Install("E1", len(first), segment_digest(first), ""),
+            Write("E2", 0, _aligned(second), chunk_digest("E2", 0, second)),
+        ]
+    )
+    assert [r.name for r in installed] == ["E1"]
+    assert [f[0] for f in pending.files] == ["E2"]
+    store.sync(pending)
+    assert (tmp_path / "s" / "log" / "E1").read_bytes() == first
+    store.close()
+    rec = SegmentStore(tmp_path / "s").recover()
+    assert (rec.last_sealed, rec.active, rec.offset) == ("E1", "E2", MIB)
