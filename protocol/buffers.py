@@ -2,6 +2,34 @@
 
 from __future__ import annotations
 
+import mmap
+
+ALIGN = 4096
+"""What a page-aligned buffer's start is a multiple of: enough for O_DIRECT on 512 and 4096-byte sectors."""
+
+
+class AlignedBuffer(mmap.mmap):
+    """A writable, page-aligned payload buffer (private anonymous memory), compared like bytes.
+
+    The receiver writes a payload held in one with O_DIRECT (receiver/store.py): the device reads it
+    straight from here, with no copy into the page cache. A bytearray cannot be that: glibc puts a
+    large one 16 bytes past a page boundary.
+    """
+
+    def __new__(cls, size: int) -> AlignedBuffer:
+        return super().__new__(cls, -1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+
+    def __eq__(self, other: object) -> bool:
+        try:
+            return memoryview(self) == memoryview(other)  # type: ignore[arg-type]
+        except TypeError:
+            return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, like bytearray
+
+    def __repr__(self) -> str:
+        return f"AlignedBuffer({len(self)})"
+
 
 class BufferPool:
     """Payload buffers given back once their bytes are written, to receive later payloads of the
@@ -14,27 +42,32 @@ class BufferPool:
     have in flight (the committer's 32 MiB of pending writes and the decoder's 8 MiB before it pauses
     reading): at 16 MiB, 3 in 10 payloads missed and were allocated (and zeroed, and faulted in)
     afresh. It does not raise the peak: only buffers in use at once are ever allocated.
+
+    Its buffers are page-aligned (``AlignedBuffer``), so that the store can write them with O_DIRECT.
     """
 
     def __init__(self, max_bytes: int = 48 * 1024 * 1024) -> None:
         self.max_bytes = max_bytes
-        self._free: dict[int, list[bytearray]] = {}
+        self._free: dict[int, list[AlignedBuffer]] = {}
         self.free_bytes = 0
         self.hits = 0
         self.misses = 0
 
-    def take(self, size: int) -> bytearray:
-        """Return a bytearray of ``size`` bytes (reused when one is free; its content is stale)."""
+    def take(self, size: int) -> AlignedBuffer:
+        """Return a buffer of ``size`` bytes (reused when one is free; its content is stale)."""
         free = self._free.get(size)
         if free:
             self.hits += 1
             self.free_bytes -= size
             return free.pop()
         self.misses += 1
-        return bytearray(size)
+        return AlignedBuffer(size)
 
-    def give(self, buf: bytearray) -> None:
-        """Take back ``buf``, which no one else references any more."""
+    def give(self, buf: object) -> None:
+        """Take back ``buf`` if it is one of ours and no one else references it any more (anything
+        else, bytes or a bytearray, is left to the garbage collector)."""
+        if not isinstance(buf, AlignedBuffer):
+            return
         size = len(buf)
         if size == 0 or self.free_bytes + size > self.max_bytes:
             return

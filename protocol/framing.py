@@ -18,7 +18,7 @@ from typing import Any, Final
 import msgpack
 
 from protocol.auth import PAYLOAD_MAC, TAG_SIZE, FrameOpener, FrameSealer
-from protocol.buffers import BufferPool
+from protocol.buffers import AlignedBuffer, BufferPool
 from protocol.compression import PayloadCompressor, check_lengths, decompress
 from protocol.errors import ErrorCode, FrameTooLarge, LocalProtocolError, RemoteProtocolError
 from protocol.limits import DEFAULT_MAX_PAYLOAD, MAX_HEADER
@@ -108,7 +108,7 @@ class FrameDecoder:
         self._buf = bytearray()
         self._header: dict[str, Any] | None = None
         self._error: RemoteProtocolError | None = None
-        self._payload: bytearray | None = None
+        self._payload: bytearray | AlignedBuffer | None = None
         """The pending DATA payload, filled in place (see get_buffer); None while bytes go to _buf."""
         self._filled = 0
         self._scratch: bytearray | None = None
@@ -253,7 +253,7 @@ class FrameDecoder:
                 return factory(header)
         header = self._header
         plen = header["len"]
-        payload: bytes | bytearray
+        payload: bytes | bytearray | AlignedBuffer
         if self._payload is not None:
             if self._filled < plen:
                 return NEED_DATA
@@ -274,11 +274,11 @@ class FrameDecoder:
         if "enc" in header:
             packed = payload
             payload = decompress(header["enc"], packed, header["ulen"])
-            if self.pool is not None and isinstance(packed, bytearray):
-                self.pool.give(packed)
+            if self.pool is not None:
+                self.pool.give(packed)  # (takes back only buffers of its own)
         return Data.from_header(header, payload)
 
-    def _start_payload(self, payload: bytearray) -> None:
+    def _start_payload(self, payload: bytearray | AlignedBuffer) -> None:
         """Receive the rest of the pending payload into ``payload``, after what _buf holds of it."""
         buf = self._buf
         take = min(len(buf), len(payload))

@@ -261,8 +261,8 @@ class Attachment(Generic[C]):
         if self.pool is None:
             return
         for op in ops:
-            if isinstance(op, Write) and isinstance(op.payload, bytearray):
-                self.pool.give(op.payload)
+            if isinstance(op, Write):
+                self.pool.give(op.payload)  # (takes back only buffers of its own)
 
     async def detach(self) -> None:
         """Finish the writes in hand, make them durable, and stop."""

@@ -20,8 +20,6 @@ Methods here block (they write and fsync); the server calls them from a worker t
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import errno
 import os
 import struct
 import time
@@ -35,12 +33,10 @@ from protocol.digest import chunk_digest, segment_hasher
 from receiver.manifest import Base, Installed, Stamp
 from receiver.manifest_file import ManifestFile
 from receiver.ops import Install, Op, Rehash, Restart, Rewrite, Write
+from receiver.partial_writer import PartialWriter, PendingSync
 from receiver.rewrite import carry_out
 
 _IDX = struct.Struct(">QIQ")
-_LIBC = ctypes.CDLL(None, use_errno=True)
-_WRITE = 2
-"""SYNC_FILE_RANGE_WRITE: start writeback of the range now, wait for nothing (durability is fdatasync's)."""
 READ_BLOCK = 4 * 1024 * 1024
 """Bytes read per call when a segment is re-read (verification, replay, activation)."""
 
@@ -51,22 +47,6 @@ class ReplicaError(Exception):
     def __init__(self, text: str, corrupt: bool = False) -> None:
         super().__init__(text)
         self.corrupt = corrupt
-
-
-@dataclass(slots=True)
-class PendingSync:
-    """What a write() left to make durable: the files its chunks went to (their own descriptors, so
-    the store may close or rename the originals meanwhile), and the directory entries it created."""
-
-    files: list[tuple[int, int]]
-    """(partial fd, idx fd) pairs, duplicated for this sync and closed by it."""
-    sync_incoming: bool = False
-
-    def close(self) -> None:
-        for fd, idx_fd in self.files:
-            os.close(fd)
-            os.close(idx_fd)
-        self.files = []
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +75,7 @@ class SegmentStore:
         for d in (self.log_dir, self.incoming, self.quarantine):
             d.mkdir(parents=True, exist_ok=True)
         self._seg: str | None = None
+        self._writer: PartialWriter | None = None
         self._fd = -1
         self._idx_fd = -1
         self._created = False
@@ -178,15 +159,18 @@ class SegmentStore:
 
     def _open(self, segment: str) -> None:
         self.close()
-        self._fd = os.open(self.partial_path(segment), os.O_WRONLY | os.O_CREAT, 0o644)
+        self._writer = PartialWriter(self.partial_path(segment))
+        self._fd = self._writer.fd
         self._idx_fd = os.open(self.idx_path(segment), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         self._seg = segment
         self._created = True
 
     def close(self) -> None:
-        for fd in (self._fd, self._idx_fd):
-            if fd >= 0:
-                os.close(fd)
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+        if self._idx_fd >= 0:
+            os.close(self._idx_fd)
         self._fd = self._idx_fd = -1
         self._seg = None
 
@@ -226,14 +210,10 @@ class SegmentStore:
                     records, dirty = [], False
                     self._open(op.segment)
                 if op.payload:
-                    written = os.pwrite(self._fd, op.payload, op.offset)
-                    if written != len(op.payload):
-                        # A regular file takes fewer bytes only when its file system is full.
-                        text = f"short write of {op.segment}: {written} of {len(op.payload)} bytes"
-                        raise OSError(errno.ENOSPC, text)
+                    # Queued: contiguous chunks go out in one write (receiver/partial_writer.py).
+                    assert self._writer is not None
+                    self._writer.add(op.offset, op.payload)
                     records.append(_IDX.pack(op.offset, len(op.payload), op.digest))
-                    # Start writing the chunk out at once, so the batch's fdatasync finds less to do.
-                    _LIBC.sync_file_range(self._fd, ctypes.c_int64(op.offset), ctypes.c_int64(len(op.payload)), _WRITE)
                 dirty = True
             elif isinstance(op, Install):
                 self._flush(records, dirty)
@@ -253,13 +233,15 @@ class SegmentStore:
 
     def _flush(self, records: list[bytes], dirty: bool) -> None:
         """Write the chunk records and leave the partial and its records to the next sync()."""
-        if not dirty or self._fd < 0:
+        if not dirty or self._fd < 0 or self._writer is None:
             return
+        self._writer.flush()
         if records:
             os.write(self._idx_fd, b"".join(records))
         fd = os.dup(self._fd)
         try:
-            self._pending.files.append((fd, os.dup(self._idx_fd)))
+            assert self._seg is not None
+            self._pending.files.append((self._seg, fd, os.dup(self._idx_fd), self._writer.take_cached()))
         except OSError:
             os.close(fd)
             raise
@@ -271,7 +253,7 @@ class SegmentStore:
         """Make the chunks of one write() durable. Safe to run beside the next write() (another
         thread): it touches only its own descriptors. Raises OSError."""
         try:
-            for fd, idx_fd in pending.files:
+            for _, fd, idx_fd, cached in pending.files:
                 # The records and the bytes they vouch for, one after the other in this thread. Their
                 # order does not matter: recovery checks every record against the bytes of the partial
                 # and cuts at the first that does not match, so a record that reached the disk without
@@ -282,7 +264,10 @@ class SegmentStore:
                 # The bytes are on disk and nothing here reads them again (the segment digest is
                 # computed as they arrive): drop them from the page cache, so a long catch-up does not
                 # push everything else out of memory and make the kernel reclaim under our writes.
-                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+                # Only the range this batch wrote through the cache (chunks written with O_DIRECT
+                # never entered it): a whole-file call walked every page of the file at every batch.
+                if cached is not None:
+                    os.posix_fadvise(fd, cached[0], cached[1] - cached[0], os.POSIX_FADV_DONTNEED)
             if pending.sync_incoming:
                 fsync_dir(self.incoming)
         finally:
@@ -302,6 +287,12 @@ class SegmentStore:
         st = os.fstat(self._fd)
         os.utime(self._fd, ns=(st.st_atime_ns, st.st_mtime_ns - 1))
         os.fsync(self._fd)
+        # That fsync made every chunk of this write() to the segment durable (all were written before
+        # it), and its .idx is deleted below: the batch's sync need not flush either again (two device
+        # cache flushes per segment fewer). Chunks of an earlier batch are that batch's sync's.
+        cached = self._pending.drop(op.segment)
+        if cached is not None:
+            os.posix_fadvise(self._fd, cached[0], cached[1] - cached[0], os.POSIX_FADV_DONTNEED)
         st = os.fstat(self._fd)
         stamp = Stamp(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
         self.close()

@@ -2,6 +2,7 @@
 
     git archive main | tar -x -C /tmp/A
     PYTHONPATH=scripts:. .venv/bin/python -m benchmarks.ab /tmp/A . --repeat 5 [--deferred]
+    PYTHONPATH=scripts:. .venv/bin/python -m benchmarks.ab . . --b-shipper-args="--chunk-size 256KiB"
 
 Each round runs tree A then tree B (the order alternates every round), both in the default
 configuration (replay into replica/ on) or with ``--deferred`` replay; prints the medians and the ratio
@@ -11,6 +12,7 @@ B / A of each figure. Fixes are judged by this ratio, not by absolute figures on
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -27,6 +29,11 @@ def main() -> None:
     p.add_argument("--repeat", type=int, default=5)
     p.add_argument("--mib", type=int, default=1024, help="data per run (default 1024 MiB)")
     p.add_argument("--deferred", action="store_true", help="replay deferred (--replay-lag 24h)")
+    for side in ("a", "b"):
+        # Options instead of a second tree: the same tree with and without a setting (chunk size,
+        # --payload-mac, ...), interleaved like two trees.
+        p.add_argument(f"--{side}-shipper-args", default="", help=f"extra shipper arguments for {side.upper()}")
+        p.add_argument(f"--{side}-receiver-args", default="", help=f"extra receiver arguments for {side.upper()}")
     args = p.parse_args()
     work = Path(tempfile.mkdtemp(prefix="logship-ab.", dir="/var/tmp"))
     trees = {"A": args.a.resolve(), "B": args.b.resolve()}
@@ -41,6 +48,9 @@ def main() -> None:
         for i in range(args.repeat):
             for label in ("A", "B") if i % 2 == 0 else ("B", "A"):
                 procs.ROOT = trees[label]  # the daemons run from this tree (cwd first on sys.path)
+                side = label.lower()
+                os.environ["BENCH_SHIPPER_ARGS"] = getattr(args, f"{side}_shipper_args")
+                os.environ["BENCH_RECEIVER_ARGS"] = getattr(args, f"{side}_receiver_args")
                 r = throughput._logship_once(opts, stage, names, i, receiver_args)
                 runs[label].append(r)
                 end = r.to_replica or r.to_log

@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from protocol.buffers import BufferPool
+from protocol.buffers import AlignedBuffer, BufferPool
 from protocol.digest import chunk_digest
 from protocol.framing import DIRECT_PAYLOAD, NEED_DATA, FrameDecoder, encode
 from protocol.messages import Ack, Data, Heartbeat, Message, Position
@@ -137,7 +137,7 @@ def test_a_buffer_given_back_carries_the_next_payload_with_no_stale_bytes() -> N
     msg1 = decoder.next_message()
     assert isinstance(msg1, Data) and msg1.payload == first
     buf = msg1.payload
-    assert isinstance(buf, bytearray)
+    assert isinstance(buf, AlignedBuffer)  # page-aligned, for the store's O_DIRECT writes
     pool.give(buf)
     _feed(decoder, _data_frame(second, 1 << 20), 7777)
     msg2 = decoder.next_message()
@@ -151,7 +151,8 @@ def test_a_buffer_given_back_carries_the_next_payload_with_no_stale_bytes() -> N
 def test_the_pool_keeps_no_more_than_its_limit() -> None:
     pool = BufferPool(max_bytes=3 << 20)
     for _ in range(5):
-        pool.give(bytearray(1 << 20))
+        pool.give(AlignedBuffer(1 << 20))
+    pool.give(bytearray(1 << 20))  # not one of its own: not kept
     assert pool.free_bytes == 3 << 20
     assert [len(pool.take(1 << 20)) for _ in range(4)] == [1 << 20] * 4
     assert (pool.hits, pool.misses) == (3, 1)
