@@ -10,6 +10,7 @@ from protocol.history import parse_position
 from receiver.activation import ActivationRefused, activate
 from receiver.copy import StreamCopy
 from receiver.fence import FenceRefused, fence
+from receiver.reseed import ReseedRefused, reseed_running
 from receiver.server import ReceiverServer
 
 log = logging.getLogger("receiver")
@@ -54,6 +55,12 @@ class Control:
                 position = parse_position(fork) if isinstance(fork, str) else None
                 return {"ok": True, "report": await fence(copy, epoch, position)}
             except (ValueError, FenceRefused) as e:
+                return {"ok": False, "error": str(e)}
+        if op == "reseed":  # issue 17
+            try:
+                delete, manual = bool(request.get("delete_existing")), bool(request.get("manual_resume"))
+                return {"ok": True, "report": await reseed_running(copy, delete, manual)}
+            except ReseedRefused as e:
                 return {"ok": False, "error": str(e)}
         return {"ok": False, "error": f"unknown op {op!r}"}
 

@@ -29,11 +29,12 @@ from receiver.copy import StreamCopy
 from receiver.datadir import control_path, existing_streams, lock_data_dir
 from receiver.fence import FenceRefused, fence
 from receiver.history_file import history_rows
+from receiver.reseed_cli import add_reseed_parser, cmd_reseed
 from receiver.state import load_state
 from receiver.status import copy_row, render_rows
 from receiver.store import SegmentStore
 
-SUBCOMMANDS = ("status", "suspend", "resume", "activate", "fence")
+SUBCOMMANDS = ("status", "suspend", "resume", "activate", "fence", "reseed")
 
 
 def _epoch(text: str) -> int:
@@ -113,6 +114,7 @@ def operator_parser() -> argparse.ArgumentParser:
     q.add_argument("--epoch", required=True, type=_epoch, metavar="N", help="the new primary's epoch")
     q.add_argument("--fork", type=_fork, metavar="SEG@OFF", help="where epoch N forked (the activation report's fork)")
     q.add_argument("--json", action="store_true", help="print the report as JSON")
+    add_reseed_parser(sub, common)
     return p
 
 
@@ -136,6 +138,8 @@ def operator_main(argv: list[str]) -> int:
             return cmd_suspend_resume(data_dir, args.command, args.stream, args.comment)
         if args.command == "fence":
             return cmd_fence(data_dir, args)
+        if args.command == "reseed":
+            return cmd_reseed(data_dir, args, _call, _offline)
         return cmd_activate(data_dir, args, doc)
 
     return guarded("receiver", body)

@@ -1,0 +1,177 @@
+"""A Seeding copy's image on disk: the partial image, the offer it belongs to, its durable offset, and the
+installation into ``base/``. Blocking; the server calls these from a worker thread.
+
+Layout under the stream directory:
+  seed/image.partial   the image bytes received so far
+  seed/offer.json      the SEED_OFFER they belong to and how many of them are fsynced (``durable``):
+                       rewritten (temp, fsync, rename, fsync dir) after every fsync of the partial, so a
+                       restart resumes exactly there and cuts whatever was written after it
+  base/                the installed image (a tar unpacked safely); written as base.tmp/, then renamed
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tarfile
+import time
+from pathlib import Path
+
+from logship.files import fsync_dir, write_atomic
+from protocol.digest import segment_hasher
+from protocol.seed import Held, SeedOffer
+
+READ_BLOCK = 4 << 20
+
+
+class ImageRefused(Exception):
+    """The image cannot be installed: its digest does not match, or it is not a tar that unpacks safely."""
+
+
+class SeedFiles:
+    """The image of one Seeding copy under ``root`` (DIR/<stream>)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.dir = root / "seed"
+        self.partial = self.dir / "image.partial"
+        self.meta = self.dir / "offer.json"
+        self.base = root / "base"
+        self._fd = -1
+        self.offer: SeedOffer | None = None
+        self.durable = 0
+
+    def held(self) -> Held | None:
+        """Return what survives on disk of an earlier transfer (the partial cut to its durable bytes)."""
+        try:
+            doc = json.loads(self.meta.read_bytes())
+            offer = SeedOffer(
+                str(doc["stream"]),
+                str(doc["image"]),
+                int(doc["size"]),
+                bytes.fromhex(doc["xxh"]),
+                str(doc["first"]),
+                str(doc["after"]),
+                int(doc["asize"]),
+                0,
+            )
+            durable = int(doc["durable"])
+            if not self.partial.exists() or not 0 <= durable <= offer.size:
+                return None
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        if self.partial.stat().st_size > durable:
+            # Written after the last fsync that was recorded: not known to be whole.
+            os.truncate(self.partial, durable)
+        elif self.partial.stat().st_size < durable:
+            return None
+        self.offer, self.durable = offer, durable
+        return Held(offer, durable)
+
+    def begin(self, offer: SeedOffer, fresh: bool) -> None:
+        """Open the partial for ``offer``; ``fresh``: a new image, whatever was held is dropped."""
+        self.dir.mkdir(mode=0o700, exist_ok=True)
+        self.close()
+        if fresh:
+            self.durable = 0
+            with open(self.partial, "wb"):
+                pass
+            self.offer = offer
+            self._save()
+        self.offer = offer
+        self._fd = os.open(self.partial, os.O_WRONLY)
+
+    def write(self, offset: int, chunks: list[bytes]) -> int:
+        """Write ``chunks`` from ``offset``, fsync, record them durable; return the new durable offset."""
+        os.pwritev(self._fd, chunks, offset)
+        os.fdatasync(self._fd)
+        self.durable = offset + sum(len(c) for c in chunks)
+        self._save()
+        return self.durable
+
+    def _save(self) -> None:
+        o = self.offer
+        assert o is not None
+        doc = {"stream": o.stream, "image": o.image, "size": o.size, "xxh": o.digest.hex(), "first": o.first}
+        doc.update({"after": o.after, "asize": o.after_size, "durable": self.durable})
+        write_atomic(self.meta, json.dumps(doc, sort_keys=True).encode(), 0o600)
+
+    def verify(self) -> None:
+        """Check the whole image against the offer's digest; raises ImageRefused."""
+        o = self.offer
+        assert o is not None
+        hasher = segment_hasher()
+        size = 0
+        with open(self.partial, "rb") as f:
+            while block := f.read(READ_BLOCK):
+                hasher.update(block)
+                size += len(block)
+        if size != o.size or hasher.digest() != o.digest:
+            raise ImageRefused(f"image {o.image}: {size} bytes with digest {hasher.hexdigest()}, offered {o.size}")
+
+    def install(self) -> int:
+        """Unpack the verified image into base/ (replacing one an earlier attempt left); return its files."""
+        tmp = self.root / "base.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(mode=0o700)
+        count = unpack_tar(self.partial, tmp)
+        if self.base.exists():
+            shutil.rmtree(self.base)
+        os.rename(tmp, self.base)
+        fsync_dir(self.root)
+        return count
+
+    def quarantine(self, reason: str) -> Path:
+        """Move the partial image to quarantine/ with a reason file; return where it went."""
+        self.close()
+        dest = self.root / "quarantine" / f"seed-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}"
+        dest.mkdir(parents=True, exist_ok=True)
+        os.rename(self.dir, dest / "seed")
+        (dest / "reason").write_text(reason + "\n")
+        fsync_dir(dest)
+        fsync_dir(self.root)
+        self.offer, self.durable = None, 0
+        return dest
+
+    def discard(self) -> None:
+        """Remove the image once installed and recorded."""
+        self.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
+        fsync_dir(self.root)
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
+def unpack_tar(image: Path, dest: Path) -> int:
+    """Unpack the tar ``image`` into ``dest``, refusing anything that would land outside it; fsync every
+    file and directory; return the members unpacked. Raises ImageRefused.
+
+    tarfile's ``data`` filter refuses absolute names, ``..``, links that point outside, devices and
+    other special files, and drops set-uid bits; a member it refuses refuses the whole image.
+    """
+    count = 0
+    try:
+        with tarfile.open(image, mode="r:*") as tar:
+            for member in tar:
+                try:
+                    tar.extract(member, dest, filter="data")
+                except tarfile.FilterError as e:
+                    raise ImageRefused(f"image member {member.name!r} refused: {e}") from None
+                count += 1
+    except (tarfile.TarError, EOFError) as e:
+        raise ImageRefused(f"image is not a readable tar: {e}") from None
+    for dirpath, _dirs, files in os.walk(dest):
+        for name in files:
+            path = os.path.join(dirpath, name)
+            if not os.path.islink(path):
+                fd = os.open(path, os.O_RDONLY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+        fsync_dir(Path(dirpath))
+    return count
