@@ -81,7 +81,8 @@ class SeedOffer:
     digest: bytes
     """xxh3_128 of the whole image."""
     first: str
-    """The first segment that must follow the image (replayed after it)."""
+    """The first segment that must follow the image (replayed after it); "" when the source had none
+    yet (then ``after`` is "" too: the copy takes the stream from its start)."""
     after: str
     """The source's segment just before ``first`` ("" when none): where the copy's chain starts."""
     after_size: int
@@ -108,14 +109,14 @@ class SeedOffer:
             image_id(h),
             fields.integer(h, "size", 0, MAX_IMAGE),
             fields.octets(h, "xxh", 16),
-            fields.segment(h, "first"),
+            fields.segment(h, "first", allow_empty=True),
             fields.segment(h, "after", allow_empty=True),
             fields.integer(h, "asize"),
             fields.integer(h, "start", 0, MAX_IMAGE),
         )
         if offer.start > offer.size:
             raise RemoteProtocolError("SEED_OFFER starts past the image's end", code=ErrorCode.BAD_POSITION)
-        if offer.after >= offer.first:
+        if (offer.after >= offer.first) if offer.first else bool(offer.after):
             raise RemoteProtocolError("SEED_OFFER: after must sort before first", code=ErrorCode.BAD_FRAME)
         return offer
 

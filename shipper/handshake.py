@@ -16,6 +16,7 @@ from protocol.aio import FramedConnection
 from protocol.auth import PAYLOAD_MAC
 from protocol.errors import VersionMismatch
 from protocol.messages import Error, Fenced, Position, StreamResume
+from protocol.seed import FEATURE as SEED_FEATURE
 from protocol.session import ShipperHandshake
 from shipper.settings import SenderConfig
 
@@ -84,6 +85,8 @@ async def handshake(
     wanted: tuple[str, ...] = (config.compression.encoding,) if config.compression else ()
     if config.payload_mac:
         wanted = (*wanted, PAYLOAD_MAC)
+    if config.seed is not None:
+        wanted = (*wanted, SEED_FEATURE)  # issue 17: we can send a Seeding target its base image
     histories = {stream: config.history}
     hs = ShipperHandshake(node, os.urandom(32), {stream: secret}, {stream: epoch}, wanted, histories)
     challenge = await conn.recv(config.connect_timeout)

@@ -31,6 +31,7 @@ from shipper.chunks import DataSender
 from shipper.handshake import Fenced_, Reconnect, Refused, beyond_source, handshake
 from shipper.pacing import AdaptiveWindow, TokenBucket, rate_limited_chunk
 from shipper.replies import Replies
+from shipper.seed import send_seed
 from shipper.settings import SenderConfig
 from shipper.source import Open, SegmentReader, SendData, SendSeal, SourceError, Stuck, next_step
 from shipper.status import TargetState, TargetStats, heartbeat
@@ -167,6 +168,10 @@ class TargetSender(Replies):
             resume = await self._handshake(conn)
             self._refusals = 0
             self.stats.connects += 1
+            if resume.seed:  # issue 17: the target is Seeding; this connection carries its base image
+                self.state = TargetState.SEEDING
+                await send_seed(self, conn)
+                return
             self._start_at(resume)
             self.state = TargetState.HEALTHY
             self._was_healthy = True

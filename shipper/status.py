@@ -32,6 +32,8 @@ class TargetState(enum.Enum):
     FAILED = "Failed"
     RETRYING = "Retrying"
     """Connected, but a transient failure (a damaged link) makes it resend in smaller chunks."""
+    SEEDING = "Seeding"
+    """The target's copy is Seeding: this shipper sends it a base image (shipper/seed.py)."""
     REFUSED = "Refused"
     """The target refuses us for a reason retrying cannot fix (secret, version, name): a long back-off."""
 
@@ -60,6 +62,8 @@ class TargetStats:
     last_copied_at: float | None = None
     stuck: str = ""
     """Why shipping to this target cannot go on (e.g. the segment it needs is gone); empty if it can."""
+    seed: Any = None
+    """The seed transfer to this target (shipper/seed.py SeedProgress), once one began; None before."""
 
 
 def newest_copied(names: Sequence[str], acked: AckKey) -> str:
