@@ -40,7 +40,7 @@ class SeedSettings:
     """How a stream's base image is made (the sender's ``config.seed``)."""
 
     command: str
-    """Shell command writing the image (a tar) to stdout; may name the first segment on fd 3."""
+    """Shell command writing the image (a tar) to stdout; may name the first segment in $LOGSHIP_SEED_FIRST."""
     spool: Path
     """Where the image is spooled for this target (``<state_dir>/seed/<stream>/<target>``)."""
     timeout: float | None = None

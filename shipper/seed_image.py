@@ -7,7 +7,8 @@ Spool, per stream and target, under ``<state_dir>/seed/<stream>/<target>/``:
                before that; written last (temp, fsync, rename), so an image without it is not one
 
 Which segment must follow the image (``first``), in this order:
-  1. what the command writes to file descriptor 3 (one segment name), for recipes that know it;
+  1. the segment name the command writes into the file named by $LOGSHIP_SEED_FIRST, for recipes
+     that know it;
   2. a ``backup_label`` in the tar (pg_basebackup -Ft): its ``START WAL LOCATION ... (file X)``;
   3. the newest segment the source had when the command started (the image may hold part of it, and
      the copy replays it again: the database's own recovery makes that safe, as with a WAL archive).
@@ -136,24 +137,16 @@ class ImageSpool:
         self.dir.mkdir(parents=True, mode=0o700)
         newest = names[-1] if names else ""
         tmp = self.dir / "image.tar.tmp"
-        rfd, wfd = os.pipe()
+        named = self.dir / "first"
         out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         env = {**os.environ, "LOGSHIP_STREAM": stream, "LOGSHIP_SEED_NEWEST": newest}
         env["LOGSHIP_SEED_OLDEST"] = names[0] if names else ""
+        env["LOGSHIP_SEED_FIRST"] = str(named)
         started = time.monotonic()
         try:
-            # The shell points fd 3 at our pipe (where a recipe may name the first segment).
             proc = await asyncio.create_subprocess_shell(
-                f"exec 3>&{wfd} {wfd}>&-\n{command}",
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=out,
-                stderr=asyncio.subprocess.PIPE,
-                pass_fds=(wfd,),
-                env=env,
+                command, stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=asyncio.subprocess.PIPE, env=env
             )
-            os.close(wfd)
-            wfd = -1
-            named = asyncio.get_running_loop().run_in_executor(None, _read_all, rfd)
             try:
                 async with asyncio.timeout(timeout):
                     _, err = await proc.communicate()
@@ -161,16 +154,16 @@ class ImageSpool:
                 with contextlib.suppress(ProcessLookupError):
                     proc.kill()
                 raise
-            said = (await named).decode(errors="replace").strip()
             if proc.returncode != 0:
                 text = err.decode(errors="replace").strip()[-500:]
                 raise SeedError(f"seed_command exited {proc.returncode}: {text or 'no output'}")
             os.fsync(out)
         finally:
-            if wfd >= 0:
-                os.close(wfd)
-            os.close(rfd)
             os.close(out)
+        try:
+            said = named.read_text(errors="replace").strip()
+        except FileNotFoundError:
+            said = ""
         loop = asyncio.get_running_loop()
         size, digest = await loop.run_in_executor(None, _digest, tmp)
         first = said.split()[0] if said else await loop.run_in_executor(None, label_segment, tmp) or newest
@@ -190,15 +183,6 @@ class ImageSpool:
             first or "the stream's start",
         )
         return img
-
-
-def _read_all(fd: int) -> bytes:
-    chunks = []
-    while block := os.read(fd, 4096):
-        chunks.append(block)
-        if sum(map(len, chunks)) > 4096:
-            break
-    return b"".join(chunks)
 
 
 def _digest(path: Path) -> tuple[int, bytes]:
