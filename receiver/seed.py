@@ -12,6 +12,7 @@ with the offer's ``first`` segment.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from typing import Any
@@ -81,12 +82,16 @@ async def serve_seed(conn: FramedConnection, copy: StreamCopy, idle_timeout: flo
         offer.start,
     )
     try:
+        began = time.monotonic()
         await _receive(conn, files, sink, progress, idle_timeout)
+        received = time.monotonic()
         progress.state = "verifying"
         try:
             await loop.run_in_executor(None, files.verify)
+            verified = time.monotonic()
             progress.state = "installing"
             count = await loop.run_in_executor(None, files.install)
+            installed = time.monotonic()
         except ImageRefused as e:
             where = await loop.run_in_executor(None, files.quarantine, str(e))
             log.error("stream %s: %s; moved to %s; the next connection sends it again", copy.name, e, where)
@@ -94,13 +99,17 @@ async def serve_seed(conn: FramedConnection, copy: StreamCopy, idle_timeout: flo
             return
         await _seeded(copy, offer, files)
         log.warning(
-            "stream %s: SEEDED from image %s (%d bytes, %d files in %s); copying continues at %s",
+            "stream %s: SEEDED from image %s (%d bytes, %d files in %s; received in %.2fs, verified in %.2fs, "
+            "unpacked in %.2fs); copying continues at %s",
             copy.name,
             offer.image,
             offer.size,
             count,
             files.base,
-            offer.first,
+            received - began,
+            verified - received,
+            installed - verified,
+            offer.first or "the stream's start",
         )
         conn.send(SeedAck(copy.name, offer.image, offer.size, done=True))
         await conn.drain()
@@ -112,33 +121,52 @@ async def serve_seed(conn: FramedConnection, copy: StreamCopy, idle_timeout: flo
 async def _receive(
     conn: FramedConnection, files: SeedFiles, sink: SeedSink, progress: Progress, idle_timeout: float
 ) -> None:
+    """Take the image's chunks until the last one is durable. One batch is written and fsynced in a
+    worker thread while the next one is received (group commit, as the segment store does)."""
     loop = asyncio.get_running_loop()
     assert sink.offer is not None
+    image = sink.offer.image
     pending: list[bytes] = []
     pending_at = sink.expected
     pending_bytes = 0
-    while not sink.complete:
-        msg = await conn.recv(idle_timeout)
-        if isinstance(msg, Data):
-            sink.on_data(msg)
-            pending.append(msg.payload)
-            pending_bytes += len(msg.payload)
-        elif isinstance(msg, Heartbeat):
-            conn.send(Heartbeat())
-            continue
-        elif isinstance(msg, Error):
-            raise RemoteProtocolError(f"peer reported {msg.code}: {msg.text}", code=ErrorCode.PROTOCOL)
-        else:
-            raise RemoteProtocolError(f"unexpected {type(msg).__name__} during a seed transfer", code="bad-type")
-        # Group commit: one fsync per batch, or as soon as nothing more is waiting on the connection.
-        if pending_bytes >= BATCH or conn.decoder.buffered == 0 or sink.complete:
-            durable = await loop.run_in_executor(None, files.write, pending_at, pending)
-            pending, pending_at, pending_bytes = [], durable, 0
+    writing: asyncio.Future[int] | None = None
+
+    async def settle() -> None:
+        nonlocal writing
+        if writing is not None:
+            durable = await writing
+            writing = None
             progress.durable = durable
-            conn.send(SeedAck(sink.stream, sink.offer.image, durable))
-    if pending:
-        durable = await loop.run_in_executor(None, files.write, pending_at, pending)
-        progress.durable = durable
+            conn.send(SeedAck(sink.stream, image, durable))
+
+    try:
+        while not sink.complete:
+            msg = await conn.recv(idle_timeout)
+            if isinstance(msg, Data):
+                sink.on_data(msg)
+                pending.append(msg.payload)
+                pending_bytes += len(msg.payload)
+            elif isinstance(msg, Heartbeat):
+                conn.send(Heartbeat())
+                continue
+            elif isinstance(msg, Error):
+                raise RemoteProtocolError(f"peer reported {msg.code}: {msg.text}", code=ErrorCode.PROTOCOL)
+            else:
+                raise RemoteProtocolError(f"unexpected {type(msg).__name__} during a seed transfer", code="bad-type")
+            # A batch goes once it is large, or the connection has nothing more waiting, or it is the last.
+            if pending_bytes >= BATCH or conn.decoder.buffered == 0 or sink.complete:
+                if writing is not None and not writing.done() and pending_bytes < BATCH and not sink.complete:
+                    continue  # the previous batch is still being written: let this one grow meanwhile
+                await settle()
+                writing = loop.run_in_executor(None, files.write, pending_at, pending)
+                pending_at += pending_bytes
+                pending, pending_bytes = [], 0
+        await settle()
+    finally:
+        if writing is not None:
+            # Never leave a write running on a file the caller closes next.
+            with contextlib.suppress(Exception):
+                await writing
     await conn.drain()
 
 

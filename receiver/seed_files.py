@@ -41,6 +41,8 @@ class SeedFiles:
         self._fd = -1
         self.offer: SeedOffer | None = None
         self.durable = 0
+        self.hasher = segment_hasher()
+        """xxh3_128 of the partial's first ``durable`` bytes, kept as they are written (no second read)."""
 
     def held(self) -> Held | None:
         """Return what survives on disk of an earlier transfer (the partial cut to its durable bytes)."""
@@ -66,6 +68,11 @@ class SeedFiles:
             os.truncate(self.partial, durable)
         elif self.partial.stat().st_size < durable:
             return None
+        # Resuming: the digest of what is already here, read once (the rest is hashed as it arrives).
+        self.hasher = segment_hasher()
+        with open(self.partial, "rb") as f:
+            while block := f.read(READ_BLOCK):
+                self.hasher.update(block)
         self.offer, self.durable = offer, durable
         return Held(offer, durable)
 
@@ -75,6 +82,7 @@ class SeedFiles:
         self.close()
         if fresh:
             self.durable = 0
+            self.hasher = segment_hasher()
             with open(self.partial, "wb"):
                 pass
             self.offer = offer
@@ -84,6 +92,10 @@ class SeedFiles:
 
     def write(self, offset: int, chunks: list[bytes]) -> int:
         """Write ``chunks`` from ``offset``, fsync, record them durable; return the new durable offset."""
+        if offset != self.durable:
+            raise ValueError(f"image write at {offset}, durable {self.durable}")
+        for chunk in chunks:
+            self.hasher.update(chunk)
         os.pwritev(self._fd, chunks, offset)
         os.fdatasync(self._fd)
         self.durable = offset + sum(len(c) for c in chunks)
@@ -98,17 +110,16 @@ class SeedFiles:
         write_atomic(self.meta, json.dumps(doc, sort_keys=True).encode(), 0o600)
 
     def verify(self) -> None:
-        """Check the whole image against the offer's digest; raises ImageRefused."""
+        """Check the whole image (every byte written, as it was written) against the offer's digest;
+        raises ImageRefused."""
         o = self.offer
         assert o is not None
-        hasher = segment_hasher()
-        size = 0
-        with open(self.partial, "rb") as f:
-            while block := f.read(READ_BLOCK):
-                hasher.update(block)
-                size += len(block)
-        if size != o.size or hasher.digest() != o.digest:
-            raise ImageRefused(f"image {o.image}: {size} bytes with digest {hasher.hexdigest()}, offered {o.size}")
+        size = self.partial.stat().st_size
+        if size != o.size or self.durable != o.size or self.hasher.digest() != o.digest:
+            raise ImageRefused(
+                f"image {o.image}: {size} bytes with digest {self.hasher.hexdigest()}, offered {o.size} bytes "
+                f"with {o.digest.hex()}"
+            )
 
     def install(self) -> int:
         """Unpack the verified image into base/ (replacing one an earlier attempt left); return its files."""
