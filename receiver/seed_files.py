@@ -157,6 +157,15 @@ class SeedFiles:
             self._fd = -1
 
 
+def _check_member(member: tarfile.TarInfo) -> None:
+    """Refuse absolute names and links, and ``..`` in names, outright: tarfile's filter would quietly
+    strip a leading ``/``. (A relative link with ``..`` is the filter's to judge: it stays if it
+    resolves inside base/.)"""
+    link = member.linkname if member.issym() or member.islnk() else ""
+    if member.name.startswith("/") or ".." in Path(member.name).parts or link.startswith("/"):
+        raise ImageRefused(f"image member {member.name!r} ({link or 'no link'}) would land outside base/")
+
+
 def unpack_tar(image: Path, dest: Path) -> int:
     """Unpack the tar ``image`` into ``dest``, refusing anything that would land outside it; fsync every
     file and directory; return the members unpacked. Raises ImageRefused.
@@ -168,6 +177,7 @@ def unpack_tar(image: Path, dest: Path) -> int:
     try:
         with tarfile.open(image, mode="r:*") as tar:
             for member in tar:
+                _check_member(member)
                 try:
                     tar.extract(member, dest, filter="data")
                 except tarfile.FilterError as e:
