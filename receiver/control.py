@@ -7,6 +7,7 @@ import time
 from typing import Any
 
 from protocol.history import parse_position
+from protocol.names import is_stream_name
 from receiver.activation import ActivationRefused, activate
 from receiver.copy import StreamCopy
 from receiver.fence import FenceRefused, fence
@@ -29,7 +30,10 @@ class Control:
         if op == "status":
             return {"ok": True, **server.status()}
         stream = request.get("stream")
-        if not isinstance(stream, str) or (stream not in server.known_streams() and stream not in server.copies):
+        new = op == "reseed" and is_stream_name(stream) and server.config.secret_for(stream) is not None
+        if not new and (
+            not isinstance(stream, str) or (stream not in server.known_streams() and stream not in server.copies)
+        ):
             return {"ok": False, "error": f"no copy of stream {stream!r} in {server.config.data_dir}"}
         copy = server.copy(stream)
         comment = request.get("comment")

@@ -23,6 +23,7 @@ from logship.cli import EXIT_FAILED, EXIT_USAGE, Parser, add_status_flags, guard
 from logship.config import ConfigError, load_toml, parse_duration
 from protocol.history import parse_position
 from protocol.messages import Position
+from protocol.names import is_stream_name
 from receiver.activation import ActivationRefused, activate, render_report
 from receiver.config import add_replay_flags, replay_from_doc
 from receiver.copy import StreamCopy
@@ -132,14 +133,17 @@ def operator_main(argv: list[str]) -> int:
             raise ConfigError(f"data dir {data_dir} does not exist")
         if args.command == "status":
             return watch(lambda: cmd_status(data_dir, args.json, args.stream), args.watch, args.count)
+        if args.command == "reseed":
+            # A brand-new standby may be seeded before its first shipper ever connected (issue 17).
+            if not is_stream_name(args.stream):
+                raise ConfigError(f"{args.stream!r} is not a stream name")
+            return cmd_reseed(data_dir, args, _call, _offline)
         if args.stream not in existing_streams(data_dir):
             raise ConfigError(f"no copy of stream {args.stream!r} in {data_dir}")
         if args.command in ("suspend", "resume"):
             return cmd_suspend_resume(data_dir, args.command, args.stream, args.comment)
         if args.command == "fence":
             return cmd_fence(data_dir, args)
-        if args.command == "reseed":
-            return cmd_reseed(data_dir, args, _call, _offline)
         return cmd_activate(data_dir, args, doc)
 
     return guarded("receiver", body)

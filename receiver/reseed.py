@@ -63,7 +63,7 @@ def reseed_dir(root: Path, delete_existing: bool, manual_resume: bool, now: floa
         if delete_existing:
             shutil.rmtree(where)
             fsync_dir(where.parent)
-    root.mkdir(parents=True, exist_ok=True, mode=0o700)
+    root.mkdir(parents=True, exist_ok=True)  # the umask's mode, as SegmentStore makes it
     state = CopyState(epoch=old.epoch)
     state.begin_seed(now, manual_resume)
     save_state(root / "state.json", state)
