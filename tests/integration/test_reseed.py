@@ -135,6 +135,20 @@ def test_standby_behind_the_source_is_reseeded_through_kill9_of_both_sides(
     assert "Seeding" in out.stdout and "by the running receiver" in out.stdout, out.stdout
     image_size = sum(p.stat().st_size for p in app.db.rglob("*") if p.is_file())
 
+    # Both sides show the transfer while it runs: state, bytes, rate.
+    def seeding_rows() -> tuple[dict[str, Any], dict[str, Any]] | None:
+        mine = shipper_row(state_dir)
+        out = cli("receiver", "status", "--data-dir", str(data), "--json")
+        theirs = json.loads(out.stdout)["copies"][0] if out.returncode in (0, 1) else {}
+        if mine and mine.get("seed") and mine["seed"]["bytes"] > 0 and theirs.get("seed"):
+            return mine, theirs
+        return None
+
+    mine, theirs = wait_until(seeding_rows, 60, interval=0.05, what="the transfer in both sides' status")
+    assert mine["state"] == "Seeding" and mine["seed"]["state"] == "sending" and mine["seed"]["size"] > 0, mine
+    assert theirs["state"] == "Seeding" and theirs["seed"]["size"] == mine["seed"]["size"], theirs
+    assert {"bytes", "rate", "eta"} <= set(theirs["seed"]) and {"bytes", "rate", "eta"} <= set(mine["seed"])
+
     # kill -9 of the receiver, then of the shipper, each in the middle of the transfer.
     for victim, at in ((receiver, 0.25), (ship, 0.55)):
         durable = wait_until(
