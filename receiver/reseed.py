@@ -46,6 +46,12 @@ def reseed_dir(root: Path, delete_existing: bool, manual_resume: bool, now: floa
     entries = sorted(e for e in os.listdir(root) if e not in KEEP) if root.exists() else []
     where: Path | None = None
     moved_bytes = 0
+    if entries and not any(_holds_files(root / e) for e in entries):
+        # Only the empty directories a fresh copy starts with: nothing worth keeping aside.
+        for name in entries:
+            shutil.rmtree(root / name)
+        fsync_dir(root)
+        entries = []
     if entries:
         stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(now))
         where = root / "quarantine" / f"reseed-{stamp}"
@@ -82,6 +88,12 @@ def reseed_dir(root: Path, delete_existing: bool, manual_resume: bool, now: floa
         "deleted" if report["deleted"] else f"moved to {where}" if where is not None else "was empty",
     )
     return report
+
+
+def _holds_files(path: Path) -> bool:
+    if path.is_symlink() or not path.is_dir():
+        return True
+    return any(files for _d, _dirs, files in os.walk(path))
 
 
 def _size(path: Path) -> int:

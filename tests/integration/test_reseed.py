@@ -182,8 +182,6 @@ def test_standby_behind_the_source_is_reseeded_through_kill9_of_both_sides(
         replayed = copy / "replica" / name
         path = replayed if replayed.exists() else copy / "base" / "applied" / name
         assert path.read_bytes() == content, name
-    # What the standby held when the reseed came (a fresh, empty copy here) was moved aside, not deleted.
-    assert [p.name.startswith("reseed-") for p in (copy / "quarantine").iterdir()] == [True]
     final = wait_until(
         lambda: (r := shipper_row(state_dir)) is not None and r["state"] == "Healthy" and not r["failure"] and r,
         30,
@@ -245,3 +243,27 @@ def _stamp(log: str, needle: str) -> float:
             assert m, line
             return time.mktime(time.strptime(m.group(1).replace("T", " "), "%Y-%m-%d %H:%M:%S")) + int(m.group(2)) / 1e3
     raise AssertionError(f"no {needle!r} in the log")
+
+
+def test_a_shipper_without_seed_command_is_refused_by_a_seeding_copy_and_ships_nothing(
+    tmp_path: Path, secret: Path, procs: list[Proc]
+) -> None:
+    app = App(tmp_path)
+    data = tmp_path / "receiver"
+    receiver = receiver_proc(tmp_path, secret).start()
+    procs.append(receiver)
+    # A brand-new copy, reseeded before its first shipper came (offline would need the lock: it runs).
+    out = cli("receiver", "reseed", "--data-dir", str(data), "--stream", STREAM, "--json")
+    assert out.returncode == 0 and json.loads(out.stdout)["moved_to"] is None, out.stdout + out.stderr
+    state_dir = tmp_path / "shipper-state"
+    args = ["--stream", STREAM, "--source", str(app.source), "--secret-file", str(secret)]
+    plain = ShipperProc([*args, "--state-dir", str(state_dir)], [receiver], tmp_path / "shipper.log")
+    procs.append(plain.start())
+    app.write(1, 3)
+    row = wait_until(
+        lambda: (r := shipper_row(state_dir)) is not None and "Seeding" in (r.get("failure") or "") and r,
+        30,
+        what="the refusal in the shipper's status",
+    )
+    assert "seed_command" in row["failure"], row
+    assert not names(data / STREAM / "log")
