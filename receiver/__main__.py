@@ -87,6 +87,12 @@ def build_parser() -> argparse.ArgumentParser:
         "the copy's tail past the fork into quarantine/ and resuming there",
     )
     p.add_argument(
+        "--seed-install-command",
+        metavar="CMD",
+        help="install a reseeded copy's verified base image with this shell command (env LOGSHIP_STREAM, "
+        "LOGSHIP_SEED_IMAGE: the tar, LOGSHIP_BASE: DIR/<stream>/base) instead of unpacking it into base/",
+    )
+    p.add_argument(
         "--admin", metavar="HOST:PORT", help="serve /status (JSON) and /metrics (Prometheus) here; off by default"
     )
     add_umask_flag(p)
@@ -196,6 +202,7 @@ def daemon_main(argv: list[str]) -> int:
             max_unauthenticated=settings.max_unauthenticated,
             tls=tls,
             no_rewind=args.no_rewind,
+            seed_install=args.seed_install_command,
         )
         host, port = settings.listen
         try:

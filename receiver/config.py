@@ -164,6 +164,8 @@ class ServerConfig:
     """TLS for every connection (client certificates required if it has a CA); None: plain TCP."""
     no_rewind: bool = False
     """Refuse a shipper whose history needs this copy rewound, instead of rewinding (--no-rewind)."""
+    seed_install: str | None = None
+    """Shell command installing a verified base image (--seed-install-command); None: unpack into base/."""
 
 
 def settings_from_args(args: argparse.Namespace) -> ReceiverSettings:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from typing import Any
 
@@ -21,12 +22,18 @@ from protocol.aio import FramedConnection
 from protocol.errors import ErrorCode, RemoteProtocolError
 from protocol.messages import Data, Error, Heartbeat
 from protocol.seed import FEATURE, SeedAck, SeedOffer, SeedSink
+from receiver.config import ServerConfig
 from receiver.copy import StreamCopy
 from receiver.manifest import Base
 from receiver.seed_files import ImageRefused, SeedFiles
 from receiver.state import Role
 
 log = logging.getLogger("receiver")
+
+
+class InstallFailed(Exception):
+    """The seed install command failed on a verified image."""
+
 
 BATCH = 8 << 20
 """Bytes written per fsync at most (fewer when the connection has nothing more buffered)."""
@@ -54,12 +61,13 @@ class Progress:
         }
 
 
-async def serve_seed(conn: FramedConnection, copy: StreamCopy, idle_timeout: float) -> None:
+async def serve_seed(conn: FramedConnection, copy: StreamCopy, config: ServerConfig) -> None:
     """Receive (the rest of) the base image of ``copy``, then install it; return when the connection may close.
 
     Raises RemoteProtocolError for a peer that breaks the transfer's rules (the caller answers ERROR).
     """
     loop = asyncio.get_running_loop()
+    idle_timeout = config.idle_timeout
     files = SeedFiles(copy.store.root)
     held = await loop.run_in_executor(None, files.held)
     sink = SeedSink(copy.name, held)
@@ -90,8 +98,16 @@ async def serve_seed(conn: FramedConnection, copy: StreamCopy, idle_timeout: flo
             await loop.run_in_executor(None, files.verify)
             verified = time.monotonic()
             progress.state = "installing"
-            count = await loop.run_in_executor(None, files.install)
+            if config.seed_install:
+                count = await run_install(config.seed_install, copy.name, files)
+            else:
+                count = await loop.run_in_executor(None, files.install)
             installed = time.monotonic()
+        except InstallFailed as e:
+            # The image is whole and stays: the next connection installs it again, sending nothing.
+            log.error("stream %s: %s; the image is kept and installed again at the next connection", copy.name, e)
+            conn.send(Error("seed-install", str(e)))
+            return
         except ImageRefused as e:
             where = await loop.run_in_executor(None, files.quarantine, str(e))
             log.error("stream %s: %s; moved to %s; the next connection sends it again", copy.name, e, where)
@@ -209,3 +225,24 @@ def seeding_hello(copy: StreamCopy, features: tuple[str, ...], streams: int) -> 
     if streams != 1:
         raise RemoteProtocolError(f"stream {copy.name} is Seeding: its image needs a connection of its own", "seeding")
     return True
+
+
+async def run_install(command: str, stream: str, files: SeedFiles) -> int:
+    """Run the receiver's seed install command on the verified image; return 0 (it counts no files).
+
+    Raises InstallFailed when it fails.
+    """
+    env = {**os.environ, "LOGSHIP_STREAM": stream, "LOGSHIP_SEED_IMAGE": str(files.partial)}
+    env["LOGSHIP_BASE"] = str(files.base)
+    proc = await asyncio.create_subprocess_shell(
+        command,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        env=env,
+    )
+    out, _ = await proc.communicate()
+    if proc.returncode != 0:
+        text = out.decode(errors="replace").strip()[-500:]
+        raise InstallFailed(f"seed install command exited {proc.returncode}: {text or 'no output'}")
+    return 0

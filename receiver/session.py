@@ -110,7 +110,7 @@ class Session:
             finally:
                 slot.release()
             if attachments and self.seeding is not None:  # issue 17: this connection carries a base image
-                await serve_seed(conn, attachments[self.seeding].copy, self.config.idle_timeout)
+                await serve_seed(conn, attachments[self.seeding].copy, self.config)
             elif attachments:
                 await self._serve(attachments)
         except FrameAuthFailed as e:

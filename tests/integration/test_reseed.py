@@ -267,3 +267,30 @@ def test_a_shipper_without_seed_command_is_refused_by_a_seeding_copy_and_ships_n
     )
     assert "seed_command" in row["failure"], row
     assert not names(data / STREAM / "log")
+
+
+def test_a_seed_install_command_installs_the_image_and_a_failing_one_keeps_it(
+    tmp_path: Path, secret: Path, procs: list[Proc]
+) -> None:
+    app = App(tmp_path)
+    app.bulk(2)
+    data = tmp_path / "receiver"
+    gate = tmp_path / "install-may-run"
+    install = (
+        f'test -e {gate} && mkdir -p "$LOGSHIP_BASE" && tar -C "$LOGSHIP_BASE" -xf "$LOGSHIP_SEED_IMAGE" '
+        '&& echo "$LOGSHIP_STREAM" > "$LOGSHIP_BASE/installed-by-command"'
+    )
+    receiver = receiver_proc(tmp_path, secret, extra=["--seed-install-command", install]).start()
+    procs.append(receiver)
+    assert cli("receiver", "reseed", "--data-dir", str(data), "--stream", STREAM).returncode == 0
+    ship = shipper(tmp_path, app, receiver, tmp_path / "shipper-state", []).start()
+    procs.append(ship)
+    app.write(1, 2)
+    wait_until(lambda: receiver.count("seed install command exited") >= 2, 60, what="the install to fail twice")
+    assert receiver.count("Seeding: image") >= 2 and "resuming at" in receiver.log_text()
+    gate.touch()
+    wait_until(lambda: "SEEDED" in receiver.log_text(), 60, what="the install command to succeed")
+    base = data / STREAM / "base"
+    assert (base / "installed-by-command").read_text() == f"{STREAM}\n"
+    assert (base / "bulk.dat").read_bytes() == (app.db / "bulk.dat").read_bytes()
+    assert receiver.count("starting at 0") == 1, "the image was sent once; retries only installed it again"
