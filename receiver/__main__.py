@@ -106,6 +106,7 @@ operator commands (python -m receiver COMMAND --help for each):
   suspend|resume --data-dir DIR --stream S                          stop / restart replaying a copy
   activate --data-dir DIR --stream S [--epoch N] [--yes]            make a copy the new primary
   fence --data-dir DIR --stream S --epoch N [--fork SEG@OFF]        refuse shippers older than epoch N
+  reseed --data-dir DIR --stream S [--delete-existing] [--manual-resume]  start over from a base image
 
 example:
   python -m receiver --listen 0.0.0.0:7000 --data-dir /var/lib/logship \\

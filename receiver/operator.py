@@ -1,4 +1,4 @@
-"""The operator subcommands of ``python -m receiver``: status, suspend, resume, activate, fence.
+"""The operator subcommands of ``python -m receiver``: status, suspend, resume, activate, fence, reseed.
 
 They talk to the running receiver through its control socket (DIR/control.sock), or work on the data
 dir directly, under its lock, when no receiver runs.

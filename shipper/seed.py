@@ -5,7 +5,7 @@ from the segment that follows the image.
 The image is the stream's ``seed_command`` output, spooled once per target (shipper/seed_image.py), so
 that a cut or a restart resumes the same image at the receiver's durable offset. Its chunks go out as
 DATA frames (checked, compressed, tagged like segments), paced by the target's rate limit, with a
-window of unacknowledged bytes freed by SEAL_ACKs. While a target seeds, retention keeps every segment
+window of unacknowledged bytes freed by SEED_ACKs. While a target seeds, retention keeps every segment
 (its position counts as the stream's start); afterwards the target's position is the image's ``after``,
 so the segment that must follow the image is kept until the target has it.
 """
