@@ -122,6 +122,8 @@ async def send_seed(sender: Any, conn: FramedConnection) -> None:
         reader.cancel()
         with contextlib.suppress(BaseException):
             await reader
+        if progress.state == "refused":
+            spool.drop()
     progress.state = "installed"
     spool.drop()
     # The next connection ships the log from the image's first segment.
@@ -175,6 +177,9 @@ async def _read_acks(
             progress.acked = window.acked
             acked.set()
         elif isinstance(msg, Error):
+            if msg.code == "bad-digest":
+                # The target refused the whole image: make a new one next time rather than resend this one.
+                progress.state = "refused"
             raise Reconnect(f"target reported {msg.code}: {msg.text}")
         elif not isinstance(msg, Heartbeat):
             raise Reconnect(f"unexpected {type(msg).__name__} during the seed transfer")
