@@ -126,6 +126,10 @@ class StreamResume:
     cut: int = 0
     """Bytes the receiver rewound (moved to quarantine/) past the fork of the shipper's epoch; on the
     wire only when not 0, bound by the proof."""
+    seed: bool = False
+    """The copy is Seeding: this connection carries its base image (protocol/seed.py) instead of
+    segments. On the wire only when true (only to a shipper that listed the ``seed`` feature), bound by
+    the proof."""
 
     def to_map(self) -> dict[str, Any]:
         m = {
@@ -138,6 +142,8 @@ class StreamResume:
         }
         if self.cut:
             m["cut"] = self.cut
+        if self.seed:
+            m["seed"] = True
         return m
 
     @classmethod
@@ -150,6 +156,7 @@ class StreamResume:
             fields.boolean(m, "sealed"),
             fields.octets(m, "proof", PROOF_SIZE),
             fields.integer(m, "cut") if "cut" in m else 0,
+            fields.boolean(m, "seed") if "seed" in m else False,
         )
 
 

@@ -22,6 +22,7 @@ from protocol.handshake import StreamClaim as StreamClaim
 from protocol.handshake import StreamResume as StreamResume
 from protocol.position import START as START  # re-exported: callers import it from here
 from protocol.position import Position
+from protocol.seed import SEED_MESSAGES, SeedAck, SeedOffer, SeedWant
 
 # -- messages ------------------------------------------------------------------------------
 
@@ -256,10 +257,11 @@ class Fenced:
 
 
 Message = Challenge | Hello | Welcome | Data | Seal | Ack | Nack | Heartbeat | Error | Fenced
+Message = Message | SeedWant | SeedOffer | SeedAck  # issue 17: protocol/seed.py
 
 M = TypeVar("M")
 MESSAGE_TYPES: dict[str, Callable[[Mapping[str, Any]], Message]] = {
     cls.TYPE: cls.from_header  # type: ignore[attr-defined]
-    for cls in (Challenge, Hello, Welcome, Seal, Ack, Nack, Heartbeat, Error, Fenced)
+    for cls in (Challenge, Hello, Welcome, Seal, Ack, Nack, Heartbeat, Error, Fenced, *SEED_MESSAGES)
 }
 PAYLOAD_TYPES = frozenset({Data.TYPE})

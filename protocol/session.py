@@ -51,9 +51,9 @@ def _claim_fields(epoch: int, history: History) -> str:
     return f"epoch={epoch}" + (f";history={text}" if text else "")
 
 
-def _resume_fields(epoch: int, position: Position, sealed: bool, cut: int = 0) -> str:
+def _resume_fields(epoch: int, position: Position, sealed: bool, cut: int = 0, seed: bool = False) -> str:
     fields = f"epoch={epoch};seg={position.segment};off={position.offset};sealed={int(sealed)}"
-    return fields + (f";cut={cut}" if cut else "")
+    return fields + (f";cut={cut}" if cut else "") + (";seed=1" if seed else "")
 
 
 def _fenced_fields(epoch: int) -> str:
@@ -188,8 +188,11 @@ class ReceiverHandshake:
         self.state = done
         return accepted
 
-    def resume(self, stream: str, epoch: int, position: Position, sealed: bool, cut: int = 0) -> StreamResume:
-        """Build one stream's WELCOME entry, proving we hold its secret too; ``cut``: bytes rewound."""
+    def resume(
+        self, stream: str, epoch: int, position: Position, sealed: bool, cut: int = 0, seed: bool = False
+    ) -> StreamResume:
+        """Build one stream's WELCOME entry, proving we hold its secret too; ``cut``: bytes rewound;
+        ``seed``: the copy is Seeding (protocol/seed.py)."""
         next_state(RECEIVER_MOVES, self.state, Event.SEND_WELCOME, "handshake not complete")
         secret = self._secret_for(stream)
         if secret is None:
@@ -201,9 +204,9 @@ class ReceiverHandshake:
             self._peer_nonce,
             self.peer_node,
             stream,
-            _resume_fields(epoch, position, sealed, cut),
+            _resume_fields(epoch, position, sealed, cut, seed),
         )
-        return StreamResume(stream, epoch, position, sealed, proof, cut)
+        return StreamResume(stream, epoch, position, sealed, proof, cut, seed)
 
     def fenced(self, stream: str, epoch: int) -> Fenced:
         """Build the FENCED that tells the shipper ``stream`` is at ``epoch``, with our proof."""
@@ -317,7 +320,7 @@ class ShipperHandshake:
                 self.nonce,
                 self.node,
                 resume.stream,
-                _resume_fields(resume.epoch, resume.position, resume.sealed, resume.cut),
+                _resume_fields(resume.epoch, resume.position, resume.sealed, resume.cut, resume.seed),
             )
             if not hmac.compare_digest(want, resume.proof):
                 raise AuthenticationFailed(f"receiver could not prove the secret of {resume.stream!r}")

@@ -96,6 +96,12 @@ def build_parser() -> argparse.ArgumentParser:
         "the copy's tail past the fork into quarantine/ and resuming there",
     )
     p.add_argument(
+        "--seed-install-command",
+        metavar="CMD",
+        help="install a reseeded copy's verified base image with this shell command (env LOGSHIP_STREAM, "
+        "LOGSHIP_SEED_IMAGE: the tar, LOGSHIP_BASE: DIR/<stream>/base) instead of unpacking it into base/",
+    )
+    p.add_argument(
         "--admin", metavar="HOST:PORT", help="serve /status (JSON) and /metrics (Prometheus) here; off by default"
     )
     add_umask_flag(p)
@@ -109,6 +115,7 @@ operator commands (python -m receiver COMMAND --help for each):
   suspend|resume --data-dir DIR --stream S                          stop / restart replaying a copy
   activate --data-dir DIR --stream S [--epoch N] [--yes]            make a copy the new primary
   fence --data-dir DIR --stream S --epoch N [--fork SEG@OFF]        refuse shippers older than epoch N
+  reseed --data-dir DIR --stream S [--delete-existing] [--manual-resume]  start over from a base image
 
 example:
   python -m receiver --listen 0.0.0.0:7000 --data-dir /var/lib/logship \\
@@ -211,6 +218,7 @@ def daemon_main(argv: list[str]) -> int:
             tls=tls,
             no_rewind=settings.no_rewind,
             min_free=settings.min_free,
+            seed_install=args.seed_install_command,
         )
         host, port = settings.listen
         try:

@@ -176,6 +176,8 @@ class ServerConfig:
     """Refuse a shipper whose history needs this copy rewound, instead of rewinding (--no-rewind)."""
     min_free: MinFree = field(default_factory=MinFree)
     """Free space the data dir keeps: below it shippers are told to back off (receiver/space.py)."""
+    seed_install: str | None = None
+    """Shell command installing a verified base image (--seed-install-command); None: unpack into base/."""
 
 
 def settings_from_args(args: argparse.Namespace) -> ReceiverSettings:

@@ -7,9 +7,11 @@ import time
 from typing import Any
 
 from protocol.history import parse_position
+from protocol.names import is_stream_name
 from receiver.activation import ActivationRefused, activate
 from receiver.copy import StreamCopy
 from receiver.fence import FenceRefused, fence
+from receiver.reseed import ReseedRefused, reseed_running
 from receiver.server import ReceiverServer
 
 log = logging.getLogger("receiver")
@@ -28,7 +30,10 @@ class Control:
         if op == "status":
             return {"ok": True, **server.status()}
         stream = request.get("stream")
-        if not isinstance(stream, str) or (stream not in server.known_streams() and stream not in server.copies):
+        new = op == "reseed" and is_stream_name(stream) and server.config.secret_for(stream) is not None
+        if not new and (
+            not isinstance(stream, str) or (stream not in server.known_streams() and stream not in server.copies)
+        ):
             return {"ok": False, "error": f"no copy of stream {stream!r} in {server.config.data_dir}"}
         copy = server.copy(stream)
         comment = request.get("comment")
@@ -54,6 +59,12 @@ class Control:
                 position = parse_position(fork) if isinstance(fork, str) else None
                 return {"ok": True, "report": await fence(copy, epoch, position)}
             except (ValueError, FenceRefused) as e:
+                return {"ok": False, "error": str(e)}
+        if op == "reseed":  # issue 17
+            try:
+                delete, manual = bool(request.get("delete_existing")), bool(request.get("manual_resume"))
+                return {"ok": True, "report": await reseed_running(copy, delete, manual)}
+            except ReseedRefused as e:
                 return {"ok": False, "error": str(e)}
         return {"ok": False, "error": f"unknown op {op!r}"}
 

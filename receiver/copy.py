@@ -46,6 +46,8 @@ class StreamCopy:
         self.source_head: tuple[SourceHead, float] | None = None
         """The shipper's last word on its source (head, copy queue) and when it came; None until then."""
         """Set while an activation runs: new shippers are fenced from that moment on."""
+        self.seed: Any = None
+        """The seed transfer under way (receiver/seed.py Progress), shown by status; None when none runs."""
         self._save_lock = asyncio.Lock()
         self.replayer = Replayer(self, replay or ReplaySettings(), on_replayed=self._on_replayed)
 
@@ -119,6 +121,8 @@ class StreamCopy:
             history_rows(self.store.root),
             self.source_head if running and self.owner is not None else None,
         )
+        if self.seed is not None:
+            row["seed"] = self.seed.row()
         # Counted since this receiver started: a running one's status and /metrics only.
         return {**row, "resends": self.resends} if running else row
 

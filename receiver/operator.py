@@ -1,4 +1,4 @@
-"""The operator subcommands of ``python -m receiver``: status, suspend, resume, activate, fence.
+"""The operator subcommands of ``python -m receiver``: status, suspend, resume, activate, fence, reseed.
 
 They talk to the running receiver through its control socket (DIR/control.sock), or work on the data
 dir directly, under its lock, when no receiver runs.
@@ -24,17 +24,19 @@ from logship.cli import EXIT_FAILED, EXIT_USAGE, Parser, add_status_flags, guard
 from logship.config import ConfigError, load_toml, parse_duration
 from protocol.history import parse_position
 from protocol.messages import Position
+from protocol.names import is_stream_name
 from receiver.activation import ActivationRefused, activate, render_report
 from receiver.config import add_replay_flags, replay_from_doc
 from receiver.copy import StreamCopy
 from receiver.datadir import control_path, existing_streams, lock_data_dir
 from receiver.fence import FenceRefused, fence
 from receiver.history_file import history_rows
+from receiver.reseed_cli import add_reseed_parser, cmd_reseed
 from receiver.state import load_state
 from receiver.status import copy_row, render_rows
 from receiver.store import SegmentStore
 
-SUBCOMMANDS = ("status", "suspend", "resume", "activate", "fence")
+SUBCOMMANDS = ("status", "suspend", "resume", "activate", "fence", "reseed")
 
 
 def _epoch(text: str) -> int:
@@ -114,6 +116,7 @@ def operator_parser() -> argparse.ArgumentParser:
     q.add_argument("--epoch", required=True, type=_epoch, metavar="N", help="the new primary's epoch")
     q.add_argument("--fork", type=_fork, metavar="SEG@OFF", help="where epoch N forked (the activation report's fork)")
     q.add_argument("--json", action="store_true", help="print the report as JSON")
+    add_reseed_parser(sub, common)
     return p
 
 
@@ -132,6 +135,11 @@ def operator_main(argv: list[str]) -> int:
         if args.command == "status":
             looker = None if args.json else lambda: look_status(data_dir, args.stream)
             return watch(lambda: cmd_status(data_dir, args.json, args.stream), args.watch, args.count, looker)
+        if args.command == "reseed":
+            # A brand-new standby may be seeded before its first shipper ever connected (issue 17).
+            if not is_stream_name(args.stream):
+                raise ConfigError(f"{args.stream!r} is not a stream name")
+            return cmd_reseed(data_dir, args, _call, _offline)
         if args.stream not in existing_streams(data_dir):
             raise ConfigError(f"no copy of stream {args.stream!r} in {data_dir}")
         if args.command in ("suspend", "resume"):

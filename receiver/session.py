@@ -32,6 +32,7 @@ from receiver.copy import StreamCopy
 from receiver.ingest import Ingest, Verdict
 from receiver.rewind import check_history
 from receiver.rewrite import Rewrites
+from receiver.seed import resume_point, seeding_hello, serve_seed
 from receiver.space import SpaceGuard
 from receiver.writers import Writer, take_over
 
@@ -111,6 +112,8 @@ class Session:
         self.frames_refused = 0
         self.rewrites = Rewrites()
         """Frames after the handshake whose tag or payload MAC failed (0 or 1: the first one closes)."""
+        self.seeding: str | None = None
+        """The Seeding stream whose base image this connection carries (receiver/seed.py), if any."""
 
     async def run(self, slot: Slot) -> None:
         """Serve the connection until it ends; ``slot`` is given back once the handshake is over."""
@@ -121,7 +124,9 @@ class Session:
                 attachments = await self._handshake()
             finally:
                 slot.release()
-            if attachments:
+            if attachments and self.seeding is not None:  # issue 17: this connection carries a base image
+                await serve_seed(conn, attachments[self.seeding].copy, self.config)
+            elif attachments:
                 await self._serve(attachments)
         except NotNow as e:
             # A full disk is logged once by the guard, a second shipper once per shipper id.
@@ -190,7 +195,10 @@ class Session:
                     return attachments
                 attachments[copy.name] = att
                 cut = self.cut.get(copy.name, 0)
-                resumes.append(hs.resume(copy.name, copy.epoch, att.acked, att.acked_sealed, cut))
+                seed = seeding_hello(copy, hs.features, len(accepted))  # issue 17: raises if it cannot seed
+                if seed:
+                    self.seeding = copy.name
+                resumes.append(hs.resume(copy.name, copy.epoch, att.acked, att.acked_sealed, cut, seed))
             # Announce every payload encoding we decode; accept compressed DATA only in one both listed.
             conn.decoder.encodings = agreed(hs.features, ENCODINGS)
             conn.decoder.pool = self.pool
@@ -237,8 +245,9 @@ class Session:
         if rec.active is not None:
             durable, sealed = Position(rec.active, rec.offset), False
         else:
-            durable, sealed = Position(rec.last_sealed, rec.last_sealed_size), True
-        ingest = Ingest(rec.last_sealed, rec.active, rec.offset, rec.hasher)
+            durable, sealed = Position(*resume_point(copy, rec.last_sealed, rec.last_sealed_size)), True
+        # A reseeded copy's log continues after its base (issue 17), not after nothing.
+        ingest = Ingest(resume_point(copy, rec.last_sealed, 0)[0], rec.active, rec.offset, rec.hasher)
         att = Attachment(copy, self.conn, ingest, durable, sealed, self.config.max_pending, self.pool, self.space)
         copy.owner = att
         copy.attached_once = True

@@ -29,6 +29,7 @@ from typing import Any
 
 from logship.files import write_atomic
 from protocol.messages import START, Position
+from receiver.seed_state import Seeding, parse_seeding
 
 
 class IllegalTransition(Exception):
@@ -41,6 +42,8 @@ class Role(enum.Enum):
     STANDBY = "standby"
     FAILED = "failed"
     ACTIVATED = "activated"
+    SEEDING = "seeding"
+    """Reseeded by an operator: waits for its base image (receiver/seed.py); takes no segments until then."""
 
 
 ROLE_MOVES: dict[tuple[Role, str], Role] = {
@@ -55,6 +58,13 @@ ROLE_MOVES: dict[tuple[Role, str], Role] = {
     (Role.FAILED, "clear_failure"): Role.STANDBY,
     (Role.STANDBY, "activate"): Role.ACTIVATED,
     (Role.FAILED, "activate"): Role.ACTIVATED,
+    # Reseed (issue 17): a standby or Failed copy starts over from a base image; a primary is not
+    # reseeded (fence it first: that is the operator's decision, not a side effect).
+    (Role.STANDBY, "begin_seed"): Role.SEEDING,
+    (Role.FAILED, "begin_seed"): Role.SEEDING,
+    (Role.SEEDING, "begin_seed"): Role.SEEDING,
+    (Role.SEEDING, "adopt_epoch"): Role.SEEDING,
+    (Role.SEEDING, "seeded"): Role.STANDBY,
 }
 """(role, transition) -> the role after it; a pair not listed is an illegal transition."""
 
@@ -129,6 +139,8 @@ class CopyState:
     suspended_at: float | None = None
     comment: str | None = None
     """The operator's comment of the last suspend or resume."""
+    seeding: Seeding | None = None
+    """Set while the copy waits for its base image (``reseed``)."""
     extra: dict[str, Any] = field(default_factory=dict)
     """Keys of state.json this version does not know, written back as they were."""
 
@@ -138,6 +150,8 @@ class CopyState:
     def role(self) -> Role:
         if self.activated is not None:
             return Role.ACTIVATED
+        if self.seeding is not None:
+            return Role.SEEDING
         return Role.FAILED if self.failed else Role.STANDBY
 
     @property
@@ -181,6 +195,26 @@ class CopyState:
         self.epoch = new
         self._arrived(after)
         return True
+
+    def begin_seed(self, at: float, manual_resume: bool) -> None:
+        """Wait for a base image (an operator's reseed); the copy's old bytes were moved aside."""
+        after = self._check("begin_seed")
+        self.failed = None
+        self.seeding = Seeding(at, manual_resume)
+        self._arrived(after)
+
+    def seeded(self, after: str, size: int, at: float) -> None:
+        """The base image is installed and holds everything up to segment ``after`` (``size`` bytes):
+        replay continues after it (suspended when the reseed asked for a manual resume)."""
+        role = self._check("seeded")
+        assert self.seeding is not None
+        manual = self.seeding.manual_resume
+        self.seeding = None
+        self.replayed, self.replayed_size, self.replayed_at = (after or None), (size if after else None), at
+        self.replaying, self.replay_failed, self.last_error = None, None, None
+        if manual:
+            self.suspended, self.suspended_at, self.comment = True, at, "reseeded: waiting for resume"
+        self._arrived(role)
 
     # -- replay -------------------------------------------------------------------------------
 
@@ -252,6 +286,8 @@ class CopyState:
         """Return the state.json object."""
         # "replaying" only while there is one, so a state.json of a directory replay reads as before.
         replaying = {"replaying": self.replaying.to_json()} if self.replaying is not None else {}
+        if self.seeding is not None:
+            replaying["seeding"] = self.seeding.to_json()
         return {
             **replaying,
             **self.extra,
@@ -300,6 +336,7 @@ class CopyState:
                 suspended=bool(doc.get("suspended")),
                 suspended_at=_float(doc.get("suspended_at")),
                 comment=_text(doc.get("comment")),
+                seeding=parse_seeding(doc.get("seeding")),
                 extra={k: v for k, v in doc.items() if k not in known},
             )
         except (TypeError, ValueError, KeyError) as e:

@@ -22,6 +22,8 @@ def copy_state(state: CopyState, attached: bool | None, attached_once: bool = Fa
     """Name the state of a copy; ``attached`` None means no receiver runs (read from disk)."""
     if state.role is Role.ACTIVATED:
         return "Activated"
+    if state.role is Role.SEEDING:
+        return "Seeding"
     if state.role is Role.FAILED or state.replay_failed:
         return "Failed"
     if state.suspended:

@@ -67,6 +67,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="the history file an activation wrote (DIR/<stream>/history.json): sent in HELLO, so that a "
         "standby past the fork of this epoch rewinds; the epoch claimed is its epoch unless --epoch is newer",
     )
+    p.add_argument(
+        "--seed-command",
+        metavar="CMD",
+        help="shell command writing a base image (a tar) to stdout, sent to a target whose copy is Seeding "
+        "(`receiver reseed`); e.g. 'tar -C /var/lib/app -cf - .' or 'pg_basebackup -D - -Ft -X none'",
+    )
     p.add_argument("--chunk-size", metavar="SIZE", help="largest DATA chunk (default 1MiB)")
     p.add_argument(
         "--window",

@@ -85,6 +85,7 @@ from shipper.config_values import (
     _unique,
     claimed_epoch,
     load_history_file,
+    seed_spooled,
 )
 from shipper.settings import (
     DEFAULT_ACK_TIMEOUT,
@@ -120,7 +121,7 @@ _PACING_KEYS = {"chunk_size", "window", "window_max"}
 _INHERITED_KEYS = {"retain", "archive_dir", "truncation_lag", "retain_until"}
 _STREAM_KEYS = {"name", "source", "secret_file", "seal", "seal_idle", "segment_size", "pattern", "epoch", "target"}
 _STREAM_KEYS |= {"seal_settle", "history", "sync"}
-_STREAM_KEYS |= {"retain", "archive_dir", "truncation_lag", *_TLS_KEYS}
+_STREAM_KEYS |= {"retain", "archive_dir", "truncation_lag", "seed_command", *_TLS_KEYS}
 _TARGET_KEYS = {
     "address",
     "secret_file",
@@ -156,7 +157,7 @@ _TOP_FLAGS = (
 )
 # The flags that describe the one stream of a command line without --config, by setting key.
 _STREAM_FLAGS = {"name": "stream", **{k: k for k in ("source", "secret_file", "pattern", "seal", "seal_idle")}}
-_STREAM_FLAGS |= {k: k for k in ("segment_size", "epoch", "history", *sorted(_TLS_KEYS))}
+_STREAM_FLAGS |= {k: k for k in ("segment_size", "epoch", "history", "seed_command", *sorted(_TLS_KEYS))}
 
 
 # The form of every value: a TOML value (or a flag's text) is parsed by its check at start, and a bad
@@ -165,6 +166,7 @@ CHECKS: dict[str, Check] = {
     **dict.fromkeys(("ack_timeout", "poll_interval", "seal_idle", "truncation_lag"), parse_duration),
     **dict.fromkeys(("chunk_size", "window_max", "segment_size"), parse_size),
     **dict.fromkeys(("node", "name", "source", "secret_file", "pattern", "address", "history"), parse_text),
+    "seed_command": parse_text,
     **dict.fromkeys(("state_dir", "admin", "archive_dir", "retain_until", "compress", "sync", *_TLS_KEYS), parse_text),
     "window": parse_size_or_auto,
     "rate_limit": parse_rate_or_off,
@@ -238,6 +240,8 @@ def from_doc(doc: Doc, origin: str | None = None) -> ShipperConfig:
         raise ConfigError(f"{where}: no [[stream]] table")
     try:
         streams = tuple(_stream(raw, top, origin) for raw in raw_streams)
+        state_dir_path = Path(str(doc["state_dir"])) if doc.get("state_dir") else default_state_dir()
+        streams = tuple(seed_spooled(s, state_dir_path) for s in streams)
     except ConfigError as e:
         # Every error names its file: one from a check that knows no file gets the file's name here.
         if origin and not str(e).startswith(origin):
@@ -301,6 +305,7 @@ def _stream(raw: object, top: Doc, origin: str | None) -> StreamConfig:
         archive_dir=archive if retain else None,
         truncation_lag=float(raw.get("truncation_lag", top.get("truncation_lag")) or 0.0),
         sync=_sync(raw.get("sync", top.get("sync")), targets, place),
+        seed_command=str(raw["seed_command"]) if raw.get("seed_command") else None,
     )
 
 

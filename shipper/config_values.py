@@ -3,6 +3,7 @@ TOML or flag value into its settings type or raises a one-line ConfigError. Impo
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from pathlib import Path
@@ -26,6 +27,7 @@ from shipper.settings import (
     SEAL_MODES,
     SealPolicy,
     SenderConfig,
+    StreamConfig,
     TargetConfig,
     TlsFiles,
 )
@@ -196,3 +198,9 @@ def _sync(value: object, targets: list[TargetConfig], where: str) -> str | None:
     except PolicyError as e:
         raise ConfigError(f"{where}: sync: {e}") from None
     return str(value)
+
+
+def seed_spooled(stream: StreamConfig, state_dir: Path) -> StreamConfig:
+    """Return ``stream`` with its reseed directory under the state dir (issue 17): its spooled images
+    (with a ``seed_command``) and its source's floor."""
+    return dataclasses.replace(stream, seed_dir=state_dir / "seed" / stream.name)

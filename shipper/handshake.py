@@ -17,6 +17,7 @@ from protocol.aio import ConnectionClosed, FramedConnection
 from protocol.auth import PAYLOAD_MAC
 from protocol.errors import VersionMismatch
 from protocol.messages import REWRITE, Error, Fenced, Position, StreamResume
+from protocol.seed import FEATURE as SEED_FEATURE
 from protocol.session import ShipperHandshake
 from shipper.probe import explain_hangup, explain_silence
 from shipper.settings import SenderConfig
@@ -103,6 +104,8 @@ async def handshake(
     if config.payload_mac:
         wanted = (*wanted, PAYLOAD_MAC)
     wanted = (*wanted, REWRITE)  # used only under --seal closed, and only if the target lists it too
+    if config.seed is not None:
+        wanted = (*wanted, SEED_FEATURE)  # issue 17: we can send a Seeding target its base image
     histories = {stream: config.history}
     hs = ShipperHandshake(node, os.urandom(32), {stream: secret}, {stream: epoch}, wanted, histories, SHIPPER_ID)
     try:

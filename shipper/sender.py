@@ -32,6 +32,7 @@ from shipper.handshake import BACK_OFF_CODES, Fenced_, Reconnect, Refused, beyon
 from shipper.pacing import AdaptiveWindow, TokenBucket, rate_limited_chunk
 from shipper.replies import Replies
 from shipper.rewrite import TrackingReader, rewrite_agreed, seal_content
+from shipper.seed import send_seed
 from shipper.settings import SenderConfig
 from shipper.source import Open, SegmentReader, SendData, SendSeal, SourceError, Stuck, next_step
 from shipper.status import TargetState, TargetStats, heartbeat
@@ -202,6 +203,10 @@ class TargetSender(Replies):
             resume = await self._handshake(conn)
             self._refusals = 0
             self.stats.connects += 1
+            if resume.seed:  # issue 17: the target is Seeding; this connection carries its base image
+                self.state = TargetState.SEEDING
+                await send_seed(self, conn)
+                return
             self._start_at(resume)
             self.state = TargetState.HEALTHY
             self._was_healthy = True

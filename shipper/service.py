@@ -18,6 +18,7 @@ from typing import Any
 from logship.tasks import cancel_and_wait
 from logship.tls import client_tls_context
 from shipper.retainer import Retainer, TargetView, retainable
+from shipper.seed_config import floor_file, keep_floor, seed_settings
 from shipper.sender import TargetSender, TargetState
 from shipper.settings import SenderConfig, StreamConfig, TargetConfig, TlsFiles
 from shipper.state import Suspension
@@ -59,6 +60,7 @@ class ShipperService:
         self.stream = stream
         contexts = tls_contexts([stream]) if tls is None else tls
         self.tailer = Tailer(stream.source, stream.pattern, stream.policy, stream.poll_interval)
+        keep_floor(self.tailer, floor_file(stream))  # issue 17: "needs reseed" survives a restart
         self.targets: dict[str, TargetConfig] = {t.name: t for t in stream.targets}
         self.senders = [
             TargetSender(
@@ -75,6 +77,7 @@ class ShipperService:
                     rate_limit=t.rate_limit,
                     payload_mac=t.payload_mac,
                     history=stream.history,
+                    seed=seed_settings(stream, t),  # issue 17
                 ),
                 tls=contexts[t.tls] if t.tls is not None else None,
             )
@@ -201,6 +204,7 @@ class ShipperService:
                     "target": s.name,
                     "epoch": s.epoch,
                     "history": self.stream.history.to_json(),
+                    "seed": st.seed.row() if st.seed is not None else None,
                     "state": state,
                     "copy_queue_segments": cq[0],
                     "copy_queue_bytes": cq[1],

@@ -11,6 +11,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from protocol.compression import Compression
 from protocol.history import History
@@ -72,6 +73,8 @@ class SenderConfig:
     """Pause after a permanent refusal (wrong secret, version, name): a fix takes an operator anyway."""
     history: History = field(default_factory=History)
     """The stream's history, sent in HELLO (the stream's, filled in per target by the service)."""
+    seed: Any = None
+    """How a Seeding target's base image is made (shipper/seed.py SeedSettings); None: no seed_command."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,6 +160,10 @@ class StreamConfig:
     """With ``retain``: seconds to keep a segment after the last target got it."""
     sync: str | None = None
     """The sync policy ``wait`` applies when not told one (shipper/policy.py); None: ANY 1."""
+    seed_command: str | None = None
+    """Shell command that writes a base image (a tar) to stdout for a Seeding target (issue 17)."""
+    seed_dir: Path | None = None
+    """Where images are spooled, one directory per target (``<state_dir>/seed/<stream>``)."""
 
 
 @dataclass(frozen=True, slots=True)

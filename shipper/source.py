@@ -60,6 +60,14 @@ Step = SendData | SendSeal | Open | Wait | Stuck
 def next_step(tailer: Tailer, cursor: Cursor, chunk_size: int) -> Step:
     """Decide what to send next from ``cursor`` given the tailer's view of the source."""
     if cursor.sealed:
+        if cursor.segment < tailer.floor:
+            # The segments after the copy's end were removed from the source: shipping the oldest one
+            # left would put a gap in the copy. Only a base image can bring it back (issue 17).
+            oldest = tailer.names[0] if tailer.names else "none"
+            return Stuck(
+                f"needs reseed: the copy ends at {cursor.segment or 'the stream start'}, but the source removed "
+                f"segments up to {tailer.floor} (oldest kept: {oldest}); run `receiver reseed` on the target"
+            )
         nxt: SegmentInfo | None = tailer.first_after(cursor.segment)
         return Wait() if nxt is None else Open(nxt.name)
     info = tailer.by_name.get(cursor.segment)

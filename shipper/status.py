@@ -33,6 +33,8 @@ class TargetState(enum.Enum):
     FAILED = "Failed"
     RETRYING = "Retrying"
     """Connected, but a transient failure (a damaged link) makes it resend in smaller chunks."""
+    SEEDING = "Seeding"
+    """The target's copy is Seeding: this shipper sends it a base image (shipper/seed.py)."""
     REFUSED = "Refused"
     """The target refuses us for a reason retrying cannot fix (secret, version, name): a long back-off."""
 
@@ -64,6 +66,8 @@ class TargetStats:
     remembered: Remembered | None = None
     """What the previous run of the shipper last knew of this target (shipper/status_state.py): shown by
     status until the target answers, never used to decide anything."""
+    seed: Any = None
+    """The seed transfer to this target (shipper/seed.py SeedProgress), once one began; None before."""
 
 
 def newest_copied(names: Sequence[str], acked: AckKey) -> str:

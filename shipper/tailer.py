@@ -17,7 +17,7 @@ import logging
 import os
 import re
 import time
-from collections.abc import Container, Sequence
+from collections.abc import Callable, Container, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -128,6 +128,11 @@ class Tailer:
         self.late: list[str] = []
         """Segments that appeared after a segment sorting after them had been seen (see ``late_arrivals``)."""
         self.error: str | None = None
+        self.floor = ""
+        """The newest segment seen removed from the front of the source (retention, archive cleanup): a
+        copy that ends before it cannot continue and needs a reseed (issue 17)."""
+        self.on_floor: Callable[[str], None] | None = None
+        """Called when ``floor`` moves (the service persists it)."""
 
     def subscribe(self) -> asyncio.Event:
         event = asyncio.Event()
@@ -194,6 +199,11 @@ class Tailer:
         for name in [n for n in self._closed if n not in present or n in self._frozen]:
             del self._closed[name]
         changed = segments != self.segments
+        gone = [n for n in self.names if n not in present and (not names or n < names[0])]
+        if gone and max(gone) > self.floor:
+            self.floor = max(gone)
+            if self.on_floor is not None:
+                self.on_floor(self.floor)
         if changed:
             self.segments = segments
             self.names = [s.name for s in segments]
