@@ -39,6 +39,7 @@ from receiver.control import Control
 from receiver.datadir import control_path, lock_data_dir
 from receiver.memory import map_large_buffers
 from receiver.operator import SUBCOMMANDS, operator_main
+from receiver.retention_config import add_retention_flags
 from receiver.server import ReceiverServer
 
 log = logging.getLogger("receiver")
@@ -80,6 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="require every shipper to present a client certificate signed by this CA (needs --tls-cert)",
     )
     add_replay_flags(p)
+    add_retention_flags(p)
     p.add_argument(
         "--no-rewind",
         action="store_true",
@@ -196,6 +198,7 @@ def daemon_main(argv: list[str]) -> int:
             max_unauthenticated=settings.max_unauthenticated,
             tls=tls,
             no_rewind=args.no_rewind,
+            retention_for=settings.retention_for,
         )
         host, port = settings.listen
         try:

@@ -29,6 +29,7 @@ from receiver.copy import StreamCopy
 from receiver.datadir import control_path, existing_streams, lock_data_dir
 from receiver.fence import FenceRefused, fence
 from receiver.history_file import history_rows
+from receiver.retention import retention_fields
 from receiver.state import load_state
 from receiver.status import copy_row, render_rows
 from receiver.store import SegmentStore
@@ -171,7 +172,8 @@ def disk_status(data_dir: Path) -> dict[str, Any]:
     for name in existing_streams(data_dir):
         store = SegmentStore(data_dir / name)
         state, manifest = load_state(store.state_path), store.read_manifest()
-        rows.append(copy_row(name, state, manifest, now, None, history=history_rows(store.root)))
+        row = copy_row(name, state, manifest, now, None, history=history_rows(store.root))
+        rows.append({**row, **retention_fields(manifest, store.read_manifest_base())})
     return {"role": "receiver", "node": None, "pid": None, "copies": rows}
 
 

@@ -16,6 +16,7 @@ CONFIG_MAY_IMPORT = (
     "logship.config",
     "shipper.config_values",
     "receiver.replay_config",
+    "receiver.retention_config",
     "logship.duration",
     "protocol.names",
     "protocol.compression",
