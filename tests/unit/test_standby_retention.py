@@ -13,11 +13,15 @@ import pytest
 
 import receiver.__main__ as receiver_main
 from logship.config import ConfigError
+from protocol.digest import segment_digest
+from protocol.history import Fork
+from protocol.messages import Position
 from receiver.config import settings_from_args
 from receiver.manifest import Base, Installed, chain_problem, record_digest
 from receiver.manifest_file import ManifestFile
 from receiver.retention import StandbyRetainer, decide, hold_reason, retention_fields
 from receiver.retention_config import RetentionSettings
+from receiver.rewind import cut_tail, prefix_digest
 from receiver.state import CopyState
 from receiver.status import render_rows
 from receiver.store import SegmentStore
@@ -297,3 +301,40 @@ def test_settings_from_the_file_per_stream_and_flags(tmp_path: Path) -> None:
     conf.write_text(conf.read_text().replace('keep = "some"', 'truncation_lag = "soon"'))
     with pytest.raises(ConfigError, match=r"streams\.bad: truncation_lag"):
         settings_from_args(receiver_main.build_parser().parse_args(["--config", str(conf)]))
+
+
+def test_a_trimmed_copy_can_be_rewound_to_its_last_replayed_segment(tmp_path: Path) -> None:
+    copy = filled(tmp_path, 20, 12)
+    asyncio.run(StandbyRetainer(copy, RetentionSettings(truncation_lag=0, keep_min=0), clock=Clock(1e6)).step())
+    assert copy.installed[0].name == name(12) and copy.base is not None
+    # A new primary forked at the end of 12, the last replayed segment: it is still here to check.
+    fork = Fork(1, Position(name(12), 100), segment_digest(b"x" * 100))
+    assert prefix_digest(copy.store, fork.position) == fork.digest  # type: ignore[arg-type]
+    cut, _ = cut_tail(copy.store, fork, "test")
+    assert cut == 8 * 100
+    assert [r.name for r in copy.store.read_manifest()] == [name(12)]
+    assert copy.store.read_manifest_base() == copy.base
+    assert chain_problem(copy.store.read_manifest(), base=copy.store.read_manifest_base()) == ""
+    copy.store.close_manifest()
+
+
+def test_a_reseed_base_is_trimmed_after_like_any_other(tmp_path: Path) -> None:
+    # A reseeded copy: its chain starts at the image's segment, with no record digest to check.
+    store = SegmentStore(tmp_path / "db1")
+    store.manifest.rebase(Base(name(100), None, 1.0, "reseed"), [])
+    prev = name(100)
+    for i in range(101, 111):
+        (store.log_dir / name(i)).write_bytes(b"y" * 100)
+        store.manifest.append(name(i), 100, bytes(16), prev, 1000.0 + i)
+        prev = name(i)
+    copy = FakeCopy(store, installed=store.read_manifest(), base=store.read_manifest_base())
+    copy.state.replayed_up_to(name(100), 0, 1.0)
+    retainer = StandbyRetainer(copy, RetentionSettings(truncation_lag=0, keep_min=3), clock=Clock(1e6))
+    # Replayed only up to the image: nothing of the log goes, and nothing before the base is looked for.
+    assert asyncio.run(retainer.step()).through == "" and len(os.listdir(store.log_dir)) == 10
+    copy.state.replayed_up_to(name(110), 100, 2.0)
+    assert asyncio.run(retainer.step()).through == name(107)
+    assert copy.base is not None and (copy.base.why, copy.base.removed) == ("retention", 7)
+    assert sorted(os.listdir(store.log_dir)) == [name(i) for i in range(108, 111)]
+    assert chain_problem(store.read_manifest(), base=store.read_manifest_base()) == ""
+    store.close_manifest()
