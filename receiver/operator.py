@@ -30,6 +30,7 @@ from receiver.datadir import control_path, existing_streams, lock_data_dir
 from receiver.fence import FenceRefused, fence
 from receiver.history_file import history_rows
 from receiver.retention import retention_fields
+from receiver.retention_config import retention_from_doc
 from receiver.state import load_state
 from receiver.status import copy_row, render_rows
 from receiver.store import SegmentStore
@@ -274,10 +275,13 @@ def cmd_activate(data_dir: Path, args: argparse.Namespace, doc: dict[str, Any]) 
     else:
         default, own = replay_from_doc(doc, args, args.config or "config file")
         settings = own.get(args.stream, default)
+        # The config file's retention too: whether replica/ is pruned by its database (activation's check).
+        kept, own_kept = retention_from_doc(doc, args, args.config or "config file")
+        retention = own_kept.get(args.stream, kept)
         with _offline(data_dir):
 
             async def run() -> dict[str, Any]:
-                copy = StreamCopy(args.stream, SegmentStore(data_dir / args.stream), settings)
+                copy = StreamCopy(args.stream, SegmentStore(data_dir / args.stream), settings, retention)
                 try:
                     return await activate(copy, args.on_activate, epoch=args.epoch)
                 finally:

@@ -39,7 +39,7 @@ from typing import Any, Protocol
 
 from logship.files import fsync_dir
 from receiver.manifest import Base, Installed
-from receiver.retention_config import RetentionSettings
+from receiver.retention_config import CONSUMER, RetentionSettings
 from receiver.state import CopyState
 from receiver.status import copy_state
 from receiver.store import SegmentStore
@@ -102,7 +102,9 @@ def decide(
         n += 1
     gone = records[:n]
     floor = records[n].name if n < len(records) else ""
-    if floor and settings.replica_keep:
+    if settings.replica_keep == CONSUMER:
+        floor = ""  # the database cleans replica/ itself
+    elif floor and isinstance(settings.replica_keep, int) and settings.replica_keep:
         replayed_names = [name for name in replica if name <= replayed]
         keep_from = replayed_names[-settings.replica_keep] if len(replayed_names) >= settings.replica_keep else ""
         floor = min(floor, keep_from)
@@ -238,6 +240,14 @@ class StandbyRetainer:
         """Note that ``segment`` was replayed at ``at`` and look again."""
         self.replayed_times[segment] = at
         self.wake.set()
+
+    def pruned_before(self, replica_names: set[str] | None) -> str:
+        """The name before which replica/ was pruned on purpose by its consumer ("" none): activation does
+        not count those segments as missing (``replica_keep = "consumer"``)."""
+        if self.settings.replica_keep != CONSUMER or not replica_names:
+            return ""
+        segments = [n for n in replica_names if not n.startswith(".") and not n.endswith(".partial")]
+        return min(segments, default="")
 
     def replayed_at(self, segment: str) -> float:
         return self.replayed_times.get(segment, self.started)

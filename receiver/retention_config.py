@@ -11,13 +11,21 @@ from typing import Any
 from logship.config import Check, ConfigError, checked, checked_flags, parse_count, parse_duration, parse_text
 
 KEEP_MODES = ("replayed", "all")
+CONSUMER = "consumer"
+"""``replica_keep = "consumer"``: the database reading replica/ removes what it no longer needs itself."""
 RETENTION_KEYS = ("keep", "truncation_lag", "keep_min", "replica_keep", "replica_cleanup_command")
+
+
+def parse_replica_keep(value: str | int) -> str | int:
+    """A count, or ``consumer``. Raises ConfigError."""
+    return CONSUMER if value == CONSUMER else parse_count(value)
+
 
 RETENTION_CHECKS: dict[str, Check] = {
     "keep": parse_text,
     "truncation_lag": parse_duration,
     "keep_min": parse_count,
-    "replica_keep": parse_count,
+    "replica_keep": parse_replica_keep,
     "replica_cleanup_command": parse_text,
 }
 """The form of every retention value: each is parsed at start; a bad one is one line naming file, table, key."""
@@ -36,10 +44,13 @@ class RetentionSettings:
     keep_min: int = 10
     """The newest this many segments of log/ always stay, replayed and past the lag or not. The last
     replayed segment stays whatever this says: a restart resumes after it and a rewind may cut there."""
-    replica_keep: int | None = None
+    replica_keep: int | str | None = None
     """replica/ keeps at least the newest this many replayed segments, even after log/ let them go (a
     database reading replica/ may need older segments on a restart). None: a replica/ segment goes with
-    its log/ segment. replica/ never loses a segment log/ still has (they share the bytes anyway)."""
+    its log/ segment. replica/ never loses a segment log/ still has (they share the bytes anyway).
+    ``consumer``: the receiver removes nothing from replica/; the database does, knowing what it still
+    needs (PostgreSQL: ``archive_cleanup_command = 'pg_archivecleanup DIR %r'``), and activation does not
+    count what is missing before the oldest segment left there."""
     replica_cleanup_command: str | None = None
     """Run instead of removing from replica/ ourselves, whenever the oldest segment replica/ must keep
     moves: {oldest} (that segment), {replica} (the directory), {stream}; like PostgreSQL's
@@ -83,8 +94,9 @@ def add_retention_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--keep-min", metavar="N", help="always keep the newest N segments in log/ (default 10)")
     g.add_argument(
         "--replica-keep",
-        metavar="N",
-        help="keep at least the newest N replayed segments in replica/ (default: replica/ follows log/)",
+        metavar="N|consumer",
+        help="keep at least the newest N replayed segments in replica/ (default: replica/ follows log/); "
+        "consumer: the database reading replica/ removes from it (pg_archivecleanup as archive_cleanup_command)",
     )
     g.add_argument(
         "--replica-cleanup-command",

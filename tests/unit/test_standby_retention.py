@@ -16,6 +16,7 @@ from logship.config import ConfigError
 from protocol.digest import segment_digest
 from protocol.history import Fork
 from protocol.messages import Position
+from receiver.activation import missing_after_activation
 from receiver.config import settings_from_args
 from receiver.manifest import Base, Installed, chain_problem, record_digest
 from receiver.manifest_file import ManifestFile
@@ -286,7 +287,7 @@ def test_settings_from_the_file_per_stream_and_flags(tmp_path: Path) -> None:
         f'listen = "127.0.0.1:0"\ndata_dir = "{tmp_path}/data"\nsecret_file = "{secret}"\n'
         'truncation_lag = "1h"\nkeep_min = 3\n'
         '[streams.pg]\nreplica_keep = 64\nreplica_cleanup_command = "pg_archivecleanup {replica} {oldest}"\n'
-        '[streams.audit]\nkeep = "all"\n'
+        '[streams.audit]\nkeep = "all"\n[streams.pg2]\nreplica_keep = "consumer"\n'
     )
     args = receiver_main.build_parser().parse_args(["--config", str(conf), "--truncation-lag", "2s"])
     settings = settings_from_args(args)
@@ -295,6 +296,7 @@ def test_settings_from_the_file_per_stream_and_flags(tmp_path: Path) -> None:
     assert (pg.truncation_lag, pg.keep_min, pg.replica_keep) == (2.0, 3, 64)
     assert pg.replica_cleanup_command == "pg_archivecleanup {replica} {oldest}"
     assert settings.retention_for("audit").keep == "all"
+    assert settings.retention_for("pg2").replica_keep == "consumer"
     conf.write_text(conf.read_text() + '[streams.bad]\nkeep = "some"\n')
     with pytest.raises(ConfigError, match=r"streams\.bad: keep must be one of replayed, all"):
         settings_from_args(receiver_main.build_parser().parse_args(["--config", str(conf)]))
@@ -338,3 +340,20 @@ def test_a_reseed_base_is_trimmed_after_like_any_other(tmp_path: Path) -> None:
     assert sorted(os.listdir(store.log_dir)) == [name(i) for i in range(108, 111)]
     assert chain_problem(store.read_manifest(), base=store.read_manifest_base()) == ""
     store.close_manifest()
+
+
+def test_a_replica_its_consumer_prunes_is_left_to_it_and_activation_accepts_the_gap() -> None:
+    replica = [name(i) for i in range(1, 21)]
+    consumer = RetentionSettings(truncation_lag=0, keep_min=5, replica_keep="consumer")
+    trim = decide(LOG, name(20), 100.0, consumer, at({}), replica=replica)
+    assert trim.through == name(15) and trim.replica_floor == "" and trim.replica_gone == ()
+    # The database removed 1-17 (pg_archivecleanup at its restartpoint); log/ still records 16-20.
+    left = {name(i) for i in range(18, 21)}
+    assert missing_after_activation(LOG[15:], name(20), left, None, False, None) == [
+        f"{name(16)}: replayed but not in replica/",
+        f"{name(17)}: replayed but not in replica/",
+    ]
+    assert missing_after_activation(LOG[15:], name(20), left, None, False, None, pruned_before=name(18)) == []
+    retainer = StandbyRetainer(FakeCopy(SegmentStore.__new__(SegmentStore)), consumer)
+    assert retainer.pruned_before(left | {".x.tmp", f"{name(21)}.partial"}) == name(18)
+    assert StandbyRetainer(FakeCopy(SegmentStore.__new__(SegmentStore)), LAG2).pruned_before(left) == ""
