@@ -49,6 +49,8 @@ log = logging.getLogger("receiver")
 
 CLEANUP_TIMEOUT = 600.0
 """Seconds a replica cleanup command may run."""
+DISK_EVERY = 10.0
+"""Seconds between measurements of disk_bytes when nothing was removed (a scan of log/ and replica/)."""
 
 
 # -- the decision (pure) -----------------------------------------------------------------------
@@ -233,11 +235,17 @@ class StandbyRetainer:
         self.wake = asyncio.Event()
         self._cleaned = ""
         """The floor the cleanup command last succeeded with."""
+        self._swept = False
+        """Whether a step looked for what a crash between compaction and unlink left behind."""
+        self._measured = 0.0
+        """Clock time of the last disk_bytes measurement."""
         self._lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
 
     def replayed(self, segment: str, at: float) -> None:
         """Note that ``segment`` was replayed at ``at`` and look again."""
+        if self.settings.keep == "all":
+            return  # nothing will ever go: remember nothing (the times would pile up for ever)
         self.replayed_times[segment] = at
         self.wake.set()
 
@@ -286,10 +294,18 @@ class StandbyRetainer:
     async def _step(self) -> Trim:
         copy, store = self.copy, self.copy.store
         loop = asyncio.get_running_loop()
-        replica = await loop.run_in_executor(None, _segment_names, store.replica) if self.directory else []
         now = self.clock()
         held = hold_reason(copy.state, copy.activating)
-        trim = decide(copy.installed, copy.state.replayed or "", now, self.settings, self.replayed_at, held, replica)
+        replayed = copy.state.replayed or ""
+        trim = decide(copy.installed, replayed, now, self.settings, self.replayed_at, held)
+        # The directories are scanned only when something may go: a trim, the first step (what a crash
+        # left), or replica_keep N (its count moves with each replay; replica/ is short then). A replay
+        # within the lag, the common case, costs no scan of a log/ that may hold a day of segments.
+        first = not self._swept
+        counted = isinstance(self.settings.replica_keep, int) and self.settings.replica_keep > 0
+        if trim.held is None and self.directory and (trim.through or first or counted):
+            replica = await loop.run_in_executor(None, _segment_names, store.replica)
+            trim = decide(copy.installed, replayed, now, self.settings, self.replayed_at, held, replica)
         if trim.held is None:
             if trim.through:
                 done = await loop.run_in_executor(None, store.manifest.compact, trim.through, now)
@@ -307,10 +323,13 @@ class StandbyRetainer:
                         trim.bytes,
                         base.after,
                     )
-            if copy.base is not None and copy.base.why == "retention":
+            if (trim.through or first) and copy.base is not None and copy.base.why == "retention":
                 await loop.run_in_executor(None, remove_log_through, store, copy.base.after)
+            self._swept = True
             await self._clean_replica(trim)
-        self.disk_bytes = await loop.run_in_executor(None, disk_bytes, store)
+        if trim.through or self.disk_bytes is None or now - self._measured >= DISK_EVERY:
+            self.disk_bytes = await loop.run_in_executor(None, disk_bytes, store)
+            self._measured = now
         return trim
 
     async def _clean_replica(self, trim: Trim) -> None:
