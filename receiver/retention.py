@@ -96,8 +96,10 @@ def decide(
     # Never the last replayed segment, never one of the newest keep_min.
     limit = min(done - 1 if done and records[done - 1].name == replayed else done, len(records) - settings.keep_min)
     n, next_at = 0, None
-    for record in records[: max(0, limit)]:
-        due = replayed_at(record.name) + settings.truncation_lag
+    # Replay goes in log order, so the segments past the lag are a prefix: stop at the first one that
+    # is not (no copy of a day's records per replayed segment).
+    while n < limit:
+        due = replayed_at(records[n].name) + settings.truncation_lag
         if due > now:
             next_at = due
             break
