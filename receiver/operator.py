@@ -103,6 +103,12 @@ def operator_parser() -> argparse.ArgumentParser:
     )
     q.add_argument("--json", action="store_true", help="print the report as JSON")
     add_replay_flags(q)
+    q.add_argument(
+        "--replica-keep",
+        metavar="N|consumer",
+        help="as the daemon's (or replica_keep in --config): with consumer, segments the database removed "
+        "from replica/ before the oldest one left there are not missing",
+    )
     q = sub.add_parser(
         "fence",
         help="tell a standby that epoch N exists: it refuses (and drops) shippers of older epochs from now on",

@@ -199,3 +199,30 @@ def test_kill9_during_trimming_leaves_a_consistent_copy(tmp_path: Path, secret: 
         f"figure: 4 kill -9 during trimming ({written} segments); {left_over} left segments outside the chain "
         f"(removed at the next start); none left a record without its segment"
     )
+
+
+def test_offline_activation_of_a_replica_its_consumer_pruned(tmp_path: Path, secret: Path, procs: list[Proc]) -> None:
+    source = tmp_path / "primary"
+    source.mkdir()
+    fill(source, 1, 20, seed=7)
+    extra = ["--truncation-lag", "0", "--keep-min", "8", "--replica-keep", "consumer"]
+    receiver = receiver_proc(tmp_path, secret, name="standby", extra=extra)
+    procs.append(receiver.start())
+    shipper = shipper_proc(tmp_path, "db1", source, [receiver], secret, ["--seal", "immediate"])
+    procs.append(shipper.start())
+    data, copy = tmp_path / "standby", tmp_path / "standby" / "db1"
+    wait_until(lambda: copy_status(data).get("last_replayed") == segment_name(20), 30, what="all replayed")
+    wait_until(lambda: len(names(copy / "log")) == 8, 10, what="log/ trimmed")
+    # The receiver left replica/ whole; the database prunes it itself (like pg_archivecleanup ... %r).
+    assert len(names(copy / "replica")) == 20
+    for i in range(1, 16):
+        os.unlink(copy / "replica" / segment_name(i))
+    shipper.stop()
+    assert receiver.stop() == 0
+    # Offline, the activation must be told (or read from --config) that the consumer prunes replica/.
+    # Without it the report says missing (the copy is activated all the same; activating again is
+    # idempotent and reports afresh).
+    rc, report = activate(data, "db1", "--yes")
+    assert rc != 0 and f"{segment_name(13)}: replayed but not in replica/" in report["missing_acknowledged"]
+    rc, report = activate(data, "db1", "--yes", "--replica-keep", "consumer")
+    assert rc == 0 and report["ok"] and report["missing_acknowledged"] == [], report
