@@ -169,7 +169,7 @@ def test_kill9_during_trimming_leaves_a_consistent_copy(tmp_path: Path, secret: 
     data, copy = tmp_path / "standby", tmp_path / "standby" / "db1"
     rnd = random.Random(5)
     written = 0
-    left_over = 0
+    left_over = cut_installs = 0
     for round_ in range(4):
         # Segments arrive and are replayed and trimmed one after the other; kill -9 lands in the middle.
         fill(source, written + 1, 60, seed=10 + round_)
@@ -177,12 +177,17 @@ def test_kill9_during_trimming_leaves_a_consistent_copy(tmp_path: Path, secret: 
         wait_until(lambda: len(os.listdir(copy / "log")) > 3 if (copy / "log").exists() else False, 30)
         time.sleep(rnd.uniform(0.05, 0.6))
         receiver.kill9()
-        # What the kill left: every record still has its segment (a segment without a record, at or
-        # before the base, is the one allowed leftover: the next start removes it).
+        # What the kill left: every record has its segment, but for an install cut between its record
+        # and its rename (store.py writes the record first; the shipper sends the segment again), which
+        # is newer than everything in log/. A segment without a record, at or before the base, is
+        # retention's one allowed leftover: the next start removes it.
         raw = (copy / "manifest").read_bytes()
         records, base = parse_manifest(raw), parse_base(raw)
         assert chain_problem(records, base=base) == ""
-        assert set(r.name for r in records) <= set(names(copy / "log"))
+        in_log = names(copy / "log")
+        unrenamed = {r.name for r in records} - set(in_log)
+        assert all(n > in_log[-1] for n in unrenamed), (unrenamed, in_log[-3:])
+        cut_installs += bool(unrenamed)
         leftovers = set(names(copy / "log")) - {r.name for r in records}
         assert all(base is not None and n <= base.after for n in leftovers), (leftovers, base)
         left_over += bool(leftovers)
@@ -192,12 +197,13 @@ def test_kill9_during_trimming_leaves_a_consistent_copy(tmp_path: Path, secret: 
     wait_until(lambda: len(names(copy / "log")) == 3, 15, what="trimmed to keep_min")
     assert assert_consistent(source, copy) == (3, 3 * SIZE)
     row = copy_status(data)
-    assert row["removed_segments"] == written - 3 and row["state"] in ("Healthy", "Disconnected"), row
+    assert row["removed_segments"] == written - 3, (row["removed_segments"], written)
+    assert row["state"] in ("Healthy", "Disconnected", "Initializing"), row["state"]
     log_text = receiver.log_text()
     assert "diverged" not in log_text and "Failed" not in log_text
     print(
         f"figure: 4 kill -9 during trimming ({written} segments); {left_over} left segments outside the chain "
-        f"(removed at the next start); none left a record without its segment"
+        f"(removed at the next start); {cut_installs} cut an install between its record and its rename"
     )
 
 
