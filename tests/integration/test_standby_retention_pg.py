@@ -64,7 +64,8 @@ def scratch() -> Iterator[Path]:
     try:
         yield root
     finally:
-        shutil.rmtree(root, ignore_errors=True)
+        if not os.environ.get("LOGSHIP_KEEP_PG"):
+            shutil.rmtree(root, ignore_errors=True)
 
 
 def start(root: Path, procs: list[Proc], replica_keep: str, standby_settings: dict[str, str | int]) -> Setup:
@@ -102,8 +103,24 @@ def start(root: Path, procs: list[Proc], replica_keep: str, standby_settings: di
     run([*backup, "-D", str(base), "-X", "none", "-c", "fast", "--no-sync"], timeout=120)
     make_standby(base, standby, replica)
     standby.configure(standby_settings)
-    standby.start()
+    start_standby(standby)
     return Setup(root, primary, standby, replica, root / "receiver" / "pg" / "log")
+
+
+def start_standby(standby: Cluster) -> None:
+    """Start the standby and wait until it serves reads. pg_ctl -w gives up after 60 s, which a loaded
+    shared machine once exceeded while the standby waited for its consistent point: wait longer here,
+    and show its log if it never gets there."""
+    subprocess.run(
+        as_pg_user([standby.bin("pg_ctl"), "-D", str(standby.data), "-l", str(standby.log), "-W", "start"]),
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    try:
+        wait_until(lambda: standby.try_psql("SELECT 1") == "1", 180, what="the standby serving reads")
+    except AssertionError as e:
+        raise AssertionError(f"{e}; its log ends:\n{standby.log_text()[-3000:]}") from None
 
 
 def write_segments(s: Setup, first: int, count: int) -> None:
@@ -121,7 +138,7 @@ def write_segments(s: Setup, first: int, count: int) -> None:
 def crash_and_restart(s: Setup, needed: str, row: int) -> None:
     """Crash the standby; it must restart at its restartpoint, reading ``needed`` again from replica/."""
     run([s.standby.bin("pg_ctl"), "-D", str(s.standby.data), "-m", "immediate", "-w", "stop"], timeout=60)
-    s.standby.start()
+    start_standby(s.standby)
     s.primary.psql(f"INSERT INTO kept VALUES ({row})")
     s.primary.psql("SELECT pg_switch_wal()")
     wait_until(lambda: s.standby.try_psql("SELECT max(id) FROM kept") == str(row), 120, what="replay after crash")
