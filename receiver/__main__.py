@@ -41,6 +41,7 @@ from receiver.control import Control
 from receiver.datadir import control_path, lock_data_dir
 from receiver.memory import map_large_buffers
 from receiver.operator import SUBCOMMANDS, operator_main
+from receiver.retention_config import add_retention_flags
 from receiver.server import ReceiverServer
 
 log = logging.getLogger("receiver")
@@ -88,6 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
         "space returns (default 64MiB, at most 1%% of the file system)",
     )
     add_replay_flags(p)
+    add_retention_flags(p)
     p.add_argument(
         "--no-rewind",
         action="store_true",
@@ -219,6 +221,7 @@ def daemon_main(argv: list[str]) -> int:
             no_rewind=settings.no_rewind,
             min_free=settings.min_free,
             seed_install=args.seed_install_command,
+            retention_for=settings.retention_for,
         )
         host, port = settings.listen
         try:

@@ -85,19 +85,22 @@ def missing_after_activation(
     acked: Position | None,
     acked_sealed: bool,
     tail: Position | None,
+    pruned_before: str = "",
 ) -> list[str]:
     """List what the old primary had acknowledged that the activated replica does not hold.
 
     Acknowledged are every installed segment (a segment is installed before its SEAL is acked) and,
     where the receiver still knows it, the last ACKed position. ``replica_names`` (directory replay)
-    are the files actually in replica/; ``tail`` is the unsealed tail left beside it.
+    are the files actually in replica/; ``tail`` is the unsealed tail left beside it. Segments named
+    before ``pruned_before`` were removed from replica/ by the database that consumed them (standby
+    retention, ``replica_keep = "consumer"``): not missing.
     """
     missing = [f"{r.name}: installed but not replayed" for r in installed if r.name > replayed]
     if replica_names is not None:
         missing += [
             f"{r.name}: replayed but not in replica/"
             for r in installed
-            if r.name <= replayed and r.name not in replica_names
+            if pruned_before <= r.name <= replayed and r.name not in replica_names
         ]
     if acked is not None and acked.segment:
         if acked_sealed:
@@ -142,7 +145,10 @@ async def activate(
         tail = Position(rec.active, rec.offset)
         tail_path = str(await loop.run_in_executor(None, leave_tail, store, rec.active, rec.offset))
     replica_names = copy.replayer.target.replica_names()
-    missing = missing_after_activation(copy.installed, copy.replayer.replayed, replica_names, acked, acked_sealed, tail)
+    pruned = copy.retainer.pruned_before(replica_names)
+    missing = missing_after_activation(
+        copy.installed, copy.replayer.replayed, replica_names, acked, acked_sealed, tail, pruned
+    )
     report: dict[str, Any] = {
         "stream": copy.name,
         "epoch": copy.epoch,

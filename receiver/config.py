@@ -63,12 +63,14 @@ from receiver.replay_config import REPLAY_RERUN as REPLAY_RERUN
 from receiver.replay_config import add_replay_flags as add_replay_flags
 from receiver.replay_config import replay_flags as replay_flags
 from receiver.replay_config import replay_settings as replay_settings
+from receiver.retention_config import RETENTION_CHECKS, RETENTION_KEYS, RetentionSettings, retention_from_doc
 from receiver.space_config import MinFree, parse_min_free
 
 _TEXT_KEYS = ("listen", "data_dir", "secret_file", "admin", "tls_cert", "tls_key", "tls_ca")
 # The form of every value: each is parsed at start, and a bad one is one line naming file, table and key.
 CHECKS: dict[str, Check] = {
     **REPLAY_CHECKS,
+    **RETENTION_CHECKS,
     **dict.fromkeys(("idle_timeout", "handshake_timeout"), parse_duration),
     **dict.fromkeys(_TEXT_KEYS, parse_text),
     "max_unauthenticated": parse_count,
@@ -98,6 +100,8 @@ class StreamSettings:
     """The stream's own secret; None means the receiver's default secret applies."""
     replay: ReplaySettings | None = None
     """The stream's own replay settings; None means the receiver's defaults apply."""
+    retention: RetentionSettings | None = None
+    """The stream's own standby retention settings; None means the receiver's defaults apply."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,6 +131,14 @@ class ReceiverSettings:
         if own is not None and own.replay is not None:
             return own.replay
         return self.replay
+
+    retention: RetentionSettings = field(default_factory=RetentionSettings)
+    """Standby retention of streams without their own (receiver/retention_config.py)."""
+
+    def retention_for(self, stream: str) -> RetentionSettings:
+        """Return when ``stream``'s replayed segments may leave the standby's disk."""
+        own = self.streams.get(stream)
+        return own.retention if own is not None and own.retention is not None else self.retention
 
     handshake_timeout: float = 10.0
     """Seconds a new connection has to finish TLS and prove a stream's secret."""
@@ -178,6 +190,8 @@ class ServerConfig:
     """Free space the data dir keeps: below it shippers are told to back off (receiver/space.py)."""
     seed_install: str | None = None
     """Shell command installing a verified base image (--seed-install-command); None: unpack into base/."""
+    retention_for: Callable[[str], RetentionSettings] = lambda stream: RetentionSettings()
+    """When each stream's replayed segments may leave log/ and replica/ (receiver/retention.py)."""
 
 
 def settings_from_args(args: argparse.Namespace) -> ReceiverSettings:
@@ -203,6 +217,7 @@ def settings_from_args(args: argparse.Namespace) -> ReceiverSettings:
         "min_free",
         "no_rewind",
         *REPLAY_KEYS,
+        *RETENTION_KEYS,
     }
     unknown = set(doc) - known
     if unknown:
@@ -218,16 +233,17 @@ def settings_from_args(args: argparse.Namespace) -> ReceiverSettings:
     secret_file = doc.get("secret_file")
     default_secret = read_secret(secret_file) if secret_file else None
     default_replay, own_replay = replay_from_doc(doc, args, origin)
+    default_retention, own_retention = retention_from_doc(doc, args, origin)
     streams: dict[str, StreamSettings] = {}
     for name, raw in as_table(doc.get("streams", {}), f"{origin}: streams").items():
         _stream_name(name, origin)
         table = as_table(raw, f"{origin}: streams.{name}")
-        extra = set(table) - {"secret_file", *REPLAY_KEYS}
+        extra = set(table) - {"secret_file", *REPLAY_KEYS, *RETENTION_KEYS}
         if extra:
             raise ConfigError(f"{origin}: streams.{name}: unknown setting(s) {', '.join(sorted(extra))}")
         table = checked(table, CHECKS, f"{origin}: streams.{name}")
         secret = read_secret(table["secret_file"]) if "secret_file" in table else None
-        streams[name] = StreamSettings(secret=secret, replay=own_replay.get(name))
+        streams[name] = StreamSettings(secret=secret, replay=own_replay.get(name), retention=own_retention.get(name))
     if default_secret is None and not any(s.secret for s in streams.values()):
         raise ConfigError("no secret: give --secret-file FILE, or secret_file in the config file")
     max_payload = doc.get("max_payload", DEFAULT_MAX_PAYLOAD)
@@ -247,6 +263,7 @@ def settings_from_args(args: argparse.Namespace) -> ReceiverSettings:
         max_payload=max_payload,
         idle_timeout=idle,
         replay=default_replay,
+        retention=default_retention,
         admin=parse_address(str(admin)) if admin else None,
         handshake_timeout=handshake,
         max_unauthenticated=cap,

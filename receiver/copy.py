@@ -18,6 +18,8 @@ from receiver.config import ReplaySettings
 from receiver.history_file import history_rows
 from receiver.manifest import Base, Installed
 from receiver.replayer import Replayer
+from receiver.retention import StandbyRetainer, retention_fields
+from receiver.retention_config import RetentionSettings
 from receiver.space import write_until_room
 from receiver.state import Role, load_state
 from receiver.status import copy_row
@@ -29,7 +31,13 @@ log = logging.getLogger("receiver")
 class StreamCopy:
     """One stream's copy at this receiver: its store, persisted state, replayer, and current writer."""
 
-    def __init__(self, name: str, store: SegmentStore, replay: ReplaySettings | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        store: SegmentStore,
+        replay: ReplaySettings | None = None,
+        retention: RetentionSettings | None = None,
+    ) -> None:
         self.name = name
         self.store = store
         self.state = load_state(store.state_path)
@@ -50,6 +58,18 @@ class StreamCopy:
         """The seed transfer under way (receiver/seed.py Progress), shown by status; None when none runs."""
         self._save_lock = asyncio.Lock()
         self.replayer = Replayer(self, replay or ReplaySettings(), on_replayed=self._on_replayed)
+        directory = self.replayer.settings.mode == "directory"
+        self.retainer = StandbyRetainer(self, retention or RetentionSettings(), directory)
+        """Standby retention (receiver/retention.py): runs only in a receiver, started with the replayer."""
+
+    def start(self) -> None:
+        """Start replaying and trimming (a running receiver; operator commands on the data dir do neither)."""
+        self.replayer.start()
+        self.retainer.start()
+
+    async def stop(self) -> None:
+        await self.retainer.stop()
+        await self.replayer.stop()
 
     @property
     def epoch(self) -> int:
@@ -91,6 +111,7 @@ class StreamCopy:
         """Stop replaying this stream (persisted); copying goes on."""
         self.state.suspend(time.time(), comment)
         await self.save_state()
+        self.retainer.wake.set()
         log.warning("stream %s: replay suspended%s", self.name, f": {comment}" if comment else "")
 
     async def resume(self, comment: str | None) -> str | None:
@@ -103,6 +124,8 @@ class StreamCopy:
         self.replayer.failures = 0
         await self.save_state()
         self.replayer.wake.set()
+        # What waited out the truncation lag while the copy was held may go now.
+        self.retainer.wake.set()
         note = f": {comment}" if comment else ""
         if cleared is not None:
             log.warning("stream %s: copy failure cleared (%s); shippers are accepted again%s", self.name, cleared, note)
@@ -123,10 +146,15 @@ class StreamCopy:
         )
         if self.seed is not None:
             row["seed"] = self.seed.row()
-        # Counted since this receiver started: a running one's status and /metrics only.
-        return {**row, "resends": self.resends} if running else row
+        row.update(retention_fields(self.installed, self.base))
+        if not running:
+            return row
+        # Counted since this receiver started (or measured by it): a running one's status and /metrics only.
+        return {**row, "resends": self.resends, "disk_bytes": self.retainer.disk_bytes}
 
     def _on_replayed(self) -> None:
+        if self.state.replayed:
+            self.retainer.replayed(self.state.replayed, self.state.replayed_at or time.time())
         # Tell the attached shipper at once, so its retention need not wait for the next data ACK.
         att = self.owner
         if att is not None and not att.conn.closing:

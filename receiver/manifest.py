@@ -66,10 +66,16 @@ class Base:
     """Wall-clock time the base was written."""
     why: str = "retention"
     """``retention`` (older records trimmed) or ``reseed`` (the copy starts from a base image)."""
+    removed: int = 0
+    """Segments standby retention removed from this copy before the base, in all (for status)."""
+    removed_bytes: int = 0
+    """Their bytes. Kept in the base line so the count changes in the same atomic rename as the records."""
 
     def to_line(self) -> bytes:
-        record = {"base": self.after, "rdx": self.rdx.hex() if self.rdx is not None else None, "at": self.at}
-        record["why"] = self.why
+        record: dict[str, object] = {"base": self.after, "rdx": self.rdx.hex() if self.rdx is not None else None}
+        record.update(at=self.at, why=self.why)
+        if self.removed or self.removed_bytes:
+            record.update(removed=self.removed, removed_bytes=self.removed_bytes)
         return json.dumps(record, sort_keys=True).encode() + b"\n"
 
     @classmethod
@@ -80,7 +86,8 @@ class Base:
             if not isinstance(r, dict) or "base" not in r:
                 return None
             rdx = bytes.fromhex(r["rdx"]) if r.get("rdx") is not None else None
-            return cls(str(r["base"]), rdx, float(r["at"]), str(r.get("why", "retention")))
+            removed, removed_bytes = int(r.get("removed", 0)), int(r.get("removed_bytes", 0))
+            return cls(str(r["base"]), rdx, float(r["at"]), str(r.get("why", "retention")), removed, removed_bytes)
         except (ValueError, KeyError, TypeError, AttributeError):
             return None
 

@@ -1,9 +1,13 @@
 """The manifest file of one stream's copy: append a chained record (fdatasync), read, rewrite after a rewind,
-rebase (a new start of the chain: retention trimmed the records before it, or a reseed)."""
+rebase (a new start of the chain: retention trimmed the records before it, or a reseed), compact (retention).
+
+Appends come from the committer's worker thread while retention compacts from another: one lock makes
+each verb whole, so a record appended while retention rewrites the file is never lost."""
 
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -20,6 +24,7 @@ class ManifestFile:
         self._by_name: dict[str, Installed] | None = None
         """The newest record of each name, read at the first append: where the next ``pdx`` comes from."""
         self._base: Base | None = None
+        self._lock = threading.RLock()
 
     def _data(self) -> bytes:
         try:
@@ -37,6 +42,10 @@ class ManifestFile:
 
     def append(self, name: str, size: int, digest: bytes, prev: str, at: float) -> Installed:
         """Write the record of ``name`` installed after ``prev`` and make it durable; return it."""
+        with self._lock:
+            return self._append(name, size, digest, prev, at)
+
+    def _append(self, name: str, size: int, digest: bytes, prev: str, at: float) -> Installed:
         if self._by_name is None:
             data = self._data()
             self._by_name = {r.name: r for r in parse_manifest(data)}
@@ -62,15 +71,43 @@ class ManifestFile:
     def rewrite(self, records: Sequence[Installed]) -> None:
         """Replace the manifest's records by ``records``, keeping its base (crash-safe: temp, fsync, rename,
         fsync dir)."""
-        self.rebase(self.read_base(), records)
+        with self._lock:
+            self.rebase(self.read_base(), records)
 
     def rebase(self, base: Base | None, records: Sequence[Installed]) -> None:
         """Replace the manifest by ``base`` (None: the stream's start) and ``records``, which must follow it
         (crash-safe as ``rewrite()``)."""
-        self.close()
-        head = base.to_line() if base is not None else b""
-        write_atomic(self.path, head + b"".join(r.to_line() for r in records))
-        self._by_name = None
+        with self._lock:
+            self.close()
+            head = base.to_line() if base is not None else b""
+            write_atomic(self.path, head + b"".join(r.to_line() for r in records))
+            self._by_name = None
+
+    def compact(self, through: str, at: float) -> tuple[Base, list[Installed]] | None:
+        """Drop the records up to and including ``through`` (retention removed their segments): the base
+        moves after it, carrying its record digest and the running count of what was removed. Return the
+        new base and the records kept, or None (nothing written) if ``through`` has no record.
+
+        Read under the lock from the file itself, not from a caller's list: an append made meanwhile stays.
+        """
+        with self._lock:
+            data = self._data()
+            records = parse_manifest(data)
+            gone = [r for r in records if r.name <= through]
+            if not gone or gone[-1].name != through:
+                return None
+            old = parse_base(data)
+            base = Base(
+                through,
+                record_digest(gone[-1]),
+                at,
+                "retention",
+                (old.removed if old else 0) + len(gone),
+                (old.removed_bytes if old else 0) + sum(r.size for r in gone),
+            )
+            kept = records[len(gone) :]
+            self.rebase(base, kept)
+            return base, kept
 
     def close(self) -> None:
         if self._fd >= 0:

@@ -32,6 +32,8 @@ from receiver.datadir import control_path, existing_streams, lock_data_dir
 from receiver.fence import FenceRefused, fence
 from receiver.history_file import history_rows
 from receiver.reseed_cli import add_reseed_parser, cmd_reseed
+from receiver.retention import retention_fields
+from receiver.retention_config import retention_from_doc
 from receiver.state import load_state
 from receiver.status import copy_row, render_rows
 from receiver.store import SegmentStore
@@ -104,6 +106,12 @@ def operator_parser() -> argparse.ArgumentParser:
     )
     q.add_argument("--json", action="store_true", help="print the report as JSON")
     add_replay_flags(q)
+    q.add_argument(
+        "--replica-keep",
+        metavar="N|consumer",
+        help="as the daemon's (or replica_keep in --config): with consumer, segments the database removed "
+        "from replica/ before the oldest one left there are not missing",
+    )
     q = sub.add_parser(
         "fence",
         help="tell a standby that epoch N exists: it refuses (and drops) shippers of older epochs from now on",
@@ -181,7 +189,8 @@ def disk_status(data_dir: Path) -> dict[str, Any]:
     for name in existing_streams(data_dir):
         store = SegmentStore(data_dir / name)
         state, manifest = load_state(store.state_path), store.read_manifest()
-        rows.append(copy_row(name, state, manifest, now, None, history=history_rows(store.root)))
+        row = copy_row(name, state, manifest, now, None, history=history_rows(store.root))
+        rows.append({**row, **retention_fields(manifest, store.read_manifest_base())})
     return {"role": "receiver", "node": None, "pid": None, "copies": rows}
 
 
@@ -295,10 +304,13 @@ def cmd_activate(data_dir: Path, args: argparse.Namespace, doc: dict[str, Any]) 
     else:
         default, own = replay_from_doc(doc, args, args.config or "config file")
         settings = own.get(args.stream, default)
+        # The config file's retention too: whether replica/ is pruned by its database (activation's check).
+        kept, own_kept = retention_from_doc(doc, args, args.config or "config file")
+        retention = own_kept.get(args.stream, kept)
         with _offline(data_dir):
 
             async def run() -> dict[str, Any]:
-                copy = StreamCopy(args.stream, SegmentStore(data_dir / args.stream), settings)
+                copy = StreamCopy(args.stream, SegmentStore(data_dir / args.stream), settings, retention)
                 try:
                     return await activate(copy, args.on_activate, epoch=args.epoch)
                 finally:

@@ -55,9 +55,10 @@ class ReceiverServer:
         check_stream_name(name)
         copy = self.copies.get(name)
         if copy is None:
-            copy = StreamCopy(name, SegmentStore(self.config.data_dir / name), self.config.replay_for(name))
+            store = SegmentStore(self.config.data_dir / name)
+            copy = StreamCopy(name, store, self.config.replay_for(name), self.config.retention_for(name))
             self.copies[name] = copy
-            copy.replayer.start()
+            copy.start()
         return copy
 
     def known_streams(self) -> list[str]:
@@ -103,7 +104,7 @@ class ReceiverServer:
             await asyncio.gather(*self.sessions, return_exceptions=True)
         await self.admission.wait_closed()
         for copy in self.copies.values():
-            await copy.replayer.stop()
+            await copy.stop()
             copy.store.close_manifest()
 
     async def _on_connect(self, conn: FramedConnection, slot: Slot | None = None) -> None:

@@ -93,6 +93,24 @@ def render_rows(rows: Sequence[dict[str, Any]], now: float) -> str:
     # Imported here: tabulate is only needed by the command line, not by the daemon's start-up.
     from logship.admin.table import STATUS_COLUMNS, epoch_text, render, status_cells
 
-    return render(
-        [{**status_cells(row, now), "epoch_text": epoch_text(row)} for row in rows], [*COLUMNS, *STATUS_COLUMNS]
-    )
+    cells = [{**status_cells(row, now), "epoch_text": epoch_text(row), "kept_text": kept_text(row)} for row in rows]
+    # KEPT (standby retention, receiver/retention.py) goes before REASON, which stays the last column.
+    return render(cells, [*COLUMNS, *STATUS_COLUMNS[:-1], KEPT_COLUMN, *STATUS_COLUMNS[-1:]])
+
+
+KEPT_COLUMN = ("kept_text", "KEPT")
+
+
+def kept_text(row: dict[str, Any]) -> str:
+    """The KEPT cell: what log/ keeps, since which segment, and what retention removed: ``5 seg, 1.0 MiB
+    from E0A (195 removed, 39.0 MiB)``."""
+    from logship.admin.table import human_bytes, queue_text
+
+    if row.get("kept_segments") is None:
+        return "-"
+    text = queue_text(row["kept_segments"], row.get("kept_bytes"))
+    if row.get("oldest_kept"):
+        text += f" from {row['oldest_kept']}"
+    if row.get("removed_segments"):
+        text += f" ({row['removed_segments']} removed, {human_bytes(row.get('removed_bytes'))})"
+    return text

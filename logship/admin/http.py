@@ -108,6 +108,15 @@ METRICS: dict[str, list[Exported]] = {
         Exported("last_replayed_at", "last_replayed_timestamp_seconds", "Unix time a segment was last replayed."),
         Exported("activated_at", "activated_timestamp_seconds", "Unix time the copy was activated (absent: never)."),
         Exported("resends", "resends", "Resends this receiver asked a shipper for (NACK) since it started.", True),
+        # Standby retention (receiver/retention.py): what the copy takes on disk, and what it let go.
+        Exported(
+            "disk_bytes", "disk_bytes", "Bytes the copy's log/ and replica/ take on disk (a file in both counted once)."
+        ),
+        Exported("kept_segments", "kept_segments", "Segments the copy's log/ keeps (its manifest records)."),
+        Exported("kept_bytes", "kept_bytes", "Bytes of the segments the copy's log/ keeps."),
+        Exported(
+            "removed_bytes", "retention_removed_bytes", "Bytes standby retention removed from the copy's log/.", True
+        ),
     ],
 }
 """Every metric each daemon exports, by role: the one list the docs' alerts and dashboard are checked against."""

@@ -17,6 +17,7 @@ CONFIG_MAY_IMPORT = (
     "shipper.config_values",
     "receiver.replay_config",
     "receiver.space_config",
+    "receiver.retention_config",
     "logship.duration",
     "protocol.names",
     "protocol.compression",
