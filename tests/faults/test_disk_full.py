@@ -94,7 +94,7 @@ def test_disk_full_backs_off_then_converges(tmp_path: Path, secret: Path, procs:
     mounted: list[Path] = []
     try:
         # replica/ smaller than the data dir: replay meets its full disk while log/ still has room.
-        for where, size in ((small, "8m"), (replica, "4m")):
+        for where, size in ((small, "8m"), (replica, "2m")):
             where.mkdir()
             done = _mount(["-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs", str(where)])
             if done.returncode != 0:
@@ -187,7 +187,7 @@ def _run(tmp_path: Path, small: Path, replica: Path, secret: Path, procs: list[P
         "state_saves_retried": receiver.count("cannot save"),
         "acked_while_full": f"{acked_while_full.segment}@{acked_while_full.offset}" if acked_while_full else "-",
     }
-    fault = f"receiver disk full (8 MiB tmpfs + 4 MiB replica, {SEGMENTS} segments, then {GROWN})"
+    fault = f"receiver disk full (8 MiB tmpfs + 2 MiB replica, {SEGMENTS} segments, then {GROWN})"
     record(
         "disk_full",
         [FaultFigures(fault, attempts, total, 0, 0, seconds, figures)],
