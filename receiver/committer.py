@@ -209,12 +209,13 @@ class Attachment(Generic[C]):
                 if not self.conn.closing:
                     self.conn.send(Error(ErrorCode.NO_SPACE, reason))
             else:
-                log.error(
-                    "stream %s: storage failed, acknowledging nothing more: %s",
-                    self.copy.name,
-                    e,
-                    exc_info=not isinstance(e, OSError),
-                )
+                # A copy whose files vanished (its dir deleted under us) is one WARNING here: the data
+                # dir's watch (logship/dirwatch.py) says the one ERROR of what it means for the receiver.
+                text = "stream %s: storage failed, acknowledging nothing more: %s"
+                if isinstance(e, FileNotFoundError) and not self.copy.store.root.exists():
+                    log.warning(text, self.copy.name, e)
+                else:
+                    log.error(text, self.copy.name, e, exc_info=not isinstance(e, OSError))
             if syncing is not None:
                 # Let its descriptors be closed before anyone recovers the copy from disk.
                 await asyncio.wait({syncing.synced})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -30,3 +31,14 @@ def procs(request: pytest.FixtureRequest) -> Iterator[list[Proc]]:
         found = unexpected_log_lines(started)
         if found:
             pytest.fail("a daemon logged what no test expects:\n" + "\n".join(found), pytrace=False)
+
+
+@pytest.fixture(autouse=True)
+def _umask_restored() -> Iterator[None]:
+    """Put back the process umask after each test: a daemon's main() run in-process sets 077 (its
+    --umask default), and a later test that hands a directory to another user (PostgreSQL runs as
+    postgres) would find it private."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    yield
+    os.umask(mask)
