@@ -9,7 +9,8 @@ import signal
 import sys
 import tomllib
 
-from logship.ha.agent import Agent, AgentConfig, load
+from logship.ha.agent import Agent
+from logship.ha.config import AgentConfig, load
 from logship.ha.etcd import EtcdClient
 
 
