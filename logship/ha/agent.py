@@ -264,6 +264,9 @@ class Agent:
 
     async def run(self, stop: asyncio.Event) -> None:
         interval = max(self.config.policy.ttl / 6, 0.1)
+        # A node starts as a standby whatever it was before a crash: a shipper an earlier agent left is
+        # stopped and the application's writes too, until etcd says this node leads.
+        await self._demote()
         while not stop.is_set():
             await self.step()
             try:

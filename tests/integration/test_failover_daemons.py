@@ -1,0 +1,166 @@
+"""Automatic failover with real daemons (issue 16): two nodes, each a receiver and a ``logship ha`` agent
+that runs the shipper while its node leads, against a real 3-member etcd on 127.0.0.1, TTL 3 s.
+
+a bootstraps (epoch 1) and ships its application's log to b. kill -9 of a's agent alone: its shipper
+still acknowledges to b, so b does not take over. kill -9 of a's shipper too (and its receiver: the
+host is gone): b is activated at epoch 2 by its agent, on_promote runs, b ships its replica; every
+byte ``shipper wait`` confirmed is in b's replica; a's old shipper, restarted, is refused. a's agent
+and receiver come back: a follows b as a standby and converges on b's bytes, including what b wrote.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.helpers.etcd import EtcdCluster, etcd_missing
+from tests.helpers.hanode import HaNode
+from tests.helpers.source import ROOT, segment_name
+from tests.helpers.waiting import wait_until
+
+pytestmark = pytest.mark.skipif(etcd_missing() is not None, reason=str(etcd_missing()))
+TTL = 3
+
+
+def write_segment(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(data)
+    tmp.rename(path)
+
+
+def shipper_wait(node: HaNode, segment: str, *how: str) -> subprocess.CompletedProcess[str]:
+    argv = [sys.executable, "-m", "shipper", "wait", "--state-dir", str(node.ship_dir), "--stream", "sg1"]
+    return subprocess.run(
+        [*argv, "--segment", segment, *how, "--timeout", "30"], capture_output=True, text=True, timeout=60, cwd=ROOT
+    )
+
+
+def etcd_get(etcd: EtcdCluster, key: str) -> str | None:
+    return etcd.get(key)
+
+
+def copy_state(node: HaNode) -> dict[str, object]:
+    done = subprocess.run(
+        [sys.executable, "-m", "receiver", "status", "--data-dir", str(node.data_dir), "--json"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=ROOT,
+    )
+    rows = json.loads(done.stdout)["copies"]
+    return rows[0] if rows else {}
+
+
+def readable(path: Path) -> bytes | None:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        return None
+
+
+def test_agent_driven_failover_fence_and_rejoin(tmp_path: Path, etcd: EtcdCluster, secret: Path) -> None:
+    rnd = random.Random(16)
+    src = tmp_path / "a" / "src"
+    src.mkdir(parents=True)
+    a = HaNode(tmp_path, "a", secret, source=src)
+    b = HaNode(tmp_path, "b", secret)
+    nodes = [a, b]
+    try:
+        a.receiver.start()
+        b.receiver.start()
+        a.write_config(etcd.endpoints, {"b": b.receiver.address}, TTL)
+        b.write_config(etcd.endpoints, {"a": a.receiver.address}, TTL)
+        a.start_agent()
+        wait_until(a.primary, 30, what="a bootstraps as the primary")
+        b.start_agent()
+        wait_until(lambda: "follow a" in b.roles(), 30, what="b follows a")
+        assert etcd_get(etcd, "/logship/c1/sg1/epoch") == "1"
+
+        # The application writes on a: 1-3 sealed, 4 active; everything confirmed by `shipper wait`.
+        data = {i: rnd.randbytes(rnd.randint(20_000, 120_000)) for i in range(1, 9)}
+        for i in (1, 2, 3):
+            write_segment(src / segment_name(i), data[i])
+        with open(src / segment_name(4), "wb") as f:
+            f.write(data[4][:10_000])
+        done = shipper_wait(a, segment_name(3), "--sealed")
+        assert done.returncode == 0, done.stdout + done.stderr
+        done = shipper_wait(a, segment_name(4), "--offset", "10000")
+        assert done.returncode == 0, done.stdout + done.stderr
+        wait_until(lambda: json.loads(etcd_get(etcd, "/logship/c1/sg1/sync") or "{}").get("nodes") == ["b"], 15)
+
+        # kill -9 of a's agent alone: the leader key expires, but a's shipper still acknowledges to b.
+        a.kill_agent()
+        gone = time.monotonic()
+        wait_until(lambda: etcd_get(etcd, "/logship/c1/sg1/leader") is None, 3 * TTL, what="a's leader key expired")
+        with open(src / segment_name(4), "ab") as f:
+            f.write(data[4][10_000:])
+        write_segment(src / segment_name(5), data[5][:5_000])
+        done = shipper_wait(a, segment_name(4), "--sealed")
+        assert done.returncode == 0, done.stdout + done.stderr  # the primary goes on working
+        while time.monotonic() - gone < 2 * TTL + 1:
+            assert not b.primary(), "b took over while a's shipper still acknowledged to it"
+            time.sleep(0.1)
+        assert "still attached and acknowledging" in b.log_text()
+
+        # a's host dies: its shipper and receiver too. b takes epoch 2 and is activated by its agent.
+        assert a.kill_shipper()
+        a.receiver.kill9()
+        killed = time.monotonic()
+        wait_until(b.primary, 30, what="b promoted")
+        print(f"kill -9 of the primary's shipper -> b's on_promote done: {time.monotonic() - killed:.2f}s")
+        assert etcd_get(etcd, "/logship/c1/sg1/epoch") == "2"
+        assert etcd_get(etcd, "/logship/c1/sg1/leader") == "b"
+        row = copy_state(b)
+        assert row["state"] == "Activated" and row["epoch"] == 2, row
+        # Every confirmed byte is on the new primary: 1-4 whole in its replica (the new epoch), and
+        # 5's first 5000 bytes (acknowledged, unsealed) beside it as the activation's partial.
+        replica = b.copy() / "replica"
+        for i in (1, 2, 3, 4):
+            assert (replica / segment_name(i)).read_bytes() == data[i], i
+        assert readable(replica / f"{segment_name(5)}.partial") == data[5][:5_000]
+
+        # The old primary cannot write: its shipper, restarted at epoch 1, is refused by b.
+        old = subprocess.Popen(
+            [sys.executable, "-m", "shipper", "--config", str(a.ship_dir / "ha-shipper.toml")],
+            stdout=open(tmp_path / "old-shipper.log", "wb"),
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+        )
+        try:
+            log = tmp_path / "old-shipper.log"
+            wait_until(lambda: "fenced" in log.read_text(), 30, what="a's old shipper fenced")
+            assert b.receiver.count("refused stream sg1: activated at epoch 2") >= 1
+        finally:
+            old.kill()
+            old.wait(10)
+        assert (replica / segment_name(4)).read_bytes() == data[4]
+
+        # b's application writes on in the new epoch (its replica is the stream's log now).
+        write_segment(replica / segment_name(5), data[6])
+        write_segment(replica / segment_name(6), data[7])
+        write_segment(replica / segment_name(7), data[8])
+
+        # a comes back: it follows b as a standby and converges on b's history.
+        a.receiver.start()
+        a.start_agent()
+        wait_until(lambda: a.roles().endswith("follow b\n"), 30, what="a follows b")
+        assert not a.primary()
+        want = {segment_name(i): (replica / segment_name(i)).read_bytes() for i in range(1, 7)}
+        a_log = a.copy() / "log"
+        wait_until(
+            lambda: all(readable(a_log / n) == v for n, v in want.items()), 60, what="a converges on b's bytes"
+        )
+        assert copy_state(a)["epoch"] == 2
+        member = json.loads(etcd_get(etcd, "/logship/c1/sg1/members/a") or "{}")
+        assert member["role"] == "standby" and member["epoch"] == 2, member
+        assert b.primary() and not a.primary()
+    finally:
+        for n in nodes:
+            n.stop()
+    assert "Traceback" not in a.log_text() + b.log_text()
