@@ -153,9 +153,7 @@ def test_agent_driven_failover_fence_and_rejoin(tmp_path: Path, etcd: EtcdCluste
         assert not a.primary()
         want = {segment_name(i): (replica / segment_name(i)).read_bytes() for i in range(1, 7)}
         a_log = a.copy() / "log"
-        wait_until(
-            lambda: all(readable(a_log / n) == v for n, v in want.items()), 60, what="a converges on b's bytes"
-        )
+        wait_until(lambda: all(readable(a_log / n) == v for n, v in want.items()), 60, what="a converges on b's bytes")
         assert copy_state(a)["epoch"] == 2
         member = json.loads(etcd_get(etcd, "/logship/c1/sg1/members/a") or "{}")
         assert member["role"] == "standby" and member["epoch"] == 2, member
