@@ -10,15 +10,21 @@ import sys
 import tomllib
 
 from logship.ha.agent import Agent
+from logship.ha.commands import COMMANDS
+from logship.ha.commands import main as commands_main
 from logship.ha.config import AgentConfig, load
 from logship.ha.etcd import EtcdClient
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in COMMANDS:
+        return commands_main(argv)
     parser = argparse.ArgumentParser(
         prog="logship ha",
         description="Run the HA agent: hold the stream's leader lease in etcd, promote, demote and follow"
-        " by decide(); runs on_promote / on_demote / on_follow {primary} hooks from the [ha] table.",
+        " by decide(); runs on_promote / on_demote / on_follow {primary} hooks from the [ha] table. Operator"
+        " commands: logship ha status | switchover --to NODE | failover --to NODE --force (--config FILE).",
         allow_abbrev=False,
     )
     parser.add_argument("--config", required=True, help="TOML file with an [ha] table")

@@ -47,6 +47,7 @@ class Agent:
         self.following: str | None = None
         self.cluster: Cluster | None = None
         self.last_action: Action | None = None
+        self.reseed_said = 0
         self.local = Local(None, "Disconnected", None, False, 0.0)
         self.shipping = Shipping(config.shipping) if config.shipping else None
         self.source: Path | None = None
@@ -162,7 +163,12 @@ class Agent:
         elif action.kind is Kind.HANDOVER:
             await self._handover(action)
         elif action.kind is Kind.FENCE:
-            if await daemons.fence(node, action.epoch):
+            if self.local.state == "Activated":
+                # The copy was this node's primary log: fencing it is demoting it, which is a reseed.
+                if self.reseed_said != action.epoch:
+                    self.reseed_said = action.epoch
+                    log.error("the copy here is activated (primary of an older epoch): reseed it to rejoin")
+            elif await daemons.fence(node, action.epoch):
                 self.epoch = action.epoch
         elif action.kind is Kind.FOLLOW and action.node is not None:
             if await daemons.hook(node.on_follow, primary=action.node):

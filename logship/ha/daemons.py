@@ -103,7 +103,7 @@ async def wait_durable(node: Node, segment: str, offset: int, target: str, timeo
     argv = [
         *(sys.executable, "-m", "shipper", "wait", "--state-dir", str(node.shipper_state_dir)),
         *("--stream", node.stream, "--segment", segment, "--offset", str(offset)),
-        *("--require", f"ALL ({target})", "--timeout", f"{timeout:g}"),
+        *("--require", f"ANY 1 ({target})", "--timeout", f"{timeout:g}"),
     ]
     return await _checked(argv, "wait", timeout + 20)
 

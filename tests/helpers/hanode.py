@@ -56,7 +56,13 @@ class HaNode:
         return self.data_dir / stream
 
     def write_config(
-        self, endpoints: Sequence[str], peers: Mapping[str, str], ttl: float = 3, dial: str = "lossless", **more: str
+        self,
+        endpoints: Sequence[str],
+        peers: Mapping[str, str],
+        ttl: float = 3,
+        dial: str = "lossless",
+        shipper: Mapping[str, str] | None = None,
+        **more: str,
     ) -> Path:
         d = self.root
         eps = ", ".join(json.dumps(e) for e in endpoints)
@@ -82,6 +88,8 @@ class HaNode:
         if self.source is not None:
             lines.append(f"source = {json.dumps(str(self.source))}")
         lines += ["", "[ha.peers]", *(f"{n} = {json.dumps(a)}" for n, a in peers.items())]
+        if shipper:
+            lines += ["", "[ha.shipper]", *(f"{k} = {json.dumps(v)}" for k, v in shipper.items())]
         path = d / "node.toml"
         path.write_text("\n".join(lines) + "\n")
         return path
