@@ -273,12 +273,38 @@ class Agent:
         # A node starts as a standby whatever it was before a crash: a shipper an earlier agent left is
         # stopped and the application's writes too, until etcd says this node leads.
         await self._demote()
-        while not stop.is_set():
-            await self.step()
-            try:
-                await asyncio.wait_for(stop.wait(), interval)
-            except TimeoutError:
-                pass
+        wake = asyncio.Event()
+        watches = [
+            # epoch, failover, history/* and leader sort together: one range; switchover on its own.
+            asyncio.create_task(self._watch(self.keys.epoch, (self.keys.leader + "\0").encode(), wake, interval)),
+            asyncio.create_task(self._watch(self.keys.switchover, None, wake, interval)),
+        ]
+        try:
+            while not stop.is_set():
+                wake.clear()
+                await self.step()
+                # The next round at the interval, or as soon as a leadership key changes (a leader key
+                # that expired, a new epoch, an operator's request): no waiting for the poll.
+                waiters = [asyncio.create_task(stop.wait()), asyncio.create_task(wake.wait())]
+                await asyncio.wait(waiters, timeout=interval, return_when=asyncio.FIRST_COMPLETED)
+                for w in waiters:
+                    w.cancel()
+        finally:
+            for w in watches:
+                w.cancel()
+            await asyncio.gather(*watches, return_exceptions=True)
         if self.primary:
             await self.act(Action(Kind.DEMOTE, "agent stopping"))
         await self._release()
+
+    async def _watch(self, key: str, range_end: bytes | None, wake: asyncio.Event, pause: float) -> None:
+        """Set ``wake`` at every change of the keys; resumed after a break from the last revision seen."""
+        revision = 0
+        while True:
+            try:
+                async for rev, _events in self.client.watch(key, revision + 1 if revision else 0, range_end=range_end):
+                    revision = max(revision, rev)
+                    wake.set()
+            except EtcdError as e:
+                log.debug("watch %s: %s", key, e)
+            await asyncio.sleep(pause)  # bounded retry rate while etcd is away
