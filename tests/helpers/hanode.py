@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
 import signal
 import subprocess
 import sys
@@ -94,14 +95,19 @@ class HaNode:
         path.write_text("\n".join(lines) + "\n")
         return path
 
-    def start_agent(self) -> None:
+    def start_agent(self, python: Sequence[str] = (sys.executable,), user: str | None = None) -> None:
+        """Start the agent; ``user`` runs it (and so the shipper it starts) as that user, by name."""
         assert self.agent is None or self.agent.poll() is not None
+        ids = pwd.getpwnam(user) if user else None
         with open(self.agent_log, "ab") as log:
             self.agent = subprocess.Popen(
-                [sys.executable, "-m", "logship.ha", "--config", str(self.root / "node.toml")],
+                [*python, "-m", "logship.ha", "--config", str(self.root / "node.toml")],
                 stdout=log,
                 stderr=log,
-                cwd=ROOT,
+                cwd="/" if ids else ROOT,  # another user may not enter this checkout's parents
+                user=ids.pw_uid if ids else None,
+                group=ids.pw_gid if ids else None,
+                extra_groups=[] if ids else None,
             )
 
     def kill_agent(self) -> None:
