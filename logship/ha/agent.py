@@ -196,8 +196,10 @@ class Agent:
         forced = cl is not None and cl.force_to == target and cl.switchover_to is None
         if not forced and plan is not None and target in plan.peers and head is not None and head.segment:
             address = plan.peers[target]
-            if not await daemons.wait_durable(node, head.segment, head.offset, address, SWITCHOVER_WAIT):
-                log.error("switchover to %s called off: it does not hold %s@%d", target, head.segment, head.offset)
+            if not await daemons.wait_sealed(node, head.segment, address, SWITCHOVER_WAIT):
+                # With seal = "next" the last segment seals only once the next appears: seal_idle does it
+                # once the application stopped writing.
+                log.error("switchover to %s called off: it does not hold %s sealed (seal_idle?)", target, head.segment)
                 await self._cancel_switchover()
                 await daemons.hook(node.on_promote)
                 return

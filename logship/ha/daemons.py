@@ -96,13 +96,17 @@ async def activate(node: Node, epoch: int) -> dict[str, object] | None:
     return report
 
 
-async def wait_durable(node: Node, segment: str, offset: int, target: str, timeout: float) -> bool:
-    """``shipper wait`` until ``target`` (HOST:PORT) holds [0, offset) of ``segment`` durably (switchover)."""
+async def wait_sealed(node: Node, segment: str, target: str, timeout: float) -> bool:
+    """``shipper wait --sealed`` until ``target`` (HOST:PORT) holds ``segment`` sealed (switchover).
+
+    Sealed, not only its bytes: activation takes the sealed segments into the new epoch and leaves an
+    unsealed tail beside the replica, so only a sealed last segment makes a switchover lossless.
+    """
     if node.shipper_state_dir is None:
         return True
     argv = [
         *(sys.executable, "-m", "shipper", "wait", "--state-dir", str(node.shipper_state_dir)),
-        *("--stream", node.stream, "--segment", segment, "--offset", str(offset)),
+        *("--stream", node.stream, "--segment", segment, "--sealed"),
         *("--require", f"ANY 1 ({target})", "--timeout", f"{timeout:g}"),
     ]
     return await _checked(argv, "wait", timeout + 20)

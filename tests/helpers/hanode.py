@@ -63,6 +63,7 @@ class HaNode:
         ttl: float = 3,
         dial: str = "lossless",
         shipper: Mapping[str, str] | None = None,
+        cluster: str = "c1",
         **more: str,
     ) -> Path:
         d = self.root
@@ -75,7 +76,7 @@ class HaNode:
         }
         lines = [
             "[ha]",
-            'cluster = "c1"',
+            f'cluster = "{cluster}"',
             f'node = "{self.name}"',
             'stream = "sg1"',
             f"etcd = [{eps}]",
