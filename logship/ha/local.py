@@ -115,7 +115,9 @@ def sync_set(policy_text: str, peers: Mapping[str, str], rows: list[dict[str, An
 
     A target is in the set when the policy cannot be met without it (ALL, ANY n of n, FIRST k while
     it is among the first k up): then no wait succeeded unless it held the bytes. Peers are node
-    names; the policy names targets by address, as the shipper does.
+    names; the policy names targets by address, as the shipper does. For FIRST the set follows which
+    targets are up now: bytes confirmed by a target that went down since are not on its successor
+    until it catches up, so a lossless failover right after such a change may miss them.
     """
     addresses = list(peers.values())
     try:
@@ -125,8 +127,8 @@ def sync_set(policy_text: str, peers: Mapping[str, str], rows: list[dict[str, An
     up = {r.get("target"): r.get("state") == "Healthy" for r in rows}
     held: frozenset[str] = frozenset()
     for node, address in peers.items():
-        # Could the policy be met by every other target, this one up but holding nothing?
-        positions = {a: TargetPosition(a != address, a == address or bool(up.get(a))) for a in addresses}
+        # Could the policy be met by the other targets that are up, this one holding nothing?
+        positions = {a: TargetPosition(a != address and bool(up.get(a)), bool(up.get(a))) for a in addresses}
         if not satisfied(policy, positions):
             held |= {node}
     return held
