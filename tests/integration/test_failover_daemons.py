@@ -162,3 +162,38 @@ def test_agent_driven_failover_fence_and_rejoin(tmp_path: Path, etcd: EtcdCluste
         for n in nodes:
             n.stop()
     assert "Traceback" not in a.log_text() + b.log_text()
+
+
+def test_agent_restarted_within_the_ttl_keeps_the_lead(tmp_path: Path, etcd: EtcdCluster, secret: Path) -> None:
+    """kill -9 of the primary's agent and a restart before its lease ran out: the new agent rebinds the
+    leader key to its own lease, replaces the orphan shipper, and nobody takes over (epoch stays 1)."""
+    src = tmp_path / "a" / "src"
+    src.mkdir(parents=True)
+    a = HaNode(tmp_path, "a", secret, source=src)
+    b = HaNode(tmp_path, "b", secret)
+    try:
+        a.receiver.start()
+        b.receiver.start()
+        a.write_config(etcd.endpoints, {"b": b.receiver.address}, TTL)
+        b.write_config(etcd.endpoints, {"a": a.receiver.address}, TTL)
+        a.start_agent()
+        wait_until(a.primary, 30, what="a bootstraps as the primary")
+        b.start_agent()
+        wait_until(lambda: "follow a" in b.roles(), 30, what="b follows a")
+        orphan = a.shipper_pid()
+        assert orphan is not None
+        a.kill_agent()
+        a.start_agent()
+        wait_until(lambda: a.shipper_pid() not in (None, orphan), 30, what="a's new agent ships again")
+        wait_until(a.primary, 30, what="a leads again")
+        write_segment(src / segment_name(1), b"1" * 40_000)
+        write_segment(src / segment_name(2), b"2" * 10)
+        done = shipper_wait(a, segment_name(1), "--sealed")
+        assert done.returncode == 0, done.stdout + done.stderr
+        time.sleep(2 * TTL)  # well past the old lease: still a's key, still epoch 1
+        assert etcd_get(etcd, "/logship/c1/sg1/leader") == "a"
+        assert etcd_get(etcd, "/logship/c1/sg1/epoch") == "1"
+        assert not b.primary() and "promote" not in b.roles()
+    finally:
+        for n in (a, b):
+            n.stop()
