@@ -197,3 +197,61 @@ def test_agent_restarted_within_the_ttl_keeps_the_lead(tmp_path: Path, etcd: Etc
     finally:
         for n in (a, b):
             n.stop()
+
+
+def test_three_nodes_the_other_standby_rewinds_and_follows(tmp_path: Path, etcd: EtcdCluster, secret: Path) -> None:
+    """a ships to b and c (sync ALL); a's host dies with an acknowledged partial segment on both. The
+    winner's activation forks at the end of its last sealed segment, so the other standby's copy is past
+    the fork: it is fenced by its agent, rewinds the partial into quarantine/ and converges on the winner."""
+    rnd = random.Random(163)
+    src = tmp_path / "a" / "src"
+    src.mkdir(parents=True)
+    a = HaNode(tmp_path, "a", secret, source=src)
+    b, c = HaNode(tmp_path, "b", secret), HaNode(tmp_path, "c", secret)
+    nodes = [a, b, c]
+    try:
+        for n in nodes:
+            n.receiver.start()
+        addresses = {n.name: n.receiver.address for n in nodes}
+        for n in nodes:
+            n.write_config(etcd.endpoints, {k: v for k, v in addresses.items() if k != n.name}, TTL, sync="ALL")
+        a.start_agent()
+        wait_until(a.primary, 30, what="a bootstraps as the primary")
+        b.start_agent()
+        c.start_agent()
+        wait_until(lambda: "follow a" in b.roles() and "follow a" in c.roles(), 30, what="b and c follow a")
+        data = {i: rnd.randbytes(rnd.randint(20_000, 100_000)) for i in range(1, 5)}
+        for i in (1, 2, 3):
+            write_segment(src / segment_name(i), data[i])
+        with open(src / segment_name(4), "wb") as f:
+            f.write(data[4][:30_000])
+        done = shipper_wait(a, segment_name(4), "--offset", "30000")
+        assert done.returncode == 0, done.stdout + done.stderr
+        sync = lambda: json.loads(etcd_get(etcd, "/logship/c1/sg1/sync") or "{}").get("nodes")  # noqa: E731
+        wait_until(lambda: sync() == ["b", "c"], 15, what="sync set b, c")
+
+        a.kill_agent()
+        assert a.kill_shipper()
+        a.receiver.kill9()
+        winner = wait_until(lambda: next((n for n in (b, c) if n.primary()), None), 30, what="a standby promoted")
+        other = c if winner is b else b
+        assert etcd_get(etcd, "/logship/c1/sg1/epoch") == "2"
+        replica = winner.copy() / "replica"
+        for i in (1, 2, 3):
+            assert (replica / segment_name(i)).read_bytes() == data[i]
+        # The other copy held 30000 bytes of 4 past the fork (end of 3): rewound into quarantine/.
+        wait_until(lambda: other.receiver.count("REWOUND") >= 1, 30, what=f"{other.name} rewinds")
+        quarantined = list((other.copy() / "quarantine").glob("rewind-epoch2-*/**/*"))
+        assert any(p.name.startswith(segment_name(4)) for p in quarantined), quarantined
+        # The winner's application writes its own 4' and 5 under the same names: the other converges.
+        new4, new5 = rnd.randbytes(50_000), rnd.randbytes(20_000)
+        write_segment(replica / segment_name(4), new4)
+        write_segment(replica / segment_name(5), new5)
+        write_segment(replica / segment_name(6), b"6")
+        log = other.copy() / "log"
+        want = {segment_name(1): data[1], segment_name(4): new4, segment_name(5): new5}
+        wait_until(lambda: all(readable(log / k) == v for k, v in want.items()), 60, what="the other converges")
+        assert not other.primary() and other.roles().endswith(f"follow {winner.name}\n")
+    finally:
+        for n in nodes:
+            n.stop()
