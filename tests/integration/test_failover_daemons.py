@@ -21,6 +21,7 @@ import pytest
 
 from tests.helpers.etcd import EtcdCluster, etcd_missing
 from tests.helpers.hanode import HaNode
+from tests.helpers.proxies import ProxyThread, Relay
 from tests.helpers.source import ROOT, segment_name
 from tests.helpers.waiting import wait_until
 
@@ -255,3 +256,35 @@ def test_three_nodes_the_other_standby_rewinds_and_follows(tmp_path: Path, etcd:
     finally:
         for n in nodes:
             n.stop()
+
+
+def test_a_blip_shorter_than_the_ttl_changes_nothing(tmp_path: Path, etcd: EtcdCluster, secret: Path) -> None:
+    """a's only link to etcd stalls for 1 s (every byte held, then delivered): within TTL - margin of
+    its last keep-alive, so a neither demotes nor is replaced; b holds; the epoch stays 1."""
+    src = tmp_path / "a" / "src"
+    src.mkdir(parents=True)
+    link = ProxyThread(Relay(etcd.members[0].client_port))
+    a = HaNode(tmp_path, "a", secret, source=src)
+    b = HaNode(tmp_path, "b", secret)
+    try:
+        a.receiver.start()
+        b.receiver.start()
+        a.write_config([f"http://127.0.0.1:{link.proxy.port}"], {"b": b.receiver.address}, TTL)
+        b.write_config(etcd.endpoints, {"a": a.receiver.address}, TTL)
+        a.start_agent()
+        wait_until(a.primary, 30, what="a bootstraps as the primary")
+        b.start_agent()
+        wait_until(lambda: "follow a" in b.roles(), 30, what="b follows a")
+        for _ in range(3):
+            link.call_soon(link.proxy._open.clear)  # the blip: a's etcd traffic held
+            time.sleep(1.0)
+            link.call_soon(link.proxy._open.set)
+            time.sleep(2 * TTL)  # well over a TTL between blips: the lease is renewed again
+        assert a.primary() and not b.primary()
+        assert a.roles() == "demote\npromote\n", a.roles()  # the start's demote, the bootstrap; nothing since
+        assert "promote" not in b.roles()
+        assert etcd_get(etcd, "/logship/c1/sg1/epoch") == "1" and etcd_get(etcd, "/logship/c1/sg1/leader") == "a"
+    finally:
+        for n in (a, b):
+            n.stop()
+        link.close()
