@@ -9,6 +9,7 @@ import signal
 import sys
 import tomllib
 
+from logship.ha.admin import serve
 from logship.ha.agent import Agent
 from logship.ha.commands import COMMANDS
 from logship.ha.commands import main as commands_main
@@ -46,7 +47,13 @@ async def _run(config: AgentConfig) -> int:
         loop.add_signal_handler(sig, stop.set)
     async with EtcdClient(config.endpoints, timeout=max(config.policy.ttl / 4, 0.5)) as client:
         logging.getLogger("logship.ha").info("agent %s for %s started", config.node, config.daemon.stream)
-        await Agent(config, client).run(stop)
+        agent = Agent(config, client)
+        runner = await serve(agent, config.admin) if config.admin else None
+        try:
+            await agent.run(stop)
+        finally:
+            if runner is not None:
+                await runner.cleanup()
     return 0
 
 

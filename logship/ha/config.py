@@ -25,6 +25,8 @@ class AgentConfig:
     """The application's own log dir: shipped while this node leads the epoch it took with it."""
     shipping: ShipperPlan | None = None
     """How to ship when primary; None: the agent runs no shipper (hooks only)."""
+    admin: str | None = None
+    """HOST:PORT of the agent's read-only /status and /metrics (logship/ha/admin.py)."""
 
 
 def load(doc: dict[str, object]) -> AgentConfig:
@@ -66,8 +68,12 @@ def load(doc: dict[str, object]) -> AgentConfig:
     failover = s("failover", "auto")
     if failover not in ("auto", "manual"):
         raise ValueError("[ha] failover: expected auto or manual")
+    admin = s("admin")
+    if admin is not None and not admin.rpartition(":")[2].isdigit():
+        raise ValueError("[ha] admin: expected HOST:PORT")
+    plan = _plan(ha, daemon)
     return AgentConfig(
-        cluster, node, list(endpoints), daemon, policy, failover, Path(source) if source else None, _plan(ha, daemon)
+        cluster, node, list(endpoints), daemon, policy, failover, Path(source) if source else None, plan, admin
     )
 
 

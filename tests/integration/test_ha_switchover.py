@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -51,7 +53,7 @@ def pair(tmp_path: Path, etcd: EtcdCluster, secret: Path) -> tuple[HaNode, HaNod
     a.receiver.start()
     b.receiver.start()
     a.write_config(etcd.endpoints, {"b": b.receiver.address}, TTL, shipper={"seal": "immediate"})
-    b.write_config(etcd.endpoints, {"a": a.receiver.address}, TTL, shipper={"seal": "immediate"})
+    b.write_config(etcd.endpoints, {"a": a.receiver.address}, TTL, shipper={"seal": "immediate"}, admin="127.0.0.1:0")
     return a, b, src
 
 
@@ -84,6 +86,16 @@ def test_switchover_there_and_back_zero_loss(tmp_path: Path, etcd: EtcdCluster, 
         for i in range(5, 8):
             write_segment(b_replica / segment_name(i), rnd.randbytes(rnd.randint(20_000, 150_000)))
         wait_until(lambda: names(a.copy() / "log") == names(b_replica), 60, what="a holds b's log")
+
+        # b's agent serves its HA side: role, leader, epoch, eligibility, as JSON and as metrics.
+        port = re.search(r"ha admin endpoint on http://127.0.0.1:(\d+)/status", b.log_text())
+        assert port is not None
+        with urllib.request.urlopen(f"http://127.0.0.1:{port.group(1)}/status", timeout=5) as r:
+            mine = json.loads(r.read())
+        assert mine["role"] == "primary" and mine["leader"] == "b" and mine["epoch"] == 2, mine
+        with urllib.request.urlopen(f"http://127.0.0.1:{port.group(1)}/metrics", timeout=5) as r:
+            prom = r.read().decode()
+        assert 'logship_ha_primary{stream="sg1",node="b"} 1' in prom and 'leader="b"} 1' in prom, prom
 
         status = ha(b, "status", "--json")
         doc = json.loads(status.stdout)

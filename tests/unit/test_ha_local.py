@@ -120,7 +120,12 @@ def test_config_maps_node_names_in_the_policy_and_writes_a_shipper_config(tmp_pa
 
 @pytest.mark.parametrize(
     ("extra", "error"),
-    [('failover = "sometimes"\n', "failover"), ('sync = "MOST"\n', "sync"), ("ttl = 1\n", "ttl")],
+    [
+        ('failover = "sometimes"\n', "failover"),
+        ('admin = "nowhere"\n', "admin"),
+        ('sync = "MOST"\n', "sync"),
+        ("ttl = 1\n", "ttl"),
+    ],
 )
 def test_config_errors_name_the_key(extra: str, error: str) -> None:
     doc = node_toml()
