@@ -252,7 +252,8 @@ def test_three_nodes_the_other_standby_rewinds_and_follows(tmp_path: Path, etcd:
         log = other.copy() / "log"
         want = {segment_name(1): data[1], segment_name(4): new4, segment_name(5): new5}
         wait_until(lambda: all(readable(log / k) == v for k, v in want.items()), 60, what="the other converges")
-        assert not other.primary() and other.roles().endswith(f"follow {winner.name}\n")
+        wait_until(lambda: other.roles().endswith(f"follow {winner.name}\n"), 15, what="the other follows")
+        assert not other.primary()
     finally:
         for n in nodes:
             n.stop()
