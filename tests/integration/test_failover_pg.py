@@ -144,7 +144,14 @@ def test_postgresql_fails_over_automatically(root: Path, etcd: EtcdCluster) -> N
         if os.geteuid() == 0:
             subprocess.run(["chown", "-R", "postgres:postgres", str(standby.data)], check=True)
         standby.data.chmod(0o700)
-        standby.start()
+        # Unwaited: on a loaded machine reaching consistency (WAL through the receiver) can exceed pg_ctl's -t.
+        subprocess.run(
+            as_pg_user([standby.bin("pg_ctl"), "-D", str(standby.data), "-l", str(standby.log), "-W", "start"]),
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
+        wait_until(lambda: standby.try_psql("SELECT 1") == "1", 180, interval=0.5, what="b's standby consistent")
 
         primary.psql("CREATE TABLE shipped (id int PRIMARY KEY)")
         for row in range(1, 201):

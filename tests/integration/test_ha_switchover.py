@@ -97,9 +97,12 @@ def test_switchover_there_and_back_zero_loss(tmp_path: Path, etcd: EtcdCluster, 
             prom = r.read().decode()
         assert 'logship_ha_primary{stream="sg1",node="b"} 1' in prom and 'leader="b"} 1' in prom, prom
 
-        status = ha(b, "status", "--json")
-        doc = json.loads(status.stdout)
-        assert doc["leader"] == "b" and doc["epoch"] == 2 and doc["members"]["a"]["ineligible"] is None, doc
+        def status() -> dict[str, object]:
+            return json.loads(ha(b, "status", "--json").stdout)
+
+        # a becomes eligible once b's agent has published the sync set of epoch 2 (within a round or two).
+        doc = wait_until(lambda: (d := status())["members"]["a"]["ineligible"] is None and d, 15, what="a eligible")
+        assert doc["leader"] == "b" and doc["epoch"] == 2 and doc["sync"] == ["a"], doc
 
         done = ha(a, "switchover", "--to", "a")
         assert done.returncode == 0, done.stdout + done.stderr
