@@ -93,6 +93,9 @@ def test_postgresql_fails_over_automatically(root: Path, etcd: EtcdCluster) -> N
         receiver_extra=["--umask", "022"],
         hooks={"on_promote": f"{promote} && touch {root}/b/primary && echo promote >> {root}/b/roles"},
     )
+    # The standby's restore_command (postgres) reads b's replica: b's dir must be enterable whatever
+    # umask this process was left with (an in-process main() may have set the daemons' private 077).
+    b.root.chmod(0o755)
     old_shipper: subprocess.Popen[bytes] | None = None
     try:
         a.receiver.start()
