@@ -33,6 +33,7 @@ operator commands:
   wait ...           until a segment's bytes are durable at the targets a sync policy requires (shipper)
   loadgen ...        write a test log to ship (segments appended at a rate)
   ha --config F      run a node's HA agent: leader lease in etcd, promote/demote hooks (docs/failover.md)
+  ha status|switchover --to N|failover --to N --force   the HA cluster's view; move the primary
 
   shipper CMD ...    any shipper command, explicitly
   receiver CMD ...   any receiver command, explicitly

@@ -9,15 +9,23 @@ import signal
 import sys
 import tomllib
 
-from logship.ha.agent import Agent, AgentConfig, load
+from logship.ha.admin import serve
+from logship.ha.agent import Agent
+from logship.ha.commands import COMMANDS
+from logship.ha.commands import main as commands_main
+from logship.ha.config import AgentConfig, load
 from logship.ha.etcd import EtcdClient
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in COMMANDS:
+        return commands_main(argv)
     parser = argparse.ArgumentParser(
         prog="logship ha",
         description="Run the HA agent: hold the stream's leader lease in etcd, promote, demote and follow"
-        " by decide(); runs on_promote / on_demote / on_follow {primary} hooks from the [ha] table.",
+        " by decide(); runs on_promote / on_demote / on_follow {primary} hooks from the [ha] table. Operator"
+        " commands: logship ha status | switchover --to NODE | failover --to NODE --force (--config FILE).",
         allow_abbrev=False,
     )
     parser.add_argument("--config", required=True, help="TOML file with an [ha] table")
@@ -39,7 +47,13 @@ async def _run(config: AgentConfig) -> int:
         loop.add_signal_handler(sig, stop.set)
     async with EtcdClient(config.endpoints, timeout=max(config.policy.ttl / 4, 0.5)) as client:
         logging.getLogger("logship.ha").info("agent %s for %s started", config.node, config.daemon.stream)
-        await Agent(config, client).run(stop)
+        agent = Agent(config, client)
+        runner = await serve(agent, config.admin) if config.admin else None
+        try:
+            await agent.run(stop)
+        finally:
+            if runner is not None:
+                await runner.cleanup()
     return 0
 
 

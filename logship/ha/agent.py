@@ -1,7 +1,14 @@
-"""The HA agent of one node for one stream: read etcd, ``decide``, carry the action out.
+"""The HA agent of one node for one stream: read the node and etcd, ``decide``, carry the action out.
 
 Run as ``python -m logship.ha --config node.toml``. The loop is a ``step(now)`` that tests can call;
-``run()`` repeats it every TTL / 6 seconds.
+``run()`` repeats it every TTL / 6 seconds, and at once when the stream's keys change (a watch).
+
+Inputs from the node (logship/ha/local.py): the copy's position (manifest and partial), its state and
+epoch from the receiver's status, whether a shipper is attached to it (a primary that lost only etcd
+still ships: no takeover), and, on the primary, the source head and the sync set from its shipper.
+Actions (logship/ha/daemons.py, shipping.py): ``receiver fence``, ``receiver activate``, the shipper
+started from the activated replica with its history (or from the application's log at the first
+epoch), ``shipper wait`` before a switchover hands over, and the hooks.
 """
 
 from __future__ import annotations
@@ -10,27 +17,21 @@ import asyncio
 import json
 import logging
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from logship.ha import daemons
-from logship.ha.decide import Action, Dial, Kind, Mark, Member, Policy, View, decide
-from logship.ha.election import Cluster, publish_member, read_cluster, take_over
+from logship.ha.config import AgentConfig
+from logship.ha.decide import Action, Kind, Mark, Member, View, decide
+from logship.ha.election import Cluster, publish_member, read_cluster, rebind_leader, take_over
 from logship.ha.etcd import EtcdClient, EtcdError
 from logship.ha.keys import StreamKeys
+from logship.ha.local import Local, read_local, shipper_rows, source_mark, sync_set
+from logship.ha.shipping import Shipping
 
 log = logging.getLogger("logship.ha")
 
-
-@dataclass(frozen=True, slots=True)
-class AgentConfig:
-    cluster: str
-    node: str
-    endpoints: list[str]
-    daemon: daemons.Node
-    policy: Policy = field(default_factory=Policy)
-    failover: str = "auto"
-    """``manual``: this node is never promoted automatically."""
+SWITCHOVER_WAIT = 30.0
+"""How long a switchover waits for the new primary to hold the last byte before it is called off."""
 
 
 class Agent:
@@ -42,14 +43,50 @@ class Agent:
         self.last_keepalive: float | None = None
         self.primary = False
         self.epoch = 0
-        """The epoch this node's copy is fenced at (or leads)."""
+        """The epoch this node leads, or was fenced at while it had no copy."""
         self.following: str | None = None
         self.cluster: Cluster | None = None
         self.last_action: Action | None = None
+        self.reseed_said = 0
+        self.local = Local(None, "Disconnected", None, False, 0.0)
+        self.shipping = Shipping(config.shipping) if config.shipping else None
+        self.source: Path | None = None
+        """What this node ships while primary: the application's log or the activated replica."""
+        self.pattern = str((config.shipping.extra if config.shipping else {}).get("pattern", "")) or None
 
-    def mark(self) -> Mark:
-        # Until the receiver publishes its position here (integration), every copy counts as level.
-        return Mark("", 0, 0, 0)
+    @property
+    def copy_dir(self) -> Path | None:
+        d = self.config.daemon.data_dir
+        return d / self.config.daemon.stream if d is not None else None
+
+    def has_copy(self) -> bool:
+        return self.copy_dir is not None and (self.copy_dir / "manifest").exists()
+
+    def may_ship_source(self) -> bool:
+        """The application's own log is the stream's newest history only at the first epoch, or while
+        the current epoch is the one this node took with it (nobody has taken over since)."""
+        cl = self.cluster
+        if self.config.source is None or self.has_copy() or cl is None:
+            return False
+        return cl.epoch == 0 or cl.epoch_leader == self.config.node
+
+    def mark(self) -> Mark | None:
+        if self.config.daemon.data_dir is None and self.config.source is None:
+            return Mark("", 0, 0, 0)  # hooks only: the application keeps its own log; every node is level
+        if self.primary and self.source is not None:
+            return self._source_mark(self.source)
+        if self.local.mark is not None:
+            return self.local.mark
+        if self.may_ship_source():
+            assert self.config.source is not None
+            return self._source_mark(self.config.source)
+        return None
+
+    def _source_mark(self, source: Path) -> Mark | None:
+        return source_mark(source, self.pattern) if self.pattern else source_mark(source)
+
+    def copy_epoch(self) -> int:
+        return self.local.epoch if self.local.epoch is not None and not self.primary else self.epoch
 
     async def _renew(self, now: float) -> None:
         ttl = int(self.config.policy.ttl)
@@ -59,7 +96,7 @@ class Agent:
         self.lease = await self.client.lease_grant(max(ttl, 2))
         self.last_keepalive = now
 
-    def view(self) -> View:
+    def view(self, now: float) -> View:
         cl = self.cluster
         members = dict(cl.members) if cl else {}
         return View(
@@ -72,31 +109,47 @@ class Agent:
             head=cl.head if cl else None,
             sync=cl.sync if cl else frozenset(),
             following=self.following,
+            last_ack=now if self.local.acknowledging else None,
             switchover_to=cl.switchover_to if cl else None,
             force_to=cl.force_to if cl else None,
             policy=self.config.policy,
         )
 
+    async def _publish(self) -> None:
+        state = "Primary" if self.primary else self.local.state
+        me = Member(self.config.node, self.copy_epoch(), self.mark(), state, self.config.failover)
+        await publish_member(self.client, self.keys, me, "primary" if self.primary else "standby", self.lease)
+        if not self.primary:
+            return
+        head = self.mark()
+        if head is not None:
+            doc = {"head": [head.segment, head.offset, head.index, head.total], "epoch": self.epoch}
+            # Not leased: the last published head must outlive its leader, the dial measures against it.
+            await self.client.put(self.keys.status, json.dumps(doc))
+        plan = self.config.shipping
+        rows = await shipper_rows(plan.state_dir, plan.stream) if plan else None
+        if plan is not None and rows is not None:
+            nodes = sorted(sync_set(plan.sync, plan.peers, rows))
+            await self.client.put(self.keys.sync, json.dumps({"nodes": nodes, "epoch": self.epoch}))
+
     async def step(self, now: float | None = None) -> Action:
-        """One round: renew, publish, read, decide, act. etcd errors leave the last view in place."""
+        """One round: read the node, renew, publish, read etcd, decide, act. etcd errors keep the last view."""
+        self.local = await read_local(self.config.daemon.data_dir, self.config.daemon.stream)
         now = time.monotonic() if now is None else now
         try:
             await self._renew(now)
-            me = Member(self.config.node, self.epoch, self.mark(), failover=self.config.failover)
-            await publish_member(self.client, self.keys, me, "primary" if self.primary else "standby", self.lease)
-            if self.primary:
-                head = self.mark()
-                doc = {"head": [head.segment, head.offset, head.index, head.total], "epoch": self.epoch}
-                # Not leased: the last published head must outlive its leader, the dial measures against it.
-                await self.client.put(self.keys.status, json.dumps(doc))
+            await self._publish()
             self.cluster = await read_cluster(self.client, self.keys)
-            if self.cluster.epoch and self.epoch == 0 and not self.cluster.members.get(self.config.node):
-                self.epoch = self.cluster.epoch
+            cl = self.cluster
+            if cl.leader == self.config.node and cl.leader_kv is not None and cl.leader_kv.lease != self.lease:
+                # Our key from before a restart, on a lease that dies with the old process: rebind it.
+                if await rebind_leader(self.client, self.keys, self.config.node, self.lease, cl.leader_kv):
+                    self.cluster = await read_cluster(self.client, self.keys)
         except EtcdError as e:
             log.warning("etcd: %s", e)
             if not self.primary:
                 return Action(Kind.HOLD, "etcd unreachable")
-        action = decide(self.view(), now)
+        action = decide(self.view(now), now)
         if action != self.last_action:
             log.info("%s: %s", action.kind.value, action.reason)
         self.last_action = action
@@ -105,20 +158,60 @@ class Agent:
 
     async def act(self, action: Action) -> None:
         node = self.config.daemon
-        if action.kind is Kind.DEMOTE or action.kind is Kind.HANDOVER:
-            self.primary = False
-            await daemons.stop_shipping(node)
-            await daemons.hook(node.on_demote)
-            if action.kind is Kind.HANDOVER:
-                await self._release()
+        if action.kind is Kind.DEMOTE:
+            await self._demote()
+        elif action.kind is Kind.HANDOVER:
+            await self._handover(action)
         elif action.kind is Kind.FENCE:
-            if await daemons.fence(node, action.epoch):
+            if self.local.state == "Activated":
+                # The copy was this node's primary log: fencing it is demoting it, which is a reseed.
+                if self.reseed_said != action.epoch:
+                    self.reseed_said = action.epoch
+                    log.error("the copy here is activated (primary of an older epoch): reseed it to rejoin")
+            elif await daemons.fence(node, action.epoch):
                 self.epoch = action.epoch
         elif action.kind is Kind.FOLLOW and action.node is not None:
             if await daemons.hook(node.on_follow, primary=action.node):
                 self.following = action.node
         elif action.kind is Kind.ACQUIRE:
             await self._acquire(action)
+
+    async def _demote(self) -> None:
+        was = self.primary
+        self.primary = False
+        self.source = None
+        if self.shipping is not None:
+            await self.shipping.stop()
+        if was:
+            log.warning("demoted at epoch %d", self.epoch)
+        await daemons.hook(self.config.daemon.on_demote)
+
+    async def _handover(self, action: Action) -> None:
+        """Planned switchover: stop the application's writes, wait until the target holds the last byte,
+        then give the leader key up. A forced failover (loss accepted) does not wait."""
+        node, target = self.config.daemon, action.node
+        await daemons.hook(node.on_demote)
+        cl, plan = self.cluster, self.config.shipping
+        head = self.mark()
+        forced = cl is not None and cl.force_to == target and cl.switchover_to is None
+        if not forced and plan is not None and target in plan.peers and head is not None and head.segment:
+            address = plan.peers[target]
+            if not await daemons.wait_sealed(node, head.segment, address, SWITCHOVER_WAIT):
+                # With seal = "next" the last segment seals only once the next appears: seal_idle does it
+                # once the application stopped writing.
+                log.error("switchover to %s called off: it does not hold %s sealed (seal_idle?)", target, head.segment)
+                await self._cancel_switchover()
+                await daemons.hook(node.on_promote)
+                return
+        await self._demote()
+        await self._release()
+        log.warning("handed over to %s (%s)", target, action.reason)
+
+    async def _cancel_switchover(self) -> None:
+        try:
+            await self.client.delete(self.keys.switchover)
+        except EtcdError as e:
+            log.warning("etcd: %s", e)
 
     async def _release(self) -> None:
         try:
@@ -133,7 +226,7 @@ class Agent:
             return
         if cl.leader != self.config.node:
             m = self.mark()
-            fork = {"node": self.config.node, "segment": m.segment, "offset": m.offset}
+            fork = {"node": self.config.node, "segment": m.segment if m else "", "offset": m.offset if m else 0}
             try:
                 new = await take_over(self.client, self.keys, self.config.node, self.lease, cl.epoch_kv, fork)
             except EtcdError as e:
@@ -145,58 +238,75 @@ class Agent:
             self.epoch = new
         else:
             self.epoch = cl.epoch
-        log.warning("promoted at epoch %d", self.epoch)
-        await daemons.activate(self.config.daemon, self.epoch)
+        log.warning("took the leader key at epoch %d", self.epoch)
+        if not await self._start_shipping(cl):
+            return  # the key stays ours: decide() asks to finish the promotion at the next round
         self.primary = True
         self.following = None
         await daemons.hook(self.config.daemon.on_promote)
+        log.warning("promoted at epoch %d", self.epoch)
+
+    async def _start_shipping(self, cl: Cluster) -> bool:
+        """Make this node's log the stream's: activate the copy at the epoch, or ship the application's log."""
+        node = self.config.daemon
+        history: Path | None = None
+        if self.has_copy():
+            report = await daemons.activate(node, self.epoch)
+            if report is None:
+                return False
+            assert self.copy_dir is not None
+            source = self.copy_dir / "replica"
+            hf = report.get("history_file")
+            history = Path(hf) if isinstance(hf, str) else None
+        elif self.config.source is not None and (cl.epoch == 0 or cl.epoch_leader == self.config.node):
+            source = self.config.source
+        elif self.config.source is None and node.data_dir is None:
+            source = None  # hooks only: the application ships (or not) by itself
+        else:
+            log.error("no copy of %s to activate and no source to ship: cannot lead", node.stream)
+            return False
+        if source is not None and self.shipping is not None:
+            await self.shipping.start(source, self.epoch, history)
+        self.source = source
+        return True
 
     async def run(self, stop: asyncio.Event) -> None:
         interval = max(self.config.policy.ttl / 6, 0.1)
-        while not stop.is_set():
-            await self.step()
-            try:
-                await asyncio.wait_for(stop.wait(), interval)
-            except TimeoutError:
-                pass
+        # A node starts as a standby whatever it was before a crash: a shipper an earlier agent left is
+        # stopped and the application's writes too, until etcd says this node leads.
+        await self._demote()
+        wake = asyncio.Event()
+        watches = [
+            # epoch, failover, history/* and leader sort together: one range; switchover on its own.
+            asyncio.create_task(self._watch(self.keys.epoch, (self.keys.leader + "\0").encode(), wake, interval)),
+            asyncio.create_task(self._watch(self.keys.switchover, None, wake, interval)),
+        ]
+        try:
+            while not stop.is_set():
+                wake.clear()
+                await self.step()
+                # The next round at the interval, or as soon as a leadership key changes (a leader key
+                # that expired, a new epoch, an operator's request): no waiting for the poll.
+                waiters = [asyncio.create_task(stop.wait()), asyncio.create_task(wake.wait())]
+                await asyncio.wait(waiters, timeout=interval, return_when=asyncio.FIRST_COMPLETED)
+                for w in waiters:
+                    w.cancel()
+        finally:
+            for w in watches:
+                w.cancel()
+            await asyncio.gather(*watches, return_exceptions=True)
         if self.primary:
             await self.act(Action(Kind.DEMOTE, "agent stopping"))
         await self._release()
 
-
-def load(doc: dict[str, object]) -> AgentConfig:
-    """The agent's settings from the ``[ha]`` table. Raises ValueError naming the bad key."""
-    ha = doc.get("ha")
-    if not isinstance(ha, dict):
-        raise ValueError("missing [ha] table")
-
-    def s(key: str, default: str | None = None) -> str | None:
-        v = ha.get(key, default)
-        if v is not None and not isinstance(v, str):
-            raise ValueError(f"[ha] {key}: expected a string")
-        return v
-
-    endpoints = ha.get("etcd")
-    if not (isinstance(endpoints, list) and endpoints and all(isinstance(e, str) for e in endpoints)):
-        raise ValueError("[ha] etcd: expected a list of endpoint URLs")
-    cluster, node, stream = s("cluster"), s("node"), s("stream")
-    if not (cluster and node and stream):
-        raise ValueError("[ha] cluster, node and stream are required")
-    ttl = ha.get("ttl", 3)
-    if not isinstance(ttl, int | float) or ttl < 2:
-        raise ValueError("[ha] ttl: expected a number of seconds >= 2")
-    data_dir, state_dir = s("data_dir"), s("shipper_state_dir")
-
-    daemon = daemons.Node(
-        stream,
-        Path(data_dir) if data_dir else None,
-        Path(state_dir) if state_dir else None,
-        s("on_promote"),
-        s("on_demote"),
-        s("on_follow"),
-    )
-    policy = Policy(ttl=float(ttl), margin=float(ttl) / 3, dial=Dial(s("dial", "lossless")))
-    failover = s("failover", "auto")
-    if failover not in ("auto", "manual"):
-        raise ValueError("[ha] failover: expected auto or manual")
-    return AgentConfig(cluster, node, list(endpoints), daemon, policy, failover)
+    async def _watch(self, key: str, range_end: bytes | None, wake: asyncio.Event, pause: float) -> None:
+        """Set ``wake`` at every change of the keys; resumed after a break from the last revision seen."""
+        revision = 0
+        while True:
+            try:
+                async for rev, _events in self.client.watch(key, revision + 1 if revision else 0, range_end=range_end):
+                    revision = max(revision, rev)
+                    wake.set()
+            except EtcdError as e:
+                log.debug("watch %s: %s", key, e)
+            await asyncio.sleep(pause)  # bounded retry rate while etcd is away

@@ -1,13 +1,15 @@
 """The one place the HA agent drives the node's receiver and shipper, and runs the hooks.
 
-``fence --epoch``, ``activate --epoch`` (issue 14) and ``shipper wait`` (issue 15) are called as the
-commands those issues document; where a command is not there yet the call fails with its one-line
-error, which the agent logs and retries. Integration with those branches happens here only.
+``receiver fence --epoch``, ``receiver activate --epoch --json`` (issue 14) and ``shipper wait`` (issue
+15) are called as the documented commands, so the agent needs no access to the daemons' internals; a
+failed call is logged with its last line and retried at the next round. The shipper process itself is
+logship/ha/shipping.py; what the agent reads from the daemons is logship/ha/local.py.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import sys
 from dataclasses import dataclass
@@ -16,6 +18,8 @@ from pathlib import Path
 log = logging.getLogger("logship.ha")
 
 COMMAND_TIMEOUT = 60.0
+ACTIVATE_TIMEOUT = 3600.0
+"""Activation replays everything verified first: a long replay queue takes its time."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,55 +74,42 @@ def _receiver(node: Node, *args: str) -> list[str] | None:
 
 
 async def fence(node: Node, epoch: int) -> bool:
-    argv = _receiver(node, "fence", "--epoch", str(epoch))
-    return await _checked(argv, "fence")
+    """``receiver fence --epoch``; a node with no copy of the stream yet has nothing to fence."""
+    if node.data_dir is None or not (node.data_dir / node.stream / "state.json").exists():
+        return True
+    return await _checked(_receiver(node, "fence", "--epoch", str(epoch)), "fence")
 
 
-async def activate(node: Node, epoch: int) -> bool:
-    argv = _receiver(node, "activate", "--epoch", str(epoch), "--json")
-    return await _checked(argv, "activate")
+async def activate(node: Node, epoch: int) -> dict[str, object] | None:
+    """``receiver activate --epoch N --json``: the report (fork, history_file), or None if refused."""
+    argv = _receiver(node, "activate", "--epoch", str(epoch), "--json", "--yes")
+    if argv is None:
+        return None
+    code, out = await run(argv, ACTIVATE_TIMEOUT)
+    try:
+        report = json.loads(out[out.index("{") :]) if "{" in out else None
+    except ValueError:
+        report = None
+    if code != 0 or not isinstance(report, dict):
+        log.error("activate failed (exit %d): %s", code, out.strip().splitlines()[-1:] or "")
+        return None
+    return report
 
 
-async def wait_durable(node: Node, segment: str, offset: int, target: str, timeout: float) -> bool:
-    """``shipper wait`` until ``target`` holds [0, offset) of ``segment`` durably (switchover)."""
+async def wait_sealed(node: Node, segment: str, target: str, timeout: float) -> bool:
+    """``shipper wait --sealed`` until ``target`` (HOST:PORT) holds ``segment`` sealed (switchover).
+
+    Sealed, not only its bytes: activation takes the sealed segments into the new epoch and leaves an
+    unsealed tail beside the replica, so only a sealed last segment makes a switchover lossless.
+    """
     if node.shipper_state_dir is None:
         return True
     argv = [
-        sys.executable,
-        "-m",
-        "shipper",
-        "wait",
-        "--state-dir",
-        str(node.shipper_state_dir),
-        "--stream",
-        node.stream,
-        "--segment",
-        segment,
-        "--offset",
-        str(offset),
-        "--require",
-        f"ALL ({target})",
-        "--timeout",
-        str(timeout),
+        *(sys.executable, "-m", "shipper", "wait", "--state-dir", str(node.shipper_state_dir)),
+        *("--stream", node.stream, "--segment", segment, "--sealed"),
+        *("--require", f"ANY 1 ({target})", "--timeout", f"{timeout:g}"),
     ]
-    return await _checked(argv, "wait", timeout + 5)
-
-
-async def stop_shipping(node: Node) -> bool:
-    """Suspend the stream in the node's shipper (the demoted primary writes nothing more)."""
-    if node.shipper_state_dir is None:
-        return True
-    argv = [
-        sys.executable,
-        "-m",
-        "shipper",
-        "suspend",
-        "--state-dir",
-        str(node.shipper_state_dir),
-        "--stream",
-        node.stream,
-    ]
-    return await _checked(argv, "suspend")
+    return await _checked(argv, "wait", timeout + 20)
 
 
 async def _checked(argv: list[str] | None, what: str, timeout: float = COMMAND_TIMEOUT) -> bool:

@@ -11,7 +11,7 @@ import json
 from dataclasses import dataclass
 
 from logship.ha.decide import Mark, Member
-from logship.ha.etcd import Compare, EtcdClient, KeyValue, put_op
+from logship.ha.etcd import Compare, EtcdClient, KeyValue, delete_op, put_op
 from logship.ha.keys import StreamKeys
 
 MAX_RECORD = 4096
@@ -31,6 +31,9 @@ class Cluster:
     switchover_to: str | None
     force_to: str | None
     revision: int
+    leader_kv: KeyValue | None = None
+    epoch_leader: str | None = None
+    """The node ``history/<epoch>`` names: who took the current epoch."""
 
 
 async def take_over(
@@ -50,9 +53,24 @@ async def take_over(
             put_op(keys.epoch, str(new)),
             put_op(keys.leader, me, lease),
             put_op(keys.history(new), json.dumps(fork, sort_keys=True)),
+            # A switchover or forced failover is done once someone takes the epoch: it must not
+            # move the leadership again later.
+            delete_op(keys.switchover),
+            delete_op(keys.failover),
         ],
     )
     return new if result.succeeded else None
+
+
+async def rebind_leader(client: EtcdClient, keys: StreamKeys, me: str, lease: int, leader_kv: KeyValue) -> bool:
+    """Bind the leader key that names us to our current lease (an agent restarted within the TTL).
+
+    Only if the key is unchanged since it was read: otherwise it expired or someone else took it.
+    """
+    result = await client.txn(
+        [Compare(keys.leader, "MOD", "EQUAL", leader_kv.mod_revision)], [put_op(keys.leader, me, lease)]
+    )
+    return result.succeeded
 
 
 async def publish_member(client: EtcdClient, keys: StreamKeys, member: Member, role: str, lease: int) -> None:
@@ -126,6 +144,8 @@ async def read_cluster(client: EtcdClient, keys: StreamKeys) -> Cluster:
         kv = by_key.get(key)
         return kv.value.decode(errors="replace") if kv is not None and kv.value else None
 
+    hist = by_key.get(keys.history(epoch))
+    taker = (_record(hist) or {}).get("node") if hist is not None else None
     return Cluster(
         epoch,
         epoch_kv,
@@ -136,4 +156,6 @@ async def read_cluster(client: EtcdClient, keys: StreamKeys) -> Cluster:
         name_of(keys.switchover),
         name_of(keys.failover),
         revision,
+        by_key.get(keys.leader),
+        taker if isinstance(taker, str) else None,
     )

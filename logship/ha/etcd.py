@@ -283,14 +283,18 @@ class EtcdClient:
                 raise
 
     async def watch(
-        self, key: str | bytes, start_revision: int = 0, prefix: bool = False
+        self, key: str | bytes, start_revision: int = 0, prefix: bool = False, range_end: bytes | None = None
     ) -> AsyncIterator[tuple[int, list[WatchEvent]]]:
         """Yield (revision, events) from ``start_revision`` on, for as long as one endpoint streams.
+
+        ``range_end`` watches every key in [key, range_end) instead (etcd's half-open range).
 
         The caller resumes after a break with ``start_revision = last revision + 1``: nothing is
         missed while the history is not compacted. Raises EtcdUnavailable when no endpoint streams.
         """
         create: dict[str, Any] = range_op(key, prefix)["request_range"]
+        if range_end is not None:
+            create["range_end"] = _b64(range_end)
         if start_revision:
             create["start_revision"] = str(start_revision)
         last = "no endpoint tried"

@@ -23,6 +23,7 @@ BENCHES = {
     "memory": "4. peak RSS of shipper and receiver while catching up a 4 GiB backlog",
     "scale": "5. 1000 streams on one shipper/receiver pair: convergence, idle CPU, a busy stream's latency",
     "wait": "6. wait: 4 KiB appends at 1000/s each awaited (Python call, CLI) beside append -> ACK",
+    "failover": "7. failover on etcd (TTL 3 s): kill -9 of the primary -> standby promoted (RTO), loss, switchover",
 }
 
 

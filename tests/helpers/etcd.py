@@ -8,6 +8,8 @@ where a member still loses its port is retried with new ports, a bounded number 
 
 from __future__ import annotations
 
+import base64
+import json
 import random
 import shutil
 import socket
@@ -148,6 +150,22 @@ class EtcdCluster:
         if any(not m.alive() for m in self.members):
             return True
         return all(m.healthy() for m in self.members)
+
+    def get(self, key: str) -> str | None:
+        """The value of ``key`` read from the first member that answers (etcd's JSON gateway), or None."""
+        body = json.dumps({"key": base64.b64encode(key.encode()).decode()}).encode()
+        for m in self.members:
+            if not m.alive():
+                continue
+            req = urllib.request.Request(m.endpoint + "/v3/kv/range", body, {"Content-Type": "application/json"})
+            try:
+                with urllib.request.urlopen(req, timeout=2) as r:
+                    doc = json.loads(r.read())
+            except (OSError, ValueError):
+                continue
+            kvs = doc.get("kvs") or []
+            return base64.b64decode(kvs[0].get("value", "")).decode() if kvs else None
+        raise AssertionError("no etcd member answered")
 
     def kill(self, i: int) -> None:
         """kill -9 member ``i`` by its pid."""

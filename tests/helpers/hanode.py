@@ -1,0 +1,154 @@
+"""One HA node for the failover tests and bench: a real receiver, a ``logship ha`` agent that runs the
+node's shipper when it leads, and the hooks recording what happened in files the test reads.
+
+Every process is started here and ended by pid: the receiver and agent through their Popen objects,
+the shipper the agent started through the pid its control socket reports.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from logship.admin import control
+from tests.helpers.procs import ReceiverProc, receiver_proc, stop_popen
+from tests.helpers.source import ROOT
+
+
+class HaNode:
+    def __init__(
+        self,
+        root: Path,
+        name: str,
+        secret: Path,
+        source: Path | None = None,
+        receiver_extra: Sequence[str] = (),
+        hooks: Mapping[str, str] | None = None,
+    ) -> None:
+        self.root = root / name
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.name = name
+        self.secret = secret
+        self.source = source
+        self.receiver: ReceiverProc = receiver_proc(self.root, secret, name="recv", extra=list(receiver_extra))
+        self.agent: subprocess.Popen[bytes] | None = None
+        self.hooks = dict(hooks or {})
+
+    @property
+    def data_dir(self) -> Path:
+        return self.root / "recv"
+
+    @property
+    def ship_dir(self) -> Path:
+        return self.root / "ship"
+
+    @property
+    def agent_log(self) -> Path:
+        return self.root / "agent.log"
+
+    def copy(self, stream: str = "sg1") -> Path:
+        return self.data_dir / stream
+
+    def write_config(
+        self,
+        endpoints: Sequence[str],
+        peers: Mapping[str, str],
+        ttl: float = 3,
+        dial: str = "lossless",
+        shipper: Mapping[str, str] | None = None,
+        cluster: str = "c1",
+        **more: str,
+    ) -> Path:
+        d = self.root
+        eps = ", ".join(json.dumps(e) for e in endpoints)
+        hooks = {
+            "on_promote": f"touch {d}/primary; echo promote >> {d}/roles",
+            "on_demote": f"rm -f {d}/primary; echo demote >> {d}/roles",
+            "on_follow": f"echo follow {{primary}} >> {d}/roles",
+            **self.hooks,
+        }
+        lines = [
+            "[ha]",
+            f'cluster = "{cluster}"',
+            f'node = "{self.name}"',
+            'stream = "sg1"',
+            f"etcd = [{eps}]",
+            f"ttl = {ttl}",
+            f'dial = "{dial}"',
+            f"data_dir = {json.dumps(str(self.data_dir))}",
+            f"shipper_state_dir = {json.dumps(str(self.ship_dir))}",
+            f"secret_file = {json.dumps(str(self.secret))}",
+            *(f"{k} = {json.dumps(v)}" for k, v in {**hooks, **more}.items()),
+        ]
+        if self.source is not None:
+            lines.append(f"source = {json.dumps(str(self.source))}")
+        lines += ["", "[ha.peers]", *(f"{n} = {json.dumps(a)}" for n, a in peers.items())]
+        if shipper:
+            lines += ["", "[ha.shipper]", *(f"{k} = {json.dumps(v)}" for k, v in shipper.items())]
+        path = d / "node.toml"
+        path.write_text("\n".join(lines) + "\n")
+        return path
+
+    def start_agent(self, python: Sequence[str] = (sys.executable,), user: str | None = None) -> None:
+        """Start the agent; ``user`` runs it (and so the shipper it starts) as that user, by name."""
+        assert self.agent is None or self.agent.poll() is not None
+        ids = pwd.getpwnam(user) if user else None
+        with open(self.agent_log, "ab") as log:
+            self.agent = subprocess.Popen(
+                [*python, "-m", "logship.ha", "--config", str(self.root / "node.toml")],
+                stdout=log,
+                stderr=log,
+                cwd="/" if ids else ROOT,  # another user may not enter this checkout's parents
+                user=ids.pw_uid if ids else None,
+                group=ids.pw_gid if ids else None,
+                extra_groups=[] if ids else None,
+            )
+
+    def kill_agent(self) -> None:
+        assert self.agent is not None
+        self.agent.kill()
+        self.agent.wait(10)
+
+    def shipper_pid(self) -> int | None:
+        try:
+            reply = control.call(self.ship_dir / "control.sock", {"op": "status"}, 2)
+        except (control.ControlUnavailable, control.ControlError, OSError, ValueError):
+            return None
+        pid = reply.get("pid")
+        return pid if isinstance(pid, int) else None
+
+    def kill_shipper(self) -> bool:
+        """kill -9 the shipper the agent started (by the pid it reports); False when none runs."""
+        pid = self.shipper_pid()
+        if pid is None:
+            return False
+        os.kill(pid, signal.SIGKILL)
+        for _ in range(100):  # bounded: the control socket stops answering once it is gone
+            if self.shipper_pid() is None:
+                break
+            time.sleep(0.05)
+        return True
+
+    def primary(self) -> bool:
+        return (self.root / "primary").exists()
+
+    def roles(self) -> str:
+        p = self.root / "roles"
+        return p.read_text() if p.exists() else ""
+
+    def log_text(self) -> str:
+        return self.agent_log.read_text(errors="replace") if self.agent_log.exists() else ""
+
+    def stop(self) -> None:
+        """Everything of this node, by pid: the agent (which stops its shipper), a shipper left, the receiver."""
+        if self.agent is not None:
+            stop_popen(self.agent)
+        self.kill_shipper()
+        self.receiver.stop(timeout=5)
