@@ -146,6 +146,11 @@ class StreamCopy:
         )
         if self.seed is not None:
             row["seed"] = self.seed.row()
+        if running and not self.store.root.exists():
+            # The stream's directory was deleted under a running receiver (the data dir is still
+            # there, so the receiver goes on): say so, instead of a Disconnected row with no reason.
+            row["state"] = "Failed"
+            row["failure"] = f"copy directory {self.store.root} is gone (deleted under the receiver); restart it"
         row.update(retention_fields(self.installed, self.base))
         if not running:
             return row
