@@ -2,7 +2,7 @@
 oldest segments shows "needs reseed", is reseeded from a base image made by the shipper's seed_command,
 survives kill -9 of the receiver and of the shipper during the transfer (each resumes the same image),
 gets the image byte-identical, and copying continues at the segment after the image until the replica
-converges. LOGSHIP_HEAVY=1 sends a 200 MiB image; by default a smaller one keeps CI fast.
+converges. The image is 200 MiB, as the issue asks (about 15 s for the whole file here).
 """
 
 from __future__ import annotations
@@ -23,8 +23,7 @@ from tests.helpers.procs import Proc, ReceiverProc, ShipperProc, receiver_proc
 from tests.helpers.source import ROOT, segment_name
 from tests.helpers.waiting import wait_until
 
-HEAVY = bool(os.environ.get("LOGSHIP_HEAVY"))
-IMAGE_MIB = 200 if HEAVY else 24
+IMAGE_MIB = 200
 STREAM = "app1"
 SEGMENT = 64 * 1024
 
@@ -106,7 +105,7 @@ def test_standby_behind_the_source_is_reseeded_through_kill9_of_both_sides(
     procs.append(receiver)
     state_dir = tmp_path / "shipper-state"
     # Slow enough that each kill lands in the middle of the transfer, with a few seconds to spare.
-    rate = "64MiB" if HEAVY else "8MiB"
+    rate = "64MiB"
     ship = shipper(tmp_path, app, receiver, state_dir, ["--rate-limit", rate]).start()
     procs.append(ship)
 
