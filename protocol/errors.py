@@ -47,6 +47,9 @@ class ErrorCode(enum.StrEnum):
     """The receiver's disk is full (or below its ``min_free``): back off and try again later (transient)."""
     ANOTHER_SHIPPER = "another-shipper"
     """Another live shipper ships this stream to this receiver: back off while it does (transient)."""
+    REJOINING = "rejoining"
+    """The copy is a former primary's, of an older epoch than the shipper's: it has not rejoined as a
+    standby yet (its HA agent does that); reconnect later (transient)."""
 
 
 class ProtocolError(Exception):

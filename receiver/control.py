@@ -6,11 +6,12 @@ import logging
 import time
 from typing import Any
 
-from protocol.history import parse_position
+from protocol.history import Fork, parse_position
 from protocol.names import is_stream_name
 from receiver.activation import ActivationRefused, activate
 from receiver.copy import StreamCopy
 from receiver.fence import FenceRefused, fence
+from receiver.rejoin import RejoinRefused, rejoin_running
 from receiver.reseed import ReseedRefused, reseed_running
 from receiver.server import ReceiverServer
 
@@ -65,6 +66,15 @@ class Control:
                 delete, manual = bool(request.get("delete_existing")), bool(request.get("manual_resume"))
                 return {"ok": True, "report": await reseed_running(copy, delete, manual)}
             except ReseedRefused as e:
+                return {"ok": False, "error": str(e)}
+        if op == "rejoin":  # issue 16: a former primary becomes a standby of a newer epoch
+            epoch, fork = request.get("epoch"), request.get("fork")
+            try:
+                if type(epoch) is not int or epoch < 1:
+                    raise ValueError(f"bad epoch {epoch!r}")
+                parsed = Fork.from_json(fork) if fork is not None else None
+                return {"ok": True, "report": await rejoin_running(copy, epoch, parsed, bool(request.get("reseed")))}
+            except (ValueError, RejoinRefused, ReseedRefused) as e:
                 return {"ok": False, "error": str(e)}
         return {"ok": False, "error": f"unknown op {op!r}"}
 

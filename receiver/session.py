@@ -63,7 +63,15 @@ class Refuse:
     reason: str
 
 
-Admit = Attach | Fence | Refuse
+@dataclass(frozen=True, slots=True)
+class Rejoining:
+    """A newer primary's shipper at a former primary's copy (issue 16): ERROR ``rejoining``, and the
+    shipper retries until the copy rejoins that epoch as a standby (receiver/rejoin.py); not fenced."""
+
+    why: str
+
+
+Admit = Attach | Fence | Refuse | Rejoining
 
 
 class NotNow(ProtocolError):
@@ -79,8 +87,10 @@ def admit(claimed: int, epoch: int, failed: str | None, activated: bool, busy: b
     """Decide what a shipper of epoch ``claimed`` gets for a copy at ``epoch``; ``busy``: another connection has it."""
     if failed:
         return Refuse(failed)
+    if activated and claimed > epoch:
+        return Rejoining(f"led epoch {epoch} here and has not rejoined epoch {claimed} yet")
     if activated:
-        # The copy is a primary now: no shipper writes into it any more, whatever epoch it claims.
+        # The copy is a primary now: no shipper of its epoch or an older one writes into it any more.
         return Fence(f"activated at epoch {epoch} (fenced; epoch claimed {claimed})")
     if claimed < epoch:
         return Fence(f"epoch {claimed} is older than {epoch} (fenced)")
@@ -172,6 +182,8 @@ class Session:
                 decision = admit(claim.epoch, copy.epoch, copy.failed, copy.activated, copy.owner is not None)
                 if isinstance(decision, Refuse):
                     raise RemoteProtocolError(f"stream {copy.name} is Failed: {decision.reason}", code="failed")
+                if isinstance(decision, Rejoining):
+                    raise NotNow(f"stream {copy.name} {decision.why}", ErrorCode.REJOINING)
                 if isinstance(decision, Fence):
                     self._fence(copy, decision.why)
                     return attachments

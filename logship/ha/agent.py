@@ -22,11 +22,14 @@ from pathlib import Path
 from logship.ha import daemons
 from logship.ha.config import AgentConfig
 from logship.ha.decide import Action, Kind, Mark, Member, View, decide
-from logship.ha.election import Cluster, publish_member, read_cluster, rebind_leader, take_over
+from logship.ha.election import Cluster, publish_fork, publish_member, read_cluster, rebind_leader, take_over
 from logship.ha.etcd import EtcdClient, EtcdError
 from logship.ha.keys import StreamKeys
 from logship.ha.local import Local, read_local, shipper_rows, source_mark, sync_set
+from logship.ha.promote import start_primary
+from logship.ha.rejoin import Rejoiner
 from logship.ha.shipping import Shipping
+from protocol.history import Fork
 
 log = logging.getLogger("logship.ha")
 
@@ -47,7 +50,9 @@ class Agent:
         self.following: str | None = None
         self.cluster: Cluster | None = None
         self.last_action: Action | None = None
-        self.reseed_said = 0
+        self.rejoiner = Rejoiner(config.daemon, config.rejoin)
+        self.fork: Fork | None = None
+        """The fork this node's activation made, published in etcd until it is there."""
         self.local = Local(None, "Disconnected", None, False, 0.0)
         self.shipping = Shipping(config.shipping) if config.shipping else None
         self.source: Path | None = None
@@ -126,6 +131,9 @@ class Agent:
             doc = {"head": [head.segment, head.offset, head.index, head.total], "epoch": self.epoch}
             # Not leased: the last published head must outlive its leader, the dial measures against it.
             await self.client.put(self.keys.status, json.dumps(doc))
+        cl, fork = self.cluster, self.fork
+        if fork is not None and cl is not None and cl.epoch == fork.epoch and cl.forks.get(fork.epoch) != fork:
+            await publish_fork(self.client, self.keys, self.config.node, fork)
         plan = self.config.shipping
         rows = await shipper_rows(plan.state_dir, plan.stream) if plan else None
         if plan is not None and rows is not None:
@@ -164,10 +172,10 @@ class Agent:
             await self._handover(action)
         elif action.kind is Kind.FENCE:
             if self.local.state == "Activated":
-                # The copy was this node's primary log: fencing it is demoting it, which is a reseed.
-                if self.reseed_said != action.epoch:
-                    self.reseed_said = action.epoch
-                    log.error("the copy here is activated (primary of an older epoch): reseed it to rejoin")
+                # The copy was this node's primary log: it rejoins as a standby (logship/ha/rejoin.py).
+                forks = self.cluster.forks if self.cluster is not None else {}
+                if await self.rejoiner.rejoin(action.epoch, self.local.epoch or 0, forks):
+                    self.epoch = action.epoch
             elif await daemons.fence(node, action.epoch):
                 self.epoch = action.epoch
         elif action.kind is Kind.FOLLOW and action.node is not None:
@@ -180,6 +188,7 @@ class Agent:
         was = self.primary
         self.primary = False
         self.source = None
+        self.fork = None
         if self.shipping is not None:
             await self.shipping.stop()
         if was:
@@ -248,26 +257,11 @@ class Agent:
 
     async def _start_shipping(self, cl: Cluster) -> bool:
         """Make this node's log the stream's: activate the copy at the epoch, or ship the application's log."""
-        node = self.config.daemon
-        history: Path | None = None
-        if self.has_copy():
-            report = await daemons.activate(node, self.epoch)
-            if report is None:
-                return False
-            assert self.copy_dir is not None
-            source = self.copy_dir / "replica"
-            hf = report.get("history_file")
-            history = Path(hf) if isinstance(hf, str) else None
-        elif self.config.source is not None and (cl.epoch == 0 or cl.epoch_leader == self.config.node):
-            source = self.config.source
-        elif self.config.source is None and node.data_dir is None:
-            source = None  # hooks only: the application ships (or not) by itself
-        else:
-            log.error("no copy of %s to activate and no source to ship: cannot lead", node.stream)
+        may_source = cl.epoch == 0 or cl.epoch_leader == self.config.node
+        done = await start_primary(self.config, self.shipping, self.copy_dir, may_source, self.epoch)
+        if done is None:
             return False
-        if source is not None and self.shipping is not None:
-            await self.shipping.start(source, self.epoch, history)
-        self.source = source
+        self.source, self.fork = done.source, done.fork
         return True
 
     async def run(self, stop: asyncio.Event) -> None:

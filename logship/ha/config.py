@@ -7,6 +7,7 @@ from pathlib import Path
 
 from logship.ha import daemons
 from logship.ha.decide import Dial, Policy
+from logship.ha.rejoin import MODES
 from logship.ha.shipping import ShipperPlan
 from protocol.names import check_stream_name
 from shipper.policy import PolicyError, parse_policy
@@ -27,6 +28,9 @@ class AgentConfig:
     """How to ship when primary; None: the agent runs no shipper (hooks only)."""
     admin: str | None = None
     """HOST:PORT of the agent's read-only /status and /metrics (logship/ha/admin.py)."""
+    rejoin: str = "auto"
+    """How a copy this node led from rejoins a newer epoch: ``auto`` (keep what it led up to the new
+    epoch's fork, checked; else reseed), ``reseed`` or ``manual`` (logship/ha/rejoin.py)."""
 
 
 def load(doc: dict[str, object]) -> AgentConfig:
@@ -71,10 +75,12 @@ def load(doc: dict[str, object]) -> AgentConfig:
     admin = s("admin")
     if admin is not None and not admin.rpartition(":")[2].isdigit():
         raise ValueError("[ha] admin: expected HOST:PORT")
+    rejoin = s("rejoin", "auto")
+    if rejoin not in MODES:
+        raise ValueError("[ha] rejoin: expected auto, reseed or manual")
     plan = _plan(ha, daemon)
-    return AgentConfig(
-        cluster, node, list(endpoints), daemon, policy, failover, Path(source) if source else None, plan, admin
-    )
+    src = Path(source) if source else None
+    return AgentConfig(cluster, node, list(endpoints), daemon, policy, failover, src, plan, admin, str(rejoin))
 
 
 def _plan(ha: dict[str, object], daemon: daemons.Node) -> ShipperPlan | None:

@@ -8,11 +8,13 @@ the epoch is never raised outside it.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 from logship.ha.decide import Mark, Member
 from logship.ha.etcd import Compare, EtcdClient, KeyValue, delete_op, put_op
 from logship.ha.keys import StreamKeys
+from protocol.history import Fork
 
 MAX_RECORD = 4096
 """Largest member / status record read (every byte from etcd is untrusted)."""
@@ -34,6 +36,9 @@ class Cluster:
     leader_kv: KeyValue | None = None
     epoch_leader: str | None = None
     """The node ``history/<epoch>`` names: who took the current epoch."""
+    forks: Mapping[int, Fork] = field(default_factory=dict)
+    """The forks the leaders' activations made, by epoch (``history/<N>`` ``fork``): what a former
+    primary checks its own bytes against to rejoin (logship/ha/rejoin.py)."""
 
 
 async def take_over(
@@ -60,6 +65,31 @@ async def take_over(
         ],
     )
     return new if result.succeeded else None
+
+
+async def publish_fork(client: EtcdClient, keys: StreamKeys, me: str, fork: Fork) -> None:
+    """Write the fork the activation made (with its digest) into ``history/<N>``, which the takeover
+    wrote with this node's mark then; only the node that took epoch N writes it."""
+    pos = fork.position
+    doc = {"node": me, "segment": pos.segment if pos else "", "offset": pos.offset if pos else 0}
+    doc["fork"] = fork.to_json()
+    await client.put(keys.history(fork.epoch), json.dumps(doc, sort_keys=True))
+
+
+def parse_forks(keys: StreamKeys, by_key: Mapping[str, KeyValue]) -> dict[int, Fork]:
+    forks: dict[int, Fork] = {}
+    for key, kv in by_key.items():
+        number = key.removeprefix(keys.prefix + "history/")
+        if number == key or not number.isdigit():
+            continue
+        raw = (_record(kv) or {}).get("fork")
+        try:
+            fork = Fork.from_json(raw) if raw is not None else None
+        except ValueError:
+            fork = None  # untrusted bytes: a malformed fork is no fork (the rejoin then reseeds)
+        if fork is not None and fork.epoch == int(number):
+            forks[fork.epoch] = fork
+    return forks
 
 
 async def rebind_leader(client: EtcdClient, keys: StreamKeys, me: str, lease: int, leader_kv: KeyValue) -> bool:
@@ -158,4 +188,5 @@ async def read_cluster(client: EtcdClient, keys: StreamKeys) -> Cluster:
         revision,
         by_key.get(keys.leader),
         taker if isinstance(taker, str) else None,
+        parse_forks(keys, by_key),
     )

@@ -1,5 +1,6 @@
-"""``logship ha switchover --to NODE`` there and back, and ``failover --to NODE --force``, end to end:
-real receivers, agents that run the shipper, a real 3-member etcd on 127.0.0.1 (issue 16).
+"""``logship ha switchover --to NODE`` there and back (the former primary rejoining), and ``failover
+--to NODE --force``, end to end: real receivers, agents that run the shipper, a real 3-member etcd on
+127.0.0.1 (issue 16).
 
 Segments are written whole (rename) and shipped with ``seal = "immediate"``, as PostgreSQL's archive
 is: the last segment the old primary wrote is sealed on the new one, so the new epoch's log holds
@@ -110,10 +111,18 @@ def test_switchover_there_and_back_zero_loss(tmp_path: Path, etcd: EtcdCluster, 
         print(done.stdout.strip())
         assert a.primary() and not b.primary()
         assert names(a.copy() / "replica") == names(b_replica)  # zero bytes lost the other way
-        # b's copy is the activated primary log of epoch 2: it rejoins only after a reseed (issue 17).
-        wait_until(lambda: "reseed it to rejoin" in b.log_text(), 15, what="b says it needs a reseed")
-        text = ha(a, "status").stdout
-        assert "epoch 3, leader a" in text and "b: epoch 2 Activated" in text, text
+        # b's copy is the activated primary log of epoch 2: it rejoins epoch 3 as a standby, keeping what
+        # it led (tests/integration/test_ha_rejoin.py goes on for two more switchovers).
+        wait_until(lambda: "rejoined epoch 3 as a standby" in b.log_text(), 15, what="b rejoins")
+        write_segment(a.copy() / "replica" / segment_name(8), rnd.randbytes(30_000))
+        wait_until(lambda: names(b.copy() / "log") == names(a.copy() / "replica"), 30, what="b holds a's log")
+
+        def status_text() -> str | None:
+            text = ha(a, "status").stdout
+            return text if "b: epoch 3" in text else None
+
+        text = wait_until(status_text, 15, what="b a member at epoch 3")
+        assert "epoch 3, leader a" in text, text
     finally:
         for n in (a, b):
             n.stop()

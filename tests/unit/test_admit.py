@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from receiver.session import Admit, Attach, Fence, Refuse, admit
+from receiver.session import Admit, Attach, Fence, Refuse, Rejoining, admit
 
 # claimed epoch, copy's epoch, failed, activated, busy -> decision
 TABLE: list[tuple[int, int, str | None, bool, bool, Admit]] = [
@@ -14,7 +14,9 @@ TABLE: list[tuple[int, int, str | None, bool, bool, Admit]] = [
     (2, 3, None, False, False, Fence("epoch 2 is older than 3 (fenced)")),
     (2, 3, None, False, True, Fence("epoch 2 is older than 3 (fenced)")),  # the writer it would replace stays
     (3, 3, None, True, False, Fence("activated at epoch 3 (fenced; epoch claimed 3)")),
-    (9, 3, None, True, True, Fence("activated at epoch 3 (fenced; epoch claimed 9)")),  # whatever epoch it claims
+    (2, 3, None, True, False, Fence("activated at epoch 3 (fenced; epoch claimed 2)")),
+    # A newer primary's shipper at a former primary: it retries until the copy rejoins (issue 16).
+    (9, 3, None, True, True, Rejoining("led epoch 3 here and has not rejoined epoch 9 yet")),
     (3, 3, "E1: bad seal (3 times)", False, False, Refuse("E1: bad seal (3 times)")),
     (3, 3, "E1: bad seal (3 times)", True, False, Refuse("E1: bad seal (3 times)")),  # Failed wins over fencing
     (0, 3, "x", False, True, Refuse("x")),
