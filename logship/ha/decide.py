@@ -122,7 +122,7 @@ def ineligible(view: View, name: str) -> str | None:
     p = view.policy
     if m is None:
         return "not registered (no members key)"
-    if m.state in ("Failed", "Suspended"):
+    if m.state in ("Failed", "Suspended", "Seeding"):  # Seeding: its old bytes moved aside (a reseed)
         return f"copy is {m.state}"
     if m.failover == "manual":
         return "failover = manual"

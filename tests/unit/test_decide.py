@@ -61,6 +61,7 @@ LOSSY = Policy(dial=Dial.GOOD, max_segments_behind=1, max_bytes_behind=1000)
         (standby(sync=frozenset({"c"})), 0, Kind.HOLD, "not in the sync set"),
         (standby(members={"b": member("b", state="Failed")}), 0, Kind.HOLD, "copy is Failed"),
         (standby(members={"b": member("b", state="Suspended")}), 0, Kind.HOLD, "copy is Suspended"),
+        (standby(members={"b": member("b", state="Seeding")}), 0, Kind.HOLD, "copy is Seeding"),
         (standby(members={"b": member("b", failover="manual")}), 0, Kind.HOLD, "failover = manual"),
         (standby(members={"b": member("b", epoch=2)}, epoch=2, leader=None), 0, Kind.ACQUIRE, ""),
         (standby(members={}), 0, Kind.HOLD, "not registered"),
