@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import time
 from typing import Any
 
@@ -73,8 +74,13 @@ class Control:
                 if type(epoch) is not int or epoch < 1:
                     raise ValueError(f"bad epoch {epoch!r}")
                 parsed = Fork.from_json(fork) if fork is not None else None
-                return {"ok": True, "report": await rejoin_running(copy, epoch, parsed, bool(request.get("reseed")))}
-            except (ValueError, RejoinRefused, ReseedRefused) as e:
+                pattern = request.get("pattern")
+                if pattern is not None:
+                    re.compile(str(pattern))
+                reseed = bool(request.get("reseed"))
+                report = await rejoin_running(copy, epoch, parsed, reseed, str(pattern) if pattern else None)
+                return {"ok": True, "report": report}
+            except (ValueError, re.error, RejoinRefused, ReseedRefused) as e:
                 return {"ok": False, "error": str(e)}
         return {"ok": False, "error": f"unknown op {op!r}"}
 

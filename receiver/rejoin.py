@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 import shutil
 import time
 from pathlib import Path
@@ -53,8 +54,10 @@ class RejoinRefused(Exception):
     """The activated copy cannot become a standby of the new epoch without a reseed."""
 
 
-def _segments(replica: Path) -> list[Path]:
-    """The sealed segments the application (or replay) wrote into replica/, in log order."""
+def _segments(replica: Path, pattern: str | None) -> list[Path]:
+    """The segments the application (or replay) wrote into replica/, in log order: the names the shipper
+    shipped from there (its ``pattern``; by default any name but hidden, .tmp and .partial files)."""
+    rx = re.compile(pattern) if pattern else None
     try:
         entries = list(os.scandir(replica))
     except FileNotFoundError:
@@ -62,7 +65,10 @@ def _segments(replica: Path) -> list[Path]:
     return sorted(
         Path(e.path)
         for e in entries
-        if e.is_file(follow_symlinks=False) and not e.name.startswith(".") and not e.name.endswith(".partial")
+        if e.is_file(follow_symlinks=False)
+        and not e.name.startswith(".")
+        and not e.name.endswith((".partial", ".tmp"))
+        and (rx is None or rx.fullmatch(e.name) is not None)
     )
 
 
@@ -100,7 +106,7 @@ def _digest(path: Path) -> tuple[int, bytes]:
     return size, hasher.digest()
 
 
-def plan(root: Path, epoch: int, fork: Fork) -> tuple[Position, list[Path], list[Path]]:
+def plan(root: Path, epoch: int, fork: Fork, pattern: str | None = None) -> tuple[Position, list[Path], list[Path]]:
     """Check the chain and say what to do: (the end of log/, replica segments to adopt, what to move
     aside). Raises RejoinRefused. Reads only."""
     state = load_state(root / "state.json")
@@ -120,7 +126,7 @@ def plan(root: Path, epoch: int, fork: Fork) -> tuple[Position, list[Path], list
             f"epoch {fork.epoch} forked at {f}, before this node's own epoch began ({log_end}): "
             "the new leader lacks what this copy received as a standby"
         )
-    led = [p for p in _segments(root / "replica") if p.name > log_end.segment]
+    led = [p for p in _segments(root / "replica", pattern) if p.name > log_end.segment]
     adopt = [p for p in led if p.name <= f.segment]
     past = [p for p in led if p.name > f.segment]
     if f.segment == log_end.segment:
@@ -145,11 +151,14 @@ def plan(root: Path, epoch: int, fork: Fork) -> tuple[Position, list[Path], list
     return log_end, adopt, past + _tails(root)
 
 
-def rejoin_dir(root: Path, epoch: int, fork: Fork, now: float | None = None) -> dict[str, Any]:
+def rejoin_dir(
+    root: Path, epoch: int, fork: Fork, now: float | None = None, pattern: str | None = None
+) -> dict[str, Any]:
     """Make the activated copy under ``root`` a standby of ``epoch`` resuming at ``fork`` (the module
-    docstring); return the report. Blocking; the copy's store is closed. Raises RejoinRefused."""
+    docstring); return the report. ``pattern``: the names the shipper shipped from replica/ (other files
+    there stay). Blocking; the copy's store is closed. Raises RejoinRefused."""
     now = time.time() if now is None else now
-    log_end, adopt, aside = plan(root, epoch, fork)
+    log_end, adopt, aside = plan(root, epoch, fork, pattern)
     assert fork.position is not None
     state = load_state(root / "state.json")
     dest: Path | None = None
@@ -235,7 +244,9 @@ def demote_and_reseed(root: Path, epoch: int, why: str, now: float | None = None
     return {**report, "led_epoch": led_epoch, "reseeded": True, "why": why}
 
 
-async def rejoin_running(copy: Any, epoch: int, fork: Fork | None, reseed: bool) -> dict[str, Any]:
+async def rejoin_running(
+    copy: Any, epoch: int, fork: Fork | None, reseed: bool, pattern: str | None = None
+) -> dict[str, Any]:
     """Rejoin ``copy`` (a receiver/copy.py StreamCopy) of a running receiver: stop its replay, do the
     work on disk, and restart it on the new state. ``fork`` None or a failed check: with ``reseed``
     the copy is reseeded, else RejoinRefused."""
@@ -253,7 +264,7 @@ async def rejoin_running(copy: Any, epoch: int, fork: Fork | None, reseed: bool)
         try:
             if fork is None:
                 raise RejoinRefused("the new epoch's fork is not known")
-            report: dict[str, Any] = await loop.run_in_executor(None, rejoin_dir, root, epoch, fork)
+            report: dict[str, Any] = await loop.run_in_executor(None, rejoin_dir, root, epoch, fork, None, pattern)
         except RejoinRefused as e:
             if not reseed:
                 copy.replayer.start()

@@ -50,7 +50,6 @@ class Agent:
         self.following: str | None = None
         self.cluster: Cluster | None = None
         self.last_action: Action | None = None
-        self.rejoiner = Rejoiner(config.daemon, config.rejoin)
         self.fork: Fork | None = None
         """The fork this node's activation made, published in etcd until it is there."""
         self.local = Local(None, "Disconnected", None, False, 0.0)
@@ -58,6 +57,7 @@ class Agent:
         self.source: Path | None = None
         """What this node ships while primary: the application's log or the activated replica."""
         self.pattern = str((config.shipping.extra if config.shipping else {}).get("pattern", "")) or None
+        self.rejoiner = Rejoiner(config.daemon, config.rejoin, self.pattern)
 
     @property
     def copy_dir(self) -> Path | None:

@@ -53,9 +53,11 @@ def _call(path: Path, request: dict[str, Any]) -> dict[str, Any] | None:
 class Rejoiner:
     """The agent's part: pick the fork, ask the running receiver, say once what happened."""
 
-    def __init__(self, node: Node, mode: str) -> None:
+    def __init__(self, node: Node, mode: str, pattern: str | None = None) -> None:
         self.node = node
         self.mode = mode
+        self.pattern = pattern
+        """The shipper's pattern ([ha.shipper]): the names it shipped from replica/ while this node led."""
         self.said: tuple[int, str] | None = None
         self.waiting_since: float | None = None
 
@@ -88,6 +90,8 @@ class Rejoiner:
         request: dict[str, Any] = {"op": "rejoin", "stream": self.node.stream, "epoch": epoch, "reseed": True}
         if not reseed and fork is not None:
             request["fork"] = fork.to_json()
+        if self.pattern:
+            request["pattern"] = self.pattern
         reply = await asyncio.to_thread(_call, control_path(self.node.data_dir), request)
         if reply is None:
             return False

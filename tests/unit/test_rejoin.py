@@ -88,6 +88,15 @@ def test_keeps_what_it_led_up_to_the_fork_and_quarantines_the_rest(tmp_path: Pat
     assert load_history(root).fenced[3] == Position(seg(5), len(DATA[5]))
 
 
+def test_files_the_shipper_did_not_ship_stay_where_they_are(tmp_path: Path) -> None:
+    root = activated_copy(tmp_path / "sg1", tail=False)
+    (root / "replica" / "README").write_text("the application's")
+    (root / "replica" / f"{seg(9)}.tmp").write_text("half written")
+    report = rejoin_dir(root, 3, fork_at(5), pattern=r"E[0-9]{10}\.log")
+    assert report["moved_aside"] == [f"replica/{seg(6)}"]
+    assert (root / "replica" / "README").exists() and (root / "replica" / f"{seg(9)}.tmp").exists()
+
+
 def test_a_fork_at_the_end_of_what_it_received_keeps_nothing_it_led(tmp_path: Path) -> None:
     root = activated_copy(tmp_path / "sg1", tail=False)
     report = rejoin_dir(root, 3, fork_at(3))  # the new leader got nothing of epoch 2
