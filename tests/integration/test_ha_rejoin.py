@@ -140,9 +140,14 @@ def test_four_switchovers_each_node_rejoins_without_a_reseed(tmp_path: Path, etc
         order = [(a, b), (b, a), (a, b), (b, a)]
         for epoch, (frm, to) in enumerate(order, start=2):
             # The new primary's bytes are eligible once its copy holds the last one and it is in sync.
+            rejoins = frm.log_text().count("as a standby at")
             switchover(frm, to, epoch)
+            handed = time.monotonic()
             replica = to.copy() / "replica"
             assert names(replica) == written, f"epoch {epoch}: bytes lost in the switchover"
+            if epoch > 2:  # at epoch 1 a shipped its application's own log: it had no copy to rejoin with
+                wait_until(lambda f=frm, r=rejoins: f.log_text().count("as a standby at") > r, 20, what="rejoin")
+                print(f"epoch {epoch}: {frm.name} rejoined {time.monotonic() - handed:.2f}s after the hand-over")
             write(replica, 2)
             # The old primary rejoins as a standby of the new epoch and receives what the new one writes.
             wait_until(lambda f=frm: names(f.copy() / "log") == written, 30, what=f"{frm.name} converges")
