@@ -15,8 +15,9 @@ may be redone after a crash):
 
 1. everything past F (segments of ``replica/`` after it, the unsealed tails) moves to
    ``quarantine/rejoin-epoch<M>-<time>/`` with a ``reason`` file and the old manifest, state and history;
-2. the segments of ``replica/`` from the end of ``log/`` up to F are copied into ``log/`` and recorded
-   in the manifest, chained as if they had been received (copy, fsync, rename, then the record);
+2. the segments of ``replica/`` from the end of ``log/`` up to F are hard-linked (else copied) into
+   ``log/`` and recorded in the manifest, chained as if they had been received (link or copy, fsync,
+   rename, then the record);
 3. the fork is recorded as the one epoch M must have (``fence --fork``), and the state says Standby at
    epoch M, replayed up to F.
 
@@ -28,6 +29,8 @@ standby of epoch M and moved aside whole (receiver/reseed.py), and the new leade
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import errno
 import logging
 import os
 import re
@@ -80,9 +83,27 @@ def _tails(root: Path) -> list[Path]:
     return sorted(found)
 
 
-def _copy_in(src: Path, dest_dir: Path) -> tuple[int, bytes]:
-    """Copy ``src`` into ``dest_dir`` durably (temp, fsync, rename); return its size and xxh3_128."""
+def _copy_in(src: Path, dest_dir: Path) -> tuple[int, bytes, str]:
+    """Put ``src`` into ``dest_dir`` durably under its name (temp, fsync, rename); return its size,
+    xxh3_128 and how. A hard link where the filesystem has them (not one data byte written: replay
+    links log/ into replica/ the same way, and a replica is never written in place), else a copy."""
     tmp = dest_dir / f".{src.name}.rejoin"
+    with contextlib.suppress(FileNotFoundError):
+        tmp.unlink()  # left by a crash
+    try:
+        os.link(src, tmp)
+    except OSError as e:
+        if e.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EOPNOTSUPP):
+            raise
+    else:
+        size, digest = _digest(tmp)
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)  # the new link count, before a name relies on it
+        finally:
+            os.close(fd)
+        os.replace(tmp, dest_dir / src.name)
+        return size, digest, "link"
     hasher = segment_hasher()
     size = 0
     with open(src, "rb") as f, open(tmp, "wb") as out:
@@ -93,7 +114,7 @@ def _copy_in(src: Path, dest_dir: Path) -> tuple[int, bytes]:
         out.flush()
         os.fsync(out.fileno())
     os.replace(tmp, dest_dir / src.name)
-    return size, hasher.digest()
+    return size, hasher.digest(), "copy"
 
 
 def _digest(path: Path) -> tuple[int, bytes]:
@@ -185,13 +206,14 @@ def rejoin_dir(
         for d in {p.parent for p in aside}:
             fsync_dir(d)
     manifest = ManifestFile(root / "manifest")
-    prev, adopted = log_end.segment, 0
+    prev, adopted, how = log_end.segment, 0, set()
     try:
         for path in adopt:
-            size, digest = _copy_in(path, root / "log")
+            size, digest, way = _copy_in(path, root / "log")
             fsync_dir(root / "log")
             manifest.append(path.name, size, digest, prev, now)
             prev, adopted = path.name, adopted + size
+            how.add(way)
     finally:
         manifest.close()
     known = load_history(root)
@@ -208,6 +230,7 @@ def rejoin_dir(
         "fork": str(fork.position),
         "adopted_segments": [p.name for p in adopt],
         "adopted_bytes": adopted,
+        "adopted_how": sorted(how),
         "moved_aside": [str(p.relative_to(root)) for p in aside],
         "moved_bytes": moved,
         "quarantine": str(dest) if dest is not None else None,

@@ -66,7 +66,8 @@ def snapshot(root: Path) -> dict[str, bytes]:
 def test_keeps_what_it_led_up_to_the_fork_and_quarantines_the_rest(tmp_path: Path) -> None:
     root = activated_copy(tmp_path / "sg1")
     report = rejoin_dir(root, 3, fork_at(5), now=100.0)
-    assert report["adopted_segments"] == [seg(4), seg(5)]
+    assert report["adopted_segments"] == [seg(4), seg(5)] and report["adopted_how"] == ["link"]
+    assert os.path.samefile(root / "log" / seg(4), root / "replica" / seg(4))  # linked, as replay links
     # log/ and the manifest now hold everything up to the fork, as if received; one chain, digests recomputed.
     data = (root / "manifest").read_bytes()
     records = parse_manifest(data)
