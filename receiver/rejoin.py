@@ -139,7 +139,11 @@ def plan(root: Path, epoch: int, fork: Fork, pattern: str | None = None) -> tupl
         raise RejoinRefused(f"the fork of epoch {fork.epoch} is not known")
     if fork.epoch <= state.epoch:
         raise RejoinRefused(f"the fork given is of epoch {fork.epoch}, not newer than the copy's {state.epoch}")
-    records = ManifestFile(root / "manifest").read()
+    manifest = ManifestFile(root / "manifest")
+    records = manifest.read()
+    if not records and manifest.read_base() is not None:
+        # Reseeded, then activated before anything was received: where its log ends is not recorded.
+        raise RejoinRefused("the copy holds no manifest record after its base")
     log_end = Position(records[-1].name, records[-1].size) if records else START
     f = fork.position
     if f < log_end:

@@ -175,9 +175,18 @@ def test_four_switchovers_each_node_rejoins_without_a_reseed(tmp_path: Path, etc
     assert "Traceback" not in a.log_text() + b.log_text()
 
 
-def test_failover_after_a_switchover_the_old_primary_rejoins(tmp_path: Path, etcd: EtcdCluster, secret: Path) -> None:
+SEED_EMPTY = 'tar -cf - -T /dev/null && echo "$LOGSHIP_SEED_OLDEST" > "$LOGSHIP_SEED_FIRST"'
+"""An empty base image, the log sent again from the leader's oldest segment: a plain directory stream's reseed."""
+
+
+@pytest.mark.parametrize("damaged", [False, True], ids=["kept", "reseeded"])
+def test_failover_after_a_switchover_the_old_primary_rejoins(
+    tmp_path: Path, etcd: EtcdCluster, secret: Path, damaged: bool
+) -> None:
+    """``damaged``: b's copy of the fork segment was changed while it was down (another history): the
+    digest check fails and ``auto`` reseeds it from a's seed_command instead."""
     rnd = random.Random(1617)
-    a, b, src = pair(tmp_path, etcd, secret)
+    a, b, src = pair(tmp_path, etcd, secret, seed_command=SEED_EMPTY)
     data = {i: rnd.randbytes(rnd.randint(20_000, 120_000)) for i in range(1, 10)}
     try:
         a.start_agent()
@@ -209,6 +218,11 @@ def test_failover_after_a_switchover_the_old_primary_rejoins(tmp_path: Path, etc
         for i in (7, 8):  # a's application writes epoch 3's segments: 7 and 8 (6 is b's, lost)
             write_segment(a_replica / segment_name(i), data[i])
 
+        if damaged:
+            with open(b_replica / segment_name(5), "r+b") as f:
+                f.seek(1000)
+                f.write(b"another history")
+
         # b comes back: its agent rejoins epoch 3, 6 goes to quarantine/, b converges on a.
         b.receiver.start()
         b.start_agent()
@@ -219,11 +233,17 @@ def test_failover_after_a_switchover_the_old_primary_rejoins(tmp_path: Path, etc
         assert row["epoch"] == 3, row
         chain_ok(b)
         q = quarantined(b)
-        segs = [p for p in q if p.name.startswith("E00")]
-        assert [p.name for p in segs] == [segment_name(6)], q
-        assert segs[0].read_bytes() == data[6]  # b's own bytes past the fork, intact
-        assert "past that fork" in next(p for p in q if p.name == "reason").read_text()
-        assert "rejoined epoch 3 as a standby" in b.log_text()
+        if damaged:
+            assert "rejoined epoch 3 by a reseed" in b.log_text() and "another history" in b.log_text()
+            moved = {p.name: p.read_bytes() for p in q if p.parent.name == "replica"}
+            assert moved[segment_name(6)] == data[6] and moved[segment_name(5)] != data[5]  # kept as they were
+            assert all(p.relative_to(b.copy() / "quarantine").parts[0].startswith("reseed-") for p in q), q
+        else:
+            segs = [p for p in q if p.name.startswith("E00")]
+            assert [p.name for p in segs] == [segment_name(6)], q
+            assert segs[0].read_bytes() == data[6]  # b's own bytes past the fork, intact
+            assert "past that fork" in next(p for p in q if p.name == "reason").read_text()
+            assert "rejoined epoch 3 as a standby" in b.log_text()
         assert a.primary() and not b.primary()
     finally:
         for node in (a, b):
@@ -235,8 +255,7 @@ def test_rejoin_by_reseed(tmp_path: Path, etcd: EtcdCluster, secret: Path) -> No
     """``rejoin = "reseed"``: the old copy moves aside whole; the new leader's seed_command (an empty
     image: the log is sent again from its oldest segment) makes the copy whole again."""
     rnd = random.Random(1618)
-    seed = 'tar -cf - -T /dev/null && echo "$LOGSHIP_SEED_OLDEST" > "$LOGSHIP_SEED_FIRST"'
-    a, b, src = pair(tmp_path, etcd, secret, rejoin="reseed", seed_command=seed)
+    a, b, src = pair(tmp_path, etcd, secret, rejoin="reseed", seed_command=SEED_EMPTY)
     written: dict[str, bytes] = {}
     try:
         a.start_agent()

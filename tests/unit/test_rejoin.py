@@ -15,7 +15,7 @@ from protocol.digest import segment_digest
 from protocol.history import Fork
 from protocol.messages import START, Position
 from receiver.history_file import load_history
-from receiver.manifest import chain_problem, parse_base, parse_manifest
+from receiver.manifest import Base, chain_problem, parse_base, parse_manifest
 from receiver.manifest_file import ManifestFile
 from receiver.rejoin import RejoinRefused, demote_and_reseed, rejoin_dir
 from receiver.state import CopyState, Role, load_state, save_state
@@ -154,6 +154,13 @@ def rejoin_dir_done(root: Path) -> Path:
     copy = activated_copy(root / "sg1", tail=False)
     rejoin_dir(copy, 3, fork_at(5), now=100.0)
     return copy
+
+
+def test_a_copy_activated_right_after_a_reseed_is_reseeded_again(tmp_path: Path) -> None:
+    root = activated_copy(tmp_path / "sg1", tail=False)
+    ManifestFile(root / "manifest").rebase(Base(seg(3), None, 1.0, "reseed"), [])
+    with pytest.raises(RejoinRefused, match="no manifest record after its base"):
+        rejoin_dir(root, 3, fork_at(5))
 
 
 def test_demote_and_reseed_moves_the_copy_aside_whole(tmp_path: Path) -> None:
