@@ -281,3 +281,68 @@ def test_rejoin_by_reseed(tmp_path: Path, etcd: EtcdCluster, secret: Path) -> No
         for node in (a, b):
             node.stop()
     assert "Traceback" not in a.log_text() + b.log_text()
+
+
+def test_three_nodes_a_former_primary_down_for_two_epochs_rejoins(
+    tmp_path: Path, etcd: EtcdCluster, secret: Path
+) -> None:
+    """b leads epoch 2 (switchover from a) and its host dies with 5 unshipped; a takes epoch 3, then hands
+    over to c (epoch 4) while b is down. b, restarted, rejoins at the earliest fork after its epoch (3's,
+    the end of 4): 5 goes to quarantine, and c's shipper sends b what a and c wrote (6 to 9)."""
+    rnd = random.Random(1620)
+    src = tmp_path / "a" / "src"
+    src.mkdir(parents=True)
+    a = HaNode(tmp_path, "a", secret, source=src)
+    b, c = HaNode(tmp_path, "b", secret), HaNode(tmp_path, "c", secret)
+    nodes = [a, b, c]
+    data = {i: rnd.randbytes(rnd.randint(20_000, 80_000)) for i in range(1, 10)}
+    try:
+        for n in nodes:
+            n.receiver.start()
+        addresses = {n.name: n.receiver.address for n in nodes}
+        for n in nodes:
+            peers = {k: v for k, v in addresses.items() if k != n.name}
+            n.write_config(etcd.endpoints, peers, TTL, sync="ALL", shipper={"seal": "immediate"})
+        a.start_agent()
+        wait_until(a.primary, 30, what="a bootstraps as the primary")
+        b.start_agent()
+        c.start_agent()
+        wait_until(lambda: "follow a" in b.roles() and "follow a" in c.roles(), 30, what="b and c follow a")
+        for i in (1, 2):
+            write_segment(src / segment_name(i), data[i])
+        switchover(a, b, 2)
+        b_replica = b.copy() / "replica"
+        for i in (3, 4):
+            write_segment(b_replica / segment_name(i), data[i])
+        for n in (a, c):
+            wait_until(lambda n=n: (n.copy() / "log" / segment_name(4)).exists(), 30, what=f"{n.name} holds 4")
+        wait_until(lambda: eligible(b, a, 2) and eligible(b, c, 2), 20, what="a and c eligible")
+        assert b.kill_shipper()
+        write_segment(b_replica / segment_name(5), data[5])  # never shipped: lost with b's host
+        b.kill_agent()
+        b.receiver.kill9()
+        winner = wait_until(lambda: next((n for n in (a, c) if n.primary()), None), 30, what="a or c promoted")
+        other = c if winner is a else a
+        for i in (6, 7):
+            write_segment(winner.copy() / "replica" / segment_name(i), data[i])
+        wait_until(lambda: (other.copy() / "log" / segment_name(7)).exists(), 30, what=f"{other.name} holds 7")
+        wait_until(lambda: eligible(winner, other, 3), 20, what=f"{other.name} eligible at 3")
+        switchover(winner, other, 4)  # b is still down: it misses epochs 3 and 4
+        for i in (8, 9):
+            write_segment(other.copy() / "replica" / segment_name(i), data[i])
+
+        b.receiver.start()
+        b.start_agent()
+        want = {segment_name(i): data[i] for i in (1, 2, 3, 4, 6, 7, 8, 9)}
+        wait_until(lambda: names(b.copy() / "log") == want, 40, what="b converges on epoch 4")
+        wait_until(lambda: names(b_replica) == want, 30, what="b's replica")
+        assert copy_row(b)["epoch"] == 4
+        chain_ok(b)
+        assert f"rejoined epoch 4 as a standby at {segment_name(4)}@{len(data[4])}" in b.log_text()
+        segs = [p for p in quarantined(b) if p.name.startswith("E00")]
+        assert [p.name for p in segs] == [segment_name(5)] and segs[0].read_bytes() == data[5]
+        assert names(winner.copy() / "log") == want  # the former leader of epoch 3 follows c too
+    finally:
+        for n in nodes:
+            n.stop()
+    assert "Traceback" not in "".join(n.log_text() for n in nodes)
