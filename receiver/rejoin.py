@@ -18,8 +18,9 @@ may be redone after a crash):
 2. the segments of ``replica/`` from the end of ``log/`` up to F are hard-linked (else copied) into
    ``log/`` and recorded in the manifest, chained as if they had been received (link or copy, fsync,
    rename, then the record);
-3. the fork is recorded as the one epoch M must have (``fence --fork``), and the state says Standby at
-   epoch M, replayed up to F.
+3. the fork is recorded as the one epoch M must have (``fence --fork``), and the copy starts a fresh
+   Standby state at epoch M, replayed up to F (as a reseed starts a fresh Seeding one: the activated
+   role itself has no way out, receiver/state.py).
 
 The next shipper of the new epoch resumes at F. When a check fails, ``RejoinRefused`` says why, and the
 caller may reseed the copy instead (``rejoin_running(..., reseed=True)``): the copy is demoted to a
@@ -45,8 +46,8 @@ from protocol.history import Fork
 from protocol.messages import START, Position
 from receiver.history_file import HISTORY_FILE, load_history, save_history
 from receiver.manifest_file import ManifestFile
-from receiver.reseed import reseed_dir
-from receiver.state import load_state, save_state
+from receiver.reseed import ReseedRefused, reseed_dir
+from receiver.state import CopyState, load_state, save_state
 
 log = logging.getLogger("receiver")
 
@@ -225,8 +226,13 @@ def rejoin_dir(
         known.fenced[fork.epoch] = fork.position
         save_history(root, root.name, known)
     led_epoch = state.epoch
-    state.rejoin(epoch, fork.position if adopt else None, now)
-    save_state(root / "state.json", state)
+    # A fresh standby state at the new epoch, as a reseed starts a fresh Seeding one: the activated role
+    # itself has no way out (receiver/state.py), the copy's state starts over. Replayed up to the fork.
+    fresh = CopyState(epoch=epoch, extra=dict(state.extra))
+    end = fork.position if adopt else state.replayed_position
+    if end.segment:
+        fresh.replayed_up_to(end.segment, end.offset, now)
+    save_state(root / "state.json", fresh)
     report = {
         "stream": root.name,
         "epoch": epoch,
@@ -255,18 +261,12 @@ def rejoin_dir(
 
 
 def demote_and_reseed(root: Path, epoch: int, why: str, now: float | None = None) -> dict[str, Any]:
-    """Make the activated copy a standby of ``epoch`` and reseed it at once (all moved aside). Blocking."""
-    now = time.time() if now is None else now
-    state = load_state(root / "state.json")
-    led_epoch = state.epoch
-    if state.activated is not None:
-        if epoch <= state.epoch:
-            raise RejoinRefused(f"epoch {epoch} is not newer than the copy's {state.epoch}")
-        state.rejoin(epoch, None, now)
-        save_state(root / "state.json", state)
-    elif state.epoch < epoch:
-        raise RejoinRefused(f"the copy in {root} is not activated: fence it instead")
-    report = reseed_dir(root, delete_existing=False, manual_resume=False, now=now)
+    """Reseed the activated copy as a standby of ``epoch`` (all moved aside at once). Blocking."""
+    led_epoch = load_state(root / "state.json").epoch
+    try:
+        report = reseed_dir(root, delete_existing=False, manual_resume=False, now=now, rejoin=epoch)
+    except ReseedRefused as e:
+        raise RejoinRefused(str(e)) from None
     log.warning("stream %s: rejoining epoch %d by a reseed (led epoch %d): %s", root.name, epoch, led_epoch, why)
     return {**report, "led_epoch": led_epoch, "reseeded": True, "why": why}
 

@@ -31,14 +31,17 @@ class ReseedRefused(Exception):
     """The copy cannot be reseeded as asked."""
 
 
-def reseed_dir(root: Path, delete_existing: bool, manual_resume: bool, now: float | None = None) -> dict[str, Any]:
+def reseed_dir(
+    root: Path, delete_existing: bool, manual_resume: bool, now: float | None = None, rejoin: int | None = None
+) -> dict[str, Any]:
     """Move the copy under ``root`` aside (or delete it) and leave a fresh Seeding state; return the report.
 
-    Blocking. Raises ReseedRefused for an activated copy (a primary: fence it first, then reseed).
+    Blocking. Raises ReseedRefused for an activated copy (a primary: fence it first, then reseed), unless
+    ``rejoin`` names the newer epoch its former primary rejoins as a standby (receiver/rejoin.py).
     """
     now = time.time() if now is None else now
     old = load_state(root / "state.json")
-    if old.activated is not None:
+    if old.activated is not None and (rejoin is None or rejoin <= old.epoch):
         raise ReseedRefused(
             f"the copy in {root} is activated (the primary of epoch {old.epoch}); reseeding it would demote it: "
             "stop its shippers and move its data dir aside by hand if that is what you mean"
@@ -70,7 +73,7 @@ def reseed_dir(root: Path, delete_existing: bool, manual_resume: bool, now: floa
             shutil.rmtree(where)
             fsync_dir(where.parent)
     root.mkdir(parents=True, exist_ok=True)  # the umask's mode, as SegmentStore makes it
-    state = CopyState(epoch=old.epoch)
+    state = CopyState(epoch=max(old.epoch, rejoin or 0))
     state.begin_seed(now, manual_resume)
     save_state(root / "state.json", state)
     report = {

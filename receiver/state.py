@@ -65,9 +65,6 @@ ROLE_MOVES: dict[tuple[Role, str], Role] = {
     (Role.SEEDING, "begin_seed"): Role.SEEDING,
     (Role.SEEDING, "adopt_epoch"): Role.SEEDING,
     (Role.SEEDING, "seeded"): Role.STANDBY,
-    # A former primary rejoins a newer epoch as its standby (issue 16, receiver/rejoin.py): its agent
-    # decides that, after etcd named another leader; never a shipper.
-    (Role.ACTIVATED, "rejoin"): Role.STANDBY,
 }
 """(role, transition) -> the role after it; a pair not listed is an illegal transition."""
 
@@ -198,18 +195,6 @@ class CopyState:
         self.epoch = new
         self._arrived(after)
         return True
-
-    def rejoin(self, epoch: int, replayed: Position | None, at: float) -> None:
-        """A former primary's copy becomes a standby of the newer ``epoch``: what it led up to that
-        epoch's fork is in log/ and in the replica (``replayed``; None: as it was), the rest moved aside."""
-        after = self._check("rejoin")
-        if epoch <= self.epoch:
-            raise IllegalTransition(f"epoch {epoch} is not newer than {self.epoch}")
-        self.activated, self.failed, self.epoch = None, None, epoch
-        if replayed is not None and replayed.segment:
-            self.replayed, self.replayed_size, self.replayed_at = replayed.segment, replayed.offset, at
-        self.replaying, self.replay_failed, self.last_error = None, None, None
-        self._arrived(after)
 
     def begin_seed(self, at: float, manual_resume: bool) -> None:
         """Wait for a base image (an operator's reseed); the copy's old bytes were moved aside."""
