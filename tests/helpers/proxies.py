@@ -74,6 +74,15 @@ class FrameProxy:
         for w in self._writers:
             w.close()
 
+    async def sever(self) -> None:
+        """Cut the link: stop listening (a connect is refused at once) and drop every connection.
+        ``mend()`` listens again on the same port."""
+        await self.close()
+        self._writers.clear()
+
+    async def mend(self) -> None:
+        self.server = await asyncio.start_server(self._on_connect, "127.0.0.1", self.port)
+
     async def _on_connect(self, cr: asyncio.StreamReader, cw: asyncio.StreamWriter) -> None:
         self.connections += 1
         port = self.upstream if isinstance(self.upstream, int) else self.upstream.port
@@ -333,6 +342,23 @@ class ProxyThread(Generic[P]):
         self.run(self.proxy.close())
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(10)
+
+
+class CuttableLink(ProxyThread[Relay]):
+    """A Relay in a thread that a test can cut (``sever()``: refused, connections dropped) and mend."""
+
+    def __init__(self, upstream: int | Listener) -> None:
+        super().__init__(Relay(upstream))
+
+    def sever(self) -> None:
+        self.run(self.proxy.sever())
+
+    def mend(self) -> None:
+        self.run(self.proxy.mend())
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.proxy.port}"
 
 
 class DamagingLink(ProxyThread[DamagingProxy]):
