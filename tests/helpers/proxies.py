@@ -1,6 +1,7 @@
 """TCP proxies on 127.0.0.1 port 0 that the tests own, between a shipper and its receiver.
 
-- ``Relay`` copies bytes as they are; its upstream may be a receiver that is not up yet.
+- ``Relay`` copies bytes as they are; its upstream may be a receiver that is not up yet. ``Throttle``
+  is a Relay at a given rate; ``CuttableLink`` one in a thread that a test can cut and mend.
 - ``FaultProxy`` understands frames enough to flip a DATA byte or a SEAL digest, or cut mid-frame.
 - ``DamagingProxy`` damages either direction on request (below).
 - ``ProxyThread`` runs any of them on its own event loop in a thread, so synchronous tests can steer it.
@@ -34,6 +35,7 @@ import asyncio
 import collections
 import random
 import threading
+import time
 from collections.abc import Callable, Coroutine
 from typing import Any, Generic, Protocol, TypeVar
 
@@ -176,6 +178,23 @@ class Relay(FrameProxy):
 
     async def _forward(self, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
         await self._pipe(r, w)
+
+
+class Throttle(Relay):
+    """A Relay that forwards the shipper's bytes at most ``rate`` bytes per second (a slow link); the
+    receiver's replies pass at once."""
+
+    def __init__(self, upstream: int | Listener, rate: float) -> None:
+        super().__init__(upstream)
+        self.rate = rate
+
+    async def _forward(self, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        due = time.monotonic()
+        while data := await r.read(65536):
+            due = max(due, time.monotonic()) + len(data) / self.rate
+            await asyncio.sleep(max(0.0, due - time.monotonic()))
+            w.write(data)
+            await w.drain()
 
 
 class DamagingProxy(FrameProxy):
