@@ -41,8 +41,12 @@ def write_view(data_dir: Path, stream: str, doc: dict[str, Any]) -> bool:
         return False
     path = view_path(data_dir, stream)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps({"v": VERSION, "stream": stream, **doc}, sort_keys=True))
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(json.dumps({"v": VERSION, "stream": stream, **doc}, sort_keys=True))
+        os.replace(tmp, path)
+    except OSError:
+        tmp.unlink(missing_ok=True)  # a full disk or a read-only data dir: leave nothing behind
+        raise
     return True
 
 
