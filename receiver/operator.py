@@ -30,6 +30,7 @@ from receiver.config import add_replay_flags, replay_from_doc
 from receiver.copy import StreamCopy
 from receiver.datadir import control_path, existing_streams, lock_data_dir
 from receiver.fence import FenceRefused, fence
+from receiver.ha_view import add_views, ha_lines
 from receiver.history_file import history_rows
 from receiver.reseed_cli import add_reseed_parser, cmd_reseed
 from receiver.retention import retention_fields
@@ -191,7 +192,8 @@ def disk_status(data_dir: Path) -> dict[str, Any]:
         state, manifest = load_state(store.state_path), store.read_manifest()
         row = copy_row(name, state, manifest, now, None, history=history_rows(store.root))
         rows.append({**row, **retention_fields(manifest, store.read_manifest_base())})
-    return {"role": "receiver", "node": None, "pid": None, "copies": rows}
+    ha = add_views(rows, data_dir, now)
+    return {"role": "receiver", "node": None, "pid": None, "copies": rows, **({"ha": ha} if ha else {})}
 
 
 def look_status(data_dir: Path, stream: str | None) -> Look:
@@ -226,6 +228,8 @@ def cmd_status(data_dir: Path, as_json: bool, stream: str | None = None) -> int:
     else:
         print(f"receiver status of {data_dir} from the {source}")
         print(render_rows(snapshot["copies"], time.time()))
+        for line in ha_lines(snapshot):  # an agent's stream with no copy here (the primary's)
+            print(line)
     return exit_status(snapshot["copies"])
 
 

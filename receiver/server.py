@@ -20,6 +20,7 @@ from receiver.admission import Admission, Slot
 from receiver.config import ServerConfig
 from receiver.copy import StreamCopy
 from receiver.datadir import existing_streams
+from receiver.ha_view import add_views
 from receiver.session import Session
 from receiver.space import SpaceGuard
 from receiver.store import SegmentStore
@@ -69,11 +70,13 @@ class ReceiverServer:
         """Return the status snapshot: one row per stream copy."""
         now = time.time()
         admission = self.admission
+        copies = [self.copies[name].row(now) for name in sorted(self.copies)]
+        ha = add_views(copies, self.config.data_dir, now)  # the node's HA agent, while it reports
         return {
             "role": "receiver",
             "node": self.config.node,
             "pid": os.getpid(),
-            "copies": [self.copies[name].row(now) for name in sorted(self.copies)],
+            "copies": copies,
             # How close the receiver is to refusing new connections (the --max-unauthenticated cap).
             "connections": {
                 "total": admission.connections_total,
@@ -86,6 +89,7 @@ class ReceiverServer:
             },
             # A full data dir (below --min-free): shippers are told to back off until space returns.
             "space": {"problem": self.space.problem(), "min_free": str(self.config.min_free)},
+            **({"ha": ha} if ha else {}),
         }
 
     async def start(self, host: str, port: int) -> tuple[str, int]:

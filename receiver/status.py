@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from protocol.messages import SourceHead
+from receiver.ha_view import HA_COLUMN, ha_text
 from receiver.manifest import Installed
 from receiver.replayer import replay_queue
 from receiver.state import CopyState, Role
@@ -93,9 +94,12 @@ def render_rows(rows: Sequence[dict[str, Any]], now: float) -> str:
     # Imported here: tabulate is only needed by the command line, not by the daemon's start-up.
     from logship.admin.table import STATUS_COLUMNS, epoch_text, render, status_cells
 
-    cells = [{**status_cells(row, now), "epoch_text": epoch_text(row), "kept_text": kept_text(row)} for row in rows]
+    extra = {"epoch_text": epoch_text, "kept_text": kept_text, "ha_text": ha_text}
+    cells = [{**status_cells(row, now), **{k: f(row) for k, f in extra.items()}} for row in rows]
+    # HA (the node's agent, receiver/ha_view.py) only where an agent publishes its view.
+    ha = [HA_COLUMN] if any("ha" in row for row in rows) else []
     # KEPT (standby retention, receiver/retention.py) goes before REASON, which stays the last column.
-    return render(cells, [*COLUMNS, *STATUS_COLUMNS[:-1], KEPT_COLUMN, *STATUS_COLUMNS[-1:]])
+    return render(cells, [*COLUMNS, *STATUS_COLUMNS[:-1], KEPT_COLUMN, *ha, *STATUS_COLUMNS[-1:]])
 
 
 KEPT_COLUMN = ("kept_text", "KEPT")

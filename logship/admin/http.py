@@ -47,6 +47,19 @@ class Exported:
     """Factor from the field's unit to the base unit (ms -> s: 0.001)."""
 
 
+HA_METRICS = [
+    # The node's HA agent, from the snapshot's ``ha`` blocks by stream (receiver/ha_view.py); absent with
+    # no agent, and all but the first two absent while the agent does not report.
+    Exported("reporting", "ha_reporting", "1 while the node's HA agent publishes a fresh view, 0 when it stopped."),
+    Exported("age_seconds", "ha_view_age_seconds", "Seconds since the HA agent last published its view."),
+    Exported("primary", "ha_primary", "1 while the node's HA agent says this node is the stream's primary."),
+    Exported("epoch", "ha_epoch", "The stream's epoch in etcd as the node's HA agent last read it."),
+    Exported("lease_age_seconds", "ha_lease_age_seconds", "Seconds since the agent last renewed its etcd lease."),
+    Exported("in_sync", "ha_in_sync", "1 while this node is in the sync set (holds everything confirmed)."),
+    Exported("eligible", "ha_eligible", "1 while this node may be promoted now (the status says why not)."),
+]
+"""The receiver's HA gauges (docs/failover.md "HA fields in status")."""
+
 _QUEUES = [
     Exported("replay_queue_segments", "replay_queue_segments", "Segments copied durably but not yet replayed."),
     Exported("replay_queue_bytes", "replay_queue_bytes", "Bytes copied durably but not yet replayed."),
@@ -174,6 +187,15 @@ class StatusCollector(Collector):
             if row.get("state"):
                 state.add_metric([*(str(row.get(name, "")) for name in labels), str(row["state"])], 1.0)
         yield state
+        ha = snapshot.get("ha")
+        for metric in HA_METRICS if isinstance(ha, dict) else []:
+            family = _family(self.role, metric, ["stream"])
+            for stream, block in sorted(ha.items()):
+                value = block.get(metric.key) if isinstance(block, dict) else None
+                value = _number(int(value) if isinstance(value, bool) else value)  # a flag is 0 or 1
+                if value is not None:
+                    family.add_metric([stream], value)
+            yield family
         connections = snapshot.get("connections")
         if isinstance(connections, dict):
             for metric in CONNECTION_METRICS:

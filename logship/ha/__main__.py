@@ -9,7 +9,7 @@ import signal
 import sys
 import tomllib
 
-from logship.ha.admin import serve
+from logship.ha.admin import publish, serve
 from logship.ha.agent import Agent
 from logship.ha.commands import COMMANDS
 from logship.ha.commands import main as commands_main
@@ -49,9 +49,12 @@ async def _run(config: AgentConfig) -> int:
         logging.getLogger("logship.ha").info("agent %s for %s started", config.node, config.daemon.stream)
         agent = Agent(config, client)
         runner = await serve(agent, config.admin) if config.admin else None
+        view = asyncio.create_task(publish(agent))  # the receiver's status shows it (receiver/ha_view.py)
         try:
             await agent.run(stop)
         finally:
+            view.cancel()
+            await asyncio.gather(view, return_exceptions=True)
             if runner is not None:
                 await runner.cleanup()
     return 0

@@ -60,12 +60,28 @@ class Policy:
     margin: float = 1.0
     """Demote this long before the TTL can have run out since the last successful keep-alive."""
     dial: Dial = Dial.LOSSLESS
-    max_segments_behind: int = 1
-    """``good`` / ``best``: at most this many segments behind the leader's last published head."""
-    max_bytes_behind: int = 16 * 1024 * 1024
-    """``good`` / ``best``: at most this many bytes behind the head."""
+    max_segments_behind: int | None = None
+    """``good`` / ``best``: at most this many segments behind the leader's last published head
+    (None: the dial's own, ``DIAL_LIMITS``)."""
+    max_bytes_behind: int | None = None
+    """``good`` / ``best``: at most this many bytes behind the head (None: the dial's own)."""
     ack_fresh: float = 2.0
     """A shipper that acknowledged within this many seconds counts as still attached."""
+
+
+DIAL_LIMITS = {Dial.GOOD: (1, 16 * 1024 * 1024), Dial.BEST: (6, 96 * 1024 * 1024)}
+"""(segments, bytes) a standby may be behind the head under each lossy dial, unless the policy says.
+Like Exchange's GoodAvailability and BestAvailability (6 and 12 logs of 1 MiB there): ``good`` loses at
+most about one segment, ``best`` prefers a promotion to up to six (96 MiB of 16 MiB WAL files)."""
+
+
+def dial_limits(p: Policy) -> tuple[int, int]:
+    """The (segments, bytes) behind the head the policy's lossy dial allows."""
+    segments, nbytes = DIAL_LIMITS.get(p.dial, (0, 0))
+    return (
+        segments if p.max_segments_behind is None else p.max_segments_behind,
+        nbytes if p.max_bytes_behind is None else p.max_bytes_behind,
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,10 +154,11 @@ def ineligible(view: View, name: str) -> str | None:
         return "no leader head published to measure the dial against"
     seg_behind = view.head.index - m.mark.index
     bytes_behind = view.head.total - m.mark.total
-    if seg_behind > p.max_segments_behind:
-        return f"{seg_behind} segments behind the head (dial {p.dial.value} allows {p.max_segments_behind})"
-    if bytes_behind > p.max_bytes_behind:
-        return f"{bytes_behind} bytes behind the head (dial {p.dial.value} allows {p.max_bytes_behind})"
+    max_segments, max_bytes = dial_limits(p)
+    if seg_behind > max_segments:
+        return f"{seg_behind} segments behind the head (dial {p.dial.value} allows {max_segments})"
+    if bytes_behind > max_bytes:
+        return f"{bytes_behind} bytes behind the head (dial {p.dial.value} allows {max_bytes})"
     return None
 
 

@@ -50,6 +50,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "through a relay in their path (tap: one extra hop each way, counted against logship), or capture "
         "where it can (auto, the default)",
     )
+    p.add_argument("--kills", type=int, help="failover: kills of the primary per dial (default 3, quick 1)")
     p.add_argument("--work-dir", type=Path, help="scratch directory (default: a new one under /var/tmp)")
     p.add_argument("--report-dir", type=Path, help="where benchmarks.md/.json and plots go (default docs/)")
     args = p.parse_args(argv)
@@ -75,7 +76,9 @@ def main(argv: list[str] | None = None) -> int:
         for name in names:
             print(f"== {name}: {BENCHES[name]}", flush=True)
             load = machine_load()
-            opts = Options(args.quick, work / name, repeat, command, report_dir.resolve(), args.lag_observer)
+            opts = Options(
+                args.quick, work / name, repeat, command, report_dir.resolve(), args.lag_observer, args.kills
+            )
             opts.work.mkdir(parents=True, exist_ok=True)
             report_dir.mkdir(parents=True, exist_ok=True)
             start = time.monotonic()

@@ -43,6 +43,8 @@ class Options:
     lag_observer: str = "auto"
     """How the lag benchmark sees DATA and ACK frames: ``capture`` (a packet socket on lo, root only),
     ``tap`` (a relay in their path), ``auto`` (capture where it can)."""
+    kills: int | None = None
+    """failover: kill -9 of the primary per dial (None: the benchmark's default)."""
 
 
 @dataclass

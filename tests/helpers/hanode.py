@@ -10,10 +10,12 @@ from __future__ import annotations
 import json
 import os
 import pwd
+import re
 import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -68,10 +70,11 @@ class HaNode:
     ) -> Path:
         d = self.root
         eps = ", ".join(json.dumps(e) for e in endpoints)
+        # Each hook also stamps the wall clock at its end into ``events`` (read by ``events()``).
         hooks = {
-            "on_promote": f"touch {d}/primary; echo promote >> {d}/roles",
-            "on_demote": f"rm -f {d}/primary; echo demote >> {d}/roles",
-            "on_follow": f"echo follow {{primary}} >> {d}/roles",
+            "on_promote": f"touch {d}/primary; echo promote >> {d}/roles; echo promote $(date +%s.%N) >> {d}/events",
+            "on_demote": f"rm -f {d}/primary; echo demote >> {d}/roles; echo demote $(date +%s.%N) >> {d}/events",
+            "on_follow": f"echo follow {{primary}} >> {d}/roles; echo follow $(date +%s.%N) {{primary}} >> {d}/events",
             **self.hooks,
         }
         lines = [
@@ -142,6 +145,32 @@ class HaNode:
     def roles(self) -> str:
         p = self.root / "roles"
         return p.read_text() if p.exists() else ""
+
+    def events(self) -> list[tuple[str, float]]:
+        """The hooks that ran, in order, each with the wall-clock time it ended: ``("demote", 1764750000.1)``."""
+        p = self.root / "events"
+        out = []
+        for line in p.read_text().splitlines() if p.exists() else []:
+            kind, _, rest = line.partition(" ")
+            out.append((kind, float(rest.split()[0])))
+        return out
+
+    def admin_url(self) -> str | None:
+        """The agent's /status address from its log (``admin = "127.0.0.1:0"``); None before it listens."""
+        found = re.findall(r"ha admin endpoint on (http://\S+)/status", self.log_text())
+        return found[-1] if found else None
+
+    def ha_status(self, timeout: float = 1.0) -> dict[str, object] | None:
+        """The agent's own /status (logship/ha/admin.py), or None when it does not answer."""
+        url = self.admin_url()
+        if url is None:
+            return None
+        try:
+            with urllib.request.urlopen(url + "/status", timeout=timeout) as r:
+                doc = json.loads(r.read())
+        except (OSError, ValueError):
+            return None
+        return doc if isinstance(doc, dict) else None
 
     def log_text(self) -> str:
         return self.agent_log.read_text(errors="replace") if self.agent_log.exists() else ""

@@ -1,6 +1,7 @@
 """TCP proxies on 127.0.0.1 port 0 that the tests own, between a shipper and its receiver.
 
-- ``Relay`` copies bytes as they are; its upstream may be a receiver that is not up yet.
+- ``Relay`` copies bytes as they are; its upstream may be a receiver that is not up yet. ``Throttle``
+  is a Relay at a given rate; ``CuttableLink`` one in a thread that a test can cut and mend.
 - ``FaultProxy`` understands frames enough to flip a DATA byte or a SEAL digest, or cut mid-frame.
 - ``DamagingProxy`` damages either direction on request (below).
 - ``ProxyThread`` runs any of them on its own event loop in a thread, so synchronous tests can steer it.
@@ -34,6 +35,7 @@ import asyncio
 import collections
 import random
 import threading
+import time
 from collections.abc import Callable, Coroutine
 from typing import Any, Generic, Protocol, TypeVar
 
@@ -73,6 +75,15 @@ class FrameProxy:
             self.server.close()
         for w in self._writers:
             w.close()
+
+    async def sever(self) -> None:
+        """Cut the link: stop listening (a connect is refused at once) and drop every connection.
+        ``mend()`` listens again on the same port."""
+        await self.close()
+        self._writers.clear()
+
+    async def mend(self) -> None:
+        self.server = await asyncio.start_server(self._on_connect, "127.0.0.1", self.port)
 
     async def _on_connect(self, cr: asyncio.StreamReader, cw: asyncio.StreamWriter) -> None:
         self.connections += 1
@@ -167,6 +178,23 @@ class Relay(FrameProxy):
 
     async def _forward(self, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
         await self._pipe(r, w)
+
+
+class Throttle(Relay):
+    """A Relay that forwards the shipper's bytes at most ``rate`` bytes per second (a slow link); the
+    receiver's replies pass at once."""
+
+    def __init__(self, upstream: int | Listener, rate: float) -> None:
+        super().__init__(upstream)
+        self.rate = rate
+
+    async def _forward(self, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        due = time.monotonic()
+        while data := await r.read(65536):
+            due = max(due, time.monotonic()) + len(data) / self.rate
+            await asyncio.sleep(max(0.0, due - time.monotonic()))
+            w.write(data)
+            await w.drain()
 
 
 class DamagingProxy(FrameProxy):
@@ -333,6 +361,23 @@ class ProxyThread(Generic[P]):
         self.run(self.proxy.close())
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(10)
+
+
+class CuttableLink(ProxyThread[Relay]):
+    """A Relay in a thread that a test can cut (``sever()``: refused, connections dropped) and mend."""
+
+    def __init__(self, upstream: int | Listener) -> None:
+        super().__init__(Relay(upstream))
+
+    def sever(self) -> None:
+        self.run(self.proxy.sever())
+
+    def mend(self) -> None:
+        self.run(self.proxy.mend())
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.proxy.port}"
 
 
 class DamagingLink(ProxyThread[DamagingProxy]):

@@ -6,7 +6,19 @@ from dataclasses import replace
 
 import pytest
 
-from logship.ha.decide import Action, Dial, Kind, Mark, Member, Policy, View, best_candidate, decide, ineligible
+from logship.ha.decide import (
+    Action,
+    Dial,
+    Kind,
+    Mark,
+    Member,
+    Policy,
+    View,
+    best_candidate,
+    decide,
+    dial_limits,
+    ineligible,
+)
 
 HEAD = Mark("E05", 500, 5, 5500)
 
@@ -140,3 +152,20 @@ def test_only_one_candidate_when_all_see_the_same_view() -> None:
     assert winners == ["b"]
     assert best_candidate(standby(members=members)) == "b"
     assert ineligible(standby(members=members), "x") == "not registered (no members key)"
+
+
+def test_each_lossy_dial_has_its_own_limits_unless_the_policy_sets_them() -> None:
+    """good allows one segment behind the head, best six (Exchange's Good/BestAvailability); an
+    explicit limit wins; lossless measures nothing (the sync set decides)."""
+    assert dial_limits(Policy(dial=Dial.GOOD)) == (1, 16 * 1024 * 1024)
+    assert dial_limits(Policy(dial=Dial.BEST)) == (6, 96 * 1024 * 1024)
+    assert dial_limits(Policy(dial=Dial.BEST, max_segments_behind=2)) == (2, 96 * 1024 * 1024)
+    head = Mark("E", 0, 10, 10_000)
+    for dial, behind, why in ((Dial.GOOD, 1, None), (Dial.GOOD, 2, "2 segments behind"), (Dial.BEST, 6, None)):
+        view = standby(
+            policy=Policy(dial=dial), head=head, sync=frozenset(), members={"b": member("b", 9000, 10 - behind)}
+        )
+        got = ineligible(view, "b")
+        assert (got is None) if why is None else (got is not None and why in got), (dial, behind, got)
+    view = standby(policy=Policy(dial=Dial.BEST), head=head, sync=frozenset(), members={"b": member("b", 9000, 3)})
+    assert "7 segments behind the head (dial best allows 6)" in str(ineligible(view, "b"))
