@@ -184,7 +184,12 @@ def _decide_primary(view: View, now: float) -> Action:
     if view.last_keepalive is None or now - view.last_keepalive > p.ttl - p.margin:
         age = "never" if view.last_keepalive is None else f"{now - view.last_keepalive:.1f}s ago"
         return Action(Kind.DEMOTE, f"last lease keep-alive {age} (TTL {p.ttl:g}s, margin {p.margin:g}s)")
-    if view.leader is not None and view.leader != view.me:
+    if view.leader is None:
+        # A fresh keep-alive on a lease granted anew does not bring back the key the old lease held: a
+        # primary without the key would write on while a standby may win it (etcd unreadable keeps the
+        # last view, so this is a key really gone, not a blip).
+        return Action(Kind.DEMOTE, "the leader key is gone (our lease expired or the key was deleted)")
+    if view.leader != view.me:
         return Action(Kind.DEMOTE, f"{view.leader} holds the leader key")
     mine = view.members.get(view.me)
     if mine is not None and view.epoch > mine.epoch:

@@ -58,6 +58,7 @@ LOSSY = Policy(dial=Dial.GOOD, max_segments_behind=1, max_bytes_behind=1000)
         (primary(), 102.1, Kind.DEMOTE, "last lease keep-alive 2.1s ago"),
         (primary(last_keepalive=None), 100.0, Kind.DEMOTE, "never"),
         (primary(leader="b"), 100.5, Kind.DEMOTE, "b holds the leader key"),
+        (primary(leader=None), 100.5, Kind.DEMOTE, "leader key is gone"),
         (primary(epoch=4), 100.5, Kind.DEMOTE, "epoch 4 is newer"),
         (primary(switchover_to="b"), 100.5, Kind.HANDOVER, "switchover to b"),
         (primary(switchover_to="a"), 100.5, Kind.RENEW, ""),
