@@ -20,10 +20,11 @@ when the shipper still has that image, else 0: a cut or a kill -9 of either end 
 
 from __future__ import annotations
 
+import json
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar, Protocol, TypeVar
 
 from protocol import fields
 from protocol.digest import chunk_digest
@@ -36,6 +37,7 @@ IMAGE_PREFIX = "seed-"
 _IMAGE_ID = re.compile(r"[0-9a-f]{8,64}")
 MAX_IMAGE = 1 << 50
 """The largest image size (1 PiB) a receiver believes an offer of."""
+_T = TypeVar("_T")
 
 
 def image_id(h: Mapping[str, Any], key: str = "image", allow_empty: bool = False) -> str:
@@ -67,6 +69,73 @@ class SeedWant:
         if not image and offset:
             raise RemoteProtocolError("SEED_WANT of no image at a non-zero offset", code=ErrorCode.BAD_FRAME)
         return cls(fields.stream(h), image, offset)
+
+
+class SeedDocError(ValueError):
+    """A seed image's metadata document (either end's spool) is not one this code wrote: not JSON, a
+    field missing, of the wrong type or size, or a name that breaks the naming rules."""
+
+
+@dataclass(frozen=True, slots=True)
+class ImageFacts:
+    """What describes one image, the same on the wire (SEED_OFFER) and in both ends' spools."""
+
+    image: str
+    size: int
+    digest: bytes
+    """xxh3_128 of the whole image."""
+    first: str
+    """The first segment that must follow the image ("" when the source had none yet)."""
+    after: str
+    """The source's segment just before ``first`` ("" when none)."""
+    after_size: int
+    """That segment's size on the source (0 when none)."""
+
+    def to_doc(self) -> dict[str, Any]:
+        """The JSON-ready document of these facts (the digest as hex); ``from_doc`` reads it back."""
+        doc = {"image": self.image, "size": self.size, "xxh": self.digest.hex(), "first": self.first}
+        return {**doc, "after": self.after, "asize": self.after_size}
+
+    @classmethod
+    def from_doc(cls, doc: bytes | str | Mapping[str, Any]) -> ImageFacts:
+        """Return the facts of a document (JSON bytes or a decoded map); other keys are left to the
+        caller. Raises SeedDocError, checking the fields as a SEED_OFFER's header is checked."""
+        return _from_doc(doc, _facts)
+
+
+def _check_order(first: str, after: str) -> None:
+    """``after`` sorts before ``first``, and is "" when ``first`` is."""
+    if (after >= first) if first else bool(after):
+        raise RemoteProtocolError("after must sort before first", code=ErrorCode.BAD_FRAME)
+
+
+def _facts(h: Mapping[str, Any]) -> ImageFacts:
+    xxh = fields.text(h, "xxh", 32)
+    try:
+        digest = bytes.fromhex(xxh)
+    except ValueError:
+        digest = b""
+    if len(digest) != 16:
+        raise RemoteProtocolError("field 'xxh' must be 32 hex digits", code=ErrorCode.BAD_FRAME)
+    facts = ImageFacts(
+        image_id(h),
+        fields.integer(h, "size", 0, MAX_IMAGE),
+        digest,
+        fields.segment(h, "first", allow_empty=True),
+        fields.segment(h, "after", allow_empty=True),
+        fields.integer(h, "asize"),
+    )
+    _check_order(facts.first, facts.after)
+    return facts
+
+
+def _from_doc(doc: bytes | str | Mapping[str, Any], read: Callable[[Mapping[str, Any]], _T]) -> _T:
+    """Decode ``doc`` (JSON text or a map) and ``read(map)`` it; a field error becomes SeedDocError."""
+    try:
+        h = json.loads(doc) if isinstance(doc, bytes | str) else doc
+        return read(fields.mapping(h, "a seed image document"))
+    except (ValueError, RemoteProtocolError) as e:
+        raise SeedDocError(f"seed image document: {e}") from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,9 +185,21 @@ class SeedOffer:
         )
         if offer.start > offer.size:
             raise RemoteProtocolError("SEED_OFFER starts past the image's end", code=ErrorCode.BAD_POSITION)
-        if (offer.after >= offer.first) if offer.first else bool(offer.after):
-            raise RemoteProtocolError("SEED_OFFER: after must sort before first", code=ErrorCode.BAD_FRAME)
+        try:
+            _check_order(offer.first, offer.after)
+        except RemoteProtocolError as e:
+            raise RemoteProtocolError(f"SEED_OFFER: {e}", code=e.code) from None
         return offer
+
+    @classmethod
+    def of(cls, stream: str, facts: ImageFacts, start: int) -> SeedOffer:
+        """The offer of the image ``facts`` describes, its DATA starting at ``start``."""
+        return cls(stream, facts.image, facts.size, facts.digest, facts.first, facts.after, facts.after_size, start)
+
+    @property
+    def facts(self) -> ImageFacts:
+        """What it says of the image (everything but the stream and where its DATA starts)."""
+        return ImageFacts(self.image, self.size, self.digest, self.first, self.after, self.after_size)
 
     @property
     def segment(self) -> str:
@@ -169,6 +250,21 @@ class Held:
     durable: int
     """Bytes of the partial that are fsynced (and chunk-verified when written)."""
 
+    def to_doc(self) -> bytes:
+        """The receiver's record of it (seed/offer.json): the offer's facts, its stream, ``durable``."""
+        doc = {**self.offer.facts.to_doc(), "stream": self.offer.stream, "durable": self.durable}
+        return json.dumps(doc, sort_keys=True).encode()
+
+    @classmethod
+    def from_doc(cls, doc: bytes | str | Mapping[str, Any]) -> Held:
+        """Read a record ``to_doc`` wrote (its offer's ``start`` is 0); raises SeedDocError."""
+        return _from_doc(doc, _held)
+
+
+def _held(h: Mapping[str, Any]) -> Held:
+    facts = _facts(h)
+    return Held(SeedOffer.of(fields.stream(h), facts, 0), fields.integer(h, "durable", 0, facts.size))
+
 
 class SeedSink:
     """The receiver's side of one transfer: which offer it takes, where each chunk must start.
@@ -198,14 +294,7 @@ class SeedSink:
         same = held is not None and held.offer.image == offer.image
         if same:
             assert held is not None
-            was, now = held.offer, offer
-            if (was.size, was.digest, was.first, was.after, was.after_size) != (
-                now.size,
-                now.digest,
-                now.first,
-                now.after,
-                now.after_size,
-            ):
+            if held.offer.facts != offer.facts:
                 raise RemoteProtocolError("SEED_OFFER changes a known image", code=ErrorCode.BAD_FRAME)
             if offer.start != held.durable:
                 raise RemoteProtocolError(

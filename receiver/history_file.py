@@ -10,6 +10,7 @@ epoch 0 with no forks (a copy from before histories existed).
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,12 @@ from protocol.history import Fork, History
 from protocol.messages import Position
 
 HISTORY_FILE = "history.json"
+MAX_CACHED = 4096
+"""History files whose parsed history ``history_rows`` keeps (one per copy; beyond it, it starts over)."""
+
+_FileKey = tuple[int, int, int, int]
+_parsed: dict[Path, tuple[_FileKey, History]] = {}
+"""The history last read from each copy's file, by the file's device, inode, size and mtime."""
 
 
 @dataclass(slots=True)
@@ -71,8 +78,28 @@ def save_history(root: Path, stream: str, copy_history: CopyHistory) -> None:
 
 
 def history_rows(root: Path) -> list[dict[str, Any]]:
-    """The history as status rows show it; empty when the file cannot be read (status must not fail)."""
+    """The history as status rows show it; empty when the file cannot be read (status must not fail).
+
+    The file is read again only when it changed: save_history() renames a new file into place (a new
+    inode), and any other writer changes its size or mtime; a status look otherwise costs one stat().
+    """
+    path = history_path(root)
     try:
-        return load_history(root).history.to_json()
+        st = os.stat(path)
+    except FileNotFoundError:
+        _parsed.pop(path, None)
+        return CopyHistory().history.to_json()
+    except OSError:
+        return []
+    key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+    cached = _parsed.get(path)
+    if cached is not None and cached[0] == key:
+        return cached[1].to_json()
+    try:
+        history = load_history(root).history
     except (OSError, ValueError):
         return []
+    if len(_parsed) >= MAX_CACHED:
+        _parsed.clear()
+    _parsed[path] = (key, history)
+    return history.to_json()

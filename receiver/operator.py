@@ -8,27 +8,26 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
-import os
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from logship.admin import control
 from logship.admin.live import Look
 from logship.admin.table import exit_status
-from logship.cli import EXIT_FAILED, EXIT_USAGE, Parser, add_status_flags, guarded, operator_logging, watch
-from logship.config import ConfigError, load_toml, parse_duration
+from logship.cli import EXIT_FAILED, EXIT_USAGE, guarded, operator_logging, watch
+from logship.config import ConfigError, load_toml
+from logship.verbs import operator_parser as base_parser
+from logship.verbs import stream_rows
 from protocol.history import parse_position
 from protocol.messages import Position
 from protocol.names import is_stream_name
 from receiver.activation import ActivationRefused, activate, render_report
 from receiver.config import add_replay_flags, replay_from_doc
 from receiver.copy import StreamCopy
-from receiver.datadir import control_path, existing_streams, lock_data_dir
+from receiver.copy_verb import call, offline, run_verb
+from receiver.datadir import existing_streams
 from receiver.fence import FenceRefused, fence
 from receiver.ha_view import add_views, ha_lines
 from receiver.history_file import history_rows
@@ -56,23 +55,18 @@ def _fork(text: str) -> Position:
 
 
 def operator_parser() -> argparse.ArgumentParser:
-    p = Parser(prog="python -m receiver", description="Operate the standby copies of a receiver.")
-    sub = p.add_subparsers(dest="command", required=True)
-
-    def common(q: argparse.ArgumentParser) -> None:
-        q.add_argument("--data-dir", metavar="DIR", help="the receiver's data dir (or data_dir in --config)")
-        q.add_argument("--config", metavar="FILE", help="the receiver's TOML config file")
-
-    q = sub.add_parser(
-        "status",
-        help="show each stream copy: state, replay queue, last copied/replayed, lag",
-        description="Show each stream copy. Exit status: 0 every copy Healthy (or Activated), 1 any copy not "
-        "(Disconnected, Suspended, Failed, ...; every copy read from disk with no receiver running is "
+    p, sub, common = base_parser(
+        "python -m receiver",
+        "Operate the standby copies of a receiver.",
+        [
+            ("--data-dir", "DIR", "the receiver's data dir (or data_dir in --config)"),
+            ("--config", "FILE", "the receiver's TOML config file"),
+        ],
+        status_help="show each stream copy: state, replay queue, last copied/replayed, lag",
+        status_description="Show each stream copy. Exit status: 0 every copy Healthy (or Activated), 1 any copy "
+        "not (Disconnected, Suspended, Failed, ...; every copy read from disk with no receiver running is "
         "Disconnected), 2 cannot tell (no data dir, no such stream).",
     )
-    common(q)
-    q.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    add_status_flags(q, parse_duration)
     for name, text in (
         ("suspend", "stop replaying a stream (copying goes on)"),
         ("resume", "replay it again; also clears a Failed copy, so shippers are accepted again"),
@@ -148,7 +142,7 @@ def operator_main(argv: list[str]) -> int:
             # A brand-new standby may be seeded before its first shipper ever connected (issue 17).
             if not is_stream_name(args.stream):
                 raise ConfigError(f"{args.stream!r} is not a stream name")
-            return cmd_reseed(data_dir, args, _call, _offline)
+            return cmd_reseed(data_dir, args)
         if args.stream not in existing_streams(data_dir):
             raise ConfigError(f"no copy of stream {args.stream!r} in {data_dir}")
         if args.command in ("suspend", "resume"):
@@ -158,29 +152,6 @@ def operator_main(argv: list[str]) -> int:
         return cmd_activate(data_dir, args, doc)
 
     return guarded("receiver", body)
-
-
-def _call(data_dir: Path, request: dict[str, Any], timeout: float = 30.0) -> dict[str, Any] | None:
-    """Ask the receiver running on ``data_dir``; None when none answers."""
-    try:
-        return control.call(control_path(data_dir), request, timeout)
-    except control.ControlUnavailable:
-        return None
-
-
-@contextlib.contextmanager
-def _offline(data_dir: Path) -> Iterator[None]:
-    """Hold the data-dir lock while working on the copies with no receiver running."""
-    try:
-        fd = lock_data_dir(data_dir)
-    except ConfigError:
-        raise ConfigError(
-            f"a receiver holds the lock on {data_dir} but does not answer on {control_path(data_dir)}; try again"
-        ) from None
-    try:
-        yield
-    finally:
-        os.close(fd)
 
 
 def disk_status(data_dir: Path) -> dict[str, Any]:
@@ -198,12 +169,12 @@ def disk_status(data_dir: Path) -> dict[str, Any]:
 
 def look_status(data_dir: Path, stream: str | None) -> Look:
     """One look at the copies, for ``status --watch``: the running receiver's, else the data dir's."""
-    reply = _call(data_dir, {"op": "status"})
+    reply = call(data_dir, {"op": "status"})
     if reply is not None:
         snapshot, heading = reply, f"receiver of {data_dir} (pid {reply.get('pid')})"
     else:
         snapshot, heading = disk_status(data_dir), f"receiver of {data_dir} (no receiver running: from the data dir)"
-    rows = [row for row in snapshot.get("copies", []) if stream is None or row.get("stream") == stream]
+    rows = stream_rows(snapshot.get("copies", []), stream)
     if not rows and stream is not None:
         return Look(EXIT_USAGE, heading, error=f"no copy of stream {stream!r} in {data_dir}")
     return Look(exit_status(rows), heading, rows)
@@ -211,7 +182,7 @@ def look_status(data_dir: Path, stream: str | None) -> Look:
 
 def cmd_status(data_dir: Path, as_json: bool, stream: str | None = None) -> int:
     """Print the copies' status; return 0 all Healthy (or Activated), 1 any copy not, 2 cannot tell."""
-    reply = _call(data_dir, {"op": "status"})
+    reply = call(data_dir, {"op": "status"})
     if reply is not None:
         reply.pop("ok", None)
         snapshot, source = reply, f"running receiver, pid {reply.get('pid')}"
@@ -219,7 +190,7 @@ def cmd_status(data_dir: Path, as_json: bool, stream: str | None = None) -> int:
         snapshot, source = disk_status(data_dir), "data dir (no receiver running)"
     snapshot["source"] = source
     if stream is not None:
-        snapshot["copies"] = [row for row in snapshot["copies"] if row.get("stream") == stream]
+        snapshot["copies"] = stream_rows(snapshot["copies"], stream)
         if not snapshot["copies"]:
             print(f"receiver: error: no copy of stream {stream!r} in {data_dir}", file=sys.stderr)
             return EXIT_USAGE
@@ -234,50 +205,38 @@ def cmd_status(data_dir: Path, as_json: bool, stream: str | None = None) -> int:
 
 
 def cmd_suspend_resume(data_dir: Path, command: str, stream: str, comment: str | None) -> int:
-    reply = _call(data_dir, {"op": command, "stream": stream, "comment": comment})
-    if reply is None:
-        with _offline(data_dir):
+    def local() -> dict[str, Any]:
+        async def change() -> str | None:
+            copy = StreamCopy(stream, SegmentStore(data_dir / stream))
+            if command == "suspend":
+                await copy.suspend(comment)
+                return None
+            return await copy.resume(comment)
 
-            async def change() -> str | None:
-                copy = StreamCopy(stream, SegmentStore(data_dir / stream))
-                if command == "suspend":
-                    await copy.suspend(comment)
-                    return None
-                return await copy.resume(comment)
+        return {"cleared": asyncio.run(change())}
 
-            cleared = asyncio.run(change())
-        where = "in the data dir (no receiver running)"
-    else:
-        cleared, where = reply.get("cleared"), "by the running receiver"
-    if cleared:
-        print(f"stream {stream}: copy failure cleared ({cleared}); shippers are accepted again")
-    print(f"stream {stream}: replay {'suspended' if command == 'suspend' else 'resumed'} {where}")
-    return 0
+    def render(report: dict[str, Any], where: str) -> str:
+        done = f"stream {stream}: replay {'suspended' if command == 'suspend' else 'resumed'} {where}"
+        if cleared := report.get("cleared"):
+            return f"stream {stream}: copy failure cleared ({cleared}); shippers are accepted again\n{done}"
+        return done
+
+    return run_verb(data_dir, {"op": command, "stream": stream, "comment": comment}, local, render, key=None)
 
 
 def cmd_fence(data_dir: Path, args: argparse.Namespace) -> int:
     fork = str(args.fork) if args.fork is not None else None
-    reply = _call(data_dir, {"op": "fence", "stream": args.stream, "epoch": args.epoch, "fork": fork})
-    if reply is not None:
-        report, where = reply["report"], "by the running receiver"
-    else:
-        with _offline(data_dir):
+    request = {"op": "fence", "stream": args.stream, "epoch": args.epoch, "fork": fork}
 
-            async def run() -> dict[str, Any]:
-                return await fence(StreamCopy(args.stream, SegmentStore(data_dir / args.stream)), args.epoch, args.fork)
+    def local() -> dict[str, Any]:
+        copy = StreamCopy(args.stream, SegmentStore(data_dir / args.stream))
+        return asyncio.run(fence(copy, args.epoch, args.fork))
 
-            try:
-                report = asyncio.run(run())
-            except FenceRefused as e:
-                print(f"receiver: error: {e}", file=sys.stderr)
-                return EXIT_FAILED
-        where = "in the data dir (no receiver running)"
-    if args.json:
-        print(json.dumps({**report, "where": where}, indent=1, sort_keys=True))
-    else:
+    def render(report: dict[str, Any], where: str) -> str:
         state = "fenced at" if report["raised"] else "already at"
-        print(f"stream {args.stream}: {state} epoch {report['epoch']} {where}; older shippers are refused")
-    return 0
+        return f"stream {args.stream}: {state} epoch {report['epoch']} {where}; older shippers are refused"
+
+    return run_verb(data_dir, request, local, render, (FenceRefused,), args.json)
 
 
 def _confirmed(data_dir: Path, args: argparse.Namespace) -> bool:
@@ -302,7 +261,7 @@ def cmd_activate(data_dir: Path, args: argparse.Namespace, doc: dict[str, Any]) 
         print(f"stream {args.stream}: not activated", file=sys.stderr)
         return EXIT_FAILED
     request = {"op": "activate", "stream": args.stream, "on_activate": args.on_activate, "epoch": args.epoch}
-    reply = _call(data_dir, request, timeout=3600.0)
+    reply = call(data_dir, request, timeout=3600.0)
     if reply is not None:
         report = reply["report"]
     else:
@@ -311,7 +270,7 @@ def cmd_activate(data_dir: Path, args: argparse.Namespace, doc: dict[str, Any]) 
         # The config file's retention too: whether replica/ is pruned by its database (activation's check).
         kept, own_kept = retention_from_doc(doc, args, args.config or "config file")
         retention = own_kept.get(args.stream, kept)
-        with _offline(data_dir):
+        with offline(data_dir):
 
             async def run() -> dict[str, Any]:
                 copy = StreamCopy(args.stream, SegmentStore(data_dir / args.stream), settings, retention)

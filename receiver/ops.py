@@ -47,15 +47,26 @@ class Rewrite:
     segment: str
     offset: int
     payload: bytes = field(repr=False)
+    changed: concurrent.futures.Future[bool] = field(
+        default_factory=concurrent.futures.Future, compare=False, repr=False
+    )
+    """Set once carried out: whether any byte on disk changed (a resent block may hold the same bytes)."""
 
 
 @dataclass(frozen=True, slots=True, eq=False)
 class Rehash:
-    """Digest the first ``size`` bytes of the partial ``segment`` as they are on disk into ``done``."""
+    """Digest the first ``size`` bytes of the partial ``segment`` as they are on disk into ``done``.
+
+    With ``current`` (the running digest of the bytes received) and ``rewrites`` (every Rewrite of the
+    segment since that digest began, carried out before this op): when none of them changed a byte on
+    disk, the partial is what ``current`` hashed, and ``done`` is ``current`` without reading it again.
+    """
 
     segment: str
     size: int
     done: concurrent.futures.Future[xxhash.xxh3_128] = field(default_factory=concurrent.futures.Future)
+    current: xxhash.xxh3_128 | None = None
+    rewrites: tuple[Rewrite, ...] = ()
 
 
 Op = Write | Install | Restart | Rewrite | Rehash

@@ -3,24 +3,40 @@ each stream is replayed into its standby (receiver/config.py merges them with th
 
 from __future__ import annotations
 
-import argparse
 from dataclasses import dataclass
 from typing import Any
 
-from logship.config import Check, ConfigError, checked, checked_flags, parse_count, parse_duration, parse_text
+from logship.config import Check, ConfigError, checked, parse_count, parse_duration, parse_text
+from receiver.settings_group import Flag, SettingsGroup, given, one_of
+from receiver.settings_group import as_table as as_table  # re-exported: receiver/config.py imports it from here
 
 REPLAY_MODES = ("directory", "command")
 REPLAY_RERUN = ("never", "safe")
-REPLAY_KEYS = (
-    "replay",
-    "replay_command",
-    "inspect_cmd",
-    "replay_lag",
-    "replay_retries",
-    "replay_backoff",
-    "replay_rerun",
-    "replay_recover_command",
+REPLAY_FLAGS: tuple[Flag, ...] = (
+    (
+        "replay",
+        REPLAY_MODES,
+        "directory (default): install replayed segments into DIR/<stream>/replica/; command: run "
+        "--replay-command per segment",
+    ),
+    ("replay_command", "CMD", "shell command run per segment in log order; {path} {name} {stream}"),
+    ("inspect_cmd", "CMD", "inspector run before replay with the segment's path; non-zero vetoes"),
+    ("replay_lag", "DURATION", "replay only segments installed this long ago: 0 (default), 90s, 24h"),
+    ("replay_retries", "N", "retries of a failing segment (default 3)"),
+    ("replay_backoff", "DURATION", "pause before the first retry, doubled after (1s)"),
+    (
+        "replay_rerun",
+        REPLAY_RERUN,
+        "never (default): a replay command interrupted half-way (receiver killed, timeout) stops the copy; "
+        "safe: the target tolerates running it again",
+    ),
+    (
+        "replay_recover_command",
+        "CMD",
+        "run instead after an interrupted replay; must finish the segment from where the target stopped",
+    ),
 )
+REPLAY_KEYS = tuple(key for key, _, _ in REPLAY_FLAGS)
 
 # The form of every replay value: each is parsed at start, and a bad one is one line naming file, table and key.
 REPLAY_CHECKS: dict[str, Check] = {
@@ -28,13 +44,6 @@ REPLAY_CHECKS: dict[str, Check] = {
     **dict.fromkeys(("replay", "replay_command", "inspect_cmd", "replay_rerun", "replay_recover_command"), parse_text),
     "replay_retries": parse_count,
 }
-
-
-def as_table(value: Any, where: str) -> dict[str, Any]:
-    """Return ``value`` as a TOML table, or raise ConfigError naming ``where``."""
-    if not isinstance(value, dict):
-        raise ConfigError(f"{where} must be a table")
-    return value
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,93 +77,38 @@ def replay_settings(values: dict[str, Any], base: ReplaySettings, where: str) ->
 
     Raises ConfigError for a bad mode, duration or count, or command mode without a command.
     """
-    mode = values.get("replay") or base.mode
-    if mode not in REPLAY_MODES:
-        raise ConfigError(f"{where}: replay must be one of {', '.join(REPLAY_MODES)}, not {mode!r}")
+    mode = one_of(values.get("replay") or base.mode, REPLAY_MODES, "replay", where)
     command = values.get("replay_command") or base.command
     if mode == "command" and not command:
         raise ConfigError(f"{where}: replay = command needs a replay command (--replay-command / replay_command)")
     values = checked(values, REPLAY_CHECKS, where)
-    lag = base.lag if values.get("replay_lag") is None else values["replay_lag"]
-    retries = base.retries if values.get("replay_retries") is None else values["replay_retries"]
-    backoff = base.backoff if values.get("replay_backoff") is None else values["replay_backoff"]
-    rerun = values.get("replay_rerun") or base.rerun
-    if rerun not in REPLAY_RERUN:
-        raise ConfigError(f"{where}: replay_rerun must be one of {', '.join(REPLAY_RERUN)}, not {rerun!r}")
     return ReplaySettings(
         mode=mode,
         command=command,
         inspect_cmd=values.get("inspect_cmd") or base.inspect_cmd,
-        lag=lag,
-        retries=retries,
-        backoff=backoff,
+        lag=given(values, "replay_lag", base.lag),
+        retries=given(values, "replay_retries", base.retries),
+        backoff=given(values, "replay_backoff", base.backoff),
         command_timeout=base.command_timeout,
-        rerun=rerun,
+        rerun=one_of(values.get("replay_rerun") or base.rerun, REPLAY_RERUN, "replay_rerun", where),
         recover_command=values.get("replay_recover_command") or base.recover_command,
     )
 
 
-def add_replay_flags(p: argparse.ArgumentParser) -> None:
-    """Add the replay flags (of the daemon, and of ``activate`` when no receiver runs) to ``p``."""
-    g = p.add_argument_group("replay (defaults for every stream; per-stream tables in --config override them)")
-    g.add_argument(
-        "--replay",
-        choices=REPLAY_MODES,
-        help="directory (default): install replayed segments into DIR/<stream>/replica/; command: run "
-        "--replay-command per segment",
-    )
-    g.add_argument(
-        "--replay-command", metavar="CMD", help="shell command run per segment in log order; {path} {name} {stream}"
-    )
-    g.add_argument(
-        "--inspect-cmd", metavar="CMD", help="inspector run before replay with the segment's path; non-zero vetoes"
-    )
-    g.add_argument(
-        "--replay-lag", metavar="DURATION", help="replay only segments installed this long ago: 0 (default), 90s, 24h"
-    )
-    g.add_argument("--replay-retries", metavar="N", help="retries of a failing segment (default 3)")
-    g.add_argument("--replay-backoff", metavar="DURATION", help="pause before the first retry, doubled after (1s)")
-    g.add_argument(
-        "--replay-rerun",
-        choices=REPLAY_RERUN,
-        help="never (default): a replay command interrupted half-way (receiver killed, timeout) stops the copy; "
-        "safe: the target tolerates running it again",
-    )
-    g.add_argument(
-        "--replay-recover-command",
-        metavar="CMD",
-        help="run instead after an interrupted replay; must finish the segment from where the target stopped",
-    )
+REPLAY = SettingsGroup(
+    REPLAY_CHECKS,
+    replay_settings,
+    ReplaySettings(),
+    "replay (defaults for every stream; per-stream tables in --config override them)",
+    REPLAY_FLAGS,
+    default_where="replay",
+)
+"""The replay settings group: a bad value among the defaults for every stream is named ``replay: ...``."""
+add_replay_flags = REPLAY.add_flags
+"""Add the replay flags (of the daemon, and of ``activate`` when no receiver runs) to a parser."""
 
 
-def replay_flags(args: argparse.Namespace) -> dict[str, Any]:
-    """Return the replay settings given as flags, under their config-file names."""
-    return {
-        "replay": getattr(args, "replay", None),
-        "replay_command": getattr(args, "replay_command", None),
-        "inspect_cmd": getattr(args, "inspect_cmd", None),
-        "replay_lag": getattr(args, "replay_lag", None),
-        "replay_retries": getattr(args, "replay_retries", None),
-        "replay_backoff": getattr(args, "replay_backoff", None),
-        "replay_rerun": getattr(args, "replay_rerun", None),
-        "replay_recover_command": getattr(args, "replay_recover_command", None),
-    }
-
-
-def replay_from_doc(
-    doc: dict[str, Any], args: argparse.Namespace, origin: str = "config file"
-) -> tuple[ReplaySettings, dict[str, ReplaySettings]]:
-    """Return the default replay settings (file, then flags) and each configured stream's own.
-
-    ``origin`` names the file in error messages. Raises ConfigError for a bad value, naming its key.
-    """
-    flags = checked_flags(replay_flags(args), REPLAY_CHECKS)
-    top = checked({k: doc.get(k) for k in REPLAY_KEYS}, REPLAY_CHECKS, origin)
-    default = replay_settings({**top, **flags}, ReplaySettings(), "replay")
-    per_stream: dict[str, ReplaySettings] = {}
-    for name, raw in as_table(doc.get("streams", {}), f"{origin}: streams").items():
-        table = as_table(raw, f"{origin}: streams.{name}")
-        own = {k: table.get(k) for k in REPLAY_KEYS if k in table}
-        if own:
-            per_stream[name] = replay_settings(own, default, f"{origin}: streams.{name}")
-    return default, per_stream
+replay_flags = REPLAY.flags
+"""Return the replay settings given as flags, under their config-file names."""
+replay_from_doc = REPLAY.from_doc
+"""Return the default replay settings (file, then flags) and each configured stream's own; raises ConfigError."""

@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 from collections.abc import Callable
-from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
-from logship.cli import EXIT_FAILED
+from receiver.copy_verb import run_verb
 from receiver.reseed import ReseedRefused, render, reseed_dir
 
 
@@ -30,34 +27,16 @@ def add_reseed_parser(sub: Any, common: Callable[[argparse.ArgumentParser], None
     q.add_argument("--json", action="store_true", help="print the report as JSON")
 
 
-def cmd_reseed(
-    data_dir: Path,
-    args: argparse.Namespace,
-    call: Callable[[Path, dict[str, Any]], dict[str, Any] | None],
-    offline: Callable[[Path], AbstractContextManager[None]],
-) -> int:
+def cmd_reseed(data_dir: Path, args: argparse.Namespace) -> int:
+    """Reseed through the running receiver, else on the data dir under its lock."""
     request = {
         "op": "reseed",
         "stream": args.stream,
         "delete_existing": args.delete_existing,
         "manual_resume": args.manual_resume,
     }
-    reply = call(data_dir, request)
-    if reply is not None:
-        if not reply.get("ok"):
-            print(f"receiver: error: {reply.get('error')}", file=sys.stderr)
-            return EXIT_FAILED
-        report, where = reply["report"], "by the running receiver"
-    else:
-        with offline(data_dir):
-            try:
-                report = reseed_dir(data_dir / args.stream, args.delete_existing, args.manual_resume)
-            except ReseedRefused as e:
-                print(f"receiver: error: {e}", file=sys.stderr)
-                return EXIT_FAILED
-        where = "in the data dir (no receiver running)"
-    if args.json:
-        print(json.dumps({**report, "where": where}, indent=1, sort_keys=True))
-    else:
-        print(render(report, where))
-    return 0
+
+    def local() -> dict[str, Any]:
+        return reseed_dir(data_dir / args.stream, args.delete_existing, args.manual_resume)
+
+    return run_verb(data_dir, request, local, render, (ReseedRefused,), args.json)

@@ -4,16 +4,38 @@ receiver/config.py merges these with the rest)."""
 
 from __future__ import annotations
 
-import argparse
 from dataclasses import dataclass
 from typing import Any
 
-from logship.config import Check, ConfigError, checked, checked_flags, parse_count, parse_duration, parse_text
+from logship.config import Check, checked, parse_count, parse_duration, parse_text
+from receiver.settings_group import Flag, SettingsGroup, given, one_of
 
 KEEP_MODES = ("replayed", "all")
 CONSUMER = "consumer"
 """``replica_keep = "consumer"``: the database reading replica/ removes what it no longer needs itself."""
-RETENTION_KEYS = ("keep", "truncation_lag", "keep_min", "replica_keep", "replica_cleanup_command")
+RETENTION_FLAGS: tuple[Flag, ...] = (
+    (
+        "keep",
+        KEEP_MODES,
+        "replayed (default): remove a segment from log/ and replica/ once replayed and past --truncation-lag; "
+        "all: never remove",
+    ),
+    ("truncation_lag", "DURATION", "how long a segment stays after its replay (default 1d)"),
+    ("keep_min", "N", "always keep the newest N segments in log/ (default 10)"),
+    (
+        "replica_keep",
+        "N|consumer",
+        "keep at least the newest N replayed segments in replica/ (default: replica/ follows log/); "
+        "consumer: the database reading replica/ removes from it (pg_archivecleanup as archive_cleanup_command)",
+    ),
+    (
+        "replica_cleanup_command",
+        "CMD",
+        "run this instead of removing from replica/: {oldest} is the oldest segment it must keep, "
+        "{replica} the directory (e.g. 'pg_archivecleanup {replica} {oldest}')",
+    ),
+)
+RETENTION_KEYS = tuple(key for key, _, _ in RETENTION_FLAGS)
 
 
 def parse_replica_keep(value: str | int) -> str | int:
@@ -63,68 +85,28 @@ def retention_settings(values: dict[str, Any], base: RetentionSettings, where: s
     Raises ConfigError for a bad mode, duration or count.
     """
     values = checked(values, RETENTION_CHECKS, where)
-    keep = values.get("keep") or base.keep
-    if keep not in KEEP_MODES:
-        raise ConfigError(f"{where}: keep must be one of {', '.join(KEEP_MODES)}, not {keep!r}")
-
-    def pick(key: str, default: Any) -> Any:
-        return default if values.get(key) is None else values[key]
-
     return RetentionSettings(
-        keep=keep,
-        truncation_lag=pick("truncation_lag", base.truncation_lag),
-        keep_min=pick("keep_min", base.keep_min),
-        replica_keep=pick("replica_keep", base.replica_keep),
+        keep=one_of(values.get("keep") or base.keep, KEEP_MODES, "keep", where),
+        truncation_lag=given(values, "truncation_lag", base.truncation_lag),
+        keep_min=given(values, "keep_min", base.keep_min),
+        replica_keep=given(values, "replica_keep", base.replica_keep),
         replica_cleanup_command=values.get("replica_cleanup_command") or base.replica_cleanup_command,
     )
 
 
-def add_retention_flags(p: argparse.ArgumentParser) -> None:
-    """Add the standby retention flags (defaults for every stream) to ``p``."""
-    g = p.add_argument_group("standby retention (defaults for every stream; per-stream tables in --config override)")
-    g.add_argument(
-        "--keep",
-        choices=KEEP_MODES,
-        help="replayed (default): remove a segment from log/ and replica/ once replayed and past --truncation-lag; "
-        "all: never remove",
-    )
-    g.add_argument(
-        "--truncation-lag", metavar="DURATION", help="how long a segment stays after its replay (default 1d)"
-    )
-    g.add_argument("--keep-min", metavar="N", help="always keep the newest N segments in log/ (default 10)")
-    g.add_argument(
-        "--replica-keep",
-        metavar="N|consumer",
-        help="keep at least the newest N replayed segments in replica/ (default: replica/ follows log/); "
-        "consumer: the database reading replica/ removes from it (pg_archivecleanup as archive_cleanup_command)",
-    )
-    g.add_argument(
-        "--replica-cleanup-command",
-        metavar="CMD",
-        help="run this instead of removing from replica/: {oldest} is the oldest segment it must keep, "
-        "{replica} the directory (e.g. 'pg_archivecleanup {replica} {oldest}')",
-    )
+RETENTION = SettingsGroup(
+    RETENTION_CHECKS,
+    retention_settings,
+    RetentionSettings(),
+    "standby retention (defaults for every stream; per-stream tables in --config override)",
+    RETENTION_FLAGS,
+)
+"""The standby retention settings group."""
+add_retention_flags = RETENTION.add_flags
+"""Add the standby retention flags (defaults for every stream) to a parser."""
 
 
-def retention_flags(args: argparse.Namespace) -> dict[str, Any]:
-    """Return the retention settings given as flags, under their config-file names."""
-    return {key: getattr(args, key, None) for key in RETENTION_KEYS}
-
-
-def retention_from_doc(
-    doc: dict[str, Any], args: argparse.Namespace, origin: str = "config file"
-) -> tuple[RetentionSettings, dict[str, RetentionSettings]]:
-    """Return the default retention settings (file, then flags) and each configured stream's own.
-
-    Raises ConfigError for a bad value, naming its key.
-    """
-    flags = checked_flags(retention_flags(args), RETENTION_CHECKS)
-    top = {k: doc.get(k) for k in RETENTION_KEYS}
-    default = retention_settings({**top, **flags}, RetentionSettings(), origin)
-    per_stream: dict[str, RetentionSettings] = {}
-    streams = doc.get("streams", {})
-    for name, table in streams.items() if isinstance(streams, dict) else ():
-        own = {k: table.get(k) for k in RETENTION_KEYS if isinstance(table, dict) and k in table}
-        if own:
-            per_stream[name] = retention_settings(own, default, f"{origin}: streams.{name}")
-    return default, per_stream
+retention_flags = RETENTION.flags
+"""Return the retention settings given as flags, under their config-file names."""
+retention_from_doc = RETENTION.from_doc
+"""Return the default retention settings (file, then flags) and each configured stream's own; raises ConfigError."""

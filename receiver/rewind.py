@@ -15,6 +15,7 @@ import logging
 import os
 import shutil
 import time
+import weakref
 from pathlib import Path
 from typing import Protocol
 
@@ -23,12 +24,15 @@ from protocol.digest import chunk_digest, segment_hasher
 from protocol.errors import RemoteProtocolError
 from protocol.history import Fork, History, Refuse, Rewind, decide
 from protocol.messages import Position
+from receiver.chain_check import ChainCheck
 from receiver.history_file import load_history, save_history
-from receiver.manifest import Base, Installed, chain_problem
+from receiver.manifest import Base, Installed
 from receiver.store import _IDX as IDX_RECORD  # the .idx record format recover() verifies
 from receiver.store import READ_BLOCK, Recovered, SegmentStore
 
 log = logging.getLogger("receiver")
+_chains: weakref.WeakKeyDictionary[Copy, ChainCheck] = weakref.WeakKeyDictionary()
+"""Each copy's chain check, which remembers the records it found linked (receiver/chain_check.py)."""
 
 DIVERGED = "diverged"
 """The ERROR code of a copy that cannot take the shipper's history."""
@@ -139,6 +143,14 @@ def _write_partial(store: SegmentStore, fork: Position, source: Path) -> None:
         os.fsync(idx.fileno())
 
 
+def _chain_check(copy: Copy) -> ChainCheck:
+    """The copy's chain check (a fresh one for a copy that cannot be weakly referenced: checked whole)."""
+    try:
+        return _chains.setdefault(copy, ChainCheck())
+    except TypeError:
+        return ChainCheck()
+
+
 async def check_history(
     copy: Copy, epoch: int, shipper: History, rec: Recovered, no_rewind: bool
 ) -> tuple[Recovered, int]:
@@ -150,7 +162,7 @@ async def check_history(
     theirs = shipper.claimed(epoch)
     position = copy_position(rec)
     decision = decide(theirs, known.history, position, copy.replayed_position, known.fenced, not no_rewind)
-    mixed = chain_problem(copy.installed, names=False, base=copy.base)
+    mixed = _chain_check(copy).problem(copy.installed, copy.base)
     if mixed:
         # Two histories already meet in this copy's manifest: nothing can be resumed on it.
         decision = Refuse(f"the copy's manifest chain is broken: {mixed}; reseed")

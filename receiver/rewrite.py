@@ -12,6 +12,12 @@ restart still verifies the partial), both fdatasynced before anything after it i
 running segment digest no longer covers the bytes on disk then: before the SEAL is judged, a ``Rehash``
 op reads the partial once more and gives the ingest the digest of what it holds, so the SEAL's
 whole-segment digest is checked as always; nothing goes to quarantine and nothing is fetched twice.
+
+The read is skipped when no rewrite of the segment changed a byte (a block resent after a resume, which
+the shipper cannot vouch for, often holds the same bytes): the partial is then exactly the bytes the
+running digest hashed. When one did change, the read stays: xxh3_128 is a running hash, so a change at
+byte 21 (MariaDB's in-use flag) changes the state for every byte after it, and no digest of the new
+content can be had without hashing those bytes again.
 """
 
 from __future__ import annotations
@@ -102,30 +108,37 @@ def carry_out(op: Rewrite | Rehash, partial: Path, idx: Path, record: struct.Str
     """
     if isinstance(op, Rehash):
         try:
-            op.done.set_result(_rehash(partial, op.size))
+            unchanged = op.current is not None and not any(r.changed.result(0) for r in op.rewrites)
+            op.done.set_result(op.current if unchanged and op.current is not None else _rehash(partial, op.size))
         except BaseException as e:
             op.done.set_exception(e)
             raise
         return
-    fd = os.open(partial, os.O_RDWR)
     try:
-        idx_fd = os.open(idx, os.O_RDWR)
+        fd = os.open(partial, os.O_RDWR)
         try:
-            _rewrite(fd, idx_fd, op, record)
+            idx_fd = os.open(idx, os.O_RDWR)
+            try:
+                changed = _rewrite(fd, idx_fd, op, record)
+            finally:
+                os.close(idx_fd)
         finally:
-            os.close(idx_fd)
-    finally:
-        os.close(fd)
+            os.close(fd)
+    except BaseException as e:
+        op.changed.set_exception(e)
+        raise
+    op.changed.set_result(changed)
 
 
-def _rewrite(fd: int, idx_fd: int, op: Rewrite, record: struct.Struct) -> None:
+def _rewrite(fd: int, idx_fd: int, op: Rewrite, record: struct.Struct) -> bool:
+    """Carry out ``op``; return whether a byte changed."""
     start, end = op.offset, op.offset + len(op.payload)
     old = os.pread(fd, len(op.payload), start)
     if len(old) != len(op.payload):
         raise OSError(f"{op.segment}: partial holds fewer than the {end} bytes a rewrite needs")
     span = changed_span(old, op.payload)
     if span is None:
-        return
+        return False
     if os.pwrite(fd, op.payload, start) != len(op.payload):
         raise OSError(f"short rewrite of {op.segment} at {start}")
     # The chunk records that cover the range vouched for the old bytes: recompute them, or a restart
@@ -149,6 +162,7 @@ def _rewrite(fd: int, idx_fd: int, op: Rewrite, record: struct.Struct) -> None:
         start,
         end - 1,
     )
+    return True
 
 
 def _first_record_ending_after(idx_fd: int, record: struct.Struct, count: int, start: int) -> int:
@@ -185,7 +199,8 @@ class Rewrites:
     """Rewrites on one connection: which stream's active segment was rewritten since its last digest."""
 
     def __init__(self) -> None:
-        self.touched: dict[str, str] = {}
+        self.touched: dict[str, tuple[str, list[Rewrite]]] = {}
+        """Per stream: the segment rewritten since its digest began, and those rewrites."""
 
     def on_rewrite(self, att: Attached, msg: Data, allowed: bool) -> None:
         """Queue the rewrite ``msg`` (raises RemoteProtocolError if it breaks the rules)."""
@@ -194,18 +209,24 @@ class Rewrites:
             return
         att.copy.bytes_received += len(msg.payload)
         att.submit([op])
-        self.touched[msg.stream] = msg.segment
+        segment, ops = self.touched.get(msg.stream, ("", []))
+        if segment != msg.segment:
+            ops = []
+        ops.append(op)
+        self.touched[msg.stream] = (msg.segment, ops)
 
     async def before_seal(self, att: Attached, msg: Seal) -> bool:
         """Before ``msg`` is judged: if its segment was rewritten, give the ingest the digest of what the
         partial now holds. False if storage failed meanwhile (the connection then ends)."""
         ingest = att.ingest
-        if self.touched.get(msg.stream) != msg.segment or ingest.awaiting_resend or ingest.active != msg.segment:
+        segment, rewrites = self.touched.get(msg.stream, ("", []))
+        if segment != msg.segment or ingest.awaiting_resend or ingest.active != msg.segment:
             return True
         if msg.size != ingest.offset:
             return True  # the ingest refuses it as it is
         del self.touched[msg.stream]
-        op = Rehash(msg.segment, msg.size)
+        # The rewrites are carried out before this op (in order): it reads the partial only if one changed it.
+        op = Rehash(msg.segment, msg.size, current=ingest.hasher.copy(), rewrites=tuple(rewrites))
         att.submit([op])
         done = asyncio.wrap_future(op.done)
         await asyncio.wait({done, att.task}, return_when=asyncio.FIRST_COMPLETED)

@@ -12,7 +12,6 @@ Layout under the stream directory:
 from __future__ import annotations
 
 import ctypes
-import json
 import os
 import shutil
 import tarfile
@@ -21,7 +20,7 @@ from pathlib import Path
 
 from logship.files import fsync_dir, write_atomic
 from protocol.digest import segment_hasher
-from protocol.seed import Held, SeedOffer
+from protocol.seed import Held, SeedDocError, SeedOffer
 
 READ_BLOCK = 4 << 20
 
@@ -48,22 +47,12 @@ class SeedFiles:
     def held(self) -> Held | None:
         """Return what survives on disk of an earlier transfer (the partial cut to its durable bytes)."""
         try:
-            doc = json.loads(self.meta.read_bytes())
-            offer = SeedOffer(
-                str(doc["stream"]),
-                str(doc["image"]),
-                int(doc["size"]),
-                bytes.fromhex(doc["xxh"]),
-                str(doc["first"]),
-                str(doc["after"]),
-                int(doc["asize"]),
-                0,
-            )
-            durable = int(doc["durable"])
-            if not self.partial.exists() or not 0 <= durable <= offer.size:
+            held = Held.from_doc(self.meta.read_bytes())
+            if not self.partial.exists():
                 return None
-        except (OSError, ValueError, KeyError, TypeError):
+        except (OSError, SeedDocError):
             return None
+        offer, durable = held.offer, held.durable
         if self.partial.stat().st_size > durable:
             # Written after the last fsync that was recorded: not known to be whole.
             os.truncate(self.partial, durable)
@@ -75,7 +64,7 @@ class SeedFiles:
             while block := f.read(READ_BLOCK):
                 self.hasher.update(block)
         self.offer, self.durable = offer, durable
-        return Held(offer, durable)
+        return held
 
     def begin(self, offer: SeedOffer, fresh: bool) -> None:
         """Open the partial for ``offer``; ``fresh``: a new image, whatever was held is dropped."""
@@ -104,11 +93,8 @@ class SeedFiles:
         return self.durable
 
     def _save(self) -> None:
-        o = self.offer
-        assert o is not None
-        doc = {"stream": o.stream, "image": o.image, "size": o.size, "xxh": o.digest.hex(), "first": o.first}
-        doc.update({"after": o.after, "asize": o.after_size, "durable": self.durable})
-        write_atomic(self.meta, json.dumps(doc, sort_keys=True).encode(), 0o600)
+        assert self.offer is not None
+        write_atomic(self.meta, Held(self.offer, self.durable).to_doc(), 0o600)
 
     def verify(self) -> None:
         """Check the whole image (every byte written, as it was written) against the offer's digest;

@@ -7,14 +7,19 @@ running, ``suspend`` and ``resume`` record the change in the state directory for
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
 import json
 import sys
+from collections.abc import Iterator
+from typing import Any
 
-from logship.admin import control
 from logship.admin.live import Look
 from logship.admin.table import exit_status
-from logship.cli import EXIT_FAILED, EXIT_USAGE, Parser, add_status_flags, guarded, operator_logging, watch
+from logship.cli import EXIT_FAILED, EXIT_USAGE, guarded, operator_logging, watch
 from logship.config import ConfigError, parse_address, parse_duration
+from logship.verbs import ask, run_copy_verb, stream_rows
+from logship.verbs import operator_parser as base_parser
 from shipper.config import state_dir_from
 from shipper.state import StateBusy, StateDir
 from shipper.status import table
@@ -34,23 +39,18 @@ WAIT_HELP = (
 
 
 def operator_parser() -> argparse.ArgumentParser:
-    p = Parser(prog="python -m shipper", description="Operate a running shipper.")
-    sub = p.add_subparsers(dest="command", required=True)
-
-    def common(q: argparse.ArgumentParser) -> None:
-        q.add_argument("--state-dir", metavar="DIR", help="the shipper's state dir (default as for the daemon)")
-        q.add_argument("--config", metavar="FILE", help="the shipper's TOML config file (for its state_dir)")
-
-    q = sub.add_parser(
-        "status",
-        help="per stream and target: state, copy/replay queue, last copied, lag, retention",
-        description="Show the running shipper's targets. Exit status: 0 every target Healthy, 1 any target "
+    p, sub, common = base_parser(
+        "python -m shipper",
+        "Operate a running shipper.",
+        [
+            ("--state-dir", "DIR", "the shipper's state dir (default as for the daemon)"),
+            ("--config", "FILE", "the shipper's TOML config file (for its state_dir)"),
+        ],
+        status_help="per stream and target: state, copy/replay queue, last copied, lag, retention",
+        status_description="Show the running shipper's targets. Exit status: 0 every target Healthy, 1 any target "
         "not Healthy (Disconnected, Suspended, Failed, Fenced, ...), 2 cannot tell (no shipper answers, "
         "no such stream).",
     )
-    common(q)
-    q.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    add_status_flags(q, parse_duration)
     q = sub.add_parser(
         "wait", help="wait until a segment's bytes are durable at the targets a policy requires", description=WAIT_HELP
     )
@@ -97,9 +97,8 @@ def operator_main(argv: list[str]) -> int:
 
 def cmd_status(state: StateDir, as_json: bool, stream: str | None = None) -> int:
     """Print the running shipper's status; return 0 all Healthy, 1 any target not, 2 cannot tell."""
-    try:
-        snapshot = control.call(state.control_socket, {"op": "status"})
-    except control.ControlUnavailable:
+    snapshot = ask(state.control_socket, {"op": "status"}, 10.0)
+    if snapshot is None:
         suspended = state.load_suspensions() if state.path.is_dir() else {}
         if as_json:
             rows = [
@@ -114,7 +113,7 @@ def cmd_status(state: StateDir, as_json: bool, stream: str | None = None) -> int
         return EXIT_USAGE
     snapshot.pop("ok", None)
     if stream is not None:
-        snapshot["copies"] = [row for row in snapshot.get("copies", []) if row.get("stream") == stream]
+        snapshot["copies"] = stream_rows(snapshot.get("copies", []), stream)
         if not snapshot["copies"]:
             print(f"shipper: error: the running shipper ships no stream {stream!r}", file=sys.stderr)
             return EXIT_USAGE
@@ -127,39 +126,48 @@ def cmd_status(state: StateDir, as_json: bool, stream: str | None = None) -> int
 
 def look_status(state: StateDir, stream: str | None) -> Look:
     """One look at the running shipper's targets, for ``status --watch``."""
-    try:
-        snapshot = control.call(state.control_socket, {"op": "status"})
-    except control.ControlUnavailable:
+    snapshot = ask(state.control_socket, {"op": "status"}, 10.0)
+    if snapshot is None:
         return Look(EXIT_USAGE, f"shipper of {state.path}", error=f"no shipper answers on {state.control_socket}")
-    rows = [row for row in snapshot.get("copies", []) if stream is None or row.get("stream") == stream]
+    rows = stream_rows(snapshot.get("copies", []), stream)
     heading = f"shipper {snapshot.get('node', '?')} (pid {snapshot.get('pid', '?')})"
     if not rows and stream is not None:
         return Look(EXIT_USAGE, heading, error=f"the running shipper ships no stream {stream!r}")
     return Look(exit_status(rows), heading, rows)
 
 
-def cmd_suspend_resume(state: StateDir, command: str, stream: str, target: str, comment: str | None) -> int:
+@contextlib.contextmanager
+def offline(state: StateDir) -> Iterator[None]:
+    """Hold the state dir's lock while changing it with no shipper running."""
     try:
-        control.call(state.control_socket, {"op": command, "stream": stream, "target": target, "comment": comment})
-        where = "by the running shipper"
-    except control.ControlUnavailable:
-        # No shipper runs: record it in the state dir, under its lock, for the next start.
-        try:
-            state.create()
-            state.lock()
-        except StateBusy:
-            raise ConfigError(
-                f"a shipper holds {state.path} but does not answer on {state.control_socket}; try again"
-            ) from None
-        except OSError as e:
-            raise ConfigError(f"state dir {state.path}: {e}") from None
-        try:
-            state.set_suspended(stream, target, command == "suspend", comment)
-        finally:
-            state.unlock()
-        where = f"in {state.path} (no shipper running; it takes effect at the next start)"
-    print(f"stream {stream} target {target}: {'suspended' if command == 'suspend' else 'resumed'} {where}")
-    return 0
+        state.create()
+        state.lock()
+    except StateBusy:
+        raise ConfigError(
+            f"a shipper holds {state.path} but does not answer on {state.control_socket}; try again"
+        ) from None
+    except OSError as e:
+        raise ConfigError(f"state dir {state.path}: {e}") from None
+    try:
+        yield
+    finally:
+        state.unlock()
+
+
+def cmd_suspend_resume(state: StateDir, command: str, stream: str, target: str, comment: str | None) -> int:
+    request = {"op": command, "stream": stream, "target": target, "comment": comment}
+
+    def local() -> dict[str, Any]:
+        # No shipper runs: record it in the state dir, for the next start.
+        state.set_suspended(stream, target, command == "suspend", comment)
+        return {}
+
+    def render(_report: dict[str, Any], where: str) -> str:
+        return f"stream {stream} target {target}: {'suspended' if command == 'suspend' else 'resumed'} {where}"
+
+    where = ("by the running shipper", f"in {state.path} (no shipper running; it takes effect at the next start)")
+    online = functools.partial(ask, state.control_socket, request, 10.0)
+    return run_copy_verb("shipper", online, lambda: offline(state), local, render, where)
 
 
 def cmd_wait(state: StateDir, args: argparse.Namespace) -> int:
@@ -168,10 +176,9 @@ def cmd_wait(state: StateDir, args: argparse.Namespace) -> int:
     timeout = parse_duration(args.timeout)
     request = {"op": "wait", "stream": args.stream, "segment": args.segment, "level": args.level}
     request |= {"offset": args.offset, "sealed": args.sealed, "require": args.require, "timeout": timeout}
-    try:
-        # The shipper answers at its own deadline; ours is later, so its answer (with reasons) comes first.
-        reply = control.call(state.control_socket, request, timeout=timeout + 15)
-    except control.ControlUnavailable:
+    # The shipper answers at its own deadline; ours is later, so its answer (with reasons) comes first.
+    reply = ask(state.control_socket, request, timeout + 15)
+    if reply is None:
         print(f"shipper: error: no shipper answers on {state.control_socket}", file=sys.stderr)
         return EXIT_USAGE
     reply.pop("ok", None)

@@ -24,10 +24,10 @@ from typing import Any
 from protocol.aio import FramedConnection
 from protocol.digest import chunk_digest
 from protocol.messages import Data, Error, Heartbeat, Position
-from protocol.seed import IMAGE_PREFIX, SeedAck, SeedOffer, SeedWant, SeedWindow, start_offset
+from protocol.seed import IMAGE_PREFIX, ImageFacts, SeedAck, SeedOffer, SeedWant, SeedWindow, start_offset
 from shipper.handshake import Reconnect
 from shipper.pacing import TokenBucket
-from shipper.seed_image import Image, ImageSpool, SeedError, follows
+from shipper.seed_image import ImageSpool, SeedError, follows
 
 log = logging.getLogger("shipper")
 
@@ -110,12 +110,12 @@ async def send_seed(sender: Any, conn: FramedConnection) -> None:
         start,
         img.first or "the stream's start",
     )
-    conn.send(SeedOffer(sender.stream, img.image, img.size, img.digest, img.first, img.after, img.after_size, start))
+    conn.send(SeedOffer.of(sender.stream, img, start))
     window = SeedWindow(img.image, img.size, start, WINDOW)
     acked = asyncio.Event()
     reader = asyncio.create_task(_read_acks(conn, window, progress, acked, cfg.ack_timeout), name="seed-acks")
     try:
-        await _send_image(sender, conn, img, window, acked, reader)
+        await _send_image(sender, conn, img, spool.tar, window, acked, reader)
         async with asyncio.timeout(cfg.ack_timeout * 4):
             await reader
     finally:
@@ -148,7 +148,7 @@ async def _expect(conn: FramedConnection, kind: type, timeout: float) -> Any:
             raise Reconnect(f"unexpected {type(msg).__name__} from a Seeding target")
 
 
-async def _make(sender: Any, conn: FramedConnection, spool: ImageSpool, settings: SeedSettings) -> Image:
+async def _make(sender: Any, conn: FramedConnection, spool: ImageSpool, settings: SeedSettings) -> ImageFacts:
     """Run the seed command, heartbeating the target meanwhile (it waits for the offer)."""
     tailer = sender.tailer
     task = asyncio.create_task(
@@ -188,7 +188,8 @@ async def _read_acks(
 async def _send_image(
     sender: Any,
     conn: FramedConnection,
-    img: Image,
+    img: ImageFacts,
+    path: Path,
     window: SeedWindow,
     acked: asyncio.Event,
     reader: asyncio.Task[None],
@@ -198,7 +199,7 @@ async def _send_image(
     bucket = TokenBucket(cfg.rate_limit, max(64 * 1024, cfg.rate_limit * 0.02)) if cfg.rate_limit else None
     segment = IMAGE_PREFIX + img.image
     last = time.monotonic()
-    fd = os.open(img.path, os.O_RDONLY)
+    fd = os.open(path, os.O_RDONLY)
     try:
         while window.sent < img.size:
             if reader.done():
@@ -218,7 +219,7 @@ async def _send_image(
             offset = window.sent
             payload = os.pread(fd, min(chunk, room), offset)
             if not payload:
-                raise SeedError(f"spooled image {img.path} is shorter than {img.size} bytes")
+                raise SeedError(f"spooled image {path} is shorter than {img.size} bytes")
             wire = conn.send(Data(sender.stream, segment, offset, chunk_digest(segment, offset, payload), payload))
             window.on_sent(len(payload))
             sender.stats.bytes_wire += wire

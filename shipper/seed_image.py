@@ -27,11 +27,11 @@ import shutil
 import tarfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 from logship.files import fsync_dir, write_atomic
 from protocol.digest import segment_hasher
+from protocol.seed import ImageFacts, SeedDocError
 from shipper.handshake import Reconnect
 from shipper.tailer import SegmentInfo
 
@@ -42,19 +42,6 @@ _LABEL = re.compile(rb"START WAL LOCATION: .*\(file ([0-9A-F]{24})\)")
 
 class SeedError(Reconnect):
     """No image can be made or sent now (the command failed, the source lost the first segment)."""
-
-
-@dataclass(frozen=True, slots=True)
-class Image:
-    """A spooled image, as the SEED_OFFER describes it."""
-
-    image: str
-    size: int
-    digest: bytes
-    first: str
-    after: str
-    after_size: int
-    path: Path
 
 
 def follows(names: Sequence[str], segments: Sequence[SegmentInfo], first: str) -> tuple[str, int]:
@@ -97,23 +84,14 @@ class ImageSpool:
         self.tar = directory / "image.tar"
         self.meta = directory / "image.json"
 
-    def load(self) -> Image | None:
-        """Return the spooled image, or None if there is none whole."""
+    def load(self) -> ImageFacts | None:
+        """Return the spooled image's facts (its bytes are ``tar``), or None if there is none whole."""
         try:
-            doc = json.loads(self.meta.read_bytes())
-            img = Image(
-                str(doc["image"]),
-                int(doc["size"]),
-                bytes.fromhex(doc["xxh"]),
-                str(doc["first"]),
-                str(doc["after"]),
-                int(doc["asize"]),
-                self.tar,
-            )
+            img = ImageFacts.from_doc(self.meta.read_bytes())
             if self.tar.stat().st_size != img.size:
                 return None
             return img
-        except (OSError, ValueError, KeyError, TypeError):
+        except (OSError, SeedDocError):
             return None
 
     def drop(self) -> None:
@@ -127,7 +105,7 @@ class ImageSpool:
         names: Sequence[str],
         segments_now: Callable[[], Sequence[SegmentInfo]],
         timeout: float | None = None,
-    ) -> Image:
+    ) -> ImageFacts:
         """Run ``command`` (a shell command; stdout: the image as a tar) and spool its output.
 
         ``names`` is the source's segment list when it starts; ``segments_now()`` returns the tailer's
@@ -170,9 +148,8 @@ class ImageSpool:
         segments = segments_now()
         after, after_size = follows([s.name for s in segments], segments, first)
         os.rename(tmp, self.tar)
-        img = Image(secrets.token_hex(16), size, digest, first, after, after_size, self.tar)
-        doc = {"image": img.image, "size": size, "xxh": digest.hex(), "first": first, "after": after}
-        write_atomic(self.meta, json.dumps({**doc, "asize": after_size, "made": time.time()}).encode(), 0o600)
+        img = ImageFacts(secrets.token_hex(16), size, digest, first, after, after_size)
+        write_atomic(self.meta, json.dumps({**img.to_doc(), "made": time.time()}).encode(), 0o600)
         fsync_dir(self.dir)
         log.warning(
             "stream %s: seed image %s made in %.1fs: %d bytes; the log continues at %s",

@@ -1,4 +1,6 @@
-"""Tiny real PostgreSQL clusters for the standby tests: initdb, configure, start, query, promote, stop.
+"""Tiny real PostgreSQL clusters for the standby tests: initdb, configure, start, query, promote, stop;
+the scratch set-up they share (a scratch dir kept on request, an archive, an archiving primary, a base
+backup, a hot standby restoring from a receiver's replica/).
 
 The server refuses to run as root, so when the tests run as root every PostgreSQL program runs as the
 ``postgres`` user (``runuser -u postgres --``) and the scratch directory is handed to that user.
@@ -9,6 +11,7 @@ cluster cannot collide with another process the way a free TCP port picked in ad
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import pwd
@@ -16,7 +19,9 @@ import shutil
 import signal
 import subprocess
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 PG_USER = "postgres"
 
@@ -69,6 +74,39 @@ def scratch_dir(prefix: str) -> Path:
     return path
 
 
+@contextlib.contextmanager
+def scratch(prefix: str) -> Iterator[Path]:
+    """A scratch_dir() removed afterwards, unless LOGSHIP_KEEP_PG is set (then its path is printed)."""
+    root = scratch_dir(prefix)
+    try:
+        yield root
+    finally:
+        if os.environ.get("LOGSHIP_KEEP_PG"):
+            print(f"\nPostgreSQL scenario kept in {root}")
+        else:
+            shutil.rmtree(root, ignore_errors=True)
+
+
+def scratch_fixture(prefix: str) -> Any:
+    """A pytest fixture named ``root``: a scratch() directory for one test (``root = scratch_fixture(...)``)."""
+    import pytest  # here, not at the top: scripts/benchmarks use this module without pytest
+
+    @pytest.fixture
+    def root() -> Iterator[Path]:
+        with scratch(prefix) as path:
+            yield path
+
+    return root
+
+
+def archive_dir(root: Path) -> Path:
+    """``root``/archive, where a primary's archive_command writes and a shipper reads."""
+    archive = root / "archive"
+    archive.mkdir()
+    give_to_pg_user(archive)
+    return archive
+
+
 def run(argv: list[str], timeout: float = 60) -> str:
     """Run a PostgreSQL program (as the postgres user when root); return stdout, raise with its output."""
     done = subprocess.run(as_pg_user(argv), capture_output=True, text=True, timeout=timeout)
@@ -86,6 +124,13 @@ class Cluster:
         self.port = port
         self.socket_dir = socket_dir
         self.log = data.parent / f"{data.name}.log"
+
+    @classmethod
+    def under(cls, root: Path, name: str, port: int) -> Cluster:
+        """The cluster ``root``/``name`` of the newest server found, its socket in ``root`` too."""
+        pg_bin = find_pg_bin()
+        assert pg_bin is not None
+        return cls(pg_bin, root / name, port, root)
 
     def bin(self, name: str) -> str:
         return str(self.pg_bin / name)
@@ -109,13 +154,36 @@ class Cluster:
             "logging_collector": "off",
         }
 
+    def init_primary(self, archive: Path, archive_command: str | None = None) -> None:
+        """Create a primary that archives into ``archive`` (by default with the recipe's atomic command),
+        switching to a new segment, and so archiving it, at most 1 s after a commit."""
+        self.initdb()
+        command = archive_command if archive_command is not None else atomic_archive_command(archive)
+        self.configure(
+            {**self.base_settings(), "archive_mode": "on", "archive_command": command, "archive_timeout": "1s"}
+        )
+
+    def base_backup_argv(self) -> list[str]:
+        """pg_basebackup of this cluster, through its socket; the caller adds where to and how."""
+        return [self.bin("pg_basebackup"), "-h", str(self.socket_dir), "-p", str(self.port), "-U", PG_USER]
+
+    def base_backup(self, dest: Path) -> None:
+        """Take a base backup into ``dest`` with no WAL (-X none): a standby replays every WAL byte it
+        needs through logship."""
+        run([*self.base_backup_argv(), "-D", str(dest), "-X", "none", "-c", "fast", "--no-sync"], timeout=120)
+
     def touch(self, name: str) -> None:
         path = self.data / name
         path.touch()
         give_to_pg_user(path)
 
-    def start(self) -> None:
-        run([self.bin("pg_ctl"), "-D", str(self.data), "-l", str(self.log), "-w", "-t", "60", "start"], timeout=90)
+    def start(self, wait: bool = True) -> None:
+        """Start the server; ``wait=False``: return at once, not when it is consistent (a standby's
+        consistency can be a replay lag, or a loaded machine's minutes, away: pg_ctl -w gives up at -t)."""
+        if wait:
+            run([self.bin("pg_ctl"), "-D", str(self.data), "-l", str(self.log), "-w", "-t", "60", "start"], timeout=90)
+        else:
+            run([self.bin("pg_ctl"), "-D", str(self.data), "-l", str(self.log), "-W", "start"], timeout=60)
 
     def promote(self) -> None:
         run([self.bin("pg_ctl"), "-D", str(self.data), "-w", "-t", "60", "promote"], timeout=90)
@@ -157,6 +225,28 @@ class Cluster:
             return self.log.read_text(errors="replace")
         except FileNotFoundError:
             return ""
+
+
+def make_standby(base: Path, cluster: Cluster, restore_from: Path) -> None:
+    """Turn a copy of the base backup into a hot standby that restores WAL from ``restore_from`` only."""
+    if base != cluster.data:
+        shutil.copytree(base, cluster.data, symlinks=True)
+    cluster.configure(
+        {
+            **cluster.base_settings(),
+            # The copied postgresql.conf archives into the primary's archive: a standby must not.
+            "archive_mode": "off",
+            "hot_standby": "on",
+            "restore_command": f"cp {restore_from}/%f %p",
+            # How soon recovery asks restore_command again after a segment was not there (default 5s).
+            "wal_retrieve_retry_interval": "500ms",
+            "primary_conninfo": "",
+        }
+    )
+    cluster.touch("standby.signal")
+    if os.geteuid() == 0:
+        subprocess.run(["chown", "-R", "postgres:postgres", str(cluster.data)], check=True)
+    cluster.data.chmod(0o700)
 
 
 def quote(value: str) -> str:

@@ -15,11 +15,9 @@ from __future__ import annotations
 
 import os
 import shlex
-import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -30,12 +28,12 @@ from tests.helpers.pgcluster import (
     PG_USER,
     WAL_PATTERN,
     Cluster,
+    archive_dir,
     as_pg_user,
     atomic_archive_command,
-    find_pg_bin,
     give_to_pg_user,
-    run,
-    scratch_dir,
+    make_standby,
+    scratch_fixture,
     why_unavailable,
 )
 from tests.helpers.pgwait import SYSTEM_PYTHON, pg_python
@@ -57,16 +55,7 @@ def _why_skip() -> str | None:
 pytestmark = pytest.mark.skipif(_why_skip() is not None, reason=_why_skip() or "")
 
 
-@pytest.fixture
-def root() -> Iterator[Path]:
-    path = scratch_dir("logship-ha-pg-")
-    try:
-        yield path
-    finally:
-        if os.environ.get("LOGSHIP_KEEP_PG"):
-            print(f"\nkept in {path}")
-        else:
-            shutil.rmtree(path, ignore_errors=True)
+root = scratch_fixture("logship-ha-pg-")
 
 
 def archived(primary: Cluster) -> str:
@@ -74,15 +63,11 @@ def archived(primary: Cluster) -> str:
 
 
 def test_postgresql_fails_over_automatically(root: Path, etcd: EtcdCluster) -> None:
-    pg_bin = find_pg_bin()
-    assert pg_bin is not None
     secret = make_secret(root / "secret")
     give_to_pg_user(secret)
-    archive = root / "archive"
-    archive.mkdir()
-    give_to_pg_user(archive)
-    primary = Cluster(pg_bin, root / "pg-a", 5432, root)
-    standby = Cluster(pg_bin, root / "pg-b", 5433, root)
+    archive = archive_dir(root)
+    primary = Cluster.under(root, "pg-a", 5432)
+    standby = Cluster.under(root, "pg-b", 5433)
     a = HaNode(root, "a", secret, source=archive, receiver_extra=["--umask", "022"])
     give_to_pg_user(a.root)
     promote = shlex.join(as_pg_user([standby.bin("pg_ctl"), "-D", str(standby.data), "-w", "-t", "60", "promote"]))
@@ -113,47 +98,13 @@ def test_postgresql_fails_over_automatically(root: Path, etcd: EtcdCluster) -> N
         wait = f"{py} -m shipper wait --state-dir {a.ship_dir} --stream sg1 --segment %f --sealed --timeout 60"
         # Backup history files are not in this stream (the recipe ships them as pg-backup): no wait.
         command = f"{{ {atomic_archive_command(archive)}; }} && case %f in *.backup) ;; *) {wait};; esac"
-        primary.initdb()
-        primary.configure(
-            {
-                **primary.base_settings(),
-                "archive_mode": "on",
-                "archive_command": command,
-                "archive_timeout": "1s",
-            }
-        )
+        primary.init_primary(archive, command)
         primary.start()
         base = root / "base"
-        run(
-            [
-                primary.bin("pg_basebackup"),
-                *("-h", str(root), "-p", str(primary.port), "-U", "postgres"),
-                *("-D", str(base), "-X", "none", "-c", "fast", "--no-sync"),
-            ],
-            timeout=120,
-        )
-        shutil.copytree(base, standby.data, symlinks=True)
-        standby.configure(
-            {
-                **standby.base_settings(),
-                "archive_mode": "off",
-                "hot_standby": "on",
-                "restore_command": f"cp {b.copy()}/replica/%f %p",
-                "wal_retrieve_retry_interval": "500ms",
-                "primary_conninfo": "",
-            }
-        )
-        standby.touch("standby.signal")
-        if os.geteuid() == 0:
-            subprocess.run(["chown", "-R", "postgres:postgres", str(standby.data)], check=True)
-        standby.data.chmod(0o700)
+        primary.base_backup(base)
+        make_standby(base, standby, b.copy() / "replica")
         # Unwaited: on a loaded machine reaching consistency (WAL through the receiver) can exceed pg_ctl's -t.
-        subprocess.run(
-            as_pg_user([standby.bin("pg_ctl"), "-D", str(standby.data), "-l", str(standby.log), "-W", "start"]),
-            check=True,
-            capture_output=True,
-            timeout=60,
-        )
+        standby.start(wait=False)
         wait_until(lambda: standby.try_psql("SELECT 1") == "1", 180, interval=0.5, what="b's standby consistent")
 
         primary.psql("CREATE TABLE shipped (id int PRIMARY KEY)")

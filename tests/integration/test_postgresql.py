@@ -17,7 +17,6 @@ from __future__ import annotations
 import os
 import re
 import shlex
-import shutil
 import statistics
 import subprocess
 import sys
@@ -33,12 +32,10 @@ from tests.helpers.pgcluster import (
     BACKUP_PATTERN,
     WAL_PATTERN,
     Cluster,
+    archive_dir,
     as_pg_user,
-    atomic_archive_command,
-    find_pg_bin,
-    give_to_pg_user,
-    run,
-    scratch_dir,
+    make_standby,
+    scratch,
     why_unavailable,
 )
 from tests.helpers.procs import Proc, receiver_proc
@@ -81,99 +78,48 @@ def shipper_config(root: Path, archive: Path, secret: Path, ports: list[int]) ->
     return path
 
 
-def make_standby(base: Path, cluster: Cluster, restore_from: Path) -> None:
-    """Turn a copy of the base backup into a hot standby that restores WAL from ``restore_from`` only."""
-    if base != cluster.data:
-        shutil.copytree(base, cluster.data, symlinks=True)
-    cluster.configure(
-        {
-            **cluster.base_settings(),
-            # The copied postgresql.conf archives into the primary's archive: a standby must not.
-            "archive_mode": "off",
-            "hot_standby": "on",
-            "restore_command": f"cp {restore_from}/%f %p",
-            # How soon recovery asks restore_command again after a segment was not there (default 5s).
-            "wal_retrieve_retry_interval": "500ms",
-            "primary_conninfo": "",
-        }
-    )
-    cluster.touch("standby.signal")
-    if os.geteuid() == 0:
-        subprocess.run(["chown", "-R", "postgres:postgres", str(cluster.data)], check=True)
-    cluster.data.chmod(0o700)
-
-
 @pytest.fixture(scope="module")
 def pg() -> Iterator[Scenario]:
-    pg_bin = find_pg_bin()
-    assert pg_bin is not None
-    root = scratch_dir("logship-pg-")
-    archive = root / "archive"
-    archive.mkdir()
-    give_to_pg_user(archive)
-    secret = make_secret(root / "secret")
-    # Unix sockets only, in root: the ports just name each cluster's socket there (see pgcluster).
-    primary = Cluster(pg_bin, root / "primary", 5432, root)
-    standby_a = Cluster(pg_bin, root / "standby-a", 5433, root)
-    standby_b = Cluster(pg_bin, root / "standby-b", 5434, root)
-    clusters = [primary, standby_a, standby_b]
-    procs: list[Proc] = []
-    try:
-        receiver_a = receiver_proc(root, secret, name="receiver-a", extra=["--umask", "022"]).start()
-        procs.append(receiver_a)
-        lag = ["--replay-lag", f"{REPLAY_LAG:.0f}s"]
-        receiver_b = receiver_proc(root, secret, name="receiver-b", extra=[*lag, "--umask", "022"]).start()
-        procs.append(receiver_b)
-        config = shipper_config(root, archive, secret, [receiver_a.port, receiver_b.port])
-        shipper = Proc("shipper", ["--config", str(config)], root / "shipper.log").start()
-        procs.append(shipper)
+    with scratch("logship-pg-") as root:
+        archive = archive_dir(root)
+        secret = make_secret(root / "secret")
+        # Unix sockets only, in root: the ports just name each cluster's socket there (see pgcluster).
+        primary = Cluster.under(root, "primary", 5432)
+        standby_a = Cluster.under(root, "standby-a", 5433)
+        standby_b = Cluster.under(root, "standby-b", 5434)
+        clusters = [primary, standby_a, standby_b]
+        procs: list[Proc] = []
+        try:
+            receiver_a = receiver_proc(root, secret, name="receiver-a", extra=["--umask", "022"]).start()
+            procs.append(receiver_a)
+            lag = ["--replay-lag", f"{REPLAY_LAG:.0f}s"]
+            receiver_b = receiver_proc(root, secret, name="receiver-b", extra=[*lag, "--umask", "022"]).start()
+            procs.append(receiver_b)
+            config = shipper_config(root, archive, secret, [receiver_a.port, receiver_b.port])
+            shipper = Proc("shipper", ["--config", str(config)], root / "shipper.log").start()
+            procs.append(shipper)
 
-        primary.initdb()
-        primary.configure(
-            {
-                **primary.base_settings(),
-                "archive_mode": "on",
-                "archive_command": atomic_archive_command(archive),
-                # Switch to a new segment (and so archive it) at most 1 s after a commit.
-                "archive_timeout": "1s",
-            }
-        )
-        # Promote the fresh cluster once, so that its archive gets a timeline history file, like any
-        # primary that was once a standby: 00000002.history, which the standbys must fetch.
-        primary.touch("standby.signal")
-        primary.start()
-        primary.promote()
-        wait_until(lambda: (archive / "00000002.history").exists(), 30, what="00000002.history archived")
+            primary.init_primary(archive)
+            # Promote the fresh cluster once, so that its archive gets a timeline history file, like any
+            # primary that was once a standby: 00000002.history, which the standbys must fetch.
+            primary.touch("standby.signal")
+            primary.start()
+            primary.promote()
+            wait_until(lambda: (archive / "00000002.history").exists(), 30, what="00000002.history archived")
 
-        base = root / "base"
-        run(
-            [
-                primary.bin("pg_basebackup"),
-                *("-h", str(root), "-p", str(primary.port), "-U", "postgres"),
-                *("-D", str(base), "-X", "none", "-c", "fast", "--no-sync"),
-            ],
-            timeout=120,
-        )
-        make_standby(base, standby_a, root / "receiver-a" / "pg" / "replica")
-        make_standby(base, standby_b, root / "receiver-b" / "pg" / "replica")
-        standby_a.start()
-        # pg_ctl -w would wait until B is consistent, which is REPLAY_LAG away: start it unwaited.
-        subprocess.run(
-            as_pg_user([standby_b.bin("pg_ctl"), "-D", str(standby_b.data), "-l", str(standby_b.log), "-W", "start"]),
-            check=True,
-            capture_output=True,
-            timeout=60,
-        )
-        yield Scenario(root, archive, primary, standby_a, standby_b, receiver_a, receiver_b, shipper, procs)
-    finally:
-        for cluster in reversed(clusters):
-            cluster.stop()
-        for proc in procs:
-            proc.stop(timeout=10)
-        if os.environ.get("LOGSHIP_KEEP_PG"):
-            print(f"\nPostgreSQL scenario kept in {root}")
-        else:
-            shutil.rmtree(root, ignore_errors=True)
+            base = root / "base"
+            primary.base_backup(base)
+            make_standby(base, standby_a, root / "receiver-a" / "pg" / "replica")
+            make_standby(base, standby_b, root / "receiver-b" / "pg" / "replica")
+            standby_a.start()
+            # pg_ctl -w would wait until B is consistent, which is REPLAY_LAG away: start it unwaited.
+            standby_b.start(wait=False)
+            yield Scenario(root, archive, primary, standby_a, standby_b, receiver_a, receiver_b, shipper, procs)
+        finally:
+            for cluster in reversed(clusters):
+                cluster.stop()
+            for proc in procs:
+                proc.stop(timeout=10)
 
 
 def insert_and_time(primary: Cluster, standby: Cluster, row: int, timeout: float) -> float:

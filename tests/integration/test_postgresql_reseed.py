@@ -10,51 +10,39 @@ from __future__ import annotations
 import json
 import os
 import shlex
-import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from tests.helpers.pgcluster import (
     WAL_PATTERN,
     Cluster,
+    archive_dir,
     as_pg_user,
-    atomic_archive_command,
-    find_pg_bin,
-    give_to_pg_user,
-    scratch_dir,
+    make_standby,
+    scratch_fixture,
     why_unavailable,
 )
 from tests.helpers.procs import Proc, receiver_proc, unexpected_log_lines
 from tests.helpers.source import ROOT, make_secret
 from tests.helpers.waiting import wait_until
-from tests.integration.test_postgresql import make_standby
 
 pytestmark = pytest.mark.skipif(why_unavailable() is not None, reason=why_unavailable() or "")
 
 
-def test_a_new_standby_seeded_by_pg_basebackup_through_logship_serves_the_primarys_rows() -> None:
-    pg_bin = find_pg_bin()
-    assert pg_bin is not None
-    root = scratch_dir("logship-pgseed-")
-    archive = root / "archive"
-    archive.mkdir()
-    give_to_pg_user(archive)
+root = scratch_fixture("logship-pgseed-")
+
+
+def test_a_new_standby_seeded_by_pg_basebackup_through_logship_serves_the_primarys_rows(root: Path) -> None:
+    archive = archive_dir(root)
     secret = make_secret(root / "secret")
-    primary = Cluster(pg_bin, root / "primary", 5442, root)
-    standby = Cluster(pg_bin, root / "standby", 5443, root)
+    primary = Cluster.under(root, "primary", 5442)
+    standby = Cluster.under(root, "standby", 5443)
     procs: list[Proc] = []
     try:
-        primary.initdb()
-        primary.configure(
-            {
-                **primary.base_settings(),
-                "archive_mode": "on",
-                "archive_command": atomic_archive_command(archive),
-                "archive_timeout": "1s",
-            }
-        )
+        primary.init_primary(archive)
         primary.start()
         primary.psql("CREATE TABLE shipped (id int PRIMARY KEY)")
         primary.psql("INSERT INTO shipped SELECT generate_series(1, 5000)")
@@ -72,8 +60,7 @@ def test_a_new_standby_seeded_by_pg_basebackup_through_logship_serves_the_primar
         )
         assert out.returncode == 0, out.stderr
 
-        basebackup = [primary.bin("pg_basebackup"), "-h", str(root), "-p", str(primary.port), "-U", "postgres"]
-        seed = shlex.join(as_pg_user([*basebackup, "-D", "-", "-Ft", "-X", "none", "-c", "fast"]))
+        seed = shlex.join(as_pg_user([*primary.base_backup_argv(), "-D", "-", "-Ft", "-X", "none", "-c", "fast"]))
         config = root / "shipper.toml"
         config.write_text(
             f'state_dir = "{root / "shipper-state"}"\n\n[[stream]]\nname = "pg"\nsource = "{archive}"\n'
@@ -109,7 +96,3 @@ def test_a_new_standby_seeded_by_pg_basebackup_through_logship_serves_the_primar
             cluster.stop()
         for proc in procs:
             proc.stop(timeout=10)
-        if os.environ.get("LOGSHIP_KEEP_PG"):
-            print(f"\nPostgreSQL scenario kept in {root}")
-        else:
-            shutil.rmtree(root, ignore_errors=True)

@@ -14,10 +14,8 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,18 +24,18 @@ import pytest
 from tests.helpers.pgcluster import (
     WAL_PATTERN,
     Cluster,
+    archive_dir,
     as_pg_user,
-    atomic_archive_command,
     find_pg_bin,
     give_to_pg_user,
+    make_standby,
     run,
-    scratch_dir,
+    scratch_fixture,
     why_unavailable,
 )
 from tests.helpers.procs import Proc, receiver_proc, shipper_proc
 from tests.helpers.source import ROOT, make_secret
 from tests.helpers.waiting import wait_until
-from tests.integration.test_postgresql import make_standby
 
 pytestmark = pytest.mark.skipif(why_unavailable() is not None, reason=why_unavailable() or "")
 
@@ -58,24 +56,13 @@ class Setup:
     log: Path
 
 
-@pytest.fixture
-def scratch() -> Iterator[Path]:
-    root = scratch_dir("logship-pg-retention-")
-    try:
-        yield root
-    finally:
-        if not os.environ.get("LOGSHIP_KEEP_PG"):
-            shutil.rmtree(root, ignore_errors=True)
+root = scratch_fixture("logship-pg-retention-")
 
 
 def start(root: Path, procs: list[Proc], replica_keep: str, standby_settings: dict[str, str | int]) -> Setup:
     """A primary archiving 1 MiB WAL segments, a receiver trimming log/ right behind replay, a shipper,
     and a hot standby restoring from replica/."""
-    pg_bin = find_pg_bin()
-    assert pg_bin is not None
-    archive = root / "archive"
-    archive.mkdir()
-    give_to_pg_user(archive)
+    archive = archive_dir(root)
     secret = make_secret(root / "secret")
     replica = root / "receiver" / "pg" / "replica"
     # PostgreSQL (another user) removes from replica/ in consumer mode: the directory is its to write.
@@ -86,21 +73,12 @@ def start(root: Path, procs: list[Proc], replica_keep: str, standby_settings: di
     procs.append(receiver.start())
     ship = ["--seal", "immediate", "--pattern", WAL_PATTERN]
     procs.append(shipper_proc(root, "pg", archive, [receiver], secret, ship).start())
-    primary = Cluster(pg_bin, root / "primary", 5432, root)
-    standby = Cluster(pg_bin, root / "standby", 5433, root)
-    primary.initdb()
-    primary.configure(
-        {
-            **primary.base_settings(),
-            "archive_mode": "on",
-            "archive_command": atomic_archive_command(archive),
-            "archive_timeout": "1s",
-        }
-    )
+    primary = Cluster.under(root, "primary", 5432)
+    standby = Cluster.under(root, "standby", 5433)
+    primary.init_primary(archive)
     primary.start()
     base = root / "base"
-    backup = [primary.bin("pg_basebackup"), "-h", str(root), "-p", str(primary.port), "-U", "postgres"]
-    run([*backup, "-D", str(base), "-X", "none", "-c", "fast", "--no-sync"], timeout=120)
+    primary.base_backup(base)
     make_standby(base, standby, replica)
     standby.configure(standby_settings)
     start_standby(standby)
@@ -111,12 +89,7 @@ def start_standby(standby: Cluster) -> None:
     """Start the standby and wait until it serves reads. pg_ctl -w gives up after 60 s, which a loaded
     shared machine once exceeded while the standby waited for its consistent point: wait longer here,
     and show its log if it never gets there."""
-    subprocess.run(
-        as_pg_user([standby.bin("pg_ctl"), "-D", str(standby.data), "-l", str(standby.log), "-W", "start"]),
-        check=True,
-        capture_output=True,
-        timeout=60,
-    )
+    standby.start(wait=False)
     try:
         wait_until(lambda: standby.try_psql("SELECT 1") == "1", 180, what="the standby serving reads")
     except AssertionError as e:
@@ -156,8 +129,8 @@ def redo_file(standby: Cluster) -> str:
     "from an older REDO file than pg_control_checkpoint() showed after its CHECKPOINT, outside what "
     "replica_keep N held, and waited for it; the consumer mode below is the documented PostgreSQL setting",
 )
-def test_replica_keep_n_covers_a_restartpoint_after_a_checkpoint(scratch: Path, procs: list[Proc]) -> None:
-    s = start(scratch, procs, str(REPLICA_KEEP), {})
+def test_replica_keep_n_covers_a_restartpoint_after_a_checkpoint(root: Path, procs: list[Proc]) -> None:
+    s = start(root, procs, str(REPLICA_KEEP), {})
     try:
         s.primary.psql("CREATE TABLE kept (id int PRIMARY KEY)")
         write_segments(s, 1, SEGMENTS)
@@ -169,7 +142,7 @@ def test_replica_keep_n_covers_a_restartpoint_after_a_checkpoint(scratch: Path, 
         wait_until(lambda: len(wal_names(s.log)) <= 3, 30, what="log/ trimmed")
         wait_until(lambda: len(wal_names(s.replica)) <= REPLICA_KEEP, 30, what="replica/ trimmed to replica_keep")
         kept = wal_names(s.replica)
-        archived = wal_names(scratch / "archive")
+        archived = wal_names(root / "archive")
         print(
             f"\nfigure: replica_keep {REPLICA_KEEP}: {len(archived)} WAL segments archived; log/ keeps "
             f"{len(wal_names(s.log))}, replica/ {len(kept)} ({kept[0]}..{kept[-1]}); the standby needed "
@@ -183,10 +156,10 @@ def test_replica_keep_n_covers_a_restartpoint_after_a_checkpoint(scratch: Path, 
         s.primary.stop()
 
 
-def test_replica_pruned_by_postgresql_itself_then_activation(scratch: Path, procs: list[Proc]) -> None:
+def test_replica_pruned_by_postgresql_itself_then_activation(root: Path, procs: list[Proc]) -> None:
     pg_bin = find_pg_bin()
-    cleanup = f"{pg_bin}/pg_archivecleanup {scratch / 'receiver' / 'pg' / 'replica'} %r"
-    s = start(scratch, procs, "consumer", {"archive_cleanup_command": cleanup})
+    cleanup = f"{pg_bin}/pg_archivecleanup {root / 'receiver' / 'pg' / 'replica'} %r"
+    s = start(root, procs, "consumer", {"archive_cleanup_command": cleanup})
     try:
         s.primary.psql("CREATE TABLE kept (id int PRIMARY KEY)")
         write_segments(s, 1, SEGMENTS)
@@ -204,7 +177,7 @@ def test_replica_pruned_by_postgresql_itself_then_activation(scratch: Path, proc
         crash_and_restart(s, needed, SEGMENTS + 1)
         # Activation with the recipe's promote hook: the pruned segments are not "missing".
         promote = " ".join(as_pg_user([s.standby.bin("pg_ctl"), "-D", str(s.standby.data), "-w", "promote"]))
-        activate = ["activate", "--data-dir", str(scratch / "receiver"), "--stream", "pg", "--yes"]
+        activate = ["activate", "--data-dir", str(root / "receiver"), "--stream", "pg", "--yes"]
         done = subprocess.run(
             [sys.executable, "-m", "receiver", *activate, "--on-activate", promote],
             capture_output=True,

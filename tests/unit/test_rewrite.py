@@ -280,6 +280,32 @@ def test_the_store_rewrites_held_bytes_durably_and_a_restart_still_verifies_the_
     assert not list((tmp_path / "s" / "quarantine").iterdir())
 
 
+def test_a_rehash_after_rewrites_that_changed_no_byte_is_the_running_digest_with_no_read(tmp_path: Path) -> None:
+    store = SegmentStore(tmp_path / "s")
+    content = os.urandom(3 * BLOCK + 7)
+    store.apply([Write(SEG, 0, content, chunk_digest(SEG, 0, content))])
+    running = xxhash.xxh3_128()
+    running.update(content)
+    same = Rewrite(SEG, BLOCK, content[BLOCK : 2 * BLOCK])  # a resent block holding the bytes it held
+    store.apply([same])
+    assert same.changed.result(0) is False
+    # The partial is not read again: moved away, a Rehash that read it would fail.
+    os.rename(store.partial_path(SEG), tmp_path / "elsewhere")
+    rehash = Rehash(SEG, len(content), current=running.copy(), rewrites=(same,))
+    store.apply([rehash])
+    assert rehash.done.result(0).digest() == segment_digest(content)
+    os.rename(tmp_path / "elsewhere", store.partial_path(SEG))
+    # One that changed a byte: the partial is read, and the running digest (of the old bytes) is not used.
+    new = bytearray(content)
+    new[21] ^= 0xFF
+    changed = Rewrite(SEG, 0, bytes(new[:BLOCK]))
+    rehash = Rehash(SEG, len(new), current=running.copy(), rewrites=(same, changed))
+    store.apply([changed, rehash])
+    assert changed.changed.result(0) is True
+    assert rehash.done.result(0).digest() == segment_digest(bytes(new)) != running.digest()
+    store.close()
+
+
 def test_a_rewrite_among_many_small_chunk_records_fixes_just_the_ones_it_covers(tmp_path: Path) -> None:
     store = SegmentStore(tmp_path / "s")
     content = bytearray(os.urandom(5000 * 37))
