@@ -34,6 +34,8 @@ from receiver.rewind import check_history
 from receiver.rewrite import Rewrites
 from receiver.seed import resume_point, seeding_hello, serve_seed
 from receiver.space import SpaceGuard
+from receiver.storage_retry import is_storage_retry
+from receiver.store import Recovered
 from receiver.writers import Writer, take_over
 
 log = logging.getLogger("receiver")
@@ -235,7 +237,7 @@ class Session:
             if claim.epoch > copy.epoch:
                 copy.state.adopt_epoch(claim.epoch)
                 await copy.save_state()
-            rec = await asyncio.get_running_loop().run_in_executor(None, copy.store.recover)
+            rec = await self._recover(copy)
             rec, self.cut[copy.name] = await check_history(copy, claim.epoch, claim.history, rec, self.config.no_rewind)
         except BaseException:
             copy.lock.release()
@@ -258,6 +260,23 @@ class Session:
             resume_text(durable.segment, durable.offset, sealed),
         )
         return att
+
+    async def _recover(self, copy: StreamCopy) -> Recovered:
+        """Recover the copy from disk; raise NotNow (storage-retry) while its storage fails (EIO)."""
+        trouble = self.space.storage if self.space is not None else None
+
+        def recover() -> Recovered:
+            if trouble is not None:
+                trouble.before_recover(copy.store, copy.name)  # a cut of an unacknowledged tail, if one failed
+            return copy.store.recover()
+
+        try:
+            return await asyncio.get_running_loop().run_in_executor(None, recover)
+        except OSError as e:
+            if trouble is None or not is_storage_retry(e):
+                raise
+            # Logged once per episode by the tracker: the NotNow itself only at DEBUG.
+            raise NotNow(trouble.failed_recovery(copy.name, e), ErrorCode.STORAGE_RETRY) from None
 
     def _one_writer(self, copy: StreamCopy, newcomer: Writer) -> None:
         """Raise NotNow (another-shipper) if a live shipper that took over from this one writes ``copy``."""

@@ -17,7 +17,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from logship.files import write_atomic
+from protocol.failures import Kind, classify_os_error
 from receiver.space_config import MinFree
+from receiver.storage_retry import StorageTrouble
 from receiver.store import ReplicaError
 
 log = logging.getLogger("receiver")
@@ -43,7 +45,8 @@ def is_no_space(error: BaseException) -> bool:
 
 
 async def write_until_room(path: Path, produce: Callable[[], bytes], max_pause: float = 5.0) -> int:
-    """Write ``produce()`` to ``path`` crash-safely, retrying while the disk is full; return the retries.
+    """Write ``produce()`` to ``path`` crash-safely, retrying while the disk is full or failing (EIO);
+    return the retries.
 
     ``produce`` is called again for every attempt: what is written is the newest state, not the one of
     the first try. Any other OSError is raised as before. Logged once per file system episode.
@@ -54,15 +57,17 @@ async def write_until_room(path: Path, produce: Callable[[], bytes], max_pause: 
         try:
             await loop.run_in_executor(None, write_atomic, path, produce())
         except OSError as e:
-            if not is_no_space(e):
+            if classify_os_error(e) is not Kind.TRANSIENT:
                 raise
             tries += 1
             if tries == 1:
-                log.warning("cannot save %s: %s; retrying until there is space", path, e.strerror or e)
+                # A full disk, or an I/O error (EIO): both heal by themselves (write_atomic writes a new
+                # temp file each time, never an fsync retried on the same one).
+                log.warning("cannot save %s: %s; retrying until it can be written", path, e.strerror or e)
             await asyncio.sleep(min(max_pause, 0.1 * 2**tries))
             continue
         if tries:
-            log.warning("saved %s after %d retries for space", path, tries)
+            log.warning("saved %s after %d retries", path, tries)
         return tries
 
 
@@ -98,6 +103,8 @@ class SpaceGuard:
         """Clock time since when the disk is too full; None while there is room."""
         self.refusals = 0
         """Connections and writes turned away for lack of space since this receiver started."""
+        self.storage = StorageTrouble()
+        """The copies whose writes failed lately with an I/O error (receiver/storage_retry.py)."""
 
     def problem(self, now: float | None = None) -> str | None:
         """Return why no more bytes should be accepted (the disk is too full), or None."""

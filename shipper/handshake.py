@@ -39,6 +39,7 @@ PERMANENT_CODES = {
 
 BACK_OFF_CODES = {
     "no-space": "the target's disk is full: {text}",
+    "storage-retry": "the target's storage failed {text}",
     "another-shipper": "{text}",
 }
 """ERROR codes that say "not now": a transient state of the target that reconnecting at once cannot

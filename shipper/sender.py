@@ -41,11 +41,11 @@ from shipper.window import ChunkSizer, SendWindow, adaptive_window
 
 log = logging.getLogger("shipper")
 
-TOLD_TO_WAIT = {"no-space": (1.0, 10.0), "another-shipper": (4.0, 30.0)}
+TOLD_TO_WAIT = {"no-space": (1.0, 10.0), "storage-retry": (1.0, 10.0), "another-shipper": (4.0, 30.0)}
 """The first pause and the cap after a target said "not now" (BACK_OFF_CODES); the pause doubles in
-between. A full disk for minutes costs one attempt every ~10 s (and convergence after space returns
-waits at most that); a second live shipper of the stream asks 4 times in its first minute, then every
-30 s, and gets in at most that long after the first one is gone."""
+between. A full disk (or a failing one: EIO) for minutes costs one attempt every ~10 s (and convergence
+after it heals waits at most that); a second live shipper of the stream asks 4 times in its first
+minute, then every 30 s, and gets in at most that long after the first one is gone."""
 
 
 class TargetSender(Replies):

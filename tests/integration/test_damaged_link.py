@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import json
 import random
-import threading
 import urllib.request
 from pathlib import Path
-from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -15,40 +12,13 @@ from tests.helpers.copies import assert_copy_converged, check_no_corrupt, wait_c
 from tests.helpers.procs import Proc, receiver_proc, shipper_proc
 from tests.helpers.proxies import FaultProxy, ProxyThread
 from tests.helpers.source import SourceWriter, sealed_in_source
+from tests.helpers.status_watch import StatusWatch
 from tests.helpers.waiting import wait_until
 
 
 def get(port: int, path: str) -> str:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as resp:
         return resp.read().decode()
-
-
-class StatusWatch:
-    """Poll a daemon's /status in a thread while the test runs; keep every (state, failure) seen."""
-
-    def __init__(self, port: int) -> None:
-        self.port = port
-        self.seen: set[tuple[str, str | None]] = set()
-        self.polls = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def __enter__(self) -> StatusWatch:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(15)
-
-    def _run(self) -> None:
-        while not self._stop.wait(0.05):
-            try:
-                rows: list[dict[str, Any]] = json.loads(get(self.port, "/status"))["copies"]
-            except OSError:
-                continue  # a busy machine: the next poll
-            self.polls += 1
-            self.seen |= {(row["state"], row.get("failure")) for row in rows}
 
 
 def counter(port: int, name: str) -> float:
@@ -81,7 +51,7 @@ def test_back_to_back_chunk_damage_converges_without_failing_the_copy(
         admin = shipper.admin_port()
         writer = SourceWriter(source, sizes, rate=8e6, seed=13).start()
         try:
-            with StatusWatch(admin) as watch:
+            with StatusWatch(admin, interval=0.05) as watch:
                 # Flips queued back to back hit the same chunk again and again as it is resent: under
                 # the old three-strikes rule the third one Failed the copy for good.
                 for _ in range(24):
@@ -95,16 +65,16 @@ def test_back_to_back_chunk_damage_converges_without_failing_the_copy(
         wait_converged(source, copy, expect, seen, 90)
         total = assert_copy_converged(source, copy, expect)
     resends = receiver.count("asking for a resend")
-    states = sorted({state for state, _ in watch.seen})
+    states = sorted(watch.states())
     print(
         f"\nfigures: flips={len(proxy.done)} resends={resends} connections={proxy.connections} bytes={total} "
         f"polls={watch.polls} states={states}"
     )
     assert receiver.count("Failed") == 0
     # Seen from outside while it ran: Retrying with its reason, never Failed.
-    assert "Failed" not in states, watch.seen
-    retrying = [failure for state, failure in watch.seen if state == "Retrying"]
-    assert retrying and all(f and f.startswith("chunk digest mismatch x") for f in retrying), watch.seen
+    assert "Failed" not in states, watch.distinct()
+    retrying = [failure for state, failure in watch.distinct() if state == "Retrying"]
+    assert retrying and all(f and f.startswith("chunk digest mismatch x") for f in retrying), watch.distinct()
     # The resend counters: the shipper's counts the NACKs it honoured, the receiver's those it sent.
     assert counter(admin, "logship_shipper_resends") >= resends
     assert counter(receiver.admin_port(), "logship_receiver_resends") == resends
