@@ -207,6 +207,7 @@ class Attachment(Generic[C]):
                 # Transient: the guard logs the full disk once; the shipper is told to back off
                 # (instead of reconnecting at once into the same full disk).
                 reason = self.space.enospc(e)
+                self.space.refused_streams.add(self.copy.name)
                 if not self.conn.closing:
                     self.conn.send(Error(ErrorCode.NO_SPACE, reason))
             elif is_storage_retry(e) and self.space is not None:

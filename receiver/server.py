@@ -22,6 +22,7 @@ from receiver.copy import StreamCopy
 from receiver.datadir import existing_streams
 from receiver.session import Session
 from receiver.space import SpaceGuard
+from receiver.status import waiting_row
 from receiver.store import SegmentStore
 
 log = logging.getLogger("receiver")
@@ -73,7 +74,7 @@ class ReceiverServer:
             "role": "receiver",
             "node": self.config.node,
             "pid": os.getpid(),
-            "copies": [self.copies[name].row(now) for name in sorted(self.copies)],
+            "copies": [self._row(self.copies[name], now) for name in sorted(self.copies)],
             # How close the receiver is to refusing new connections (the --max-unauthenticated cap).
             "connections": {
                 "total": admission.connections_total,
@@ -87,6 +88,11 @@ class ReceiverServer:
             # A full data dir (below --min-free): shippers are told to back off until space returns.
             "space": {"problem": self.space.problem(), "min_free": str(self.config.min_free)},
         }
+
+    def _row(self, copy: StreamCopy, now: float) -> dict[str, Any]:
+        # A copy held up by a full disk (or failing storage) says so in its own row (issue 13).
+        replay_wait = copy.state.last_error if copy.replayer.space_waits else None
+        return waiting_row(copy.row(now), self.space.waiting(copy.name, replay_wait))
 
     async def start(self, host: str, port: int) -> tuple[str, int]:
         """Open the copies on disk and listen; return the address bound. Raises OSError."""

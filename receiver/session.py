@@ -165,7 +165,7 @@ class Session:
         await conn.drain()
         hello = await conn.recv(self.config.handshake_timeout)
         accepted = hs.receive_hello(hello)
-        self._check_space()
+        self._check_space(*(claim.stream for claim in accepted))
         attachments: dict[str, Attachment[StreamCopy]] = {}
         resumes: list[StreamResume] = []
         try:
@@ -293,12 +293,12 @@ class Session:
         text = f"stream {copy.name}: {refused}; this shipper (node {newcomer.node}, id {newcomer.shipper}) waits"
         raise NotNow(text, ErrorCode.ANOTHER_SHIPPER, loud)
 
-    def _check_space(self) -> None:
+    def _check_space(self, *streams: str) -> None:
         """Raise NotNow (no-space) when the data dir is below its min_free (the shipper backs off)."""
         problem = self.space.problem() if self.space is not None else None
         if problem is not None:
-            if self.space is not None:
-                self.space.refusals += 1
+            assert self.space is not None
+            self.space.refused(*streams)
             raise NotNow(problem, ErrorCode.NO_SPACE)
 
     def _fence(self, copy: StreamCopy, why: str | None) -> None:
@@ -318,7 +318,7 @@ class Session:
             if isinstance(msg, Data | Seal):
                 # Checked before the frame is taken: below min_free nothing more is accepted (what
                 # is already queued is still written and acknowledged by detach()).
-                self._check_space()
+                self._check_space(msg.stream)
                 att = attachments.get(msg.stream)
                 if att is None:
                     raise RemoteProtocolError(f"stream {msg.stream} was not named in HELLO", code="bad-stream")

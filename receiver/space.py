@@ -13,7 +13,7 @@ import errno
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from logship.files import write_atomic
@@ -71,6 +71,43 @@ async def write_until_room(path: Path, produce: Callable[[], bytes], max_pause: 
         return tries
 
 
+NO_SPACE_WORDS = tuple(os.strerror(code) for code in sorted(NO_SPACE_ERRNOS))
+"""What a command that met a full disk (or quota) prints: "No space left on device", "Disk quota exceeded"."""
+
+
+def command_lacks_space(output: str, free: Sequence[tuple[int, int]], min_free: MinFree | None = None) -> str | None:
+    """Decide whether a replay command that failed did so for lack of space: return why, or None. Pure.
+
+    ``free`` is (free, total) bytes of each file system it may have written to (replica/, the data dir).
+    Lack of space when the command said so itself, or when one of them is below ``min_free`` or has less
+    than ``ENOSPC_ROOM`` left (at most a tenth of it: a tiny file system is not always full). Anything
+    else is an ordinary replay failure, retried and then Failed as before.
+    """
+    for words in NO_SPACE_WORDS:
+        if words.lower() in output.lower():
+            return f"it said {words!r}"
+    threshold = min_free or MinFree()
+    for avail, total in free:
+        if total <= 0:
+            continue
+        need = max(threshold.threshold(total), min(ENOSPC_ROOM, total // 10))
+        if avail < need:
+            return f"only {human(avail)} of {human(total)} free (below {human(need)})"
+    return None
+
+
+def free_space(paths: Sequence[Path]) -> list[tuple[int, int]]:
+    """Return (free, total) bytes of the file system of each path that exists (statvfs follows symlinks)."""
+    found: list[tuple[int, int]] = []
+    for path in paths:
+        try:
+            st = os.statvfs(path)
+        except OSError:
+            continue
+        found.append((st.f_bavail * st.f_frsize, st.f_blocks * st.f_frsize))
+    return found
+
+
 def human(n: int) -> str:
     for unit, size in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
         if n >= size:
@@ -105,6 +142,9 @@ class SpaceGuard:
         """Connections and writes turned away for lack of space since this receiver started."""
         self.storage = StorageTrouble()
         """The copies whose writes failed lately with an I/O error (receiver/storage_retry.py)."""
+        self.refused_streams: set[str] = set()
+        """Streams whose shippers were told ``no-space`` since the disk became full (their status rows say so)."""
+        self._free_seen = (0, 0)
 
     def problem(self, now: float | None = None) -> str | None:
         """Return why no more bytes should be accepted (the disk is too full), or None."""
@@ -113,6 +153,27 @@ class SpaceGuard:
             self._checked_at = now
             self._set(self._look())
         return self._problem
+
+    def refused(self, *streams: str) -> None:
+        """Count a connection (shipping ``streams``) told to back off for lack of space."""
+        self.refusals += 1
+        self.refused_streams.update(streams)
+
+    def waiting(self, stream: str, replay_wait: str | None = None) -> str | None:
+        """Return why ``stream``'s copy waits for its storage, for its status row; None if it does not.
+
+        Its shipper was refused for a full disk, its writes failed with EIO lately, or (``replay_wait``,
+        the replayer's reason) its replay waits for space.
+        """
+        trouble = self.storage.problem(stream)
+        if trouble is not None:
+            return trouble
+        if stream in self.refused_streams and self._problem is not None:
+            free, _ = self._free_seen
+            return f"disk full ({human(free)} free, min_free {self.min_free})"
+        if replay_wait is not None:
+            return f"replay {replay_wait}"
+        return None
 
     def enospc(self, error: BaseException) -> str:
         """Record a write that failed for lack of space (ENOSPC / EDQUOT); return the reason to send."""
@@ -136,7 +197,7 @@ class SpaceGuard:
         return st.f_bavail * st.f_frsize, st.f_blocks * st.f_frsize
 
     def _look(self) -> str | None:
-        free, total = self._free()
+        free, total = self._free_seen = self._free()
         if total == 0:
             # The data dir vanished or cannot be read: logship/dirwatch.py deals with that.
             return None
@@ -157,4 +218,5 @@ class SpaceGuard:
             since = self.full_since or time.monotonic()
             log.warning("space returned on %s after %.1fs: accepting bytes again", self.path, time.monotonic() - since)
             self.full_since = None
+            self.refused_streams.clear()
         self._problem = problem
