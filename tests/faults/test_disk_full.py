@@ -118,6 +118,7 @@ def _run(tmp_path: Path, small: Path, replica: Path, secret: Path, procs: list[P
                 time.sleep(0.5)
             held = time.monotonic() - full_at
             full_gauge = _metric(receiver.admin_port(), "logship_receiver_disk_full")
+            waiting_gauge = _metric(receiver.admin_port(), 'logship_receiver_waiting{stream="full"}')
             assert receiver.alive(), "the receiver died of a full disk"
             receiver_lines = len(receiver.log_text().splitlines()) - lines_before
             connects = shipper.count(": connected, ") - connects_before
@@ -169,8 +170,12 @@ def _run(tmp_path: Path, small: Path, replica: Path, secret: Path, procs: list[P
     assert retrying, f"the shipper never showed Retrying for the full disk: {watch.distinct(0)}"
     assert "Failed" not in watch.states(0), watch.distinct(0)
     assert not [s for s in watch.distinct(1) if s[0] == "Failed" or "Failed" in (s[1] or "")], watch.distinct(1)
+    # The copy's own row said so too (not only the top-level space block), and its gauge.
+    waiting = [r.get("retrying") or "" for r in watch.rows[1] if r["state"] == "Waiting"]
+    assert [w for w in waiting if w.startswith("disk full (") and "free, min_free 524288 bytes)" in w], waiting
+    assert waiting_gauge == 1.0
     rows = status(receiver.admin_port())["copies"]
-    assert rows[0]["state"] != "Failed" and not rows[0].get("replay_failed"), rows
+    assert rows[0]["state"] == "Healthy" and rows[0]["waiting"] == 0 and not rows[0].get("replay_failed"), rows
     assert receiver.starts == 1 and receiver.alive()
     assert "Traceback" not in receiver.log_text()
     assert replay_waits >= 1, "replay never met the full replica disk: the test did not test it"
