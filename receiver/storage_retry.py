@@ -108,7 +108,11 @@ class StorageTrouble:
         except OSError:
             dropped = -1
             episode.cut_pending = (acked, sealed)
-        what = f"dropped {dropped} bytes not acknowledged" if dropped >= 0 else "nothing acknowledged more"
+        what = (
+            f"dropped {dropped} bytes not acknowledged"
+            if dropped >= 0
+            else "the bytes not acknowledged are cut before the copy is read again"
+        )
         if episode.failures == 1:
             log.error(
                 "stream %s: storage failed %s; %s, telling the shipper to back off and resend (nothing "

@@ -112,7 +112,7 @@ def test_a_cut_that_failed_is_made_before_the_next_recovery(tmp_path: Path, monk
 
     monkeypatch.setattr(os, "ftruncate", broken)
     text = trouble.failed(store, "s", OSError(errno.EIO, "Input/output error"), Position(B, 10), False)
-    assert text.startswith("(EIO) on stream s: Input/output error; nothing acknowledged more"), text
+    assert text.startswith("(EIO) on stream s: Input/output error; the bytes not acknowledged are cut before"), text
     assert (store.incoming / f"{B}.partial").stat().st_size == 1000
     monkeypatch.setattr(os, "ftruncate", real)
     trouble.before_recover(store, "s")
