@@ -27,7 +27,7 @@ from typing import Protocol
 
 from receiver.config import ReplaySettings
 from receiver.manifest import Base, Installed, first_pdx, record_digest
-from receiver.replay_run import Finished, Interrupted
+from receiver.replay_command import CommandRuns, ReplayRefused
 from receiver.space import ReplicaNoSpace, space_wait
 from receiver.state import CopyState
 from receiver.store import ReplicaError, SegmentStore
@@ -140,11 +140,7 @@ class Stopped:
 StepResult = Decision | Retry | Stopped
 
 
-class ReplayRefused(Exception):
-    """The next run of a segment is not allowed (an interrupted run on a target not safe to re-run)."""
-
-
-class Replayer:
+class Replayer(CommandRuns):
     """Replay one stream's copy into its replica, one segment at a time."""
 
     def __init__(
@@ -307,73 +303,6 @@ class Replayer:
         if self.on_replayed is not None:
             self.on_replayed()
         return decision
-
-    async def _settle(self, target: CommandTarget, record: Installed) -> bool:
-        """Find out what became of the command run recorded before a restart; True if it replayed ``record``.
-
-        Raises ReplicaError (retried) when that run failed or still runs after the command timeout.
-        """
-        state = self.copy.state
-        pending = state.replaying
-        if pending is None or pending.segment != record.name or pending.settled:
-            if pending is not None and pending.segment != record.name:
-                state.replay_forgotten()
-            self._settled = True
-            return False
-        outcome = await target.settle(pending.segment, pending.attempt)
-        self._settled = True
-        if isinstance(outcome, Finished):
-            log.warning(
-                "stream %s: attempt %d at %s finished while no receiver watched it (exit %d); taking its result",
-                self.copy.name,
-                pending.attempt,
-                record.name,
-                outcome.rc,
-            )
-            if outcome.rc != 0:
-                raise ReplicaError(f"replay command failed on {record.name} (exit {outcome.rc}): {outcome.output}")
-            return True
-        if isinstance(outcome, Interrupted):
-            log.warning("stream %s: replay of %s was interrupted: %s", self.copy.name, record.name, outcome.reason)
-            state.replay_interrupted(record.name)
-            await self.copy.save_state()
-        return False
-
-    async def _run_command(self, target: CommandTarget, record: Installed) -> None:
-        """Record the attempt durably, run it under the wrapper, and say how it ended.
-
-        Raises ReplicaError (retried) or ReplayRefused (an interrupted run that may not run again).
-        """
-        state = self.copy.state
-        pending = state.replaying
-        interrupted = pending is not None and pending.segment == record.name and pending.interrupted
-        choice = target.command_for(interrupted)
-        if choice is None:
-            raise ReplayRefused(
-                f"replay of {record.name} was interrupted; the target is not known to be safe to re-run "
-                "(repair the target and resume, or set replay_rerun = safe or a replay recover command)"
-            )
-        kind, template = choice
-        run = state.replay_begins(record.name, kind, self.clock())
-        # Durable before the command starts: a restarted receiver must know this attempt may have run.
-        await self.copy.save_state()
-        outcome = await target.run(record, run.attempt, kind, template)
-        if isinstance(outcome, Finished):
-            if outcome.rc != 0:
-                raise ReplicaError(
-                    f"replay command failed on {record.name} (exit {outcome.rc}): {outcome.output or 'no output'}"
-                )
-            return
-        if isinstance(outcome, Interrupted):
-            state.replay_interrupted(record.name)
-            await self.copy.save_state()
-            if target.command_for(True) is None:
-                raise ReplayRefused(
-                    f"replay of {record.name} was interrupted ({outcome.reason}); the target is not known to be "
-                    "safe to re-run (repair the target and resume, or set replay_rerun = safe or a replay "
-                    "recover command)"
-                )
-        raise ReplicaError(f"replay of {record.name} did not complete: {outcome.reason}")
 
     async def _fail(self, reason: str) -> None:
         self.failures = 0
