@@ -7,7 +7,9 @@ manifest records, for each segment, the sealed segment before it: replay only ev
 chain, so a missing segment stops it), and an optional inspector command may veto it. A failure is
 retried a bounded number of times with back-off; then the replay is marked Failed with the reason,
 persisted in state.json, and stays stopped at that segment until an operator resumes it. Nothing is
-ever skipped; a segment whose bytes went bad is moved to quarantine/, not deleted.
+ever skipped; a segment whose bytes went bad is moved to quarantine/, not deleted. A full disk or an
+I/O error (EIO) of the replica or log/ is transient (``storage_wait()``): replay waits for it, however
+long, and never counts it as a failure.
 
 ``next_to_replay()``, ``retry_delay()`` and ``replay_queue()`` are the pure decisions; where a segment
 goes is its ``ReplayTarget`` (receiver/targets.py). ``Replayer.step()`` does one unit of work (tests
@@ -25,11 +27,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from protocol.failures import errno_name
 from receiver.config import ReplaySettings
 from receiver.manifest import Base, Installed, first_pdx, record_digest
 from receiver.replay_command import CommandRuns, ReplayRefused
 from receiver.space import ReplicaNoSpace, space_wait
 from receiver.state import CopyState
+from receiver.storage_retry import is_storage_retry
 from receiver.store import ReplicaError, SegmentStore
 from receiver.targets import CommandTarget, expand_command, replay_target, run_command, segment_env
 
@@ -110,6 +114,18 @@ def retry_delay(failures: int, retries: int, backoff: float) -> float | None:
     if failures > retries:
         return None
     return backoff * (2 ** (failures - 1))
+
+
+def storage_wait(error: ReplicaError) -> str | None:
+    """Return what a replay that failed with ``error`` waits for ("space", "storage (EIO)"), or None when
+    it is an ordinary failure (retried a few times, then Failed)."""
+    if isinstance(error, ReplicaNoSpace):
+        return "space"
+    # The backends raise ReplicaError from the OSError they met (its context, even "from None").
+    cause = error.__cause__ or error.__context__
+    if not error.corrupt and cause is not None and is_storage_retry(cause):
+        return f"storage ({errno_name(cause)})"
+    return None
 
 
 def replay_queue(log: Sequence[Installed], replayed: str) -> tuple[int, int, float | None]:
@@ -262,15 +278,17 @@ class Replayer(CommandRuns):
         except ReplayRefused as e:
             await self._fail(str(e))
             return Stopped("failed")
-        except ReplicaNoSpace as e:
-            # Transient (protocol/failures.py): wait for space, however long; never Failed for it.
-            self.space_waits += 1
-            state.replay_retrying(f"waiting for space: {e}")
-            self.retry_at = self.clock() + space_wait(self.space_waits)
-            if self.space_waits == 1:
-                log.warning("stream %s: replay waits for space: %s", self.copy.name, e)
-            return Retry(space_wait(self.space_waits), str(e))
         except ReplicaError as e:
+            wait = storage_wait(e)
+            if wait is not None:
+                # Transient (protocol/failures.py): a full disk or an I/O error (EIO) of the replica or
+                # log/; wait for it however long, never Failed for it.
+                self.space_waits += 1
+                state.replay_retrying(f"waiting for {wait}: {e}")
+                self.retry_at = self.clock() + space_wait(self.space_waits)
+                if self.space_waits == 1:
+                    log.warning("stream %s: replay waits for %s: %s", self.copy.name, wait, e)
+                return Retry(space_wait(self.space_waits), str(e))
             self.failures += 1
             state.replay_retrying(str(e))
             delay = retry_delay(self.failures, self.settings.retries, self.settings.backoff)
