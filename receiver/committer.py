@@ -22,7 +22,7 @@ from receiver.ingest import Ingest
 from receiver.manifest import Installed
 from receiver.ops import Install, Op, Restart, Write
 from receiver.space import SpaceGuard, is_no_space
-from receiver.storage_retry import is_storage_retry
+from receiver.storage_retry import drop_unacknowledged, is_storage_retry
 from receiver.store import SegmentStore
 from receiver.writers import Writer
 
@@ -208,6 +208,13 @@ class Attachment(Generic[C]):
                 # (instead of reconnecting at once into the same full disk).
                 reason = self.space.enospc(e)
                 self.space.refused_streams.add(self.copy.name)
+                # What was written but not synced must not be offered as the next resume position
+                # (recovery would read it back from the page cache): cut back to what was acknowledged.
+                if syncing is not None:
+                    await asyncio.wait({syncing.synced})
+                self.copy.store.close()
+                with contextlib.suppress(OSError):
+                    drop_unacknowledged(self.copy.store, self.acked, self.acked_sealed)
                 if not self.conn.closing:
                     self.conn.send(Error(ErrorCode.NO_SPACE, reason))
             elif is_storage_retry(e) and self.space is not None:

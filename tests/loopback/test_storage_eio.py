@@ -48,6 +48,7 @@ class Faults:
         self.syncs = 0
         self.writes = 0
         self.raised = 0
+        self.errno = errno.EIO
 
 
 @pytest.fixture
@@ -71,14 +72,14 @@ def faults(monkeypatch: pytest.MonkeyPatch) -> Faults:
         if f.writes > 0:
             f.writes -= 1
             f.raised += 1
-            raise OSError(errno.EIO, "Input/output error")
+            raise OSError(f.errno, os.strerror(f.errno))
 
     monkeypatch.setattr(SegmentStore, "sync", sync)
     monkeypatch.setattr(partial_writer.PartialWriter, "_pwritev", pwritev)
     return f
 
 
-@pytest.mark.parametrize("where", ["fsync", "write"])
+@pytest.mark.parametrize("where", ["fsync", "write", "enospc"])
 async def test_eio_cuts_the_unacknowledged_tail_and_asks_for_a_resend(
     tmp_path: Path, faults: Faults, where: str
 ) -> None:
@@ -97,13 +98,19 @@ async def test_eio_cuts_the_unacknowledged_tail_and_asks_for_a_resend(
         if where == "fsync":
             faults.syncs = 1
         else:
+            # ENOSPC part-way: written bytes never synced must not become the resume position either.
+            faults.errno = errno.ENOSPC if where == "enospc" else errno.EIO
             faults.writes = 1
         for i in range(4, 8):
             shipper.data("s", SEG, i * CHUNK, data[i * CHUNK : (i + 1) * CHUNK])
         got = await shipper.recv_until(lambda m: isinstance(m, Error))
         error = got[-1]
-        assert isinstance(error, Error) and error.code == ErrorCode.STORAGE_RETRY, got
-        assert error.text.startswith("(EIO) on stream s: Input/output error; dropped "), error.text
+        assert isinstance(error, Error), got
+        if where == "enospc":
+            assert error.code == ErrorCode.NO_SPACE, error
+        else:
+            assert error.code == ErrorCode.STORAGE_RETRY, error
+            assert error.text.startswith("(EIO) on stream s: Input/output error; dropped "), error.text
         assert not [m for m in got if isinstance(m, Ack) and m.position.offset > acked], got
         await shipper.close()
         # Cut back to what was acknowledged, although the file held more: an fsync that failed is not
@@ -111,6 +118,10 @@ async def test_eio_cuts_the_unacknowledged_tail_and_asks_for_a_resend(
         partial = data_dir / "s" / "incoming" / f"{SEG}.partial"
         assert partial.stat().st_size == acked == 4 * CHUNK
         assert srv.copies["s"].state.failed is None
+        if where == "enospc":
+            # (The guard now counts the disk full until it has clearly more room: no reconnect here.)
+            assert srv.copies["s"].store.recover().offset == acked
+            return
         assert srv.space.storage.problem("s") is not None
         # The next connection resumes at the acknowledged offset, and the resend makes it whole.
         again = await Shipper.connect(port)
