@@ -188,7 +188,16 @@ class Session:
                     )
                     copy.owner.taken_over_by = newcomer
                     copy.owner.conn.writer.close()
-                att = await self._attach(copy, claim)
+                if copy.owner is None and copy.attaching is None:
+                    # Until it is attached, a connection that comes meanwhile is judged against this one
+                    # (two targets of one shipper connect at the same instant: refused at once, not left
+                    # waiting for the stream's lock until the handshake times out).
+                    copy.attaching = newcomer
+                try:
+                    att = await self._attach(copy, claim)
+                finally:
+                    if copy.attaching is newcomer:
+                        copy.attaching = None
                 if att is not None:
                     att.who = newcomer
                 if att is None:
@@ -283,7 +292,7 @@ class Session:
         owner = copy.owner
         # Judged against the connection about to take over, if one is (it waits for the lock): the
         # old one is closing, and a shipper it displaced must not slip in behind it.
-        current = None if owner is None else owner.taken_over_by or owner.who
+        current = copy.attaching if owner is None else owner.taken_over_by or owner.who
         refused = take_over(current, newcomer)
         if refused is None:
             return
