@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
+import time
 import urllib.request
 from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.helpers.copies import assert_copy_converged, check_no_corrupt, wait_converged
-from tests.helpers.procs import Proc, receiver_proc, shipper_proc
+from tests.helpers.frames import TagTracker, read_frame
+from tests.helpers.procs import Listener, Proc, receiver_proc, shipper_proc
 from tests.helpers.proxies import FaultProxy, ProxyThread
 from tests.helpers.source import SourceWriter, sealed_in_source
 from tests.helpers.status_watch import StatusWatch
@@ -81,3 +84,66 @@ def test_back_to_back_chunk_damage_converges_without_failing_the_copy(
     assert resends >= 3, receiver.count("bad-digest")
     # The shipper shrank its chunks after the NACKs (256 KiB halved at least once).
     assert shipper.count("chunk 131072") + shipper.count("chunk 65536") >= 1
+
+
+class RateFlipProxy(FaultProxy):
+    """Flip one payload byte (not in a segment's first chunk) every 512 KiB - 1 MiB of DATA forwarded,
+    on average, for as long as it runs: the issue's damaging link."""
+
+    def __init__(self, upstream: int | Listener, seed: int) -> None:
+        super().__init__(upstream)
+        self.rnd = random.Random(seed)
+        self.forwarded = 0
+        self.next_at = self.rnd.randint(512 * 1024, 1024 * 1024)
+
+    async def _forward(self, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        tracker = TagTracker(to_receiver=True)
+        while True:
+            prefix, header_raw, header, payload, tag = await read_frame(r, tracker)
+            if header.get("t") == "DATA":
+                self.forwarded += len(payload)
+                if self.forwarded >= self.next_at and header.get("off", 0) > 0 and len(payload) > 16:
+                    self.next_at = self.forwarded + self.rnd.randint(512 * 1024, 1024 * 1024)
+                    self.done.append("flip_data_mid")
+                    b = bytearray(payload)
+                    b[len(b) // 2] ^= 0x5A
+                    payload = bytes(b)
+            w.write(prefix + header_raw + tag + payload)
+            await w.drain()
+
+
+def test_a_link_damaging_a_byte_per_512k_to_1m_converges(tmp_path: Path, secret: Path, procs: list[Proc]) -> None:
+    rnd = random.Random(17)
+    sizes = [rnd.randint(256 * 1024, 2 * 1024 * 1024) for _ in range(32)]
+    source = tmp_path / "src"
+    source.mkdir()
+    receiver = receiver_proc(tmp_path, secret, extra=["--admin", "127.0.0.1:0"])
+    procs.append(receiver.start())
+    copy = tmp_path / "receiver" / "damaged"
+    seen: dict[str, str] = {}
+    start = time.monotonic()
+    with ProxyThread(RateFlipProxy(receiver, 17)) as proxy:
+        shipper = shipper_proc(
+            tmp_path, "damaged", source, [proxy.port], secret, ["--chunk-size", "256k", "--admin", "127.0.0.1:0"]
+        )
+        procs.append(shipper.start())
+        writer = SourceWriter(source, sizes, rate=8e6, seed=17).start()
+        try:
+            with StatusWatch(shipper.admin_port(), interval=0.05) as watch:
+                writer.done_full.wait(60)
+                expect = sealed_in_source(source)
+                wait_converged(source, copy, expect, seen, 120)
+        finally:
+            writer.stop()
+        total = assert_copy_converged(source, copy, expect)
+    took = time.monotonic() - start
+    states = sorted(watch.states())
+    per = proxy.forwarded / max(1, len(proxy.done))
+    print(
+        f"\nfigures: flips={len(proxy.done)} forwarded={proxy.forwarded} (one flip per {per / 1024:.0f} KiB) "
+        f"resends={receiver.count('asking for a resend')} connections={proxy.connections} bytes={total} "
+        f"converged_s={took:.1f} states={states}"
+    )
+    assert len(proxy.done) >= 30, len(proxy.done)
+    assert receiver.count("Failed") == 0
+    assert "Failed" not in states and "Retrying" in states, watch.distinct()
