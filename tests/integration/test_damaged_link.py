@@ -130,7 +130,8 @@ def test_a_link_damaging_a_byte_per_512k_to_1m_converges(tmp_path: Path, secret:
         writer = SourceWriter(source, sizes, rate=8e6, seed=17).start()
         try:
             with StatusWatch(shipper.admin_port(), interval=0.05) as watch:
-                writer.done_full.wait(60)
+                assert writer.done_full.wait(60)
+                writer.stop()  # its active segment exists now: every other one is sealed
                 expect = sealed_in_source(source)
                 wait_converged(source, copy, expect, seen, 120)
         finally:
