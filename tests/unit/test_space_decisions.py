@@ -150,3 +150,12 @@ def test_the_guard_names_what_a_copy_waits_for(tmp_path: Path) -> None:
     assert guard.waiting("other", "waiting for space: replica/ full") == "replay waiting for space: replica/ full"
     guard.storage.failed_recovery("other", OSError(errno.EIO, "Input/output error"))
     assert guard.waiting("other") == "storage failed (EIO) on stream other: Input/output error x1"
+
+
+def test_the_status_table_shows_a_waiting_copy() -> None:
+    from receiver.state import CopyState
+    from receiver.status import copy_row, render_rows
+
+    row = waiting_row(copy_row("db1", CopyState(), [], 0.0, False, True), "disk full (1.0 MiB free, min_free 64MiB)")
+    text = render_rows([row], 0.0)
+    assert "Waiting" in text and "retrying: disk full (1.0 MiB free, min_free 64MiB)" in text, text
