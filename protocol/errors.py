@@ -45,6 +45,9 @@ class ErrorCode(enum.StrEnum):
     """The stream's copy is Failed at the receiver: it accepts nothing until an operator acts."""
     NO_SPACE = "no-space"
     """The receiver's disk is full (or below its ``min_free``): back off and try again later (transient)."""
+    STORAGE_RETRY = "storage-retry"
+    """A write or fsync of the receiver's failed in a way that can be redone (EIO and kin): it dropped
+    what it had not acknowledged; back off and send it again (transient)."""
     ANOTHER_SHIPPER = "another-shipper"
     """Another live shipper ships this stream to this receiver: back off while it does (transient)."""
     REJOINING = "rejoining"

@@ -35,6 +35,7 @@ FAILURES: dict[str, Kind] = {
 
 ERROR_CODES: dict[str, str] = {
     "no-space": "disk full",
+    "storage-retry": "io error",
     "another-shipper": "another shipper",
 }
 """ERROR codes that name a transient failure of the receiver's: the shipper backs off from them and shows
@@ -48,6 +49,12 @@ def classify(failure: str) -> Kind:
     return FAILURES.get(failure, Kind.PERMANENT)
 
 
-def classify_os_error(error: OSError) -> Kind:
+def classify_os_error(error: BaseException) -> Kind:
     """Return whether an OSError of a write that can be redone is worth retrying (disk full, EIO)."""
-    return Kind.TRANSIENT if error.errno in _TRANSIENT_ERRNOS else Kind.PERMANENT
+    return Kind.TRANSIENT if isinstance(error, OSError) and error.errno in _TRANSIENT_ERRNOS else Kind.PERMANENT
+
+
+def errno_name(error: BaseException) -> str:
+    """Return the symbolic name of an OSError's errno (``EIO``), or ``error`` when it has none."""
+    number = getattr(error, "errno", None)
+    return errno.errorcode.get(number, "error") if isinstance(number, int) else "error"

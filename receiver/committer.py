@@ -22,6 +22,7 @@ from receiver.ingest import Ingest
 from receiver.manifest import Installed
 from receiver.ops import Install, Op, Restart, Write
 from receiver.space import SpaceGuard, is_no_space
+from receiver.storage_retry import drop_unacknowledged, is_storage_retry
 from receiver.store import SegmentStore
 from receiver.writers import Writer
 
@@ -206,8 +207,25 @@ class Attachment(Generic[C]):
                 # Transient: the guard logs the full disk once; the shipper is told to back off
                 # (instead of reconnecting at once into the same full disk).
                 reason = self.space.enospc(e)
+                self.space.refused_streams.add(self.copy.name)
+                # What was written but not synced must not be offered as the next resume position
+                # (recovery would read it back from the page cache): cut back to what was acknowledged.
+                if syncing is not None:
+                    await asyncio.wait({syncing.synced})
+                self.copy.store.close()
+                with contextlib.suppress(OSError):
+                    drop_unacknowledged(self.copy.store, self.acked, self.acked_sealed)
                 if not self.conn.closing:
                     self.conn.send(Error(ErrorCode.NO_SPACE, reason))
+            elif is_storage_retry(e) and self.space is not None:
+                # EIO and kin: transient too. What was not acknowledged is cut (an fsync that failed
+                # cannot be trusted again: receiver/storage_retry.py), then the shipper backs off and
+                # sends it again. Cut once the batch in hand is done with its descriptors.
+                if syncing is not None:
+                    await asyncio.wait({syncing.synced})
+                reason = self.space.storage.failed(self.copy.store, self.copy.name, e, self.acked, self.acked_sealed)
+                if not self.conn.closing:
+                    self.conn.send(Error(ErrorCode.STORAGE_RETRY, reason))
             else:
                 # A copy whose files vanished (its dir deleted under us) is one WARNING here: the data
                 # dir's watch (logship/dirwatch.py) says the one ERROR of what it means for the receiver.
@@ -253,6 +271,8 @@ class Attachment(Generic[C]):
         position, sealed = batch.ack
         if (position, sealed) > (self.acked, self.acked_sealed):
             self.acked, self.acked_sealed = position, sealed
+            if self.space is not None and self.space.storage.episodes:
+                self.space.storage.acknowledged(self.copy.name)
             if not self.conn.closing:
                 self.conn.send(Ack(self.copy.name, position, sealed, self.copy.replayed_position))
 
@@ -272,3 +292,7 @@ class Attachment(Generic[C]):
         with contextlib.suppress(Exception):
             await self.task
         self.copy.store.close()
+        if self.error is None and self.space is not None and self.space.storage.episodes:
+            # A whole connection without a failed write (it may have had nothing to write: what the
+            # failed one installed was already in log/) ends a storage episode as an ACK does.
+            self.space.storage.acknowledged(self.copy.name)

@@ -24,6 +24,7 @@ from receiver.space import write_until_room
 from receiver.state import Role, load_state
 from receiver.status import copy_row
 from receiver.store import SegmentStore
+from receiver.writers import Writer
 
 log = logging.getLogger("receiver")
 
@@ -47,6 +48,8 @@ class StreamCopy:
         self.installed_at = time.time()
         self.lock = asyncio.Lock()
         self.owner: Attachment[StreamCopy] | None = None
+        self.attaching: Writer | None = None
+        """The shipper of a connection attaching the copy (holding its lock, not yet its owner)."""
         self.resends = 0
         self.bytes_received = 0
         self.attached_once = False

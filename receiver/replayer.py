@@ -7,7 +7,9 @@ manifest records, for each segment, the sealed segment before it: replay only ev
 chain, so a missing segment stops it), and an optional inspector command may veto it. A failure is
 retried a bounded number of times with back-off; then the replay is marked Failed with the reason,
 persisted in state.json, and stays stopped at that segment until an operator resumes it. Nothing is
-ever skipped; a segment whose bytes went bad is moved to quarantine/, not deleted.
+ever skipped; a segment whose bytes went bad is moved to quarantine/, not deleted. A full disk or an
+I/O error (EIO) of the replica or log/ is transient (``storage_wait()``): replay waits for it, however
+long, and never counts it as a failure.
 
 ``next_to_replay()``, ``retry_delay()`` and ``replay_queue()`` are the pure decisions; where a segment
 goes is its ``ReplayTarget`` (receiver/targets.py). ``Replayer.step()`` does one unit of work (tests
@@ -25,11 +27,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from protocol.failures import errno_name
 from receiver.config import ReplaySettings
 from receiver.manifest import Base, Installed, first_pdx, record_digest
-from receiver.replay_run import Finished, Interrupted
+from receiver.replay_command import CommandRuns, ReplayRefused
 from receiver.space import ReplicaNoSpace, space_wait
 from receiver.state import CopyState
+from receiver.storage_retry import is_storage_retry
 from receiver.store import ReplicaError, SegmentStore
 from receiver.targets import CommandTarget, expand_command, replay_target, run_command, segment_env
 
@@ -112,6 +116,18 @@ def retry_delay(failures: int, retries: int, backoff: float) -> float | None:
     return backoff * (2 ** (failures - 1))
 
 
+def storage_wait(error: ReplicaError) -> str | None:
+    """Return what a replay that failed with ``error`` waits for ("space", "storage (EIO)"), or None when
+    it is an ordinary failure (retried a few times, then Failed)."""
+    if isinstance(error, ReplicaNoSpace):
+        return "space"
+    # The backends raise ReplicaError from the OSError they met (its context, even "from None").
+    cause = error.__cause__ or error.__context__
+    if not error.corrupt and cause is not None and is_storage_retry(cause):
+        return f"storage ({errno_name(cause)})"
+    return None
+
+
 def replay_queue(log: Sequence[Installed], replayed: str) -> tuple[int, int, float | None]:
     """Return (segments, bytes, install time of the oldest) installed but not yet replayed."""
     i = bisect.bisect_right(log, replayed, key=lambda r: r.name)
@@ -140,11 +156,7 @@ class Stopped:
 StepResult = Decision | Retry | Stopped
 
 
-class ReplayRefused(Exception):
-    """The next run of a segment is not allowed (an interrupted run on a target not safe to re-run)."""
-
-
-class Replayer:
+class Replayer(CommandRuns):
     """Replay one stream's copy into its replica, one segment at a time."""
 
     def __init__(
@@ -266,15 +278,17 @@ class Replayer:
         except ReplayRefused as e:
             await self._fail(str(e))
             return Stopped("failed")
-        except ReplicaNoSpace as e:
-            # Transient (protocol/failures.py): wait for space, however long; never Failed for it.
-            self.space_waits += 1
-            state.replay_retrying(f"waiting for space: {e}")
-            self.retry_at = self.clock() + space_wait(self.space_waits)
-            if self.space_waits == 1:
-                log.warning("stream %s: replay waits for space: %s", self.copy.name, e)
-            return Retry(space_wait(self.space_waits), str(e))
         except ReplicaError as e:
+            wait = storage_wait(e)
+            if wait is not None:
+                # Transient (protocol/failures.py): a full disk or an I/O error (EIO) of the replica or
+                # log/; wait for it however long, never Failed for it.
+                self.space_waits += 1
+                state.replay_retrying(f"waiting for {wait}: {e}")
+                self.retry_at = self.clock() + space_wait(self.space_waits)
+                if self.space_waits == 1:
+                    log.warning("stream %s: replay waits for %s: %s", self.copy.name, wait, e)
+                return Retry(space_wait(self.space_waits), str(e))
             self.failures += 1
             state.replay_retrying(str(e))
             delay = retry_delay(self.failures, self.settings.retries, self.settings.backoff)
@@ -307,73 +321,6 @@ class Replayer:
         if self.on_replayed is not None:
             self.on_replayed()
         return decision
-
-    async def _settle(self, target: CommandTarget, record: Installed) -> bool:
-        """Find out what became of the command run recorded before a restart; True if it replayed ``record``.
-
-        Raises ReplicaError (retried) when that run failed or still runs after the command timeout.
-        """
-        state = self.copy.state
-        pending = state.replaying
-        if pending is None or pending.segment != record.name or pending.settled:
-            if pending is not None and pending.segment != record.name:
-                state.replay_forgotten()
-            self._settled = True
-            return False
-        outcome = await target.settle(pending.segment, pending.attempt)
-        self._settled = True
-        if isinstance(outcome, Finished):
-            log.warning(
-                "stream %s: attempt %d at %s finished while no receiver watched it (exit %d); taking its result",
-                self.copy.name,
-                pending.attempt,
-                record.name,
-                outcome.rc,
-            )
-            if outcome.rc != 0:
-                raise ReplicaError(f"replay command failed on {record.name} (exit {outcome.rc}): {outcome.output}")
-            return True
-        if isinstance(outcome, Interrupted):
-            log.warning("stream %s: replay of %s was interrupted: %s", self.copy.name, record.name, outcome.reason)
-            state.replay_interrupted(record.name)
-            await self.copy.save_state()
-        return False
-
-    async def _run_command(self, target: CommandTarget, record: Installed) -> None:
-        """Record the attempt durably, run it under the wrapper, and say how it ended.
-
-        Raises ReplicaError (retried) or ReplayRefused (an interrupted run that may not run again).
-        """
-        state = self.copy.state
-        pending = state.replaying
-        interrupted = pending is not None and pending.segment == record.name and pending.interrupted
-        choice = target.command_for(interrupted)
-        if choice is None:
-            raise ReplayRefused(
-                f"replay of {record.name} was interrupted; the target is not known to be safe to re-run "
-                "(repair the target and resume, or set replay_rerun = safe or a replay recover command)"
-            )
-        kind, template = choice
-        run = state.replay_begins(record.name, kind, self.clock())
-        # Durable before the command starts: a restarted receiver must know this attempt may have run.
-        await self.copy.save_state()
-        outcome = await target.run(record, run.attempt, kind, template)
-        if isinstance(outcome, Finished):
-            if outcome.rc != 0:
-                raise ReplicaError(
-                    f"replay command failed on {record.name} (exit {outcome.rc}): {outcome.output or 'no output'}"
-                )
-            return
-        if isinstance(outcome, Interrupted):
-            state.replay_interrupted(record.name)
-            await self.copy.save_state()
-            if target.command_for(True) is None:
-                raise ReplayRefused(
-                    f"replay of {record.name} was interrupted ({outcome.reason}); the target is not known to be "
-                    "safe to re-run (repair the target and resume, or set replay_rerun = safe or a replay "
-                    "recover command)"
-                )
-        raise ReplicaError(f"replay of {record.name} did not complete: {outcome.reason}")
 
     async def _fail(self, reason: str) -> None:
         self.failures = 0

@@ -23,6 +23,7 @@ from receiver.datadir import existing_streams
 from receiver.ha_view import add_views
 from receiver.session import Session
 from receiver.space import SpaceGuard
+from receiver.status import waiting_row
 from receiver.store import SegmentStore
 
 log = logging.getLogger("receiver")
@@ -70,7 +71,7 @@ class ReceiverServer:
         """Return the status snapshot: one row per stream copy."""
         now = time.time()
         admission = self.admission
-        copies = [self.copies[name].row(now) for name in sorted(self.copies)]
+        copies = [self._row(self.copies[name], now) for name in sorted(self.copies)]
         ha = add_views(copies, self.config.data_dir, now)  # the node's HA agent, while it reports
         return {
             "role": "receiver",
@@ -91,6 +92,11 @@ class ReceiverServer:
             "space": {"problem": self.space.problem(), "min_free": str(self.config.min_free)},
             **({"ha": ha} if ha else {}),
         }
+
+    def _row(self, copy: StreamCopy, now: float) -> dict[str, Any]:
+        # A copy held up by a full disk (or failing storage) says so in its own row (issue 13).
+        replay_wait = copy.state.last_error if copy.replayer.space_waits else None
+        return waiting_row(copy.row(now), self.space.waiting(copy.name, replay_wait))
 
     async def start(self, host: str, port: int) -> tuple[str, int]:
         """Open the copies on disk and listen; return the address bound. Raises OSError."""

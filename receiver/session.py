@@ -34,6 +34,8 @@ from receiver.rewind import check_history
 from receiver.rewrite import Rewrites
 from receiver.seed import resume_point, seeding_hello, serve_seed
 from receiver.space import SpaceGuard
+from receiver.storage_retry import is_storage_retry
+from receiver.store import Recovered
 from receiver.writers import Writer, take_over
 
 log = logging.getLogger("receiver")
@@ -173,7 +175,7 @@ class Session:
         await conn.drain()
         hello = await conn.recv(self.config.handshake_timeout)
         accepted = hs.receive_hello(hello)
-        self._check_space()
+        self._check_space(*(claim.stream for claim in accepted))
         attachments: dict[str, Attachment[StreamCopy]] = {}
         resumes: list[StreamResume] = []
         try:
@@ -198,7 +200,16 @@ class Session:
                     )
                     copy.owner.taken_over_by = newcomer
                     copy.owner.conn.writer.close()
-                att = await self._attach(copy, claim)
+                if copy.owner is None and copy.attaching is None:
+                    # Until it is attached, a connection that comes meanwhile is judged against this one
+                    # (two targets of one shipper connect at the same instant: refused at once, not left
+                    # waiting for the stream's lock until the handshake times out).
+                    copy.attaching = newcomer
+                try:
+                    att = await self._attach(copy, claim)
+                finally:
+                    if copy.attaching is newcomer:
+                        copy.attaching = None
                 if att is not None:
                     att.who = newcomer
                 if att is None:
@@ -247,7 +258,7 @@ class Session:
             if claim.epoch > copy.epoch:
                 copy.state.adopt_epoch(claim.epoch)
                 await copy.save_state()
-            rec = await asyncio.get_running_loop().run_in_executor(None, copy.store.recover)
+            rec = await self._recover(copy)
             rec, self.cut[copy.name] = await check_history(copy, claim.epoch, claim.history, rec, self.config.no_rewind)
         except BaseException:
             copy.lock.release()
@@ -271,12 +282,29 @@ class Session:
         )
         return att
 
+    async def _recover(self, copy: StreamCopy) -> Recovered:
+        """Recover the copy from disk; raise NotNow (storage-retry) while its storage fails (EIO)."""
+        trouble = self.space.storage if self.space is not None else None
+
+        def recover() -> Recovered:
+            if trouble is not None:
+                trouble.before_recover(copy.store, copy.name)  # a cut of an unacknowledged tail, if one failed
+            return copy.store.recover()
+
+        try:
+            return await asyncio.get_running_loop().run_in_executor(None, recover)
+        except OSError as e:
+            if trouble is None or not is_storage_retry(e):
+                raise
+            # Logged once per episode by the tracker: the NotNow itself only at DEBUG.
+            raise NotNow(trouble.failed_recovery(copy.name, e), ErrorCode.STORAGE_RETRY) from None
+
     def _one_writer(self, copy: StreamCopy, newcomer: Writer) -> None:
         """Raise NotNow (another-shipper) if a live shipper that took over from this one writes ``copy``."""
         owner = copy.owner
         # Judged against the connection about to take over, if one is (it waits for the lock): the
         # old one is closing, and a shipper it displaced must not slip in behind it.
-        current = None if owner is None else owner.taken_over_by or owner.who
+        current = copy.attaching if owner is None else owner.taken_over_by or owner.who
         refused = take_over(current, newcomer)
         if refused is None:
             return
@@ -286,12 +314,12 @@ class Session:
         text = f"stream {copy.name}: {refused}; this shipper (node {newcomer.node}, id {newcomer.shipper}) waits"
         raise NotNow(text, ErrorCode.ANOTHER_SHIPPER, loud)
 
-    def _check_space(self) -> None:
+    def _check_space(self, *streams: str) -> None:
         """Raise NotNow (no-space) when the data dir is below its min_free (the shipper backs off)."""
         problem = self.space.problem() if self.space is not None else None
         if problem is not None:
-            if self.space is not None:
-                self.space.refusals += 1
+            assert self.space is not None
+            self.space.refused(*streams)
             raise NotNow(problem, ErrorCode.NO_SPACE)
 
     def _fence(self, copy: StreamCopy, why: str | None) -> None:
@@ -311,7 +339,7 @@ class Session:
             if isinstance(msg, Data | Seal):
                 # Checked before the frame is taken: below min_free nothing more is accepted (what
                 # is already queued is still written and acknowledged by detach()).
-                self._check_space()
+                self._check_space(msg.stream)
                 att = attachments.get(msg.stream)
                 if att is None:
                     raise RemoteProtocolError(f"stream {msg.stream} was not named in HELLO", code="bad-stream")

@@ -13,11 +13,13 @@ import errno
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from logship.files import write_atomic
+from protocol.failures import Kind, classify_os_error
 from receiver.space_config import MinFree
+from receiver.storage_retry import StorageTrouble
 from receiver.store import ReplicaError
 
 log = logging.getLogger("receiver")
@@ -43,7 +45,8 @@ def is_no_space(error: BaseException) -> bool:
 
 
 async def write_until_room(path: Path, produce: Callable[[], bytes], max_pause: float = 5.0) -> int:
-    """Write ``produce()`` to ``path`` crash-safely, retrying while the disk is full; return the retries.
+    """Write ``produce()`` to ``path`` crash-safely, retrying while the disk is full or failing (EIO);
+    return the retries.
 
     ``produce`` is called again for every attempt: what is written is the newest state, not the one of
     the first try. Any other OSError is raised as before. Logged once per file system episode.
@@ -54,16 +57,55 @@ async def write_until_room(path: Path, produce: Callable[[], bytes], max_pause: 
         try:
             await loop.run_in_executor(None, write_atomic, path, produce())
         except OSError as e:
-            if not is_no_space(e):
+            if classify_os_error(e) is not Kind.TRANSIENT:
                 raise
             tries += 1
             if tries == 1:
-                log.warning("cannot save %s: %s; retrying until there is space", path, e.strerror or e)
+                # A full disk, or an I/O error (EIO): both heal by themselves (write_atomic writes a new
+                # temp file each time, never an fsync retried on the same one).
+                log.warning("cannot save %s: %s; retrying until it can be written", path, e.strerror or e)
             await asyncio.sleep(min(max_pause, 0.1 * 2**tries))
             continue
         if tries:
-            log.warning("saved %s after %d retries for space", path, tries)
+            log.warning("saved %s after %d retries", path, tries)
         return tries
+
+
+NO_SPACE_WORDS = tuple(os.strerror(code) for code in sorted(NO_SPACE_ERRNOS))
+"""What a command that met a full disk (or quota) prints: "No space left on device", "Disk quota exceeded"."""
+
+
+def command_lacks_space(output: str, free: Sequence[tuple[int, int]], min_free: MinFree | None = None) -> str | None:
+    """Decide whether a replay command that failed did so for lack of space: return why, or None. Pure.
+
+    ``free`` is (free, total) bytes of each file system it may have written to (replica/, the data dir).
+    Lack of space when the command said so itself, or when one of them is below ``min_free`` or has less
+    than ``ENOSPC_ROOM`` left (at most a tenth of it: a tiny file system is not always full). Anything
+    else is an ordinary replay failure, retried and then Failed as before.
+    """
+    for words in NO_SPACE_WORDS:
+        if words.lower() in output.lower():
+            return f"it said {words!r}"
+    threshold = min_free or MinFree()
+    for avail, total in free:
+        if total <= 0:
+            continue
+        need = max(threshold.threshold(total), min(ENOSPC_ROOM, total // 10))
+        if avail < need:
+            return f"only {human(avail)} of {human(total)} free (below {human(need)})"
+    return None
+
+
+def free_space(paths: Sequence[Path]) -> list[tuple[int, int]]:
+    """Return (free, total) bytes of the file system of each path that exists (statvfs follows symlinks)."""
+    found: list[tuple[int, int]] = []
+    for path in paths:
+        try:
+            st = os.statvfs(path)
+        except OSError:
+            continue
+        found.append((st.f_bavail * st.f_frsize, st.f_blocks * st.f_frsize))
+    return found
 
 
 def human(n: int) -> str:
@@ -98,6 +140,11 @@ class SpaceGuard:
         """Clock time since when the disk is too full; None while there is room."""
         self.refusals = 0
         """Connections and writes turned away for lack of space since this receiver started."""
+        self.storage = StorageTrouble()
+        """The copies whose writes failed lately with an I/O error (receiver/storage_retry.py)."""
+        self.refused_streams: set[str] = set()
+        """Streams whose shippers were told ``no-space`` since the disk became full (their status rows say so)."""
+        self._free_seen = (0, 0)
 
     def problem(self, now: float | None = None) -> str | None:
         """Return why no more bytes should be accepted (the disk is too full), or None."""
@@ -106,6 +153,27 @@ class SpaceGuard:
             self._checked_at = now
             self._set(self._look())
         return self._problem
+
+    def refused(self, *streams: str) -> None:
+        """Count a connection (shipping ``streams``) told to back off for lack of space."""
+        self.refusals += 1
+        self.refused_streams.update(streams)
+
+    def waiting(self, stream: str, replay_wait: str | None = None) -> str | None:
+        """Return why ``stream``'s copy waits for its storage, for its status row; None if it does not.
+
+        Its shipper was refused for a full disk, its writes failed with EIO lately, or (``replay_wait``,
+        the replayer's reason) its replay waits for space.
+        """
+        trouble = self.storage.problem(stream)
+        if trouble is not None:
+            return trouble
+        if stream in self.refused_streams and self._problem is not None:
+            free, _ = self._free_seen
+            return f"disk full ({human(free)} free, min_free {self.min_free})"
+        if replay_wait is not None:
+            return f"replay {replay_wait}"
+        return None
 
     def enospc(self, error: BaseException) -> str:
         """Record a write that failed for lack of space (ENOSPC / EDQUOT); return the reason to send."""
@@ -129,7 +197,7 @@ class SpaceGuard:
         return st.f_bavail * st.f_frsize, st.f_blocks * st.f_frsize
 
     def _look(self) -> str | None:
-        free, total = self._free()
+        free, total = self._free_seen = self._free()
         if total == 0:
             # The data dir vanished or cannot be read: logship/dirwatch.py deals with that.
             return None
@@ -150,4 +218,5 @@ class SpaceGuard:
             since = self.full_since or time.monotonic()
             log.warning("space returned on %s after %.1fs: accepting bytes again", self.path, time.monotonic() - since)
             self.full_since = None
+            self.refused_streams.clear()
         self._problem = problem

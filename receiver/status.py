@@ -118,3 +118,19 @@ def kept_text(row: dict[str, Any]) -> str:
     if row.get("removed_segments"):
         text += f" ({row['removed_segments']} removed, {human_bytes(row.get('removed_bytes'))})"
     return text
+
+
+WAITING_FROM = ("Healthy", "Disconnected", "Initializing")
+"""The states a copy held up by its storage shows as Waiting instead (a Failed, Suspended, Activated or
+Seeding copy keeps its own state: that says more)."""
+
+
+def waiting_row(row: dict[str, Any], why: str | None) -> dict[str, Any]:
+    """Show in a copy's own row that it waits for its storage (receiver/space.py ``SpaceGuard.waiting``):
+    state Waiting, the reason (``disk full (12.0 MiB free, min_free 64MiB)``) and the ``waiting`` gauge."""
+    waits = why is not None and row.get("state") in WAITING_FROM
+    row["waiting"] = int(waits)
+    if waits:
+        row["state"] = "Waiting"
+        row["retrying"] = why
+    return row

@@ -25,8 +25,8 @@ from logship.files import fsync_dir
 from protocol.digest import segment_hasher
 from receiver.config import ReplaySettings
 from receiver.manifest import Installed
-from receiver.replay_run import Outcome, RunRecord, run_wrapped, settle, wait_run
-from receiver.space import ReplicaNoSpace, is_no_space
+from receiver.replay_run import Finished, Outcome, RunRecord, run_wrapped, settle, wait_run
+from receiver.space import ReplicaNoSpace, command_lacks_space, free_space, is_no_space
 from receiver.store import READ_BLOCK, ReplicaError, SegmentStore
 
 log = logging.getLogger("receiver")
@@ -224,13 +224,24 @@ class CommandTarget:
         return None
 
     async def run(self, record: Installed, attempt: int, kind: str, template: str) -> Outcome:
-        """Run attempt ``attempt`` of ``record``'s command (``kind``: replay or recover) under the wrapper."""
+        """Run attempt ``attempt`` of ``record``'s command (``kind``: replay or recover) under the wrapper.
+
+        Raises ReplicaNoSpace when it failed for lack of space (replay waits for space, never Failed).
+        """
         path = str(self.store.log_dir / record.name)
         env = {**segment_env(self.stream, record, path), "LOGSHIP_ATTEMPT": str(attempt), "LOGSHIP_RUN": kind}
         command = expand_command(template, path, record.name, self.stream)
-        return await run_wrapped(
+        outcome = await run_wrapped(
             self.store.root, record.name, attempt, kind, command, self.settings.command_timeout, env
         )
+        if isinstance(outcome, Finished) and outcome.rc != 0:
+            # A command that failed for lack of space waits for space (as the directory backend does),
+            # never counted as a failure: receiver/space.py decides.
+            why = command_lacks_space(outcome.output, free_space((self.store.replica, self.store.root)))
+            if why is not None:
+                text = f"replay command failed on {record.name} (exit {outcome.rc}) for lack of space: {why}"
+                raise ReplicaNoSpace(text)
+        return outcome
 
     async def settle(self, segment: str, attempt: int) -> Outcome:
         """Say what became of a run recorded before a restart, waiting for it while it still runs.

@@ -3,9 +3,11 @@
 A new connection for a stream that another connection writes takes over from it: that is how a
 shipper that restarted (its old connection half-open, nobody to close it) or reconnected gets back in
 at once. Two live shippers of one stream would take over from each other for ever (about ten
-reconnects a second, issue 13), so the per-process shipper id of HELLO tells them apart: a shipper
-whose connection was taken over by the current writer is refused while that writer is attached, with
-an ERROR that names the writer; it backs off and gets in once the writer is gone.
+reconnects a second, issue 13), so the shipper id of HELLO tells them apart: a shipper whose
+connection was taken over by the current writer is refused while that writer is attached, with an ERROR
+that names the writer; it backs off and gets in once the writer is gone. The id is per sender
+(``PID.RANDOM/N``): two targets of one process that reach this receiver are refused at once, the
+second one named as the same process.
 """
 
 from __future__ import annotations
@@ -39,6 +41,12 @@ def take_over(current: Writer | None, newcomer: Writer) -> str | None:
     if current is None:
         return None
     same = newcomer.shipper and newcomer.shipper == current.shipper
+    if not same and same_process(newcomer.shipper, current.shipper):
+        # One process, two of its targets reaching this receiver (two names or routes of it): both
+        # are alive (it is one process), and taking over would only be taken back.
+        return (
+            f"another shipper ({current.describe()}) is shipping this stream: the same process, through another target"
+        )
     if newcomer.shipper and current.shipper and not same and newcomer.shipper in current.displaced:
         # The current writer took over from this very process: both are alive. The one attached stays.
         return f"another shipper ({current.describe()}) is shipping this stream"
@@ -47,3 +55,8 @@ def take_over(current: Writer | None, newcomer: Writer) -> str | None:
     else:
         newcomer.displaced = current.displaced
     return None
+
+
+def same_process(a: str, b: str) -> bool:
+    """Return whether two shipper ids (``PID.RANDOM/N``: one per sender) are of one process."""
+    return "/" in a and "/" in b and a.split("/", 1)[0] == b.split("/", 1)[0]

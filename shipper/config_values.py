@@ -3,7 +3,9 @@ TOML or flag value into its settings type or raises a one-line ConfigError. Impo
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import ipaddress
 import json
 import re
 from pathlib import Path
@@ -155,11 +157,24 @@ def _rate_limit(value: object) -> float | None:
 
 
 def _unique(targets: tuple[TargetConfig, ...], stream: str) -> tuple[TargetConfig, ...]:
-    if len({t.address for t in targets}) != len(targets):
-        raise ConfigError(f"stream {stream}: the same target is given twice")
+    # Two spellings of one address too (``LOCALHOST:5000``, ``localhost:5000``, ``127.0.0.1:5000``):
+    # one stream shipped twice to one receiver would only take the stream from itself (issue 13).
+    if len({same_address(t.address) for t in targets}) != len(targets):
+        raise ConfigError(f"stream {stream}: the same target is given twice (one receiver, one stream)")
     if not targets:
         raise ConfigError(f"stream {stream}: no target")
     return targets
+
+
+def same_address(address: tuple[str, int]) -> tuple[str, int]:
+    """Return ``address`` spelt one way: host name in lower case, an IP address in its short form,
+    ``localhost`` as 127.0.0.1 (the receiver listens there). No DNS lookup."""
+    host = address[0].strip("[]").lower().rstrip(".")
+    if host == "localhost":
+        host = "127.0.0.1"
+    with contextlib.suppress(ValueError):
+        host = str(ipaddress.ip_address(host))
+    return host, address[1]
 
 
 def load_history_file(path: str, stream: str) -> History:

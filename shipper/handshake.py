@@ -8,8 +8,10 @@ protocol version, a stream name) only lengthens the pause before the next attemp
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
+import re
 import secrets
 from collections.abc import Mapping, Sequence
 
@@ -25,8 +27,27 @@ from shipper.settings import SenderConfig
 log = logging.getLogger("shipper")
 
 SHIPPER_ID = f"{os.getpid()}.{secrets.token_hex(4)}"
-"""This process's id in HELLO: new at every start (the pid for the operator, random bits so that a
-reused pid on another start differs). The receiver tells a restart from a second live shipper by it."""
+"""This process's id: new at every start (the pid for the operator, random bits so that a reused pid
+on another start differs). The receiver tells a restart from a second live shipper by it."""
+
+_senders = itertools.count(1)
+
+
+def sender_id() -> str:
+    """Return a new id for HELLO: this process's, then ``/N`` for the Nth sender it started.
+
+    Two targets of one process that reach one receiver (two names or routes of it) are then two
+    shippers of the stream there, of one process: the receiver refuses the second instead of letting the
+    two take the stream from each other (receiver/writers.py).
+    """
+    return f"{SHIPPER_ID}/{next(_senders)}"
+
+
+def own_process_named(text: str) -> bool:
+    """Return whether a receiver's "another shipper" text names this very process as the one shipping
+    (``id SHIPPER_ID/N, addr ...``; the refused one is named after it too, as ``id .../M) waits``)."""
+    return re.search(rf"id {re.escape(SHIPPER_ID)}/\d+, addr", text) is not None
+
 
 PERMANENT_CODES = {
     "auth": "secret mismatch for stream {stream}: both ends must use the same secret file",
@@ -39,6 +60,7 @@ PERMANENT_CODES = {
 
 BACK_OFF_CODES = {
     "no-space": "the target's disk is full: {text}",
+    "storage-retry": "the target's storage failed {text}",
     "another-shipper": "{text}",
 }
 """ERROR codes that say "not now": a transient state of the target that reconnecting at once cannot
@@ -93,7 +115,13 @@ def beyond_source(position: Position, names: Sequence[str], by_name: Mapping[str
 
 
 async def handshake(
-    conn: FramedConnection, node: str, stream: str, secret: bytes, epoch: int, config: SenderConfig
+    conn: FramedConnection,
+    node: str,
+    stream: str,
+    secret: bytes,
+    epoch: int,
+    config: SenderConfig,
+    shipper_id: str = SHIPPER_ID,
 ) -> tuple[ShipperHandshake, StreamResume | Fenced]:
     """Run the handshake for ``stream``; return it and the target's proven answer.
 
@@ -107,7 +135,7 @@ async def handshake(
     if config.seed is not None:
         wanted = (*wanted, SEED_FEATURE)  # issue 17: we can send a Seeding target its base image
     histories = {stream: config.history}
-    hs = ShipperHandshake(node, os.urandom(32), {stream: secret}, {stream: epoch}, wanted, histories, SHIPPER_ID)
+    hs = ShipperHandshake(node, os.urandom(32), {stream: secret}, {stream: epoch}, wanted, histories, shipper_id)
     try:
         challenge = await conn.recv(config.connect_timeout)
     except TimeoutError:

@@ -28,7 +28,16 @@ from protocol.errors import ProtocolError
 from protocol.messages import Fenced, Position, Seal, StreamResume
 from protocol.session import ShipperHandshake
 from shipper.chunks import DataSender
-from shipper.handshake import BACK_OFF_CODES, Fenced_, Reconnect, Refused, beyond_source, handshake
+from shipper.handshake import (
+    BACK_OFF_CODES,
+    Fenced_,
+    Reconnect,
+    Refused,
+    beyond_source,
+    handshake,
+    own_process_named,
+    sender_id,
+)
 from shipper.pacing import AdaptiveWindow, TokenBucket, rate_limited_chunk
 from shipper.replies import Replies
 from shipper.rewrite import TrackingReader, rewrite_agreed, seal_content
@@ -41,11 +50,11 @@ from shipper.window import ChunkSizer, SendWindow, adaptive_window
 
 log = logging.getLogger("shipper")
 
-TOLD_TO_WAIT = {"no-space": (1.0, 10.0), "another-shipper": (4.0, 30.0)}
+TOLD_TO_WAIT = {"no-space": (1.0, 10.0), "storage-retry": (1.0, 10.0), "another-shipper": (4.0, 30.0)}
 """The first pause and the cap after a target said "not now" (BACK_OFF_CODES); the pause doubles in
-between. A full disk for minutes costs one attempt every ~10 s (and convergence after space returns
-waits at most that); a second live shipper of the stream asks 4 times in its first minute, then every
-30 s, and gets in at most that long after the first one is gone."""
+between. A full disk (or a failing one: EIO) for minutes costs one attempt every ~10 s (and convergence
+after it heals waits at most that); a second live shipper of the stream asks 4 times in its first
+minute, then every 30 s, and gets in at most that long after the first one is gone."""
 
 
 class TargetSender(Replies):
@@ -97,6 +106,8 @@ class TargetSender(Replies):
         """"Not now" answers (disk full, another shipper) since the last ACK that moved: the pause grows."""
         self.on_progress: Callable[[], None] | None = None
         """Called whenever the target's durable or replayed position moves (retention listens)."""
+        self.shipper_id = sender_id()
+        """This sender's id in HELLO (the process's, then /N): kept across its reconnects."""
 
     @property
     def window(self) -> AdaptiveWindow:
@@ -177,7 +188,16 @@ class TargetSender(Replies):
         pause = min(cap, first * 2 ** (n - 1)) * random.uniform(0.8, 1.2)
         if n == 1 or code != self._told_code:
             args = (self.name, self.stream, text, cap)
-            log.warning("target %s (stream %s): %s; backing off (pauses up to %gs)", *args)
+            if code == "another-shipper" and own_process_named(text):
+                # Not a shipper left running: this very process, through another of its targets.
+                log.error(
+                    "target %s (stream %s): %s; that is this shipper, through another target: the config "
+                    "ships one stream twice to one receiver (two addresses of it); remove one of the two "
+                    "targets (this one waits, pauses up to %gs)",
+                    *args,
+                )
+            else:
+                log.warning("target %s (stream %s): %s; backing off (pauses up to %gs)", *args)
         else:
             log.debug("target %s (stream %s): %s x%d; next try in %.1fs", self.name, self.stream, text, n, pause)
         self._told_code = code
@@ -226,7 +246,7 @@ class TargetSender(Replies):
     async def _handshake(self, conn: FramedConnection) -> StreamResume:
         cfg = self.config
         try:
-            hs, result = await handshake(conn, self.node, self.stream, self.secret, self.epoch, cfg)
+            hs, result = await handshake(conn, self.node, self.stream, self.secret, self.epoch, cfg, self.shipper_id)
         except Refused as e:
             if e.code == "failed":
                 self.state = TargetState.FAILED

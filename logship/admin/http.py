@@ -121,6 +121,12 @@ METRICS: dict[str, list[Exported]] = {
         Exported("last_replayed_at", "last_replayed_timestamp_seconds", "Unix time a segment was last replayed."),
         Exported("activated_at", "activated_timestamp_seconds", "Unix time the copy was activated (absent: never)."),
         Exported("resends", "resends", "Resends this receiver asked a shipper for (NACK) since it started.", True),
+        Exported(
+            "waiting",
+            "waiting",
+            "1 while the copy waits for its storage: its shipper is refused for a full disk (or failing storage), "
+            "or its replay waits for space.",
+        ),
         # Standby retention (receiver/retention.py): what the copy takes on disk, and what it let go.
         Exported(
             "disk_bytes", "disk_bytes", "Bytes the copy's log/ and replica/ take on disk (a file in both counted once)."

@@ -11,15 +11,12 @@ backlog of ~100 MiB (~24 MB otherwise).
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import subprocess
-import threading
 import time
 import urllib.request
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -27,6 +24,7 @@ from tests.faults.common import DiskChecker, FaultFigures, highest_acked, record
 from tests.helpers.copies import assert_copy_converged, digest_file, partial_matches_prefix
 from tests.helpers.procs import Proc, ReceiverProc, shipper_proc
 from tests.helpers.source import SourceWriter, sealed_in_source
+from tests.helpers.status_watch import StatusWatch, status
 from tests.helpers.waiting import wait_until
 
 HEAVY = bool(os.environ.get("LOGSHIP_HEAVY"))
@@ -51,40 +49,6 @@ def _metric(port: int, name: str) -> float:
             if line.startswith(name + " "):
                 return float(line.split()[1])
     raise AssertionError(f"no {name} at /metrics")
-
-
-def _status(port: int) -> dict[str, Any]:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/status", timeout=10) as resp:
-        doc: dict[str, Any] = json.loads(resp.read())
-    return doc
-
-
-class Watch:
-    """Poll both daemons' /status every 0.2 s; keep every shipper (state, failure) and receiver state seen."""
-
-    def __init__(self, shipper_port: int, receiver_port: int) -> None:
-        self.ports = shipper_port, receiver_port
-        self.shipper: list[tuple[str, str | None]] = []
-        self.receiver: set[tuple[str, str | None]] = set()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def __enter__(self) -> Watch:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(15)
-
-    def _run(self) -> None:
-        while not self._stop.wait(0.2):
-            try:
-                ship, recv = (_status(p) for p in self.ports)
-            except OSError:
-                continue
-            self.shipper += [(row["state"], row.get("failure")) for row in ship["copies"]]
-            self.receiver |= {(row["state"], row.get("failure")) for row in recv["copies"]}
 
 
 def test_disk_full_backs_off_then_converges(tmp_path: Path, secret: Path, procs: list[Proc]) -> None:
@@ -137,7 +101,7 @@ def _run(tmp_path: Path, small: Path, replica: Path, secret: Path, procs: list[P
     disk = DiskChecker(source, copy)
     sizes = [rnd.randint(300_000, 900_000) for _ in range(SEGMENTS)]
     writer = SourceWriter(source, sizes, rate=30e6 if HEAVY else 12e6, seed=37).start()
-    with Watch(shipper.admin_port(), receiver.admin_port()) as watch:
+    with StatusWatch(shipper.admin_port(), receiver.admin_port()) as watch:
         try:
             wait_until(lambda: receiver.count("receiver disk full") >= 1, 60, what="the receiver to see a full disk")
             full_at = time.monotonic()
@@ -154,6 +118,7 @@ def _run(tmp_path: Path, small: Path, replica: Path, secret: Path, procs: list[P
                 time.sleep(0.5)
             held = time.monotonic() - full_at
             full_gauge = _metric(receiver.admin_port(), "logship_receiver_disk_full")
+            waiting_gauge = _metric(receiver.admin_port(), 'logship_receiver_waiting{stream="full"}')
             assert receiver.alive(), "the receiver died of a full disk"
             receiver_lines = len(receiver.log_text().splitlines()) - lines_before
             connects = shipper.count(": connected, ") - connects_before
@@ -201,12 +166,16 @@ def _run(tmp_path: Path, small: Path, replica: Path, secret: Path, procs: list[P
     # Told to back off, not cycling: a handful of attempts over the whole period, each one line at most.
     assert receiver_lines < 20, receiver.log_text().splitlines()[lines_before:]
     assert connects <= 6, f"{connects} connections in {held:.0f}s of full disk"
-    retrying = [f for s, f in watch.shipper if s == "Retrying" and f and "disk is full" in f]
-    assert retrying, f"the shipper never showed Retrying for the full disk: {set(watch.shipper)}"
-    assert not [s for s, _ in watch.shipper if s == "Failed"], set(watch.shipper)
-    assert not [s for s in watch.receiver if s[0] == "Failed" or "Failed" in (s[1] or "")], watch.receiver
-    rows = _status(receiver.admin_port())["copies"]
-    assert rows[0]["state"] != "Failed" and not rows[0].get("replay_failed"), rows
+    retrying = [f for s, f in watch.seen[0] if s == "Retrying" and f and "disk is full" in f]
+    assert retrying, f"the shipper never showed Retrying for the full disk: {watch.distinct(0)}"
+    assert "Failed" not in watch.states(0), watch.distinct(0)
+    assert not [s for s in watch.distinct(1) if s[0] == "Failed" or "Failed" in (s[1] or "")], watch.distinct(1)
+    # The copy's own row said so too (not only the top-level space block), and its gauge.
+    waiting = [r.get("retrying") or "" for r in watch.rows[1] if r["state"] == "Waiting"]
+    assert [w for w in waiting if w.startswith("disk full (") and "free, min_free 524288 bytes)" in w], waiting
+    assert waiting_gauge == 1.0
+    rows = status(receiver.admin_port())["copies"]
+    assert rows[0]["state"] == "Healthy" and rows[0]["waiting"] == 0 and not rows[0].get("replay_failed"), rows
     assert receiver.starts == 1 and receiver.alive()
     assert "Traceback" not in receiver.log_text()
     assert replay_waits >= 1, "replay never met the full replica disk: the test did not test it"

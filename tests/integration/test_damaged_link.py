@@ -2,53 +2,26 @@
 
 from __future__ import annotations
 
-import json
+import asyncio
 import random
-import threading
+import time
 import urllib.request
 from pathlib import Path
-from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.helpers.copies import assert_copy_converged, check_no_corrupt, wait_converged
-from tests.helpers.procs import Proc, receiver_proc, shipper_proc
+from tests.helpers.frames import TagTracker, read_frame
+from tests.helpers.procs import Listener, Proc, receiver_proc, shipper_proc
 from tests.helpers.proxies import FaultProxy, ProxyThread
 from tests.helpers.source import SourceWriter, sealed_in_source
+from tests.helpers.status_watch import StatusWatch
 from tests.helpers.waiting import wait_until
 
 
 def get(port: int, path: str) -> str:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as resp:
         return resp.read().decode()
-
-
-class StatusWatch:
-    """Poll a daemon's /status in a thread while the test runs; keep every (state, failure) seen."""
-
-    def __init__(self, port: int) -> None:
-        self.port = port
-        self.seen: set[tuple[str, str | None]] = set()
-        self.polls = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def __enter__(self) -> StatusWatch:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(15)
-
-    def _run(self) -> None:
-        while not self._stop.wait(0.05):
-            try:
-                rows: list[dict[str, Any]] = json.loads(get(self.port, "/status"))["copies"]
-            except OSError:
-                continue  # a busy machine: the next poll
-            self.polls += 1
-            self.seen |= {(row["state"], row.get("failure")) for row in rows}
 
 
 def counter(port: int, name: str) -> float:
@@ -81,7 +54,7 @@ def test_back_to_back_chunk_damage_converges_without_failing_the_copy(
         admin = shipper.admin_port()
         writer = SourceWriter(source, sizes, rate=8e6, seed=13).start()
         try:
-            with StatusWatch(admin) as watch:
+            with StatusWatch(admin, interval=0.05) as watch:
                 # Flips queued back to back hit the same chunk again and again as it is resent: under
                 # the old three-strikes rule the third one Failed the copy for good.
                 for _ in range(24):
@@ -95,19 +68,83 @@ def test_back_to_back_chunk_damage_converges_without_failing_the_copy(
         wait_converged(source, copy, expect, seen, 90)
         total = assert_copy_converged(source, copy, expect)
     resends = receiver.count("asking for a resend")
-    states = sorted({state for state, _ in watch.seen})
+    states = sorted(watch.states())
     print(
         f"\nfigures: flips={len(proxy.done)} resends={resends} connections={proxy.connections} bytes={total} "
         f"polls={watch.polls} states={states}"
     )
     assert receiver.count("Failed") == 0
     # Seen from outside while it ran: Retrying with its reason, never Failed.
-    assert "Failed" not in states, watch.seen
-    retrying = [failure for state, failure in watch.seen if state == "Retrying"]
-    assert retrying and all(f and f.startswith("chunk digest mismatch x") for f in retrying), watch.seen
+    assert "Failed" not in states, watch.distinct()
+    retrying = [failure for state, failure in watch.distinct() if state == "Retrying"]
+    assert retrying and all(f and f.startswith("chunk digest mismatch x") for f in retrying), watch.distinct()
     # The resend counters: the shipper's counts the NACKs it honoured, the receiver's those it sent.
     assert counter(admin, "logship_shipper_resends") >= resends
     assert counter(receiver.admin_port(), "logship_receiver_resends") == resends
     assert resends >= 3, receiver.count("bad-digest")
     # The shipper shrank its chunks after the NACKs (256 KiB halved at least once).
     assert shipper.count("chunk 131072") + shipper.count("chunk 65536") >= 1
+
+
+class RateFlipProxy(FaultProxy):
+    """Flip one payload byte (not in a segment's first chunk) every 512 KiB - 1 MiB of DATA forwarded,
+    on average, for as long as it runs: the issue's damaging link."""
+
+    def __init__(self, upstream: int | Listener, seed: int) -> None:
+        super().__init__(upstream)
+        self.rnd = random.Random(seed)
+        self.forwarded = 0
+        self.next_at = self.rnd.randint(512 * 1024, 1024 * 1024)
+
+    async def _forward(self, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        tracker = TagTracker(to_receiver=True)
+        while True:
+            prefix, header_raw, header, payload, tag = await read_frame(r, tracker)
+            if header.get("t") == "DATA":
+                self.forwarded += len(payload)
+                if self.forwarded >= self.next_at and header.get("off", 0) > 0 and len(payload) > 16:
+                    self.next_at = self.forwarded + self.rnd.randint(512 * 1024, 1024 * 1024)
+                    self.done.append("flip_data_mid")
+                    b = bytearray(payload)
+                    b[len(b) // 2] ^= 0x5A
+                    payload = bytes(b)
+            w.write(prefix + header_raw + tag + payload)
+            await w.drain()
+
+
+def test_a_link_damaging_a_byte_per_512k_to_1m_converges(tmp_path: Path, secret: Path, procs: list[Proc]) -> None:
+    rnd = random.Random(17)
+    sizes = [rnd.randint(256 * 1024, 2 * 1024 * 1024) for _ in range(32)]
+    source = tmp_path / "src"
+    source.mkdir()
+    receiver = receiver_proc(tmp_path, secret, extra=["--admin", "127.0.0.1:0"])
+    procs.append(receiver.start())
+    copy = tmp_path / "receiver" / "damaged"
+    seen: dict[str, str] = {}
+    start = time.monotonic()
+    with ProxyThread(RateFlipProxy(receiver, 17)) as proxy:
+        shipper = shipper_proc(
+            tmp_path, "damaged", source, [proxy.port], secret, ["--chunk-size", "256k", "--admin", "127.0.0.1:0"]
+        )
+        procs.append(shipper.start())
+        writer = SourceWriter(source, sizes, rate=8e6, seed=17).start()
+        try:
+            with StatusWatch(shipper.admin_port(), interval=0.05) as watch:
+                assert writer.done_full.wait(60)
+                writer.stop()  # its active segment exists now: every other one is sealed
+                expect = sealed_in_source(source)
+                wait_converged(source, copy, expect, seen, 120)
+        finally:
+            writer.stop()
+        total = assert_copy_converged(source, copy, expect)
+    took = time.monotonic() - start
+    states = sorted(watch.states())
+    per = proxy.forwarded / max(1, len(proxy.done))
+    print(
+        f"\nfigures: flips={len(proxy.done)} forwarded={proxy.forwarded} (one flip per {per / 1024:.0f} KiB) "
+        f"resends={receiver.count('asking for a resend')} connections={proxy.connections} bytes={total} "
+        f"converged_s={took:.1f} states={states}"
+    )
+    assert len(proxy.done) >= 30, len(proxy.done)
+    assert receiver.count("Failed") == 0
+    assert "Failed" not in states and "Retrying" in states, watch.distinct()

@@ -15,7 +15,9 @@ from typing import Any
 
 from tests.helpers.copies import assert_copy_converged
 from tests.helpers.procs import Proc, ShipperProc, receiver_proc, shipper_proc
+from tests.helpers.proxies import ProxyThread, Relay
 from tests.helpers.source import sealed_in_source
+from tests.helpers.status_watch import status
 from tests.helpers.waiting import wait_until
 from tests.integration.test_shipper_ops import log_names, write_segments
 
@@ -93,3 +95,50 @@ def test_a_second_live_shipper_is_refused_naming_the_first(tmp_path: Path, secre
     assert_copy_converged(source, copy, sealed_in_source(source))
     wait_until(lambda: (target_row(ports[waiting]) or {}).get("state") == "Healthy", 10, what="the second Healthy")
     procs.remove(shippers[shipping])
+
+
+def test_one_process_shipping_a_stream_twice_to_one_receiver_does_not_take_it_from_itself(
+    tmp_path: Path, secret: Path, procs: list[Proc]
+) -> None:
+    # Two targets of one shipper that are one receiver: directly, and through a relay (a second route
+    # the config check cannot see through). Before, both had the process's one id: each connection of
+    # one took the stream over from the other, as a restart of one shipper.
+    source = tmp_path / "src"
+    source.mkdir()
+    write_segments(source, 1, 3)
+    receiver = receiver_proc(tmp_path, secret)
+    procs.append(receiver.start())
+    copy = tmp_path / "receiver" / "db1"
+    with ProxyThread(Relay(receiver)) as relay:
+        shipper = shipper_proc(tmp_path, "db1", source, [receiver, relay.port], secret, ["--admin", "127.0.0.1:0"])
+        procs.append(shipper.start())
+        port = shipper.admin_port()
+        start = time.monotonic()
+        seen: list[tuple[str, str | None]] = []
+        i = 4
+        while time.monotonic() - start < WATCH:
+            write_segments(source, i, 1, 50_000)
+            i += 1
+            seen += [(r["state"], r.get("failure")) for r in status(port)["copies"]]
+            time.sleep(0.5 if WATCH < 10 else 2.0)
+        watched = time.monotonic() - start
+        wait_until(lambda: log_names(copy) == sealed_in_source(source), 30, what="the copy, shipped by one target")
+        connects = shipper.count(": connected, ")
+        takeovers = receiver.count("takes over from")
+        rows = status(port)["copies"]
+    asked = max(
+        (int(m.group(1)) for _, f in seen if f and (m := re.search(r"through another target.* x(\d+),", f))), default=0
+    )
+    print(f"\nfigures: connects={connects} takeovers={takeovers} refused={asked} in {watched:.1f}s")
+    assert_copy_converged(source, copy, sealed_in_source(source))
+    assert 1 <= asked <= (5 if WATCH > 30 else 3), set(seen)
+    # One target ships, the other waits, refused at once: no take-over at all, a handful of attempts.
+    assert takeovers == 0, receiver.log_text()
+    assert connects <= 2 + (5 if WATCH > 30 else 2), connects
+    assert sorted(r["state"] for r in rows) == ["Healthy", "Retrying"], rows
+    (waiting,) = [r for r in rows if r["state"] == "Retrying"]
+    assert "is shipping this stream: the same process, through another target" in waiting["failure"], waiting
+    assert "Failed" not in {s for s, _ in seen}, seen
+    # Said once, at ERROR, by the shipper: its config ships one stream twice to one receiver.
+    assert shipper.count("the config ships one stream twice to one receiver") == 1, shipper.log_text()
+    assert shipper.count("ERROR") == 1, shipper.log_text()
