@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import time
 from pathlib import Path
 
 import xxhash
@@ -71,3 +73,14 @@ def partial_matches_prefix(source: Path, copy_root: Path) -> bool:
         if digest_file(source / name, size) != digest_file(p, size):
             return False
     return True
+
+
+def remove_under_a_writer(path: Path, timeout: float = 10.0) -> None:
+    """Delete ``path`` while a running daemon may still create files in it, as an operator's
+    ``rm -rf`` would: one ``rmtree`` can meet a file made after it listed the directory (ENOTEMPTY)."""
+    deadline = time.monotonic() + timeout
+    while path.exists():
+        shutil.rmtree(path, ignore_errors=True)
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{path} could not be removed within {timeout:g}s")
+        time.sleep(0.01)

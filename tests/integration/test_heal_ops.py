@@ -4,7 +4,6 @@ clears a copy-level Failed, so the next shipper connection is accepted and the c
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 import time
@@ -12,7 +11,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from tests.helpers.copies import assert_copy_converged
+from tests.helpers.copies import assert_copy_converged, remove_under_a_writer
 from tests.helpers.procs import Proc, receiver_proc, shipper_proc
 from tests.helpers.source import ROOT, sealed_in_source
 from tests.helpers.waiting import wait_until
@@ -89,7 +88,7 @@ def test_a_receiver_whose_data_dir_vanished_exits_and_rebuilds_when_restarted(
     copy = data / "db1"
     wait_until(lambda: log_names(copy) == first[:-1], 30, what="the first sealed segments copied")
 
-    shutil.rmtree(data)
+    remove_under_a_writer(data)
     gone_at = time.monotonic()
     assert receiver.popen is not None
     code = receiver.popen.wait(20)

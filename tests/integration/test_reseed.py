@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 import time
@@ -19,6 +18,7 @@ from typing import Any
 
 import xxhash
 
+from tests.helpers.copies import remove_under_a_writer
 from tests.helpers.procs import Proc, ReceiverProc, ShipperProc, receiver_proc
 from tests.helpers.source import ROOT, segment_name
 from tests.helpers.waiting import wait_until
@@ -114,7 +114,7 @@ def test_standby_behind_the_source_is_reseeded_through_kill9_of_both_sides(
 
     # The standby loses its copy while it is down, and the source trims its oldest segments meanwhile.
     receiver.stop()
-    shutil.rmtree(copy)
+    remove_under_a_writer(copy)
     for i in range(1, 7):
         (app.source / segment_name(i)).unlink()
     app.write(11, 2)

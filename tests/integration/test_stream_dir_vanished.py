@@ -4,9 +4,9 @@ status names the loss instead of a Disconnected row with no reason."""
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
+from tests.helpers.copies import remove_under_a_writer
 from tests.helpers.procs import Proc, receiver_proc, shipper_proc
 from tests.helpers.waiting import wait_until
 from tests.integration.test_heal_ops import receiver_cli
@@ -34,7 +34,7 @@ def test_a_deleted_stream_dir_shows_failed_with_the_reason(tmp_path: Path, secre
     row = _row(data)
     assert row is not None and row["state"] != "Failed", row
 
-    shutil.rmtree(copy)
+    remove_under_a_writer(copy)
     wait_until(lambda: (r := _row(data)) is not None and r["state"] == "Failed", 20, what="status to say Failed")
     row = _row(data)
     assert row is not None
