@@ -34,7 +34,7 @@ import argparse
 import socket
 import ssl
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -128,9 +128,8 @@ class ReceiverSettings:
     def replay_for(self, stream: str) -> ReplaySettings:
         """Return how ``stream`` is replayed."""
         own = self.streams.get(stream)
-        if own is not None and own.replay is not None:
-            return own.replay
-        return self.replay
+        settings = own.replay if own is not None and own.replay is not None else self.replay
+        return replace(settings, min_free=self.min_free)
 
     retention: RetentionSettings = field(default_factory=RetentionSettings)
     """Standby retention of streams without their own (receiver/retention_config.py)."""

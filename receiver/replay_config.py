@@ -3,12 +3,13 @@ each stream is replayed into its standby (receiver/config.py merges them with th
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from logship.config import Check, ConfigError, checked, parse_count, parse_duration, parse_text
 from receiver.settings_group import Flag, SettingsGroup, given, one_of
 from receiver.settings_group import as_table as as_table  # re-exported: receiver/config.py imports it from here
+from receiver.space_config import MinFree
 
 REPLAY_MODES = ("directory", "command")
 REPLAY_RERUN = ("never", "safe")
@@ -70,6 +71,9 @@ class ReplaySettings:
     recover_command: str | None = None
     """Run instead of the replay command after an interrupted run: it gets the same placeholders and must
     bring the target to the end of the segment from wherever it stopped (MariaDB: its GTID position)."""
+    min_free: MinFree = field(default_factory=MinFree)
+    """The receiver's ``min_free``, not a replay setting of its own: a replay command that fails while
+    replica/ or the data dir is below it failed for lack of space and waits (receiver/space.py)."""
 
 
 def replay_settings(values: dict[str, Any], base: ReplaySettings, where: str) -> ReplaySettings:

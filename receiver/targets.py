@@ -237,7 +237,9 @@ class CommandTarget:
         if isinstance(outcome, Finished) and outcome.rc != 0:
             # A command that failed for lack of space waits for space (as the directory backend does),
             # never counted as a failure: receiver/space.py decides.
-            why = command_lacks_space(outcome.output, free_space((self.store.replica, self.store.root)))
+            why = command_lacks_space(
+                outcome.output, free_space((self.store.replica, self.store.root)), self.settings.min_free
+            )
             if why is not None:
                 text = f"replay command failed on {record.name} (exit {outcome.rc}) for lack of space: {why}"
                 raise ReplicaNoSpace(text)

@@ -11,6 +11,8 @@ import pytest
 
 from protocol.digest import chunk_digest
 from protocol.messages import START, Position
+from receiver import __main__ as receiver_main
+from receiver.config import settings_from_args
 from receiver.ops import Write
 from receiver.space import SpaceGuard, command_lacks_space, free_space
 from receiver.space_config import MinFree
@@ -50,6 +52,24 @@ def test_command_lacks_space_follows_min_free() -> None:
     free = [(200 * MiB, 100 * GiB)]
     assert command_lacks_space("", free) is None
     assert command_lacks_space("", free, MinFree(size=256 * MiB)) is not None
+
+
+def test_a_replay_command_judges_space_by_the_receivers_min_free(tmp_path: Path) -> None:
+    # The setting reaches the command backend through the replay settings of every stream.
+    secret = tmp_path / "secret"
+    secret.write_text("s" * 64)
+    secret.chmod(0o600)
+    conf = tmp_path / "receiver.toml"
+    conf.write_text(
+        f'listen = "127.0.0.1:0"\ndata_dir = "{tmp_path}/data"\nsecret_file = "{secret}"\nmin_free = "5%"\n'
+        'replay = "command"\nreplay_command = "true"\n[streams.pg]\nreplay_lag = "1s"\n'
+    )
+    settings = settings_from_args(receiver_main.build_parser().parse_args(["--config", str(conf)]))
+    for stream in ("pg", "other"):
+        assert settings.replay_for(stream).min_free == MinFree(percent=5.0)
+    free = [(4 * GiB, 100 * GiB)]
+    assert command_lacks_space("", free, settings.replay_for("pg").min_free) is not None
+    assert command_lacks_space("", free) is None
 
 
 def test_free_space_skips_what_does_not_exist(tmp_path: Path) -> None:
