@@ -10,6 +10,7 @@ import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import psutil
 import xxhash
@@ -55,6 +56,16 @@ def _timed_cpu(cmd: str) -> tuple[float, float]:
     return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
 
+class Hook(Protocol):
+    """Something attached to the daemons for one run (scripts/benchmarks/profile.py: a profiler)."""
+
+    def start(self, shipper: int, receiver: int) -> None:
+        """Called with the daemons' pids once the shipper is attached, before the first segment."""
+
+    def stop(self) -> None:
+        """Called when the last segment arrived, before the daemons stop."""
+
+
 @dataclass
 class Run:
     to_log: float
@@ -66,14 +77,17 @@ class Run:
     """(user, system) seconds, up to the end of the run (the replica's last segment where replayed)."""
 
 
-def _logship_once(opts: Options, stage: Path, names: list[str], run: int, receiver_args: list[str]) -> Run:
+def _logship_once(
+    opts: Options, stage: Path, names: list[str], run: int, receiver_args: list[str], hook: Hook | None = None
+) -> Run:
     """Ship every segment of ``stage`` once, with the receiver given ``receiver_args``."""
     work = fresh_dir(opts.work / f"logship-{run}")
     src = fresh_dir(work / "src")
     secret = make_secret(work / "secret")
     extra = [*receiver_args, *os.environ.get("BENCH_RECEIVER_ARGS", "").split()]
     receiver, port = start_receiver(work, secret, extra=extra)
-    replay = DEFER_REPLAY[0] not in receiver_args
+    # (ab.py passes extra receiver arguments through the environment: a deferred replay may come from there.)
+    replay = DEFER_REPLAY[0] not in extra
     shipper = None
     try:
         shipper = start_shipper(
@@ -89,6 +103,8 @@ def _logship_once(opts: Options, stage: Path, names: list[str], run: int, receiv
         replica = work / "receiver" / "tp" / "replica"
         last, last_replica = log_dir / names[-1], replica / names[-1]
         sp, rp = psutil.Process(shipper.pid), psutil.Process(receiver.pid)
+        if hook is not None:
+            hook.start(shipper.pid, receiver.pid)
         cpu0 = sp.cpu_times(), rp.cpu_times()
         start = time.perf_counter()
         # The segments appear in the source directory the way an archiver fills it: by rename, whole.
@@ -101,6 +117,8 @@ def _logship_once(opts: Options, stage: Path, names: list[str], run: int, receiv
             wait_until(last_replica.exists, 600, interval=0.002, what="the last segment to be replayed")
             to_replica = time.perf_counter() - start
         s1, r1 = sp.cpu_times(), rp.cpu_times()
+        if hook is not None:
+            hook.stop()
         s_cpu = (s1.user - cpu0[0].user, s1.system - cpu0[0].system)
         r_cpu = (r1.user - cpu0[1].user, r1.system - cpu0[1].system)
     finally:
