@@ -2,12 +2,12 @@
 
 Before a segment is replayed it is inspected: checked against the size and xxh3_128 recorded in the
 manifest at install time (``SegmentStore.verify_sealed()``: by its install stamp, or its bytes read
-again), its place in the log is checked (the
-manifest records, for each segment, the sealed segment before it: replay only ever moves along that
-chain, so a missing segment stops it), and an optional inspector command may veto it. A failure is
-retried a bounded number of times with back-off; then the replay is marked Failed with the reason,
-persisted in state.json, and stays stopped at that segment until an operator resumes it. Nothing is
-ever skipped; a segment whose bytes went bad is moved to quarantine/, not deleted.
+again), its place in the log is checked (the manifest records, for each segment, the sealed segment
+before it: replay only ever moves along that chain, so a missing segment stops it), and an optional
+inspector command may veto it. A failure is retried a bounded number of times with back-off; then the
+replay is marked Failed with the reason, persisted in state.json, and stays stopped at that segment
+until an operator resumes it. Nothing is ever skipped; a segment whose bytes went bad is moved to
+quarantine/, not deleted.
 
 ``next_to_replay()``, ``retry_delay()`` and ``replay_queue()`` are the pure decisions; where a segment
 goes is its ``ReplayTarget`` (receiver/targets.py). ``Replayer.step()`` does one unit of work (tests
@@ -27,6 +27,7 @@ from typing import Protocol
 
 from receiver.config import ReplaySettings
 from receiver.manifest import Base, Installed, first_pdx, record_digest
+from receiver.replay_batch import ReplayBatch
 from receiver.replay_run import Finished, Interrupted
 from receiver.space import ReplicaNoSpace, space_wait
 from receiver.state import CopyState
@@ -159,6 +160,7 @@ class Replayer:
         self.target = replay_target(settings, copy.store, copy.name)
         self.on_replayed = on_replayed
         self.clock = clock
+        self.batch = ReplayBatch(copy, self.target)
         self.wake = asyncio.Event()
         self.failures = 0
         self.space_waits = 0
@@ -173,7 +175,7 @@ class Replayer:
 
     @property
     def replayed(self) -> str:
-        return self.copy.state.replayed or ""
+        return self.batch.last or self.copy.state.replayed or ""
 
     def start(self) -> None:
         self._task = asyncio.create_task(self.run(), name=f"replay-{self.copy.name}")
@@ -212,9 +214,16 @@ class Replayer:
                 pass
 
     async def step(self) -> StepResult:
-        """Inspect and replay the next due segment, if any; return what happened."""
+        """Inspect and replay the next due segment, if any (recorded once none is due next); return what happened."""
         async with self._step_lock:
-            return await self._step()
+            result = await self._step()
+            if not (isinstance(result, Replay) and self.batch.may_grow() and isinstance(self._next(), Replay)):
+                await self.batch.commit(self.clock(), self.on_replayed)
+            return result
+
+    def _next(self) -> Decision:
+        lag = 0.0 if self.override else self.settings.lag
+        return next_to_replay(self.copy.installed, self.replayed, self.clock(), lag, self.copy.base)
 
     async def catch_up(self) -> StepResult:
         """Replay everything already verified, ignoring the lag and a suspension (activation)."""
@@ -237,8 +246,7 @@ class Replayer:
             return Stopped("failed")
         if state.suspended and not self.override:
             return Stopped("suspended")
-        lag = 0.0 if self.override else self.settings.lag
-        decision = next_to_replay(self.copy.installed, self.replayed, self.clock(), lag, self.copy.base)
+        decision = self._next()
         if isinstance(decision, Gap):
             await self._fail(decision.reason)
             return decision
@@ -301,11 +309,7 @@ class Replayer:
             )
             return Retry(delay, str(e))
         self.failures = self.space_waits = 0
-        state.replayed_up_to(record.name, record.size, self.clock())
-        await self.copy.save_state()
-        log.info("stream %s: replayed %s (%d bytes)", self.copy.name, record.name, record.size)
-        if self.on_replayed is not None:
-            self.on_replayed()
+        self.batch.add(record)  # recorded by step() (receiver/replay_batch.py)
         return decision
 
     async def _settle(self, target: CommandTarget, record: Installed) -> bool:
