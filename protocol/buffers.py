@@ -16,10 +16,6 @@ class AlignedBuffer(mmap.mmap):
     large one 16 bytes past a page boundary.
     """
 
-    received: tuple[str, int, int] | None = None
-    """(segment, offset, chunk digest) of the bytes as the decoder received them into this buffer, hashed
-    as each socket read landed (protocol/framing.py); None when not computed. Reset by BufferPool.take()."""
-
     def __new__(cls, size: int) -> AlignedBuffer:
         return super().__new__(cls, -1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
 
@@ -63,9 +59,7 @@ class BufferPool:
         if free:
             self.hits += 1
             self.free_bytes -= size
-            buf = free.pop()
-            buf.received = None  # the digest of its last payload, not of what it will hold
-            return buf
+            return free.pop()
         self.misses += 1
         return AlignedBuffer(size)
 

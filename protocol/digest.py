@@ -17,15 +17,9 @@ def chunk_digest(segment: str, offset: int, data: bytes | bytearray | memoryview
     segment or offset no longer passes with an intact payload, so a chunk can never be written under a
     name or at a place the shipper did not send it to.
     """
-    h = chunk_hasher(segment, offset)
+    h = xxhash.xxh3_64(segment.encode("utf-8", "surrogatepass") + b"\0" + offset.to_bytes(8, "big"))
     h.update(data)
     return h.intdigest()
-
-
-def chunk_hasher(segment: str, offset: int) -> xxhash.xxh3_64:
-    """Return an incremental hasher of the payload at ``offset`` of ``segment``: fed the payload's bytes,
-    its ``intdigest()`` is ``chunk_digest(segment, offset, payload)``."""
-    return xxhash.xxh3_64(segment.encode("utf-8", "surrogatepass") + b"\0" + offset.to_bytes(8, "big"))
 
 
 def fields_digest(*fields: str | int) -> int:

@@ -16,12 +16,10 @@ from collections import deque
 from typing import Any, Final
 
 import msgpack
-import xxhash
 
 from protocol.auth import PAYLOAD_MAC, TAG_SIZE, FrameOpener, FrameSealer
 from protocol.buffers import AlignedBuffer, BufferPool
 from protocol.compression import PayloadCompressor, check_lengths, decompress
-from protocol.digest import chunk_hasher
 from protocol.errors import ErrorCode, FrameTooLarge, LocalProtocolError, RemoteProtocolError
 from protocol.limits import DEFAULT_MAX_PAYLOAD, MAX_HEADER
 from protocol.messages import MESSAGE_TYPES, PAYLOAD_TYPES, Data, Message
@@ -113,10 +111,6 @@ class FrameDecoder:
         self._payload: bytearray | AlignedBuffer | None = None
         """The pending DATA payload, filled in place (see get_buffer); None while bytes go to _buf."""
         self._filled = 0
-        self._hasher: xxhash.xxh3_64 | None = None
-        """The chunk digest of the pending payload, fed each read as it lands (while it is in the CPU's
-        cache: hashed only once whole, after up to PAUSE_AT more bytes were read, it came from memory
-        again: perf put the receiver's xxh3_64 at 14 % of its CPU). None where not computed here."""
         self._scratch: bytearray | None = None
         self._into_payload = False
         self.pool: BufferPool | None = None
@@ -137,8 +131,6 @@ class FrameDecoder:
         if self._payload is not None:
             take = min(len(data), len(self._payload) - self._filled)
             self._payload[self._filled : self._filled + take] = memoryview(data)[:take]
-            if self._hasher is not None:
-                self._hasher.update(memoryview(data)[:take])
             self._filled += take
             if take == len(data):
                 return
@@ -172,10 +164,6 @@ class FrameDecoder:
         if self._error is not None:
             return
         if self._into_payload:
-            if self._hasher is not None:
-                assert self._payload is not None
-                with memoryview(self._payload) as view:
-                    self._hasher.update(view[self._filled : self._filled + nbytes])
             self._filled += nbytes
         else:
             assert self._scratch is not None
@@ -256,10 +244,7 @@ class FrameDecoder:
                 Data.from_header(header)
                 self._header = header
                 if self.pool is not None and plen >= DIRECT_PAYLOAD:
-                    # An authenticated peer: receive the payload in place from its first byte on,
-                    # hashing it as it comes (a compressed one is hashed once inflated, by the ingest).
-                    if "enc" not in header:
-                        self._hasher = chunk_hasher(header["seg"], header["off"])
+                    # An authenticated peer: receive the payload in place from its first byte on.
                     self._start_payload(self.pool.take(plen))
             else:
                 factory = MESSAGE_TYPES.get(kind)
@@ -273,10 +258,6 @@ class FrameDecoder:
             if self._filled < plen:
                 return NEED_DATA
             payload, self._payload, self._filled = self._payload, None, 0
-            if self._hasher is not None:
-                if isinstance(payload, AlignedBuffer):
-                    payload.received = (header["seg"], header["off"], self._hasher.intdigest())
-                self._hasher = None
         elif len(buf) < plen:
             # A large payload gets its own buffer that the rest of it is received into in place (no
             # second copy). Only once a quarter of it arrived: a peer that sends headers alone must
@@ -302,8 +283,6 @@ class FrameDecoder:
         buf = self._buf
         take = min(len(buf), len(payload))
         payload[:take] = memoryview(buf)[:take]
-        if self._hasher is not None:
-            self._hasher.update(memoryview(buf)[:take])
         del buf[:take]
         self._payload = payload
         self._filled = take

@@ -38,16 +38,6 @@ class Outcome:
     reason: str = ""
 
 
-def _digest_of(msg: Data) -> int:
-    """Return the chunk digest of ``msg``'s payload: the one its decoder computed as the bytes were
-    received into their buffer (protocol/framing.py) where it did so for this segment and offset, the
-    same function over the same bytes; else computed here."""
-    received = getattr(msg.payload, "received", None)
-    if received is not None and received[0] == msg.segment and received[1] == msg.offset:
-        return received[2]
-    return chunk_digest(msg.segment, msg.offset, msg.payload)
-
-
 class Ingest:
     """Per-stream receive state: where the next byte belongs and how often a segment failed.
 
@@ -120,7 +110,7 @@ class Ingest:
             raise RemoteProtocolError(
                 f"DATA for {msg.segment} at offset {msg.offset}, expected {self.offset}", code="bad-position"
             )
-        if _digest_of(msg) != msg.digest:
+        if chunk_digest(msg.segment, msg.offset, msg.payload) != msg.digest:
             if self.active is None:
                 # The frame's own segment name may be the damaged part: a resend request naming it
                 # could point the shipper at a segment it does not have. Start over from disk instead.

@@ -177,25 +177,3 @@ def test_buffered_counts_messages_decoded_ahead() -> None:
     assert decoder.buffered >= len(payload)
     assert isinstance(decoder.next_message(), Data)
     assert decoder.buffered == 0
-
-
-@pytest.mark.parametrize("step", [1 << 20, 65536, 7777])
-def test_a_pooled_payload_carries_its_chunk_digest_hashed_as_it_arrived(step: int) -> None:
-    pool = BufferPool()
-    decoder = FrameDecoder(max_payload=4 << 20)
-    decoder.pool = pool
-    first, second = os.urandom(1 << 20), os.urandom(300_001)
-    wire = _data_frame(first, 4096) + _data_frame(second, 4096 + len(first))
-    head = len(_data_frame(first, 4096)) - len(first)
-    # Part of the first payload comes with its header (copied from _buf), part through receive_data,
-    # the rest read in place in steps of ``step``.
-    decoder.receive_data(wire[: head + 1000])
-    decoder.receive_data(wire[head + 1000 : head + 5000])
-    _feed(decoder, wire[head + 5000 :], step)
-    for payload, offset in ((first, 4096), (second, 4096 + len(first))):
-        msg = decoder.next_message()
-        assert isinstance(msg, Data) and isinstance(msg.payload, AlignedBuffer)
-        assert msg.payload.received == ("E1.log", offset, chunk_digest("E1.log", offset, payload))
-        pool.give(msg.payload)
-    # A buffer taken again forgets the digest of what it held.
-    assert pool.take(1 << 20).received is None

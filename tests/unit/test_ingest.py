@@ -10,7 +10,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from protocol.buffers import AlignedBuffer
 from protocol.digest import chunk_digest, seal_digest, segment_digest
 from protocol.errors import RemoteProtocolError
 from protocol.messages import Data, Position, Seal
@@ -470,25 +469,3 @@ def test_shipper_rewinding_on_resend_delivers_every_segment_intact(
         assert ingest.last_sealed == max(source)
         assert ingest.active is None
         assert store.partial == {}
-
-
-def _pooled(segment: str, offset: int, payload: bytes, received: tuple[str, int, int] | None) -> Data:
-    """A DATA frame whose payload sits in a pool buffer carrying ``received`` (protocol/framing.py)."""
-    buf = AlignedBuffer(len(payload))
-    buf[:] = payload
-    buf.received = received
-    return Data(STREAM, segment, offset, chunk_digest(segment, offset, payload), buf)  # type: ignore[arg-type]
-
-
-def test_the_digest_the_decoder_computed_as_the_bytes_arrived_is_the_one_checked() -> None:
-    payload = random.Random(5).randbytes(70_000)
-    good = chunk_digest(S1, 0, payload)
-    assert Ingest("", None, 0).on_data(_pooled(S1, 0, payload, (S1, 0, good))).verdict is Verdict.ACCEPT
-    # A received digest that disagrees with the frame's (the bytes changed on the way): not accepted.
-    bad = _pooled(S1, 0, payload, (S1, 0, good ^ 1))
-    with pytest.raises(RemoteProtocolError, match="digest"):
-        Ingest("", None, 0).on_data(bad)
-    ing = Ingest("", S1, 0)
-    assert ing.on_data(_pooled(S1, 0, payload, (S1, 0, good ^ 1))).verdict is Verdict.RESEND
-    # One computed for another place is not taken: the digest is computed here.
-    assert Ingest("", None, 0).on_data(_pooled(S1, 0, payload, (S1, 4096, good ^ 1))).verdict is Verdict.ACCEPT
