@@ -3,6 +3,7 @@ configuration and with replay deferred, against cp -r + sync, cp -r + sync FILES
 
 from __future__ import annotations
 
+import hashlib
 import os
 import resource
 import shutil
@@ -29,6 +30,7 @@ from benchmarks.common import (
     wait_until,
     write_random_segments,
 )
+from protocol.auth import payload_mac
 
 TITLE = "Durable throughput on loopback (source to sealed copy)"
 SEGMENT = 16 * MIB
@@ -139,6 +141,31 @@ def _logship_once(
     return Run(to_log, to_replica, s_cpu, r_cpu)
 
 
+def _hash_alone(total: int) -> tuple[float, float]:
+    """Return the CPU seconds of one core for the payload MAC's hash alone over ``total`` bytes in 1 MiB
+    payloads (protocol.auth.payload_mac: HMAC-SHA256), and of a keyed BLAKE2b over the same (a MAC too,
+    measured for comparison only: the protocol does not offer it)."""
+    block = os.urandom(MIB)
+    key = os.urandom(32)
+    times = []
+    for mac in (lambda b: payload_mac(key, b), lambda b: hashlib.blake2b(b, key=key, digest_size=16).digest()):
+        start = time.process_time()
+        for _ in range(total // MIB):
+            mac(block)
+        times.append(time.process_time() - start)
+    return times[0], times[1]
+
+
+def _with_payload_mac(opts: Options, stage: Path, names: list[str], run: int) -> Run:
+    """Ship the segments once in the default configuration with the payload MAC on (``--payload-mac``)."""
+    before = os.environ.get("BENCH_SHIPPER_ARGS", "")
+    os.environ["BENCH_SHIPPER_ARGS"] = f"{before} --payload-mac"
+    try:
+        return _logship_once(opts, stage, names, run, [])
+    finally:
+        os.environ["BENCH_SHIPPER_ARGS"] = before
+
+
 def _cpu_per_gib(runs: list[Run], gib: float) -> tuple[float, float, float, float]:
     """Medians per GiB: shipper user, shipper system, receiver user, receiver system."""
     return (
@@ -175,6 +202,8 @@ def run(opts: Options) -> Result:
     cpus: dict[str, list[float]] = {k: [] for k in baselines}
     default_runs: list[Run] = []
     deferred_runs: list[Run] = []
+    mac_runs: list[Run] = []
+    hash_alone: list[tuple[float, float]] = []
     for i in range(opts.repeat):
         parts = []
         for label, cmd in baselines.items():
@@ -188,12 +217,17 @@ def run(opts: Options) -> Result:
         default_runs.append(d)
         f = _logship_once(opts, stage, names, 2 * i + 1, DEFER_REPLAY)
         deferred_runs.append(f)
+        # Target 5: the payload MAC's cost against its hash alone, both measured in this round.
+        mac_runs.append(_with_payload_mac(opts, stage, names, 1000 + i))
+        hash_alone.append(_hash_alone(total))
         assert d.to_replica is not None
         print(
             f"  run {i + 1}: {', '.join(parts)}; logship default {gbps(total, d.to_log)} to log/, "
             f"{gbps(total, d.to_replica)} to replica/ (CPU s: shipper {sum(d.shipper_cpu):.2f}, receiver "
             f"{sum(d.receiver_cpu):.2f}); replay deferred {gbps(total, f.to_log)} (CPU s: shipper "
-            f"{sum(f.shipper_cpu):.2f}, receiver {sum(f.receiver_cpu):.2f})",
+            f"{sum(f.shipper_cpu):.2f}, receiver {sum(f.receiver_cpu):.2f}); payload MAC on: CPU s shipper "
+            f"{sum(mac_runs[-1].shipper_cpu):.2f}, receiver {sum(mac_runs[-1].receiver_cpu):.2f}, HMAC-SHA256 "
+            f"alone {hash_alone[-1][0]:.2f}",
             flush=True,
         )
     shutil.rmtree(dst, ignore_errors=True)
@@ -233,6 +267,22 @@ def run(opts: Options) -> Result:
     )
     for label in ("cp -r + sync FILES", "cp -r + sync", "dd oflag=direct"):
         result.figure(f"CPU per GiB, {label} (its own processes)", f"{median(cpus[label]) / gib:.2f} s")
+    d_su, d_ss, d_ru, d_rs = _cpu_per_gib(default_runs, gib)
+    m_su, m_ss, m_ru, m_rs = _cpu_per_gib(mac_runs, gib)
+    extra_shipper, extra_receiver = m_su + m_ss - d_su - d_ss, m_ru + m_rs - d_ru - d_rs
+    hmac_alone = median([h[0] for h in hash_alone]) / gib
+    blake_alone = median([h[1] for h in hash_alone]) / gib
+    mac_to_log = median([r.to_log for r in mac_runs])
+    result.figure(
+        "payload MAC (--payload-mac), default configuration",
+        f"{gbps(total, mac_to_log)} to log/ ({mac_to_log:.2f} s); CPU per GiB {m_su + m_ss + m_ru + m_rs:.2f} s: "
+        f"shipper +{extra_shipper:.2f}, receiver +{extra_receiver:.2f} over the run without it",
+    )
+    result.figure(
+        "payload MAC's hash alone, one core (same rounds)",
+        f"HMAC-SHA256 {hmac_alone:.2f} s per GiB; keyed BLAKE2b {blake_alone:.2f} s per GiB (comparison only)",
+    )
+    mac_ratio = max(extra_shipper, extra_receiver) / hmac_alone
     best_cp = min(med["cp -r + sync"], med["cp -r + sync FILES"])
     ratio = best_cp / to_log
     result.figure("default configuration / the faster cp", f"{ratio:.2f} x")
@@ -240,6 +290,12 @@ def run(opts: Options) -> Result:
     result.figure("default configuration / dd oflag=direct (the device)", f"{med['dd oflag=direct'] / to_log:.2f} x")
     result.target(">= 0.8 x the faster of cp -r + sync and cp -r + sync FILES", ratio >= 0.8, f"{ratio:.2f} x")
     result.target("CPU per GiB, shipper + receiver, <= 1.0 s", cpu_default <= 1.0, f"{cpu_default:.2f} s")
+    result.target(
+        "payload MAC costs at most its hash's time (each side's extra CPU / HMAC-SHA256 alone)",
+        mac_ratio <= 1.0,
+        f"{mac_ratio:.2f} x (shipper +{extra_shipper:.2f}, receiver +{extra_receiver:.2f}, "
+        f"hash {hmac_alone:.2f} s/GiB)",
+    )
     result.note(
         "logship: receiver and shipper already running and connected on 127.0.0.1; the clock starts when the "
         "segments are renamed into the shipper's source directory and stops when the last one appears in the "
