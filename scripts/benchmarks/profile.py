@@ -4,6 +4,7 @@ running daemons, so what the profile shows is what the benchmark measures.
     PYTHONPATH=scripts:. .venv/bin/python -m benchmarks.profile strace   # syscall counts and times
     PYTHONPATH=scripts:. .venv/bin/python -m benchmarks.profile perf     # perf record -g, both daemons
     PYTHONPATH=scripts:. .venv/bin/python -m benchmarks.profile py-spy   # py-spy --native, both daemons
+    PYTHONPATH=scripts:. .venv/bin/python -m benchmarks.profile threads  # CPU of each thread / the wall
     ... [--tree DIR] [--mib 1024] [--deferred] [--out DIR]
 
 The tool attaches after the shipper is connected and before the first segment is renamed into the
@@ -29,7 +30,7 @@ import tests.helpers.procs as procs
 from benchmarks import throughput
 from benchmarks.common import MIB, Options, segment_name, write_random_segments
 
-TOOLS = ("strace", "perf", "py-spy")
+TOOLS = ("strace", "perf", "py-spy", "threads")
 
 
 def _command(tool: str, pid: int, out: Path, daemon: str) -> list[str]:
@@ -43,6 +44,52 @@ def _command(tool: str, pid: int, out: Path, daemon: str) -> list[str]:
         spy, "record", "--native", "--threads", "-r", "250", "-f", "raw",
         "-o", str(out / f"py-spy-{daemon}.txt"), "-p", str(pid),
     ]  # fmt: skip
+
+
+def _thread_cpu(pid: int) -> dict[str, float]:
+    """Return the CPU seconds (user + system) of each thread of ``pid``, by "name/tid"."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                stat = f.read()
+        except FileNotFoundError:
+            continue
+        name = stat[stat.index("(") + 1 : stat.rindex(")")]
+        fields = stat[stat.rindex(")") + 2 :].split()
+        out[f"{name}/{tid}"] = (int(fields[11]) + int(fields[12])) / tick
+    return out
+
+
+class ThreadClock:
+    """A throughput.Hook that reads each daemon thread's CPU at the start and the end: a thread near
+    1.0 s of CPU per second of wall is a core's worth, the wall no other change moves."""
+
+    def __init__(self) -> None:
+        self.pids: dict[str, int] = {}
+        self.before: dict[str, dict[str, float]] = {}
+        self.start_wall = 0.0
+        self.report: list[str] = []
+
+    def start(self, shipper: int, receiver: int) -> None:
+        self.pids = {"shipper": shipper, "receiver": receiver}
+        self.before = {d: _thread_cpu(pid) for d, pid in self.pids.items()}
+        self.start_wall = time.perf_counter()
+
+    def stop(self) -> None:
+        if not self.pids:
+            return
+        wall = time.perf_counter() - self.start_wall
+        for daemon, pid in self.pids.items():
+            after = _thread_cpu(pid)
+            used = {t: after[t] - self.before[daemon].get(t, 0.0) for t in after}
+            total = sum(used.values())
+            parts = ", ".join(f"{t} {c:.2f}" for t, c in sorted(used.items(), key=lambda x: -x[1]) if c >= 0.01)
+            self.report.append(
+                f"{daemon}: {total:.2f} s CPU in {wall:.2f} s wall ({total / wall:.2f} cores); threads: {parts}"
+            )
+        self.pids = {}
 
 
 class Attached:
@@ -91,7 +138,7 @@ def main() -> None:
         os.sync()  # the staged bytes are not written back during the profile
         names = [segment_name(i) for i in range(1, count + 1)]
         opts = Options(False, work, 1, "profile", work)
-        hook = Attached(args.tool, args.out)
+        hook: Attached | ThreadClock = ThreadClock() if args.tool == "threads" else Attached(args.tool, args.out)
         try:
             r = throughput._logship_once(
                 opts, stage, names, 0, throughput.DEFER_REPLAY if args.deferred else [], hook=hook
@@ -104,7 +151,10 @@ def main() -> None:
             f"{sum(r.shipper_cpu) / gib:.2f} (user {r.shipper_cpu[0] / gib:.2f}), receiver "
             f"{sum(r.receiver_cpu) / gib:.2f} (user {r.receiver_cpu[0] / gib:.2f}) [under {args.tool}]"
         )
-        print(f"output in {args.out}")
+        if isinstance(hook, ThreadClock):
+            print("\n".join(hook.report))
+        else:
+            print(f"output in {args.out}")
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
