@@ -46,19 +46,17 @@ def _command(tool: str, pid: int, out: Path, daemon: str) -> list[str]:
     ]  # fmt: skip
 
 
-def _thread_cpu(pid: int) -> dict[str, float]:
-    """Return the CPU seconds (user + system) of each thread of ``pid``, by "name/tid"."""
-    tick = os.sysconf("SC_CLK_TCK")
+def _thread_cpu(pid: int) -> dict[str, tuple[float, float]]:
+    """Return, for each thread of ``pid`` by tid, its seconds on a CPU and its seconds runnable but
+    waiting for one (/proc/PID/task/TID/schedstat: the wait is what other processes' load costs it)."""
     out = {}
     for tid in os.listdir(f"/proc/{pid}/task"):
         try:
-            with open(f"/proc/{pid}/task/{tid}/stat") as f:
-                stat = f.read()
-        except FileNotFoundError:
+            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                on_cpu, waiting, _ = f.read().split()
+        except (FileNotFoundError, ValueError):
             continue
-        name = stat[stat.index("(") + 1 : stat.rindex(")")]
-        fields = stat[stat.rindex(")") + 2 :].split()
-        out[f"{name}/{tid}"] = (int(fields[11]) + int(fields[12])) / tick
+        out[tid] = (int(on_cpu) / 1e9, int(waiting) / 1e9)
     return out
 
 
@@ -68,7 +66,7 @@ class ThreadClock:
 
     def __init__(self) -> None:
         self.pids: dict[str, int] = {}
-        self.before: dict[str, dict[str, float]] = {}
+        self.before: dict[str, dict[str, tuple[float, float]]] = {}
         self.start_wall = 0.0
         self.report: list[str] = []
 
@@ -83,11 +81,16 @@ class ThreadClock:
         wall = time.perf_counter() - self.start_wall
         for daemon, pid in self.pids.items():
             after = _thread_cpu(pid)
-            used = {t: after[t] - self.before[daemon].get(t, 0.0) for t in after}
-            total = sum(used.values())
-            parts = ", ".join(f"{t} {c:.2f}" for t, c in sorted(used.items(), key=lambda x: -x[1]) if c >= 0.01)
+            before = self.before[daemon]
+            used = {
+                t: (c - before.get(t, (0.0, 0.0))[0], w - before.get(t, (0.0, 0.0))[1]) for t, (c, w) in after.items()
+            }
+            total = sum(c for c, _ in used.values())
+            busy = sorted(used.items(), key=lambda x: -x[1][0])
+            parts = ", ".join(f"{t} {c:.2f} (waited {w:.2f})" for t, (c, w) in busy if c >= 0.01)
             self.report.append(
-                f"{daemon}: {total:.2f} s CPU in {wall:.2f} s wall ({total / wall:.2f} cores); threads: {parts}"
+                f"{daemon}: {total:.2f} s on CPU in {wall:.2f} s wall ({total / wall:.2f} cores); "
+                f"threads, s on CPU (s runnable, waiting for a CPU): {parts}"
             )
         self.pids = {}
 
