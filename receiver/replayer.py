@@ -30,6 +30,7 @@ from typing import Protocol
 from protocol.failures import errno_name
 from receiver.config import ReplaySettings
 from receiver.manifest import Base, Installed, first_pdx, record_digest
+from receiver.replay_batch import ReplayBatch
 from receiver.replay_command import CommandRuns, ReplayRefused
 from receiver.space import ReplicaNoSpace, space_wait
 from receiver.state import CopyState
@@ -171,6 +172,7 @@ class Replayer(CommandRuns):
         self.target = replay_target(settings, copy.store, copy.name)
         self.on_replayed = on_replayed
         self.clock = clock
+        self.batch = ReplayBatch(copy, self.target)
         self.wake = asyncio.Event()
         self.failures = 0
         self.space_waits = 0
@@ -185,7 +187,7 @@ class Replayer(CommandRuns):
 
     @property
     def replayed(self) -> str:
-        return self.copy.state.replayed or ""
+        return self.batch.last or self.copy.state.replayed or ""
 
     def start(self) -> None:
         self._task = asyncio.create_task(self.run(), name=f"replay-{self.copy.name}")
@@ -224,9 +226,16 @@ class Replayer(CommandRuns):
                 pass
 
     async def step(self) -> StepResult:
-        """Inspect and replay the next due segment, if any; return what happened."""
+        """Inspect and replay the next due segment, if any (recorded once none is due next); return what happened."""
         async with self._step_lock:
-            return await self._step()
+            result = await self._step()
+            if not (isinstance(result, Replay) and self.batch.may_grow() and isinstance(self._next(), Replay)):
+                await self.batch.commit(self.clock(), self.on_replayed)
+            return result
+
+    def _next(self) -> Decision:
+        lag = 0.0 if self.override else self.settings.lag
+        return next_to_replay(self.copy.installed, self.replayed, self.clock(), lag, self.copy.base)
 
     async def catch_up(self) -> StepResult:
         """Replay everything already verified, ignoring the lag and a suspension (activation)."""
@@ -249,8 +258,7 @@ class Replayer(CommandRuns):
             return Stopped("failed")
         if state.suspended and not self.override:
             return Stopped("suspended")
-        lag = 0.0 if self.override else self.settings.lag
-        decision = next_to_replay(self.copy.installed, self.replayed, self.clock(), lag, self.copy.base)
+        decision = self._next()
         if isinstance(decision, Gap):
             await self._fail(decision.reason)
             return decision
@@ -315,11 +323,7 @@ class Replayer(CommandRuns):
             )
             return Retry(delay, str(e))
         self.failures = self.space_waits = 0
-        state.replayed_up_to(record.name, record.size, self.clock())
-        await self.copy.save_state()
-        log.info("stream %s: replayed %s (%d bytes)", self.copy.name, record.name, record.size)
-        if self.on_replayed is not None:
-            self.on_replayed()
+        self.batch.add(record)  # recorded by step() (receiver/replay_batch.py)
         return decision
 
     async def _fail(self, reason: str) -> None:

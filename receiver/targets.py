@@ -65,9 +65,13 @@ class DirectoryTarget:
         self.store = store
         self.how: Counter[str] = Counter()
         """How many segments went in by each way (link, clone, copy_file_range, copy): for tests and stats."""
+        self.unflushed = 0
+        """Segments renamed into replica/ since its last directory flush."""
 
     def apply(self, record: Installed) -> None:
-        """Put log/<segment> into replica/ atomically: temp name, fsync, rename, fsync dir.
+        """Put log/<segment> into replica/ atomically: temp name, fsync, rename; the directory's flush
+        is ``flush()``'s, once for a batch of segments (receiver/replay_batch.py): call it before the
+        segment is recorded as replayed.
 
         Raises ReplicaError.
         """
@@ -85,7 +89,8 @@ class DirectoryTarget:
             else:
                 how = _link(src, tmp) or _copy(src, tmp, record)
                 os.replace(tmp, replica / record.name)
-            fsync_dir(replica)
+            # Flushed even when linked already: that link may be one a crash caught before the flush.
+            self.unflushed += 1
         except FileNotFoundError:
             with contextlib.suppress(OSError):
                 tmp.unlink()
@@ -101,6 +106,12 @@ class DirectoryTarget:
                 tmp.unlink()
             raise
         self.how[how] += 1
+
+    def flush(self) -> None:
+        """Make the entries ``apply()`` made in replica/ durable (one device flush for all). Raises OSError."""
+        if self.unflushed:
+            fsync_dir(self.store.replica)
+            self.unflushed = 0
 
     def replica_names(self) -> set[str] | None:
         replica = self.store.replica

@@ -3,6 +3,7 @@ configuration and with replay deferred, against cp -r + sync, cp -r + sync FILES
 
 from __future__ import annotations
 
+import hashlib
 import os
 import resource
 import shutil
@@ -10,6 +11,7 @@ import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import psutil
 import xxhash
@@ -28,6 +30,7 @@ from benchmarks.common import (
     wait_until,
     write_random_segments,
 )
+from protocol.auth import payload_mac
 
 TITLE = "Durable throughput on loopback (source to sealed copy)"
 SEGMENT = 16 * MIB
@@ -55,6 +58,16 @@ def _timed_cpu(cmd: str) -> tuple[float, float]:
     return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
 
+class Hook(Protocol):
+    """Something attached to the daemons for one run (scripts/benchmarks/profile.py: a profiler)."""
+
+    def start(self, shipper: int, receiver: int) -> None:
+        """Called with the daemons' pids once the shipper is attached, before the first segment."""
+
+    def stop(self) -> None:
+        """Called when the last segment arrived, before the daemons stop."""
+
+
 @dataclass
 class Run:
     to_log: float
@@ -66,14 +79,17 @@ class Run:
     """(user, system) seconds, up to the end of the run (the replica's last segment where replayed)."""
 
 
-def _logship_once(opts: Options, stage: Path, names: list[str], run: int, receiver_args: list[str]) -> Run:
+def _logship_once(
+    opts: Options, stage: Path, names: list[str], run: int, receiver_args: list[str], hook: Hook | None = None
+) -> Run:
     """Ship every segment of ``stage`` once, with the receiver given ``receiver_args``."""
     work = fresh_dir(opts.work / f"logship-{run}")
     src = fresh_dir(work / "src")
     secret = make_secret(work / "secret")
     extra = [*receiver_args, *os.environ.get("BENCH_RECEIVER_ARGS", "").split()]
     receiver, port = start_receiver(work, secret, extra=extra)
-    replay = DEFER_REPLAY[0] not in receiver_args
+    # (ab.py passes extra receiver arguments through the environment: a deferred replay may come from there.)
+    replay = DEFER_REPLAY[0] not in extra
     shipper = None
     try:
         shipper = start_shipper(
@@ -89,6 +105,8 @@ def _logship_once(opts: Options, stage: Path, names: list[str], run: int, receiv
         replica = work / "receiver" / "tp" / "replica"
         last, last_replica = log_dir / names[-1], replica / names[-1]
         sp, rp = psutil.Process(shipper.pid), psutil.Process(receiver.pid)
+        if hook is not None:
+            hook.start(shipper.pid, receiver.pid)
         cpu0 = sp.cpu_times(), rp.cpu_times()
         start = time.perf_counter()
         # The segments appear in the source directory the way an archiver fills it: by rename, whole.
@@ -101,6 +119,8 @@ def _logship_once(opts: Options, stage: Path, names: list[str], run: int, receiv
             wait_until(last_replica.exists, 600, interval=0.002, what="the last segment to be replayed")
             to_replica = time.perf_counter() - start
         s1, r1 = sp.cpu_times(), rp.cpu_times()
+        if hook is not None:
+            hook.stop()
         s_cpu = (s1.user - cpu0[0].user, s1.system - cpu0[0].system)
         r_cpu = (r1.user - cpu0[1].user, r1.system - cpu0[1].system)
     finally:
@@ -119,6 +139,31 @@ def _logship_once(opts: Options, stage: Path, names: list[str], run: int, receiv
         raise AssertionError("log/ does not hold exactly the source segments")
     shutil.rmtree(work)
     return Run(to_log, to_replica, s_cpu, r_cpu)
+
+
+def _hash_alone(total: int) -> tuple[float, float]:
+    """Return the CPU seconds of one core for the payload MAC's hash alone over ``total`` bytes in 1 MiB
+    payloads (protocol.auth.payload_mac: HMAC-SHA256), and of a keyed BLAKE2b over the same (a MAC too,
+    measured for comparison only: the protocol does not offer it)."""
+    block = os.urandom(MIB)
+    key = os.urandom(32)
+    times = []
+    for mac in (lambda b: payload_mac(key, b), lambda b: hashlib.blake2b(b, key=key, digest_size=16).digest()):
+        start = time.process_time()
+        for _ in range(total // MIB):
+            mac(block)
+        times.append(time.process_time() - start)
+    return times[0], times[1]
+
+
+def _with_payload_mac(opts: Options, stage: Path, names: list[str], run: int) -> Run:
+    """Ship the segments once in the default configuration with the payload MAC on (``--payload-mac``)."""
+    before = os.environ.get("BENCH_SHIPPER_ARGS", "")
+    os.environ["BENCH_SHIPPER_ARGS"] = f"{before} --payload-mac"
+    try:
+        return _logship_once(opts, stage, names, run, [])
+    finally:
+        os.environ["BENCH_SHIPPER_ARGS"] = before
 
 
 def _cpu_per_gib(runs: list[Run], gib: float) -> tuple[float, float, float, float]:
@@ -157,6 +202,8 @@ def run(opts: Options) -> Result:
     cpus: dict[str, list[float]] = {k: [] for k in baselines}
     default_runs: list[Run] = []
     deferred_runs: list[Run] = []
+    mac_runs: list[Run] = []
+    hash_alone: list[tuple[float, float]] = []
     for i in range(opts.repeat):
         parts = []
         for label, cmd in baselines.items():
@@ -170,12 +217,17 @@ def run(opts: Options) -> Result:
         default_runs.append(d)
         f = _logship_once(opts, stage, names, 2 * i + 1, DEFER_REPLAY)
         deferred_runs.append(f)
+        # Target 5: the payload MAC's cost against its hash alone, both measured in this round.
+        mac_runs.append(_with_payload_mac(opts, stage, names, 1000 + i))
+        hash_alone.append(_hash_alone(total))
         assert d.to_replica is not None
         print(
             f"  run {i + 1}: {', '.join(parts)}; logship default {gbps(total, d.to_log)} to log/, "
             f"{gbps(total, d.to_replica)} to replica/ (CPU s: shipper {sum(d.shipper_cpu):.2f}, receiver "
             f"{sum(d.receiver_cpu):.2f}); replay deferred {gbps(total, f.to_log)} (CPU s: shipper "
-            f"{sum(f.shipper_cpu):.2f}, receiver {sum(f.receiver_cpu):.2f})",
+            f"{sum(f.shipper_cpu):.2f}, receiver {sum(f.receiver_cpu):.2f}); payload MAC on: CPU s shipper "
+            f"{sum(mac_runs[-1].shipper_cpu):.2f}, receiver {sum(mac_runs[-1].receiver_cpu):.2f}, HMAC-SHA256 "
+            f"alone {hash_alone[-1][0]:.2f}",
             flush=True,
         )
     shutil.rmtree(dst, ignore_errors=True)
@@ -215,6 +267,22 @@ def run(opts: Options) -> Result:
     )
     for label in ("cp -r + sync FILES", "cp -r + sync", "dd oflag=direct"):
         result.figure(f"CPU per GiB, {label} (its own processes)", f"{median(cpus[label]) / gib:.2f} s")
+    d_su, d_ss, d_ru, d_rs = _cpu_per_gib(default_runs, gib)
+    m_su, m_ss, m_ru, m_rs = _cpu_per_gib(mac_runs, gib)
+    extra_shipper, extra_receiver = m_su + m_ss - d_su - d_ss, m_ru + m_rs - d_ru - d_rs
+    hmac_alone = median([h[0] for h in hash_alone]) / gib
+    blake_alone = median([h[1] for h in hash_alone]) / gib
+    mac_to_log = median([r.to_log for r in mac_runs])
+    result.figure(
+        "payload MAC (--payload-mac), default configuration",
+        f"{gbps(total, mac_to_log)} to log/ ({mac_to_log:.2f} s); CPU per GiB {m_su + m_ss + m_ru + m_rs:.2f} s: "
+        f"shipper +{extra_shipper:.2f}, receiver +{extra_receiver:.2f} over the run without it",
+    )
+    result.figure(
+        "payload MAC's hash alone, one core (same rounds)",
+        f"HMAC-SHA256 {hmac_alone:.2f} s per GiB; keyed BLAKE2b {blake_alone:.2f} s per GiB (comparison only)",
+    )
+    mac_ratio = max(extra_shipper, extra_receiver) / hmac_alone
     best_cp = min(med["cp -r + sync"], med["cp -r + sync FILES"])
     ratio = best_cp / to_log
     result.figure("default configuration / the faster cp", f"{ratio:.2f} x")
@@ -222,6 +290,12 @@ def run(opts: Options) -> Result:
     result.figure("default configuration / dd oflag=direct (the device)", f"{med['dd oflag=direct'] / to_log:.2f} x")
     result.target(">= 0.8 x the faster of cp -r + sync and cp -r + sync FILES", ratio >= 0.8, f"{ratio:.2f} x")
     result.target("CPU per GiB, shipper + receiver, <= 1.0 s", cpu_default <= 1.0, f"{cpu_default:.2f} s")
+    result.target(
+        "payload MAC costs at most its hash's time (each side's extra CPU / HMAC-SHA256 alone)",
+        mac_ratio <= 1.0,
+        f"{mac_ratio:.2f} x (shipper +{extra_shipper:.2f}, receiver +{extra_receiver:.2f}, "
+        f"hash {hmac_alone:.2f} s/GiB)",
+    )
     result.note(
         "logship: receiver and shipper already running and connected on 127.0.0.1; the clock starts when the "
         "segments are renamed into the shipper's source directory and stops when the last one appears in the "
