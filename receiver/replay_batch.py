@@ -17,15 +17,23 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from receiver.manifest import Installed
+from receiver.state import CopyState
 from receiver.targets import DirectoryTarget, ReplayTarget
 
-if TYPE_CHECKING:
-    from receiver.replayer import ReplayedCopy
-
 log = logging.getLogger("receiver")
+
+
+class BatchedCopy(Protocol):
+    """What a batch needs of the copy (a part of receiver/replayer.py's ``ReplayedCopy``)."""
+
+    name: str
+    state: CopyState
+
+    async def save_state(self) -> None: ...
+
 
 BATCH = 16
 """Segments linked at most before they are recorded (16 MiB segments: 256 MiB, well under a second)."""
@@ -36,7 +44,7 @@ class ReplayBatch:
 
     def __init__(
         self,
-        copy: ReplayedCopy,
+        copy: BatchedCopy,
         target: ReplayTarget,
     ) -> None:
         self.copy = copy
