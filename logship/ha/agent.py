@@ -295,7 +295,9 @@ class Agent:
                 # The next round at the interval, or as soon as a leadership key changes (a leader key
                 # that expired, a new epoch, an operator's request): no waiting for the poll.
                 waiters = [asyncio.create_task(stop.wait()), asyncio.create_task(wake.wait())]
-                await asyncio.wait(waiters, timeout=interval, return_when=asyncio.FIRST_COMPLETED)
+                budget = self._etcd_budget(time.monotonic())  # a primary looks again by its deadline
+                pause = interval if budget is None else min(interval, budget)
+                await asyncio.wait(waiters, timeout=pause, return_when=asyncio.FIRST_COMPLETED)
                 for w in waiters:
                     w.cancel()
         finally:
