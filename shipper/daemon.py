@@ -14,6 +14,7 @@ from typing import Any
 from logship.admin.progress import ProgressLog
 from logship.config import ConfigError
 from logship.daemon import Surfaces, stop_event
+from logship.ha.view_file import shipper_views
 from logship.tasks import cancel_and_wait
 from shipper.config import ShipperConfig
 from shipper.service import ShipperService, tls_contexts
@@ -56,12 +57,14 @@ class Shipper:
 
     def status(self) -> dict[str, Any]:
         now = time.time()
+        ha = shipper_views(os.environ, now)  # the HA agent that started this shipper, while it reports
         return {
             "role": "shipper",
             "node": self.config.node,
             "pid": os.getpid(),
             "state_dir": str(self.state.path) if self.state is not None else None,
             "copies": [row for service in self.services.values() for row in service.rows(now)],
+            **({"ha": ha} if ha else {}),
         }
 
     async def wait_durable(

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from logship.admin.table import STATUS_COLUMNS, epoch_text, render, status_cells
+from logship.ha.view_file import ha_text
 from protocol.messages import Heartbeat, Position, SourceHead
 from shipper.remembered import Remembered
 from shipper.tailer import SegmentInfo
@@ -203,4 +204,11 @@ def table(status: dict[str, Any], now: float | None = None) -> str:
     now = time.time() if now is None else now
     rows = [{**status_cells(row, now), "epoch_text": epoch_text(row)} for row in status.get("copies", [])]
     head = f"shipper {status.get('node', '?')} (pid {status.get('pid', '?')})"
-    return f"{head}\n{render(rows, [*COLUMNS, *STATUS_COLUMNS, ('retention', 'RETENTION')])}"
+    text = f"{head}\n{render(rows, [*COLUMNS, *STATUS_COLUMNS, ('retention', 'RETENTION')])}"
+    return text + "".join(f"\n{line}" for line in ha_lines(status))
+
+
+def ha_lines(status: dict[str, Any]) -> list[str]:
+    """One line per stream the HA agent that started this shipper reports on (logship/ha/view_file.py)."""
+    blocks = status.get("ha") or {}
+    return [f"HA {stream}: {ha_text({'ha': block})}" for stream, block in sorted(blocks.items())]

@@ -58,7 +58,7 @@ HA_METRICS = [
     Exported("in_sync", "ha_in_sync", "1 while this node is in the sync set (holds everything confirmed)."),
     Exported("eligible", "ha_eligible", "1 while this node may be promoted now (the status says why not)."),
 ]
-"""The receiver's HA gauges (docs/failover.md "HA fields in status")."""
+"""The HA gauges of the receiver and of the shipper an agent runs (docs/failover.md "HA fields in status")."""
 
 _QUEUES = [
     Exported("replay_queue_segments", "replay_queue_segments", "Segments copied durably but not yet replayed."),

@@ -15,6 +15,7 @@ from logship.ha.commands import COMMANDS
 from logship.ha.commands import main as commands_main
 from logship.ha.config import AgentConfig, load
 from logship.ha.etcd import EtcdClient
+from logship.ha.view_file import VIEW_ENV, view_path
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -48,6 +49,9 @@ async def _run(config: AgentConfig) -> int:
     async with EtcdClient(config.endpoints, timeout=max(config.policy.ttl / 4, 0.5)) as client:
         logging.getLogger("logship.ha").info("agent %s for %s started", config.node, config.daemon.stream)
         agent = Agent(config, client)
+        if agent.shipping is not None and config.daemon.data_dir is not None:
+            # The shipper shows the view that publish() writes (its status, /status and /metrics).
+            agent.shipping.env[VIEW_ENV] = str(view_path(config.daemon.data_dir, config.daemon.stream))
         runner = await serve(agent, config.admin) if config.admin else None
         view = asyncio.create_task(publish(agent))  # the receiver's status shows it (receiver/ha_view.py)
         try:

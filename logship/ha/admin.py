@@ -3,8 +3,9 @@
 
 The daemons' status shows the copy; this shows the node's HA side: role, leader, epoch, lease age,
 the sync set, this node's eligibility (with the reason it is not) and the last decision. ``publish``
-writes the same fields into the receiver's data dir (receiver/ha_view.py has the file's format), so
-the receiver's ``status``, ``/status`` and ``/metrics`` show them too, while the agent keeps writing.
+writes the same fields into the receiver's data dir (logship/ha/view_file.py has the file's format), so
+the receiver's ``status``, ``/status`` and ``/metrics`` show them too, while the agent keeps writing,
+and so does the shipper the agent runs while its node leads (it reads the same file).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from logship.ha.decide import ineligible
-from receiver.ha_view import write_view
+from logship.ha.view_file import write_view
 
 if TYPE_CHECKING:
     from logship.ha.agent import Agent

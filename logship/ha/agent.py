@@ -101,6 +101,19 @@ class Agent:
         self.lease = await self.client.lease_grant(max(ttl, 2))
         self.last_keepalive = now
 
+    async def _rebind(self, cl: Cluster) -> None:
+        if cl.leader == self.config.node and cl.leader_kv is not None and cl.leader_kv.lease != self.lease:
+            # Our key from before a restart, on a lease that dies with the old process: rebind it.
+            if await rebind_leader(self.client, self.keys, self.config.node, self.lease, cl.leader_kv):
+                self.cluster = await read_cluster(self.client, self.keys)
+
+    def _etcd_budget(self, now: float) -> float | None:
+        """Seconds a primary's round may spend on etcd before it must demote (None: a standby waits)."""
+        if not self.primary or self.last_keepalive is None:
+            return None
+        p = self.config.policy
+        return max(0.05, self.last_keepalive + p.ttl - p.margin - now)
+
     def view(self, now: float) -> View:
         cl = self.cluster
         members = dict(cl.members) if cl else {}
@@ -143,20 +156,20 @@ class Agent:
     async def step(self, now: float | None = None) -> Action:
         """One round: read the node, renew, publish, read etcd, decide, act. etcd errors keep the last view."""
         self.local = await read_local(self.config.daemon.data_dir, self.config.daemon.stream)
-        now = time.monotonic() if now is None else now
+        clock, now = now is None, time.monotonic() if now is None else now
         try:
-            await self._renew(now)
-            await self._publish()
-            self.cluster = await read_cluster(self.client, self.keys)
-            cl = self.cluster
-            if cl.leader == self.config.node and cl.leader_kv is not None and cl.leader_kv.lease != self.lease:
-                # Our key from before a restart, on a lease that dies with the old process: rebind it.
-                if await rebind_leader(self.client, self.keys, self.config.node, self.lease, cl.leader_kv):
-                    self.cluster = await read_cluster(self.client, self.keys)
-        except EtcdError as e:
-            log.warning("etcd: %s", e)
+            # A primary's etcd calls may not outlast its own-clock deadline: a frozen etcd member makes
+            # each call wait its timeout on every endpoint (seconds), and the demotion must not wait.
+            async with asyncio.timeout(self._etcd_budget(now)):
+                await self._renew(now)
+                await self._publish()
+                self.cluster = await read_cluster(self.client, self.keys)
+                await self._rebind(self.cluster)
+        except (EtcdError, TimeoutError) as e:
+            log.warning("etcd: %s", e or "no answer before the lease's own-clock deadline")
             if not self.primary:
                 return Action(Kind.HOLD, "etcd unreachable")
+        now = time.monotonic() if clock else now  # decide on the clock as it is after the calls
         action = decide(self.view(now), now)
         if action != self.last_action:
             log.info("%s: %s", action.kind.value, action.reason)
@@ -282,7 +295,9 @@ class Agent:
                 # The next round at the interval, or as soon as a leadership key changes (a leader key
                 # that expired, a new epoch, an operator's request): no waiting for the poll.
                 waiters = [asyncio.create_task(stop.wait()), asyncio.create_task(wake.wait())]
-                await asyncio.wait(waiters, timeout=interval, return_when=asyncio.FIRST_COMPLETED)
+                budget = self._etcd_budget(time.monotonic())  # a primary looks again by its deadline
+                pause = interval if budget is None else min(interval, budget)
+                await asyncio.wait(waiters, timeout=pause, return_when=asyncio.FIRST_COMPLETED)
                 for w in waiters:
                     w.cancel()
         finally:

@@ -25,6 +25,8 @@ from logship.ha.local import shipper_pid
 log = logging.getLogger("logship.ha")
 
 STOP_TIMEOUT = 10.0
+SHIPPER_KEYS = frozenset({"admin"})
+"""Keys of [ha.shipper] that are the shipper's own (top-level), not its stream's: ``admin = "HOST:PORT"``."""
 
 
 def _toml_value(value: object) -> str:
@@ -51,13 +53,15 @@ class ShipperPlan:
     """More keys for the stream's table (pattern, seal, seal_idle, ...), written as given."""
 
     def config_text(self, source: Path, epoch: int, history: Path | None) -> str:
-        lines = [f"state_dir = {_toml_value(str(self.state_dir))}", f"sync = {_toml_value(self.sync)}", ""]
-        lines += ["[[stream]]", f"name = {_toml_value(self.stream)}", f"source = {_toml_value(str(source))}"]
+        lines = [f"state_dir = {_toml_value(str(self.state_dir))}", f"sync = {_toml_value(self.sync)}"]
+        # The shipper's own settings among [ha.shipper]'s keys go before its stream table.
+        lines += [f"{k} = {_toml_value(v)}" for k, v in self.extra.items() if k in SHIPPER_KEYS]
+        lines += ["", "[[stream]]", f"name = {_toml_value(self.stream)}", f"source = {_toml_value(str(source))}"]
         lines.append(f"secret_file = {_toml_value(self.secret_file)}")
         # With the activation's history the claimed epoch is the history's; without one (the first
         # primary ships its application's own log) the epoch etcd allocated is claimed.
         lines.append(f"history = {_toml_value(str(history))}" if history else f"epoch = {epoch}")
-        lines += [f"{k} = {_toml_value(v)}" for k, v in self.extra.items()]
+        lines += [f"{k} = {_toml_value(v)}" for k, v in self.extra.items() if k not in SHIPPER_KEYS]
         for address in self.peers.values():
             lines += ["", "[[stream.target]]", f"address = {_toml_value(address)}"]
         return "\n".join(lines) + "\n"
@@ -69,6 +73,8 @@ class Shipping:
     def __init__(self, plan: ShipperPlan) -> None:
         self.plan = plan
         self.proc: asyncio.subprocess.Process | None = None
+        self.env: dict[str, str] = {}
+        """Set for the child beside the agent's environment (the HA view's path: logship/ha/view_file.py)."""
 
     @property
     def config_path(self) -> Path:
@@ -85,7 +91,8 @@ class Shipping:
         os.replace(tmp, self.config_path)
         argv = [sys.executable, "-m", "shipper", "--config", str(self.config_path)]
         # Its own session: a signal meant for the agent (Ctrl-C in a terminal) does not stop it too.
-        self.proc = await asyncio.create_subprocess_exec(*argv, start_new_session=True)
+        env = {**os.environ, **self.env} if self.env else None
+        self.proc = await asyncio.create_subprocess_exec(*argv, start_new_session=True, env=env)
         log.warning("shipping %s from %s at epoch %d (pid %d)", self.plan.stream, source, epoch, self.proc.pid)
 
     async def stop(self) -> None:

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import random
 import shutil
+import signal
 import socket
 import subprocess
 import urllib.request
@@ -78,10 +80,13 @@ class Member:
 
 @dataclass
 class EtcdCluster:
-    """Three etcd members; ``start()``, ``kill(i)``, ``stop_member(i)``, ``start_member(i)``, ``stop()``."""
+    """Three etcd members; ``start()``, ``kill(i)``, ``pause(i)``, ``resume(i)``, ``stop_member(i)``,
+    ``start_member(i)``, ``stop()``."""
 
     root: Path
     members: list[Member] = field(default_factory=list)
+    paused: set[int] = field(default_factory=set)
+    """Members stopped with SIGSTOP (``pause``): ``stop()`` resumes them first, so SIGTERM reaches them."""
 
     def __post_init__(self) -> None:
         self._pick_ports()
@@ -174,8 +179,25 @@ class EtcdCluster:
             m.popen.kill()
             m.popen.wait(10)
 
+    def pause(self, i: int) -> None:
+        """SIGSTOP member ``i`` by its pid: a frozen host. Its sockets stay open and accept connections
+        (the kernel's backlog) but nothing answers: clients wait for their timeouts, not a refusal."""
+        m = self.members[i]
+        assert m.popen is not None and m.popen.poll() is None
+        os.kill(m.popen.pid, signal.SIGSTOP)
+        self.paused.add(i)
+
+    def resume(self, i: int) -> None:
+        """SIGCONT member ``i`` by its pid (it goes on where it stopped, its raft state intact)."""
+        m = self.members[i]
+        if m.popen is not None and m.popen.poll() is None:
+            os.kill(m.popen.pid, signal.SIGCONT)
+        self.paused.discard(i)
+
     def stop_member(self, i: int) -> None:
         m = self.members[i]
+        if i in self.paused:
+            self.resume(i)
         if m.popen is not None:
             stop_popen(m.popen)
 

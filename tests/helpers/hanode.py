@@ -22,6 +22,10 @@ from pathlib import Path
 from logship.admin import control
 from tests.helpers.procs import ReceiverProc, receiver_proc, stop_popen
 from tests.helpers.source import ROOT
+from tests.helpers.waiting import wait_until
+
+SHIPPER_ADMIN = re.compile(r"(?<!ha )admin endpoint on http://([0-9.]+):(\d+)/status and /metrics")
+"""The line the agent's shipper logs (into the agent's log, its stdout) when ``admin`` is set in [ha.shipper]."""
 
 
 class HaNode:
@@ -172,6 +176,11 @@ class HaNode:
             return None
         return doc if isinstance(doc, dict) else None
 
+    def shipper_admin_url(self) -> str | None:
+        """The admin address of the shipper the agent started last (``[ha.shipper] admin``), from the log."""
+        found = SHIPPER_ADMIN.findall(self.log_text())
+        return f"http://{found[-1][0]}:{found[-1][1]}" if found else None
+
     def log_text(self) -> str:
         return self.agent_log.read_text(errors="replace") if self.agent_log.exists() else ""
 
@@ -181,3 +190,40 @@ class HaNode:
             stop_popen(self.agent)
         self.kill_shipper()
         self.receiver.stop(timeout=5)
+
+
+def start_ha_nodes(
+    tmp_path: Path,
+    endpoints: Sequence[str],
+    secret: Path,
+    names: Sequence[str] = ("a", "b"),
+    ttl: float = 3,
+    **config: object,
+) -> list[HaNode]:
+    """Nodes ``names``, each a started receiver and agent with every other node as a peer; the first has
+    the application's source (``tmp_path/<first>/src``) and bootstraps as the primary, the others follow it.
+
+    ``config`` goes to ``write_config`` for every node (``shipper={...}``, ``admin="127.0.0.1:0"``, ...).
+    On a failure the nodes started so far are stopped.
+    """
+    first = names[0]
+    src = tmp_path / first / "src"
+    src.mkdir(parents=True)
+    nodes = [HaNode(tmp_path, n, secret, source=src if n == first else None) for n in names]
+    try:
+        for n in nodes:
+            n.receiver.start()
+        for n in nodes:
+            peers = {o.name: o.receiver.address for o in nodes if o is not n}
+            n.write_config(endpoints, peers, ttl, **config)  # type: ignore[arg-type]
+        nodes[0].start_agent()
+        wait_until(nodes[0].primary, 30, what=f"{first} bootstraps as the primary")
+        for n in nodes[1:]:
+            n.start_agent()
+        for n in nodes[1:]:
+            wait_until(lambda n=n: f"follow {first}" in n.roles(), 30, what=f"{n.name} follows {first}")
+    except BaseException:
+        for n in nodes:
+            n.stop()
+        raise
+    return nodes

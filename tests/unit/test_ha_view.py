@@ -65,11 +65,11 @@ def test_stale_and_stopped_views_show_no_role(tmp_path: Path) -> None:
 def test_damaged_or_foreign_views_say_so(tmp_path: Path) -> None:
     path = view_path(tmp_path, "sg1")
     for text, why in (
-        ("{not json", "not one this receiver reads"),
-        (json.dumps({"v": 2, "stream": "sg1"}), "not one this receiver reads"),
-        (json.dumps({"v": 1, "stream": "other", "written_at": 1, "fresh_for": 3}), "not one this receiver reads"),
+        ("{not json", "not one this version reads"),
+        (json.dumps({"v": 2, "stream": "sg1"}), "not one this version reads"),
+        (json.dumps({"v": 1, "stream": "other", "written_at": 1, "fresh_for": 3}), "not one this version reads"),
         (json.dumps({"v": 1, "stream": "sg1", "fresh_for": 3}), "no written_at"),
-        ("x" * 20_000, "not one this receiver reads"),
+        ("x" * 20_000, "not one this version reads"),
     ):
         path.write_text(text)
         block = ha_block(tmp_path, "sg1", NOW)
