@@ -8,8 +8,18 @@ from pathlib import Path
 
 import pytest
 
+from receiver.store import SegmentStore
 from tests.helpers.procs import Proc, unexpected_log_lines
 from tests.helpers.source import make_secret
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[SegmentStore]:
+    """An empty copy of stream db1 (the store tests and the replay tests start from one)."""
+    s = SegmentStore(tmp_path / "db1")
+    yield s
+    s.close()
+    s.close_manifest()
 
 
 @pytest.fixture

@@ -14,7 +14,6 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -30,14 +29,6 @@ from tests.helpers.waiting import wait_until
 
 S1, S2 = "mysql-bin.000001", "mysql-bin.000002"
 INTERRUPTED = f"replay of {S1} was interrupted; the target is not known to be safe to re-run"
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[SegmentStore]:
-    s = SegmentStore(tmp_path / "db1")
-    yield s
-    s.close()
-    s.close_manifest()
 
 
 def install(store: SegmentStore, copy: StreamCopy, name: str, prev: str) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,14 +22,6 @@ class Clock:
 
     def __call__(self) -> float:
         return self.now
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[SegmentStore]:
-    s = SegmentStore(tmp_path / "db1")
-    yield s
-    s.close()
-    s.close_manifest()
 
 
 def install(store: SegmentStore, copy: StreamCopy, name: str, prev: str) -> None:

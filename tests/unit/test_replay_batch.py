@@ -3,11 +3,6 @@ state.json (receiver/replay_batch.py); a restart inside a batch finds the links 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
-import pytest
-
 from protocol.digest import chunk_digest, segment_digest
 from receiver.copy import StreamCopy
 from receiver.ops import Install, Write
@@ -17,14 +12,6 @@ from receiver.state import load_state
 from receiver.store import SegmentStore
 
 NAMES = [f"E{i:08d}.log" for i in range(1, 5)]
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[SegmentStore]:
-    s = SegmentStore(tmp_path / "db1")
-    yield s
-    s.close()
-    s.close_manifest()
 
 
 def install_all(store: SegmentStore, copy: StreamCopy, names: list[str]) -> None:

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import errno
 import os
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -16,14 +14,6 @@ from receiver.replayer import Replay, Retry, Stopped, storage_wait
 from receiver.space import ReplicaNoSpace
 from receiver.store import ReplicaError, SegmentStore
 from tests.unit.test_replay_backoff import NAMES, Clock, install
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[SegmentStore]:
-    s = SegmentStore(tmp_path / "db1")
-    yield s
-    s.close()
-    s.close_manifest()
 
 
 def _from(error: OSError) -> ReplicaError:

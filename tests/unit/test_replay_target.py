@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import errno
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,14 +16,6 @@ from receiver.store import ReplicaError, SegmentStore
 from receiver.targets import DirectoryTarget
 
 S1, S2 = "000000010000000000000001", "000000010000000000000002"
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[SegmentStore]:
-    s = SegmentStore(tmp_path / "db1")
-    yield s
-    s.close()
-    s.close_manifest()
 
 
 def install(store: SegmentStore, name: str, data: bytes, prev: str = "") -> Installed:

@@ -54,11 +54,8 @@ def test_command_lacks_space_follows_min_free() -> None:
     assert command_lacks_space("", free, MinFree(size=256 * MiB)) is not None
 
 
-def test_a_replay_command_judges_space_by_the_receivers_min_free(tmp_path: Path) -> None:
+def test_a_replay_command_judges_space_by_the_receivers_min_free(tmp_path: Path, secret: Path) -> None:
     # The setting reaches the command backend through the replay settings of every stream.
-    secret = tmp_path / "secret"
-    secret.write_text("s" * 64)
-    secret.chmod(0o600)
     conf = tmp_path / "receiver.toml"
     conf.write_text(
         f'listen = "127.0.0.1:0"\ndata_dir = "{tmp_path}/data"\nsecret_file = "{secret}"\nmin_free = "5%"\n'

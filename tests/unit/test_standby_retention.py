@@ -278,10 +278,7 @@ def test_a_suspended_copy_keeps_everything_and_the_cleanup_command_gets_the_floo
 # -- settings ------------------------------------------------------------------------------------
 
 
-def test_settings_from_the_file_per_stream_and_flags(tmp_path: Path) -> None:
-    secret = tmp_path / "secret"
-    secret.write_text("s" * 64)
-    secret.chmod(0o600)
+def test_settings_from_the_file_per_stream_and_flags(tmp_path: Path, secret: Path) -> None:
     conf = tmp_path / "receiver.toml"
     conf.write_text(
         f'listen = "127.0.0.1:0"\ndata_dir = "{tmp_path}/data"\nsecret_file = "{secret}"\n'
