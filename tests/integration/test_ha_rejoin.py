@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import json
 import random
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -28,64 +26,18 @@ from protocol.digest import segment_digest
 from receiver.manifest import chain_problem, parse_base, parse_manifest
 from tests.helpers.etcd import EtcdCluster, etcd_missing
 from tests.helpers.hanode import HaNode
-from tests.helpers.source import ROOT, segment_name
+from tests.helpers.source import segment_name
 from tests.helpers.waiting import wait_until
+from tests.integration.test_failover_daemons import copy_state, write_segment
+from tests.integration.test_ha_switchover import ha, names, pair
 
 pytestmark = pytest.mark.skipif(etcd_missing() is not None, reason=str(etcd_missing()))
 TTL = 3
 
 
-def write_segment(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    tmp.rename(path)
-
-
-def ha(node: HaNode, *args: str, timeout: float = 90) -> subprocess.CompletedProcess[str]:
-    done = subprocess.run(
-        [sys.executable, "-m", "logship.ha", *args, "--config", str(node.root / "node.toml")],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        cwd=ROOT,
-    )
-    assert "Traceback" not in done.stderr, done.stderr
-    return done
-
-
-def pair(tmp_path: Path, etcd: EtcdCluster, secret: Path, **more: str) -> tuple[HaNode, HaNode, Path]:
-    src = tmp_path / "a" / "src"
-    src.mkdir(parents=True)
-    a = HaNode(tmp_path, "a", secret, source=src)
-    b = HaNode(tmp_path, "b", secret)
-    a.receiver.start()
-    b.receiver.start()
-    ship = {"seal": "immediate", **{k: v for k, v in more.items() if k == "seed_command"}}
-    opts = {k: v for k, v in more.items() if k != "seed_command"}
-    a.write_config(etcd.endpoints, {"b": b.receiver.address}, TTL, shipper=ship, **opts)
-    b.write_config(etcd.endpoints, {"a": a.receiver.address}, TTL, shipper=ship, **opts)
-    return a, b, src
-
-
-def names(d: Path) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in sorted(d.glob("E00*.log"))}
-
-
 def digests(d: Path) -> dict[str, bytes]:
     """Each segment's xxh3_128, recomputed from its bytes."""
     return {n: segment_digest(v) for n, v in names(d).items()}
-
-
-def copy_row(node: HaNode) -> dict[str, object]:
-    done = subprocess.run(
-        [sys.executable, "-m", "receiver", "status", "--data-dir", str(node.data_dir), "--json"],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        cwd=ROOT,
-    )
-    rows = json.loads(done.stdout)["copies"]
-    return rows[0] if rows else {}
 
 
 def chain_ok(node: HaNode) -> None:
@@ -151,7 +103,7 @@ def test_four_switchovers_each_node_rejoins_without_a_reseed(tmp_path: Path, etc
             write(replica, 2)
             # The old primary rejoins as a standby of the new epoch and receives what the new one writes.
             wait_until(lambda f=frm: names(f.copy() / "log") == written, 30, what=f"{frm.name} converges")
-            row = copy_row(frm)
+            row = copy_state(frm)
             assert row["epoch"] == epoch and row["state"] in ("Healthy", "Disconnected"), row
             wait_until(lambda f=frm, t=to, e=epoch: eligible(t, f, e), 20, what=f"{frm.name} eligible at {epoch}")
         print(f"four switchovers with writes between them: {time.monotonic() - started:.1f}s")
@@ -229,7 +181,7 @@ def test_failover_after_a_switchover_the_old_primary_rejoins(
         want = names(a_replica)
         wait_until(lambda: names(b.copy() / "log") == want, 40, what="b converges on a")
         wait_until(lambda: names(b_replica) == want, 30, what="b's replica is a's history")
-        row = copy_row(b)
+        row = copy_state(b)
         assert row["epoch"] == 3, row
         chain_ok(b)
         q = quarantined(b)
@@ -276,7 +228,7 @@ def test_rejoin_by_reseed(tmp_path: Path, etcd: EtcdCluster, secret: Path) -> No
         wait_until(lambda: names(b.copy() / "log") == written, 40, what="b reseeded and converged")
         assert "by a reseed" in b.log_text()
         assert any(p.name.startswith("reseed-") for p in (b.copy() / "quarantine").iterdir())
-        assert copy_row(b)["epoch"] == 3
+        assert copy_state(b)["epoch"] == 3
     finally:
         for node in (a, b):
             node.stop()
@@ -336,7 +288,7 @@ def test_three_nodes_a_former_primary_down_for_two_epochs_rejoins(
         want = {segment_name(i): data[i] for i in (1, 2, 3, 4, 6, 7, 8, 9)}
         wait_until(lambda: names(b.copy() / "log") == want, 40, what="b converges on epoch 4")
         wait_until(lambda: names(b_replica) == want, 30, what="b's replica")
-        assert copy_row(b)["epoch"] == 4
+        assert copy_state(b)["epoch"] == 4
         chain_ok(b)
         assert f"rejoined epoch 4 as a standby at {segment_name(4)}@{len(data[4])}" in b.log_text()
         segs = [p for p in quarantined(b) if p.name.startswith("E00")]

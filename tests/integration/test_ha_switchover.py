@@ -46,15 +46,19 @@ def ha(node: HaNode, *args: str, timeout: float = 90) -> subprocess.CompletedPro
     return done
 
 
-def pair(tmp_path: Path, etcd: EtcdCluster, secret: Path) -> tuple[HaNode, HaNode, Path]:
+def pair(tmp_path: Path, etcd: EtcdCluster, secret: Path, **more: str) -> tuple[HaNode, HaNode, Path]:
+    """a (with the application's source) and b, their receivers running; ``more``: [ha] keys, and the
+    shipper's ``seed_command``."""
     src = tmp_path / "a" / "src"
     src.mkdir(parents=True)
     a = HaNode(tmp_path, "a", secret, source=src)
     b = HaNode(tmp_path, "b", secret)
     a.receiver.start()
     b.receiver.start()
-    a.write_config(etcd.endpoints, {"b": b.receiver.address}, TTL, shipper={"seal": "immediate"})
-    b.write_config(etcd.endpoints, {"a": a.receiver.address}, TTL, shipper={"seal": "immediate"}, admin="127.0.0.1:0")
+    ship = {"seal": "immediate", **{k: v for k, v in more.items() if k == "seed_command"}}
+    opts = {k: v for k, v in more.items() if k != "seed_command"}
+    a.write_config(etcd.endpoints, {"b": b.receiver.address}, TTL, shipper=ship, **opts)
+    b.write_config(etcd.endpoints, {"a": a.receiver.address}, TTL, shipper=ship, admin="127.0.0.1:0", **opts)
     return a, b, src
 
 
