@@ -108,7 +108,7 @@ class FrameDecoder:
         self._buf = bytearray()
         self._header: dict[str, Any] | None = None
         self._error: RemoteProtocolError | None = None
-        self._payload: bytearray | AlignedBuffer | None = None
+        self._payload: bytearray | AlignedBuffer | memoryview | None = None
         """The pending DATA payload, filled in place (see get_buffer); None while bytes go to _buf."""
         self._filled = 0
         self._scratch: bytearray | None = None
@@ -253,7 +253,7 @@ class FrameDecoder:
                 return factory(header)
         header = self._header
         plen = header["len"]
-        payload: bytes | bytearray | AlignedBuffer
+        payload: bytes | bytearray | AlignedBuffer | memoryview
         if self._payload is not None:
             if self._filled < plen:
                 return NEED_DATA
@@ -278,7 +278,7 @@ class FrameDecoder:
                 self.pool.give(packed)  # (takes back only buffers of its own)
         return Data.from_header(header, payload)
 
-    def _start_payload(self, payload: bytearray | AlignedBuffer) -> None:
+    def _start_payload(self, payload: bytearray | AlignedBuffer | memoryview) -> None:
         """Receive the rest of the pending payload into ``payload``, after what _buf holds of it."""
         buf = self._buf
         take = min(len(buf), len(payload))

@@ -5,7 +5,7 @@ whichever way its bytes went. What this changes is the CPU the receiver spends p
 through the page cache, each byte was copied into it, its pages allocated and set up for delayed
 allocation, written back, then dropped again with posix_fadvise (perf, scripts/bench throughput:
 pwrite ~26 % of the receiver's CPU, fadvise ~7 %). A chunk that arrived in a page-aligned buffer
-(protocol.buffers.AlignedBuffer) at a block-aligned offset and length goes to the device straight
+(protocol.buffers.page_aligned) at a block-aligned offset and length goes to the device straight
 from that buffer instead (O_DIRECT), and never enters the page cache. Everything else (small appends,
 a segment's unaligned tail, a filesystem without O_DIRECT) is written through the page cache as before.
 
@@ -25,7 +25,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from protocol.buffers import ALIGN, AlignedBuffer
+from protocol.buffers import ALIGN, AlignedBuffer, page_aligned
 
 log = logging.getLogger("receiver")
 
@@ -64,7 +64,7 @@ class PartialWriter:
                         raise
                     _direct_refused.add(dev)
                     log.info("%s: the filesystem refuses O_DIRECT; writing through the page cache", path.parent)
-        self._run: list[AlignedBuffer | bytes] = []
+        self._run: list[AlignedBuffer | memoryview | bytes] = []
         self._run_offset = 0
         self._run_end = 0
         self._run_direct = False
@@ -72,14 +72,9 @@ class PartialWriter:
         self.direct_bytes = 0
         self.cached_bytes = 0
 
-    def add(self, offset: int, payload: bytes | AlignedBuffer) -> None:
+    def add(self, offset: int, payload: bytes | memoryview | AlignedBuffer) -> None:
         """Queue ``payload`` for ``offset``; written by this call or a later ``flush()``."""
-        direct = (
-            self.direct_fd >= 0
-            and isinstance(payload, AlignedBuffer)
-            and offset % ALIGN == 0
-            and len(payload) % ALIGN == 0
-        )
+        direct = self.direct_fd >= 0 and page_aligned(payload) and offset % ALIGN == 0 and len(payload) % ALIGN == 0
         if self._run and (offset != self._run_end or direct != self._run_direct or len(self._run) >= MAX_RUN):
             self.flush()
         if not self._run:
@@ -114,7 +109,7 @@ class PartialWriter:
         lo, hi = self._cached or (offset, end)
         self._cached = (min(lo, offset), max(hi, end))
 
-    def _pwritev(self, fd: int, run: list[AlignedBuffer | bytes], offset: int, end: int) -> None:
+    def _pwritev(self, fd: int, run: list[AlignedBuffer | memoryview | bytes], offset: int, end: int) -> None:
         written = os.pwritev(fd, run, offset) if len(run) > 1 else os.pwrite(fd, run[0], offset)
         if written != end - offset:
             # A regular file takes fewer bytes only when its file system is full (the disk-full path

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 import receiver.partial_writer as pw
-from protocol.buffers import AlignedBuffer
+from protocol.buffers import HUGE, AlignedBuffer, BufferPool
 from protocol.digest import chunk_digest, segment_digest
 from receiver.ops import Install, Write
 from receiver.store import SegmentStore
@@ -147,3 +147,23 @@ def test_a_batch_that_installs_its_segment_leaves_nothing_more_to_flush(tmp_path
     store.close()
     rec = SegmentStore(tmp_path / "s").recover()
     assert (rec.last_sealed, rec.active, rec.offset) == ("E1", "E2", MIB)
+
+
+def test_chunks_in_the_pools_huge_page_slabs_go_to_the_device_too(tmp_path: Path, direct: None) -> None:
+    # The receiver's pool hands out 1 MiB chunks as memoryviews of 2 MiB slabs (protocol/buffers.py):
+    # two to a slab, each page-aligned, and written with O_DIRECT like an AlignedBuffer of their own.
+    pool = BufferPool()
+    bufs = [pool.take(MIB) for _ in range(2)]
+    assert all(isinstance(b, memoryview) for b in bufs)
+    assert bufs[0].obj is bufs[1].obj and len(bufs[0].obj) == HUGE  # type: ignore[union-attr]
+    chunks = [os.urandom(MIB) for _ in range(2)]
+    path = tmp_path / "E1.partial"
+    w = pw.PartialWriter(path)
+    for i, (buf, chunk) in enumerate(zip(bufs, chunks, strict=True)):
+        buf[:] = chunk
+        w.add(i * MIB, buf)
+    w.flush()
+    assert (w.direct_bytes, w.cached_bytes) == (2 * MIB, 0)
+    w.close()
+    assert _cached_pages(path) == 0
+    assert path.read_bytes() == b"".join(chunks)
