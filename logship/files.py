@@ -3,6 +3,7 @@ the exclusive lock that keeps two processes off one directory."""
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 from pathlib import Path
@@ -45,3 +46,15 @@ def lock_exclusive(path: Path, mode: int = 0o644) -> int | None:
     os.ftruncate(fd, 0)
     os.write(fd, f"{os.getpid()}\n".encode())
     return fd
+
+
+def from_the_disk(fd: int) -> None:
+    """Drop the clean cached pages of ``fd`` so that what is read next comes from the disk.
+
+    After a failed writeback Linux may keep the pages cached and marked clean although the disk never
+    got them ("fsyncgate"), and a restarted receiver's recovery (receiver/store.py) would then verify,
+    and offer to resume after, bytes that are not durable. Dirty pages stay (the kernel still writes
+    them; a kill -9 leaves those), so this costs a read from the disk of what was already written there.
+    """
+    with contextlib.suppress(OSError):  # advice only: a file system without it reads as before
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)

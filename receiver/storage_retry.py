@@ -24,6 +24,7 @@ import os
 import time
 from dataclasses import dataclass, field
 
+from logship.files import from_the_disk
 from protocol.failures import Kind, classify_os_error, errno_name
 from protocol.messages import START, Position
 from receiver.store import SegmentStore
@@ -65,7 +66,7 @@ def drop_unacknowledged(store: SegmentStore, acked: Position, sealed: bool) -> i
                 os.fsync(fd)
                 dropped += size - keep
             # Whatever the cache still holds of the kept range is read from the disk again by recovery.
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            from_the_disk(fd)
         finally:
             os.close(fd)
     # recover() cuts the chunk records (.idx) that no longer have their bytes.

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import xxhash
 
-from logship.files import fsync_dir
+from logship.files import from_the_disk, fsync_dir
 from protocol.digest import chunk_digest, segment_hasher
 from receiver.manifest import Base, Installed, Stamp
 from receiver.manifest_file import ManifestFile
@@ -129,12 +129,15 @@ class SegmentStore:
         path, idx_path = self.partial_path(segment), self.idx_path(segment)
         hasher = segment_hasher()
         try:
-            records = idx_path.read_bytes()
+            with open(idx_path, "rb") as f:
+                from_the_disk(f.fileno())
+                records = f.read()
         except FileNotFoundError:
             records = b""
         good = 0
         end = 0
         with open(path, "rb") as f:
+            from_the_disk(f.fileno())
             size = os.fstat(f.fileno()).st_size
             for i in range(len(records) // _IDX.size):
                 off, length, digest = _IDX.unpack_from(records, i * _IDX.size)
