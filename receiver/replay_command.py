@@ -43,7 +43,8 @@ class CommandRuns:
     async def _settle(self, target: CommandTarget, record: Installed) -> bool:
         """Find out what became of the command run recorded before a restart; True if it replayed ``record``.
 
-        Raises ReplicaError (retried) when that run failed or still runs after the command timeout.
+        Raises ReplicaError (retried) when that run failed or still runs after the command timeout, and
+        ReplicaNoSpace (waited for, not counted) when it failed for lack of space.
         """
         state = self.copy.state
         pending = state.replaying
@@ -62,6 +63,8 @@ class CommandRuns:
                 record.name,
                 outcome.rc,
             )
+            # Settled: a lack of space waits, and the next attempt runs the command again.
+            target.check_space(record.name, outcome)
             if outcome.rc != 0:
                 raise ReplicaError(f"replay command failed on {record.name} (exit {outcome.rc}): {outcome.output}")
             return True

@@ -245,16 +245,19 @@ class CommandTarget:
         outcome = await run_wrapped(
             self.store.root, record.name, attempt, kind, command, self.settings.command_timeout, env
         )
+        self.check_space(record.name, outcome)
+        return outcome
+
+    def check_space(self, segment: str, outcome: Outcome) -> None:
+        """Raise ReplicaNoSpace when ``outcome`` is a run that failed for lack of space."""
         if isinstance(outcome, Finished) and outcome.rc != 0:
             # A command that failed for lack of space waits for space (as the directory backend does),
             # never counted as a failure: receiver/space.py decides.
-            why = command_lacks_space(
-                outcome.output, free_space((self.store.replica, self.store.root)), self.settings.min_free
-            )
+            free = free_space((self.store.replica, self.store.root))
+            why = command_lacks_space(outcome.output, free, self.settings.min_free)
             if why is not None:
-                text = f"replay command failed on {record.name} (exit {outcome.rc}) for lack of space: {why}"
+                text = f"replay command failed on {segment} (exit {outcome.rc}) for lack of space: {why}"
                 raise ReplicaNoSpace(text)
-        return outcome
 
     async def settle(self, segment: str, attempt: int) -> Outcome:
         """Say what became of a run recorded before a restart, waiting for it while it still runs.

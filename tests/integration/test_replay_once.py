@@ -110,6 +110,24 @@ async def test_a_failed_run_found_after_a_restart_is_retried_as_the_next_attempt
     assert runs(tmp_path) == [f"{S1} 1 replay", f"{S1} 2 replay"]
 
 
+async def test_a_run_found_after_a_restart_that_failed_for_lack_of_space_waits(
+    store: SegmentStore, tmp_path: Path
+) -> None:
+    # Not counted as a failure: replay waits for space and runs the command again (attempt 2).
+    fails = f"echo 'cp: error writing: No space left on device' >&2; test -e {tmp_path}/fixed"
+    settings = ReplaySettings(mode="command", command=held_command(tmp_path) + "; " + fails, backoff=0.01)
+    again = await die_during_replay(store, tmp_path, settings)
+    (tmp_path / "go").touch()
+    first = await asyncio.wait_for(again.replayer.step(), 15)
+    assert isinstance(first, Retry) and "lack of space" in first.reason, first
+    assert (again.replayer.failures, again.replayer.space_waits) == (0, 1)
+    assert again.state.failed is None
+    (tmp_path / "fixed").touch()
+    again.replayer.retry_at = 0.0  # the space wait's pause (1 s and more) is not what this test is about
+    assert isinstance(await asyncio.wait_for(again.replayer.step(), 15), Replay)
+    assert runs(tmp_path) == [f"{S1} 1 replay", f"{S1} 2 replay"]
+
+
 def kill_run(store: SegmentStore) -> None:
     """Kill the wrapper and its command (a whole-group kill: the run never records its end)."""
     rec = read_run(store.root / RUN_FILE)
