@@ -227,3 +227,57 @@ def start_ha_nodes(
             n.stop()
         raise
     return nodes
+
+
+def write_segment(path: Path, data: bytes) -> None:
+    """Put a whole segment into a source directory at once, as an application renames a finished one."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(data)
+    tmp.rename(path)
+
+
+def shipper_wait(node: HaNode, segment: str, *how: str) -> subprocess.CompletedProcess[str]:
+    """`shipper wait` on the node's shipper state dir for stream sg1 (30 s)."""
+    argv = [sys.executable, "-m", "shipper", "wait", "--state-dir", str(node.ship_dir), "--stream", "sg1"]
+    return subprocess.run(
+        [*argv, "--segment", segment, *how, "--timeout", "30"], capture_output=True, text=True, timeout=60, cwd=ROOT
+    )
+
+
+def copy_state(node: HaNode) -> dict[str, object]:
+    """The node's copy row from `receiver status --json` (offline or through the running receiver)."""
+    done = subprocess.run(
+        [sys.executable, "-m", "receiver", "status", "--data-dir", str(node.data_dir), "--json"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=ROOT,
+    )
+    rows = json.loads(done.stdout)["copies"]
+    return rows[0] if rows else {}
+
+
+def readable(path: Path) -> bytes | None:
+    """The file's bytes, or None while it does not exist."""
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        return None
+
+
+def ha(node: HaNode, *args: str, timeout: float = 90) -> subprocess.CompletedProcess[str]:
+    """`python -m logship.ha ARGS` with the node's config; never a traceback."""
+    done = subprocess.run(
+        [sys.executable, "-m", "logship.ha", *args, "--config", str(node.root / "node.toml")],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+    )
+    assert "Traceback" not in done.stderr, done.stderr
+    return done
+
+
+def names(d: Path) -> dict[str, bytes]:
+    """The segments in ``d``, name to bytes."""
+    return {p.name: p.read_bytes() for p in sorted(d.glob("E00*.log"))}

@@ -29,11 +29,10 @@ from logship.admin import control
 from logship.ha.local import copy_mark
 from receiver.datadir import control_path
 from tests.helpers.etcd import EtcdCluster, etcd_missing
-from tests.helpers.hanode import HaNode
+from tests.helpers.hanode import HaNode, readable, shipper_wait, write_segment
 from tests.helpers.proxies import CuttableLink
 from tests.helpers.source import segment_name
 from tests.helpers.waiting import wait_until
-from tests.integration.test_failover_daemons import readable, shipper_wait, write_segment
 
 pytestmark = pytest.mark.skipif(etcd_missing() is not None, reason=str(etcd_missing()))
 TTL = 3

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers.etcd import EtcdCluster, etcd_missing
-from tests.helpers.hanode import HaNode
+from tests.helpers.hanode import HaNode, copy_state, readable, shipper_wait, write_segment
 from tests.helpers.proxies import ProxyThread, Relay
 from tests.helpers.source import ROOT, segment_name
 from tests.helpers.waiting import wait_until
@@ -29,40 +29,8 @@ pytestmark = pytest.mark.skipif(etcd_missing() is not None, reason=str(etcd_miss
 TTL = 3
 
 
-def write_segment(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    tmp.rename(path)
-
-
-def shipper_wait(node: HaNode, segment: str, *how: str) -> subprocess.CompletedProcess[str]:
-    argv = [sys.executable, "-m", "shipper", "wait", "--state-dir", str(node.ship_dir), "--stream", "sg1"]
-    return subprocess.run(
-        [*argv, "--segment", segment, *how, "--timeout", "30"], capture_output=True, text=True, timeout=60, cwd=ROOT
-    )
-
-
 def etcd_get(etcd: EtcdCluster, key: str) -> str | None:
     return etcd.get(key)
-
-
-def copy_state(node: HaNode) -> dict[str, object]:
-    done = subprocess.run(
-        [sys.executable, "-m", "receiver", "status", "--data-dir", str(node.data_dir), "--json"],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        cwd=ROOT,
-    )
-    rows = json.loads(done.stdout)["copies"]
-    return rows[0] if rows else {}
-
-
-def readable(path: Path) -> bytes | None:
-    try:
-        return path.read_bytes()
-    except FileNotFoundError:
-        return None
 
 
 def test_agent_driven_failover_fence_and_rejoin(tmp_path: Path, etcd: EtcdCluster, secret: Path) -> None:

@@ -25,11 +25,10 @@ import pytest
 from protocol.digest import segment_digest
 from receiver.manifest import chain_problem, parse_base, parse_manifest
 from tests.helpers.etcd import EtcdCluster, etcd_missing
-from tests.helpers.hanode import HaNode
+from tests.helpers.hanode import HaNode, copy_state, ha, names, write_segment
 from tests.helpers.source import segment_name
 from tests.helpers.waiting import wait_until
-from tests.integration.test_failover_daemons import copy_state, write_segment
-from tests.integration.test_ha_switchover import ha, names, pair
+from tests.integration.test_ha_switchover import pair
 
 pytestmark = pytest.mark.skipif(etcd_missing() is not None, reason=str(etcd_missing()))
 TTL = 3

@@ -17,11 +17,10 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.helpers.etcd import EtcdCluster, etcd_missing
-from tests.helpers.hanode import HaNode
+from tests.helpers.hanode import HaNode, shipper_wait, write_segment
 from tests.helpers.procs import stop_popen
 from tests.helpers.source import ROOT, segment_name
 from tests.helpers.waiting import wait_until
-from tests.integration.test_failover_daemons import shipper_wait, write_segment
 
 pytestmark = pytest.mark.skipif(etcd_missing() is not None, reason=str(etcd_missing()))
 TTL = 3

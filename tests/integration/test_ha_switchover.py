@@ -12,38 +12,18 @@ from __future__ import annotations
 import json
 import random
 import re
-import subprocess
-import sys
 import urllib.request
 from pathlib import Path
 
 import pytest
 
 from tests.helpers.etcd import EtcdCluster, etcd_missing
-from tests.helpers.hanode import HaNode
-from tests.helpers.source import ROOT, segment_name
+from tests.helpers.hanode import HaNode, ha, names, write_segment
+from tests.helpers.source import segment_name
 from tests.helpers.waiting import wait_until
 
 pytestmark = pytest.mark.skipif(etcd_missing() is not None, reason=str(etcd_missing()))
 TTL = 3
-
-
-def write_segment(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    tmp.rename(path)
-
-
-def ha(node: HaNode, *args: str, timeout: float = 90) -> subprocess.CompletedProcess[str]:
-    done = subprocess.run(
-        [sys.executable, "-m", "logship.ha", *args, "--config", str(node.root / "node.toml")],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        cwd=ROOT,
-    )
-    assert "Traceback" not in done.stderr, done.stderr
-    return done
 
 
 def pair(tmp_path: Path, etcd: EtcdCluster, secret: Path, **more: str) -> tuple[HaNode, HaNode, Path]:
@@ -60,10 +40,6 @@ def pair(tmp_path: Path, etcd: EtcdCluster, secret: Path, **more: str) -> tuple[
     a.write_config(etcd.endpoints, {"b": b.receiver.address}, TTL, shipper=ship, **opts)
     b.write_config(etcd.endpoints, {"a": a.receiver.address}, TTL, shipper=ship, admin="127.0.0.1:0", **opts)
     return a, b, src
-
-
-def names(d: Path) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in sorted(d.glob("E00*.log"))}
 
 
 def test_switchover_there_and_back_zero_loss(tmp_path: Path, etcd: EtcdCluster, secret: Path) -> None:
