@@ -65,6 +65,16 @@ class StreamClaim:
 MAX_SHIPPER_ID = 64
 
 
+def sender_id(process: str, n: int) -> str:
+    """Return HELLO's ``sid`` of the ``n``th sender of shipper process ``process`` (``PID.RANDOM/N``)."""
+    return f"{process}/{n}"
+
+
+def same_process(a: str, b: str) -> bool:
+    """Return whether two ``sid`` values (``PID.RANDOM/N``: one per sender) are of one shipper process."""
+    return "/" in a and "/" in b and a.split("/", 1)[0] == b.split("/", 1)[0]
+
+
 @dataclass(frozen=True, slots=True)
 class Hello:
     """Shipper -> receiver: the chosen version, who it is, and a proof per stream.

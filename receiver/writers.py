@@ -15,6 +15,8 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
+from protocol.handshake import same_process as same_process  # the sid format is the protocol's
+
 
 @dataclass(slots=True)
 class Writer:
@@ -55,8 +57,3 @@ def take_over(current: Writer | None, newcomer: Writer) -> str | None:
     else:
         newcomer.displaced = current.displaced
     return None
-
-
-def same_process(a: str, b: str) -> bool:
-    """Return whether two shipper ids (``PID.RANDOM/N``: one per sender) are of one process."""
-    return "/" in a and "/" in b and a.split("/", 1)[0] == b.split("/", 1)[0]

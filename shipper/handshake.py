@@ -18,6 +18,7 @@ from collections.abc import Mapping, Sequence
 from protocol.aio import ConnectionClosed, FramedConnection
 from protocol.auth import PAYLOAD_MAC
 from protocol.errors import VersionMismatch
+from protocol.handshake import sender_id as format_sender_id
 from protocol.messages import REWRITE, Error, Fenced, Position, StreamResume
 from protocol.seed import FEATURE as SEED_FEATURE
 from protocol.session import ShipperHandshake
@@ -40,7 +41,7 @@ def sender_id() -> str:
     shippers of the stream there, of one process: the receiver refuses the second instead of letting the
     two take the stream from each other (receiver/writers.py).
     """
-    return f"{SHIPPER_ID}/{next(_senders)}"
+    return format_sender_id(SHIPPER_ID, next(_senders))
 
 
 def own_process_named(text: str) -> bool:
