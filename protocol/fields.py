@@ -46,6 +46,26 @@ def text(h: Mapping[str, Any], key: str, max_len: int = MAX_TEXT) -> str:
     return v
 
 
+MAX_SID = 64
+"""A shipper's sender id (HELLO's ``sid``, ``PID.RANDOM/N``) is at most this long."""
+
+
+def sid(h: Mapping[str, Any], key: str) -> str:
+    """An optional sender id (absent: ""): non-empty printable text of at most MAX_SID characters.
+
+    Only bounded, not parsed: it names another shipper (perhaps an older one, of another format), and
+    a value this end cannot match simply matches nothing (protocol/handshake.py ``same_process``).
+    """
+    if key not in h:
+        return ""
+    v = get(h, key)
+    if type(v) is not str or not 0 < len(v) <= MAX_SID or not v.isprintable():
+        raise RemoteProtocolError(
+            f"field {key!r} must be printable text of 1 to {MAX_SID} characters", code=ErrorCode.BAD_FRAME
+        )
+    return v
+
+
 def octets(h: Mapping[str, Any], key: str, size: int) -> bytes:
     v = get(h, key)
     if type(v) is not bytes or len(v) != size:

@@ -226,13 +226,20 @@ class Error:
     TYPE: ClassVar[str] = "ERROR"
     code: str
     text: str
+    holder: str = ""
+    """With ``another-shipper``: the ``sid`` (HELLO's, ``PID.RANDOM/N``) of the shipper that holds the
+    stream, so that a shipper can tell its own process from another without reading ``text``. On the
+    wire only when not empty; older receivers never send it (the shipper then does not tell)."""
 
     def to_header(self) -> dict[str, Any]:
-        return {"t": self.TYPE, "code": self.code, "text": self.text}
+        h: dict[str, Any] = {"t": self.TYPE, "code": self.code, "text": self.text}
+        if self.holder:
+            h["holder"] = self.holder
+        return h
 
     @classmethod
     def from_header(cls, h: Mapping[str, Any]) -> Error:
-        return cls(fields.text(h, "code", 64), fields.text(h, "text"))
+        return cls(fields.text(h, "code", 64), fields.text(h, "text"), fields.sid(h, "holder"))
 
 
 @dataclass(frozen=True, slots=True)

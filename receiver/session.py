@@ -80,9 +80,11 @@ class NotNow(ProtocolError):
     """Answer ERROR ``code`` (no-space, another-shipper: the shipper backs off) and close; logged at
     WARNING only when ``loud`` (the first time), so a shipper knocking while it lasts adds no lines."""
 
-    def __init__(self, message: str, code: str, loud: bool = False) -> None:
+    def __init__(self, message: str, code: str, loud: bool = False, holder: str = "") -> None:
         super().__init__(message, code)
         self.loud = loud
+        self.holder = holder
+        """another-shipper: the sid of the shipper holding the stream (ERROR ``holder``)."""
 
 
 def admit(claimed: int, epoch: int, failed: str | None, activated: bool, busy: bool) -> Admit:
@@ -144,7 +146,7 @@ class Session:
             # A full disk is logged once by the guard, a second shipper once per shipper id.
             log.log(logging.WARNING if e.loud else logging.DEBUG, "%s: %s; told to back off", conn.peer, e)
             with contextlib.suppress(Exception):
-                conn.send(Error(e.code, str(e)))
+                conn.send(Error(e.code, str(e), e.holder))
         except FrameAuthFailed as e:
             self.frames_refused += 1
             log.warning("%s: refused a frame: %s; closing (nothing of it was applied)", conn.peer, e)
@@ -312,7 +314,7 @@ class Session:
         loud = newcomer.shipper not in current.refused
         current.refused.add(newcomer.shipper)
         text = f"stream {copy.name}: {refused}; this shipper (node {newcomer.node}, id {newcomer.shipper}) waits"
-        raise NotNow(text, ErrorCode.ANOTHER_SHIPPER, loud)
+        raise NotNow(text, ErrorCode.ANOTHER_SHIPPER, loud, current.shipper)
 
     def _check_space(self, *streams: str) -> None:
         """Raise NotNow (no-space) when the data dir is below its min_free (the shipper backs off)."""

@@ -11,7 +11,6 @@ from __future__ import annotations
 import itertools
 import logging
 import os
-import re
 import secrets
 from collections.abc import Mapping, Sequence
 
@@ -44,12 +43,6 @@ def sender_id() -> str:
     return format_sender_id(SHIPPER_ID, next(_senders))
 
 
-def own_process_named(text: str) -> bool:
-    """Return whether a receiver's "another shipper" text names this very process as the one shipping
-    (``id SHIPPER_ID/N, addr ...``; the refused one is named after it too, as ``id .../M) waits``)."""
-    return re.search(rf"id {re.escape(SHIPPER_ID)}/\d+, addr", text) is not None
-
-
 PERMANENT_CODES = {
     "auth": "secret mismatch for stream {stream}: both ends must use the same secret file",
     "version": "protocol version mismatch: {text}",
@@ -76,11 +69,13 @@ class Reconnect(Exception):
 class Refused(Exception):
     """The target answered the handshake with an ERROR (unproven: it may not be the target at all)."""
 
-    def __init__(self, text: str, code: str, permanent: bool) -> None:
+    def __init__(self, text: str, code: str, permanent: bool, holder: str = "") -> None:
         super().__init__(text)
         self.code = code
         self.permanent = permanent
         """Whether retrying soon cannot help (the pause before the next attempt is long)."""
+        self.holder = holder
+        """For ``another-shipper``: the sid of the shipper holding the stream, if the target said."""
 
 
 class Fenced_(Exception):
@@ -94,7 +89,7 @@ def refusal(error: Error, stream: str) -> Refused:
         return Refused(template.format(stream=stream, text=error.text), error.code, permanent=True)
     template = BACK_OFF_CODES.get(error.code)
     if template is not None:
-        return Refused(template.format(stream=stream, text=error.text), error.code, permanent=False)
+        return Refused(template.format(stream=stream, text=error.text), error.code, False, error.holder)
     return Refused(f"refused: {error.code}: {error.text}", error.code, permanent=False)
 
 

@@ -25,6 +25,7 @@ from protocol.aio import ConnectionClosed, FramedConnection
 from protocol.compression import PayloadCompressor, agreed
 from protocol.digest import seal_digest
 from protocol.errors import ProtocolError
+from protocol.handshake import same_process
 from protocol.messages import Fenced, Position, Seal, StreamResume
 from protocol.session import ShipperHandshake
 from shipper.chunks import DataSender
@@ -35,7 +36,6 @@ from shipper.handshake import (
     Refused,
     beyond_source,
     handshake,
-    own_process_named,
     sender_id,
 )
 from shipper.pacing import AdaptiveWindow, TokenBucket, rate_limited_chunk
@@ -128,7 +128,7 @@ class TargetSender(Replies):
                 return
             except Refused as e:
                 if e.code in BACK_OFF_CODES:
-                    await self._told_to_back_off(e.code, str(e))
+                    await self._told_to_back_off(e.code, str(e), e.holder)
                     pause = 0.1
                     continue
                 if e.permanent:
@@ -178,7 +178,7 @@ class TargetSender(Replies):
         pause = min(self.config.refused_backoff, 5.0 * 2 ** (self._refusals - 1))
         await asyncio.sleep(pause * random.uniform(0.9, 1.1))
 
-    async def _told_to_back_off(self, code: str, text: str) -> None:
+    async def _told_to_back_off(self, code: str, text: str, holder: str = "") -> None:
         """The target said "not now" (its disk is full, another shipper has the stream): show Retrying
         with the reason and a count, and wait a pause that doubles up to its cap (jittered,
         so that many shippers of one full receiver do not come back together)."""
@@ -188,7 +188,7 @@ class TargetSender(Replies):
         pause = min(cap, first * 2 ** (n - 1)) * random.uniform(0.8, 1.2)
         if n == 1 or code != self._told_code:
             args = (self.name, self.stream, text, cap)
-            if code == "another-shipper" and own_process_named(text):
+            if code == "another-shipper" and same_process(holder, self.shipper_id):
                 # Not a shipper left running: this very process, through another of its targets.
                 log.error(
                     "target %s (stream %s): %s; that is this shipper, through another target: the config "
