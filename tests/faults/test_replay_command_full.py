@@ -17,12 +17,11 @@ from pathlib import Path
 import pytest
 
 from tests.faults.test_disk_full import _metric, _mount, _umount
-from tests.helpers.copies import digest_file
+from tests.helpers.copies import digest_file, log_names
 from tests.helpers.procs import Proc, ReceiverProc, shipper_proc
-from tests.helpers.source import sealed_in_source
+from tests.helpers.source import sealed_in_source, write_segments
 from tests.helpers.status_watch import StatusWatch, status
 from tests.helpers.waiting import wait_until
-from tests.integration.test_shipper_ops import log_names, write_segments
 
 HOLD = 8.0
 

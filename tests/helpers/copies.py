@@ -84,3 +84,9 @@ def remove_under_a_writer(path: Path, timeout: float = 10.0) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"{path} could not be removed within {timeout:g}s")
         time.sleep(0.01)
+
+
+def log_names(copy: Path) -> list[str]:
+    """The sealed segments of a copy (``copy/log``), sorted; none while it does not exist."""
+    d = copy / "log"
+    return sorted(os.listdir(d)) if d.exists() else []

@@ -192,41 +192,67 @@ class HaNode:
         self.receiver.stop(timeout=5)
 
 
+def start_agents(nodes: Sequence[HaNode]) -> None:
+    """Start the nodes' agents: the first bootstraps as the primary, then the others follow it."""
+    first = nodes[0]
+    first.start_agent()
+    wait_until(first.primary, 30, what=f"{first.name} bootstraps as the primary")
+    for n in nodes[1:]:
+        n.start_agent()
+    for n in nodes[1:]:
+        wait_until(lambda n=n: f"follow {first.name}" in n.roles(), 30, what=f"{n.name} follows {first.name}")
+
+
 def start_ha_nodes(
     tmp_path: Path,
     endpoints: Sequence[str],
     secret: Path,
     names: Sequence[str] = ("a", "b"),
     ttl: float = 3,
+    receiver_extra: Sequence[str] = (),
     **config: object,
 ) -> list[HaNode]:
     """Nodes ``names``, each a started receiver and agent with every other node as a peer; the first has
     the application's source (``tmp_path/<first>/src``) and bootstraps as the primary, the others follow it.
 
-    ``config`` goes to ``write_config`` for every node (``shipper={...}``, ``admin="127.0.0.1:0"``, ...).
-    On a failure the nodes started so far are stopped.
+    ``receiver_extra`` goes to every receiver's command line; ``config`` to ``write_config`` for every
+    node (``shipper={...}``, ``admin="127.0.0.1:0"``, ...). On a failure the nodes started so far are stopped.
     """
     first = names[0]
     src = tmp_path / first / "src"
     src.mkdir(parents=True)
-    nodes = [HaNode(tmp_path, n, secret, source=src if n == first else None) for n in names]
+    nodes = [HaNode(tmp_path, n, secret, src if n == first else None, receiver_extra) for n in names]
     try:
         for n in nodes:
             n.receiver.start()
         for n in nodes:
             peers = {o.name: o.receiver.address for o in nodes if o is not n}
             n.write_config(endpoints, peers, ttl, **config)  # type: ignore[arg-type]
-        nodes[0].start_agent()
-        wait_until(nodes[0].primary, 30, what=f"{first} bootstraps as the primary")
-        for n in nodes[1:]:
-            n.start_agent()
-        for n in nodes[1:]:
-            wait_until(lambda n=n: f"follow {first}" in n.roles(), 30, what=f"{n.name} follows {first}")
+        start_agents(nodes)
     except BaseException:
         for n in nodes:
             n.stop()
         raise
     return nodes
+
+
+def pair(
+    tmp_path: Path, endpoints: Sequence[str], secret: Path, ttl: float = 3, **more: str
+) -> tuple[HaNode, HaNode, Path]:
+    """a (with the application's source) and b, their receivers running, their agents not yet (see
+    ``start_agents``); both ship with ``seal = "immediate"``, b has an admin endpoint. ``more``: [ha]
+    keys, and the shipper's ``seed_command``."""
+    src = tmp_path / "a" / "src"
+    src.mkdir(parents=True)
+    a = HaNode(tmp_path, "a", secret, source=src)
+    b = HaNode(tmp_path, "b", secret)
+    a.receiver.start()
+    b.receiver.start()
+    ship = {"seal": "immediate", **{k: v for k, v in more.items() if k == "seed_command"}}
+    opts = {k: v for k, v in more.items() if k != "seed_command"}
+    a.write_config(endpoints, {"b": b.receiver.address}, ttl, shipper=ship, **opts)
+    b.write_config(endpoints, {"a": a.receiver.address}, ttl, shipper=ship, admin="127.0.0.1:0", **opts)
+    return a, b, src
 
 
 def write_segment(path: Path, data: bytes) -> None:

@@ -26,6 +26,15 @@ def segment_name(i: int) -> str:
     return f"E00{i:08X}.log"
 
 
+def write_segments(source: Path, first: int, count: int, size: int = 200_000) -> list[str]:
+    """Write segments ``first`` to ``first + count - 1`` of random bytes into ``source``; return their names."""
+    names = []
+    for i in range(first, first + count):
+        (source / segment_name(i)).write_bytes(os.urandom(size))
+        names.append(segment_name(i))
+    return names
+
+
 def sealed_in_source(source: Path) -> list[str]:
     """Segments the `next` policy considers sealed: every one but the newest."""
     names = sorted(n for n in os.listdir(source) if not n.startswith("."))

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import time
 import urllib.request
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.helpers.copies import assert_copy_converged, check_no_corrupt, wait_converged
 from tests.helpers.frames import TagTracker, read_frame
-from tests.helpers.procs import Listener, Proc, receiver_proc, shipper_proc
+from tests.helpers.procs import Listener, Proc, ReceiverProc, ShipperProc, receiver_proc, shipper_proc
 from tests.helpers.proxies import FaultProxy, ProxyThread
 from tests.helpers.source import SourceWriter, sealed_in_source
 from tests.helpers.status_watch import StatusWatch
@@ -35,24 +38,40 @@ def counter(port: int, name: str) -> float:
     raise AssertionError(f"no {name} at /metrics")
 
 
-def test_back_to_back_chunk_damage_converges_without_failing_the_copy(
-    tmp_path: Path, secret: Path, procs: list[Proc]
-) -> None:
-    rnd = random.Random(13)
+P = TypeVar("P", bound=FaultProxy)
+
+
+@contextlib.contextmanager
+def damaged_link(
+    tmp_path: Path, secret: Path, procs: list[Proc], proxy_of: Callable[[ReceiverProc], P], seed: int
+) -> Iterator[tuple[Path, Path, ReceiverProc, ShipperProc, P, SourceWriter]]:
+    """A receiver, ``proxy_of(receiver)`` in front of it and a shipper of stream ``damaged`` through it
+    (256 KiB chunks, both with an admin endpoint), and an application writing 32 segments of 256 KiB to
+    2 MiB at 8 MB/s (started, stopped on the way out). Yields the source, the copy, the receiver,
+    shipper, proxy and writer."""
+    rnd = random.Random(seed)
     sizes = [rnd.randint(256 * 1024, 2 * 1024 * 1024) for _ in range(32)]
     source = tmp_path / "src"
     source.mkdir()
     receiver = receiver_proc(tmp_path, secret, extra=["--admin", "127.0.0.1:0"])
     procs.append(receiver.start())
-    copy = tmp_path / "receiver" / "damaged"
-    seen: dict[str, str] = {}
-    with ProxyThread(FaultProxy(receiver)) as proxy:
-        shipper = shipper_proc(
-            tmp_path, "damaged", source, [proxy.port], secret, ["--chunk-size", "256k", "--admin", "127.0.0.1:0"]
-        )
+    with ProxyThread(proxy_of(receiver)) as proxy:
+        argv = ["--chunk-size", "256k", "--admin", "127.0.0.1:0"]
+        shipper = shipper_proc(tmp_path, "damaged", source, [proxy.port], secret, argv)
         procs.append(shipper.start())
+        writer = SourceWriter(source, sizes, rate=8e6, seed=seed).start()
+        try:
+            yield source, tmp_path / "receiver" / "damaged", receiver, shipper, proxy, writer
+        finally:
+            writer.stop()  # stopping twice is harmless; a test that fails midway leaves no thread
+
+
+def test_back_to_back_chunk_damage_converges_without_failing_the_copy(
+    tmp_path: Path, secret: Path, procs: list[Proc]
+) -> None:
+    seen: dict[str, str] = {}
+    with damaged_link(tmp_path, secret, procs, FaultProxy, 13) as (source, copy, receiver, shipper, proxy, writer):
         admin = shipper.admin_port()
-        writer = SourceWriter(source, sizes, rate=8e6, seed=13).start()
         try:
             with StatusWatch(admin, interval=0.05) as watch:
                 # Flips queued back to back hit the same chunk again and again as it is resent: under
@@ -113,21 +132,10 @@ class RateFlipProxy(FaultProxy):
 
 
 def test_a_link_damaging_a_byte_per_512k_to_1m_converges(tmp_path: Path, secret: Path, procs: list[Proc]) -> None:
-    rnd = random.Random(17)
-    sizes = [rnd.randint(256 * 1024, 2 * 1024 * 1024) for _ in range(32)]
-    source = tmp_path / "src"
-    source.mkdir()
-    receiver = receiver_proc(tmp_path, secret, extra=["--admin", "127.0.0.1:0"])
-    procs.append(receiver.start())
-    copy = tmp_path / "receiver" / "damaged"
     seen: dict[str, str] = {}
     start = time.monotonic()
-    with ProxyThread(RateFlipProxy(receiver, 17)) as proxy:
-        shipper = shipper_proc(
-            tmp_path, "damaged", source, [proxy.port], secret, ["--chunk-size", "256k", "--admin", "127.0.0.1:0"]
-        )
-        procs.append(shipper.start())
-        writer = SourceWriter(source, sizes, rate=8e6, seed=17).start()
+    link = damaged_link(tmp_path, secret, procs, lambda r: RateFlipProxy(r, 17), 17)
+    with link as (source, copy, receiver, shipper, proxy, writer):
         try:
             with StatusWatch(shipper.admin_port(), interval=0.05) as watch:
                 assert writer.done_full.wait(60)

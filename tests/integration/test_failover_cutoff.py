@@ -20,71 +20,20 @@ import contextlib
 import random
 import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
-from logship.admin import control
 from logship.ha.local import copy_mark
-from receiver.datadir import control_path
 from tests.helpers.etcd import EtcdCluster, etcd_missing
-from tests.helpers.hanode import HaNode, readable, shipper_wait, write_segment
+from tests.helpers.hanode import HaNode, readable, shipper_wait, start_agents, write_segment
+from tests.helpers.hasampler import Sampler
 from tests.helpers.proxies import CuttableLink
 from tests.helpers.source import segment_name
 from tests.helpers.waiting import wait_until
 
 pytestmark = pytest.mark.skipif(etcd_missing() is not None, reason=str(etcd_missing()))
 TTL = 3
-SAMPLE = 0.05
-
-
-@dataclass
-class Sample:
-    at: float
-    """Wall clock (the hooks stamp the wall clock too)."""
-    roles: dict[str, str | None]
-    """Each agent's role from its /status (None: it did not answer)."""
-    epochs: dict[str, int]
-    b_row: tuple[str, int] | None
-    """b's receiver row of sg1: (state, epoch); Healthy means a shipper of that epoch is attached."""
-    b_total: int
-    """Bytes of b's copy (manifest plus partial)."""
-
-
-@dataclass
-class Sampler:
-    nodes: list[HaNode]
-    b: HaNode
-    samples: list[Sample] = field(default_factory=list)
-    stop: threading.Event = field(default_factory=threading.Event)
-
-    def run(self) -> None:
-        for _ in range(int(120 / SAMPLE)):  # bounded: two minutes at most
-            if self.stop.is_set():
-                return
-            at = time.time()
-            roles: dict[str, str | None] = {}
-            epochs: dict[str, int] = {}
-            for n in self.nodes:
-                doc = n.ha_status(timeout=0.5)
-                roles[n.name] = str(doc["role"]) if doc else None
-                if doc and isinstance(doc.get("epoch"), int):
-                    epochs[n.name] = int(doc["epoch"])  # type: ignore[call-overload]
-            mark = copy_mark(self.b.copy())
-            self.samples.append(Sample(at, roles, epochs, b_row(self.b), mark.total if mark else 0))
-            time.sleep(SAMPLE)
-
-
-def b_row(node: HaNode) -> tuple[str, int] | None:
-    try:
-        reply = control.call(control_path(node.data_dir), {"op": "status"}, 1)
-    except (control.ControlUnavailable, control.ControlError, OSError, ValueError):
-        return None
-    for row in reply.get("copies", []):
-        if row.get("stream") == "sg1":
-            return str(row.get("state")), int(row.get("epoch") or 0)
-    return None
 
 
 def two_nodes(tmp_path: Path, etcd: EtcdCluster, secret: Path) -> tuple[HaNode, HaNode, list[CuttableLink]]:
@@ -98,10 +47,7 @@ def two_nodes(tmp_path: Path, etcd: EtcdCluster, secret: Path) -> tuple[HaNode, 
     b.receiver.start()
     a.write_config([ln.endpoint for ln in links], {"b": b.receiver.address}, TTL, admin="127.0.0.1:0")
     b.write_config(etcd.endpoints, {"a": a.receiver.address}, TTL, admin="127.0.0.1:0")
-    a.start_agent()
-    wait_until(a.primary, 30, what="a bootstraps as the primary")
-    b.start_agent()
-    wait_until(lambda: "follow a" in b.roles(), 30, what="b follows a")
+    start_agents([a, b])
     wait_until(lambda: a.ha_status() and b.ha_status(), 10, what="both agents' /status")
     return a, b, links
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers.etcd import EtcdCluster, etcd_missing
-from tests.helpers.hanode import HaNode, copy_state, readable, shipper_wait, write_segment
+from tests.helpers.hanode import HaNode, copy_state, readable, shipper_wait, start_ha_nodes, write_segment
 from tests.helpers.proxies import ProxyThread, Relay
 from tests.helpers.source import ROOT, segment_name
 from tests.helpers.waiting import wait_until
@@ -35,20 +35,10 @@ def etcd_get(etcd: EtcdCluster, key: str) -> str | None:
 
 def test_agent_driven_failover_fence_and_rejoin(tmp_path: Path, etcd: EtcdCluster, secret: Path) -> None:
     rnd = random.Random(16)
+    nodes = start_ha_nodes(tmp_path, etcd.endpoints, secret, ttl=TTL)
+    a, b = nodes
     src = tmp_path / "a" / "src"
-    src.mkdir(parents=True)
-    a = HaNode(tmp_path, "a", secret, source=src)
-    b = HaNode(tmp_path, "b", secret)
-    nodes = [a, b]
     try:
-        a.receiver.start()
-        b.receiver.start()
-        a.write_config(etcd.endpoints, {"b": b.receiver.address}, TTL)
-        b.write_config(etcd.endpoints, {"a": a.receiver.address}, TTL)
-        a.start_agent()
-        wait_until(a.primary, 30, what="a bootstraps as the primary")
-        b.start_agent()
-        wait_until(lambda: "follow a" in b.roles(), 30, what="b follows a")
         assert etcd_get(etcd, "/logship/c1/sg1/epoch") == "1"
 
         # The application writes on a: 1-3 sealed, 4 active; everything confirmed by `shipper wait`.
@@ -136,19 +126,9 @@ def test_agent_driven_failover_fence_and_rejoin(tmp_path: Path, etcd: EtcdCluste
 def test_agent_restarted_within_the_ttl_keeps_the_lead(tmp_path: Path, etcd: EtcdCluster, secret: Path) -> None:
     """kill -9 of the primary's agent and a restart before its lease ran out: the new agent rebinds the
     leader key to its own lease, replaces the orphan shipper, and nobody takes over (epoch stays 1)."""
+    a, b = start_ha_nodes(tmp_path, etcd.endpoints, secret, ttl=TTL)
     src = tmp_path / "a" / "src"
-    src.mkdir(parents=True)
-    a = HaNode(tmp_path, "a", secret, source=src)
-    b = HaNode(tmp_path, "b", secret)
     try:
-        a.receiver.start()
-        b.receiver.start()
-        a.write_config(etcd.endpoints, {"b": b.receiver.address}, TTL)
-        b.write_config(etcd.endpoints, {"a": a.receiver.address}, TTL)
-        a.start_agent()
-        wait_until(a.primary, 30, what="a bootstraps as the primary")
-        b.start_agent()
-        wait_until(lambda: "follow a" in b.roles(), 30, what="b follows a")
         orphan = a.shipper_pid()
         assert orphan is not None
         a.kill_agent()
@@ -173,22 +153,10 @@ def test_three_nodes_the_other_standby_rewinds_and_follows(tmp_path: Path, etcd:
     winner's activation forks at the end of its last sealed segment, so the other standby's copy is past
     the fork: it is fenced by its agent, rewinds the partial into quarantine/ and converges on the winner."""
     rnd = random.Random(163)
+    nodes = start_ha_nodes(tmp_path, etcd.endpoints, secret, "abc", TTL, sync="ALL")
+    a, b, c = nodes
     src = tmp_path / "a" / "src"
-    src.mkdir(parents=True)
-    a = HaNode(tmp_path, "a", secret, source=src)
-    b, c = HaNode(tmp_path, "b", secret), HaNode(tmp_path, "c", secret)
-    nodes = [a, b, c]
     try:
-        for n in nodes:
-            n.receiver.start()
-        addresses = {n.name: n.receiver.address for n in nodes}
-        for n in nodes:
-            n.write_config(etcd.endpoints, {k: v for k, v in addresses.items() if k != n.name}, TTL, sync="ALL")
-        a.start_agent()
-        wait_until(a.primary, 30, what="a bootstraps as the primary")
-        b.start_agent()
-        c.start_agent()
-        wait_until(lambda: "follow a" in b.roles() and "follow a" in c.roles(), 30, what="b and c follow a")
         data = {i: rnd.randbytes(rnd.randint(20_000, 100_000)) for i in range(1, 5)}
         for i in (1, 2, 3):
             write_segment(src / segment_name(i), data[i])

@@ -29,9 +29,9 @@ import pytest
 from logship.ha.view_file import view_path
 from tests.helpers.etcd import EtcdCluster, etcd_missing
 from tests.helpers.hanode import HaNode, readable, shipper_wait, start_ha_nodes, write_segment
+from tests.helpers.hasampler import Sampler
 from tests.helpers.source import segment_name
 from tests.helpers.waiting import wait_until
-from tests.integration.test_failover_cutoff import Sampler
 
 pytestmark = pytest.mark.skipif(etcd_missing() is not None, reason=str(etcd_missing()))
 TTL = 3

@@ -25,10 +25,9 @@ import pytest
 from protocol.digest import segment_digest
 from receiver.manifest import chain_problem, parse_base, parse_manifest
 from tests.helpers.etcd import EtcdCluster, etcd_missing
-from tests.helpers.hanode import HaNode, copy_state, ha, names, write_segment
+from tests.helpers.hanode import HaNode, copy_state, ha, names, pair, start_agents, start_ha_nodes, write_segment
 from tests.helpers.source import segment_name
 from tests.helpers.waiting import wait_until
-from tests.integration.test_ha_switchover import pair
 
 pytestmark = pytest.mark.skipif(etcd_missing() is not None, reason=str(etcd_missing()))
 TTL = 3
@@ -69,7 +68,7 @@ def switchover(frm: HaNode, to: HaNode, epoch: int) -> None:
 
 def test_four_switchovers_each_node_rejoins_without_a_reseed(tmp_path: Path, etcd: EtcdCluster, secret: Path) -> None:
     rnd = random.Random(1616)
-    a, b, src = pair(tmp_path, etcd, secret)
+    a, b, src = pair(tmp_path, etcd.endpoints, secret)
     written: dict[str, bytes] = {}
     n = 0
 
@@ -82,10 +81,7 @@ def test_four_switchovers_each_node_rejoins_without_a_reseed(tmp_path: Path, etc
             written[segment_name(n)] = data
 
     try:
-        a.start_agent()
-        wait_until(a.primary, 30, what="a bootstraps as the primary")
-        b.start_agent()
-        wait_until(lambda: "follow a" in b.roles(), 30, what="b follows a")
+        start_agents([a, b])
         write(src, 3)
         started = time.monotonic()
         order = [(a, b), (b, a), (a, b), (b, a)]
@@ -137,13 +133,10 @@ def test_failover_after_a_switchover_the_old_primary_rejoins(
     """``damaged``: b's copy of the fork segment was changed while it was down (another history): the
     digest check fails and ``auto`` reseeds it from a's seed_command instead."""
     rnd = random.Random(1617)
-    a, b, src = pair(tmp_path, etcd, secret, seed_command=SEED_EMPTY)
+    a, b, src = pair(tmp_path, etcd.endpoints, secret, seed_command=SEED_EMPTY)
     data = {i: rnd.randbytes(rnd.randint(20_000, 120_000)) for i in range(1, 10)}
     try:
-        a.start_agent()
-        wait_until(a.primary, 30, what="a bootstraps as the primary")
-        b.start_agent()
-        wait_until(lambda: "follow a" in b.roles(), 30, what="b follows a")
+        start_agents([a, b])
         for i in (1, 2, 3):
             write_segment(src / segment_name(i), data[i])
         switchover(a, b, 2)
@@ -206,13 +199,10 @@ def test_rejoin_by_reseed(tmp_path: Path, etcd: EtcdCluster, secret: Path) -> No
     """``rejoin = "reseed"``: the old copy moves aside whole; the new leader's seed_command (an empty
     image: the log is sent again from its oldest segment) makes the copy whole again."""
     rnd = random.Random(1618)
-    a, b, src = pair(tmp_path, etcd, secret, rejoin="reseed", seed_command=SEED_EMPTY)
+    a, b, src = pair(tmp_path, etcd.endpoints, secret, rejoin="reseed", seed_command=SEED_EMPTY)
     written: dict[str, bytes] = {}
     try:
-        a.start_agent()
-        wait_until(a.primary, 30, what="a bootstraps as the primary")
-        b.start_agent()
-        wait_until(lambda: "follow a" in b.roles(), 30, what="b follows a")
+        start_agents([a, b])
         for i in (1, 2):
             written[segment_name(i)] = rnd.randbytes(30_000)
             write_segment(src / segment_name(i), written[segment_name(i)])
@@ -241,24 +231,11 @@ def test_three_nodes_a_former_primary_down_for_two_epochs_rejoins(
     over to c (epoch 4) while b is down. b, restarted, rejoins at the earliest fork after its epoch (3's,
     the end of 4): 5 goes to quarantine, and c's shipper sends b what a and c wrote (6 to 9)."""
     rnd = random.Random(1620)
-    src = tmp_path / "a" / "src"
-    src.mkdir(parents=True)
-    a = HaNode(tmp_path, "a", secret, source=src)
-    b, c = HaNode(tmp_path, "b", secret), HaNode(tmp_path, "c", secret)
-    nodes = [a, b, c]
     data = {i: rnd.randbytes(rnd.randint(20_000, 80_000)) for i in range(1, 10)}
+    nodes = start_ha_nodes(tmp_path, etcd.endpoints, secret, "abc", TTL, sync="ALL", shipper={"seal": "immediate"})
+    a, b, c = nodes
+    src = tmp_path / "a" / "src"
     try:
-        for n in nodes:
-            n.receiver.start()
-        addresses = {n.name: n.receiver.address for n in nodes}
-        for n in nodes:
-            peers = {k: v for k, v in addresses.items() if k != n.name}
-            n.write_config(etcd.endpoints, peers, TTL, sync="ALL", shipper={"seal": "immediate"})
-        a.start_agent()
-        wait_until(a.primary, 30, what="a bootstraps as the primary")
-        b.start_agent()
-        c.start_agent()
-        wait_until(lambda: "follow a" in b.roles() and "follow a" in c.roles(), 30, what="b and c follow a")
         for i in (1, 2):
             write_segment(src / segment_name(i), data[i])
         switchover(a, b, 2)

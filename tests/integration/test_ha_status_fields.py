@@ -17,7 +17,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.helpers.etcd import EtcdCluster, etcd_missing
-from tests.helpers.hanode import HaNode, shipper_wait, write_segment
+from tests.helpers.hanode import HaNode, shipper_wait, start_ha_nodes, write_segment
 from tests.helpers.procs import stop_popen
 from tests.helpers.source import ROOT, segment_name
 from tests.helpers.waiting import wait_until
@@ -47,20 +47,9 @@ def gauges(port: int) -> dict[str, float]:
 
 
 def test_receiver_status_shows_the_agents_view_while_fresh(tmp_path: Path, etcd: EtcdCluster, secret: Path) -> None:
+    a, b = start_ha_nodes(tmp_path, etcd.endpoints, secret, ttl=TTL, receiver_extra=["--admin", "127.0.0.1:0"])
     src = tmp_path / "a" / "src"
-    src.mkdir(parents=True)
-    admin = ["--admin", "127.0.0.1:0"]
-    a = HaNode(tmp_path, "a", secret, source=src, receiver_extra=admin)
-    b = HaNode(tmp_path, "b", secret, receiver_extra=admin)
     try:
-        a.receiver.start()
-        b.receiver.start()
-        a.write_config(etcd.endpoints, {"b": b.receiver.address}, TTL)
-        b.write_config(etcd.endpoints, {"a": a.receiver.address}, TTL)
-        a.start_agent()
-        wait_until(a.primary, 30, what="a bootstraps as the primary")
-        b.start_agent()
-        wait_until(lambda: "follow a" in b.roles(), 30, what="b follows a")
         write_segment(src / segment_name(1), b"1" * 30_000)
         write_segment(src / segment_name(2), b"2" * 100)
         done = shipper_wait(a, segment_name(1), "--sealed")

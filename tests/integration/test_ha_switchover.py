@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers.etcd import EtcdCluster, etcd_missing
-from tests.helpers.hanode import HaNode, ha, names, write_segment
+from tests.helpers.hanode import ha, names, pair, start_agents, write_segment
 from tests.helpers.source import segment_name
 from tests.helpers.waiting import wait_until
 
@@ -26,30 +26,11 @@ pytestmark = pytest.mark.skipif(etcd_missing() is not None, reason=str(etcd_miss
 TTL = 3
 
 
-def pair(tmp_path: Path, etcd: EtcdCluster, secret: Path, **more: str) -> tuple[HaNode, HaNode, Path]:
-    """a (with the application's source) and b, their receivers running; ``more``: [ha] keys, and the
-    shipper's ``seed_command``."""
-    src = tmp_path / "a" / "src"
-    src.mkdir(parents=True)
-    a = HaNode(tmp_path, "a", secret, source=src)
-    b = HaNode(tmp_path, "b", secret)
-    a.receiver.start()
-    b.receiver.start()
-    ship = {"seal": "immediate", **{k: v for k, v in more.items() if k == "seed_command"}}
-    opts = {k: v for k, v in more.items() if k != "seed_command"}
-    a.write_config(etcd.endpoints, {"b": b.receiver.address}, TTL, shipper=ship, **opts)
-    b.write_config(etcd.endpoints, {"a": a.receiver.address}, TTL, shipper=ship, admin="127.0.0.1:0", **opts)
-    return a, b, src
-
-
 def test_switchover_there_and_back_zero_loss(tmp_path: Path, etcd: EtcdCluster, secret: Path) -> None:
     rnd = random.Random(161)
-    a, b, src = pair(tmp_path, etcd, secret)
+    a, b, src = pair(tmp_path, etcd.endpoints, secret)
     try:
-        a.start_agent()
-        wait_until(a.primary, 30, what="a bootstraps as the primary")
-        b.start_agent()
-        wait_until(lambda: "follow a" in b.roles(), 30, what="b follows a")
+        start_agents([a, b])
         for i in range(1, 5):
             write_segment(src / segment_name(i), rnd.randbytes(rnd.randint(20_000, 150_000)))
 
@@ -110,12 +91,9 @@ def test_switchover_there_and_back_zero_loss(tmp_path: Path, etcd: EtcdCluster, 
 
 
 def test_forced_failover_and_refusals(tmp_path: Path, etcd: EtcdCluster, secret: Path) -> None:
-    a, b, src = pair(tmp_path, etcd, secret)
+    a, b, src = pair(tmp_path, etcd.endpoints, secret)
     try:
-        a.start_agent()
-        wait_until(a.primary, 30, what="a bootstraps as the primary")
-        b.start_agent()
-        wait_until(lambda: "follow a" in b.roles(), 30, what="b follows a")
+        start_agents([a, b])
         write_segment(src / segment_name(1), b"x" * 50_000)
 
         refused = ha(a, "failover", "--to", "b")

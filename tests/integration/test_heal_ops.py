@@ -11,11 +11,11 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from tests.helpers.copies import assert_copy_converged, remove_under_a_writer
+from tests.helpers.copies import assert_copy_converged, log_names, remove_under_a_writer
 from tests.helpers.procs import Proc, receiver_proc, shipper_proc
-from tests.helpers.source import ROOT, sealed_in_source
+from tests.helpers.source import ROOT, sealed_in_source, write_segments
 from tests.helpers.waiting import wait_until
-from tests.integration.test_shipper_ops import log_names, status, write_segments
+from tests.integration.test_shipper_ops import status
 
 
 def receiver_cli(*args: str) -> subprocess.CompletedProcess[str]:

@@ -12,10 +12,10 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.helpers.copies import log_names
 from tests.helpers.procs import ROOT, Proc, receiver_proc, shipper_proc
 from tests.helpers.source import segment_name
 from tests.helpers.waiting import wait_until
-from tests.integration.test_shipper_ops import log_names
 
 NAME = re.compile(r"\blogship_(?:shipper|receiver)_[a-z_]+\b")
 

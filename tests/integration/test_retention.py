@@ -11,10 +11,11 @@ from pathlib import Path
 
 import xxhash
 
+from tests.helpers.copies import log_names
 from tests.helpers.procs import Proc, receiver_proc, shipper_proc
 from tests.helpers.source import segment_name
 from tests.helpers.waiting import wait_until
-from tests.integration.test_shipper_ops import log_names, row, shipper_cli, state_of
+from tests.integration.test_shipper_ops import row, shipper_cli, state_of
 
 
 class SourceWatch:

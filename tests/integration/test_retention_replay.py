@@ -7,11 +7,12 @@ import json
 import os
 from pathlib import Path
 
+from tests.helpers.copies import log_names
 from tests.helpers.procs import Proc, receiver_proc, shipper_proc
 from tests.helpers.source import segment_name
 from tests.helpers.waiting import wait_until
 from tests.integration.test_retention import write
-from tests.integration.test_shipper_ops import log_names, row, shipper_cli
+from tests.integration.test_shipper_ops import row, shipper_cli
 
 
 def test_retention_waits_for_replay_and_status_shows_the_replay_queue(

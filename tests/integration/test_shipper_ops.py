@@ -18,9 +18,9 @@ from typing import Any
 
 import pytest
 
-from tests.helpers.copies import assert_copy_converged
+from tests.helpers.copies import assert_copy_converged, log_names
 from tests.helpers.procs import Proc, receiver_proc, shipper_proc
-from tests.helpers.source import ROOT, SourceWriter, segment_name
+from tests.helpers.source import ROOT, SourceWriter, segment_name, write_segments
 from tests.helpers.waiting import wait_until
 
 
@@ -47,19 +47,6 @@ def row(snapshot: dict[str, Any], stream: str, target: str) -> dict[str, Any]:
     rows = [r for r in snapshot["copies"] if r["stream"] == stream and r["target"] == target]
     assert len(rows) == 1, snapshot
     return rows[0]
-
-
-def log_names(copy: Path) -> list[str]:
-    d = copy / "log"
-    return sorted(os.listdir(d)) if d.exists() else []
-
-
-def write_segments(source: Path, first: int, count: int, size: int = 200_000) -> list[str]:
-    names = []
-    for i in range(first, first + count):
-        (source / segment_name(i)).write_bytes(os.urandom(size))
-        names.append(segment_name(i))
-    return names
 
 
 class Blackhole:

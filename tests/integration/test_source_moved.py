@@ -12,10 +12,10 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from tests.helpers.copies import log_names
 from tests.helpers.procs import Proc, ShipperProc, receiver_proc, shipper_proc
 from tests.helpers.source import segment_name
 from tests.helpers.waiting import wait_until
-from tests.integration.test_shipper_ops import log_names
 
 
 def row(shipper: ShipperProc) -> dict[str, Any]:

@@ -8,10 +8,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tests.helpers.copies import log_names
 from tests.helpers.procs import ROOT, Proc, receiver_proc, shipper_proc
 from tests.helpers.source import segment_name
 from tests.helpers.waiting import wait_until
-from tests.integration.test_shipper_ops import log_names
 
 COLUMNS = ("STATE", "COPY QUEUE", "REPLAY QUEUE", "LAST COPIED", "LAST REPLAYED", "COPY LAG", "REPLAY LAG", "REASON")
 

@@ -14,10 +14,10 @@ from typing import Any
 import pytest
 
 from tests.helpers.browser import Browser, chromium_path
+from tests.helpers.copies import log_names
 from tests.helpers.procs import Proc, receiver_proc, shipper_proc
 from tests.helpers.source import segment_name
 from tests.helpers.waiting import wait_until
-from tests.integration.test_shipper_ops import log_names
 from tests.integration.test_status_cli import COLUMNS, logship
 
 pytestmark = pytest.mark.skipif(

@@ -13,13 +13,12 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from tests.helpers.copies import assert_copy_converged
-from tests.helpers.procs import Proc, ShipperProc, receiver_proc, shipper_proc
+from tests.helpers.copies import assert_copy_converged, log_names
+from tests.helpers.procs import Proc, ReceiverProc, ShipperProc, receiver_proc, shipper_proc
 from tests.helpers.proxies import ProxyThread, Relay
-from tests.helpers.source import sealed_in_source
+from tests.helpers.source import sealed_in_source, write_segments
 from tests.helpers.status_watch import status
 from tests.helpers.waiting import wait_until
-from tests.integration.test_shipper_ops import log_names, write_segments
 
 WATCH = 60.0 if os.environ.get("LOGSHIP_HEAVY") else 6.0
 
@@ -33,13 +32,19 @@ def target_row(port: int) -> dict[str, Any] | None:
     return rows[0] if rows else None
 
 
-def test_a_second_live_shipper_is_refused_naming_the_first(tmp_path: Path, secret: Path, procs: list[Proc]) -> None:
+def one_receiver(tmp_path: Path, secret: Path, procs: list[Proc]) -> tuple[Path, ReceiverProc, Path]:
+    """A source with segments 1 to 3 and a running receiver: return the source, the receiver and where
+    its copy of stream db1 will be."""
     source = tmp_path / "src"
     source.mkdir()
     write_segments(source, 1, 3)
     receiver = receiver_proc(tmp_path, secret)
     procs.append(receiver.start())
-    copy = tmp_path / "receiver" / "db1"
+    return source, receiver, tmp_path / "receiver" / "db1"
+
+
+def test_a_second_live_shipper_is_refused_naming_the_first(tmp_path: Path, secret: Path, procs: list[Proc]) -> None:
+    source, receiver, copy = one_receiver(tmp_path, secret, procs)
     shippers: list[ShipperProc] = []
     for name in ("a", "b"):
         (tmp_path / name).mkdir()
@@ -103,12 +108,7 @@ def test_one_process_shipping_a_stream_twice_to_one_receiver_does_not_take_it_fr
     # Two targets of one shipper that are one receiver: directly, and through a relay (a second route
     # the config check cannot see through). Before, both had the process's one id: each connection of
     # one took the stream over from the other, as a restart of one shipper.
-    source = tmp_path / "src"
-    source.mkdir()
-    write_segments(source, 1, 3)
-    receiver = receiver_proc(tmp_path, secret)
-    procs.append(receiver.start())
-    copy = tmp_path / "receiver" / "db1"
+    source, receiver, copy = one_receiver(tmp_path, secret, procs)
     with ProxyThread(Relay(receiver)) as relay:
         shipper = shipper_proc(tmp_path, "db1", source, [receiver, relay.port], secret, ["--admin", "127.0.0.1:0"])
         procs.append(shipper.start())

@@ -56,8 +56,9 @@ def test_an_offer_and_its_facts_convert_both_ways() -> None:
     assert SeedOffer.from_header(offer.to_header()) == offer
 
 
-def spoiled(**change: Any) -> dict[str, Any]:
-    doc = dict(SHIPPER_DOC)
+def spoiled(base: dict[str, Any] = SHIPPER_DOC, **change: Any) -> dict[str, Any]:
+    """A copy of ``base`` with fields changed (``KeyError``: the field removed)."""
+    doc = dict(base)
     for key, value in change.items():
         if value is KeyError:
             del doc[key]
@@ -93,22 +94,16 @@ def test_a_bad_image_document_is_refused(doc: Any, error: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "change, error",
+    "doc, error",
     [
-        ({"stream": KeyError}, "missing field 'stream'"),
-        ({"stream": "../db"}, "stream"),
-        ({"durable": KeyError}, "missing field 'durable'"),
-        ({"durable": 10241}, "'durable' must be an integer in \\[0, 10240\\]"),
-        ({"durable": "8192"}, "'durable' must be an integer"),
-        ({"xxh": DIGEST.hex()[:-1]}, "32 hex digits"),
+        (spoiled(RECEIVER_DOC, stream=KeyError), "missing field 'stream'"),
+        (spoiled(RECEIVER_DOC, stream="../db"), "stream"),
+        (spoiled(RECEIVER_DOC, durable=KeyError), "missing field 'durable'"),
+        (spoiled(RECEIVER_DOC, durable=10241), "'durable' must be an integer in \\[0, 10240\\]"),
+        (spoiled(RECEIVER_DOC, durable="8192"), "'durable' must be an integer"),
+        (spoiled(RECEIVER_DOC, xxh=DIGEST.hex()[:-1]), "32 hex digits"),
     ],
 )
-def test_a_bad_receiver_record_is_refused(change: dict[str, Any], error: str) -> None:
-    doc = dict(RECEIVER_DOC)
-    for key, value in change.items():
-        if value is KeyError:
-            del doc[key]
-        else:
-            doc[key] = value
+def test_a_bad_receiver_record_is_refused(doc: dict[str, Any], error: str) -> None:
     with pytest.raises(SeedDocError, match=error):
         Held.from_doc(json.dumps(doc).encode())
