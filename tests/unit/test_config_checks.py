@@ -14,49 +14,7 @@ from logship.version import version
 from receiver.config import settings_from_args
 from receiver.space_config import MinFree
 from shipper.config import config_from_args
-from tests.helpers.source import make_secret
-
-
-def run_main(main: object, argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    """Run a daemon's ``main(argv)`` in this process; argparse's exits become exit codes too."""
-    try:
-        code = main(argv)  # type: ignore[operator]
-    except SystemExit as e:
-        code = int(e.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-@pytest.fixture
-def files(tmp_path: Path) -> dict[str, str]:
-    (tmp_path / "src").mkdir()
-    (tmp_path / "archive").mkdir()
-    return {
-        "src": str(tmp_path / "src"),
-        "archive": str(tmp_path / "archive"),
-        "secret": str(make_secret(tmp_path / "secret")),
-        "data": str(tmp_path / "data"),
-        "dir": str(tmp_path),
-    }
-
-
-def shipper_toml(files: dict[str, str], top: str = "", stream: str = "", target: str = "") -> str:
-    path = Path(files["dir"]) / "shipper.toml"
-    path.write_text(
-        f'{top}\n[[stream]]\nname = "s"\nsource = "{files["src"]}"\nsecret_file = "{files["secret"]}"\n'
-        f'{stream}\n[[stream.target]]\naddress = "127.0.0.1:1"\n{target}\n'
-    )
-    return str(path)
-
-
-def receiver_toml(files: dict[str, str], top: str = "", stream: str = "") -> str:
-    path = Path(files["dir"]) / "receiver.toml"
-    path.write_text(
-        f'listen = "127.0.0.1:0"\ndata_dir = "{files["data"]}"\nsecret_file = "{files["secret"]}"\n{top}\n'
-        f"[streams.s]\n{stream}\n"
-    )
-    return str(path)
-
+from tests.helpers.config_files import receiver_toml, run_main, shipper_toml
 
 # (where the bad value goes, the TOML line, the words the one line must hold after "FILE: ")
 SHIPPER_FILE_CASES = [

@@ -12,27 +12,7 @@ from prometheus_client.core import Metric
 from logship.admin.http import StatusCollector
 from receiver.ha_view import add_views, ha_block, ha_lines, ha_text, view_path, write_view
 from receiver.status import render_rows
-
-NOW = 1_000_000.0
-
-
-def view(**kw: Any) -> dict[str, Any]:
-    doc = {
-        "node": "b",
-        "role": "standby",
-        "leader": "a",
-        "epoch": 2,
-        "copy_epoch": 2,
-        "sync": ["b"],
-        "eligible": True,
-        "ineligible": None,
-        "last_action": "hold: following a",
-        "lease_renewed_at": NOW - 0.4,
-        "written_at": NOW - 0.2,
-        "fresh_for": 3.0,
-        "stopped": False,
-    }
-    return {**doc, **kw}
+from tests.helpers.ha_views import NOW, view
 
 
 def test_a_fresh_view_gives_the_block(tmp_path: Path) -> None:

@@ -13,8 +13,8 @@ from prometheus_client.core import Metric
 from logship.admin.http import HA_METRICS, StatusCollector
 from logship.ha.view_file import VIEW_ENV, shipper_views, view_path, view_stream, write_view
 from shipper.status import table
+from tests.helpers.ha_views import NOW, view
 from tests.helpers.source import ROOT
-from tests.unit.test_ha_view import NOW, view
 
 
 def primary_view(**kw: object) -> dict[str, object]:

@@ -7,9 +7,7 @@ import pytest
 
 import receiver.__main__ as receiver_main
 from receiver.config import settings_from_args
-from tests.unit.test_config_checks import files, receiver_toml, run_main
-
-__all__ = ["files"]  # the fixture, used by name
+from tests.helpers.config_files import receiver_toml, run_main
 
 
 def settings(argv: list[str]) -> bool:

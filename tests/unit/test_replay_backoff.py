@@ -6,30 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from protocol.digest import chunk_digest, segment_digest
 from receiver.config import ReplaySettings
 from receiver.copy import StreamCopy
-from receiver.ops import Install, Write
 from receiver.replayer import Replay, Retry, Stopped
 from receiver.store import SegmentStore
-
-NAMES = [f"mysql-bin.{i:06d}" for i in range(1, 12)]
-
-
-class Clock:
-    def __init__(self, now: float) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def install(store: SegmentStore, copy: StreamCopy, name: str, prev: str) -> None:
-    data = name.encode() * 10
-    records = store.apply(
-        [Write(name, 0, data, chunk_digest(name, 0, data)), Install(name, len(data), segment_digest(data), prev)]
-    )
-    copy.on_installed(records)
+from tests.helpers.replay_copy import NAMES, Clock, install
 
 
 async def test_new_segments_do_not_cut_a_retry_pause_short(store: SegmentStore, tmp_path: Path) -> None:

@@ -13,7 +13,7 @@ from receiver.copy import StreamCopy
 from receiver.replayer import Replay, Retry, Stopped, storage_wait
 from receiver.space import ReplicaNoSpace
 from receiver.store import ReplicaError, SegmentStore
-from tests.unit.test_replay_backoff import NAMES, Clock, install
+from tests.helpers.replay_copy import NAMES, Clock, install
 
 
 def _from(error: OSError) -> ReplicaError:

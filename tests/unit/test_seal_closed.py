@@ -18,8 +18,8 @@ from shipper.fingerprint import describe_change, take
 from shipper.settings import DEFAULT_PATTERN, SealPolicy
 from shipper.tailer import SegmentInfo, Tailer, classify, next_look
 from shipper.watcher import IN_CLOSE_WRITE, parse_named_events
+from tests.helpers.tailing import NEVER, running, watcher_or_skip
 from tests.helpers.waiting import wait_until
-from tests.unit.test_watcher import NEVER, _watcher_or_skip, running
 
 DEFAULT = re.compile(DEFAULT_PATTERN)
 CLOSED = SealPolicy(mode="closed", settle=2.0)
@@ -82,7 +82,7 @@ def open_writer(path: Path) -> BinaryIO:
 
 
 async def test_a_rotated_segment_is_sealed_when_its_writer_closes_it(tmp_path: Path) -> None:
-    await _watcher_or_skip()
+    await watcher_or_skip()
     policy = SealPolicy(mode="closed", settle=NEVER)
     tailer = Tailer(tmp_path, DEFAULT, policy, poll_interval=NEVER, quiet_interval=NEVER)
     changed = tailer.subscribe()

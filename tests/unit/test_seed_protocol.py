@@ -23,7 +23,7 @@ from protocol.seed import (
     SeedWindow,
     start_offset,
 )
-from tests.unit.test_session import SECRETS, Link, hello_for, receiver, shipper
+from tests.helpers.handshakes import SECRETS, Link, hello_for, receiver, shipper
 
 IMAGE = "0123456789abcdef0123456789abcdef"
 BODY = bytes(range(256)) * 40  # 10240 bytes

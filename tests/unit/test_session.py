@@ -13,7 +13,6 @@ from protocol.errors import (
     RemoteProtocolError,
     VersionMismatch,
 )
-from protocol.framing import NEED_DATA, FrameDecoder, encode
 from protocol.messages import (
     START,
     Challenge,
@@ -40,65 +39,19 @@ from protocol.session import (
     make_proof,
     next_state,
 )
+from tests.helpers.handshakes import (
+    RECEIVER_NONCE,
+    SECRETS,
+    SHIPPER_NONCE,
+    Link,
+    hello_for,
+    receiver,
+    shipper,
+)
 
-SECRETS = {"db1": b"secret-one", "db2": b"secret-two"}
-EPOCHS = {"db1": 3}
-RECEIVER_NONCE = bytes([1]) * 32
-SHIPPER_NONCE = bytes([2]) * 32
 V = max(VERSIONS)
 """The protocol version this build speaks."""
 SEG = "E00000002.log"
-
-
-class Pipe:
-    """One direction of a connection: messages go in as frames, come out through a FrameDecoder."""
-
-    def __init__(self) -> None:
-        self.decoder = FrameDecoder()
-        self.sent: list[bytes] = []
-
-    def carry(self, msg: Message) -> Message:
-        """Send ``msg`` byte by byte and return what the far end decodes."""
-        frame = encode(msg)
-        self.sent.append(frame)
-        return self.carry_bytes(frame)
-
-    def carry_bytes(self, frame: bytes) -> Message:
-        for i in range(len(frame)):
-            self.decoder.receive_data(frame[i : i + 1])
-        out = self.decoder.next_message()
-        assert out is not NEED_DATA
-        assert self.decoder.next_message() is NEED_DATA
-        return out  # type: ignore[return-value]
-
-
-class Link:
-    """A pair of pipes: receiver -> shipper and shipper -> receiver."""
-
-    def __init__(self) -> None:
-        self.to_shipper = Pipe()
-        self.to_receiver = Pipe()
-
-
-def receiver(secrets: Mapping[str, bytes] = SECRETS, nonce: bytes = RECEIVER_NONCE) -> ReceiverHandshake:
-    return ReceiverHandshake("receiver-1", nonce, dict(secrets).get)
-
-
-def shipper(
-    secrets: Mapping[str, bytes] = SECRETS,
-    nonce: bytes = SHIPPER_NONCE,
-    epochs: Mapping[str, int] = EPOCHS,
-    features: tuple[str, ...] = (),
-) -> ShipperHandshake:
-    return ShipperHandshake("shipper-1", nonce, secrets, epochs, features)
-
-
-def hello_for(r: ReceiverHandshake, s: ShipperHandshake, link: Link) -> Hello:
-    """Run CHALLENGE -> HELLO over the link; return the HELLO as the receiver decodes it."""
-    hello = s.receive_challenge(link.to_shipper.carry(r.challenge()))
-    out = link.to_receiver.carry(hello)
-    assert isinstance(out, Hello)
-    return out
 
 
 def welcome_from(r: ReceiverHandshake, positions: Mapping[str, tuple[int, Position, bool]]) -> Welcome:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import re
 import shutil
 import struct
@@ -14,9 +13,9 @@ import pytest
 from shipper.settings import DEFAULT_PATTERN, SealPolicy
 from shipper.tailer import SegmentInfo, Tailer, next_look
 from shipper.watcher import IN_CREATE, IN_MODIFY, DirectoryWatcher, parse_events
+from tests.helpers.tailing import NEVER, running, watcher_or_skip
 
 DEFAULT = re.compile(DEFAULT_PATTERN)
-NEVER = 3600.0  # a poll or quiet interval the tests would time out long before
 
 
 def test_parse_events_walks_names_of_any_length() -> None:
@@ -37,25 +36,6 @@ def test_next_look_is_quiet_unless_the_newest_is_due_to_seal_by_idle_time() -> N
     assert next_look([], SealPolicy(seal_idle=2.0), 101.0, 5.0) == 5.0
 
 
-async def _watcher_or_skip() -> DirectoryWatcher:
-    watcher = DirectoryWatcher.for_loop()
-    if watcher is None:
-        pytest.skip("inotify is not available here")
-    return watcher
-
-
-@contextlib.asynccontextmanager
-async def running(tailer: Tailer):  # type: ignore[no-untyped-def]
-    task = asyncio.create_task(tailer.run())
-    try:
-        await asyncio.sleep(0.05)
-        yield task
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-
-
 async def wait_for_names(tailer: Tailer, changed: asyncio.Event, names: list[str]) -> None:
     async with asyncio.timeout(10):
         while tailer.names != names:
@@ -64,7 +44,7 @@ async def wait_for_names(tailer: Tailer, changed: asyncio.Event, names: list[str
 
 
 async def test_a_watched_tailer_sees_new_bytes_without_polling(tmp_path: Path) -> None:
-    await _watcher_or_skip()
+    await watcher_or_skip()
     tailer = Tailer(tmp_path, DEFAULT, SealPolicy(), poll_interval=NEVER, quiet_interval=NEVER)
     changed = tailer.subscribe()
     async with running(tailer):
@@ -78,7 +58,7 @@ async def test_a_watched_tailer_sees_new_bytes_without_polling(tmp_path: Path) -
 
 
 async def test_seal_idle_fires_on_time_without_any_file_event(tmp_path: Path) -> None:
-    await _watcher_or_skip()
+    await watcher_or_skip()
     tailer = Tailer(tmp_path, DEFAULT, SealPolicy(seal_idle=0.3), poll_interval=NEVER, quiet_interval=NEVER)
     changed = tailer.subscribe()
     async with running(tailer):
@@ -90,7 +70,7 @@ async def test_seal_idle_fires_on_time_without_any_file_event(tmp_path: Path) ->
 
 
 async def test_a_directory_that_goes_away_and_comes_back_is_watched_again(tmp_path: Path) -> None:
-    await _watcher_or_skip()
+    await watcher_or_skip()
     source = tmp_path / "src"
     source.mkdir()
     tailer = Tailer(source, DEFAULT, SealPolicy(), poll_interval=0.05, quiet_interval=NEVER)
@@ -110,7 +90,7 @@ async def test_a_directory_that_goes_away_and_comes_back_is_watched_again(tmp_pa
 
 
 async def test_the_watcher_closes_when_the_last_tailer_stops(tmp_path: Path) -> None:
-    await _watcher_or_skip()
+    await watcher_or_skip()
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
     first = Tailer(tmp_path / "a", DEFAULT, SealPolicy(), quiet_interval=NEVER)
