@@ -22,6 +22,7 @@ from pathlib import Path
 from logship.admin import control
 from tests.helpers.procs import ReceiverProc, receiver_proc, stop_popen
 from tests.helpers.source import ROOT
+from tests.helpers.source import write_segment as write_segment  # re-exported: the HA tests use it from here
 from tests.helpers.waiting import wait_until
 
 SHIPPER_ADMIN = re.compile(r"(?<!ha )admin endpoint on http://([0-9.]+):(\d+)/status and /metrics")
@@ -253,13 +254,6 @@ def pair(
     a.write_config(endpoints, {"b": b.receiver.address}, ttl, shipper=ship, **opts)
     b.write_config(endpoints, {"a": a.receiver.address}, ttl, shipper=ship, admin="127.0.0.1:0", **opts)
     return a, b, src
-
-
-def write_segment(path: Path, data: bytes) -> None:
-    """Put a whole segment into a source directory at once, as an application renames a finished one."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    tmp.rename(path)
 
 
 def shipper_wait(node: HaNode, segment: str, *how: str) -> subprocess.CompletedProcess[str]:

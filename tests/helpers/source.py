@@ -12,6 +12,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import xxhash
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -26,6 +28,13 @@ def segment_name(i: int) -> str:
     return f"E00{i:08X}.log"
 
 
+def write_segment(path: Path, data: bytes) -> None:
+    """Put a whole segment into a source directory at once, as an application renames a finished one."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(data)
+    tmp.rename(path)
+
+
 def write_segments(source: Path, first: int, count: int, size: int = 200_000) -> list[str]:
     """Write segments ``first`` to ``first + count - 1`` of random bytes into ``source``; return their names."""
     names = []
@@ -33,6 +42,17 @@ def write_segments(source: Path, first: int, count: int, size: int = 200_000) ->
         (source / segment_name(i)).write_bytes(os.urandom(size))
         names.append(segment_name(i))
     return names
+
+
+def write_recorded(source: Path, digests: dict[str, str], first: int, count: int, size: int = 150_000) -> None:
+    """Write segments ``first`` .. ``first + count - 1`` of random bytes, each whole at once (renamed into
+    place), recording each one's xxh3_128 hex digest in ``digests`` by name."""
+    for i in range(first, first + count):
+        data = os.urandom(size)
+        tmp = source / f".{segment_name(i)}.tmp"
+        tmp.write_bytes(data)
+        tmp.rename(source / segment_name(i))
+        digests[segment_name(i)] = xxhash.xxh3_128(data).hexdigest()
 
 
 def sealed_in_source(source: Path) -> list[str]:

@@ -12,24 +12,11 @@ import sys
 import time
 from pathlib import Path
 
+from tests.helpers.cli import activate, receiver_cli
 from tests.helpers.copies import digest_file
 from tests.helpers.procs import Proc, receiver_proc, shipper_proc
-from tests.helpers.source import ROOT, segment_name
+from tests.helpers.source import ROOT, segment_name, write_segment
 from tests.helpers.waiting import wait_until
-
-
-def cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    done = subprocess.run(
-        [sys.executable, "-m", "receiver", *args], capture_output=True, text=True, timeout=timeout, cwd=ROOT
-    )
-    assert "Traceback" not in done.stderr, done.stderr
-    return done
-
-
-def write_segment(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    tmp.rename(path)
 
 
 def snapshot(directory: Path) -> dict[str, str]:
@@ -51,12 +38,6 @@ def shipper_row(shipper: Proc) -> dict:
     assert done.returncode in (0, 1), done.stderr
     (row,) = json.loads(done.stdout)["copies"]
     return row
-
-
-def activate(data: Path, stream: str, *extra: str) -> tuple[int, dict]:
-    done = cli("activate", "--data-dir", str(data), "--stream", stream, "--json", *extra)
-    assert done.stdout, done.stderr
-    return done.returncode, json.loads(done.stdout)
 
 
 def test_activate_running_receiver_fences_old_shipper_then_reverse(
@@ -99,7 +80,9 @@ def test_activate_running_receiver_fences_old_shipper_then_reverse(
         assert digest_file(copy / "replica" / segment_name(i)) == digest_file(source / segment_name(i))
     assert tail.read_bytes() == active.read_bytes()
     assert json.loads((copy / "state.json").read_text())["epoch"] == 1
-    rows = {r["stream"]: r for r in json.loads(cli("status", "--data-dir", str(data), "--json").stdout)["copies"]}
+    rows = {
+        r["stream"]: r for r in json.loads(receiver_cli("status", "--data-dir", str(data), "--json").stdout)["copies"]
+    }
     assert rows["db1"]["state"] == "Activated" and rows["db1"]["replay_queue_segments"] == 0
 
     # The old primary goes on writing; its shipper is fenced at its next handshake and stops.
@@ -180,7 +163,7 @@ def test_activate_offline_after_kill9(tmp_path: Path, secret: Path, procs: list[
     partial = copy / "incoming" / f"{active.name}.partial"
     wait_until(lambda: partial.exists() and partial.stat().st_size == 77_777, 30, what="tail received")
     # Suspended replay must not stop an activation either.
-    assert cli("suspend", "--data-dir", str(data), "--stream", "db2").returncode == 0
+    assert receiver_cli("suspend", "--data-dir", str(data), "--stream", "db2").returncode == 0
     receiver.kill9()
     rc, report = activate(data, "db2")
     assert rc == 0, report
@@ -198,7 +181,7 @@ def test_activate_offline_after_kill9(tmp_path: Path, secret: Path, procs: list[
         f.write(b"late")
     time.sleep(1)
     assert snapshot(copy) == before
-    row = json.loads(cli("status", "--data-dir", str(data), "--json").stdout)["copies"][0]
+    row = json.loads(receiver_cli("status", "--data-dir", str(data), "--json").stdout)["copies"][0]
     assert (row["state"], row["epoch"]) == ("Activated", 1)
 
 
@@ -229,5 +212,7 @@ def test_activation_reports_missing_acknowledged_data_and_skips_the_hook(
     assert not hook.exists() and "not run" in report["hook_output"]
     assert not (copy / "replica" / segment_name(2)).exists()
     assert any(p.name.startswith(segment_name(2)) for p in (copy / "quarantine").iterdir())
-    text = cli("activate", "--data-dir", str(tmp_path / "standby"), "--stream", "db3", "--replay-retries", "0").stdout
+    text = receiver_cli(
+        "activate", "--data-dir", str(tmp_path / "standby"), "--stream", "db3", "--replay-retries", "0"
+    ).stdout
     assert "acknowledged data missing: YES" in text

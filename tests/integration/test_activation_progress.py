@@ -6,11 +6,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from tests.helpers.cli import logship
 from tests.helpers.copies import log_names
 from tests.helpers.procs import Proc, receiver_proc, shipper_proc
 from tests.helpers.source import segment_name
 from tests.helpers.waiting import wait_until
-from tests.integration.test_status_cli import logship
 
 SEGMENTS, SIZE = 6, 50_000
 

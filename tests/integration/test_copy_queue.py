@@ -12,10 +12,10 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from tests.helpers.cli import logship
 from tests.helpers.procs import Proc, receiver_proc, shipper_proc
 from tests.helpers.source import segment_name
 from tests.helpers.waiting import wait_until
-from tests.integration.test_status_cli import logship
 
 SEGMENTS, SIZE = 8, 100_000
 

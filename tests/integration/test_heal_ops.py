@@ -11,17 +11,11 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from tests.helpers.cli import receiver_cli, status
 from tests.helpers.copies import assert_copy_converged, log_names, remove_under_a_writer
 from tests.helpers.procs import Proc, receiver_proc, shipper_proc
 from tests.helpers.source import ROOT, sealed_in_source, write_segments
 from tests.helpers.waiting import wait_until
-from tests.integration.test_shipper_ops import status
-
-
-def receiver_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "receiver", *args], capture_output=True, text=True, timeout=60, cwd=ROOT
-    )
 
 
 def test_resume_clears_a_failed_copy_and_the_shipper_gets_in(tmp_path: Path, secret: Path, procs: list[Proc]) -> None:

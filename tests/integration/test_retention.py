@@ -11,11 +11,11 @@ from pathlib import Path
 
 import xxhash
 
+from tests.helpers.cli import row, shipper_cli, state_of
 from tests.helpers.copies import log_names
 from tests.helpers.procs import Proc, receiver_proc, shipper_proc
-from tests.helpers.source import segment_name
+from tests.helpers.source import segment_name, write_recorded
 from tests.helpers.waiting import wait_until
-from tests.integration.test_shipper_ops import row, shipper_cli, state_of
 
 
 class SourceWatch:
@@ -45,7 +45,7 @@ class SourceWatch:
 
     def _check(self) -> None:
         # Names first, then the listing: a name is recorded only after its rename into the source
-        # (write() below), so every name taken here was in the source before the listing was made and
+        # (write_recorded()), so every name taken here was in the source before the listing was made and
         # is missing from it only if it really left. (The other order saw a segment written between the
         # two as gone, a false violation.)
         names = sorted(self.digests)
@@ -58,15 +58,6 @@ class SourceWatch:
                 path = copy / "log" / name
                 if not path.exists() or xxhash.xxh3_128(path.read_bytes()).hexdigest() != self.digests[name]:
                     self.violations.append(f"{name} left the source before {copy} held it")
-
-
-def write(source: Path, digests: dict[str, str], first: int, count: int, size: int = 150_000) -> None:
-    for i in range(first, first + count):
-        data = os.urandom(size)
-        tmp = source / f".{segment_name(i)}.tmp"
-        tmp.write_bytes(data)
-        tmp.rename(source / segment_name(i))
-        digests[segment_name(i)] = xxhash.xxh3_128(data).hexdigest()
 
 
 def test_segments_leave_the_source_only_when_every_target_holds_them(
@@ -87,12 +78,12 @@ def test_segments_leave_the_source_only_when_every_target_holds_them(
     procs.append(shipper.start())
     target_b = f"127.0.0.1:{ports[1]}"
     with SourceWatch(source, copies, digests) as watch:
-        write(source, digests, 1, 6)
+        write_recorded(source, digests, 1, 6)
         # Everything but the newest (active) segment goes, into the archive.
         wait_until(lambda: sorted(os.listdir(source)) == [segment_name(6)], 30, what="retention of 1..5")
         # B stops: what it does not hold stays on the source, though A has it.
         b.kill9()
-        write(source, digests, 7, 4)
+        write_recorded(source, digests, 7, 4)
         wait_until(lambda: log_names(copies[0])[-1:] == [segment_name(9)], 30, what="A to get 7..9")
         wait_until(lambda: state_of(state_dir, "db1", target_b) == "Disconnected", 20, what="B disconnected")
         out = shipper_cli("status", "--state-dir", str(state_dir), "--json")
@@ -131,7 +122,7 @@ def test_a_fenced_target_holds_retention(tmp_path: Path, secret: Path, procs: li
     source, state_dir = tmp_path / "src", tmp_path / "state"
     source.mkdir()
     digests: dict[str, str] = {}
-    write(source, digests, 1, 3)
+    write_recorded(source, digests, 1, 3)
     extra = ["--state-dir", str(state_dir), "--retain", "--retain-until", "durable"]
     procs.append(shipper_proc(tmp_path, "db1", source, ports, secret, extra).start())
     fenced = f"127.0.0.1:{ports[1]}"
@@ -158,7 +149,7 @@ def test_a_failed_target_holds_retention(tmp_path: Path, secret: Path, procs: li
     source, state_dir = tmp_path / "src", tmp_path / "state"
     source.mkdir()
     digests: dict[str, str] = {}
-    write(source, digests, 1, 3)
+    write_recorded(source, digests, 1, 3)
     extra = ["--state-dir", str(state_dir), "--retain", "--retain-until", "durable"]
     procs.append(shipper_proc(tmp_path, "db1", source, ports, secret, extra).start())
     bad = f"127.0.0.1:{ports[1]}"
@@ -178,7 +169,7 @@ def test_truncation_lag_keeps_segments_a_while_after_every_target_got_them(
     source, state_dir = tmp_path / "src", tmp_path / "state"
     source.mkdir()
     digests: dict[str, str] = {}
-    write(source, digests, 1, 3)
+    write_recorded(source, digests, 1, 3)
     extra = ["--state-dir", str(state_dir), "--retain", "--retain-until", "durable", "--truncation-lag", "2s"]
     procs.append(shipper_proc(tmp_path, "db1", source, [receiver], secret, extra).start())
     copy_first = tmp_path / "r" / "db1" / "log" / segment_name(1)

@@ -7,12 +7,11 @@ import json
 import os
 from pathlib import Path
 
+from tests.helpers.cli import row, shipper_cli
 from tests.helpers.copies import log_names
 from tests.helpers.procs import Proc, receiver_proc, shipper_proc
-from tests.helpers.source import segment_name
+from tests.helpers.source import segment_name, write_recorded
 from tests.helpers.waiting import wait_until
-from tests.integration.test_retention import write
-from tests.integration.test_shipper_ops import row, shipper_cli
 
 
 def test_retention_waits_for_replay_and_status_shows_the_replay_queue(
@@ -27,7 +26,7 @@ def test_retention_waits_for_replay_and_status_shows_the_replay_queue(
     source, state_dir = tmp_path / "src", tmp_path / "state"
     source.mkdir()
     digests: dict[str, str] = {}
-    write(source, digests, 1, 4)
+    write_recorded(source, digests, 1, 4)
     procs.append(
         shipper_proc(tmp_path, "db1", source, ports, secret, ["--state-dir", str(state_dir), "--retain"]).start()
     )

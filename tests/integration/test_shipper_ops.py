@@ -8,45 +8,18 @@ import json
 import os
 import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
 import urllib.request
 from pathlib import Path
-from typing import Any
 
 import pytest
 
+from tests.helpers.cli import row, shipper_cli, state_of, status
 from tests.helpers.copies import assert_copy_converged, log_names
 from tests.helpers.procs import Proc, receiver_proc, shipper_proc
-from tests.helpers.source import ROOT, SourceWriter, segment_name, write_segments
+from tests.helpers.source import SourceWriter, segment_name, write_segments
 from tests.helpers.waiting import wait_until
-
-
-def shipper_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "shipper", *args], capture_output=True, text=True, timeout=30, cwd=ROOT
-    )
-
-
-def status(state_dir: Path) -> dict[str, Any]:
-    out = shipper_cli("status", "--state-dir", str(state_dir), "--json")
-    # 0 every target Healthy, 1 some not (issue 18: status's exit code is for scripts); both answered.
-    assert out.returncode in (0, 1), out.stderr + out.stdout
-    return json.loads(out.stdout)
-
-
-def state_of(state_dir: Path, stream: str, target: str) -> str | None:
-    """The target's state, or None while no shipper answers (e.g. it is starting)."""
-    out = shipper_cli("status", "--state-dir", str(state_dir), "--json")
-    return row(json.loads(out.stdout), stream, target)["state"] if out.returncode in (0, 1) else None
-
-
-def row(snapshot: dict[str, Any], stream: str, target: str) -> dict[str, Any]:
-    rows = [r for r in snapshot["copies"] if r["stream"] == stream and r["target"] == target]
-    assert len(rows) == 1, snapshot
-    return rows[0]
 
 
 class Blackhole:

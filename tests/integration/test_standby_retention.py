@@ -18,10 +18,10 @@ from typing import Any
 
 from protocol.digest import segment_digest
 from receiver.manifest import chain_problem, parse_base, parse_manifest
+from tests.helpers.cli import activate, receiver_cli
 from tests.helpers.procs import Proc, ReceiverProc, receiver_proc, shipper_proc
-from tests.helpers.source import segment_name
+from tests.helpers.source import segment_name, write_segment
 from tests.helpers.waiting import wait_until
-from tests.integration.test_activation import activate, cli, write_segment
 
 SIZE = 20_000
 
@@ -40,7 +40,7 @@ def names(directory: Path) -> list[str]:
 
 def copy_status(data: Path) -> dict[str, Any]:
     """The stream's status row (empty before the receiver has a copy of it)."""
-    done = cli("status", "--data-dir", str(data), "--json", timeout=30)
+    done = receiver_cli("status", "--data-dir", str(data), "--json", timeout=30)
     assert done.stdout, done.stderr
     rows = json.loads(done.stdout)["copies"]
     return rows[0] if rows else {}
@@ -147,13 +147,13 @@ def test_a_suspended_copy_keeps_everything(tmp_path: Path, secret: Path, procs: 
     data, copy = tmp_path / "standby", tmp_path / "standby" / "db1"
     wait_until(lambda: copy_status(data).get("last_replayed") == segment_name(30), 30, what="all replayed")
     # Within the 5s lag: suspend. Nothing may go while it is suspended, long past the lag.
-    assert cli("suspend", "--data-dir", str(data), "--stream", "db1", "--comment", "looking").returncode == 0
+    assert receiver_cli("suspend", "--data-dir", str(data), "--stream", "db1", "--comment", "looking").returncode == 0
     assert len(names(copy / "log")) == 30, "trimmed before the lag"
     time.sleep(7)
     assert len(names(copy / "log")) == 30 and len(names(copy / "replica")) == 30
     assert copy_status(data)["removed_segments"] == 0
     # Resumed, it trims at once (the lag has long passed).
-    assert cli("resume", "--data-dir", str(data), "--stream", "db1").returncode == 0
+    assert receiver_cli("resume", "--data-dir", str(data), "--stream", "db1").returncode == 0
     wait_until(lambda: len(names(copy / "log")) == 2, 10, what="trimmed after resume")
     assert assert_consistent(source, copy) == (2, 2 * SIZE)
 

@@ -8,20 +8,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tests.helpers.cli import COLUMNS, logship
 from tests.helpers.copies import log_names
 from tests.helpers.procs import ROOT, Proc, receiver_proc, shipper_proc
 from tests.helpers.source import segment_name
 from tests.helpers.waiting import wait_until
-
-COLUMNS = ("STATE", "COPY QUEUE", "REPLAY QUEUE", "LAST COPIED", "LAST REPLAYED", "COPY LAG", "REPLAY LAG", "REASON")
-
-
-def logship(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
-    done = subprocess.run(
-        [sys.executable, "-m", "logship.command", *args], capture_output=True, text=True, timeout=timeout, cwd=ROOT
-    )
-    assert "Traceback" not in done.stderr, done.stderr
-    return done
 
 
 def test_status_exit_codes_filter_and_watch(tmp_path: Path, secret: Path, procs: list[Proc]) -> None:

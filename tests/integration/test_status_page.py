@@ -14,11 +14,11 @@ from typing import Any
 import pytest
 
 from tests.helpers.browser import Browser, chromium_path
+from tests.helpers.cli import COLUMNS, logship
 from tests.helpers.copies import log_names
 from tests.helpers.procs import Proc, receiver_proc, shipper_proc
 from tests.helpers.source import segment_name
 from tests.helpers.waiting import wait_until
-from tests.integration.test_status_cli import COLUMNS, logship
 
 pytestmark = pytest.mark.skipif(
     chromium_path() is None, reason="chromium is not installed (scripts/_setup.sh installs it as root)"

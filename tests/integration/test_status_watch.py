@@ -15,10 +15,10 @@ import termios
 import time
 from pathlib import Path
 
+from tests.helpers.cli import logship
 from tests.helpers.procs import ROOT, Proc, receiver_proc, shipper_proc
 from tests.helpers.source import segment_name
 from tests.helpers.waiting import wait_until
-from tests.integration.test_status_cli import logship
 
 SEGMENTS, SIZE = 6, 200_000
 RATE = 125_000  # 1mbit in bytes per second: the catch-up takes about 10 s

@@ -6,11 +6,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from tests.helpers.cli import receiver_cli
 from tests.helpers.copies import log_names, remove_under_a_writer
 from tests.helpers.procs import Proc, receiver_proc, shipper_proc
 from tests.helpers.source import write_segments
 from tests.helpers.waiting import wait_until
-from tests.integration.test_heal_ops import receiver_cli
 
 
 def _row(data: Path) -> dict[str, object] | None:

@@ -17,20 +17,11 @@ import trustme
 from logship.config import ConfigError
 from receiver.__main__ import tls_context
 from receiver.config import settings_from_args
+from tests.helpers.certs import write_pem
 from tests.helpers.copies import assert_copy_converged
 from tests.helpers.procs import Proc, ReceiverProc, shipper_proc
 from tests.helpers.source import make_secret, segment_name
 from tests.helpers.waiting import wait_until
-
-
-def write_pem(blob: trustme.Blob | trustme.LeafCert, path: Path) -> Path:
-    """Write a certificate (with its key, for a leaf) to ``path`` with mode 0600."""
-    if isinstance(blob, trustme.LeafCert):
-        blob.private_key_and_cert_chain_pem.write_to_path(str(path))
-    else:
-        blob.write_to_path(str(path))
-    path.chmod(0o600)
-    return path
 
 
 def fill_source(source: Path, count: int, seed: int) -> list[int]:

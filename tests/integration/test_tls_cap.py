@@ -20,11 +20,11 @@ import trustme
 
 from logship.admin.control import call
 from receiver.__main__ import control_path
+from tests.helpers.certs import write_pem
 from tests.helpers.copies import assert_copy_converged
 from tests.helpers.procs import Proc, ReceiverProc, shipper_proc
 from tests.helpers.source import make_secret, segment_name
 from tests.helpers.waiting import wait_until
-from tests.integration.test_tls import write_pem
 
 CAP = 4
 HANDSHAKE_TIMEOUT = 10.0

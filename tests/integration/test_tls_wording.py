@@ -11,10 +11,10 @@ from pathlib import Path
 
 import trustme
 
+from tests.helpers.certs import write_pem
 from tests.helpers.procs import Proc, ShipperProc, receiver_proc, shipper_proc
 from tests.helpers.source import segment_name
 from tests.helpers.waiting import wait_until
-from tests.integration.test_tls import write_pem
 
 
 def reason(shipper: ShipperProc) -> str:
