@@ -13,18 +13,17 @@ from __future__ import annotations
 
 import os
 import random
-import subprocess
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
 from tests.faults.common import DiskChecker, FaultFigures, highest_acked, record
 from tests.helpers.copies import assert_copy_converged, digest_file, partial_matches_prefix
+from tests.helpers.disks import mount, umount
 from tests.helpers.procs import Proc, ReceiverProc, shipper_proc
 from tests.helpers.source import SourceWriter, sealed_in_source
-from tests.helpers.status_watch import StatusWatch, status
+from tests.helpers.status_watch import StatusWatch, metric, status
 from tests.helpers.waiting import wait_until
 
 HEAVY = bool(os.environ.get("LOGSHIP_HEAVY"))
@@ -32,23 +31,6 @@ HOLD = 20.0 if HEAVY else 12.0
 SEGMENTS = 170 if HEAVY else 40
 """~100 MiB of backlog (heavy) or ~24 MB, into an 8 MiB data dir."""
 GROWN = "256m" if HEAVY else "64m"
-
-
-def _mount(args: list[str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["mount", *args], capture_output=True, text=True, timeout=30)
-
-
-def _umount(path: Path) -> None:
-    if subprocess.run(["umount", str(path)], capture_output=True, timeout=30).returncode != 0:
-        subprocess.run(["umount", "-l", str(path)], capture_output=True, timeout=30)
-
-
-def _metric(port: int, name: str) -> float:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:
-        for line in resp.read().decode().splitlines():
-            if line.startswith(name + " "):
-                return float(line.split()[1])
-    raise AssertionError(f"no {name} at /metrics")
 
 
 def test_disk_full_backs_off_then_converges(tmp_path: Path, secret: Path, procs: list[Proc]) -> None:
@@ -60,7 +42,7 @@ def test_disk_full_backs_off_then_converges(tmp_path: Path, secret: Path, procs:
         # replica/ smaller than the data dir: replay meets its full disk while log/ still has room.
         for where, size in ((small, "8m"), (replica, "2m")):
             where.mkdir()
-            done = _mount(["-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs", str(where)])
+            done = mount(["-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs", str(where)])
             if done.returncode != 0:
                 pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
             mounted.append(where)
@@ -69,7 +51,7 @@ def test_disk_full_backs_off_then_converges(tmp_path: Path, secret: Path, procs:
         for p in procs:
             p.stop(timeout=5)
         for where in mounted:
-            _umount(where)
+            umount(where)
 
 
 def _run(tmp_path: Path, small: Path, replica: Path, secret: Path, procs: list[Proc]) -> None:
@@ -117,8 +99,8 @@ def _run(tmp_path: Path, small: Path, replica: Path, secret: Path, procs: list[P
                 checks += 1
                 time.sleep(0.5)
             held = time.monotonic() - full_at
-            full_gauge = _metric(receiver.admin_port(), "logship_receiver_disk_full")
-            waiting_gauge = _metric(receiver.admin_port(), 'logship_receiver_waiting{stream="full"}')
+            full_gauge = metric(receiver.admin_port(), "logship_receiver_disk_full")
+            waiting_gauge = metric(receiver.admin_port(), 'logship_receiver_waiting{stream="full"}')
             assert receiver.alive(), "the receiver died of a full disk"
             receiver_lines = len(receiver.log_text().splitlines()) - lines_before
             connects = shipper.count(": connected, ") - connects_before
@@ -127,7 +109,7 @@ def _run(tmp_path: Path, small: Path, replica: Path, secret: Path, procs: list[P
             assert writer.done_full.wait(60)
             grown_at = time.monotonic()
             for where in (small, replica):
-                grown = _mount(["-o", f"remount,size={GROWN}", str(where)])
+                grown = mount(["-o", f"remount,size={GROWN}", str(where)])
                 assert grown.returncode == 0, grown.stderr
             disk.wait_converged(90, "log/ converged once space returned")
             expect = sealed_in_source(source)
@@ -159,8 +141,8 @@ def _run(tmp_path: Path, small: Path, replica: Path, secret: Path, procs: list[P
     )
     print("\nfigures: " + " ".join(f"{k}={v}" for k, v in figures.items()) + f" bytes={total}")
     assert full_gauge == 1.0
-    assert _metric(receiver.admin_port(), "logship_receiver_disk_full") == 0.0
-    assert _metric(receiver.admin_port(), "logship_receiver_refused_no_space_total") >= 1
+    assert metric(receiver.admin_port(), "logship_receiver_disk_full") == 0.0
+    assert metric(receiver.admin_port(), "logship_receiver_refused_no_space_total") >= 1
     for name in expect:
         assert digest_file(replica / name) == digest_file(source / name), name
     # Told to back off, not cycling: a handful of attempts over the whole period, each one line at most.

@@ -16,11 +16,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.faults.test_disk_full import _metric, _mount, _umount
 from tests.helpers.copies import digest_file, log_names
+from tests.helpers.disks import mount, umount
 from tests.helpers.procs import Proc, ReceiverProc, shipper_proc
 from tests.helpers.source import sealed_in_source, write_segments
-from tests.helpers.status_watch import StatusWatch, status
+from tests.helpers.status_watch import StatusWatch, metric, status
 from tests.helpers.waiting import wait_until
 
 HOLD = 8.0
@@ -33,7 +33,7 @@ def test_a_replay_command_that_meets_a_full_disk_waits_then_converges(
         pytest.skip("needs root to mount a small tmpfs for the replay command's target (mount -t tmpfs)")
     dest = tmp_path / "dest"
     dest.mkdir()
-    done = _mount(["-t", "tmpfs", "-o", "size=1m,mode=0755", "tmpfs", str(dest)])
+    done = mount(["-t", "tmpfs", "-o", "size=1m,mode=0755", "tmpfs", str(dest)])
     if done.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
     try:
@@ -41,7 +41,7 @@ def test_a_replay_command_that_meets_a_full_disk_waits_then_converges(
     finally:
         for p in procs:
             p.stop(timeout=5)
-        _umount(dest)
+        umount(dest)
 
 
 def _run(tmp_path: Path, dest: Path, secret: Path, procs: list[Proc]) -> None:
@@ -74,9 +74,9 @@ def _run(tmp_path: Path, dest: Path, secret: Path, procs: list[Proc]) -> None:
         time.sleep(HOLD)
         lines = len(receiver.log_text().splitlines()) - lines_before
         (row,) = status(receiver.admin_port())["copies"]
-        gauge = _metric(receiver.admin_port(), 'logship_receiver_waiting{stream="cmd"}')
+        gauge = metric(receiver.admin_port(), 'logship_receiver_waiting{stream="cmd"}')
         runs = len(list(dest.iterdir()))
-        grown = _mount(["-o", "remount,size=16m", str(dest)])
+        grown = mount(["-o", "remount,size=16m", str(dest)])
         assert grown.returncode == 0, grown.stderr
         grown_at = time.monotonic()
         wait_until(lambda: sorted(os.listdir(dest)) == expect, 60, what="the replay command to replay everything")

@@ -19,6 +19,15 @@ def status(port: int) -> dict[str, Any]:
     return doc
 
 
+def metric(port: int, name: str) -> float:
+    """The value of the unlabelled sample ``name`` at the daemon's /metrics."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:
+        for line in resp.read().decode().splitlines():
+            if line.startswith(name + " "):
+                return float(line.split()[1])
+    raise AssertionError(f"no {name} at /metrics")
+
+
 class StatusWatch:
     """Poll the ``/status`` of each port in ``ports`` every ``interval`` seconds.
 
