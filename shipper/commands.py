@@ -22,7 +22,7 @@ from logship.verbs import ask, run_copy_verb, stream_rows
 from logship.verbs import operator_parser as base_parser
 from shipper.config import state_dir_from
 from shipper.state import StateBusy, StateDir
-from shipper.status import table
+from shipper.status import ha_lines, table
 
 SUBCOMMANDS = ("status", "suspend", "resume", "wait")
 
@@ -131,6 +131,8 @@ def look_status(state: StateDir, stream: str | None) -> Look:
         return Look(EXIT_USAGE, f"shipper of {state.path}", error=f"no shipper answers on {state.control_socket}")
     rows = stream_rows(snapshot.get("copies", []), stream)
     heading = f"shipper {snapshot.get('node', '?')} (pid {snapshot.get('pid', '?')})"
+    # The HA agent that started this shipper, as the one-shot table ends with it (shipper/status.py).
+    heading = "; ".join([heading, *ha_lines(snapshot)])
     if not rows and stream is not None:
         return Look(EXIT_USAGE, heading, error=f"the running shipper ships no stream {stream!r}")
     return Look(exit_status(rows), heading, rows)
