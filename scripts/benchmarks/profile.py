@@ -5,13 +5,16 @@ running daemons, so what the profile shows is what the benchmark measures.
     PYTHONPATH=scripts:. .venv/bin/python -m benchmarks.profile perf     # perf record -g, both daemons
     PYTHONPATH=scripts:. .venv/bin/python -m benchmarks.profile py-spy   # py-spy --native, both daemons
     PYTHONPATH=scripts:. .venv/bin/python -m benchmarks.profile threads  # CPU of each thread / the wall
+    PYTHONPATH=scripts:. .venv/bin/python -m benchmarks.profile counts   # syscalls, switches, faults
     ... [--tree DIR] [--mib 1024] [--deferred] [--out DIR]
 
 The tool attaches after the shipper is connected and before the first segment is renamed into the
 source, and stops when the last segment is in replica/ (or log/ with --deferred). Its output goes to
 --out (default /var/tmp/logship-profile): strace-<daemon>.txt, perf-<daemon>.data (read them with
-``perf report -i FILE --no-children``), py-spy-<daemon>.txt (collapsed stacks). perf and strace slow
-the daemons down: read shares of the profile, not the run's time.
+``perf report -i FILE --no-children``), py-spy-<daemon>.txt (collapsed stacks), counts-<daemon>.txt
+(``perf stat`` of syscall tracepoints, context switches and page faults: counts as strace -c gives
+them, without its slowdown, which changes how work batches up). perf record and strace slow the
+daemons down: read shares of the profile, not the run's time.
 """
 
 from __future__ import annotations
@@ -30,12 +33,23 @@ import tests.helpers.procs as procs
 from benchmarks import throughput
 from benchmarks.common import MIB, Options, segment_name, write_random_segments
 
-TOOLS = ("strace", "perf", "py-spy", "threads")
+TOOLS = ("strace", "perf", "py-spy", "threads", "counts")
+COUNTED = (
+    "context-switches", "page-faults",
+    *(f"syscalls:sys_enter_{name}" for name in (
+        "read", "write", "writev", "preadv2", "pwritev2", "pread64", "pwrite64", "fdatasync", "fsync",
+        "futex", "epoll_pwait", "epoll_wait", "io_uring_enter", "getpid", "sync_file_range",
+    )),
+)  # fmt: skip
+"""What ``counts`` counts: per GiB, these are what a change of batching or of wake-ups moves."""
 
 
 def _command(tool: str, pid: int, out: Path, daemon: str) -> list[str]:
     if tool == "strace":
         return ["strace", "-c", "-f", "-o", str(out / f"strace-{daemon}.txt"), "-p", str(pid)]
+    if tool == "counts":
+        events = ",".join(COUNTED)
+        return ["perf", "stat", "-e", events, "-o", str(out / f"counts-{daemon}.txt"), "-p", str(pid)]
     if tool == "perf":
         return ["perf", "record", "-g", "-F", "999", "-o", str(out / f"perf-{daemon}.data"), "-p", str(pid)]
     # py-spy comes with the bench extras, into the venv this runs from.
