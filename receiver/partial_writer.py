@@ -68,18 +68,35 @@ class PartialWriter:
         self._run_offset = 0
         self._run_end = 0
         self._run_direct = False
+        self._run_later = False
         self._cached: tuple[int, int] | None = None
         self.direct_bytes = 0
         self.cached_bytes = 0
+        self.deferred = False
+        """Bytes went through the page cache that no fdatasync of this file covered when they were
+        acknowledged (inline batches, receiver/chunk_index.py): the install drops the whole file's pages."""
 
-    def add(self, offset: int, payload: bytes | memoryview | AlignedBuffer) -> None:
-        """Queue ``payload`` for ``offset``; written by this call or a later ``flush()``."""
-        direct = self.direct_fd >= 0 and page_aligned(payload) and offset % ALIGN == 0 and len(payload) % ALIGN == 0
-        if self._run and (offset != self._run_end or direct != self._run_direct or len(self._run) >= MAX_RUN):
+    def add(self, offset: int, payload: bytes | memoryview | AlignedBuffer, direct: bool = True) -> None:
+        """Queue ``payload`` for ``offset``; written by this call or a later ``flush()``.
+
+        ``direct`` False (an inline batch, receiver/chunk_index.py): through the page cache, and its
+        writeback left to the caller (``start_writeback()`` once the batch is durable), since both a
+        direct write and an early writeback would queue before the .idx's fdatasync on the device.
+        """
+        later = not direct
+        direct = direct and self.direct_fd >= 0 and page_aligned(payload)
+        direct = direct and offset % ALIGN == 0 and len(payload) % ALIGN == 0
+        if self._run and (
+            offset != self._run_end
+            or direct != self._run_direct
+            or later != self._run_later
+            or len(self._run) >= MAX_RUN
+        ):
             self.flush()
         if not self._run:
             self._run_offset = self._run_end = offset
             self._run_direct = direct
+            self._run_later = later
         self._run.append(payload)
         self._run_end += len(payload)
 
@@ -104,8 +121,9 @@ class PartialWriter:
                 self.direct_fd = -1
         self._pwritev(self.fd, run, offset, end)
         self.cached_bytes += end - offset
-        # Start writing the run out at once, so the batch's fdatasync finds less to do.
-        _LIBC.sync_file_range(self.fd, ctypes.c_int64(offset), ctypes.c_int64(end - offset), _WRITE)
+        if not self._run_later:
+            # Start writing the run out at once, so the batch's fdatasync finds less to do.
+            start_writeback(self.fd, offset, end)
         lo, hi = self._cached or (offset, end)
         self._cached = (min(lo, offset), max(hi, end))
 
@@ -131,18 +149,24 @@ class PartialWriter:
         self.fd = self.direct_fd = -1
 
 
+def start_writeback(fd: int, start: int, end: int) -> None:
+    """Start writing ``fd``'s cached bytes ``start``-``end`` to the disk; wait for nothing."""
+    _LIBC.sync_file_range(fd, ctypes.c_int64(start), ctypes.c_int64(end - start), _WRITE)
+
+
 @dataclass(slots=True)
 class PendingSync:
     """What a write() left to make durable: the files its chunks went to (their own descriptors, so
     the store may close or rename the originals meanwhile), and the directory entries it created."""
 
-    files: list[tuple[str, int, int, tuple[int, int] | None]]
-    """(segment, partial fd, idx fd, range written through the page cache) per file, the descriptors
-    duplicated for this sync and closed by it."""
+    files: list[tuple[str, int, int, tuple[int, int] | None, bool]]
+    """(segment, partial fd, idx fd, range written through the page cache, inline) per file, the
+    descriptors duplicated for this sync and closed by it. ``inline``: only the .idx is fdatasynced
+    (its records carry the bytes), and the range is the partial's to start writing back after that."""
     sync_incoming: bool = False
 
     def close(self) -> None:
-        for _, fd, idx_fd, _ in self.files:
+        for _, fd, idx_fd, _, _ in self.files:
             os.close(fd)
             os.close(idx_fd)
         self.files = []
@@ -154,7 +178,7 @@ class PendingSync:
             self.files.remove(entry)
             os.close(entry[1])
             os.close(entry[2])
-            if entry[3] is not None:
+            if entry[3] is not None and not entry[4]:
                 lo, hi = cached or entry[3]
                 cached = (min(lo, entry[3][0]), max(hi, entry[3][1]))
         return cached

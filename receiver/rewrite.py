@@ -25,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import struct
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -34,6 +33,7 @@ import xxhash
 from protocol.digest import chunk_digest, segment_hasher
 from protocol.errors import ErrorCode, RemoteProtocolError
 from protocol.messages import Data, Seal
+from receiver import chunk_index
 from receiver.ops import Op, Rehash, Rewrite
 
 if TYPE_CHECKING:
@@ -101,8 +101,8 @@ def changed_span(old: bytes, new: bytes) -> tuple[int, int] | None:
 # -- carried out by the store, in its worker thread ---------------------------------------------------
 
 
-def carry_out(op: Rewrite | Rehash, partial: Path, idx: Path, record: struct.Struct) -> None:
-    """Apply ``op`` to the partial at ``partial`` whose chunk records (``record`` each) are at ``idx``.
+def carry_out(op: Rewrite | Rehash, partial: Path, idx: Path) -> None:
+    """Apply ``op`` to the partial at ``partial`` whose chunk records (receiver/chunk_index.py) are at ``idx``.
 
     Durable on return. Raises OSError.
     """
@@ -119,7 +119,7 @@ def carry_out(op: Rewrite | Rehash, partial: Path, idx: Path, record: struct.Str
         try:
             idx_fd = os.open(idx, os.O_RDWR)
             try:
-                changed = _rewrite(fd, idx_fd, op, record)
+                changed = _rewrite(fd, idx_fd, op)
             finally:
                 os.close(idx_fd)
         finally:
@@ -130,7 +130,7 @@ def carry_out(op: Rewrite | Rehash, partial: Path, idx: Path, record: struct.Str
     op.changed.set_result(changed)
 
 
-def _rewrite(fd: int, idx_fd: int, op: Rewrite, record: struct.Struct) -> bool:
+def _rewrite(fd: int, idx_fd: int, op: Rewrite) -> bool:
     """Carry out ``op``; return whether a byte changed."""
     start, end = op.offset, op.offset + len(op.payload)
     old = os.pread(fd, len(op.payload), start)
@@ -142,16 +142,17 @@ def _rewrite(fd: int, idx_fd: int, op: Rewrite, record: struct.Struct) -> bool:
     if os.pwrite(fd, op.payload, start) != len(op.payload):
         raise OSError(f"short rewrite of {op.segment} at {start}")
     # The chunk records that cover the range vouched for the old bytes: recompute them, or a restart
-    # would cut the partial at the first of them (safe, but it would fetch the rest again).
-    count = os.fstat(idx_fd).st_size // record.size
-    i = _first_record_ending_after(idx_fd, record, count, start)
-    while i < count:
-        off, length, _ = record.unpack(os.pread(idx_fd, record.size, i * record.size))
-        if off >= end:
-            break
-        chunk = os.pread(fd, length, off)
-        os.pwrite(idx_fd, record.pack(off, length, chunk_digest(op.segment, off, chunk)), i * record.size)
-        i += 1
+    # would cut the partial at the first of them (safe, but it would fetch the rest again). An inline
+    # record's own copy of the bytes too, or recovery would write the old bytes back. (Rewrites are
+    # rare, a few per segment at most: reading the whole .idx for one costs nothing that counts.)
+    for rec in chunk_index.parse(os.pread(idx_fd, os.fstat(idx_fd).st_size, 0)):
+        if rec.offset >= end or rec.offset + rec.length <= start:
+            continue
+        chunk = os.pread(fd, rec.length, rec.offset)
+        digest = chunk_digest(op.segment, rec.offset, chunk)
+        if rec.inline >= 0:
+            os.pwrite(idx_fd, chunk, rec.inline)
+        os.pwrite(idx_fd, chunk_index.ChunkRecord(rec.offset, rec.length, digest, rec.at, rec.inline).header(), rec.at)
     os.fdatasync(fd)
     os.fdatasync(idx_fd)
     log.info(
@@ -163,20 +164,6 @@ def _rewrite(fd: int, idx_fd: int, op: Rewrite, record: struct.Struct) -> bool:
         end - 1,
     )
     return True
-
-
-def _first_record_ending_after(idx_fd: int, record: struct.Struct, count: int, start: int) -> int:
-    """Binary search of the chunk records (in offset order, one after the other): the index of the first
-    whose chunk ends after ``start`` (a segment streamed in small appends has many)."""
-    lo, hi = 0, count
-    while lo < hi:
-        mid = (lo + hi) // 2
-        off, length, _ = record.unpack(os.pread(idx_fd, record.size, mid * record.size))
-        if off + length <= start:
-            lo = mid + 1
-        else:
-            hi = mid
-    return lo
 
 
 def _rehash(partial: Path, size: int) -> xxhash.xxh3_128:

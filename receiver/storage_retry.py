@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from logship.files import from_the_disk
 from protocol.failures import Kind, classify_os_error, errno_name
 from protocol.messages import START, Position
+from receiver import chunk_index
 from receiver.store import SegmentStore
 
 log = logging.getLogger("receiver")
@@ -65,6 +66,8 @@ def drop_unacknowledged(store: SegmentStore, acked: Position, sealed: bool) -> i
                 os.ftruncate(fd, keep)
                 os.fsync(fd)
                 dropped += size - keep
+            # Inline records (receiver/chunk_index.py) past the cut would be written back by recovery.
+            chunk_index.cut_records(store.idx_path(path.name[: -len(".partial")]), keep)
             # Whatever the cache still holds of the kept range is read from the disk again by recovery.
             from_the_disk(fd)
         finally:

@@ -4,7 +4,9 @@ Layout under the stream directory:
   log/<segment>              sealed, verified segments, byte-identical to the source; nothing else
   incoming/<segment>.partial the active segment as received so far
   incoming/<segment>.idx     one record per durable chunk (offset, length, xxh3_64), so a restart can
-                             re-verify the partial from disk and cut a torn tail
+                             re-verify the partial from disk and cut a torn tail; a small batch's
+                             records carry the chunk's bytes too (receiver/chunk_index.py), so that
+                             only the .idx is fdatasynced before its ACK
   quarantine/                partials that failed their whole-segment digest, and sealed segments that
                              failed inspection before replay, each with a .reason file, kept for inspection
   manifest                   one JSON line per installed segment: name, size, xxh3_128, the sealed
@@ -20,23 +22,24 @@ Methods here block (they write and fsync); the server calls them from a worker t
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
-import struct
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import xxhash
 
-from logship.files import from_the_disk, fsync_dir
-from protocol.digest import chunk_digest, segment_hasher
+from logship.files import fsync_dir
+from protocol.digest import segment_hasher
+from receiver import chunk_index
 from receiver.manifest import Base, Installed, Stamp
 from receiver.manifest_file import ManifestFile
 from receiver.ops import Install, Op, Rehash, Restart, Rewrite, Write
-from receiver.partial_writer import PartialWriter, PendingSync
+from receiver.partial_writer import PartialWriter, PendingSync, start_writeback
 from receiver.rewrite import carry_out
 
-_IDX = struct.Struct(">QIQ")
+_IDX = chunk_index.RECORD
 READ_BLOCK = 4 * 1024 * 1024
 """Bytes read per call when a segment is re-read (verification, replay, activation)."""
 
@@ -126,37 +129,7 @@ class SegmentStore:
         return Recovered(last, last_size, active, offset, hasher, discarded)
 
     def _verify_partial(self, segment: str) -> tuple[int, xxhash.xxh3_128, int]:
-        path, idx_path = self.partial_path(segment), self.idx_path(segment)
-        hasher = segment_hasher()
-        try:
-            with open(idx_path, "rb") as f:
-                from_the_disk(f.fileno())
-                records = f.read()
-        except FileNotFoundError:
-            records = b""
-        good = 0
-        end = 0
-        with open(path, "rb") as f:
-            from_the_disk(f.fileno())
-            size = os.fstat(f.fileno()).st_size
-            for i in range(len(records) // _IDX.size):
-                off, length, digest = _IDX.unpack_from(records, i * _IDX.size)
-                if off != end:
-                    break
-                chunk = f.read(length)
-                if len(chunk) != length or chunk_digest(segment, off, chunk) != digest:
-                    break
-                hasher.update(chunk)
-                end += length
-                good = i + 1
-        if size != end or len(records) != good * _IDX.size:
-            with open(path, "r+b") as f:
-                f.truncate(end)
-                os.fsync(f.fileno())
-            with open(idx_path, "ab") as f:
-                f.truncate(good * _IDX.size)
-                os.fsync(f.fileno())
-        return end, hasher, size - end
+        return chunk_index.recover_partial(segment, self.partial_path(segment), self.idx_path(segment))
 
     # -- writing ------------------------------------------------------------------------------
 
@@ -204,7 +177,13 @@ class SegmentStore:
         return self._pending, self.installed
 
     def _write(self, ops: list[Op]) -> None:
-        records: list[bytes] = []
+        # A trickle of small appends is made durable by one fdatasync (of the .idx, its bytes inline)
+        # instead of two; a batch of large chunks keeps them in the partial only (receiver/chunk_index.py).
+        sizes: dict[str, int] = {}
+        for op in ops:
+            if isinstance(op, Write):
+                sizes[op.segment] = sizes.get(op.segment, 0) + len(op.payload)
+        records: list[Write] = []
         dirty = False
         for op in ops:
             if isinstance(op, Write):
@@ -213,10 +192,11 @@ class SegmentStore:
                     records, dirty = [], False
                     self._open(op.segment)
                 if op.payload:
-                    # Queued: contiguous chunks go out in one write (receiver/partial_writer.py).
+                    # Queued: contiguous chunks go out in one write (receiver/partial_writer.py). Inline
+                    # ones through the page cache: nothing waits for them to reach the disk.
                     assert self._writer is not None
-                    self._writer.add(op.offset, op.payload)
-                    records.append(_IDX.pack(op.offset, len(op.payload), op.digest))
+                    self._writer.add(op.offset, op.payload, direct=sizes[op.segment] > chunk_index.INLINE_MAX)
+                    records.append(op)
                 dirty = True
             elif isinstance(op, Install):
                 self._flush(records, dirty)
@@ -231,20 +211,37 @@ class SegmentStore:
                 # Bytes already written (receiver/rewrite.py): its records must be in the idx first.
                 self._flush(records, dirty)
                 records, dirty = [], False
-                carry_out(op, self.partial_path(op.segment), self.idx_path(op.segment), _IDX)
+                carry_out(op, self.partial_path(op.segment), self.idx_path(op.segment))
         self._flush(records, dirty)
 
-    def _flush(self, records: list[bytes], dirty: bool) -> None:
+    def _flush(self, records: list[Write], dirty: bool) -> None:
         """Write the chunk records and leave the partial and its records to the next sync()."""
         if not dirty or self._fd < 0 or self._writer is None:
             return
         self._writer.flush()
-        if records:
-            os.write(self._idx_fd, b"".join(records))
+        inline = sum(len(op.payload) for op in records) <= chunk_index.INLINE_MAX
+        if inline:
+            parts: list[bytes | memoryview] = []
+            for op in records:
+                parts += (chunk_index.inline(op.offset, len(op.payload), op.digest), memoryview(op.payload))
+            data = b"".join(parts)
+        else:
+            data = b"".join(chunk_index.plain(op.offset, len(op.payload), op.digest) for op in records)
+        if data and (n := os.write(self._idx_fd, data)) != len(data):
+            # Only a full file system takes fewer bytes; recover() cuts the torn record (receiver/space.py).
+            raise OSError(errno.ENOSPC, f"short write of {self._seg}.idx: {n} of {len(data)} bytes")
+        assert self._seg is not None
         fd = os.dup(self._fd)
         try:
-            assert self._seg is not None
-            self._pending.files.append((self._seg, fd, os.dup(self._idx_fd), self._writer.take_cached()))
+            if inline:
+                # Durable by the .idx alone: the partial is left to the page cache (its bytes become
+                # durable at the install's fsync or the next large batch's fdatasync; recovery writes
+                # them back from the .idx until then), and its cached range to that later flush.
+                self._writer.deferred = True
+                span = (records[0].offset, records[-1].offset + len(records[-1].payload)) if records else None
+                self._pending.files.append((self._seg, fd, os.dup(self._idx_fd), span, True))
+            else:
+                self._pending.files.append((self._seg, fd, os.dup(self._idx_fd), self._writer.take_cached(), False))
         except OSError:
             os.close(fd)
             raise
@@ -256,7 +253,14 @@ class SegmentStore:
         """Make the chunks of one write() durable. Safe to run beside the next write() (another
         thread): it touches only its own descriptors. Raises OSError."""
         try:
-            for _, fd, idx_fd, cached in pending.files:
+            for _, fd, idx_fd, cached, inline in pending.files:
+                if inline:
+                    # Its .idx holds the chunks' bytes too (receiver/chunk_index.py): one flush. The
+                    # partial's writeback starts only now, behind it on the device, while the ACK goes.
+                    os.fdatasync(idx_fd)
+                    if cached is not None:
+                        start_writeback(fd, *cached)
+                    continue
                 # The records and the bytes they vouch for, one after the other in this thread. Their
                 # order does not matter: recovery checks every record against the bytes of the partial
                 # and cuts at the first that does not match, so a record that reached the disk without
@@ -277,7 +281,8 @@ class SegmentStore:
             pending.close()
 
     def _install(self, op: Install) -> None:
-        if self._seg != op.segment:
+        fresh = self._seg != op.segment
+        if fresh:
             self._open(op.segment)
             fsync_dir(self.incoming)
         size = os.fstat(self._fd).st_size
@@ -294,7 +299,12 @@ class SegmentStore:
         # it), and its .idx is deleted below: the batch's sync need not flush either again (two device
         # cache flushes per segment fewer). Chunks of an earlier batch are that batch's sync's.
         cached = self._pending.drop(op.segment)
-        if cached is not None:
+        assert self._writer is not None
+        if self._writer.deferred or fresh:
+            # Inline batches left their bytes cached (and a descriptor opened just now does not know
+            # which): drop the whole file, once per segment.
+            os.posix_fadvise(self._fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        elif cached is not None:
             os.posix_fadvise(self._fd, cached[0], cached[1] - cached[0], os.POSIX_FADV_DONTNEED)
         st = os.fstat(self._fd)
         stamp = Stamp(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)

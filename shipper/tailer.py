@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import contextlib
+import functools
 import logging
 import os
 import re
@@ -133,6 +134,10 @@ class Tailer:
         copy that ends before it cannot continue and needs a reseed (issue 17)."""
         self.on_floor: Callable[[str], None] | None = None
         """Called when ``floor`` moves (the service persists it)."""
+        self._waiting = False
+        """run() is waiting on a live watch: a change may be looked at from the watcher's callback."""
+        self._scanned = False
+        """The watcher's callback looked at the latest change while run() waited (each change is looked at)."""
 
     def subscribe(self) -> asyncio.Event:
         event = asyncio.Event()
@@ -250,34 +255,59 @@ class Tailer:
         for event in self._subscribers:
             event.set()
 
+    def _on_change(self, wake: asyncio.Event) -> None:
+        """The watched directory changed: look at once, from the watcher's callback, while run() waits.
+
+        This saves the append's trip through run()'s task before the senders hear of it (scripts/bench
+        lag: inotify -> tailer task p50 0.04 ms, p90 0.18 ms). run() is still woken, to set its timer
+        again from what the look found (a new segment may have a seal timer due sooner), not to look.
+        """
+        if self._waiting:
+            try:
+                if self.scan():
+                    self.notify()
+                self._scanned = self.error is None
+            except Exception:  # noqa: BLE001 (looked at again by run(), where a failure is handled)
+                self._scanned = False
+        wake.set()
+
     async def run(self) -> None:
         """Scan whenever the directory changes (or every poll_interval unwatched), waking subscribers."""
         watcher: DirectoryWatcher | None = None
         wake = asyncio.Event()
+        on_change = functools.partial(self._on_change, wake)
         wd: int | None = None
         try:
             while True:
                 if self.watch and (watcher is None or wd is None or not watcher.watching(wd)):
                     # (Re)watch: the first time, and after the directory went away or could not be watched.
                     watcher = DirectoryWatcher.for_loop()
-                    wd = watcher.watch(self.source, wake.set, self.closed_by_writer) if watcher is not None else None
+                    wd = watcher.watch(self.source, on_change, self.closed_by_writer) if watcher is not None else None
                 # Cleared before the look: a change noticed while we scan wakes us again at once.
                 wake.clear()
                 had_error = self.error is not None
-                if self.scan():
+                if self._scanned:
+                    self._scanned = False  # the watcher's callback looked already, since nothing changed
+                elif self.scan():
                     self.notify()
                 if had_error and self.error is None and watcher is not None and wd is not None:
                     # Back after a move or a deletion: the old watch may follow the moved directory.
-                    watcher.unwatch(wd, wake.set, self.closed_by_writer)
+                    watcher.unwatch(wd, on_change, self.closed_by_writer)
                     wd = None
                     continue
                 if wd is None or self.error is not None:
                     # Unwatched, or gone (a moved directory keeps its watch): look every poll_interval.
                     await asyncio.sleep(self.poll_interval)
                     continue
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(next_look(self.segments, self.policy, time.time(), self.quiet_interval)):
-                        await wake.wait()
+                self._waiting = True
+                try:
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(
+                            next_look(self.segments, self.policy, time.time(), self.quiet_interval)
+                        ):
+                            await wake.wait()
+                finally:
+                    self._waiting = False
         finally:
             if watcher is not None and wd is not None:
-                watcher.unwatch(wd, wake.set, self.closed_by_writer)
+                watcher.unwatch(wd, on_change, self.closed_by_writer)

@@ -3,7 +3,7 @@
 A writer process appends 4 KiB to the active segment at 1000/s and notes the monotonic time just
 before each write(). The shipper connects to the receiver through a tap of ours on 127.0.0.1 that
 forwards bytes both ways as they come and decodes the receiver's frames: the receiver sends an ACK
-only after the bytes it covers are fdatasynced (and their .idx records too), so the time the tap
+only after the bytes it covers are durable (receiver/chunk_index.py), so the time the tap
 sees an ACK covering an append is an upper bound for when that append was durable. Lag = that time
 minus the write time. The tap's extra hop is counted against us.
 """
@@ -64,7 +64,9 @@ def fsync_floor(directory: Path, count: int, beside_writer: bool = False, index:
     then also takes the source's writeback, and its stalls.
     ``index``: also append a 20-byte record to a second file and fdatasync it, as the receiver does with
     its ``.idx``: ``serial`` one fdatasync after the other in one thread (what the receiver does),
-    ``parallel`` the two at once from two threads (what it did before).
+    ``parallel`` the two at once from two threads (what it did before); ``inline``: the record followed
+    by the 4 KiB again in the second file and only that one fdatasynced, the first left to the page cache
+    (what the receiver does for a small batch now: receiver/chunk_index.py).
     """
     path, idx_path = directory / "floor", directory / "floor.idx"
     writer = None
@@ -83,7 +85,10 @@ def fsync_floor(directory: Path, count: int, beside_writer: bool = False, index:
         for _ in range(count):
             t = time.perf_counter()
             os.write(fd, data)
-            if index == "serial":
+            if index == "inline":
+                os.write(idx_fd, record + data)
+                os.fdatasync(idx_fd)
+            elif index == "serial":
                 os.write(idx_fd, record)
                 os.fdatasync(fd)
                 os.fdatasync(idx_fd)
@@ -121,6 +126,7 @@ def run(opts: Options) -> Result:
     busy_floor = fsync_floor(work, 500 if opts.quick else 3000, beside_writer=True)
     serial_floor = fsync_floor(work, 500 if opts.quick else 3000, beside_writer=True, index="serial")
     parallel_floor = fsync_floor(work, 500 if opts.quick else 3000, beside_writer=True, index="parallel")
+    inline_floor = fsync_floor(work, 500 if opts.quick else 3000, beside_writer=True, index="inline")
     runs = 1 if opts.quick else opts.repeat
     no_capture = LoopbackCapture.available() if opts.lag_observer != "tap" else "--lag-observer tap"
     if no_capture is not None and opts.lag_observer == "capture":
@@ -169,10 +175,13 @@ def run(opts: Options) -> Result:
         "the same beside a writer appending 4 KiB at 1000/s to another file (as the source does), p50 / p99 / max",
         f"{b50 * 1e3:.2f} ms / {b99 * 1e3:.2f} ms / {busy_floor[-1] * 1e3:.2f} ms",
     )
-    for label, floor_run in (("one after the other", serial_floor), ("in parallel from two threads", parallel_floor)):
+    for label, floor_run in (
+        ("the two fdatasynced one after the other", serial_floor),
+        ("the two fdatasynced in parallel from two threads", parallel_floor),
+        ("followed by the 4 KiB again, only that file fdatasynced", inline_floor),
+    ):
         result.figure(
-            f"the same beside the writer, plus a 20-byte record appended to a second file, the two fdatasynced "
-            f"{label}, p50 / p99 / max",
+            f"the same beside the writer, plus a 20-byte record appended to a second file, {label}, p50 / p99 / max",
             f"{percentile(floor_run, 50) * 1e3:.2f} ms / {percentile(floor_run, 99) * 1e3:.2f} ms / "
             f"{floor_run[-1] * 1e3:.2f} ms",
         )
@@ -183,10 +192,11 @@ def run(opts: Options) -> Result:
     result.note(
         "Writer: a separate process appends 4 KiB with os.write() on an O_APPEND descriptor at 1000/s (absolute "
         "schedule) and notes the wall-clock time just before each write. Durable: the time the receiver's ACK "
-        "that covers the append left the receiver (it ACKs only after fdatasync of the partial and of its .idx "
-        "records). As root the frames are seen by a raw packet socket on lo, stamped by the kernel as the "
-        "sending side passes them down (SO_TIMESTAMPNS; TCP streams reassembled by sequence number and decoded "
-        "with the protocol's own frame decoder): nothing waits for the observer. Otherwise (or with "
+        "that covers the append left the receiver (it ACKs only once those bytes are durable: for a small batch, "
+        "after the fdatasync of the .idx record that carries them inline; for a large one, after the fdatasync "
+        "of the partial and of its .idx). As root the frames are seen by a raw packet socket on lo, stamped by "
+        "the kernel as the sending side passes them down (SO_TIMESTAMPNS; TCP streams reassembled by sequence "
+        "number and decoded with the protocol's own frame decoder): nothing waits for the observer. Otherwise (or with "
         "--lag-observer tap) a relay on 127.0.0.1 between shipper and receiver reads them, which adds a hop to "
         "both the DATA and the ACK path: the figures are then upper bounds. Runs: --repeat of them (3 by "
         "default, 1 with --quick), each with its own receiver, shipper and source; the figures and the plot are "
@@ -197,8 +207,9 @@ def run(opts: Options) -> Result:
         "floor any durable copy has to pay; measured alone, and again beside the writer (the source shares "
         "this disk on loopback, so its writeback and the stalls that come with it hit the copy's fdatasync "
         "too). Above 5 ms the plot shows those stalls: every append that arrives during one waits for it. "
-        "With the record for a second file: the receiver's own write (the partial, then its .idx), one after "
-        "the other as it does now, and from two threads as it did before."
+        "With the record for a second file: the receiver's own write for a large batch (the partial, then its "
+        ".idx, one after the other), as it did from two threads before, and for a small batch now (the bytes "
+        "inline in the .idx, only that fdatasynced)."
     )
     plot = _plot(opts, stamps, lags)
     if plot:

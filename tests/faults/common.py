@@ -12,12 +12,12 @@ from __future__ import annotations
 import json
 import os
 import re
-import struct
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from protocol.digest import chunk_digest
+from receiver import chunk_index
 from tests.helpers.copies import digest_file
 from tests.helpers.source import ROOT, sealed_in_source
 from tests.helpers.waiting import wait_until
@@ -25,7 +25,7 @@ from tests.helpers.waiting import wait_until
 HEAVY = os.environ.get("LOGSHIP_HEAVY") == "1"
 """The long variants of the fault tests (LOGSHIP_HEAVY=1): several times every count."""
 
-_IDX = struct.Struct(">QIQ")
+
 _ACKED = re.compile(r"acked stream=(\S+) target=(\S+) seg=(\S+) off=(\d+) sealed=([01])\n")
 
 
@@ -104,12 +104,14 @@ def verified_partial_size(copy_root: Path, segment: str) -> int:
     except FileNotFoundError:
         return 0
     end = 0
-    for i in range(len(records) // _IDX.size):
-        off, length, digest = _IDX.unpack_from(records, i * _IDX.size)
-        chunk = data[off : off + length]
-        if off != end or len(chunk) != length or chunk_digest(segment, off, chunk) != digest:
+    for rec in chunk_index.parse(records):
+        if rec.inline >= 0:  # recovery writes these bytes back into the partial
+            chunk = records[rec.inline : rec.inline + rec.length]
+        else:
+            chunk = data[rec.offset : rec.offset + rec.length]
+        if rec.offset != end or len(chunk) != rec.length or chunk_digest(segment, rec.offset, chunk) != rec.digest:
             break
-        end += length
+        end += rec.length
     return end
 
 

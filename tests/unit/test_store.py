@@ -13,6 +13,7 @@ import pytest
 from logship.files import write_atomic
 from protocol.digest import chunk_digest, seal_digest, segment_digest
 from protocol.messages import Data, Seal
+from receiver import chunk_index
 from receiver.ingest import Ingest, Verdict
 from receiver.ops import Install, Op, Restart, Write
 from receiver.store import SegmentStore
@@ -40,6 +41,13 @@ def chunks_of(data: bytes, size: int) -> list[bytes]:
 
 def quarantined(store: SegmentStore) -> list[str]:
     return sorted(p.name for p in store.quarantine.iterdir())
+
+
+@pytest.fixture(autouse=True)
+def plain_records(monkeypatch: pytest.MonkeyPatch) -> None:
+    """These tests read and tear the .idx as plain records: no batch journaled inline here (the inline
+    records have their own tests, tests/unit/test_store_inline.py)."""
+    monkeypatch.setattr(chunk_index, "INLINE_MAX", -1)
 
 
 @pytest.fixture
