@@ -95,24 +95,32 @@ def acked_lines(log_text: str) -> list[Acked]:
     ]
 
 
-def verified_partial_size(copy_root: Path, segment: str) -> int:
-    """Bytes of ``segment``'s partial that its chunk records verify (read-only; what recovery keeps)."""
+def recovered_partial(copy_root: Path, segment: str) -> bytes:
+    """The bytes of ``segment``'s partial that recovery keeps (read-only): the partial as on disk with
+    the inline chunks of its .idx written back (receiver/chunk_index.py), up to the first record that
+    does not verify."""
     inc = copy_root / "incoming"
     try:
         records = (inc / f"{segment}.idx").read_bytes()
-        data = (inc / f"{segment}.partial").read_bytes()
+        data = bytearray((inc / f"{segment}.partial").read_bytes())
     except FileNotFoundError:
-        return 0
+        return b""
     end = 0
     for rec in chunk_index.parse(records):
-        if rec.inline >= 0:  # recovery writes these bytes back into the partial
+        if rec.inline >= 0:  # bytes made durable in the .idx only; recovery writes them back
             chunk = records[rec.inline : rec.inline + rec.length]
         else:
-            chunk = data[rec.offset : rec.offset + rec.length]
+            chunk = bytes(data[rec.offset : rec.offset + rec.length])
         if rec.offset != end or len(chunk) != rec.length or chunk_digest(segment, rec.offset, chunk) != rec.digest:
             break
+        data[rec.offset : rec.offset + rec.length] = chunk
         end += rec.length
-    return end
+    return bytes(data[:end])
+
+
+def verified_partial_size(copy_root: Path, segment: str) -> int:
+    """Bytes of ``segment``'s partial that its chunk records verify (read-only; what recovery keeps)."""
+    return len(recovered_partial(copy_root, segment))
 
 
 class DiskChecker:
@@ -155,11 +163,10 @@ class DiskChecker:
             return lost + max(0, acked.offset - self.verified[acked.segment])
         if acked.sealed:
             return lost + acked.offset
-        have = verified_partial_size(self.copy_root, acked.segment)
+        kept = recovered_partial(self.copy_root, acked.segment)
+        have = len(kept)
         if have >= acked.offset:
-            part = self.copy_root / "incoming" / f"{acked.segment}.partial"
-            with open(part, "rb") as f:
-                copied = f.read(acked.offset)
+            copied = kept[: acked.offset]
             with open(self.source / acked.segment, "rb") as f:
                 original = f.read(acked.offset)
             if copied != original:

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from protocol.digest import chunk_digest
+from receiver import chunk_index
 from tests.faults.common import Acked, DiskChecker, highest_acked, verified_partial_size
 
 A, B = "E0000000001.log", "E0000000002.log"
@@ -77,3 +78,22 @@ def test_highest_acked_ignores_torn_lines() -> None:
     )
     assert highest_acked(text) == Acked("E1", 9, True)
     assert highest_acked("") is None
+
+
+def test_inline_chunks_count_from_the_idx_when_the_partial_lost_them(tmp_path: Path) -> None:
+    # A power cut after a small batch's ACK: its bytes are durable in the .idx only (receiver/chunk_index.py),
+    # the partial holds zeros or nothing there; recovery writes them back, so nothing acknowledged is lost.
+    source, copy, b = layout(tmp_path, [b"x" * 100])
+    idx, part = copy / "incoming" / f"{B}.idx", copy / "incoming" / f"{B}.partial"
+    tail = b[100:160]
+    with open(idx, "ab") as f:
+        f.write(chunk_index.inline(100, len(tail), chunk_digest(B, 100, tail)) + tail)
+    part.write_bytes(b[:100] + bytes(30))
+    disk = DiskChecker(source, copy)
+    assert verified_partial_size(copy, B) == 160
+    assert disk.lost_bytes(Acked(B, 160, False)) == 0
+    # An inline chunk whose own bytes do not verify is not recovered: those bytes are lost.
+    with open(idx, "r+b") as f:
+        f.seek(-1, os.SEEK_END)
+        f.write(bytes([tail[-1] ^ 1]))
+    assert DiskChecker(source, copy).lost_bytes(Acked(B, 160, False)) == 60
