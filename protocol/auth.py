@@ -4,8 +4,11 @@ Once WELCOME is sent (receiver) or accepted (shipper), every frame in both direc
 HMAC-SHA256 under a session key, truncated to 16 bytes, over the frame's sequence number in its
 direction and its encoded header (length prefix included). The sequence number is not sent: both
 ends count, so a frame that is replayed, dropped, reinserted or reordered fails its tag like a forged
-one. The header binds DATA's ``xxh`` and, when the payload MAC is agreed, its ``pmac``: an HMAC of the
-payload bytes as they travel.
+one. The header binds DATA's ``xxh`` and, when the payload MAC is agreed, its ``pmac``: a MAC of the
+payload bytes as they travel. It is GMAC (AES-256-GCM with the payload as associated data) when both
+ends list ``pmac-gmac``, some 12x cheaper per GiB with AES-NI, and HMAC-SHA256 otherwise (older peers).
+GMAC's nonce is the frame's sequence number, so a sealer never gives two payloads one sequence number:
+a nonce used twice under one key would reveal the authentication key.
 
 Session keys are derived per connection, stream and direction from the stream's secret, both nonces
 and both node ids, so a key never serves two connections. Frames that name no stream (HEARTBEAT,
@@ -19,13 +22,17 @@ import hmac
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from protocol.errors import ErrorCode, RemoteProtocolError
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from protocol.errors import ErrorCode, LocalProtocolError, RemoteProtocolError
 from protocol.names import check_stream_name
 
 TAG_SIZE = 16
 """Bytes of the tag after each authenticated frame's header."""
 PAYLOAD_MAC = "pmac"
 """The feature both ends list to agree on the payload MAC, and the DATA header field that carries it."""
+PAYLOAD_MAC_GMAC = "pmac-gmac"
+"""The feature both ends list (with ``pmac``) to make ``pmac`` a GMAC tag instead of HMAC-SHA256."""
 TO_RECEIVER = b"shipper->receiver"
 TO_SHIPPER = b"receiver->shipper"
 _DOMAIN = b"logship/3"
@@ -123,14 +130,58 @@ def payload_mac(key: bytes, payload: bytes | bytearray | memoryview) -> bytes:
     return hmac.new(key, payload, hashlib.sha256).digest()[:TAG_SIZE]
 
 
+def gmac_key(key: bytes) -> bytes:
+    """Return the AES-256 key of GMAC payload MACs under a stream's direction key.
+
+    A key of its own (its own label), so the frame-tag key never serves AES as well.
+    """
+    return hmac.new(key, b"|".join((_DOMAIN, PAYLOAD_MAC_GMAC.encode())), hashlib.sha256).digest()
+
+
+def gmac_nonce(sequence: int) -> bytes:
+    """Return the 12-byte GCM nonce of the frame numbered ``sequence``: 8 bytes big endian, 4 zero bytes.
+
+    Unique under a key: keys are per connection and direction, and sequence numbers only grow.
+    """
+    return sequence.to_bytes(8, "big") + bytes(4)
+
+
+def payload_gmac(aead: AESGCM, sequence: int, payload: bytes | bytearray | memoryview) -> bytes:
+    """Return the GMAC of the payload of frame ``sequence``: the tag of AES-GCM over no plaintext."""
+    return aead.encrypt(gmac_nonce(sequence), b"", payload)
+
+
+class _PayloadMacs:
+    """The payload MAC of one direction: HMAC-SHA256 or GMAC, with GMAC's AES keys made once per stream."""
+
+    def __init__(self, keys: DirectionKeys, gmac: bool) -> None:
+        self.keys = keys
+        self.gmac = gmac
+        self._aead: dict[str, AESGCM] = {}
+
+    def mac(self, stream: str, sequence: int, payload: bytes | bytearray | memoryview) -> bytes:
+        key = self.keys.key_for(stream)
+        if not self.gmac:
+            return payload_mac(key, payload)
+        aead = self._aead.get(stream)
+        if aead is None:
+            aead = self._aead[stream] = AESGCM(gmac_key(key))
+        return payload_gmac(aead, sequence, payload)
+
+
 class FrameSealer:
     """Tag outgoing frames, numbering them in the order they go on the wire."""
 
-    def __init__(self, keys: DirectionKeys, payload_mac: bool = False) -> None:
+    def __init__(self, keys: DirectionKeys, payload_mac: bool = False, gmac: bool = False) -> None:
         self.keys = keys
         self.payload_mac = payload_mac
         """Whether DATA carries ``pmac`` (agreed in the handshake)."""
+        self.gmac = payload_mac and gmac
+        """Whether ``pmac`` is GMAC (both ends listed ``pmac-gmac``) rather than HMAC-SHA256."""
+        self._macs = _PayloadMacs(keys, self.gmac)
         self.sequence = 0
+        self._macked = -1
+        """The sequence number of the last payload MAC made: GMAC's nonce, never to serve twice."""
 
     def tag(self, stream: str | None, head: bytes) -> bytes:
         """Return the tag for the next frame (``head``: its length prefix and header)."""
@@ -139,16 +190,26 @@ class FrameSealer:
         return tag
 
     def payload_mac_for(self, stream: str, payload: bytes | bytearray | memoryview) -> bytes:
-        """Return the ``pmac`` of a DATA payload of ``stream`` (may run in a worker thread)."""
-        return payload_mac(self.keys.key_for(stream), payload)
+        """Return the ``pmac`` of the DATA payload of ``stream`` that the next tagged frame carries.
+
+        Raises LocalProtocolError if a payload MAC was made for this sequence number already and no
+        frame was tagged since (e.g. encoding failed after it): with GMAC a second payload under the
+        same nonce would give the authentication key away, so the connection must end instead.
+        """
+        if self._macked == self.sequence:
+            raise LocalProtocolError(f"a payload MAC for frame {self.sequence} was made already; not reusing its nonce")
+        self._macked = self.sequence
+        return self._macs.mac(stream, self.sequence, payload)
 
 
 class FrameOpener:
     """Check incoming frames' tags in sequence; a frame that fails changes nothing but the error."""
 
-    def __init__(self, keys: DirectionKeys, payload_mac: bool = False) -> None:
+    def __init__(self, keys: DirectionKeys, payload_mac: bool = False, gmac: bool = False) -> None:
         self.keys = keys
         self.payload_mac = payload_mac
+        self.gmac = payload_mac and gmac
+        self._macs = _PayloadMacs(keys, self.gmac)
         self.sequence = 0
         self.refused = 0
         """Frames refused (what status and the log count)."""
@@ -166,11 +227,13 @@ class FrameOpener:
         self.sequence += 1
 
     def check_payload(self, stream: str, payload: bytes | bytearray | memoryview, mac: object) -> None:
-        """Accept a DATA payload whose ``pmac`` verifies, or raise FrameAuthFailed."""
+        """Accept the payload of the DATA whose header ``check`` just accepted if its ``pmac`` verifies,
+        or raise FrameAuthFailed."""
         if not isinstance(mac, bytes) or len(mac) != TAG_SIZE:
             self._refuse_payload()
             raise FrameAuthFailed("DATA without a payload MAC, which this session agreed on")
-        if not hmac.compare_digest(payload_mac(self.keys.key_for(stream), payload), mac):
+        # The header's frame number: check() counted it already.
+        if not hmac.compare_digest(self._macs.mac(stream, self.sequence - 1, payload), mac):
             self._refuse_payload()
             raise FrameAuthFailed("DATA payload fails its MAC")
 

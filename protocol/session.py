@@ -21,7 +21,15 @@ import hmac
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
-from protocol.auth import PAYLOAD_MAC, TO_RECEIVER, TO_SHIPPER, DirectionKeys, FrameOpener, FrameSealer
+from protocol.auth import (
+    PAYLOAD_MAC,
+    PAYLOAD_MAC_GMAC,
+    TO_RECEIVER,
+    TO_SHIPPER,
+    DirectionKeys,
+    FrameOpener,
+    FrameSealer,
+)
 from protocol.errors import AuthenticationFailed, ErrorCode, LocalProtocolError, RemoteProtocolError, VersionMismatch
 from protocol.history import History
 from protocol.messages import NONCE_SIZE, Challenge, Fenced, Hello, Position, StreamClaim, StreamResume, Welcome
@@ -220,15 +228,21 @@ class ReceiverHandshake:
         return Fenced(stream, epoch, proof)
 
     def welcome(self, resumes: Iterable[StreamResume], features: tuple[str, ...] = ()) -> Welcome:
-        """Build the WELCOME; we always offer the payload MAC, which the shipper uses if it asked for it."""
+        """Build the WELCOME; we always offer the payload MAC (HMAC-SHA256 and GMAC), which the shipper
+        uses if it asked for it."""
         self.state = next_state(RECEIVER_MOVES, self.state, Event.SEND_WELCOME, "handshake not complete")
-        offered = features if PAYLOAD_MAC in features else (*features, PAYLOAD_MAC)
+        offered = (*features, *(f for f in (PAYLOAD_MAC, PAYLOAD_MAC_GMAC) if f not in features))
         return Welcome(self.version, self.node, tuple(resumes), offered)
 
     @property
     def payload_mac(self) -> bool:
         """Whether DATA of this session carries a payload MAC (the shipper asked for it)."""
         return PAYLOAD_MAC in self.features
+
+    @property
+    def payload_gmac(self) -> bool:
+        """Whether that payload MAC is GMAC (the shipper listed ``pmac-gmac`` too, and we always offer it)."""
+        return self.payload_mac and PAYLOAD_MAC_GMAC in self.features
 
     def frame_auth(self) -> tuple[FrameSealer, FrameOpener]:
         """Return the sealer of what we send and the opener of what we receive, once WELCOME is built.
@@ -240,7 +254,9 @@ class ReceiverHandshake:
         keys = (self._secrets, self.nonce, self._peer_nonce, self.node, self.peer_node)
         send = DirectionKeys.derive(keys[0], TO_SHIPPER, *keys[1:])
         recv = DirectionKeys.derive(keys[0], TO_RECEIVER, *keys[1:])
-        return FrameSealer(send, self.payload_mac), FrameOpener(recv, self.payload_mac)
+        return FrameSealer(send, self.payload_mac, self.payload_gmac), FrameOpener(
+            recv, self.payload_mac, self.payload_gmac
+        )
 
 
 class ShipperHandshake:
@@ -360,6 +376,11 @@ class ShipperHandshake:
         """Whether DATA of this session carries a payload MAC (we asked and the receiver offered it)."""
         return PAYLOAD_MAC in self.features and PAYLOAD_MAC in self.peer_features
 
+    @property
+    def payload_gmac(self) -> bool:
+        """Whether that payload MAC is GMAC: both ends listed ``pmac-gmac`` (else HMAC-SHA256)."""
+        return self.payload_mac and PAYLOAD_MAC_GMAC in self.features and PAYLOAD_MAC_GMAC in self.peer_features
+
     def frame_auth(self) -> tuple[FrameSealer, FrameOpener]:
         """Return the sealer of what we send and the opener of what we receive, once WELCOME is accepted.
 
@@ -370,4 +391,6 @@ class ShipperHandshake:
         keys = (self._server_nonce, self.nonce, self._receiver_node, self.node)
         send = DirectionKeys.derive(self._secrets, TO_RECEIVER, *keys)
         recv = DirectionKeys.derive(self._secrets, TO_SHIPPER, *keys)
-        return FrameSealer(send, self.payload_mac), FrameOpener(recv, self.payload_mac)
+        return FrameSealer(send, self.payload_mac, self.payload_gmac), FrameOpener(
+            recv, self.payload_mac, self.payload_gmac
+        )

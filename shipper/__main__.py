@@ -96,7 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--payload-mac",
         action="store_true",
         default=None,
-        help="authenticate every DATA payload with an HMAC under the session key (protocol v3); frame headers "
+        help="authenticate every DATA payload with a MAC under the session key (GMAC, AES-256-GCM; HMAC-SHA256 "
+        "with a receiver that lacks it); frame headers "
         "are always authenticated. Use TLS where a link leaves a trusted network; this is for links without it",
     )
     p.add_argument(

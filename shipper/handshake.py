@@ -15,7 +15,7 @@ import secrets
 from collections.abc import Mapping, Sequence
 
 from protocol.aio import ConnectionClosed, FramedConnection
-from protocol.auth import PAYLOAD_MAC
+from protocol.auth import PAYLOAD_MAC, PAYLOAD_MAC_GMAC
 from protocol.errors import VersionMismatch
 from protocol.handshake import sender_id as format_sender_id
 from protocol.messages import REWRITE, Error, Fenced, Position, StreamResume
@@ -126,7 +126,7 @@ async def handshake(
     """
     wanted: tuple[str, ...] = (config.compression.encoding,) if config.compression else ()
     if config.payload_mac:
-        wanted = (*wanted, PAYLOAD_MAC)
+        wanted = (*wanted, PAYLOAD_MAC, PAYLOAD_MAC_GMAC)  # GMAC if the receiver lists it, else HMAC-SHA256
     wanted = (*wanted, REWRITE)  # used only under --seal closed, and only if the target lists it too
     if config.seed is not None:
         wanted = (*wanted, SEED_FEATURE)  # issue 17: we can send a Seeding target its base image

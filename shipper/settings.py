@@ -68,7 +68,7 @@ class SenderConfig:
     rate_limit: float | None = None
     """Most bytes per second on the wire towards this target (None: no limit)."""
     payload_mac: bool = False
-    """Ask for the payload MAC: DATA payloads then carry an HMAC under the session key (protocol v3)."""
+    """Ask for the payload MAC: DATA payloads then carry a MAC under the session key (GMAC, or HMAC-SHA256)."""
     refused_backoff: float = 120.0
     """Pause after a permanent refusal (wrong secret, version, name): a fix takes an operator anyway."""
     history: History = field(default_factory=History)
@@ -125,7 +125,7 @@ class TargetConfig:
     rate_limit: float | None = None
     """Most bytes per second on the wire towards this target; None: no limit."""
     payload_mac: bool = False
-    """Authenticate every DATA payload with an HMAC under the session key (what TLS would do)."""
+    """Authenticate every DATA payload with a MAC (GMAC, or HMAC-SHA256) under the session key."""
 
     @property
     def name(self) -> str:

@@ -28,10 +28,11 @@ def test_bench_quick_throughput_writes_its_report(tmp_path: Path) -> None:
     # The payload MAC beside a run without it at the MAC run's own pace, and its hash beside a busy core.
     assert "paced to the MAC run's throughput" in " ".join(figures)
     assert "with the other core busy" in figures["payload MAC's hash alone, one core (same rounds)"]
+    assert "GMAC (AES-256-GCM, negotiated)" in figures["payload MAC's hash alone, one core (same rounds)"]
     assert {t[0] for t in data["throughput"]["targets"]} == {
         ">= 0.8 x the faster of cp -r + sync and cp -r + sync FILES",
         "CPU per GiB, shipper + receiver, <= 1.0 s",
-        "payload MAC costs at most its hash's time (each side's extra CPU / HMAC-SHA256 alone)",
+        "payload MAC costs at most its hash's time (each side's extra CPU / GMAC alone)",
     }
     md = (report / "benchmarks.md").read_text()
     assert "scripts/bench --quick throughput" in md
