@@ -11,11 +11,14 @@ import struct
 from typing import Any, NamedTuple
 
 import msgpack
+import pytest
 
 from protocol.auth import TAG_SIZE, FrameSealer
 from protocol.digest import chunk_digest
 from protocol.errors import RemoteProtocolError
+from protocol.framing import NEED_DATA, FrameDecoder
 from protocol.limits import MAX_HEADER
+from protocol.messages import Message
 
 PREFIX = struct.Struct(">I")
 """The 4-byte big-endian length of the msgpack header that opens every frame."""
@@ -134,3 +137,19 @@ def seal_raw(data: bytes, sealer: FrameSealer) -> bytes:
         out += data[pos:end] + tag + data[end : end + plen]
         pos = end + plen
     return bytes(out + data[pos:])
+
+
+def drain(decoder: FrameDecoder, data: bytes) -> list[Message]:
+    """Feed ``data`` to ``decoder`` and return every message it then yields."""
+    decoder.receive_data(data)
+    out = []
+    while (msg := decoder.next_message()) is not NEED_DATA:
+        out.append(msg)  # type: ignore[arg-type]
+    return out
+
+
+def refused(decoder: FrameDecoder, data: bytes) -> RemoteProtocolError:
+    """Return the RemoteProtocolError ``decoder`` raises on ``data`` (fails the test if none)."""
+    with pytest.raises(RemoteProtocolError) as info:
+        drain(decoder, data)
+    return info.value

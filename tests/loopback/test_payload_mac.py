@@ -1,11 +1,14 @@
-"""The payload MAC end to end: a real receiver in process, DATA payloads with ``pmac``. What is
-acknowledged is the bytes sent; a payload that fails its MAC ends the connection and nothing from it on
-is written or acknowledged, though frames after it may have been decoded already."""
+"""The payload MAC end to end: a real receiver in process, DATA payloads with ``pmac``, HMAC-SHA256 or
+GMAC (both ends listing ``pmac-gmac``). What is acknowledged is the bytes sent; a payload that fails its
+MAC ends the connection and nothing from it on is written or acknowledged, though frames after it may
+have been decoded already."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+
+import pytest
 
 from protocol.aio import ConnectionClosed
 from protocol.digest import chunk_digest
@@ -15,12 +18,21 @@ from tests.loopback.receiver_side import Shipper, running_receiver
 
 SEG = "E0000000001.log"
 CHUNK = 256 * 1024
+MACS = pytest.mark.parametrize("features", [("pmac",), ("pmac", "pmac-gmac")], ids=["hmac", "gmac"])
+"""Each test under both payload MACs: HMAC-SHA256, and GMAC where both ends list it."""
 
 
-async def test_payload_macs_verify_and_the_copy_is_the_bytes_sent(tmp_path: Path) -> None:
+async def connect(port: int, features: tuple[str, ...]) -> Shipper:
+    shipper = await Shipper.connect(port, features=features)
+    sealer = shipper.conn.sealer
+    assert sealer is not None and sealer.payload_mac and sealer.gmac == ("pmac-gmac" in features)
+    return shipper
+
+
+@MACS
+async def test_payload_macs_verify_and_the_copy_is_the_bytes_sent(tmp_path: Path, features: tuple[str, ...]) -> None:
     async with running_receiver(tmp_path / "data") as (_srv, port):
-        shipper = await Shipper.connect(port, features=("pmac",))
-        assert shipper.conn.sealer is not None and shipper.conn.sealer.payload_mac
+        shipper = await connect(port, features)
         content = os.urandom(12 * CHUNK + 100)
         # Payloads received in place (pool buffers) and small ones, in one stream, in order.
         sizes = [CHUNK] * 12 + [100]
@@ -35,11 +47,13 @@ async def test_payload_macs_verify_and_the_copy_is_the_bytes_sent(tmp_path: Path
     assert not [m for m in got if isinstance(m, Error)]
 
 
-async def test_a_payload_failing_its_mac_ends_the_connection_and_nothing_after_it_is_taken(tmp_path: Path) -> None:
+@MACS
+async def test_a_payload_failing_its_mac_ends_the_connection_and_nothing_after_it_is_taken(
+    tmp_path: Path, features: tuple[str, ...]
+) -> None:
     async with running_receiver(tmp_path / "data") as (_srv, port):
-        shipper = await Shipper.connect(port, features=("pmac",))
+        shipper = await connect(port, features)
         conn = shipper.conn
-        assert conn.sealer is not None
         content = os.urandom(8 * CHUNK)
         good = 3 * CHUNK
         for offset in range(0, good, CHUNK):

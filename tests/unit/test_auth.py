@@ -16,6 +16,7 @@ from protocol.errors import RemoteProtocolError
 from protocol.framing import NEED_DATA, FrameDecoder, encode
 from protocol.messages import START, Ack, Data, Error, Fenced, Heartbeat, Message, Nack, Position, Seal, SourceHead
 from protocol.session import ReceiverHandshake, ShipperHandshake
+from tests.helpers.frames import drain, refused
 
 SECRETS = {"db1": b"secret-one-0123456789", "db2": b"secret-two-0123456789"}
 SEG = "000000010000000000000003"
@@ -47,14 +48,6 @@ class SessionPair:
 
     def to_shipper(self, msg: Message) -> bytes:
         return encode(msg, sealer=self.r_seal)
-
-
-def drain(decoder: FrameDecoder, data: bytes) -> list[Message]:
-    decoder.receive_data(data)
-    out = []
-    while (msg := decoder.next_message()) is not NEED_DATA:
-        out.append(msg)  # type: ignore[arg-type]
-    return out
 
 
 SHIPPER_FRAMES: list[Message] = [
@@ -101,12 +94,6 @@ def test_shipper_frames_pass_in_order(msg: Message) -> None:
 def test_receiver_frames_pass_in_order(msg: Message) -> None:
     p = SessionPair()
     assert drain(p.at_shipper, p.to_shipper(msg)) == [msg]
-
-
-def refused(decoder: FrameDecoder, data: bytes) -> RemoteProtocolError:
-    with pytest.raises(RemoteProtocolError) as info:
-        drain(decoder, data)
-    return info.value
 
 
 @pytest.mark.parametrize("msg", SHIPPER_FRAMES + RECEIVER_FRAMES, ids=lambda m: type(m).__name__)

@@ -12,10 +12,11 @@ import pytest
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from protocol.auth import TAG_SIZE, FrameAuthFailed, FrameOpener, FrameSealer, payload_mac
-from protocol.errors import LocalProtocolError, RemoteProtocolError
-from protocol.framing import NEED_DATA, FrameDecoder, encode, encode_packed
-from protocol.messages import START, Data, Heartbeat, Message
+from protocol.errors import LocalProtocolError
+from protocol.framing import FrameDecoder, encode, encode_packed
+from protocol.messages import START, Data, Heartbeat
 from protocol.session import ReceiverHandshake, ShipperHandshake
+from tests.helpers.frames import drain, refused
 
 SECRETS = {"db1": b"secret-one-0123456789", "db2": b"secret-two-0123456789"}
 SEG = "000000010000000000000003"
@@ -38,20 +39,6 @@ class Pair:
         self.r_seal, self.r_open = self.r.frame_auth()
         self.at_receiver = FrameDecoder()
         self.at_receiver.opener = self.r_open
-
-
-def drain(decoder: FrameDecoder, data: bytes) -> list[Message]:
-    decoder.receive_data(data)
-    out = []
-    while (msg := decoder.next_message()) is not NEED_DATA:
-        out.append(msg)  # type: ignore[arg-type]
-    return out
-
-
-def refused(decoder: FrameDecoder, data: bytes) -> RemoteProtocolError:
-    with pytest.raises(RemoteProtocolError) as e:
-        drain(decoder, data)
-    return e.value
 
 
 def header_of(frame: bytes) -> dict[str, object]:
