@@ -173,8 +173,11 @@ def test_kill9_during_trimming_leaves_a_consistent_copy(tmp_path: Path, secret: 
     for round_ in range(4):
         # Segments arrive and are replayed and trimmed one after the other; kill -9 lands in the middle.
         fill(source, written + 1, 60, seed=10 + round_)
+        # This round's segments are arriving: its fourth is in log/. (Counting log/ raced the trimming,
+        # which keeps it at keep_min: a whole round could be shipped and trimmed between two looks.)
+        fourth = segment_name(written + 4)
         written += 60
-        wait_until(lambda: len(os.listdir(copy / "log")) > 3 if (copy / "log").exists() else False, 30)
+        wait_until(lambda f=fourth: names(copy / "log")[-1:] >= [f], 30, what=fourth)
         time.sleep(rnd.uniform(0.05, 0.6))
         receiver.kill9()
         # What the kill left: every record has its segment, but for an install cut between its record
