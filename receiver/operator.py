@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from logship.admin.live import Look
+from logship.admin.live import Look, ha_of
 from logship.admin.table import exit_status
 from logship.cli import EXIT_FAILED, EXIT_USAGE, guarded, operator_logging, watch
 from logship.config import ConfigError, load_toml
@@ -175,9 +175,10 @@ def look_status(data_dir: Path, stream: str | None) -> Look:
     else:
         snapshot, heading = disk_status(data_dir), f"receiver of {data_dir} (no receiver running: from the data dir)"
     rows = stream_rows(snapshot.get("copies", []), stream)
+    ha = ha_of(snapshot, stream)  # the node's HA agent, also for a stream it leads with no copy here
     if not rows and stream is not None:
-        return Look(EXIT_USAGE, heading, error=f"no copy of stream {stream!r} in {data_dir}")
-    return Look(exit_status(rows), heading, rows)
+        return Look(EXIT_USAGE, heading, error=f"no copy of stream {stream!r} in {data_dir}", ha=ha)
+    return Look(exit_status(rows), heading, rows, ha=ha)
 
 
 def cmd_status(data_dir: Path, as_json: bool, stream: str | None = None) -> int:

@@ -14,7 +14,7 @@ import sys
 from collections.abc import Iterator
 from typing import Any
 
-from logship.admin.live import Look
+from logship.admin.live import Look, ha_of
 from logship.admin.table import exit_status
 from logship.cli import EXIT_FAILED, EXIT_USAGE, guarded, operator_logging, watch
 from logship.config import ConfigError, parse_address, parse_duration
@@ -22,7 +22,7 @@ from logship.verbs import ask, run_copy_verb, stream_rows
 from logship.verbs import operator_parser as base_parser
 from shipper.config import state_dir_from
 from shipper.state import StateBusy, StateDir
-from shipper.status import ha_lines, table
+from shipper.status import table
 
 SUBCOMMANDS = ("status", "suspend", "resume", "wait")
 
@@ -131,11 +131,10 @@ def look_status(state: StateDir, stream: str | None) -> Look:
         return Look(EXIT_USAGE, f"shipper of {state.path}", error=f"no shipper answers on {state.control_socket}")
     rows = stream_rows(snapshot.get("copies", []), stream)
     heading = f"shipper {snapshot.get('node', '?')} (pid {snapshot.get('pid', '?')})"
-    # The HA agent that started this shipper, as the one-shot table ends with it (shipper/status.py).
-    heading = "; ".join([heading, *ha_lines(snapshot)])
+    ha = ha_of(snapshot, stream)  # the HA agent that started this shipper: shown under the heading, or as lines
     if not rows and stream is not None:
-        return Look(EXIT_USAGE, heading, error=f"the running shipper ships no stream {stream!r}")
-    return Look(exit_status(rows), heading, rows)
+        return Look(EXIT_USAGE, heading, error=f"the running shipper ships no stream {stream!r}", ha=ha)
+    return Look(exit_status(rows), heading, rows, ha=ha)
 
 
 @contextlib.contextmanager

@@ -17,8 +17,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from logship.admin import live
 from logship.admin.table import STATUS_COLUMNS, epoch_text, render, status_cells
-from logship.ha.view_file import ha_text
 from protocol.messages import Heartbeat, Position, SourceHead
 from shipper.remembered import Remembered
 from shipper.tailer import SegmentInfo
@@ -210,5 +210,5 @@ def table(status: dict[str, Any], now: float | None = None) -> str:
 
 def ha_lines(status: dict[str, Any]) -> list[str]:
     """One line per stream the HA agent that started this shipper reports on (logship/ha/view_file.py)."""
-    blocks = status.get("ha") or {}
-    return [f"HA {stream}: {ha_text({'ha': block})}" for stream, block in sorted(blocks.items())]
+    # The watch's heading shows the same lines (logship/admin/live.py): one wording for both.
+    return live.ha_lines(live.ha_of(status, None))

@@ -3,7 +3,8 @@ place), and one plain ``key=value`` line per target and look otherwise (for a pi
 
 Both sides hand in a ``look`` that asks the daemon (or reads the data dir) once and returns a Look;
 the catch-up bookkeeping (bar, rate, ETA) is logship.admin.progress's, so the bar and the daemons'
-progress lines agree.
+progress lines agree. Where an HA agent reports on a stream (the snapshot's ``ha``), each look shows
+its line too, in the one-shot table's words (logship/ha/view_file.py ``ha_text``).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any, TextIO
 
 from logship.admin.progress import Progress, Tracker, row_key
 from logship.admin.table import human_age, human_bytes, status_cells
+from logship.ha.view_file import ha_text
 
 BAR_WIDTH = 16
 
@@ -32,9 +34,32 @@ class Look:
     rows: list[dict[str, Any]] = field(default_factory=list)
     error: str = ""
     """Why this look has no rows (no daemon answers, no such stream); empty if it has."""
+    ha: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """The HA agent's block by stream (the snapshot's ``ha``); empty where no agent reports."""
 
 
 Looker = Callable[[], Look]
+
+
+def ha_of(snapshot: dict[str, Any], stream: str | None) -> dict[str, dict[str, Any]]:
+    """The snapshot's HA blocks, only ``stream``'s when one is given (as ``--stream`` filters the rows)."""
+    blocks = snapshot.get("ha")
+    if not isinstance(blocks, dict):
+        return {}
+    return {s: b for s, b in sorted(blocks.items()) if stream is None or s == stream}
+
+
+def ha_lines(blocks: dict[str, dict[str, Any]]) -> list[str]:
+    """``HA sg1: primary e1, lease 400ms, sync b``, one per stream: under the shipper's table and the watch's
+    heading alike."""
+    return [f"HA {stream}: {ha_text({'ha': block})}" for stream, block in sorted(blocks.items())]
+
+
+def plain_ha_line(stream: str, block: dict[str, Any], now: float) -> str:
+    """One stream's HA state as ``key=value`` words, beside the targets' lines (a stream the agent leads
+    may have no row here: the primary's receiver holds no copy of it)."""
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(now))
+    return f"time={stamp} stream={shlex.quote(stream)} ha={shlex.quote(ha_text({'ha': block}))}"
 
 
 def _eta(p: Progress | None) -> str:
@@ -110,6 +135,8 @@ class Watcher:
                 print(f"time={stamp} error={shlex.quote(look.error)}", file=self.out)
             for row, p in self.progress(look, now):
                 print(plain_line(row, p, now), file=self.out)
+            for stream, block in sorted(look.ha.items()):
+                print(plain_ha_line(stream, block, now), file=self.out)
             self.out.flush()
 
     def _live(self) -> None:
@@ -130,6 +157,8 @@ class Watcher:
 
         stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(now))
         head = Text(f"{look.heading}   {stamp} (every {self.interval:g}s, Ctrl-C to stop)", style="bold")
+        # Under the heading, not a column: a stream the agent leads may have no row here.
+        head = Group(head, *(Text(line) for line in ha_lines(look.ha)))
         if look.error:
             return Group(head, Text(look.error, style="red"))
         has_target = any(row.get("target") for row in look.rows)

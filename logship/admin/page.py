@@ -1,7 +1,8 @@
 """The status page at ``/`` on a daemon's admin port: one self-contained HTML document.
 
 The page polls ``/status`` (the same snapshot ``status --json`` prints) and renders the columns of the
-``status`` command (logship.admin.table.STATUS_COLUMNS) with a lag-over-time sparkline per row. Nothing
+``status`` command (logship.admin.table.STATUS_COLUMNS) with a lag-over-time sparkline per row, and a line
+per stream an HA agent reports on (the snapshot's ``ha``; none where no agent does). Nothing
 is loaded from elsewhere (no CDN, no fonts, no images): standbys often sit on closed networks, and the
 page must work wherever the admin port is reachable. The rendering is in the page's own script, so the
 server does no work for it beyond serving these bytes and the JSON it serves anyway.
@@ -82,9 +83,20 @@ function td(text, cls) {
   if (cls) cell.className = cls;
   return cell;
 }
+function haLines(blocks) {
+  // The words are the daemon's (each block's text, from logship/ha/view_file.py ha_text), not redone here.
+  return Object.keys(blocks || {}).sort().map((stream) => {
+    const li = document.createElement("li");
+    li.dataset.stream = stream;
+    li.textContent = `HA ${stream}: ${blocks[stream].text || "-"}`;
+    if (!blocks[stream].reporting) li.className = "stale";
+    return li;
+  });
+}
 function render(snapshot) {
   const now = Date.now() / 1000;
   document.getElementById("who").textContent = `${snapshot.role} on ${snapshot.node} (pid ${snapshot.pid})`;
+  document.getElementById("ha").replaceChildren(...haLines(snapshot.ha));
   const body = document.getElementById("rows");
   const rows = [];
   for (const row of snapshot.copies || []) {
@@ -141,6 +153,7 @@ tr.state-Healthy td.state, tr.state-Activated td.state { color: #176d2c; }
 tr.state-Suspended td.state, tr.state-Initializing td.state { color: #8a6100; }
 tr.state-Disconnected td.state, tr.state-Failed td.state, tr.state-Fenced td.state,
 tr.state-Refused td.state { color: #b00; }
+#ha { list-style: none; margin: .3em 0 0; padding: 0; } #ha li.stale { color: #b00; }
 svg.spark polyline { fill: none; stroke: #3569b5; stroke-width: 1.5; }
 """
 
@@ -148,7 +161,7 @@ PAGE = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>logship status</title>
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <style>{_STYLE}</style></head>
-<body><h1>logship status</h1><div id="who">-</div><div id="updated">loading /status ...</div>
+<body><h1>logship status</h1><div id="who">-</div><ul id="ha"></ul><div id="updated">loading /status ...</div>
 <table><thead><tr><th>STREAM</th><th>TARGET</th>{_HEADERS}<th>COPY LAG OVER TIME</th></tr></thead>
 <tbody id="rows"></tbody></table>
 <p><a href="status">status JSON</a> &middot; <a href="metrics">metrics</a></p>

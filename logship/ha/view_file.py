@@ -87,19 +87,24 @@ def read_view(path: Path, stream: str) -> dict[str, Any] | str | None:
 
 
 def view_block(doc: dict[str, Any] | str, now: float) -> dict[str, Any]:
-    """The ``ha`` block from a view read at wall-clock ``now``: its fields while fresh, else why not."""
+    """The ``ha`` block from a view read at wall-clock ``now``: its fields while fresh, else why not; and
+    under ``text`` the HA cell's words for it (``ha_text``)."""
+    block: dict[str, Any]
+    age = round(max(0.0, now - doc["written_at"]), 3) if isinstance(doc, dict) else 0.0
     if isinstance(doc, str):
-        return {"reporting": False, "problem": doc}
-    age = round(max(0.0, now - doc["written_at"]), 3)
-    if doc.get("stopped") or age > doc["fresh_for"]:
+        block = {"reporting": False, "problem": doc}
+    elif doc.get("stopped") or age > doc["fresh_for"]:
         last = {k: doc.get(k) for k in ("node", "role", "leader", "epoch")}
-        return {"reporting": False, "age_seconds": age, "stopped": bool(doc.get("stopped")), "last": last}
-    block: dict[str, Any] = {"reporting": True, "age_seconds": age, **{k: doc.get(k) for k in _SHOWN}}
-    block["primary"] = doc.get("role") == "primary"
-    sync = doc.get("sync")
-    block["in_sync"] = isinstance(sync, list) and doc.get("node") in sync
-    renewed = doc.get("lease_renewed_at")
-    block["lease_age_seconds"] = round(max(0.0, now - renewed), 3) if isinstance(renewed, int | float) else None
+        block = {"reporting": False, "age_seconds": age, "stopped": bool(doc.get("stopped")), "last": last}
+    else:
+        block = {"reporting": True, "age_seconds": age, **{k: doc.get(k) for k in _SHOWN}}
+        block["primary"] = doc.get("role") == "primary"
+        sync = doc.get("sync")
+        block["in_sync"] = isinstance(sync, list) and doc.get("node") in sync
+        renewed = doc.get("lease_renewed_at")
+        block["lease_age_seconds"] = round(max(0.0, now - renewed), 3) if isinstance(renewed, int | float) else None
+    # The status page shows this text as it comes (its script has no copy of ha_text's wording).
+    block["text"] = ha_text({"ha": block})
     return block
 
 
@@ -112,10 +117,10 @@ def shipper_views(env: Mapping[str, str], now: float) -> dict[str, dict[str, Any
     path = Path(text)
     stream = view_stream(path)
     if stream is None:
-        return {"?": {"reporting": False, "problem": f"{VIEW_ENV}={text} does not name an ha-<stream>.json file"}}
+        return {"?": view_block(f"{VIEW_ENV}={text} does not name an ha-<stream>.json file", now)}
     doc = read_view(path, stream)
     if doc is None:  # the agent names it before its first write: it has not reported yet
-        return {stream: {"reporting": False, "problem": f"the agent has not written {path} yet"}}
+        return {stream: view_block(f"the agent has not written {path} yet", now)}
     return {stream: view_block(doc, now)}
 
 

@@ -21,7 +21,7 @@ def test_a_fresh_view_gives_the_block(tmp_path: Path) -> None:
     assert block is not None
     assert block["reporting"] and not block["primary"] and block["in_sync"] and block["eligible"]
     assert block["age_seconds"] == 0.2 and block["lease_age_seconds"] == 0.4
-    assert ha_text({"ha": block}) == "standby e2 (leader a), eligible, in sync"
+    assert ha_text({"ha": block}) == "standby e2 (leader a), eligible, in sync" == block["text"]
     assert not write_view(tmp_path / "missing", "sg1", view())  # no data dir: nothing written
     assert [p.name for p in tmp_path.iterdir()] == ["ha-sg1.json"]  # no temporary file left
 
@@ -34,6 +34,7 @@ def test_stale_and_stopped_views_show_no_role(tmp_path: Path) -> None:
         "age_seconds": 12.3,
         "stopped": False,
         "last": {"node": "b", "role": "primary", "leader": "a", "epoch": 2},
+        "text": "agent not reporting for 12.3s (last: primary e2)",
     }
     assert ha_text({"ha": block}) == "agent not reporting for 12.3s (last: primary e2)"
     write_view(tmp_path, "sg1", view(stopped=True))

@@ -1,23 +1,18 @@
 """logship/ha/view_file.py as the shipper reads it: the one view file ``LOGSHIP_HA_VIEW`` names (fresh,
 stale, not yet written, misnamed), the shipper table's HA line, its logship_shipper_ha_* gauges, and
-every HA gauge of both daemons named where the metrics are documented."""
+every HA gauge of both daemons named where the metrics are documented (the watch's HA lines:
+test_ha_watch.py)."""
 
 from __future__ import annotations
 
-import io
 import re
 import time
 from pathlib import Path
 
-import pytest
 from prometheus_client.core import Metric
-from rich.console import Console
 
 from logship.admin.http import HA_METRICS, StatusCollector
-from logship.admin.live import Watcher
 from logship.ha.view_file import VIEW_ENV, shipper_views, view_path, view_stream, write_view
-from shipper import commands
-from shipper.state import StateDir
 from shipper.status import table
 from tests.helpers.ha_views import NOW, view
 from tests.helpers.source import ROOT
@@ -34,9 +29,8 @@ def test_no_agent_no_block(tmp_path: Path) -> None:
 
 def test_the_named_view_fresh_stale_missing_misnamed(tmp_path: Path) -> None:
     env = {VIEW_ENV: str(view_path(tmp_path, "sg1"))}
-    assert shipper_views(env, NOW) == {
-        "sg1": {"reporting": False, "problem": f"the agent has not written {env[VIEW_ENV]} yet"}
-    }
+    why = f"the agent has not written {env[VIEW_ENV]} yet"
+    assert shipper_views(env, NOW) == {"sg1": {"reporting": False, "problem": why, "text": why}}
     write_view(tmp_path, "sg1", primary_view())
     block = shipper_views(env, NOW)["sg1"]
     assert block["reporting"] and block["primary"] and block["leader"] == "a" and block["epoch"] == 1
@@ -67,22 +61,6 @@ def test_table_line_and_gauges(tmp_path: Path) -> None:
         "logship_shipper_ha_eligible": 1,
     }
     assert time.time() > NOW  # the fixed clock is in the past: nothing above read the real one
-
-
-def test_watch_heading_carries_the_ha_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    write_view(tmp_path, "sg1", primary_view())
-    ha = shipper_views({VIEW_ENV: str(view_path(tmp_path, "sg1"))}, NOW)
-    copies = [{"stream": "sg1", "target": "127.0.0.1:1", "state": "Healthy"}]
-    replies = [{"node": "a", "pid": 1, "copies": copies, "ha": ha}, {"node": "a", "pid": 1, "copies": copies}]
-    monkeypatch.setattr(commands, "ask", lambda *_: replies.pop(0))
-    state = StateDir(tmp_path / "state")
-    look = commands.look_status(state, None)
-    assert look.heading.startswith("shipper a (pid 1); HA sg1: primary e")
-    assert look.heading.endswith(", sync b") and look.rows == copies
-    assert commands.look_status(state, None).heading == "shipper a (pid 1)", "no agent: no HA line"
-    out = io.StringIO()
-    Console(file=out, width=200).print(Watcher(lambda: look, 1, 1).render(look, NOW))
-    assert "HA sg1: primary e1" in out.getvalue()
 
 
 def test_every_ha_gauge_is_documented() -> None:
