@@ -86,6 +86,8 @@ def test_status_page_in_chromium(tmp_path: Path, secret: Path, procs: list[Proc]
         headers = page(browser)["headers"]
         assert all(column in headers for column in COLUMNS), headers
         assert shown["stream"] == "db1" and shown["spark"] == 1
+        # No HA agent on either daemon: no HA line (tests/integration/test_ha_watch_page.py has them).
+        assert browser.evaluate('document.querySelectorAll("#ha li").length') == 0
     ship_row = row_state(ship, "Healthy")
     assert ship_row is not None and ship_row["target"] == receiver.address
     assert ship_row["cells"][3] == "0 seg, 0 B", ship_row  # COPY QUEUE: the source is all copied
