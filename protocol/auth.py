@@ -169,6 +169,28 @@ class _PayloadMacs:
         return payload_gmac(aead, sequence, payload)
 
 
+class _FrameTags:
+    """Frame tags of one direction, with each key's HMAC set up once (its padded key blocks hashed):
+    a frame then pays for a copy of that state and its own bytes, not a new HMAC from the key."""
+
+    def __init__(self, keys: DirectionKeys) -> None:
+        self.keys = keys
+        self._ready: dict[str | None, hmac.HMAC] = {}
+
+    def tag(self, stream: object, sequence: int, head: bytes | bytearray | memoryview) -> bytes:
+        """``frame_tag`` under the key of ``stream``; raises like ``DirectionKeys.key_for``."""
+        # Only None and exact str are looked up: a name from the wire may be unhashable (a list), and
+        # only names key_for accepted are ever kept.
+        ready = self._ready.get(stream) if stream is None or type(stream) is str else None  # type: ignore[arg-type]
+        if ready is None:
+            ready = hmac.new(self.keys.key_for(stream), digestmod=hashlib.sha256)
+            self._ready[stream] = ready  # type: ignore[index]
+        mac = ready.copy()
+        mac.update(sequence.to_bytes(8, "big"))
+        mac.update(head)
+        return mac.digest()[:TAG_SIZE]
+
+
 class FrameSealer:
     """Tag outgoing frames, numbering them in the order they go on the wire."""
 
@@ -179,13 +201,14 @@ class FrameSealer:
         self.gmac = payload_mac and gmac
         """Whether ``pmac`` is GMAC (both ends listed ``pmac-gmac``) rather than HMAC-SHA256."""
         self._macs = _PayloadMacs(keys, self.gmac)
+        self._tags = _FrameTags(keys)
         self.sequence = 0
         self._macked = -1
         """The sequence number of the last payload MAC made: GMAC's nonce, never to serve twice."""
 
     def tag(self, stream: str | None, head: bytes) -> bytes:
         """Return the tag for the next frame (``head``: its length prefix and header)."""
-        tag = frame_tag(self.keys.key_for(stream), self.sequence, head)
+        tag = self._tags.tag(stream, self.sequence, head)
         self.sequence += 1
         return tag
 
@@ -210,6 +233,7 @@ class FrameOpener:
         self.payload_mac = payload_mac
         self.gmac = payload_mac and gmac
         self._macs = _PayloadMacs(keys, self.gmac)
+        self._tags = _FrameTags(keys)
         self.sequence = 0
         self.refused = 0
         """Frames refused (what status and the log count)."""
@@ -217,11 +241,11 @@ class FrameOpener:
     def check(self, stream: object, head: bytes | bytearray | memoryview, tag: bytes | bytearray) -> None:
         """Accept the next frame or raise FrameAuthFailed (RemoteProtocolError for an unknown stream)."""
         try:
-            want = frame_tag(self.keys.key_for(stream), self.sequence, head)
+            want = self._tags.tag(stream, self.sequence, head)
         except RemoteProtocolError:
             self.refused += 1
             raise
-        if not hmac.compare_digest(want, bytes(tag)):
+        if not hmac.compare_digest(want, tag):
             self.refused += 1
             raise FrameAuthFailed(f"frame {self.sequence} fails its tag: forged, damaged, replayed or out of order")
         self.sequence += 1
