@@ -172,7 +172,22 @@ class FrameDecoder:
                 return
         else:
             assert self._scratch is not None
-            self.receive_data(memoryview(self._scratch)[:nbytes])
+            view = memoryview(self._scratch)[:nbytes]
+            if self.pool is not None and not self._buf and self._header is None and nbytes > 4:
+                # A read between frames: the next frame's head alone first, so that if it is a large
+                # DATA the payload bytes read with it go once into the payload's own buffer (else they
+                # are copied into _buf and then again out of it, up to SCRATCH bytes per frame).
+                cut = 4 + _PREFIX.unpack_from(view)[0] + TAG_SIZE
+                if cut < nbytes:
+                    self.receive_data(view[:cut])
+                    self._decode_ahead()
+                    if self._error is not None:
+                        return
+                    view = view[cut:]
+            self.receive_data(view)
+        self._decode_ahead()
+
+    def _decode_ahead(self) -> None:
         # Decode ahead, as the bytes come: a DATA header is seen (and, with a pool, its payload buffer
         # offered to the socket) at once, not only when the consumer asks for the next message. Left
         # to the consumer, whole payloads piled up in _buf meanwhile, to be copied a second time.
