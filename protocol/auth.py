@@ -21,6 +21,7 @@ import hashlib
 import hmac
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
@@ -170,12 +171,13 @@ class _PayloadMacs:
 
 
 class _FrameTags:
-    """Frame tags of one direction, with each key's HMAC set up once (its padded key blocks hashed):
-    a frame then pays for a copy of that state and its own bytes, not a new HMAC from the key."""
+    """Frame tags of one direction, each key's HMAC set up once: the SHA-256 states after its inner and
+    outer padded key blocks (RFC 2104, as hmac does it inside). A frame then pays two state copies and
+    its own bytes; no HMAC object from the key, no Python-level wrapper per frame."""
 
     def __init__(self, keys: DirectionKeys) -> None:
         self.keys = keys
-        self._ready: dict[str | None, hmac.HMAC] = {}
+        self._ready: dict[str | None, tuple[_Hash, _Hash]] = {}
 
     def tag(self, stream: object, sequence: int, head: bytes | bytearray | memoryview) -> bytes:
         """``frame_tag`` under the key of ``stream``; raises like ``DirectionKeys.key_for``."""
@@ -183,12 +185,27 @@ class _FrameTags:
         # only names key_for accepted are ever kept.
         ready = self._ready.get(stream) if stream is None or type(stream) is str else None  # type: ignore[arg-type]
         if ready is None:
-            ready = hmac.new(self.keys.key_for(stream), digestmod=hashlib.sha256)
-            self._ready[stream] = ready  # type: ignore[index]
-        mac = ready.copy()
-        mac.update(sequence.to_bytes(8, "big"))
-        mac.update(head)
-        return mac.digest()[:TAG_SIZE]
+            ready = self._ready[stream] = _pads(self.keys.key_for(stream))  # type: ignore[index]
+        inner = ready[0].copy()
+        inner.update(sequence.to_bytes(8, "big"))
+        inner.update(head)
+        outer = ready[1].copy()
+        outer.update(inner.digest())
+        return outer.digest()[:TAG_SIZE]
+
+
+_Hash = Any  # hashlib's SHA-256 object (its type is not public)
+_BLOCK = hashlib.sha256().block_size
+_IPAD = bytes(x ^ 0x36 for x in range(256))
+_OPAD = bytes(x ^ 0x5C for x in range(256))
+
+
+def _pads(key: bytes) -> tuple[_Hash, _Hash]:
+    """The SHA-256 states of HMAC under ``key`` after its inner and outer key blocks."""
+    if len(key) > _BLOCK:
+        key = hashlib.sha256(key).digest()
+    key = key.ljust(_BLOCK, b"\0")
+    return hashlib.sha256(key.translate(_IPAD)), hashlib.sha256(key.translate(_OPAD))
 
 
 class FrameSealer:

@@ -249,3 +249,20 @@ def test_tags_are_the_documented_hmac_frame_after_frame() -> None:
         assert tag == want == frame_tag(key, sequence, head)
         p.at_receiver.receive_data(wire)
         assert p.at_receiver.next_message() == msg
+
+
+@pytest.mark.parametrize("size", [0, 1, 32, 63, 64, 65, 200])
+def test_prepared_tag_states_are_hmac_for_any_key_length(size: int) -> None:
+    import hashlib
+    import hmac
+
+    from protocol.auth import _pads
+
+    key = bytes(range(size % 256)) * (size // 256) + bytes(range(size % 256))
+    inner, outer = _pads(key)
+    for msg in (b"", b"frame", bytes(1000)):
+        i = inner.copy()
+        i.update(msg)
+        o = outer.copy()
+        o.update(i.digest())
+        assert o.digest() == hmac.new(key, msg, hashlib.sha256).digest()
