@@ -2,7 +2,10 @@
 daemons pay per chunk (1 MiB chunks: 1024 DATA frames and about as many ACKs per GiB, so microseconds
 per frame x 1024 = microseconds per GiB... x 1e-6 = s/GiB).
 
-    PYTHONPATH=scripts:. .venv/bin/python -m benchmarks.codec [--frames 20000] [--repeat 5]
+    PYTHONPATH=scripts:. .venv/bin/python -m benchmarks.codec [--frames 20000] [--repeat 5] [CASE ...]
+
+Run it from the root of the tree to measure (``cd /tmp/A && PYTHONPATH=scripts:. ...``): ``-m`` puts
+the current directory first on sys.path, before PYTHONPATH.
 
 Each case runs ``--frames`` times per round, timed with time.process_time; the best and the median
 round are printed in microseconds per frame. Cases, each as the daemons do it:
@@ -12,6 +15,9 @@ round are printed in microseconds per frame. Cases, each as the daemons do it:
   it (get_buffer/buffer_updated: the head and the payload's first bytes in the scratch buffer, the rest
   in place in four reads that copy nothing, as the kernel's copy is not Python's), and next_message()
   hands out the Data; its buffer goes back to the pool.
+- ``decode-cold``: the same with the payload's bytes really written into its buffer (1 MiB per frame,
+  as the kernel's copy does), which leaves Python's code and data out of the caches as in the daemon;
+  ``copy``: those copies alone. decode-cold - copy is the decoder's Python with cold caches.
 - ``ingest``: Ingest.on_data of that Data (xxh3 of 1 MiB included: see ``digests``).
 - ``digests``: the two xxh3 passes over 1 MiB that on_data makes (chunk digest, segment hasher), alone.
 - ``ack``: the receiver encodes + tags an ACK, the shipper decodes + verifies it.
@@ -65,9 +71,10 @@ def _frames(n: int) -> list[bytes]:
     return [encode_parts(Data(STREAM, SEGMENT, i * CHUNK, 0, payload), None, sealer)[0] for i in range(n)]
 
 
-def bench_decode(n: int) -> Callable[[], None]:
+def bench_decode(n: int, cold: bool = False) -> Callable[[], None]:
     heads = _frames(n)
     pool = BufferPool()
+    source = memoryview(bytes(range(256)) * (CHUNK // 256))
 
     def run() -> None:
         _, opener = _pair(TO_RECEIVER)
@@ -82,13 +89,33 @@ def bench_decode(n: int) -> Callable[[], None]:
             rest = CHUNK - (first - len(head))
             step = -(-rest // READS)
             while rest:
-                take = min(step, len(decoder.get_buffer()), rest)
+                buf = decoder.get_buffer()
+                take = min(step, len(buf), rest)
+                if cold:
+                    # The kernel's copy, as recv_into makes it: it evicts what Python had in L1/L2.
+                    buf[:take] = source[:take]
                 decoder.buffer_updated(take)
                 rest -= take
             msg = decoder.next_message()
             assert isinstance(msg, Data), msg
             pool.give(msg.payload)
             assert decoder.next_message() is NEED_DATA
+
+    return run
+
+
+def bench_copy(n: int) -> Callable[[], None]:
+    """The copies ``decode-cold`` makes, alone: subtract it from ``decode-cold``."""
+    source = memoryview(bytes(range(256)) * (CHUNK // 256))
+    pool = BufferPool()
+
+    def run() -> None:
+        for _ in range(n):
+            buf = pool.take(CHUNK)
+            step = -(-CHUNK // READS)
+            for at in range(0, CHUNK, step):
+                buf[at : at + step] = source[at : at + step]
+            pool.give(buf)
 
     return run
 
@@ -136,6 +163,8 @@ CASES: dict[str, tuple[Callable[[int], Callable[[], None]], int]] = {
     # name: (factory, divisor of --frames: the digest-bound cases need fewer rounds to be steady)
     "encode": (bench_encode, 1),
     "decode": (bench_decode, 1),
+    "decode-cold": (lambda n: bench_decode(n, cold=True), 10),
+    "copy": (bench_copy, 10),
     "ingest": (bench_ingest, 10),
     "digests": (bench_digests, 10),
     "ack": (bench_ack, 1),
