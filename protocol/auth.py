@@ -21,6 +21,7 @@ import hashlib
 import hmac
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
@@ -169,6 +170,44 @@ class _PayloadMacs:
         return payload_gmac(aead, sequence, payload)
 
 
+class _FrameTags:
+    """Frame tags of one direction, each key's HMAC set up once: the SHA-256 states after its inner and
+    outer padded key blocks (RFC 2104, as hmac does it inside). A frame then pays two state copies and
+    its own bytes; no HMAC object from the key, no Python-level wrapper per frame."""
+
+    def __init__(self, keys: DirectionKeys) -> None:
+        self.keys = keys
+        self._ready: dict[str | None, tuple[_Hash, _Hash]] = {}
+
+    def tag(self, stream: object, sequence: int, head: bytes | bytearray | memoryview) -> bytes:
+        """``frame_tag`` under the key of ``stream``; raises like ``DirectionKeys.key_for``."""
+        # Only None and exact str are looked up: a name from the wire may be unhashable (a list), and
+        # only names key_for accepted are ever kept.
+        ready = self._ready.get(stream) if stream is None or type(stream) is str else None  # type: ignore[arg-type]
+        if ready is None:
+            ready = self._ready[stream] = _pads(self.keys.key_for(stream))  # type: ignore[index]
+        inner = ready[0].copy()
+        inner.update(sequence.to_bytes(8, "big"))
+        inner.update(head)
+        outer = ready[1].copy()
+        outer.update(inner.digest())
+        return outer.digest()[:TAG_SIZE]
+
+
+_Hash = Any  # hashlib's SHA-256 object (its type is not public)
+_BLOCK = hashlib.sha256().block_size
+_IPAD = bytes(x ^ 0x36 for x in range(256))
+_OPAD = bytes(x ^ 0x5C for x in range(256))
+
+
+def _pads(key: bytes) -> tuple[_Hash, _Hash]:
+    """The SHA-256 states of HMAC under ``key`` after its inner and outer key blocks."""
+    if len(key) > _BLOCK:
+        key = hashlib.sha256(key).digest()
+    key = key.ljust(_BLOCK, b"\0")
+    return hashlib.sha256(key.translate(_IPAD)), hashlib.sha256(key.translate(_OPAD))
+
+
 class FrameSealer:
     """Tag outgoing frames, numbering them in the order they go on the wire."""
 
@@ -179,13 +218,14 @@ class FrameSealer:
         self.gmac = payload_mac and gmac
         """Whether ``pmac`` is GMAC (both ends listed ``pmac-gmac``) rather than HMAC-SHA256."""
         self._macs = _PayloadMacs(keys, self.gmac)
+        self._tags = _FrameTags(keys)
         self.sequence = 0
         self._macked = -1
         """The sequence number of the last payload MAC made: GMAC's nonce, never to serve twice."""
 
     def tag(self, stream: str | None, head: bytes) -> bytes:
         """Return the tag for the next frame (``head``: its length prefix and header)."""
-        tag = frame_tag(self.keys.key_for(stream), self.sequence, head)
+        tag = self._tags.tag(stream, self.sequence, head)
         self.sequence += 1
         return tag
 
@@ -210,6 +250,7 @@ class FrameOpener:
         self.payload_mac = payload_mac
         self.gmac = payload_mac and gmac
         self._macs = _PayloadMacs(keys, self.gmac)
+        self._tags = _FrameTags(keys)
         self.sequence = 0
         self.refused = 0
         """Frames refused (what status and the log count)."""
@@ -217,11 +258,11 @@ class FrameOpener:
     def check(self, stream: object, head: bytes | bytearray | memoryview, tag: bytes | bytearray) -> None:
         """Accept the next frame or raise FrameAuthFailed (RemoteProtocolError for an unknown stream)."""
         try:
-            want = frame_tag(self.keys.key_for(stream), self.sequence, head)
+            want = self._tags.tag(stream, self.sequence, head)
         except RemoteProtocolError:
             self.refused += 1
             raise
-        if not hmac.compare_digest(want, bytes(tag)):
+        if not hmac.compare_digest(want, tag):
             self.refused += 1
             raise FrameAuthFailed(f"frame {self.sequence} fails its tag: forged, damaged, replayed or out of order")
         self.sequence += 1

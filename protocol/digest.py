@@ -28,7 +28,7 @@ def fields_digest(*fields: str | int) -> int:
     ACK and NACK carry no payload, but their fields decide what the shipper believes is durable (and
     may drop from its window, or let retention delete): a damaged offset must not pass as a real one.
     """
-    text = "\0".join(str(f) for f in fields)
+    text = "\0".join(map(str, fields))
     return xxhash.xxh3_64_intdigest(text.encode("utf-8", "surrogatepass"))
 
 

@@ -107,6 +107,8 @@ class FrameDecoder:
         self.encodings = encodings
         self._buf = bytearray()
         self._header: dict[str, Any] | None = None
+        self._data: Data | None = None
+        """The pending DATA as its header was checked (payload still empty)."""
         self._error: RemoteProtocolError | None = None
         self._payload: bytearray | AlignedBuffer | memoryview | None = None
         """The pending DATA payload, filled in place (see get_buffer); None while bytes go to _buf."""
@@ -165,9 +167,27 @@ class FrameDecoder:
             return
         if self._into_payload:
             self._filled += nbytes
+            if self._payload is not None and self._filled < len(self._payload):
+                # Most reads of a large payload: nothing new to decode until its last byte is in.
+                return
         else:
             assert self._scratch is not None
-            self.receive_data(memoryview(self._scratch)[:nbytes])
+            view = memoryview(self._scratch)[:nbytes]
+            if self.pool is not None and not self._buf and self._header is None and nbytes > 4:
+                # A read between frames: the next frame's head alone first, so that if it is a large
+                # DATA the payload bytes read with it go once into the payload's own buffer (else they
+                # are copied into _buf and then again out of it, up to SCRATCH bytes per frame).
+                cut = 4 + _PREFIX.unpack_from(view)[0] + TAG_SIZE
+                if cut < nbytes:
+                    self.receive_data(view[:cut])
+                    self._decode_ahead()
+                    if self._error is not None:
+                        return
+                    view = view[cut:]
+            self.receive_data(view)
+        self._decode_ahead()
+
+    def _decode_ahead(self) -> None:
         # Decode ahead, as the bytes come: a DATA header is seen (and, with a pool, its payload buffer
         # offered to the socket) at once, not only when the consumer asks for the next message. Left
         # to the consumer, whole payloads piled up in _buf meanwhile, to be copied a second time.
@@ -240,8 +260,8 @@ class FrameDecoder:
                 if "enc" in header:
                     check_lengths(header["enc"], plen, header.get("ulen"), self.max_payload, self.encodings)
                 # Validate the header before waiting for the payload: a bad DATA header is refused
-                # without buffering a single payload byte.
-                Data.from_header(header)
+                # without buffering a single payload byte. Kept: the payload is all it lacks.
+                self._data = Data.from_header(header)
                 self._header = header
                 if self.pool is not None and plen >= DIRECT_PAYLOAD:
                     # An authenticated peer: receive the payload in place from its first byte on.
@@ -252,6 +272,8 @@ class FrameDecoder:
                     raise RemoteProtocolError(f"unknown frame type {kind!r}", code=ErrorCode.BAD_TYPE)
                 return factory(header)
         header = self._header
+        data = self._data
+        assert data is not None
         plen = header["len"]
         payload: bytes | bytearray | AlignedBuffer | memoryview
         if self._payload is not None:
@@ -268,15 +290,15 @@ class FrameDecoder:
         else:
             payload = bytes(memoryview(buf)[:plen])
             del buf[:plen]
-        self._header = None
+        self._header = self._data = None
         if self.opener is not None and self.opener.payload_mac:
-            self.opener.check_payload(header["stream"], payload, header.get(PAYLOAD_MAC))
+            self.opener.check_payload(data.stream, payload, header.get(PAYLOAD_MAC))
         if "enc" in header:
             packed = payload
             payload = decompress(header["enc"], packed, header["ulen"])
             if self.pool is not None:
                 self.pool.give(packed)  # (takes back only buffers of its own)
-        return Data.from_header(header, payload)
+        return Data(data.stream, data.segment, data.offset, data.digest, payload, data.rewrite)  # type: ignore[arg-type]
 
     def _start_payload(self, payload: bytearray | AlignedBuffer | memoryview) -> None:
         """Receive the rest of the pending payload into ``payload``, after what _buf holds of it."""

@@ -227,3 +227,42 @@ def test_random_sequences_yield_progress_or_an_error(ops: list[tuple[str, int, i
 def SHIPPER_FRAMES_SENT(ops: list[tuple[str, int, int]]) -> list[Message]:
     """The messages the shipper meant to send, in order (its sealer numbered each one)."""
     return [SHIPPER_FRAMES[which] for _, which, _ in ops]
+
+
+def test_tags_are_the_documented_hmac_frame_after_frame() -> None:
+    # Each key's HMAC is set up once and copied per frame: every tag must still be HMAC-SHA256 over
+    # the sequence number and the head, however streams and frames interleave.
+    import hashlib
+    import hmac
+
+    from protocol.auth import frame_tag
+
+    p = SessionPair()
+    frames = [Data("db1", SEG, 0, 7, b"a"), Seal("db2", SEG, 0, bytes(16)), Heartbeat(), Data("db1", SEG, 1, 8, b"b")]
+    wires = [p.to_receiver(msg) for msg in frames]
+    for sequence, (msg, wire) in enumerate(zip(frames, wires, strict=True)):
+        hlen = int.from_bytes(wire[:4], "big")
+        head, tag = wire[: 4 + hlen], wire[4 + hlen : 4 + hlen + TAG_SIZE]
+        stream = getattr(msg, "stream", None)
+        key = p.s_seal.keys.key_for(stream)
+        want = hmac.new(key, sequence.to_bytes(8, "big") + head, hashlib.sha256).digest()[:TAG_SIZE]
+        assert tag == want == frame_tag(key, sequence, head)
+        p.at_receiver.receive_data(wire)
+        assert p.at_receiver.next_message() == msg
+
+
+@pytest.mark.parametrize("size", [0, 1, 32, 63, 64, 65, 200])
+def test_prepared_tag_states_are_hmac_for_any_key_length(size: int) -> None:
+    import hashlib
+    import hmac
+
+    from protocol.auth import _pads
+
+    key = bytes(range(size % 256)) * (size // 256) + bytes(range(size % 256))
+    inner, outer = _pads(key)
+    for msg in (b"", b"frame", bytes(1000)):
+        i = inner.copy()
+        i.update(msg)
+        o = outer.copy()
+        o.update(i.digest())
+        assert o.digest() == hmac.new(key, msg, hashlib.sha256).digest()

@@ -7,6 +7,7 @@ import random
 
 import pytest
 
+from protocol.auth import TO_RECEIVER, DirectionKeys, FrameOpener, FrameSealer
 from protocol.buffers import AlignedBuffer, BufferPool, page_aligned
 from protocol.digest import chunk_digest
 from protocol.framing import DIRECT_PAYLOAD, NEED_DATA, FrameDecoder, encode
@@ -26,10 +27,13 @@ def frames() -> tuple[list[Message], bytes]:
     return msgs, b"".join(encode(m) for m in msgs)
 
 
-def feed_through_buffers(wire: bytes, max_read: int, seed: int) -> list[Message]:
+def feed_through_buffers(
+    wire: bytes, max_read: int, seed: int, pool: BufferPool | None = None, opener: FrameOpener | None = None
+) -> list[Message]:
     """Write ``wire`` into the decoder the way a BufferedProtocol transport does, in random reads."""
     rnd = random.Random(seed)
     decoder = FrameDecoder(max_payload=4 << 20)
+    decoder.pool, decoder.opener = pool, opener
     out: list[Message] = []
     pos = 0
     while pos < len(wire):
@@ -53,6 +57,23 @@ def feed_through_buffers(wire: bytes, max_read: int, seed: int) -> list[Message]
 def test_buffered_receive_equals_the_sent_messages(max_read: int) -> None:
     msgs, wire = frames()
     assert feed_through_buffers(wire, max_read, seed=max_read) == msgs
+
+
+@pytest.mark.parametrize("max_read", [1 << 20, 65536 + 50, 65536, 7777, 97])
+@pytest.mark.parametrize("tagged", [False, True])
+def test_with_a_pool_reads_between_frames_split_at_the_head(max_read: int, tagged: bool) -> None:
+    # With a pool, a read between frames is taken in two: the next head, then what follows it (the
+    # first bytes of a payload, or whole further frames). Whatever the reads, the same messages.
+    msgs, wire = frames()
+    opener = None
+    if tagged:
+        keys = DirectionKeys.derive({"s": b"k" * 32}, TO_RECEIVER, b"r" * 32, b"n" * 32, "a", "b")
+        sealer, opener = FrameSealer(keys), FrameOpener(keys)
+        wire = b"".join(encode(m, sealer=sealer) for m in msgs)
+    for seed in range(3):
+        if opener is not None:
+            opener.sequence = 0
+        assert feed_through_buffers(wire, max_read, seed, BufferPool(), opener) == msgs
 
 
 def test_mixing_receive_data_and_buffers() -> None:
