@@ -155,30 +155,45 @@ def start_writeback(fd: int, start: int, end: int) -> None:
 
 
 @dataclass(slots=True)
-class PendingSync:
-    """What a write() left to make durable: the files its chunks went to (their own descriptors, so
-    the store may close or rename the originals meanwhile), and the directory entries it created."""
+class FileSync:
+    """One file a write() left to make durable: its descriptors (duplicated for this sync and closed
+    by it, so the store may close or rename the originals meanwhile) and how to flush them."""
 
-    files: list[tuple[str, int, int, tuple[int, int] | None, bool]]
-    """(segment, partial fd, idx fd, range written through the page cache, inline) per file, the
-    descriptors duplicated for this sync and closed by it. ``inline``: only the .idx is fdatasynced
-    (its records carry the bytes), and the range is the partial's to start writing back after that."""
+    segment: str
+    fd: int
+    """The partial's."""
+    idx_fd: int
+    cached: tuple[int, int] | None
+    """The range written through the page cache: dropped after the flush (plain), or the partial's
+    to start writing back after the .idx's flush (inline)."""
+    inline: bool
+    """Only the .idx is fdatasynced: its records carry the bytes (receiver/chunk_index.py)."""
+
+    def close(self) -> None:
+        os.close(self.fd)
+        os.close(self.idx_fd)
+
+
+@dataclass(slots=True)
+class PendingSync:
+    """What a write() left to make durable: the files its chunks went to, and whether the directory
+    entries it created need a flush."""
+
+    files: list[FileSync]
     sync_incoming: bool = False
 
     def close(self) -> None:
-        for _, fd, idx_fd, _, _ in self.files:
-            os.close(fd)
-            os.close(idx_fd)
+        for entry in self.files:
+            entry.close()
         self.files = []
 
     def drop(self, segment: str) -> tuple[int, int] | None:
         """Forget (and close) the entries of ``segment``; return the cached range they had."""
         cached: tuple[int, int] | None = None
-        for entry in [e for e in self.files if e[0] == segment]:
+        for entry in [e for e in self.files if e.segment == segment]:
             self.files.remove(entry)
-            os.close(entry[1])
-            os.close(entry[2])
-            if entry[3] is not None and not entry[4]:
-                lo, hi = cached or entry[3]
-                cached = (min(lo, entry[3][0]), max(hi, entry[3][1]))
+            entry.close()
+            if entry.cached is not None and not entry.inline:
+                lo, hi = cached or entry.cached
+                cached = (min(lo, entry.cached[0]), max(hi, entry.cached[1]))
         return cached

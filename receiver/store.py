@@ -36,7 +36,7 @@ from receiver import chunk_index
 from receiver.manifest import Base, Installed, Stamp
 from receiver.manifest_file import ManifestFile
 from receiver.ops import Install, Op, Rehash, Restart, Rewrite, Write
-from receiver.partial_writer import PartialWriter, PendingSync, start_writeback
+from receiver.partial_writer import FileSync, PartialWriter, PendingSync, start_writeback
 from receiver.rewrite import carry_out
 
 _IDX = chunk_index.RECORD
@@ -218,6 +218,7 @@ class SegmentStore:
         """Write the chunk records and leave the partial and its records to the next sync()."""
         if not dirty or self._fd < 0 or self._writer is None:
             return
+        assert self._seg is not None
         self._writer.flush()
         inline = sum(len(op.payload) for op in records) <= chunk_index.INLINE_MAX
         if inline:
@@ -230,7 +231,6 @@ class SegmentStore:
         if data and (n := os.write(self._idx_fd, data)) != len(data):
             # Only a full file system takes fewer bytes; recover() cuts the torn record (receiver/space.py).
             raise OSError(errno.ENOSPC, f"short write of {self._seg}.idx: {n} of {len(data)} bytes")
-        assert self._seg is not None
         fd = os.dup(self._fd)
         try:
             if inline:
@@ -239,9 +239,10 @@ class SegmentStore:
                 # them back from the .idx until then), and its cached range to that later flush.
                 self._writer.deferred = True
                 span = (records[0].offset, records[-1].offset + len(records[-1].payload)) if records else None
-                self._pending.files.append((self._seg, fd, os.dup(self._idx_fd), span, True))
+                self._pending.files.append(FileSync(self._seg, fd, os.dup(self._idx_fd), span, True))
             else:
-                self._pending.files.append((self._seg, fd, os.dup(self._idx_fd), self._writer.take_cached(), False))
+                cached = self._writer.take_cached()
+                self._pending.files.append(FileSync(self._seg, fd, os.dup(self._idx_fd), cached, False))
         except OSError:
             os.close(fd)
             raise
@@ -253,8 +254,9 @@ class SegmentStore:
         """Make the chunks of one write() durable. Safe to run beside the next write() (another
         thread): it touches only its own descriptors. Raises OSError."""
         try:
-            for _, fd, idx_fd, cached, inline in pending.files:
-                if inline:
+            for entry in pending.files:
+                fd, idx_fd, cached = entry.fd, entry.idx_fd, entry.cached
+                if entry.inline:
                     # Its .idx holds the chunks' bytes too (receiver/chunk_index.py): one flush. The
                     # partial's writeback starts only now, behind it on the device, while the ACK goes.
                     os.fdatasync(idx_fd)

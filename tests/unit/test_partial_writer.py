@@ -141,7 +141,7 @@ def test_a_batch_that_installs_its_segment_leaves_nothing_more_to_flush(tmp_path
         ]
     )
     assert [r.name for r in installed] == ["E1"]
-    assert [f[0] for f in pending.files] == ["E2"]
+    assert [f.segment for f in pending.files] == ["E2"]
     store.sync(pending)
     assert (tmp_path / "s" / "log" / "E1").read_bytes() == first
     store.close()
