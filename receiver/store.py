@@ -179,48 +179,45 @@ class SegmentStore:
     def _write(self, ops: list[Op]) -> None:
         # A trickle of small appends is made durable by one fdatasync (of the .idx, its bytes inline)
         # instead of two; a batch of large chunks keeps them in the partial only (receiver/chunk_index.py).
-        sizes: dict[str, int] = {}
-        for op in ops:
-            if isinstance(op, Write):
-                sizes[op.segment] = sizes.get(op.segment, 0) + len(op.payload)
+        inline = chunk_index.inline_segments(ops)
         records: list[Write] = []
         dirty = False
         for op in ops:
             if isinstance(op, Write):
                 if self._seg != op.segment:
-                    self._flush(records, dirty)
+                    self._flush(records, dirty, inline)
                     records, dirty = [], False
                     self._open(op.segment)
                 if op.payload:
                     # Queued: contiguous chunks go out in one write (receiver/partial_writer.py). Inline
                     # ones through the page cache: nothing waits for them to reach the disk.
                     assert self._writer is not None
-                    self._writer.add(op.offset, op.payload, direct=sizes[op.segment] > chunk_index.INLINE_MAX)
+                    self._writer.add(op.offset, op.payload, direct=op.segment not in inline)
                     records.append(op)
                 dirty = True
             elif isinstance(op, Install):
-                self._flush(records, dirty)
+                self._flush(records, dirty, inline)
                 records, dirty = [], False
                 self._install(op)
             elif isinstance(op, Restart):
-                self._flush(records, dirty)
+                self._flush(records, dirty, inline)
                 records, dirty = [], False
                 self.close()
                 self._quarantine(op.segment, op.reason)
             elif isinstance(op, Rewrite | Rehash):
                 # Bytes already written (receiver/rewrite.py): its records must be in the idx first.
-                self._flush(records, dirty)
+                self._flush(records, dirty, inline)
                 records, dirty = [], False
                 carry_out(op, self.partial_path(op.segment), self.idx_path(op.segment))
-        self._flush(records, dirty)
+        self._flush(records, dirty, inline)
 
-    def _flush(self, records: list[Write], dirty: bool) -> None:
+    def _flush(self, records: list[Write], dirty: bool, inline_segments: frozenset[str]) -> None:
         """Write the chunk records and leave the partial and its records to the next sync()."""
         if not dirty or self._fd < 0 or self._writer is None:
             return
         assert self._seg is not None
         self._writer.flush()
-        inline = sum(len(op.payload) for op in records) <= chunk_index.INLINE_MAX
+        inline = self._seg in inline_segments
         if inline:
             parts: list[bytes | memoryview] = []
             for op in records:
