@@ -36,7 +36,7 @@ from receiver import chunk_index
 from receiver.manifest import Base, Installed, Stamp
 from receiver.manifest_file import ManifestFile
 from receiver.ops import Install, Op, Rehash, Restart, Rewrite, Write
-from receiver.partial_writer import FileSync, PartialWriter, PendingSync, start_writeback
+from receiver.partial_writer import FileSync, PartialWriter, PendingSync, SharedFd, start_writeback
 from receiver.rewrite import carry_out
 
 _IDX = chunk_index.RECORD
@@ -81,6 +81,7 @@ class SegmentStore:
         self._writer: PartialWriter | None = None
         self._fd = -1
         self._idx_fd = -1
+        self._idx: SharedFd | None = None
         self._created = False
         self.manifest = ManifestFile(self.manifest_path)
         self._pending = PendingSync([])
@@ -138,6 +139,7 @@ class SegmentStore:
         self._writer = PartialWriter(self.partial_path(segment))
         self._fd = self._writer.fd
         self._idx_fd = os.open(self.idx_path(segment), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        self._idx = SharedFd(self._idx_fd)
         self._seg = segment
         self._created = True
 
@@ -145,8 +147,9 @@ class SegmentStore:
         if self._writer is not None:
             self._writer.close()
             self._writer = None
-        if self._idx_fd >= 0:
-            os.close(self._idx_fd)
+        if self._idx is not None:
+            self._idx.release()
+            self._idx = None
         self._fd = self._idx_fd = -1
         self._seg = None
 
@@ -228,28 +231,24 @@ class SegmentStore:
         if data and (n := os.write(self._idx_fd, data)) != len(data):
             # Only a full file system takes fewer bytes; recover() cuts the torn record (receiver/space.py).
             raise OSError(errno.ENOSPC, f"short write of {self._seg}.idx: {n} of {len(data)} bytes")
-        fd = os.dup(self._fd)
-        try:
-            if inline:
-                # Durable by the .idx alone: the partial is left to the page cache (its bytes become
-                # durable at the install's fsync or the next large batch's fdatasync; recovery writes
-                # them back from the .idx until then), and its cached range to that later flush.
-                self._writer.deferred = True
-                span = (records[0].offset, records[-1].offset + len(records[-1].payload)) if records else None
-                self._pending.files.append(FileSync(self._seg, fd, os.dup(self._idx_fd), span, True))
-            else:
-                cached = self._writer.take_cached()
-                self._pending.files.append(FileSync(self._seg, fd, os.dup(self._idx_fd), cached, False))
-        except OSError:
-            os.close(fd)
-            raise
+        assert self._idx is not None
+        if inline:
+            # Durable by the .idx alone: the partial is left to the page cache (its bytes become
+            # durable at the install's fsync or the next large batch's fdatasync; recovery writes
+            # them back from the .idx until then), and its cached range to that later flush.
+            self._writer.deferred = True
+            span = (records[0].offset, records[-1].offset + len(records[-1].payload)) if records else None
+            self._pending.files.append(FileSync(self._seg, self._writer.shared.hold(), self._idx.hold(), span, True))
+        else:
+            cached = self._writer.take_cached()
+            self._pending.files.append(FileSync(self._seg, self._writer.shared.hold(), self._idx.hold(), cached, False))
         if self._created:
             self._pending.sync_incoming = True
             self._created = False
 
     def sync(self, pending: PendingSync) -> None:
         """Make the chunks of one write() durable. Safe to run beside the next write() (another
-        thread): it touches only its own descriptors. Raises OSError."""
+        thread): the descriptors it holds stay open until it lets go of them. Raises OSError."""
         try:
             for entry in pending.files:
                 fd, idx_fd, cached = entry.fd, entry.idx_fd, entry.cached
