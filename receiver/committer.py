@@ -9,6 +9,7 @@ writes and syncs, ``detach()`` finishes the writes in hand.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import logging
 from collections.abc import Callable
@@ -44,10 +45,18 @@ class CommittedCopy(Protocol):
 C = TypeVar("C", bound=CommittedCopy)
 
 
+_COMMITS = concurrent.futures.ThreadPoolExecutor(thread_name_prefix="commit")
+"""The worker threads that write and sync batches. Its own pool, not the loop's default executor, so a
+batch is handed over with ``submit()`` and no asyncio wrapper: ``run_in_executor`` would post one more
+wake-up to the loop per batch (the wrapped future's completion) beside the batch's own."""
+
+
 class _Batch:
     """One batch of storage ops from its write to its ACK. A single trip to a worker thread writes it
-    (``written`` resolves then, with what was installed) and then syncs it (``synced``). Holds no
-    payload: the buffers go back to the pool as soon as the write copied them."""
+    and then syncs it, and tells the loop once, when it is done (``written`` and ``synced`` resolve
+    then). Only when more ops were already waiting once the write was done does it tell the loop
+    early too (``written``), so their batch is written while this one is being synced. Holds its
+    payloads (``ops``) until the commit loop sees the write done: the buffers go back to the pool then."""
 
     def __init__(
         self,
@@ -55,13 +64,19 @@ class _Batch:
         store: SegmentStore,
         ops: list[Op],
         on_synced: Callable[[_Batch], None] | None = None,
+        more_waiting: Callable[[], bool] = lambda: False,
     ) -> None:
         self.nbytes = 0
         self.sync_returned = False
         """Set on the loop once the worker's sync returned without error."""
         self.finished = False
         """Acknowledged (or found not to need it): by ``on_synced`` or the commit loop, once."""
+        self.write_done = False
+        """Set by the worker thread once the write returned (``installed`` then holds its result): the
+        commit loop may start the next write without waiting for ``written``."""
+        self.installed: list[Installed] = []
         self._on_synced = on_synced
+        self._more_waiting = more_waiting
         self.events: list[Install | Restart] = []
         self.installed_before_failure: list[Installed] = []
         """What a write that failed part-way had installed already (in log/ and the manifest)."""
@@ -75,27 +90,52 @@ class _Batch:
                 if isinstance(op, Install):
                     ack = Position(op.segment, op.size), True
         self.ack = ack if ack is not None else (START, False)
+        self.ops = ops
         self.written: asyncio.Future[list[Installed]] = loop.create_future()
-        self.synced = loop.run_in_executor(None, self._run, loop, store, ops)
+        self.synced: asyncio.Future[None] = loop.create_future()
         # Its failure is the written future's, reported there; do not warn about it a second time.
         self.synced.add_done_callback(lambda f: f.cancelled() or f.exception())
+        _COMMITS.submit(self._run, loop, store, ops)
 
     def _run(self, loop: asyncio.AbstractEventLoop, store: SegmentStore, ops: list[Op]) -> None:
         try:
             pending, installed = store.write(ops)
-        except BaseException as e:
+        except BaseException as e:  # noqa: BLE001 (the loop must hear of any failure, or it waits for ever)
             # Set before the loop hears of the failure (the call below), so it reads the final list.
             self.installed_before_failure = list(getattr(store, "installed", ()))
-            loop.call_soon_threadsafe(_settle, self.written, None, e)
-            raise
-        loop.call_soon_threadsafe(_settle, self.written, installed, None)
-        store.sync(pending)
+            _post(loop, self._done, None, e)
+            return
+        self.installed = installed
+        self.write_done = True
+        # After write_done is set: ops submitted from now on find it set (and their batch starts at
+        # once); ops submitted before are seen here. Either way nobody waits for this batch's sync.
+        if self._more_waiting():
+            _post(loop, _settle, self.written, installed, None)
+        try:
+            store.sync(pending)
+        except BaseException as e:  # noqa: BLE001 (as above)
+            _post(loop, self._done, installed, e)
+            return
+        _post(loop, self._done, installed, None)
+
+    def _done(self, installed: list[Installed] | None, exc: BaseException | None) -> None:
+        # On the loop: the one wake-up of a batch that nobody was waiting behind.
+        _settle(self.written, installed, exc if installed is None else None)
+        if exc is not None:
+            if not self.synced.done():
+                self.synced.set_exception(exc)
+            return
+        if not self.synced.done():
+            self.synced.set_result(None)
         if self._on_synced is not None:
-            # Straight to the loop: the executor future's completion takes two more loop iterations
-            # (its done callback, then the commit loop's wake-up) before the ACK, each behind whatever
-            # else is ready (scripts/bench lag: synced -> ACK p99 2 ms under load).
-            with contextlib.suppress(RuntimeError):  # the loop is closing: nobody to ACK to
-                loop.call_soon_threadsafe(self._on_synced, self)
+            # Straight from here: waiting for the commit loop to wake for it would add a loop iteration
+            # before the ACK, behind whatever else is ready (scripts/bench lag: synced -> ACK p99 2 ms).
+            self._on_synced(self)
+
+
+def _post(loop: asyncio.AbstractEventLoop, callback: Callable[..., None], *args: object) -> None:
+    with contextlib.suppress(RuntimeError):  # the loop is closing: nobody to tell
+        loop.call_soon_threadsafe(callback, *args)
 
 
 def _settle(fut: asyncio.Future[list[Installed]], result: list[Installed] | None, exc: BaseException | None) -> None:
@@ -143,6 +183,8 @@ class Attachment(Generic[C]):
         self.error: BaseException | None = None
         self._syncing: _Batch | None = None
         """The batch written before the one in hand, not yet acknowledged (all before it are)."""
+        self._writing: _Batch | None = None
+        """The batch in hand: its write not yet seen done by the commit loop."""
         self.task = asyncio.create_task(self._commit_loop(), name=f"commit-{copy.name}")
 
     def submit(self, ops: list[Op]) -> None:
@@ -158,34 +200,48 @@ class Attachment(Generic[C]):
         # Two batches in the pipe: while one is being fdatasynced the next is already written (the
         # sync makes durable at least what was written before it began). A batch is acknowledged only
         # once its own sync and every earlier one returned. Each batch is one trip to a worker thread
-        # (write, then sync): a trickle of appends pays one thread hand-off each way, no more.
+        # (write, then sync) and one wake-up of the loop when it is done: a trickle of appends pays
+        # one thread hand-off each way, no more. The next batch may start once the write is done
+        # (``write_done``, set by the worker), seen either here when new ops wake us or from the
+        # worker's early word when they were waiting already.
         loop = asyncio.get_running_loop()
         store = self.copy.store
         syncing: _Batch | None = None
+        writing: _Batch | None = None
         try:
             while True:
                 self.wake.clear()
-                if self.pending:
-                    ops, self.pending = self.pending, []
-                    batch = _Batch(loop, store, ops, self._on_synced)
-                    # Its sync ending wakes us like new work does: one event to wait on, no helper task.
-                    batch.synced.add_done_callback(lambda _: self.wake.set())
-                    try:
-                        installed = await batch.written
-                    except Exception:
-                        await asyncio.wait({batch.synced})
-                        # Segments installed before the write failed (ENOSPC on a later chunk) are in
-                        # log/ and the manifest: replay must know them, or it sees a gap and Fails.
-                        self.copy.on_installed(batch.installed_before_failure)
-                        raise
+                if writing is not None:
+                    batch = writing
+                    if batch.written.done():
+                        try:
+                            installed = batch.written.result()
+                        except Exception:
+                            await asyncio.wait({batch.synced})
+                            # Segments installed before the write failed (ENOSPC on a later chunk) are
+                            # in log/ and the manifest: replay must know them, or it sees a gap and Fails.
+                            self.copy.on_installed(batch.installed_before_failure)
+                            raise
+                    elif batch.write_done:
+                        installed = batch.installed
+                    else:
+                        await self.wake.wait()
+                        continue
+                    writing = self._writing = None
                     # Only one write at a time: the store's open segment is the writer's state.
                     self.copy.on_installed(installed)
-                    self._recycle(ops)
+                    self._recycle(batch.ops)
                     if syncing is not None:
                         await self._finish(syncing)
                     syncing = self._syncing = batch
                     if batch.sync_returned:
                         self._ack(batch)
+                elif self.pending:
+                    ops, self.pending = self.pending, []
+                    writing = self._writing = _Batch(loop, store, ops, self._on_synced, self._more_waiting)
+                    # Its write or sync ending wakes us like new work does: one event to wait on.
+                    writing.written.add_done_callback(self._wake)
+                    writing.synced.add_done_callback(self._wake)
                 elif syncing is not None:
                     if syncing.synced.done():
                         batch, syncing = syncing, None
@@ -243,10 +299,23 @@ class Attachment(Generic[C]):
 
     def _on_synced(self, batch: _Batch) -> None:
         # Only the oldest batch not yet acknowledged may be: a later one waits for the commit loop,
-        # which acknowledges in order once every earlier sync returned.
+        # which acknowledges in order once every earlier sync returned. The batch in hand is the
+        # oldest once the one before it is acknowledged; one that installed or quarantined a segment
+        # waits for the commit loop, which tells the copy of its installs first.
         batch.sync_returned = True
-        if batch is self._syncing and self.error is None:
+        if self.error is not None:
+            return
+        if batch is self._syncing:
             self._ack(batch)
+        elif batch is self._writing and not batch.events and (self._syncing is None or self._syncing.finished):
+            self._ack(batch)
+
+    def _wake(self, _: object) -> None:
+        self.wake.set()
+
+    def _more_waiting(self) -> bool:
+        # Read from the worker thread: a list's length, under the GIL.
+        return bool(self.pending) or self.closing
 
     async def _finish(self, batch: _Batch) -> None:
         await batch.synced

@@ -36,7 +36,7 @@ from receiver import chunk_index
 from receiver.manifest import Base, Installed, Stamp
 from receiver.manifest_file import ManifestFile
 from receiver.ops import Install, Op, Rehash, Restart, Rewrite, Write
-from receiver.partial_writer import PartialWriter, PendingSync, start_writeback
+from receiver.partial_writer import FileSync, PartialWriter, PendingSync, SharedFd, start_writeback
 from receiver.rewrite import carry_out
 
 _IDX = chunk_index.RECORD
@@ -81,6 +81,7 @@ class SegmentStore:
         self._writer: PartialWriter | None = None
         self._fd = -1
         self._idx_fd = -1
+        self._idx: SharedFd | None = None
         self._created = False
         self.manifest = ManifestFile(self.manifest_path)
         self._pending = PendingSync([])
@@ -138,6 +139,7 @@ class SegmentStore:
         self._writer = PartialWriter(self.partial_path(segment))
         self._fd = self._writer.fd
         self._idx_fd = os.open(self.idx_path(segment), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        self._idx = SharedFd(self._idx_fd)
         self._seg = segment
         self._created = True
 
@@ -145,8 +147,9 @@ class SegmentStore:
         if self._writer is not None:
             self._writer.close()
             self._writer = None
-        if self._idx_fd >= 0:
-            os.close(self._idx_fd)
+        if self._idx is not None:
+            self._idx.release()
+            self._idx = None
         self._fd = self._idx_fd = -1
         self._seg = None
 
@@ -179,47 +182,45 @@ class SegmentStore:
     def _write(self, ops: list[Op]) -> None:
         # A trickle of small appends is made durable by one fdatasync (of the .idx, its bytes inline)
         # instead of two; a batch of large chunks keeps them in the partial only (receiver/chunk_index.py).
-        sizes: dict[str, int] = {}
-        for op in ops:
-            if isinstance(op, Write):
-                sizes[op.segment] = sizes.get(op.segment, 0) + len(op.payload)
+        inline = chunk_index.inline_segments(ops)
         records: list[Write] = []
         dirty = False
         for op in ops:
             if isinstance(op, Write):
                 if self._seg != op.segment:
-                    self._flush(records, dirty)
+                    self._flush(records, dirty, inline)
                     records, dirty = [], False
                     self._open(op.segment)
                 if op.payload:
                     # Queued: contiguous chunks go out in one write (receiver/partial_writer.py). Inline
                     # ones through the page cache: nothing waits for them to reach the disk.
                     assert self._writer is not None
-                    self._writer.add(op.offset, op.payload, direct=sizes[op.segment] > chunk_index.INLINE_MAX)
+                    self._writer.add(op.offset, op.payload, direct=op.segment not in inline)
                     records.append(op)
                 dirty = True
             elif isinstance(op, Install):
-                self._flush(records, dirty)
+                self._flush(records, dirty, inline)
                 records, dirty = [], False
                 self._install(op)
             elif isinstance(op, Restart):
-                self._flush(records, dirty)
+                self._flush(records, dirty, inline)
                 records, dirty = [], False
                 self.close()
                 self._quarantine(op.segment, op.reason)
             elif isinstance(op, Rewrite | Rehash):
                 # Bytes already written (receiver/rewrite.py): its records must be in the idx first.
-                self._flush(records, dirty)
+                self._flush(records, dirty, inline)
                 records, dirty = [], False
                 carry_out(op, self.partial_path(op.segment), self.idx_path(op.segment))
-        self._flush(records, dirty)
+        self._flush(records, dirty, inline)
 
-    def _flush(self, records: list[Write], dirty: bool) -> None:
+    def _flush(self, records: list[Write], dirty: bool, inline_segments: frozenset[str]) -> None:
         """Write the chunk records and leave the partial and its records to the next sync()."""
         if not dirty or self._fd < 0 or self._writer is None:
             return
+        assert self._seg is not None
         self._writer.flush()
-        inline = sum(len(op.payload) for op in records) <= chunk_index.INLINE_MAX
+        inline = self._seg in inline_segments
         if inline:
             parts: list[bytes | memoryview] = []
             for op in records:
@@ -230,31 +231,28 @@ class SegmentStore:
         if data and (n := os.write(self._idx_fd, data)) != len(data):
             # Only a full file system takes fewer bytes; recover() cuts the torn record (receiver/space.py).
             raise OSError(errno.ENOSPC, f"short write of {self._seg}.idx: {n} of {len(data)} bytes")
-        assert self._seg is not None
-        fd = os.dup(self._fd)
-        try:
-            if inline:
-                # Durable by the .idx alone: the partial is left to the page cache (its bytes become
-                # durable at the install's fsync or the next large batch's fdatasync; recovery writes
-                # them back from the .idx until then), and its cached range to that later flush.
-                self._writer.deferred = True
-                span = (records[0].offset, records[-1].offset + len(records[-1].payload)) if records else None
-                self._pending.files.append((self._seg, fd, os.dup(self._idx_fd), span, True))
-            else:
-                self._pending.files.append((self._seg, fd, os.dup(self._idx_fd), self._writer.take_cached(), False))
-        except OSError:
-            os.close(fd)
-            raise
+        assert self._idx is not None
+        if inline:
+            # Durable by the .idx alone: the partial is left to the page cache (its bytes become
+            # durable at the install's fsync or the next large batch's fdatasync; recovery writes
+            # them back from the .idx until then), and its cached range to that later flush.
+            self._writer.deferred = True
+            span = (records[0].offset, records[-1].offset + len(records[-1].payload)) if records else None
+            self._pending.files.append(FileSync(self._seg, self._writer.shared.hold(), self._idx.hold(), span, True))
+        else:
+            cached = self._writer.take_cached()
+            self._pending.files.append(FileSync(self._seg, self._writer.shared.hold(), self._idx.hold(), cached, False))
         if self._created:
             self._pending.sync_incoming = True
             self._created = False
 
     def sync(self, pending: PendingSync) -> None:
         """Make the chunks of one write() durable. Safe to run beside the next write() (another
-        thread): it touches only its own descriptors. Raises OSError."""
+        thread): the descriptors it holds stay open until it lets go of them. Raises OSError."""
         try:
-            for _, fd, idx_fd, cached, inline in pending.files:
-                if inline:
+            for entry in pending.files:
+                fd, idx_fd, cached = entry.fd, entry.idx_fd, entry.cached
+                if entry.inline:
                     # Its .idx holds the chunks' bytes too (receiver/chunk_index.py): one flush. The
                     # partial's writeback starts only now, behind it on the device, while the ACK goes.
                     os.fdatasync(idx_fd)

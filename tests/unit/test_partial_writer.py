@@ -141,7 +141,7 @@ def test_a_batch_that_installs_its_segment_leaves_nothing_more_to_flush(tmp_path
         ]
     )
     assert [r.name for r in installed] == ["E1"]
-    assert [f[0] for f in pending.files] == ["E2"]
+    assert [f.segment for f in pending.files] == ["E2"]
     store.sync(pending)
     assert (tmp_path / "s" / "log" / "E1").read_bytes() == first
     store.close()
@@ -167,3 +167,31 @@ def test_chunks_in_the_pools_huge_page_slabs_go_to_the_device_too(tmp_path: Path
     w.close()
     assert _cached_pages(path) == 0
     assert path.read_bytes() == b"".join(chunks)
+
+
+def _open_fds() -> set[str]:
+    return set(os.listdir("/proc/self/fd"))
+
+
+def test_a_sync_outlives_the_store_closing_its_files_and_then_closes_them(tmp_path: Path) -> None:
+    # Two batches in the pipe: the second installs the segment (closing the store's descriptors)
+    # before the first one's sync ran. That sync still flushes the same files, and the last holder
+    # to let go closes them: nothing leaks, nothing is closed under a sync.
+    big, small = os.urandom(MIB), os.urandom(4096)
+    store = SegmentStore(tmp_path / "s")
+    store.recover()
+    before = _open_fds()
+    first, _ = store.write([Write("E1", 0, _aligned(big), chunk_digest("E1", 0, big))])
+    second, _ = store.write([Write("E1", MIB, small, chunk_digest("E1", MIB, small))])
+    entries = [*first.files, *second.files]
+    store.write([Install("E1", MIB + 4096, segment_digest(big + small), "")])[0].close()
+    for entry in entries:
+        os.fstat(entry.fd)  # still open: held by the pending syncs
+    store.sync(second)
+    store.sync(first)
+    store.close_manifest()  # (the install opened it)
+    assert _open_fds() == before
+    for entry in entries:
+        with pytest.raises(OSError):
+            os.fstat(entry.fd)
+    assert (tmp_path / "s" / "log" / "E1").read_bytes() == big + small

@@ -43,6 +43,26 @@ def store(tmp_path: Path) -> Iterator[SegmentStore]:
     s.close()
 
 
+def test_inline_is_decided_per_segment_over_the_whole_batch() -> None:
+    half = b"x" * (chunk_index.INLINE_MAX // 2 + 1)
+    s2 = "E00000002.log"
+    ops: list[Op] = [*writes([half]), Install(S1, len(half)), Write(s2, 0, b"y", 0), *writes([half], len(half))]
+    # S1's two halves total more than INLINE_MAX, even with other ops between them; S2's one byte does not.
+    assert chunk_index.inline_segments(ops) == {s2}
+    assert chunk_index.inline_segments(writes([half])) == {S1}
+    assert chunk_index.inline_segments([Install(S1, 0)]) == frozenset()
+
+
+def test_a_batch_split_by_a_rewrite_journals_both_halves_as_the_batch_decided(store: SegmentStore) -> None:
+    # The chunks of one batch and their records must agree: one decision (chunk_index.inline_segments)
+    # for the write and for the records, even where another op splits the batch's records in two.
+    half = BLOB[:30_000] + os.urandom(chunk_index.INLINE_MAX // 2 - 30_000 + 1)
+    store.apply([*writes([half]), Rewrite(S1, 0, half), *writes([half], len(half))])
+    records = chunk_index.parse(store.idx_path(S1).read_bytes())
+    assert [(r.offset, r.inline) for r in records] == [(0, -1), (len(half), -1)]
+    assert store.partial_path(S1).read_bytes() == half + half
+
+
 def test_a_small_batch_carries_its_bytes_in_the_index_and_a_large_one_does_not(store: SegmentStore) -> None:
     small = BLOB[:5000]
     store.apply(writes([small[:4096], small[4096:]]))
