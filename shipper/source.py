@@ -8,6 +8,7 @@ which its SEAL carries.
 from __future__ import annotations
 
 import logging
+import mmap
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,9 @@ from shipper.window import Cursor
 
 log = logging.getLogger("shipper")
 
+MADV_POPULATE_READ = 22
+"""madvise(2) since Linux 5.14 (Python 3.11's mmap module does not name it)."""
+
 
 class SourceError(Exception):
     """The source cannot give the bytes a target needs now; start over from the target's position."""
@@ -31,6 +35,8 @@ class SendData:
     segment: str
     offset: int
     length: int
+    sealed: bool = False
+    """The segment is complete on the source (its bytes may be mapped rather than copied: ``SegmentReader.view``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,7 +80,7 @@ def next_step(tailer: Tailer, cursor: Cursor, chunk_size: int) -> Step:
     if info is None:
         return Stuck(f"segment {cursor.segment} is gone from the source before it was fully shipped")
     if cursor.offset < info.size:
-        return SendData(cursor.segment, cursor.offset, min(chunk_size, info.size - cursor.offset))
+        return SendData(cursor.segment, cursor.offset, min(chunk_size, info.size - cursor.offset), info.sealed)
     if cursor.offset > info.size:
         return Stuck(f"segment {cursor.segment} shrank on the source to {info.size} bytes below {cursor.offset} sent")
     if info.sealed:
@@ -126,6 +132,29 @@ class SegmentReader:
         if n == len(buf):
             self._hasher.update(buf)
         return n
+
+    def view(self, segment: str, offset: int, length: int) -> memoryview | None:
+        """Return ``length`` bytes at ``offset`` mapped from the page cache, hashed; None where they
+        cannot be mapped whole (the caller reads them into a buffer instead).
+
+        Raises SourceError if the segment is missing.
+        """
+        fd = self._open(segment)
+        start = offset - offset % mmap.ALLOCATIONGRANULARITY
+        try:
+            mapping = mmap.mmap(fd, offset + length - start, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ, offset=start)
+        except (OSError, ValueError):
+            return None
+        try:
+            # Page tables filled in one call instead of a fault per page; EFAULT where a page lies
+            # past the end of the file (it shrank), which a later access would raise as SIGBUS.
+            mapping.madvise(MADV_POPULATE_READ)
+        except OSError:
+            mapping.close()
+            return None
+        view = memoryview(mapping)[offset - start :]
+        self._hasher.update(view)
+        return view
 
     def digest(self) -> bytes:
         """Return the digest of the segment's bytes read so far (its whole content once all are read)."""

@@ -16,17 +16,20 @@ import pytest
 import uvloop
 
 from protocol.aio import FramedConnection
-from protocol.digest import chunk_digest
+from protocol.digest import chunk_digest, segment_digest
 from protocol.framing import NEED_DATA, FrameDecoder
 from protocol.messages import Data, Position
 from shipper.chunks import DataSender
+from shipper.rewrite import TrackingReader
 from shipper.source import SegmentReader, SendData
 
 CHUNK = 256 * 1024
 SIZE = 48 * CHUNK
 
 
-async def ship_to_slow_peer(source: Path) -> tuple[list[Data], DataSender]:
+async def ship_to_slow_peer(
+    source: Path, sealed: bool = False, segments: SegmentReader | None = None
+) -> tuple[list[Data], DataSender]:
     received = bytearray()
     got_all = asyncio.Event()
 
@@ -46,9 +49,9 @@ async def ship_to_slow_peer(source: Path) -> tuple[list[Data], DataSender]:
     port = server.sockets[0].getsockname()[1]
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     conn = FramedConnection(reader, writer)
-    sender = DataSender(conn, SegmentReader(source.parent), "s")
+    sender = DataSender(conn, segments or SegmentReader(source.parent), "s")
     for offset in range(0, SIZE, CHUNK):
-        assert await sender.send(SendData(source.name, offset, CHUNK)) is not None
+        assert await sender.send(SendData(source.name, offset, CHUNK, sealed)) is not None
         # What the send loop does: no more than two chunks wait in the transport.
         if writer.transport.get_write_buffer_size() > 2 * CHUNK:
             await conn.drain()
@@ -80,3 +83,38 @@ def test_wire_carries_the_file_while_buffers_are_reused(tmp_path: Path, loop_fac
     # The buffers were reused, not only allocated afresh.
     assert sender.buffers.hits > 0
     assert sender.buffers.hits + sender.buffers.misses == SIZE // CHUNK
+
+
+@pytest.mark.parametrize("loop_factory", [asyncio.new_event_loop, uvloop.new_event_loop], ids=["asyncio", "uvloop"])
+def test_a_sealed_segment_is_sent_from_its_mapping(tmp_path: Path, loop_factory: Callable) -> None:
+    # The slow peer keeps mapped chunks waiting in the transport: they must stay mapped until sent.
+    source = tmp_path / "E0000000000000001.log"
+    content = os.urandom(SIZE)
+    source.write_bytes(content)
+    reader = SegmentReader(tmp_path)
+    reader.seek(Position(source.name, 0))
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        msgs, sender = runner.run(ship_to_slow_peer(source, sealed=True, segments=reader))
+    assert len(msgs) == SIZE // CHUNK
+    for m in msgs:
+        assert bytes(m.payload) == content[m.offset : m.offset + CHUNK]
+        assert m.digest == chunk_digest(m.segment, m.offset, content[m.offset : m.offset + CHUNK])
+    # No chunk went through a read buffer, and the segment's digest covers every byte, in order.
+    assert sender.buffers.hits + sender.buffers.misses == 0
+    assert reader.digest() == segment_digest(content)
+    reader.close()
+
+
+def test_a_closed_mode_reader_reads_every_sealed_chunk(tmp_path: Path) -> None:
+    # --seal closed remembers what was sent from what read_into() read: no chunk may bypass it.
+    source = tmp_path / "E0000000000000001.log"
+    content = os.urandom(SIZE)
+    source.write_bytes(content)
+    reader = TrackingReader(tmp_path)
+    reader.seek(Position(source.name, 0))
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        msgs, sender = runner.run(ship_to_slow_peer(source, sealed=True, segments=reader))
+    assert [bytes(m.payload) for m in msgs] == [content[o : o + CHUNK] for o in range(0, SIZE, CHUNK)]
+    assert sender.buffers.hits + sender.buffers.misses == SIZE // CHUNK
+    assert reader.sent.end == SIZE
+    reader.close()

@@ -60,14 +60,19 @@ def test_empty_source_waits(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("offset", "step"),
-    [(0, SendData(S1, 0, 4)), (4, SendData(S1, 4, 4)), (8, SendData(S1, 8, 2)), (9, SendData(S1, 9, 1))],
+    [
+        (0, SendData(S1, 0, 4, sealed=True)),
+        (4, SendData(S1, 4, 4, sealed=True)),
+        (8, SendData(S1, 8, 2, sealed=True)),
+        (9, SendData(S1, 9, 1, sealed=True)),
+    ],
 )
 def test_data_is_sent_in_chunks_capped_by_chunk_size(tailer: Tailer, offset: int, step: SendData) -> None:
     assert next_step(tailer, Cursor(S1, offset, False), CHUNK) == step
 
 
 def test_one_big_chunk_when_chunk_size_allows(tailer: Tailer) -> None:
-    assert next_step(tailer, Cursor(S1, 3, False), 1 << 20) == SendData(S1, 3, 7)
+    assert next_step(tailer, Cursor(S1, 3, False), 1 << 20) == SendData(S1, 3, 7, sealed=True)
 
 
 def test_walking_a_segment_covers_every_byte_once(tailer: Tailer) -> None:
@@ -129,5 +134,5 @@ def test_sealed_segment_that_grew_is_sealed_at_its_frozen_size(tailer: Tailer) -
         f.write(b"late bytes")
     tailer.scan(now=time.time() + 3600)
     assert tailer.by_name[S1].size == 10
-    assert next_step(tailer, Cursor(S1, 8, False), CHUNK) == SendData(S1, 8, 2)
+    assert next_step(tailer, Cursor(S1, 8, False), CHUNK) == SendData(S1, 8, 2, sealed=True)
     assert next_step(tailer, Cursor(S1, 10, False), CHUNK) == SendSeal(S1, 10)
