@@ -73,7 +73,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="shell command writing a base image (a tar) to stdout, sent to a target whose copy is Seeding "
         "(`receiver reseed`); e.g. 'tar -C /var/lib/app -cf - .' or 'pg_basebackup -D - -Ft -X none'",
     )
-    p.add_argument("--chunk-size", metavar="SIZE", help="largest DATA chunk (default 1MiB)")
+    p.add_argument(
+        "--chunk-size",
+        metavar="SIZE",
+        help="largest DATA chunk: auto (default) is half the smallest window, between 1MiB and 4MiB "
+        "(4MiB with the default window; a receiver takes up to its --max-payload, 4MiB by default)",
+    )
     p.add_argument(
         "--window",
         metavar="SIZE|auto",

@@ -89,7 +89,6 @@ from shipper.config_values import (
 )
 from shipper.settings import (
     DEFAULT_ACK_TIMEOUT,
-    DEFAULT_CHUNK_SIZE,
     DEFAULT_POLL_INTERVAL,
     DEFAULT_WINDOW_MAX,
     SEAL_MODES,
@@ -103,7 +102,7 @@ Doc = dict[str, Any]
 """A config document: what tomllib reads from the file, or what ``flags_doc()`` makes of the flags."""
 
 DEFAULTS: Doc = {
-    "chunk_size": DEFAULT_CHUNK_SIZE,
+    "chunk_size": "auto",
     "window": "auto",
     "window_max": DEFAULT_WINDOW_MAX,
     "ack_timeout": DEFAULT_ACK_TIMEOUT,
@@ -164,7 +163,8 @@ _STREAM_FLAGS |= {k: k for k in ("segment_size", "epoch", "history", "seed_comma
 # one is one line naming file, table and key. Keys without a check here are tables or lists.
 CHECKS: dict[str, Check] = {
     **dict.fromkeys(("ack_timeout", "poll_interval", "seal_idle", "truncation_lag"), parse_duration),
-    **dict.fromkeys(("chunk_size", "window_max", "segment_size"), parse_size),
+    **dict.fromkeys(("window_max", "segment_size"), parse_size),
+    "chunk_size": parse_size_or_auto,
     **dict.fromkeys(("node", "name", "source", "secret_file", "pattern", "address", "history"), parse_text),
     "seed_command": parse_text,
     **dict.fromkeys(("state_dir", "admin", "archive_dir", "retain_until", "compress", "sync", *_TLS_KEYS), parse_text),

@@ -17,8 +17,11 @@ from protocol.compression import Compression
 from protocol.history import History
 
 DEFAULT_CHUNK_SIZE = 1024 * 1024
+"""The smallest chunk an ``auto`` chunk size picks (and the chunk of SenderConfig() as built in tests)."""
+LARGE_CHUNK_SIZE = 4 * 1024 * 1024
+"""The largest chunk an ``auto`` chunk size picks: the receiver's default --max-payload."""
 DEFAULT_WINDOW = 16 * 1024 * 1024
-DEFAULT_WINDOW_MIN = 4 * 1024 * 1024
+DEFAULT_WINDOW_MIN = 8 * 1024 * 1024
 DEFAULT_WINDOW_MAX = 64 * 1024 * 1024
 DEFAULT_ACK_TIMEOUT = 30.0
 DEFAULT_POLL_INTERVAL = 0.02

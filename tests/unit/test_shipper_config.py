@@ -14,8 +14,10 @@ from logship.config import ConfigError
 from shipper.__main__ import build_parser
 from shipper.config import DEFAULTS, config_from_args, flags_doc, from_doc, state_dir_from
 from shipper.service import tls_contexts
-from shipper.settings import DEFAULT_CHUNK_SIZE, DEFAULT_WINDOW, SenderConfig, TlsFiles
+from shipper.settings import DEFAULT_CHUNK_SIZE, DEFAULT_WINDOW, LARGE_CHUNK_SIZE, SenderConfig, TlsFiles
 from tests.helpers.source import make_secret
+
+MiB = 1024 * 1024
 
 
 def _parse(*argv: str) -> argparse.Namespace:
@@ -60,7 +62,7 @@ def test_defaults_come_from_one_table(tmp_path: Path) -> None:
     assert set(flags_doc(args)) == {"stream"}
     config = config_from_args(args)
     (stream,) = config.streams
-    assert DEFAULTS["chunk_size"] == DEFAULT_CHUNK_SIZE == config.sender.chunk_size
+    assert DEFAULTS["chunk_size"] == "auto" and config.sender.chunk_size == LARGE_CHUNK_SIZE
     assert config.sender.window == DEFAULT_WINDOW and config.sender.adaptive
     assert config.sender.ack_timeout == DEFAULTS["ack_timeout"] == SenderConfig().ack_timeout
     assert stream.poll_interval == DEFAULTS["poll_interval"] and stream.epoch == 0 and stream.policy.mode == "next"
@@ -172,3 +174,28 @@ def test_history_file_gives_the_history_and_the_epoch(tmp_path: Path) -> None:
         config_from_args(_parse(*base, "--history", str(history)))
     with pytest.raises(ConfigError, match="cannot read history file"):
         config_from_args(_parse(*base, "--history", str(tmp_path / "missing.json")))
+
+
+@pytest.mark.parametrize(
+    ("flags", "chunk", "window_min"),
+    [
+        ((), LARGE_CHUNK_SIZE, 8 * MiB),  # adaptive: half its 8 MiB floor
+        (("--window-max", "4MiB"), 2 * MiB, 4 * MiB),  # a lower cap lowers the floor, and the chunk with it
+        (("--window", "16MiB"), LARGE_CHUNK_SIZE, None),
+        (("--window", "1MiB"), DEFAULT_CHUNK_SIZE, None),  # never below 1 MiB while the window holds it
+        (("--window", "512KiB"), 512 * 1024, None),  # nor above a fixed window (was refused: window < chunk)
+        (("--window", "16MiB", "--chunk-size", "1MiB"), DEFAULT_CHUNK_SIZE, None),  # a given size wins
+        (("--chunk-size", "auto"), LARGE_CHUNK_SIZE, 8 * MiB),
+    ],
+)
+def test_auto_chunk_size_is_half_the_smallest_window(
+    tmp_path: Path, flags: tuple[str, ...], chunk: int, window_min: int | None
+) -> None:
+    src, secret = _setup(tmp_path)
+    config = config_from_args(
+        _parse("--stream", "s", "--source", str(src), "--secret-file", str(secret), "--target", "a:1", *flags)
+    )
+    assert config.sender.chunk_size == chunk
+    if window_min is not None:
+        assert config.sender.adaptive and config.sender.window_min == window_min
+    assert config.sender.chunk_size <= min(config.sender.window, config.sender.window_min)
