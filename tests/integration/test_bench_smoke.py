@@ -32,7 +32,7 @@ def test_bench_quick_throughput_writes_its_report(tmp_path: Path) -> None:
     assert {t[0] for t in data["throughput"]["targets"]} == {
         ">= 0.8 x the faster of cp -r + sync and cp -r + sync FILES",
         "CPU per GiB, shipper + receiver, <= 1.0 s",
-        "payload MAC costs at most its hash's time (each side's extra CPU / GMAC alone)",
+        "payload MAC costs at most its hash's time (each side's codec path, MAC on - off, / GMAC over the same bytes)",
     }
     md = (report / "benchmarks.md").read_text()
     assert "scripts/bench --quick throughput" in md
