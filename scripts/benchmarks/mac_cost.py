@@ -16,15 +16,17 @@ per-batch and per-wake-up costs more often (the daemon-level figures include tha
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import mmap
 import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
@@ -36,6 +38,7 @@ from protocol.framing import FrameDecoder, encode_parts
 from protocol.messages import Data
 from shipper.config_values import auto_chunk_size
 from shipper.settings import DEFAULT_WINDOW_MIN
+from shipper.source import MADV_POPULATE_READ
 
 STREAM = "db1"
 SEGMENT = "000000010000000000000042"
@@ -44,7 +47,8 @@ MAC_CHUNK = auto_chunk_size(DEFAULT_WINDOW_MIN)
 """The chunk the shipper sends with the default window settings (4 MiB)."""
 MAC_PAYLOADS = 16
 """Distinct payloads the frames cycle through: 64 MiB at 4 MiB chunks, twice this machine's L3, so
-that each frame's bytes come from DRAM, as the shipper's page cache and the receiver's socket do."""
+that each frame's bytes come from DRAM, as the shipper's page cache and the receiver's socket do
+(``_segment_views``: a file's pages, mapped)."""
 RECV_STEP = 256 * 1024
 """Bytes per read as the receiver's socket fills a payload in place (the kernel's copy, as a memcpy)."""
 
@@ -66,10 +70,14 @@ class MacCost:
     open_off: list[float]
     """The same with the payload MAC off."""
     gmac: list[float]
-    """protocol.auth.payload_gmac alone over the same payloads in the same order (from DRAM)."""
+    """protocol.auth.payload_gmac alone over the same payloads (the mapped file) in the same order."""
     gmac_hot: list[float]
     """payload_gmac alone over one 1 MiB payload again and again (from L2: what the throughput bench
     called 'GMAC alone' before)."""
+    seal_first: list[float] = field(default_factory=list)
+    """Only with ``mac_first``: the shipper's frames with the MAC off and a GMAC of each payload made
+    before its digests, not after them. Not what the shipper does: what reordering its passes (in
+    shipper/source.py and chunks.py) would get."""
 
     def __add__(self, other: MacCost) -> MacCost:
         """Both measurements' repetitions together (the throughput bench pools those of its rounds)."""
@@ -115,10 +123,14 @@ def _mac_keys(direction: bytes, mac: bool) -> tuple[FrameSealer, FrameOpener]:
     return FrameSealer(keys, mac, mac), FrameOpener(keys, mac, mac)
 
 
-def _ship(sealer: FrameSealer, payloads: list[memoryview], frames: int, sink: memoryview) -> None:
+def _ship(
+    sealer: FrameSealer, payloads: list[memoryview], frames: int, sink: memoryview, first: _Gmac | None = None
+) -> None:
     hasher = segment_hasher()
     for i in range(frames):
         view = payloads[i % len(payloads)]
+        if first is not None:
+            first.over([view], 1)
         hasher.update(view)
         digest = chunk_digest(SEGMENT, i * MAC_CHUNK, view)
         _, payload = encode_parts(Data(STREAM, SEGMENT, i * MAC_CHUNK, digest, view), None, sealer)  # type: ignore[arg-type]
@@ -151,6 +163,19 @@ def _receive(opener: FrameOpener, heads: list[bytes], payloads: list[memoryview]
         pool.give(msg.payload)
 
 
+def _segment_views() -> list[memoryview]:
+    """MAC_PAYLOADS chunks of a file in the page cache, mapped as SegmentReader.view maps a sealed
+    segment's chunk (MAP_SHARED, read only, page tables filled at once): 4 KiB pages, as the shipper's
+    digests and MAC read them, not an anonymous mapping's huge pages."""
+    with tempfile.TemporaryFile(dir="/var/tmp") as f:
+        f.write(os.urandom(MAC_PAYLOADS * MAC_CHUNK))
+        f.flush()
+        block = mmap.mmap(f.fileno(), MAC_PAYLOADS * MAC_CHUNK, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ)
+    with contextlib.suppress(OSError):  # a kernel before 5.14: the pages fault in at the warm-up instead
+        block.madvise(MADV_POPULATE_READ)
+    return [memoryview(block)[i * MAC_CHUNK : (i + 1) * MAC_CHUNK] for i in range(MAC_PAYLOADS)]
+
+
 def _heads(sealer: FrameSealer, payloads: list[memoryview], frames: int) -> list[bytes]:
     """The heads (prefix, header with digest and MAC, tag) of ``frames`` DATA frames as ``sealer`` seals them."""
     heads = []
@@ -174,16 +199,14 @@ class _Gmac:
             self.sequence += 1
 
 
-def mac_cost(mib: int = 256, repeat: int = 9) -> MacCost:
+def mac_cost(mib: int = 256, repeat: int = 9, mac_first: bool = False) -> MacCost:
     """Measure the payload MAC's cost on each side over ``mib`` MiB of DATA frames per repetition.
 
     Each repetition runs every variant once, in an order that rotates, so that drift of the machine
     (the other core's load, frequency) falls on all of them alike; CPU is time.process_time.
     """
     frames = max(1, mib * MIB // MAC_CHUNK)
-    block = mmap.mmap(-1, MAC_PAYLOADS * MAC_CHUNK)
-    block.write(os.urandom(len(block)))
-    payloads = [memoryview(block)[i * MAC_CHUNK : (i + 1) * MAC_CHUNK] for i in range(MAC_PAYLOADS)]
+    payloads = _segment_views()
     hot = [memoryview(os.urandom(MIB))]
     sink = memoryview(bytearray(MAC_CHUNK))
     sealers = {mac: _mac_keys(TO_RECEIVER, mac)[0] for mac in (True, False)}
@@ -198,6 +221,8 @@ def mac_cost(mib: int = 256, repeat: int = 9) -> MacCost:
         "gmac": lambda: gmac.over(payloads, frames),
         "gmac_hot": lambda: gmac.over(hot, frames * MAC_CHUNK // MIB),
     }
+    if mac_first:
+        variants["seal_first"] = lambda: _ship(sealers[False], payloads, frames, sink, first=gmac)
     gib = frames * MAC_CHUNK / (1 << 30)
     times: dict[str, list[float]] = {name: [] for name in variants}
     names = list(variants)
@@ -211,8 +236,8 @@ def mac_cost(mib: int = 256, repeat: int = 9) -> MacCost:
     return MacCost(**times)
 
 
-def print_mac_cost(mib: int, repeat: int) -> None:
-    cost = mac_cost(mib, repeat)
+def print_mac_cost(mib: int, repeat: int, mac_first: bool = False) -> None:
+    cost = mac_cost(mib, repeat, mac_first)
     gmac, hot = statistics.median(cost.gmac), statistics.median(cost.gmac_hot)
     print(f"payload MAC, {MAC_CHUNK >> 20} MiB DATA frames, {mib} MiB x {repeat} interleaved repetitions, CPU s/GiB")
     print(f"GMAC alone over the same bytes {gmac:.3f} (one hot 1 MiB payload: {hot:.3f})")
@@ -221,6 +246,8 @@ def print_mac_cost(mib: int, repeat: int) -> None:
         ("receiver open", cost.open_on, cost.open_off),
     ):
         print(f"{side:14} on {statistics.median(on):.3f}, off {statistics.median(off):.3f}: {cost.side(on, off)}")
+    if cost.seal_first:
+        print(f"shipper, GMAC before the digests (a lever, not built): {cost.side(cost.seal_first, cost.seal_off)}")
 
 
 def hash_alone(total: int) -> tuple[float, float, float]:
@@ -262,8 +289,9 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--mib", type=int, default=256, help="MiB of DATA frames per repetition")
     p.add_argument("--repeat", type=int, default=9)
+    p.add_argument("--mac-first", action="store_true", help="also time the shipper's frames with the GMAC first")
     args = p.parse_args()
-    print_mac_cost(args.mib, args.repeat)
+    print_mac_cost(args.mib, args.repeat, args.mac_first)
 
 
 if __name__ == "__main__":
