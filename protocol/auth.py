@@ -222,6 +222,8 @@ class FrameSealer:
         self.sequence = 0
         self._macked = -1
         """The sequence number of the last payload MAC made: GMAC's nonce, never to serve twice."""
+        self._made: tuple[int, str, object, bytes] | None = None
+        """A payload MAC made ahead by premac(): (sequence, stream, payload, pmac)."""
 
     def tag(self, stream: str | None, head: bytes) -> bytes:
         """Return the tag for the next frame (``head``: its length prefix and header)."""
@@ -236,10 +238,24 @@ class FrameSealer:
         frame was tagged since (e.g. encoding failed after it): with GMAC a second payload under the
         same nonce would give the authentication key away, so the connection must end instead.
         """
+        made, self._made = self._made, None
+        if made is not None and made[0] == self.sequence and made[1] == stream and made[2] is payload:
+            return made[3]
         if self._macked == self.sequence:
             raise LocalProtocolError(f"a payload MAC for frame {self.sequence} was made already; not reusing its nonce")
         self._macked = self.sequence
         return self._macs.mac(stream, self.sequence, payload)
+
+    def premac(self, stream: str, payload: bytes | bytearray | memoryview) -> None:
+        """Make the ``pmac`` of the DATA payload that the next tagged frame carries now, before it is encoded.
+
+        The shipper makes it while a mapped chunk's pages come from memory for the first time, so that
+        its digests after it read them from the cache: GMAC's arithmetic hides the memory's latency,
+        where the digests would wait for it. ``payload_mac_for()`` of that very payload then returns it;
+        if another frame was tagged in between, the MAC is made again under the new sequence number
+        (the nonce made ahead served once, and its frame's MAC is refused a second one).
+        """
+        self._made = (self.sequence, stream, payload, self.payload_mac_for(stream, payload))
 
 
 class FrameOpener:

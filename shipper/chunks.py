@@ -8,6 +8,7 @@ A large chunk of a sealed segment is mapped from the page cache instead (``Segme
 from __future__ import annotations
 
 import asyncio
+from functools import partial
 
 from protocol.aio import FramedConnection
 from protocol.buffers import SentBuffers
@@ -49,7 +50,11 @@ class DataSender:
         """Send the chunk of ``step``; return its bytes on the wire, None if the source had fewer bytes."""
         conn = self.conn
         if step.sealed and step.length >= MAP_AT and conn.compressor is None and self._maps:
-            view = self.reader.view(step.segment, step.offset, step.length)
+            sealer = conn.sealer
+            # The payload MAC first: it runs at GMAC's pace over pages coming from memory, and the two
+            # digests after it read them from the cache (mac_cost --mac-first: 0.94 x its hash, 1.08 x after).
+            first = partial(sealer.premac, self.stream) if sealer is not None and sealer.payload_mac else None
+            view = self.reader.view(step.segment, step.offset, step.length, first)
             if view is not None:
                 # The transport may keep the view until it has sent it; the mapping lives as long.
                 digest = chunk_digest(step.segment, step.offset, view)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import mmap
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -133,9 +134,12 @@ class SegmentReader:
             self._hasher.update(buf)
         return n
 
-    def view(self, segment: str, offset: int, length: int) -> memoryview | None:
+    def view(
+        self, segment: str, offset: int, length: int, first: Callable[[memoryview], object] | None = None
+    ) -> memoryview | None:
         """Return ``length`` bytes at ``offset`` mapped from the page cache, hashed; None where they
-        cannot be mapped whole (the caller reads them into a buffer instead).
+        cannot be mapped whole (the caller reads them into a buffer instead). ``first`` is called with
+        the view before it is hashed (the pass that reads the pages from memory).
 
         Raises SourceError if the segment is missing.
         """
@@ -153,6 +157,8 @@ class SegmentReader:
             mapping.close()
             return None
         view = memoryview(mapping)[offset - start :]
+        if first is not None:
+            first(view)
         self._hasher.update(view)
         return view
 

@@ -26,7 +26,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
@@ -58,9 +58,10 @@ class MacCost:
     """CPU seconds per GiB of each repetition (interleaved), for each way of handling the same frames."""
 
     seal_on: list[float]
-    """The shipper per frame: segment hasher and chunk digest over the chunk (SegmentReader.view,
-    DataSender.send), encode_parts with a FrameSealer with GMAC on, and the socket's copy of the
-    payload (a memcpy, as tcp_sendmsg makes it)."""
+    """The shipper per frame, in DataSender.send's order for a mapped chunk: with GMAC on, the MAC made
+    ahead (FrameSealer.premac, the pass that reads the pages from memory), the segment hasher and the
+    chunk digest over the chunk (SegmentReader.view), encode_parts with that FrameSealer, and the
+    socket's copy of the payload (a memcpy, as tcp_sendmsg makes it)."""
     seal_off: list[float]
     """The same with the payload MAC off."""
     open_on: list[float]
@@ -74,10 +75,6 @@ class MacCost:
     gmac_hot: list[float]
     """payload_gmac alone over one 1 MiB payload again and again (from L2: what the throughput bench
     called 'GMAC alone' before)."""
-    seal_first: list[float] = field(default_factory=list)
-    """Only with ``mac_first``: the shipper's frames with the MAC off and a GMAC of each payload made
-    before its digests, not after them. Not what the shipper does: what reordering its passes (in
-    shipper/source.py and chunks.py) would get."""
 
     def __add__(self, other: MacCost) -> MacCost:
         """Both measurements' repetitions together (the throughput bench pools those of its rounds)."""
@@ -123,14 +120,12 @@ def _mac_keys(direction: bytes, mac: bool) -> tuple[FrameSealer, FrameOpener]:
     return FrameSealer(keys, mac, mac), FrameOpener(keys, mac, mac)
 
 
-def _ship(
-    sealer: FrameSealer, payloads: list[memoryview], frames: int, sink: memoryview, first: _Gmac | None = None
-) -> None:
+def _ship(sealer: FrameSealer, payloads: list[memoryview], frames: int, sink: memoryview) -> None:
     hasher = segment_hasher()
     for i in range(frames):
         view = payloads[i % len(payloads)]
-        if first is not None:
-            first.over([view], 1)
+        if sealer.payload_mac:
+            sealer.premac(STREAM, view)  # as DataSender.send does before the digests of a mapped chunk
         hasher.update(view)
         digest = chunk_digest(SEGMENT, i * MAC_CHUNK, view)
         _, payload = encode_parts(Data(STREAM, SEGMENT, i * MAC_CHUNK, digest, view), None, sealer)  # type: ignore[arg-type]
@@ -199,7 +194,7 @@ class _Gmac:
             self.sequence += 1
 
 
-def mac_cost(mib: int = 256, repeat: int = 9, mac_first: bool = False) -> MacCost:
+def mac_cost(mib: int = 256, repeat: int = 9) -> MacCost:
     """Measure the payload MAC's cost on each side over ``mib`` MiB of DATA frames per repetition.
 
     Each repetition runs every variant once, in an order that rotates, so that drift of the machine
@@ -221,8 +216,6 @@ def mac_cost(mib: int = 256, repeat: int = 9, mac_first: bool = False) -> MacCos
         "gmac": lambda: gmac.over(payloads, frames),
         "gmac_hot": lambda: gmac.over(hot, frames * MAC_CHUNK // MIB),
     }
-    if mac_first:
-        variants["seal_first"] = lambda: _ship(sealers[False], payloads, frames, sink, first=gmac)
     gib = frames * MAC_CHUNK / (1 << 30)
     times: dict[str, list[float]] = {name: [] for name in variants}
     names = list(variants)
@@ -236,8 +229,8 @@ def mac_cost(mib: int = 256, repeat: int = 9, mac_first: bool = False) -> MacCos
     return MacCost(**times)
 
 
-def print_mac_cost(mib: int, repeat: int, mac_first: bool = False) -> None:
-    cost = mac_cost(mib, repeat, mac_first)
+def print_mac_cost(mib: int, repeat: int) -> None:
+    cost = mac_cost(mib, repeat)
     gmac, hot = statistics.median(cost.gmac), statistics.median(cost.gmac_hot)
     print(f"payload MAC, {MAC_CHUNK >> 20} MiB DATA frames, {mib} MiB x {repeat} interleaved repetitions, CPU s/GiB")
     print(f"GMAC alone over the same bytes {gmac:.3f} (one hot 1 MiB payload: {hot:.3f})")
@@ -246,8 +239,6 @@ def print_mac_cost(mib: int, repeat: int, mac_first: bool = False) -> None:
         ("receiver open", cost.open_on, cost.open_off),
     ):
         print(f"{side:14} on {statistics.median(on):.3f}, off {statistics.median(off):.3f}: {cost.side(on, off)}")
-    if cost.seal_first:
-        print(f"shipper, GMAC before the digests (a lever, not built): {cost.side(cost.seal_first, cost.seal_off)}")
 
 
 def hash_alone(total: int) -> tuple[float, float, float]:
@@ -289,9 +280,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--mib", type=int, default=256, help="MiB of DATA frames per repetition")
     p.add_argument("--repeat", type=int, default=9)
-    p.add_argument("--mac-first", action="store_true", help="also time the shipper's frames with the GMAC first")
     args = p.parse_args()
-    print_mac_cost(args.mib, args.repeat, args.mac_first)
+    print_mac_cost(args.mib, args.repeat)
 
 
 if __name__ == "__main__":

@@ -174,3 +174,41 @@ def test_the_guard_holds_for_hmac_too_and_a_sealer_without_pmac_is_untouched() -
     plain = FrameSealer(seal.keys)
     assert not plain.payload_mac and not plain.gmac
     assert FrameSealer(seal.keys, payload_mac=False, gmac=True).gmac is False
+
+
+def test_a_mac_made_ahead_is_the_one_the_frame_carries() -> None:
+    # The shipper makes a mapped chunk's pmac before its digests (premac); the frame must be the very
+    # frame made without it, and the MAC must not be made twice under one nonce.
+    p, q = Pair(("pmac", "pmac-gmac")), Pair(("pmac", "pmac-gmac"))
+    payload = b"mapped chunk bytes" * 100
+    p.s_seal.premac("db1", payload)
+    ahead = encode(Data("db1", SEG, 0, 7, payload), sealer=p.s_seal)
+    assert ahead == encode(Data("db1", SEG, 0, 7, payload), sealer=q.s_seal)
+    assert header_of(ahead)["pmac"] == expected_gmac(p.s_seal.keys.key_for("db1"), 0, payload)
+    assert drain(p.at_receiver, ahead) == [Data("db1", SEG, 0, 7, payload)]
+    # Used once: the next frame's MAC is made afresh under its own sequence number.
+    nxt = encode(Data("db1", SEG, len(payload), 7, payload), sealer=p.s_seal)
+    assert header_of(nxt)["pmac"] == expected_gmac(p.s_seal.keys.key_for("db1"), 1, payload)
+
+
+def test_a_mac_made_ahead_never_serves_another_payload_or_stream() -> None:
+    p = Pair(("pmac", "pmac-gmac"))
+    p.s_seal.premac("db1", b"first payload")
+    # Another payload (an equal copy is another object too) or stream under that nonce: refused.
+    with pytest.raises(LocalProtocolError, match="nonce"):
+        encode(Data("db1", SEG, 0, 7, bytearray(b"first payload")), sealer=p.s_seal)
+    q = Pair(("pmac", "pmac-gmac"))
+    payload = b"first payload"
+    q.s_seal.premac("db1", payload)
+    with pytest.raises(LocalProtocolError, match="nonce"):
+        encode(Data("db2", SEG, 0, 7, payload), sealer=q.s_seal)
+
+
+def test_a_frame_tagged_between_premac_and_encode_moves_the_mac_to_the_new_nonce() -> None:
+    p = Pair(("pmac", "pmac-gmac"))
+    payload = b"chunk"
+    p.s_seal.premac("db1", payload)
+    hb = encode(Heartbeat(), sealer=p.s_seal)  # took sequence 0, the nonce made ahead
+    frame = encode(Data("db1", SEG, 0, 7, payload), sealer=p.s_seal)
+    assert header_of(frame)["pmac"] == expected_gmac(p.s_seal.keys.key_for("db1"), 1, payload)
+    assert drain(p.at_receiver, hb + frame)[1] == Data("db1", SEG, 0, 7, payload)
