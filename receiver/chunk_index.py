@@ -34,6 +34,32 @@ INLINE_MAX = 64 * 1024
 them twice costs less than a second fdatasync (scripts/bench lag: the partial's fdatasync then the
 .idx's, p50 0.50 ms against 0.35 ms for one)."""
 
+WRITEBACK_EVERY = 1024 * 1024
+"""Inline batches leave the partial's bytes in the page cache; their writeback is started once this
+many have piled up, not after every batch: a 4 KiB write queued on the device after each flush made
+the next batch's flush wait for it (scripts/benchmarks/fixes.md, eighth round: lag)."""
+
+
+class Writeback:
+    """The range of one partial that inline batches wrote through the page cache and that no
+    writeback was started for yet. Only a matter of pace: the bytes are durable in the .idx."""
+
+    __slots__ = ("start",)
+
+    def __init__(self) -> None:
+        self.start = -1
+
+    def due(self, records: list[Write]) -> tuple[int, int] | None:
+        """Note a batch's ``records``; return the range to start writing back now, if one is due."""
+        if not records:
+            return None
+        first, end = records[0].offset, records[-1].offset + len(records[-1].payload)
+        self.start = first if self.start < 0 else min(self.start, first)
+        if end - self.start < WRITEBACK_EVERY:
+            return None
+        span, self.start = (self.start, end), -1
+        return span
+
 
 def inline_segments(ops: Iterable[Op]) -> frozenset[str]:
     """Return the segments whose chunks in the batch ``ops`` are journaled inline: at most

@@ -83,6 +83,7 @@ class SegmentStore:
         self._idx_fd = -1
         self._idx: SharedFd | None = None
         self._created = False
+        self._writeback = chunk_index.Writeback()
         self.manifest = ManifestFile(self.manifest_path)
         self._pending = PendingSync([])
         self.installed: list[Installed] = []
@@ -142,6 +143,7 @@ class SegmentStore:
         self._idx = SharedFd(self._idx_fd)
         self._seg = segment
         self._created = True
+        self._writeback = chunk_index.Writeback()
 
     def close(self) -> None:
         if self._writer is not None:
@@ -237,7 +239,7 @@ class SegmentStore:
             # durable at the install's fsync or the next large batch's fdatasync; recovery writes
             # them back from the .idx until then), and its cached range to that later flush.
             self._writer.deferred = True
-            span = (records[0].offset, records[-1].offset + len(records[-1].payload)) if records else None
+            span = self._writeback.due(records)
             self._pending.files.append(FileSync(self._seg, self._writer.shared.hold(), self._idx.hold(), span, True))
         else:
             cached = self._writer.take_cached()
@@ -254,7 +256,7 @@ class SegmentStore:
                 fd, idx_fd, cached = entry.fd, entry.idx_fd, entry.cached
                 if entry.inline:
                     # Its .idx holds the chunks' bytes too (receiver/chunk_index.py): one flush. The
-                    # partial's writeback starts only now, behind it on the device, while the ACK goes.
+                    # partial's writeback, once a MiB is due, starts only now, behind it on the device.
                     os.fdatasync(idx_fd)
                     if cached is not None:
                         start_writeback(fd, *cached)

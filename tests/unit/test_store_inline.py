@@ -96,6 +96,18 @@ def test_a_small_batch_is_one_flush_and_a_large_one_two(store: SegmentStore, mon
     assert flushed == ["partial", "idx"]
 
 
+def test_the_partials_writeback_is_started_once_a_mib_of_inline_batches_is_due(
+    store: SegmentStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # After every batch it queued a 4 KiB write on the device ahead of the next batch's flush.
+    started: list[tuple[int, int]] = []
+    monkeypatch.setattr("receiver.store.start_writeback", lambda fd, start, end: started.append((start, end)))
+    every = chunk_index.WRITEBACK_EVERY
+    for n in range(2 * every // 4096 + 10):
+        store.apply(writes([BLOB[:4096]], n * 4096))
+    assert started == [(0, every), (every, 2 * every)]
+
+
 class DiskAtFlush:
     """What the disk is sure to hold of every file: its bytes as of its last fdatasync or fsync."""
 
