@@ -16,6 +16,7 @@ import contextlib
 import functools
 import logging
 import os
+import random
 import re
 import time
 from collections.abc import Callable, Container, Sequence
@@ -147,8 +148,9 @@ class Tailer:
         """The watcher's callback looked at the latest change while run() waited (each change is looked at)."""
         self._quiet_key: tuple[tuple[int, ...], ...] | None = None
         """The directory's and each unsealed segment's stat as the last full safety look left them."""
-        self._quiet_looks = 0
-        """Safety looks since the last full one."""
+        self._quiet_looks = random.randrange(FULL_LOOK_EVERY)
+        """Safety looks taken; a random start, so that the full ones of many streams started together
+        fall in different rounds."""
 
     def subscribe(self) -> asyncio.Event:
         event = asyncio.Event()
@@ -239,10 +241,9 @@ class Tailer:
         now = time.time() if now is None else now
         self._quiet_looks += 1
         key = self._stat_key(now)
-        if key is not None and key == self._quiet_key and self._quiet_looks < FULL_LOOK_EVERY:
+        if key is not None and key == self._quiet_key and self._quiet_looks % FULL_LOOK_EVERY:
             return False
         changed = self.scan(now)
-        self._quiet_looks = 0
         self._quiet_key = self._stat_key(now) if self.error is None else None
         return changed
 
