@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 from typing import Any
 
@@ -93,3 +94,20 @@ def test_progress_log_looks_each_second_only_while_a_queue_is_there(caplog: pyte
     messages = [r.getMessage() for r in caplog.records]
     assert [m.split(": ")[1] for m in messages] == ["catching up", "catching up", "caught up"], messages
     assert "10.0 KiB/s" in messages[1], messages  # measured over the last second, not the last 5
+
+
+def test_a_look_collects_no_garbage_while_it_builds_the_rows_and_turns_collection_back_on() -> None:
+    seen: list[bool] = []
+
+    def rows() -> list[dict[str, Any]]:
+        seen.append(gc.isenabled())
+        return [row(0)]
+
+    def broken() -> list[dict[str, Any]]:
+        raise RuntimeError("status failed")
+
+    assert gc.isenabled()
+    ProgressLog(rows, logging.getLogger("t")).look(0.0)
+    with pytest.raises(RuntimeError):
+        ProgressLog(broken, logging.getLogger("t")).look(0.0)
+    assert seen == [False] and gc.isenabled()
