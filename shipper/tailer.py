@@ -16,6 +16,7 @@ import contextlib
 import functools
 import logging
 import os
+import random
 import re
 import time
 from collections.abc import Callable, Container, Sequence
@@ -27,6 +28,13 @@ from shipper.settings import SealPolicy
 from shipper.watcher import DirectoryWatcher
 
 log = logging.getLogger("shipper")
+
+FULL_LOOK_EVERY = 4
+"""Every this many safety looks at a quiet watched directory is a full scan, whatever the stats say
+(the recheck of sealed segments, ``recheck_interval``, for a change inotify did not report)."""
+RACY = 1.0
+"""Seconds: a stat key with an mtime this recent is not trusted (a change within the same clock tick
+leaves the mtime as it was)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,6 +146,11 @@ class Tailer:
         """run() is waiting on a live watch: a change may be looked at from the watcher's callback."""
         self._scanned = False
         """The watcher's callback looked at the latest change while run() waited (each change is looked at)."""
+        self._quiet_key: tuple[tuple[int, ...], ...] | None = None
+        """The directory's and each unsealed segment's stat as the last full safety look left them."""
+        self._quiet_looks = random.randrange(FULL_LOOK_EVERY)
+        """Safety looks taken; a random start, so that the full ones of many streams started together
+        fall in different rounds."""
 
     def subscribe(self) -> asyncio.Event:
         event = asyncio.Event()
@@ -215,6 +228,42 @@ class Tailer:
             self.by_name = {s.name: s for s in segments}
         return changed
 
+    def quiet_look(self, now: float | None = None) -> bool:
+        """The safety look at a watched directory that reported no change; return whether anything a
+        sender cares about changed.
+
+        A full scan only when the directory (an entry added, removed or renamed) or an unsealed segment
+        (its size or mtime) changed since the last full safety look, or every ``FULL_LOOK_EVERY``-th
+        look; otherwise a few stat() calls: with 1000 idle streams, a scan of each every 15 s was a
+        fifth of the idle shipper's CPU (scripts/bench scale). Sealed segments are frozen: only the
+        recheck looks at them.
+        """
+        now = time.time() if now is None else now
+        self._quiet_looks += 1
+        key = self._stat_key(now)
+        if key is not None and key == self._quiet_key and self._quiet_looks % FULL_LOOK_EVERY:
+            return False
+        changed = self.scan(now)
+        self._quiet_key = self._stat_key(now) if self.error is None else None
+        return changed
+
+    def _stat_key(self, now: float) -> tuple[tuple[int, ...], ...] | None:
+        """The directory's and each unsealed segment's (inode, size, mtime); None if one cannot be had
+        or is too recent to be trusted (``RACY``)."""
+        source = os.fspath(self.source)
+        try:
+            st = os.stat(source)
+            parts = [(st.st_ino, st.st_size, st.st_mtime_ns)]
+            for seg in self.segments:
+                if not seg.sealed:
+                    st = os.stat(os.path.join(source, seg.name))
+                    parts.append((st.st_ino, st.st_size, st.st_mtime_ns))
+        except OSError:
+            return None
+        if max(p[2] for p in parts) >= (now - RACY) * 1e9:
+            return None
+        return tuple(parts)
+
     def closed_by_writer(self, name: str) -> None:
         """Note that a writer closed ``name`` (IN_CLOSE_WRITE); the next scan records its size and mtime."""
         self._closed_pending.add(name)
@@ -277,6 +326,8 @@ class Tailer:
         wake = asyncio.Event()
         on_change = functools.partial(self._on_change, wake)
         wd: int | None = None
+        quiet = False
+        """The last wait ended by the safety timeout alone: no change reported, no seal timer due."""
         try:
             while True:
                 if self.watch and (watcher is None or wd is None or not watcher.watching(wd)):
@@ -288,8 +339,9 @@ class Tailer:
                 had_error = self.error is not None
                 if self._scanned:
                     self._scanned = False  # the watcher's callback looked already, since nothing changed
-                elif self.scan():
+                elif self.quiet_look() if quiet else self.scan():
                     self.notify()
+                quiet = False
                 if had_error and self.error is None and watcher is not None and wd is not None:
                     # Back after a move or a deletion: the old watch may follow the moved directory.
                     watcher.unwatch(wd, on_change, self.closed_by_writer)
@@ -301,11 +353,11 @@ class Tailer:
                     continue
                 self._waiting = True
                 try:
+                    delay = next_look(self.segments, self.policy, time.time(), self.quiet_interval)
                     with contextlib.suppress(TimeoutError):
-                        async with asyncio.timeout(
-                            next_look(self.segments, self.policy, time.time(), self.quiet_interval)
-                        ):
+                        async with asyncio.timeout(delay):
                             await wake.wait()
+                    quiet = not wake.is_set() and delay >= self.quiet_interval
                 finally:
                     self._waiting = False
         finally:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import gc
 import logging
 from typing import Any
 
@@ -59,3 +61,53 @@ def test_progress_log_speaks_only_when_behind(caplog: pytest.LogCaptureFixture) 
     assert messages[1].endswith("copied 9.8 KiB of 48.8 KiB (20%), 40 seg left, 740 B/s, ETA 54.1s"), messages
     assert messages[2] == "target t:1 (stream s): caught up: 48.8 KiB copied, 10.0s after the first progress line"
     assert len(messages) == 3
+
+
+def test_progress_log_looks_each_second_only_while_a_queue_is_there(caplog: pytest.LogCaptureFixture) -> None:
+    """Idle, a look (the whole status) every ``every`` s; a catch-up is still seen, measured each second
+    and told every ``every`` s, and once it is over the looks slow down again."""
+    rows: list[dict[str, Any]] = [row(0, sent=0, lag=0.0)]
+    looks: list[float] = []
+    clock = [0.0]
+
+    def rows_now() -> list[dict[str, Any]]:
+        looks.append(clock[0])
+        return rows
+
+    async def sleep(seconds: float) -> None:
+        clock[0] += seconds
+        if clock[0] == 21.0:
+            rows[:] = [row(50_000, sent=0, lag=30.0)]  # a shipper comes back 30 s behind
+        elif clock[0] == 22.0:
+            rows[:] = [row(40_000, sent=10_240, lag=29.0)]
+        elif clock[0] == 30.0:
+            rows[:] = [row(0, sent=50_000, lag=0.0)]
+        elif clock[0] >= 60.0:
+            raise asyncio.CancelledError
+
+    plog = ProgressLog(rows_now, logging.getLogger("t"), every=5.0)
+    with caplog.at_level(logging.INFO, "t"), pytest.raises(asyncio.CancelledError):
+        asyncio.run(plog.run(lambda: clock[0], sleep))
+    assert looks[:5] == [1.0, 6.0, 11.0, 16.0, 21.0]  # one look a second after start, then idle: every 5 s
+    assert looks[5:15] == [22.0 + i for i in range(10)]  # behind: every second, until told caught up
+    assert looks[15:] == [36.0, 41.0, 46.0, 51.0, 56.0]  # caught up: every 5 s again
+    messages = [r.getMessage() for r in caplog.records]
+    assert [m.split(": ")[1] for m in messages] == ["catching up", "catching up", "caught up"], messages
+    assert "10.0 KiB/s" in messages[1], messages  # measured over the last second, not the last 5
+
+
+def test_a_look_collects_no_garbage_while_it_builds_the_rows_and_turns_collection_back_on() -> None:
+    seen: list[bool] = []
+
+    def rows() -> list[dict[str, Any]]:
+        seen.append(gc.isenabled())
+        return [row(0)]
+
+    def broken() -> list[dict[str, Any]]:
+        raise RuntimeError("status failed")
+
+    assert gc.isenabled()
+    ProgressLog(rows, logging.getLogger("t")).look(0.0)
+    with pytest.raises(RuntimeError):
+        ProgressLog(broken, logging.getLogger("t")).look(0.0)
+    assert seen == [False] and gc.isenabled()

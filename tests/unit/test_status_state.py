@@ -72,3 +72,19 @@ def test_keeper_writes_only_changes(tmp_path: Path) -> None:
     again = TargetStats()
     StatusKeeper(tmp_path, [(("s", "h:1"), again)])
     assert again.remembered is not None and again.remembered.acked == Position("E1", 10)
+
+
+def test_keeper_writes_each_change_after_quiet_flushes(tmp_path: Path) -> None:
+    stats = TargetStats(acked=Position("E1", 10), known=True)
+    keeper = StatusKeeper(tmp_path, [(("s", "h:1"), stats)])
+    asyncio.run(keeper.flush())
+    asyncio.run(keeper.flush())  # nothing moved: skipped without a snapshot
+    stats.acked_at = 7.0  # not kept on its own: still no write
+    asyncio.run(keeper.flush())
+    assert json.loads((tmp_path / STATUS_FILE).read_text())["targets"][0]["acked_at"] == 0.0
+    for field, value in [("replayed", Position("E1", 5)), ("last_copied_at", 9.0), ("acked", Position("E2", 1))]:
+        setattr(stats, field, value)
+        asyncio.run(keeper.flush())
+        doc = json.loads((tmp_path / STATUS_FILE).read_text())["targets"][0]
+        assert doc["replayed"] == ["E1", 5] and doc["acked_at"] == 7.0, (field, doc)
+    assert doc["last_copied_at"] == 9.0 and doc["acked"] == ["E2", 1, True]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import re
@@ -264,3 +265,84 @@ def test_postgresql_backup_file_arriving_after_its_stop_segment_is_reported_once
     assert [r.getMessage().split()[1] for r in caplog.records] == ["000000020000000000000007.00000028.backup"]
     # The tailer still lists it: a sender that has not passed it yet ships it.
     assert "000000020000000000000007.00000028.backup" in tailer.by_name
+
+
+# -- the safety look -------------------------------------------------------------------------
+
+
+def aged(path: Path, seconds: float = 100.0) -> None:
+    """Set ``path``'s mtime ``seconds`` back: older than the racy window, as an idle source's files are."""
+    old = time.time() - seconds
+    os.utime(path, (old, old))
+
+
+def test_quiet_look_scans_only_when_a_stat_changed(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.ERROR, logger="shipper")
+    first = write(tmp_path, "E00000001.log", b"a" * 10)
+    active = write(tmp_path, "E00000002.log", b"b")
+    for path in (first, active, tmp_path):
+        aged(path)
+    tailer = Tailer(tmp_path, DEFAULT, SealPolicy(), recheck_interval=0.0)
+    tailer._quiet_looks = 0  # the random start of the count, made known
+    scans: list[float | None] = []
+    real = tailer.scan
+
+    def counted(now: float | None = None) -> bool:
+        scans.append(now)
+        return real(now)
+
+    tailer.scan = counted  # type: ignore[method-assign]
+    assert tailer.quiet_look() is True and len(scans) == 1  # no key yet: a full scan
+    assert tailer.quiet_look() is False and tailer.quiet_look() is False and len(scans) == 1
+    # The active segment grows (even with an old mtime): seen at the next safety look.
+    append(active, b"more")
+    aged(active, 90.0)
+    assert tailer.quiet_look() is True and len(scans) == 2
+    assert tailer.by_name["E00000002.log"].size == 5
+    # A new segment: the directory's mtime moved.
+    aged(write(tmp_path, "E00000003.log", b"c"))
+    aged(tmp_path, 80.0)
+    assert tailer.quiet_look() is True and len(scans) == 3 and tailer.names[-1] == "E00000003.log"
+    # A sealed segment changed where inotify said nothing: every FULL_LOOK_EVERY-th look rechecks it.
+    append(first, b"EXTRA")
+    aged(first, 70.0)
+    assert [tailer.quiet_look() for _ in range(4)] == [False] * 4 and len(scans) == 4  # the 8th look
+    assert tailer.changed_sealed() == {"E00000001.log"}
+    assert [tailer.quiet_look() for _ in range(4)] == [False] * 4 and len(scans) == 5
+
+
+def test_quiet_look_trusts_no_recent_mtime(tmp_path: Path) -> None:
+    write(tmp_path, "E00000001.log", b"a")  # written now: within the racy window
+    tailer = Tailer(tmp_path, DEFAULT, SealPolicy())
+    tailer.quiet_look()
+    appended = []
+    real = tailer.scan
+    tailer.scan = lambda now=None: appended.append(1) or real(now)  # type: ignore[method-assign]
+    tailer.quiet_look()
+    assert appended == [1]  # a change within the same clock tick would leave the mtime as it was
+
+
+def test_run_takes_safety_looks_while_nothing_changes(tmp_path: Path) -> None:
+    write(tmp_path, "E00000001.log", b"a")
+    tailer = Tailer(tmp_path, DEFAULT, SealPolicy(), quiet_interval=0.02)
+    looks: list[int] = []
+
+    def quiet_look(now: float | None = None) -> bool:
+        looks.append(1)
+        return len(looks) == 3  # the third look finds a change inotify did not report
+
+    tailer.quiet_look = quiet_look  # type: ignore[method-assign]
+    woken = tailer.subscribe()
+
+    async def main() -> None:
+        task = asyncio.create_task(tailer.run())
+        try:
+            async with asyncio.timeout(5):
+                await woken.wait()  # the first scan
+                woken.clear()
+                await woken.wait()  # the third safety look
+        finally:
+            task.cancel()
+
+    asyncio.run(main())
+    assert len(looks) >= 3 and tailer.names == ["E00000001.log"]
