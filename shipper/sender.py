@@ -316,7 +316,8 @@ class TargetSender(Replies):
             # side shows its copy queue during a catch-up too.
             if time.monotonic() - last_head >= cfg.heartbeat:
                 conn.send(heartbeat(self.stream, self.tailer.segments, self.tailer.names, self.stats))
-                last_head = time.monotonic()
+                # It also serves as the idle heartbeat: an idle stream sent two back to back, each answered.
+                last_sent = last_head = time.monotonic()
             rewound = window.take_rewind()
             if rewound is not None:
                 self._reader.seek(rewound)

@@ -6,12 +6,17 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from protocol.messages import Position
 from receiver.server import ReceiverServer, ServerConfig
+from shipper import sender as sender_module
 from shipper.sender import TargetSender, TargetState
 from shipper.service import ShipperService
 from shipper.settings import DEFAULT_PATTERN, SealPolicy, SenderConfig, StreamConfig, TargetConfig
@@ -154,3 +159,33 @@ async def test_a_receiver_that_goes_away_and_comes_back_is_resumed_where_it_was(
     assert_copy(data_dir, {segment(1): data[segment(1)], segment(2): data[segment(2)]})
     partial = data_dir / STREAM / "incoming" / f"{segment(3)}.partial"
     assert partial.read_bytes() == data[segment(3)]
+
+
+async def test_an_idle_sender_sends_one_heartbeat_per_interval(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The source-head heartbeat and the idle one were both sent each interval (1000 idle streams: 200
+    # frames a second each way instead of 100, each answered by the receiver).
+    source, data_dir = tmp_path / "src", tmp_path / "copy"
+    source.mkdir()
+    write_segment(source, 1, 1000)
+    sent: list[float] = []
+    real = sender_module.heartbeat
+
+    def counted(*args: Any) -> Any:
+        sent.append(time.monotonic())
+        return real(*args)
+
+    monkeypatch.setattr(sender_module, "heartbeat", counted)
+    server = receiver(data_dir)
+    _, port = await server.start("127.0.0.1", 0)
+    try:
+        config = SenderConfig(heartbeat=0.2, backoff_max=0.2)
+        async with shipping(stream_config(source, port, SealPolicy("immediate")), config) as sender:
+            await until(lambda: acked(sender) == (Position(segment(1), 1000), True), "the SEAL to be acknowledged")
+            start = len(sent)
+            await asyncio.sleep(2.0)
+            beats = len(sent) - start
+    finally:
+        await server.stop()
+    assert sender.stats.connects == 1
+    # 10 intervals: about 10 heartbeats (a slow machine sends fewer), never two an interval.
+    assert 3 <= beats <= 13, f"{beats} heartbeats in 2 s at a 0.2 s interval"
