@@ -171,7 +171,10 @@ async def run(
                 f"; retention on (truncation lag {service.stream.truncation_lag:g}s)" if service.stream.retain else "",
             )
         # Beside the services: the status kept for the next run, and a progress line during a catch-up.
-        helpers = [asyncio.create_task(ProgressLog(lambda: shipper.status()["copies"], log).run(time.time))]
+        progress = ProgressLog(
+            lambda: shipper.status()["copies"], log, behind=lambda: any(s.behind() for s in shipper.services.values())
+        )
+        helpers = [asyncio.create_task(progress.run(time.time))]
         if shipper.keeper is not None:
             helpers.append(asyncio.create_task(shipper.keeper.run()))
         try:

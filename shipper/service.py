@@ -155,6 +155,16 @@ class ShipperService:
             for s in self.senders
         ]
 
+    def behind(self) -> bool:
+        """Whether a target has a copy queue, as its status row would show it: what the progress log
+        asks before it builds every row (with 1000 idle streams the rows were most of its cost)."""
+        segments, names = self.tailer.segments, self.tailer.names
+        for s in self.senders:
+            acked = shown(s.stats, names).acked
+            if acked is not None and copy_queue(segments, names, acked) != (0, 0):
+                return True
+        return False
+
     def rows(self, now: float | None = None) -> list[dict[str, Any]]:
         """Return one status row per target (the shape admin/ and ``status`` show)."""
         now = time.time() if now is None else now

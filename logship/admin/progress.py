@@ -102,10 +102,18 @@ class ProgressLog:
     """Log a line per target every ``every`` seconds while it is at least that far behind, and one when
     it has caught up: the journal shows a long catch-up, not only its start and end."""
 
-    def __init__(self, rows: Callable[[], list[dict[str, Any]]], log: logging.Logger, every: float = 5.0) -> None:
+    def __init__(
+        self,
+        rows: Callable[[], list[dict[str, Any]]],
+        log: logging.Logger,
+        every: float = 5.0,
+        behind: Callable[[], bool] | None = None,
+    ) -> None:
         self.rows = rows
         self.log = log
         self.every = every
+        self.behind = behind
+        """A cheap answer to "has any row a copy queue?", asked before an idle look: None, always look."""
         self._trackers: dict[tuple[str, str], Tracker] = {}
         self._logged: dict[tuple[str, str], tuple[float, int]] = {}
         """Targets whose catch-up is being logged: when it was first logged, and its size so far."""
@@ -158,7 +166,8 @@ class ProgressLog:
         A look builds the whole status (every stream's row): with 1000 idle streams, one a second was
         most of an idle receiver's CPU (scripts/bench scale). With every queue empty there is no rate to
         measure, and a catch-up that begins is still seen, and told, within ``every`` seconds (as before:
-        the first line waited for the next ``every`` tick).
+        the first line waited for the next ``every`` tick). With a ``behind`` probe, an idle look asks it
+        first and builds the rows only if it says a queue is there.
         """
         step = min(1.0, self.every)
         waited, busy = 0.0, True
@@ -169,7 +178,8 @@ class ProgressLog:
             speak = waited >= self.every
             if speak:
                 waited = 0.0
-            busy = self.look(clock(), speak=speak)
+            if busy or self._logged or self.behind is None or self.behind():
+                busy = self.look(clock(), speak=speak)
 
 
 async def log_progress(

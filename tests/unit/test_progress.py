@@ -111,3 +111,36 @@ def test_a_look_collects_no_garbage_while_it_builds_the_rows_and_turns_collectio
     with pytest.raises(RuntimeError):
         ProgressLog(broken, logging.getLogger("t")).look(0.0)
     assert seen == [False] and gc.isenabled()
+
+
+def test_an_idle_look_builds_no_rows_while_the_probe_says_nothing_is_behind(caplog: pytest.LogCaptureFixture) -> None:
+    rows: list[dict[str, Any]] = [row(0, sent=0, lag=0.0)]
+    looks: list[float] = []
+    probes: list[float] = []
+    clock = [0.0]
+
+    def rows_now() -> list[dict[str, Any]]:
+        looks.append(clock[0])
+        return rows
+
+    def behind() -> bool:
+        probes.append(clock[0])
+        return bool(rows[0]["copy_queue_bytes"])
+
+    async def sleep(seconds: float) -> None:
+        clock[0] += seconds
+        if clock[0] == 21.0:
+            rows[:] = [row(50_000, sent=0, lag=30.0)]
+        elif clock[0] == 23.0:
+            rows[:] = [row(0, sent=50_000, lag=0.0)]
+        elif clock[0] >= 40.0:
+            raise asyncio.CancelledError
+
+    plog = ProgressLog(rows_now, logging.getLogger("t"), every=5.0, behind=behind)
+    with caplog.at_level(logging.INFO, "t"), pytest.raises(asyncio.CancelledError):
+        asyncio.run(plog.run(lambda: clock[0], sleep))
+    assert looks[0] == 1.0 and probes[:4] == [6.0, 11.0, 16.0, 21.0]  # idle: the probe, not the rows
+    assert looks[1:4] == [21.0, 22.0, 23.0]  # the probe saw a queue: looked, then each second till caught up
+    assert 6.0 not in looks and 16.0 not in looks and 36.0 not in looks
+    messages = [r.getMessage() for r in caplog.records]
+    assert [m.split(": ")[1] for m in messages] == ["catching up", "caught up"], messages
