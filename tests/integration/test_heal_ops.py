@@ -28,11 +28,13 @@ def test_resume_clears_a_failed_copy_and_the_shipper_gets_in(tmp_path: Path, sec
     procs.append(shipper.start())
     copy = tmp_path / "receiver" / "db1"
     wait_until(lambda: log_names(copy) == first[:-1], 30, what="the first sealed segments copied")
+    # state.json is first written when a replay batch ends, which may come after the installs.
+    state_path = copy / "state.json"
+    wait_until(state_path.exists, 30, what="the copy's state.json")
 
     # The copy as a receiver leaves it after repeated SEAL digest failures: Failed, persisted. (Damage on
     # the wire cannot produce one any more: the frame tags refuse a flipped SEAL first.)
     receiver.stop()
-    state_path = copy / "state.json"
     doc = json.loads(state_path.read_text())
     reason = f"{first[1]}: segment digest mismatch (3 times)"
     state_path.write_text(json.dumps({**doc, "failed": reason}))
