@@ -23,7 +23,7 @@ from shipper.sender import TargetSender, TargetState
 from shipper.settings import SenderConfig, StreamConfig, TargetConfig, TlsFiles
 from shipper.state import Suspension
 from shipper.status import LagTracker, copy_queue, end_key, replay_queue
-from shipper.status_state import shown
+from shipper.status_state import shown, shown_acked
 from shipper.tailer import Tailer
 
 log = logging.getLogger("shipper")
@@ -160,7 +160,7 @@ class ShipperService:
         asks before it builds every row (with 1000 idle streams the rows were most of its cost)."""
         segments, names = self.tailer.segments, self.tailer.names
         for s in self.senders:
-            acked = shown(s.stats, names).acked
+            acked = shown_acked(s.stats)
             if acked is not None and copy_queue(segments, names, acked) != (0, 0):
                 return True
         return False

@@ -144,15 +144,18 @@ class Shown:
     last_copied_at: float | None
 
 
+def shown_acked(stats: TargetStats) -> tuple[Position, bool] | None:
+    """Return the acknowledged position status shows: this run's, else the previous run's, else None."""
+    if stats.known:
+        return (stats.acked, stats.acked_sealed)
+    prev = stats.remembered
+    return None if prev is None else (prev.acked, prev.acked_sealed)
+
+
 def shown(stats: TargetStats, names: Sequence[str]) -> Shown:
     """Return what status shows of a target with these ``stats``, the source holding ``names``."""
     prev = stats.remembered
-    if stats.known:
-        acked: tuple[Position, bool] | None = (stats.acked, stats.acked_sealed)
-    elif prev is not None:
-        acked = (prev.acked, prev.acked_sealed)
-    else:
-        acked = None
+    acked = shown_acked(stats)
     last, at = stats.last_copied, stats.last_copied_at
     if not last and acked is not None:
         last = newest_copied(names, acked)  # a WELCOME inside a segment: the one before it is copied
