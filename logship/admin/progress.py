@@ -178,7 +178,8 @@ class ProgressLog:
             speak = waited >= self.every
             if speak:
                 waited = 0.0
-            if busy or self._logged or self.behind is None or self.behind():
+            # (A catch-up still to be told over keeps ``busy``: look() counts it.)
+            if busy or self.behind is None or self.behind():
                 busy = self.look(clock(), speak=speak)
 
 
