@@ -105,7 +105,7 @@ def test_standby_behind_the_source_is_reseeded_through_kill9_of_both_sides(
     procs.append(receiver)
     state_dir = tmp_path / "shipper-state"
     # Slow enough that each kill lands in the middle of the transfer, with a few seconds to spare.
-    rate = "64MiB"
+    rate = "40MiB"
     ship = shipper(tmp_path, app, receiver, state_dir, ["--rate-limit", rate]).start()
     procs.append(ship)
 
@@ -148,15 +148,30 @@ def test_standby_behind_the_source_is_reseeded_through_kill9_of_both_sides(
     assert theirs["state"] == "Seeding" and theirs["seed"]["size"] == mine["seed"]["size"], theirs
     assert {"bytes", "rate", "eta"} <= set(theirs["seed"]) and {"bytes", "rate", "eta"} <= set(mine["seed"])
 
-    # kill -9 of the receiver, then of the shipper, each in the middle of the transfer.
-    for victim, at in ((receiver, 0.25), (ship, 0.55)):
+    # kill -9 of the receiver, then of the shipper, each in the middle of the transfer. The second kill
+    # waits for the transfer to have moved on after the first restart: the durable mark the receiver
+    # came back with may already be past any fixed fraction, and a kill before the shipper reconnects
+    # would not test a resume at all.
+    resume_line = r"Seeding: image \w+ of \d+ bytes .* resuming at (\d+)"
+    floor = image_size // 5
+    sessions = 0
+    for victim in (receiver, ship):
+        if victim is ship:
+            wait_until(
+                lambda n=sessions: len(re.findall(resume_line, receiver.log_text())) > n,
+                60,
+                interval=0.02,
+                what="the transfer resumed after the receiver's restart",
+            )
+            floor = durable_image_bytes(copy) + 1
         durable = wait_until(
-            lambda at=at: (n := durable_image_bytes(copy)) >= image_size * at and n,
+            lambda f=floor: (n := durable_image_bytes(copy)) >= f and n,
             120,
             interval=0.02,
-            what=f"{at:.0%} of the image durable at the receiver",
+            what=f"{floor} bytes of the image durable at the receiver",
         )
         assert durable < image_size, "the transfer ended before the kill"
+        sessions = len(re.findall(resume_line, receiver.log_text()))
         victim.kill9()
         victim.start()
     # Every restart resumed the same image where the receiver's durable bytes ended, never from 0.
