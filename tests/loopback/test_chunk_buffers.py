@@ -118,3 +118,50 @@ def test_a_closed_mode_reader_reads_every_sealed_chunk(tmp_path: Path) -> None:
     assert sender.buffers.hits + sender.buffers.misses == SIZE // CHUNK
     assert reader.sent.end == SIZE
     reader.close()
+
+
+class _WatchedReader(SegmentReader):
+    """A SegmentReader noting how many bytes wait in the transport whenever a chunk is mapped."""
+
+    def __init__(self, source: Path) -> None:
+        super().__init__(source)
+        self.transport: asyncio.WriteTransport | None = None
+        self.waiting: list[int] = []
+
+    def view(self, *args: object, **kwargs: object) -> memoryview | None:  # type: ignore[override]
+        assert self.transport is not None
+        self.waiting.append(self.transport.get_write_buffer_size())
+        return super().view(*args, **kwargs)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("loop_factory", [asyncio.new_event_loop, uvloop.new_event_loop], ids=["asyncio", "uvloop"])
+def test_a_chunk_is_mapped_only_once_the_ones_before_it_left_the_transport(
+    tmp_path: Path, loop_factory: Callable
+) -> None:
+    # Mapped and hashed while earlier chunks still waited, those were sent after the new pages had
+    # pushed them out of the CPU's cache: the socket's copy then read them from memory again.
+    source = tmp_path / "E0000000000000001.log"
+    source.write_bytes(os.urandom(SIZE))
+    reader = _WatchedReader(tmp_path)
+    reader.seek(Position(source.name, 0))
+    real_init = DataSender.__init__
+
+    def init(self: DataSender, conn: FramedConnection, *args: object) -> None:
+        real_init(self, conn, *args)  # type: ignore[arg-type]
+        reader.transport = conn.writer.transport  # type: ignore[assignment]
+
+    DataSender.__init__ = init  # type: ignore[method-assign]
+    try:
+        with asyncio.Runner(loop_factory=loop_factory) as runner:
+            msgs, _ = runner.run(ship_to_slow_peer(source, sealed=True, segments=reader))
+    finally:
+        DataSender.__init__ = real_init  # type: ignore[method-assign]
+    assert len(msgs) == SIZE // CHUNK
+    assert reader.transport is not None
+    high = reader.transport.get_write_buffer_limits()[1]
+    # The slow peer kept the transport full (up to two chunks, what the send loop allows): every map
+    # still came after it had drained below its high-water mark (a drain waits from above it down to
+    # the low-water mark), so at most a small tail of the chunk before was left in it.
+    assert len(reader.waiting) == SIZE // CHUNK
+    assert max(reader.waiting) <= high < CHUNK
+    reader.close()
