@@ -50,11 +50,6 @@ class DataSender:
         """Send the chunk of ``step``; return its bytes on the wire, None if the source had fewer bytes."""
         conn = self.conn
         if step.sealed and step.length >= MAP_AT and conn.compressor is None and self._maps:
-            # The chunks before this one leave the transport first: sent while they are still in the
-            # CPU's cache from their digests, not after this chunk's pages pushed them out (perf: the
-            # socket's copy 29 % of the shipper's samples when up to two chunks waited, 17 % after the
-            # wait). The kernel's socket buffer keeps the link busy while this chunk is hashed.
-            await conn.drain()
             sealer = conn.sealer
             # The payload MAC first: it runs at GMAC's pace over pages coming from memory, and the two
             # digests after it read them from the cache (mac_cost --mac-first: 0.94 x its hash, 1.08 x after).
