@@ -53,15 +53,11 @@ wake-up to the loop per batch (the wrapped future's completion) beside the batch
 
 
 IN_FLIGHT = 4
-"""Batches of one stream written and not yet acknowledged, at most, while they are small (``SMALL``).
-A new batch is made as soon as the one before it is written, not once the one before that is synced:
-appends that arrive while a flush stalls get their own flush at once, which the block layer merges
-with the others waiting, instead of waiting for the stalled one to return before their batch is even
-made (scripts/benchmarks/fixes.md, ninth round: lag). Bounded so that one stream cannot hold every
-worker thread."""
-SMALL = 256 * 1024
-"""Unacknowledged bytes of a stream up to which ``IN_FLIGHT`` batches may be; above it (a catch-up)
-two, as before: large batches keep their size, and no more fdatasyncs of MiBs run at once."""
+"""Batches of one stream written and not yet acknowledged, at most. A new batch is made as soon as the
+one before it is written, not once the one before that is synced: appends that arrive while a flush
+stalls get their own flush at once, which the block layer merges with the others waiting, instead of
+waiting for the stalled one to return before their batch is even made (scripts/benchmarks/fixes.md,
+ninth round: lag). Bounded so that one stream cannot hold every worker thread."""
 
 
 class _Batch:
@@ -252,7 +248,7 @@ class Attachment(Generic[C]):
                     if not batch.finished:
                         syncing.append(batch)
                         self._ack_in_order()
-                elif self.pending and len(syncing) < (IN_FLIGHT if self.pending_bytes <= SMALL else 2):
+                elif self.pending and len(syncing) < IN_FLIGHT:
                     ops, self.pending = self.pending, []
                     writing = self._writing = _Batch(loop, store, ops, self._on_synced, self._more_waiting)
                     # Its write or sync ending wakes us like new work does: one event to wait on.

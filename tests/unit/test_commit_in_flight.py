@@ -160,29 +160,3 @@ def test_a_failed_sync_acknowledges_nothing_after_it_even_if_later_syncs_returne
     assert isinstance(att.error, OSError)
     assert conn.acked() == [10]
     assert conn.closed
-
-
-def test_large_batches_keep_two_in_flight() -> None:
-    big = committer.SMALL * 3 // 4
-
-    async def main() -> tuple[int, int]:
-        att, copy, conn = _attach()
-        store = copy.store
-        for i in range(2):
-            att.submit([Write(SEG, i * big, b"x" * big, 0)])
-            await _until(lambda i=i: len(store.writes) == i + 1, f"batch {i} to be written")
-        att.submit([Write(SEG, 2 * big, b"x" * big, 0)])
-        await asyncio.sleep(0.05)
-        held = len(store.writes)  # a catch-up: the third waits for the first sync, as before
-        store.release(0)
-        await _until(lambda: len(store.writes) == 3, "the third batch")
-        for i in (1, 2):
-            store.release(i)
-        await _until(lambda: conn.acked()[-1:] == [3 * big], "the ACKs")
-        att.closing = True
-        att.wake.set()
-        async with asyncio.timeout(5):
-            await att.task
-        return held, len(store.writes)
-
-    assert asyncio.run(main()) == (2, 3)
