@@ -1,9 +1,9 @@
 """Group commit of one attached stream: queued storage ops are written and fsynced in a worker thread,
 and acknowledged only once durable.
 
-Everything that piled up while the previous batch was being written goes into the next one; while
-batches are being fdatasynced the next ones are already written and syncing (up to ``IN_FLIGHT``).
-``Attachment.submit()`` queues, the commit loop writes and syncs, ``detach()`` finishes the writes in hand.
+Everything that piled up while the previous batch was being written goes into the next one; while one
+batch is being fdatasynced the next is already written. ``Attachment.submit()`` queues, the commit loop
+writes and syncs, ``detach()`` finishes the writes in hand.
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ import asyncio
 import concurrent.futures
 import contextlib
 import logging
-from collections import deque
 from collections.abc import Callable
 from typing import Generic, Protocol, TypeVar
 
@@ -50,14 +49,6 @@ _COMMITS = concurrent.futures.ThreadPoolExecutor(thread_name_prefix="commit")
 """The worker threads that write and sync batches. Its own pool, not the loop's default executor, so a
 batch is handed over with ``submit()`` and no asyncio wrapper: ``run_in_executor`` would post one more
 wake-up to the loop per batch (the wrapped future's completion) beside the batch's own."""
-
-
-IN_FLIGHT = 4
-"""Batches of one stream written and not yet acknowledged, at most. A new batch is made as soon as the
-one before it is written, not once the one before that is synced: appends that arrive while a flush
-stalls get their own flush at once, which the block layer merges with the others waiting, instead of
-waiting for the stalled one to return before their batch is even made (scripts/benchmarks/fixes.md,
-ninth round: lag). Bounded so that one stream cannot hold every worker thread."""
 
 
 class _Batch:
@@ -190,8 +181,8 @@ class Attachment(Generic[C]):
         self.room.set()
         self.closing = False
         self.error: BaseException | None = None
-        self._syncing: deque[_Batch] = deque()
-        """The batches written before the one in hand and not yet acknowledged, oldest first."""
+        self._syncing: _Batch | None = None
+        """The batch written before the one in hand, not yet acknowledged (all before it are)."""
         self._writing: _Batch | None = None
         """The batch in hand: its write not yet seen done by the commit loop."""
         self.task = asyncio.create_task(self._commit_loop(), name=f"commit-{copy.name}")
@@ -206,26 +197,21 @@ class Attachment(Generic[C]):
         self.wake.set()
 
     async def _commit_loop(self) -> None:
-        # Batches in the pipe: while one is being fdatasynced the next ones are already written and
-        # syncing (a sync makes durable at least what was written before it began). A batch is
-        # acknowledged only once its own sync and every earlier one returned. Each batch is one trip to
-        # a worker thread (write, then sync) and one wake-up of the loop when it is done: a trickle of
-        # appends pays one thread hand-off each way, no more. The next batch may start once the write
-        # is done (``write_done``, set by the worker), seen either here when new ops wake us or from
-        # the worker's early word when they were waiting already.
+        # Two batches in the pipe: while one is being fdatasynced the next is already written (the
+        # sync makes durable at least what was written before it began). A batch is acknowledged only
+        # once its own sync and every earlier one returned. Each batch is one trip to a worker thread
+        # (write, then sync) and one wake-up of the loop when it is done: a trickle of appends pays
+        # one thread hand-off each way, no more. The next batch may start once the write is done
+        # (``write_done``, set by the worker), seen either here when new ops wake us or from the
+        # worker's early word when they were waiting already.
         loop = asyncio.get_running_loop()
         store = self.copy.store
-        syncing = self._syncing
+        syncing: _Batch | None = None
         writing: _Batch | None = None
         try:
             while True:
                 self.wake.clear()
-                if syncing and syncing[0].synced.done():
-                    # Acknowledged by _on_synced as its sync returned, unless it failed: raised here.
-                    batch = syncing.popleft()
-                    batch.synced.result()
-                    self._ack(batch)
-                elif writing is not None:
+                if writing is not None:
                     batch = writing
                     if batch.written.done():
                         try:
@@ -245,17 +231,24 @@ class Attachment(Generic[C]):
                     # Only one write at a time: the store's open segment is the writer's state.
                     self.copy.on_installed(installed)
                     self._recycle(batch.ops)
-                    if not batch.finished:
-                        syncing.append(batch)
-                        self._ack_in_order()
-                elif self.pending and len(syncing) < IN_FLIGHT:
+                    if syncing is not None:
+                        await self._finish(syncing)
+                    syncing = self._syncing = batch
+                    if batch.sync_returned:
+                        self._ack(batch)
+                elif self.pending:
                     ops, self.pending = self.pending, []
                     writing = self._writing = _Batch(loop, store, ops, self._on_synced, self._more_waiting)
                     # Its write or sync ending wakes us like new work does: one event to wait on.
                     writing.written.add_done_callback(self._wake)
                     writing.synced.add_done_callback(self._wake)
-                elif syncing:
-                    await self.wake.wait()
+                elif syncing is not None:
+                    if syncing.synced.done():
+                        batch, syncing = syncing, None
+                        self._syncing = None
+                        await self._finish(batch)
+                    else:
+                        await self.wake.wait()
                 elif self.closing:
                     # Once closing, never wait again: a detach() that came while a batch was being
                     # written set the event only once.
@@ -273,7 +266,8 @@ class Attachment(Generic[C]):
                 self.space.refused_streams.add(self.copy.name)
                 # What was written but not synced must not be offered as the next resume position
                 # (recovery would read it back from the page cache): cut back to what was acknowledged.
-                await self._all_synced(writing)
+                if syncing is not None:
+                    await asyncio.wait({syncing.synced})
                 self.copy.store.close()
                 with contextlib.suppress(OSError):
                     drop_unacknowledged(self.copy.store, self.acked, self.acked_sealed)
@@ -283,7 +277,8 @@ class Attachment(Generic[C]):
                 # EIO and kin: transient too. What was not acknowledged is cut (an fsync that failed
                 # cannot be trusted again: receiver/storage_retry.py), then the shipper backs off and
                 # sends it again. Cut once the batch in hand is done with its descriptors.
-                await self._all_synced(writing)
+                if syncing is not None:
+                    await asyncio.wait({syncing.synced})
                 reason = self.space.storage.failed(self.copy.store, self.copy.name, e, self.acked, self.acked_sealed)
                 if not self.conn.closing:
                     self.conn.send(Error(ErrorCode.STORAGE_RETRY, reason))
@@ -295,34 +290,25 @@ class Attachment(Generic[C]):
                     log.warning(text, self.copy.name, e)
                 else:
                     log.error(text, self.copy.name, e, exc_info=not isinstance(e, OSError))
-            # Let their descriptors be closed before anyone recovers the copy from disk.
-            await self._all_synced(writing)
+            if syncing is not None:
+                # Let its descriptors be closed before anyone recovers the copy from disk.
+                await asyncio.wait({syncing.synced})
             self.copy.store.close()
             self.conn.writer.close()
             self.room.set()
 
     def _on_synced(self, batch: _Batch) -> None:
+        # Only the oldest batch not yet acknowledged may be: a later one waits for the commit loop,
+        # which acknowledges in order once every earlier sync returned. The batch in hand is the
+        # oldest once the one before it is acknowledged; one that installed or quarantined a segment
+        # waits for the commit loop, which tells the copy of its installs first.
         batch.sync_returned = True
-        if self.error is None:
-            self._ack_in_order()
-
-    def _ack_in_order(self) -> None:
-        # Only the oldest batch not yet acknowledged may be, and each after it whose sync returned too.
-        # The batch in hand is the oldest once those before it are acknowledged; one that installed or
-        # quarantined a segment waits for the commit loop, which tells the copy of its installs first.
-        for batch in self._syncing:
-            if not batch.finished:
-                if not batch.sync_returned:
-                    return
-                self._ack(batch)
-        batch = self._writing
-        if batch is not None and batch.sync_returned and not batch.events:
+        if self.error is not None:
+            return
+        if batch is self._syncing:
             self._ack(batch)
-
-    async def _all_synced(self, writing: _Batch | None) -> None:
-        waits = {b.synced for b in self._syncing} | ({writing.synced} if writing is not None else set())
-        if waits:
-            await asyncio.wait(waits)
+        elif batch is self._writing and not batch.events and (self._syncing is None or self._syncing.finished):
+            self._ack(batch)
 
     def _wake(self, _: object) -> None:
         self.wake.set()
@@ -330,6 +316,10 @@ class Attachment(Generic[C]):
     def _more_waiting(self) -> bool:
         # Read from the worker thread: a list's length, under the GIL.
         return bool(self.pending) or self.closing
+
+    async def _finish(self, batch: _Batch) -> None:
+        await batch.synced
+        self._ack(batch)
 
     def _ack(self, batch: _Batch) -> None:
         if batch.finished:
