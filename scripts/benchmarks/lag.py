@@ -11,6 +11,7 @@ minus the write time. The tap's extra hop is counted against us.
 from __future__ import annotations
 
 import array
+import contextlib
 import os
 import subprocess
 import sys
@@ -133,13 +134,20 @@ def run(opts: Options) -> Result:
         raise RuntimeError(f"--lag-observer capture: cannot capture on lo here ({no_capture})")
     # Every run starts from scratch (its own receiver, shipper and source), so that none pays for the
     # one before (a later segment would seal and replay the last run's 120 MB at its start).
-    measured = [_measure(work / f"run{r + 1}", secret, seconds, no_capture is None) for r in range(runs)]
-    per_run = [_lags(*m) for m in measured]
+    # LAG_CAPTURE (measurement of the observer only): "unfiltered" reads lo as the capture did before its
+    # BPF filter, "both" runs that one beside the filtered one and compares their frames.
+    how = os.environ.get("LAG_CAPTURE", "filtered")
+    check = how == "both" and no_capture is None
+    measured = [
+        _measure(work / f"run{r + 1}", secret, seconds, no_capture is None, check, how != "unfiltered")
+        for r in range(runs)
+    ]
+    per_run = [_lags(*m[:3]) for m in measured]
     p99s = [percentile(sorted(run_lags), 99) for run_lags, _ in per_run]
     # The run with the median p99 is the one shown (figures and plot); every run's p99 is listed.
     order = sorted(range(runs), key=lambda r: p99s[r])
     shown = order[runs // 2]
-    stamps, acks, _sent = measured[shown]
+    stamps, acks, _sent, observed = measured[shown]
     lags, ship = per_run[shown]
     s = sorted(lags)
     ship.sort()
@@ -160,6 +168,22 @@ def run(opts: Options) -> Result:
             + ", ".join(f"{p * 1e3:.2f} ms" for p in p99s)
             + ")",
         )
+    if observed:
+        result.figure(
+            "the capture's own CPU (its thread, user + system; every run)",
+            ", ".join(
+                f"{m[3]['cpu'] / m[3]['wall'] * 100:.1f} % of a core ({m[3]['packets']} packets)" for m in measured
+            ),
+        )
+        if check:
+            result.figure(
+                "the same frames read unfiltered beside it (the capture before its BPF filter; every run)",
+                ", ".join(
+                    f"{m[3]['old_cpu'] / m[3]['wall'] * 100:.1f} % ({m[3]['old_packets']} packets, "
+                    f"frames {'identical' if m[3]['same'] else 'DIFFERENT'}: {m[3]['frames']})"
+                    for m in measured
+                ),
+            )
     result.figure("ACKs seen", f"{len(acks)} ({count / max(1, len(acks)):.1f} appends per ACK)")
     result.figure("lag p50", f"{p50 * 1e3:.2f} ms")
     result.figure("lag p99", f"{p99 * 1e3:.2f} ms")
@@ -196,7 +220,13 @@ def run(opts: Options) -> Result:
         "after the fdatasync of the .idx record that carries them inline; for a large one, after the fdatasync "
         "of the partial and of its .idx). As root the frames are seen by a raw packet socket on lo, stamped by "
         "the kernel as the sending side passes them down (SO_TIMESTAMPNS; TCP streams reassembled by sequence "
-        "number and decoded with the protocol's own frame decoder): nothing waits for the observer. Otherwise (or with "
+        "number and decoded with the protocol's own frame decoder): nothing waits for the observer. "
+        "The observer shares the two CPUs with what it measures, so the kernel hands it only what it uses: "
+        "a classic BPF filter on the "
+        "packet socket keeps the outgoing copy of the pair's TCP segments that carry a payload or a SYN (not the "
+        "incoming copy, pure TCP ACKs or other ports), and it reads them in batches every 10 ms (the kernel's "
+        "stamps do not move); its own CPU is the figure above (LAG_CAPTURE=both runs the unfiltered capture of "
+        "before beside it and checks that both see the same frames at the same stamps). Otherwise (or with "
         "--lag-observer tap) a relay on 127.0.0.1 between shipper and receiver reads them, which adds a hop to "
         "both the DATA and the ACK path: the figures are then upper bounds. Runs: --repeat of them (3 by "
         "default, 1 with --quick), each with its own receiver, shipper and source; the figures and the plot are "
@@ -218,9 +248,11 @@ def run(opts: Options) -> Result:
 
 
 def _measure(
-    work: Path, secret: Path, seconds: int, capture: bool
-) -> tuple[array.array, list[tuple[float, int]], list[tuple[float, int]]]:
-    """One run: the writer's stamps, and the (time, end offset) of every ACK and DATA frame of its segment."""
+    work: Path, secret: Path, seconds: int, capture: bool, check: bool = False, filtered: bool = True
+) -> tuple[array.array, list[tuple[float, int]], list[tuple[float, int]], dict[str, float]]:
+    """One run: the writer's stamps, the (time, end offset) of every ACK and DATA frame of its segment,
+    and what the capture cost (``check``: with an unfiltered capture beside it, and whether both saw
+    the same frames at the same stamps)."""
     count = seconds * RATE
     work = fresh_dir(work)
     src = fresh_dir(work / "src")
@@ -228,9 +260,11 @@ def _measure(
     shipper = None
     segment = segment_name(1)
     stamps = array.array("d")
+    observed: dict[str, float] = {}
     try:
-        observer: LoopbackCapture | AckTap = LoopbackCapture(port) if capture else AckTap(port)
-        with observer as tap:
+        observer: LoopbackCapture | AckTap = LoopbackCapture(port, filtered) if capture else AckTap(port)
+        old = LoopbackCapture(port, filtered=False) if check else None
+        with observer as tap, old if old is not None else contextlib.nullcontext():
             target = port if isinstance(tap, LoopbackCapture) else tap.port
             shipper = start_shipper(
                 work,
@@ -259,11 +293,26 @@ def _measure(
                 )
             acks = [(t, off) for t, seg, off in tap.acks if seg == segment]
             sent = [(t, off) for t, seg, off in tap.data if seg == segment]
+        if isinstance(tap, LoopbackCapture):
+            observed = {"cpu": tap.cpu, "wall": tap.wall, "packets": tap.packets}
+        if old is not None:
+            n = min(len(old.acks), len(tap.acks)), min(len(old.data), len(tap.data))
+            observed |= {
+                "old_cpu": old.cpu,
+                "old_packets": old.packets,
+                "frames": len(tap.acks) + len(tap.data),
+                # The two sockets are handed the same skbs: the same frames, stamps to the nanosecond.
+                # (The unfiltered one may still be short of the last frames when the run ends.)
+                "same": old.acks[: n[0]] == tap.acks[: n[0]]
+                and old.data[: n[1]] == tap.data[: n[1]]
+                and n[0] >= len(tap.acks) - 5
+                and n[1] >= len(tap.data) - 5,
+            }
     finally:
         if shipper is not None:
             shipper.stop()
         receiver.stop()
-    return stamps, acks, sent
+    return stamps, acks, sent, observed
 
 
 def _lags(
