@@ -357,7 +357,7 @@ class TargetSender(Replies):
                 # that comes while the drain waits is not lost.
                 self._wake.clear()
                 await conn.drain()
-                # Due on the shared wake grid: the idle streams' heartbeats of one interval go out in one
+                # Due on the shared wake grid: idle streams whose heartbeats fall due close together send them in one
                 # wake-up of the loop (see shipper/tailer.py WAKE_GRID), each at most 1/8 interval early.
                 due = on_grid(last_sent + cfg.heartbeat, cfg.heartbeat)
                 now = time.monotonic()
