@@ -11,7 +11,6 @@ which checks them and says when the window opened or where to rewind.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 import ssl
@@ -45,7 +44,7 @@ from shipper.seed import send_seed
 from shipper.settings import SenderConfig
 from shipper.source import Open, SegmentReader, SendData, SendSeal, SourceError, Stuck, next_step
 from shipper.status import TargetState, TargetStats, heartbeat
-from shipper.tailer import Tailer
+from shipper.tailer import Tailer, on_grid
 from shipper.window import ChunkSizer, SendWindow, adaptive_window
 
 log = logging.getLogger("shipper")
@@ -55,6 +54,10 @@ TOLD_TO_WAIT = {"no-space": (1.0, 10.0), "storage-retry": (1.0, 10.0), "another-
 between. A full disk (or a failing one: EIO) for minutes costs one attempt every ~10 s (and convergence
 after it heals waits at most that); a second live shipper of the stream asks 4 times in its first
 minute, then every 30 s, and gets in at most that long after the first one is gone."""
+
+TIMER_SLACK = 0.01
+"""Seconds a timer may fire before its monotonic deadline and still count as due (uvloop's timers run in
+whole milliseconds from the loop's cached clock): else an early wake-up waits a second time for the rest."""
 
 
 class TargetSender(Replies):
@@ -310,6 +313,7 @@ class TargetSender(Replies):
         cfg = self.config
         window = self.send_window
         chunks = DataSender(conn, self._reader, self.stream)
+        loop = asyncio.get_running_loop()
         last_sent = last_head = time.monotonic()
         while True:
             # The source head goes to the receiver every heartbeat interval, busy or not, so the copy's
@@ -324,9 +328,7 @@ class TargetSender(Replies):
             if window.full:
                 self._wake.clear()
                 await conn.drain()
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(cfg.heartbeat):
-                        await self._wake.wait()
+                await self._wait_woken(loop, cfg.heartbeat)
                 continue
             step = next_step(self.tailer, window.cursor, self._chunks.size)
             if isinstance(step, SendData):
@@ -355,14 +357,25 @@ class TargetSender(Replies):
                 # that comes while the drain waits is not lost.
                 self._wake.clear()
                 await conn.drain()
-                idle = cfg.heartbeat - (time.monotonic() - last_sent)
-                if idle <= 0:
+                # Due on the shared wake grid: idle streams whose heartbeats fall due close together send them in one
+                # wake-up of the loop (see shipper/tailer.py WAKE_GRID), each at most 1/8 interval early.
+                due = on_grid(last_sent + cfg.heartbeat, cfg.heartbeat)
+                now = time.monotonic()
+                if now >= due - TIMER_SLACK:
                     conn.send(heartbeat(self.stream, self.tailer.segments, self.tailer.names, self.stats))
-                    last_sent = last_head = time.monotonic()
+                    last_sent = last_head = now
                     continue
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(idle):
-                        await self._wake.wait()
+                await self._wait_woken(loop, due - now)
+
+    async def _wait_woken(self, loop: asyncio.AbstractEventLoop, seconds: float) -> None:
+        """Wait until the wake event is set or ``seconds`` passed: a timer that sets the event, not
+        asyncio.timeout, whose expiry cancels the task and unwinds a TimeoutError through it (on
+        uvloop 11 us against 4 us a wait; every idle heartbeat interval ended that way)."""
+        timer = loop.call_later(seconds, self._wake.set)
+        try:
+            await self._wake.wait()
+        finally:
+            timer.cancel()
 
     async def _send_data(self, conn: FramedConnection, chunks: DataSender, step: SendData) -> bool:
         """Send one DATA frame; return False if the source had fewer bytes than the tailer saw."""

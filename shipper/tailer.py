@@ -86,6 +86,22 @@ def classify(
     return out
 
 
+WAKE_GRID = 0.1
+"""Seconds: timers that may fire a little early (idle heartbeats, quiet safety looks) end on this
+grid of the monotonic clock, so the streams' timers that fall due close together end in one wake-up of
+the loop (and the receiver answers those heartbeats in one wake-up too). With 1000 idle streams each on
+its own timer, the wake-ups themselves (a context switch, cold caches each time) were most of the idle
+CPU (scripts/bench scale: shipper 3.35-3.45 % of a core, 1.60 % on this grid). A 0.5 s grid saved no
+more and sent 50 heartbeats in one burst: the busy stream's p99 went from 5-15 ms to 16-28 ms."""
+
+
+def on_grid(deadline: float, interval: float) -> float:
+    """Return the latest point of the wake grid at or before ``deadline`` (monotonic seconds), for a
+    timer of period ``interval``: at most ``interval / 8`` early, so a short period stays itself."""
+    step = min(WAKE_GRID, interval / 8)
+    return deadline - deadline % step if step > 0 else deadline
+
+
 def next_look(segments: Sequence[SegmentInfo], policy: SealPolicy, now: float, quiet: float) -> float:
     """Return how many seconds a watched directory may go without a look: ``quiet``, or less when the
     newest segment is due to seal by ``policy.seal_idle`` sooner (a timer, not a file event, seals it)."""
@@ -354,8 +370,12 @@ class Tailer:
                 self._waiting = True
                 try:
                     delay = next_look(self.segments, self.policy, time.time(), self.quiet_interval)
+                    wait = delay
+                    if delay >= self.quiet_interval:  # a safety look, not a seal timer: it may come early
+                        now = time.monotonic()
+                        wait = max(0.001, on_grid(now + delay, delay) - now)
                     with contextlib.suppress(TimeoutError):
-                        async with asyncio.timeout(delay):
+                        async with asyncio.timeout(wait):
                             await wake.wait()
                     quiet = not wake.is_set() and delay >= self.quiet_interval
                 finally:

@@ -4,6 +4,7 @@ subprocess: the window, resume and wiring of the shipper against the receiver it
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import re
 import time
@@ -20,6 +21,7 @@ from shipper import sender as sender_module
 from shipper.sender import TargetSender, TargetState
 from shipper.service import ShipperService
 from shipper.settings import DEFAULT_PATTERN, SealPolicy, SenderConfig, StreamConfig, TargetConfig
+from shipper.tailer import WAKE_GRID
 
 STREAM = "db1"
 SECRET = b"loopback-secret-of-32-bytes-----"
@@ -189,3 +191,39 @@ async def test_an_idle_sender_sends_one_heartbeat_per_interval(tmp_path: Path, m
     assert sender.stats.connects == 1
     # 10 intervals: about 10 heartbeats (a slow machine sends fewer), never two an interval.
     assert 3 <= beats <= 13, f"{beats} heartbeats in 2 s at a 0.2 s interval"
+
+
+async def test_idle_heartbeats_fall_due_on_the_wake_grid(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Each idle stream's heartbeat on its own timer cost a wake-up of both daemons per heartbeat (1000 idle
+    # streams: most of their idle CPU); on the shared grid they go out together.
+    source, data_dir = tmp_path / "src", tmp_path / "copy"
+    source.mkdir()
+    write_segment(source, 1, 1000)
+    sent: list[float] = []
+    real = sender_module.heartbeat
+
+    def counted(*args: Any) -> Any:
+        sent.append(time.monotonic())
+        return real(*args)
+
+    monkeypatch.setattr(sender_module, "heartbeat", counted)
+    server = receiver(data_dir)
+    _, port = await server.start("127.0.0.1", 0)
+    interval = 0.4
+    step = min(WAKE_GRID, interval / 8)
+    try:
+        async with shipping(
+            stream_config(source, port, SealPolicy("immediate")), SenderConfig(heartbeat=interval)
+        ) as s:
+            await until(lambda: acked(s) == (Position(segment(1), 1000), True), "the SEAL to be acknowledged")
+            start = len(sent)
+            await asyncio.sleep(2.5)
+            beats = sent[start:]
+    finally:
+        await server.stop()
+    assert len(beats) >= 4, beats
+    # Off the grid by a few ms at most (timer resolution); at random 1 in 3 would be, by chance.
+    aligned = [t for t in beats if min(t % step, step - t % step) < 0.008]
+    assert len(aligned) >= len(beats) - 1, [round(t % step, 4) for t in beats]
+    gaps = [b - a for a, b in itertools.pairwise(beats)]
+    assert all(interval - step - 0.02 <= g <= interval + 0.05 for g in gaps), gaps

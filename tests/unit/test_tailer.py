@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from shipper.settings import DEFAULT_PATTERN, SealPolicy
-from shipper.tailer import SegmentInfo, Tailer, classify, is_segment, late_arrivals
+from shipper.tailer import WAKE_GRID, SegmentInfo, Tailer, classify, is_segment, late_arrivals, on_grid
 
 DEFAULT = re.compile(DEFAULT_PATTERN)
 NOW = 1_000_000.0
@@ -346,3 +346,18 @@ def test_run_takes_safety_looks_while_nothing_changes(tmp_path: Path) -> None:
 
     asyncio.run(main())
     assert len(looks) >= 3 and tailer.names == ["E00000001.log"]
+
+
+@pytest.mark.parametrize("interval", [10.0, 15.0, 0.4, 0.2])
+def test_on_grid_ends_timers_of_one_interval_together_and_never_late(interval: float) -> None:
+    # Timers armed at different moments of one interval (1000 idle streams) must end at one grid point,
+    # never after their deadline and never more than an eighth of the interval before it.
+    step = min(WAKE_GRID, interval / 8)
+    base = 1234.0
+    ends = set()
+    for i in range(50):
+        deadline = base + interval + step * (i + 0.5) / 51  # (a deadline just on a point may fall to the one before)
+        end = on_grid(deadline, interval)
+        assert deadline - interval / 8 <= end <= deadline
+        ends.add(round(end, 9))
+    assert ends == {round(base + interval, 9)}, ends
