@@ -50,6 +50,9 @@ class ErrorCode(enum.StrEnum):
     what it had not acknowledged; back off and send it again (transient)."""
     ANOTHER_SHIPPER = "another-shipper"
     """Another live shipper ships this stream to this receiver: back off while it does (transient)."""
+    BUSY = "busy"
+    """The receiver has ``max_unauthenticated`` connections in their handshake already and takes no more
+    for now: sent untagged in place of the CHALLENGE, then it closes; back off briefly (transient)."""
     REJOINING = "rejoining"
     """The copy is a former primary's, of an older epoch than the shipper's: it has not rejoined as a
     standby yet (its HA agent does that); reconnect later (transient)."""

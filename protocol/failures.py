@@ -24,6 +24,7 @@ FAILURES: dict[str, Kind] = {
     "disk full": Kind.TRANSIENT,
     "io error": Kind.TRANSIENT,
     "another shipper": Kind.TRANSIENT,
+    "receiver busy": Kind.TRANSIENT,
     # Every chunk verified and still the whole segment does not match: what was shipped is not what
     # the SEAL describes (after its retries), the source changed under us.
     "segment digest mismatch": Kind.PERMANENT,
@@ -37,6 +38,7 @@ ERROR_CODES: dict[str, str] = {
     "no-space": "disk full",
     "storage-retry": "io error",
     "another-shipper": "another shipper",
+    "busy": "receiver busy",
 }
 """ERROR codes that name a transient failure of the receiver's: the shipper backs off from them and shows
 Retrying (shipper/handshake.py's BACK_OFF_CODES are exactly these)."""

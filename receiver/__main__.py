@@ -73,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--max-unauthenticated",
         metavar="N",
-        help="connections still in their handshake, at most; more are closed at once (default 64)",
+        help="connections still in their handshake, at most; more are told busy and closed at once (default 64)",
     )
     p.add_argument("--tls-cert", metavar="FILE", help="serve TLS with this certificate (PEM; may hold the key too)")
     p.add_argument("--tls-key", metavar="FILE", help="the certificate's private key (PEM, mode 0600)")

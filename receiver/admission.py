@@ -20,12 +20,19 @@ from typing import Any
 
 from logship.admin.wording import Throttle, receiver_tls_failure
 from protocol.aio import FramedConnection, FrameReceiver
+from protocol.errors import ErrorCode
+from protocol.messages import Error
 from receiver.config import ServerConfig
 
 log = logging.getLogger("receiver")
 
-# Connections taken from a listening socket per wake-up, and its listen() backlog.
-LISTEN_BACKLOG = 128
+# Connections taken from a listening socket per wake-up (TLS: we accept them ourselves).
+ACCEPTS_PER_WAKEUP = 128
+LISTEN_BACKLOG = 4096
+"""listen() backlog (the kernel caps it at net.core.somaxconn). A thousand streams start with a
+thousand connects at once: past a full accept queue the kernel drops the handshake's last ACK, the
+shipper believes itself connected and waits its connect timeout (10 s) for a CHALLENGE that cannot
+come (scripts/bench scale: about 430 of 1000 first connections did, with asyncio's default of 100)."""
 
 OnConnect = Callable[..., Awaitable[None]]
 """``on_connect(conn)`` for a plain connection (it takes its slot with ``take_slot()``), or
@@ -72,9 +79,23 @@ class Admission:
         """Admit a plain TCP connection before a byte of it is read; None: refused and aborted."""
         self.connections_total += 1
         if self.unauthenticated >= self.config.max_unauthenticated:
-            self._refuse(conn.writer.transport.abort)
+            self._refuse(functools.partial(self._tell_busy, conn))
             return None
         return Slot(self)
+
+    def _tell_busy(self, conn: FramedConnection) -> None:
+        # Say why, in place of the CHALLENGE, then close: a shipper told "busy" backs off and comes back,
+        # where a bare reset reads as a wrong address and sends it probing the port (a TLS ClientHello, an
+        # HTTP HEAD: each one more connection over the cap and one more warning here). Nothing of the
+        # peer's is read; one small frame into a new socket's empty buffer never waits.
+        cap = self.config.max_unauthenticated
+        text = f"{self.unauthenticated} connections in their handshake already (max_unauthenticated {cap})"
+        try:
+            conn.send(Error(ErrorCode.BUSY, text))
+        except Exception:  # noqa: BLE001 - a peer gone already: closing is all that is left
+            conn.writer.transport.abort()
+            return
+        conn.writer.transport.close()
 
     async def listen(self, host: str, port: int) -> tuple[str, int]:
         """Start listening; return the address bound (port 0 picks one). Raises OSError."""
@@ -83,7 +104,9 @@ class Admission:
         if self.config.tls is None:
             # A FrameReceiver per connection: the socket writes into the frame decoder's buffers. Its
             # session counts against max_unauthenticated before the first byte is read.
-            self.server = await loop.create_server(lambda: FrameReceiver(self.on_connect, max_payload), host, port)
+            self.server = await loop.create_server(
+                lambda: FrameReceiver(self.on_connect, max_payload), host, port, backlog=LISTEN_BACKLOG
+            )
             sock = self.server.sockets[0].getsockname()
             return sock[0], sock[1]
         # With TLS we accept the sockets ourselves, so that a peer holds a slot of max_unauthenticated
@@ -132,7 +155,7 @@ class Admission:
 
     def _accept_ready(self, lsock: socket.socket) -> None:
         loop = asyncio.get_running_loop()
-        for _ in range(LISTEN_BACKLOG):
+        for _ in range(ACCEPTS_PER_WAKEUP):
             try:
                 sock, _addr = lsock.accept()
             except (BlockingIOError, InterruptedError):

@@ -30,6 +30,8 @@ from protocol.session import ShipperHandshake
 from shipper.chunks import DataSender
 from shipper.handshake import (
     BACK_OFF_CODES,
+    BUSY_TOLD_AFTER,
+    TOLD_TO_WAIT,
     Fenced_,
     Reconnect,
     Refused,
@@ -48,12 +50,6 @@ from shipper.tailer import Tailer, on_grid
 from shipper.window import ChunkSizer, SendWindow, adaptive_window
 
 log = logging.getLogger("shipper")
-
-TOLD_TO_WAIT = {"no-space": (1.0, 10.0), "storage-retry": (1.0, 10.0), "another-shipper": (4.0, 30.0)}
-"""The first pause and the cap after a target said "not now" (BACK_OFF_CODES); the pause doubles in
-between. A full disk (or a failing one: EIO) for minutes costs one attempt every ~10 s (and convergence
-after it heals waits at most that); a second live shipper of the stream asks 4 times in its first
-minute, then every 30 s, and gets in at most that long after the first one is gone."""
 
 TIMER_SLACK = 0.01
 """Seconds a timer may fire before its monotonic deadline and still count as due (uvloop's timers run in
@@ -189,7 +185,13 @@ class TargetSender(Replies):
         n = self._told_to_wait
         first, cap = TOLD_TO_WAIT.get(code, (1.0, 10.0))
         pause = min(cap, first * 2 ** (n - 1)) * random.uniform(0.8, 1.2)
-        if n == 1 or code != self._told_code:
+        if code == "busy":
+            # A receiver sheds handshakes at start-up when many streams connect at once: each gets in a
+            # moment later, and a line per stream would bury the log. Told once it lasts (about 4 s).
+            first_told = n == BUSY_TOLD_AFTER
+        else:
+            first_told = n == 1 or code != self._told_code
+        if first_told:
             args = (self.name, self.stream, text, cap)
             if code == "another-shipper" and same_process(holder, self.shipper_id):
                 # Not a shipper left running: this very process, through another of its targets.

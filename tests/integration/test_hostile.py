@@ -18,8 +18,8 @@ from typing import Any
 import pytest
 
 from protocol.digest import chunk_digest
-from protocol.framing import encode
-from protocol.messages import Ack, Challenge, Heartbeat, Position
+from protocol.framing import NEED_DATA, FrameDecoder, encode
+from protocol.messages import Ack, Challenge, Error, Heartbeat, Position
 from receiver.server import ReceiverServer, ServerConfig
 from tests.helpers.frames import data_header, raw_frame
 from tests.helpers.rawclient import RawClient, snapshot
@@ -227,13 +227,15 @@ async def test_handshake_timeout_and_cap_on_unauthenticated(tmp_path: Path) -> N
         for _ in range(4):
             silent.append(await asyncio.open_connection("127.0.0.1", port))
         await _wait(lambda: srv.unauthenticated == 4)
-        # The fifth is closed without a CHALLENGE.
+        # The fifth is told busy in place of a CHALLENGE, and closed.
         r, w = await asyncio.open_connection("127.0.0.1", port)
         async with asyncio.timeout(5):
-            try:
-                assert await r.read(100) == b""
-            except ConnectionResetError:
-                pass
+            told = await r.read()
+        decoder = FrameDecoder()
+        decoder.receive_data(told)
+        msg = decoder.next_message()
+        assert isinstance(msg, Error) and msg.code == "busy", msg
+        assert decoder.next_message() is NEED_DATA and not decoder.buffered, "nothing after the ERROR"
         w.close()
         assert srv.refused_busy >= 1
         # The silent four time out and free their slots; then a real shipper gets in.

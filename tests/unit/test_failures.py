@@ -19,6 +19,7 @@ T, P = Kind.TRANSIENT, Kind.PERMANENT
         ("disk full", T),
         ("io error", T),
         ("another shipper", T),
+        ("receiver busy", T),
         ("segment digest mismatch", P),
         ("sealed source changed", P),
         ("inspector veto", P),
@@ -31,7 +32,7 @@ def test_table(failure: str, kind: Kind) -> None:
 
 
 def test_every_named_failure_is_in_the_table_above() -> None:
-    assert len(FAILURES) == 11
+    assert len(FAILURES) == 12
 
 
 @pytest.mark.parametrize(
