@@ -63,20 +63,19 @@ change (its disk is full, another shipper ships the stream). The sender backs of
 jittered) and shows the target as Retrying with this text, never Failed."""
 
 TOLD_TO_WAIT = {
-    "no-space": (1.0, 10.0),
-    "storage-retry": (1.0, 10.0),
-    "another-shipper": (4.0, 30.0),
-    "busy": (0.5, 5.0),
+    "no-space": (1.0, 10.0, 1),
+    "storage-retry": (1.0, 10.0, 1),
+    "another-shipper": (4.0, 30.0, 1),
+    "busy": (0.5, 5.0, 4),
 }
-"""The first pause and the cap after a target said "not now" (BACK_OFF_CODES); the pause doubles in
-between. A full disk (or a failing one: EIO) for minutes costs one attempt every ~10 s (and convergence
-after it heals waits at most that); a second live shipper of the stream asks 4 times in its first
-minute, then every 30 s, and gets in at most that long after the first one is gone. A receiver busy with
-handshakes (a thousand streams starting at once) is asked again after 0.5-1-2-4-5 s, jittered, so
-that the shippers it turned away come back spread out."""
-
-BUSY_TOLD_AFTER = 4
-"""``busy`` answers in a row before the shipper logs them (a WARNING; before that at DEBUG)."""
+"""The first pause, the cap, and the answer in a row that is logged (a WARNING; those before it at
+DEBUG) after a target said "not now" (BACK_OFF_CODES); the pause doubles in between. A full disk (or a
+failing one: EIO) for minutes costs one attempt every ~10 s (and convergence after it heals waits at
+most that); a second live shipper of the stream asks 4 times in its first minute, then every 30 s, and
+gets in at most that long after the first one is gone. A receiver busy with handshakes (a thousand
+streams starting at once) is asked again after 0.5-1-2-4-5 s, jittered, so that the shippers it turned
+away come back spread out; each gets in a moment later, and a line per stream would bury the log: told
+once it lasts."""
 
 
 class Reconnect(Exception):

@@ -30,7 +30,6 @@ from protocol.session import ShipperHandshake
 from shipper.chunks import DataSender
 from shipper.handshake import (
     BACK_OFF_CODES,
-    BUSY_TOLD_AFTER,
     TOLD_TO_WAIT,
     Fenced_,
     Reconnect,
@@ -183,15 +182,9 @@ class TargetSender(Replies):
         so that many shippers of one full receiver do not come back together)."""
         self._told_to_wait += 1
         n = self._told_to_wait
-        first, cap = TOLD_TO_WAIT.get(code, (1.0, 10.0))
+        first, cap, told_at = TOLD_TO_WAIT.get(code, (1.0, 10.0, 1))
         pause = min(cap, first * 2 ** (n - 1)) * random.uniform(0.8, 1.2)
-        if code == "busy":
-            # A receiver sheds handshakes at start-up when many streams connect at once: each gets in a
-            # moment later, and a line per stream would bury the log. Told once it lasts (about 4 s).
-            first_told = n == BUSY_TOLD_AFTER
-        else:
-            first_told = n == 1 or code != self._told_code
-        if first_told:
+        if n == told_at or (told_at == 1 and code != self._told_code):
             args = (self.name, self.stream, text, cap)
             if code == "another-shipper" and same_process(holder, self.shipper_id):
                 # Not a shipper left running: this very process, through another of its targets.

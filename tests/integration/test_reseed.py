@@ -176,7 +176,7 @@ def test_standby_behind_the_source_is_reseeded_through_kill9_of_both_sides(
         victim.start()
     # Every restart resumed the same image where the receiver's durable bytes ended, never from 0.
     wait_until(lambda: "SEEDED" in receiver.log_text(), 180, what="the image installed")
-    resumed = [int(m) for m in re.findall(r"Seeding: image \w+ of \d+ bytes .* resuming at (\d+)", receiver.log_text())]
+    resumed = [int(m) for m in re.findall(resume_line, receiver.log_text())]
     assert len(resumed) >= 2 and all(n > 0 for n in resumed), receiver.log_text()[-3000:]
     assert ship.count("seed image") == 1, "the image is made once and reused after the shipper's restart"
 

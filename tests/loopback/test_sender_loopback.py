@@ -163,9 +163,10 @@ async def test_a_receiver_that_goes_away_and_comes_back_is_resumed_where_it_was(
     assert partial.read_bytes() == data[segment(3)]
 
 
-async def test_an_idle_sender_sends_one_heartbeat_per_interval(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    # The source-head heartbeat and the idle one were both sent each interval (1000 idle streams: 200
-    # frames a second each way instead of 100, each answered by the receiver).
+async def _idle_heartbeats(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, config: SenderConfig, seconds: float
+) -> tuple[list[float], TargetSender]:
+    """Ship one small sealed segment, then return when each heartbeat of ``seconds`` of idling was sent."""
     source, data_dir = tmp_path / "src", tmp_path / "copy"
     source.mkdir()
     write_segment(source, 1, 1000)
@@ -180,47 +181,32 @@ async def test_an_idle_sender_sends_one_heartbeat_per_interval(tmp_path: Path, m
     server = receiver(data_dir)
     _, port = await server.start("127.0.0.1", 0)
     try:
-        config = SenderConfig(heartbeat=0.2, backoff_max=0.2)
         async with shipping(stream_config(source, port, SealPolicy("immediate")), config) as sender:
             await until(lambda: acked(sender) == (Position(segment(1), 1000), True), "the SEAL to be acknowledged")
             start = len(sent)
-            await asyncio.sleep(2.0)
-            beats = len(sent) - start
+            await asyncio.sleep(seconds)
+            beats = sent[start:]
     finally:
         await server.stop()
+    return beats, sender
+
+
+async def test_an_idle_sender_sends_one_heartbeat_per_interval(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The source-head heartbeat and the idle one were both sent each interval (1000 idle streams: 200
+    # frames a second each way instead of 100, each answered by the receiver).
+    config = SenderConfig(heartbeat=0.2, backoff_max=0.2)
+    beats, sender = await _idle_heartbeats(tmp_path, monkeypatch, config, 2.0)
     assert sender.stats.connects == 1
     # 10 intervals: about 10 heartbeats (a slow machine sends fewer), never two an interval.
-    assert 3 <= beats <= 13, f"{beats} heartbeats in 2 s at a 0.2 s interval"
+    assert 3 <= len(beats) <= 13, f"{len(beats)} heartbeats in 2 s at a 0.2 s interval"
 
 
 async def test_idle_heartbeats_fall_due_on_the_wake_grid(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # Each idle stream's heartbeat on its own timer cost a wake-up of both daemons per heartbeat (1000 idle
     # streams: most of their idle CPU); on the shared grid they go out together.
-    source, data_dir = tmp_path / "src", tmp_path / "copy"
-    source.mkdir()
-    write_segment(source, 1, 1000)
-    sent: list[float] = []
-    real = sender_module.heartbeat
-
-    def counted(*args: Any) -> Any:
-        sent.append(time.monotonic())
-        return real(*args)
-
-    monkeypatch.setattr(sender_module, "heartbeat", counted)
-    server = receiver(data_dir)
-    _, port = await server.start("127.0.0.1", 0)
     interval = 0.4
     step = min(WAKE_GRID, interval / 8)
-    try:
-        async with shipping(
-            stream_config(source, port, SealPolicy("immediate")), SenderConfig(heartbeat=interval)
-        ) as s:
-            await until(lambda: acked(s) == (Position(segment(1), 1000), True), "the SEAL to be acknowledged")
-            start = len(sent)
-            await asyncio.sleep(2.5)
-            beats = sent[start:]
-    finally:
-        await server.stop()
+    beats, _ = await _idle_heartbeats(tmp_path, monkeypatch, SenderConfig(heartbeat=interval), 2.5)
     assert len(beats) >= 4, beats
     # Off the grid by a few ms at most (timer resolution); at random 1 in 3 would be, by chance.
     aligned = [t for t in beats if min(t % step, step - t % step) < 0.008]
